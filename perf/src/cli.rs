@@ -1,0 +1,262 @@
+//! Command line: `<suite> [--quick] [--json FILE] [--rounds N] [--allow-busy] [--cores A,B]`.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::suites;
+
+pub const USAGE: &str = "usage: cargo run --release -p corelane-perf -- <SUITE> [--quick] \
+[--json FILE] [--rounds N] [--allow-busy] [--cores A,B]\n       (--help for what each flag \
+and case means)";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    Help,
+    Run(Args),
+}
+
+/// A run's options, as given (defaults are applied by `main`).
+#[derive(Debug, Default, PartialEq)]
+pub struct Args {
+    pub suite: String,
+    pub quick: bool,
+    pub json: Option<PathBuf>,
+    pub rounds: Option<u32>,
+    pub allow_busy: bool,
+    pub cores: Option<(usize, usize)>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum CliError {
+    MissingSuite,
+    ExtraArgument(String),
+    UnknownFlag(String),
+    MissingValue(&'static str),
+    BadValue { flag: &'static str, expected: &'static str, seen: String },
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::MissingSuite => {
+                write!(f, "expected a suite name ({}), saw none", suites::names())
+            }
+            CliError::ExtraArgument(arg) => {
+                write!(f, "expected one suite name, saw a second argument {arg:?}")
+            }
+            CliError::UnknownFlag(flag) => write!(f, "unknown flag {flag:?}"),
+            CliError::MissingValue(flag) => write!(f, "{flag} expects a value, saw none"),
+            CliError::BadValue { flag, expected, seen } => {
+                write!(f, "{flag} expects {expected}, saw {seen:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CliError {}
+
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError> {
+    let mut out = Args::default();
+    let mut suite = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--quick" => out.quick = true,
+            "--allow-busy" => out.allow_busy = true,
+            "--json" => {
+                out.json = Some(PathBuf::from(args.next().ok_or(CliError::MissingValue("--json"))?))
+            }
+            "--rounds" => {
+                let value = args.next().ok_or(CliError::MissingValue("--rounds"))?;
+                match value.parse::<u32>() {
+                    Ok(n) if n >= 1 => out.rounds = Some(n),
+                    _ => {
+                        return Err(CliError::BadValue {
+                            flag: "--rounds",
+                            expected: "a whole number >= 1",
+                            seen: value,
+                        })
+                    }
+                }
+            }
+            "--cores" => {
+                let value = args.next().ok_or(CliError::MissingValue("--cores"))?;
+                out.cores = Some(parse_core_pair(&value).ok_or(CliError::BadValue {
+                    flag: "--cores",
+                    expected: "two different cpu numbers as A,B",
+                    seen: value,
+                })?);
+            }
+            flag if flag.starts_with('-') => return Err(CliError::UnknownFlag(arg)),
+            _ if suite.is_none() => suite = Some(arg),
+            _ => return Err(CliError::ExtraArgument(arg)),
+        }
+    }
+    out.suite = suite.ok_or(CliError::MissingSuite)?;
+    Ok(Command::Run(out))
+}
+
+fn parse_core_pair(s: &str) -> Option<(usize, usize)> {
+    let (a, b) = s.split_once(',')?;
+    let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a != b).then_some((a, b))
+}
+
+/// The `--help` text: the flags, how a run works, the floor, and each suite's cases.
+pub fn help() -> String {
+    let mut text = String::from(HELP_HEAD);
+    text.push_str("\nSUITES\n");
+    for suite in suites::ALL {
+        text.push_str(&format!("    {:<8}{}\n", suite.name, suite.summary));
+    }
+    text.push_str(HELP_RUN);
+    for suite in suites::ALL {
+        text.push_str(&format!("\nSUITE {}\n{}", suite.name, suite.help));
+    }
+    text.push_str(HELP_TAIL);
+    text
+}
+
+const HELP_HEAD: &str = "\
+corelane-perf: corelane against peer crates, side by side, in one run on one machine.
+
+USAGE
+    cargo run --release -p corelane-perf -- <SUITE> [--quick] [--json FILE] [--rounds N]
+                                                    [--allow-busy] [--cores A,B]
+
+FLAGS
+    --quick        Smoke-test sizes: 2 rounds, a few thousand latency samples and 100k streamed
+                   items per measurement; finishes in a few seconds. For CI (\"does it run, are
+                   the items in order\"), not for comparing numbers.
+    --json FILE    Also write the results to FILE as JSON (shape at the end of this text).
+    --rounds N     How many interleaved rounds (default 10; 2 with --quick). Cross-core cost
+                   drifts by 2-3x between runs and over minutes, so each round measures the floor
+                   and then every implementation in turn, and results accumulate over rounds.
+                   More rounds: steadier medians, longer run.
+    --allow-busy   Run even if the machine is not idle, and mark the result \"idle\": false.
+                   Without it, a busy machine makes the run stop with exit status 2 and a message
+                   saying what was busy.
+    --cores A,B    Pin the two benchmark threads to cpus A and B. Default: two cpus that are not
+                   SMT siblings of each other, avoiding cpu 0 when there are more than two.
+    -h, --help     This text.
+";
+
+const HELP_RUN: &str = "
+HOW A RUN WORKS
+    1. The list of usable cpus is read once, before anything is pinned (after pinning, the OS
+       reports only the pinned cpu), and two cpus are chosen.
+    2. Idle check: the 1-minute load average from /proc/loadavg must be at most half the cpu
+       count, and a 200 ms sample of /proc/stat must show all cpus together at most 10% busy.
+       Otherwise the run stops (exit 2) or, with --allow-busy, goes on flagged. Right after a
+       long `cargo build` the load average is still high: wait a minute, or run the binary
+       target/release/corelane-perf directly.
+    3. The machine facts line: cpu model (/proc/cpuinfo), cpus, kernel (/proc/sys/kernel/
+       osrelease), clock source, the cost of one Instant::now(), the pinned cpus, idle.
+    4. Rounds. Each round measures the floor, then every case, running the implementations in
+       an order rotated by one each round so none always goes first or last. Every measurement
+       starts two fresh threads pinned to the two cpus, builds fresh queues, warms up, then
+       measures. Each (implementation, case) accumulates its samples over all rounds into one
+       HDR histogram (1 ns to 60 s, 3 significant digits); each throughput case keeps one rate
+       per round and reports the median.
+    5. Every consumer checks that it received exactly the values sent, in order. A wrong or
+       missing item aborts the run with exit status 3 and names the implementation and case.
+    6. No allocation inside timed loops: buffers and queues are made before timing starts.
+       Waiting is a busy spin (no pause, no yield), the same loop for every implementation.
+
+THE FLOOR AND HOW TO READ THE RATIO
+    Every round first measures the floor: two threads on the same two cpus, each storing to
+    its own 128-byte-aligned cache line and spinning on the other's (pure ping-pong). One round
+    trip there moves one cache line each way and nothing else: it is what the hardware charges
+    for a cross-core round trip, the least any queue can cost. It is timed exactly like the
+    queue round trips (one Instant::now() per iteration, consecutive differences).
+    floor_rtt_ns p50/p99 are over all rounds.
+
+    For every latency result, ratio_to_floor_p50 is the median over rounds of
+    (implementation p50 in that round / floor p50 in the same round), and ratio_to_floor_p99
+    the same for p99. Dividing by the floor measured minutes apart would mix in the drift;
+    dividing round by round cancels most of it, so ratios compare across runs and machines
+    better than nanoseconds do. 1.0 means \"no more than one bare cache-line transfer each
+    way\"; a ring whose consumer reads an index line and then a slot line pays about two
+    transfers each way, so about 2 is good; much more means extra lines or extra work.
+";
+
+const HELP_TAIL: &str = r#"
+JSON (--json FILE)
+    {"suite": "spsc",
+     "machine": {"cpu": "...", "cores": 2, "kernel": "...", "idle": true, ...},
+     "floor_rtt_ns": {"p50": 0, "p99": 0, ...},
+     "results": [
+       {"impl": "corelane", "case": "rtt-8B", "unit": "ns", "p50": 0, "p90": 0, "p99": 0,
+        "p999": 0, "max": 0, "samples": 0, "ratio_to_floor_p50": 0.0,
+        "ratio_to_floor_p99": 0.0, ...},
+       {"impl": "rtrb", "case": "throughput-8B-batch", "unit": "items/s", "value": 0, ...}],
+     "settings": {...}}
+    Latencies are in ns. "value" is the median over rounds (items/s); "min"/"max" are the
+    slowest and fastest round. "api" names the calls each row measured.
+
+EXIT STATUS
+    0 done; 1 could not write the JSON file; 2 bad arguments, machine busy (without
+    --allow-busy), or a thread could not be pinned; 3 an item arrived out of order (a bug in
+    the implementation under test or in the harness).
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_strs(args: &[&str]) -> Result<Command, CliError> {
+        parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn parses_every_flag() {
+        let cmd = parse_strs(&[
+            "spsc",
+            "--quick",
+            "--json",
+            "/tmp/x.json",
+            "--rounds",
+            "3",
+            "--allow-busy",
+            "--cores",
+            "2,5",
+        ]);
+        assert_eq!(
+            cmd,
+            Ok(Command::Run(Args {
+                suite: "spsc".into(),
+                quick: true,
+                json: Some("/tmp/x.json".into()),
+                rounds: Some(3),
+                allow_busy: true,
+                cores: Some((2, 5)),
+            }))
+        );
+    }
+
+    #[test]
+    fn help_wins_and_errors_say_what_was_seen() {
+        assert_eq!(parse_strs(&["spsc", "--help"]), Ok(Command::Help));
+        assert_eq!(parse_strs(&[]), Err(CliError::MissingSuite));
+        assert_eq!(parse_strs(&["spsc", "--rounds"]), Err(CliError::MissingValue("--rounds")));
+        assert!(matches!(parse_strs(&["spsc", "--rounds", "0"]), Err(CliError::BadValue { .. })));
+        assert!(matches!(parse_strs(&["spsc", "--cores", "1,1"]), Err(CliError::BadValue { .. })));
+        assert_eq!(parse_strs(&["spsc", "--fast"]), Err(CliError::UnknownFlag("--fast".into())));
+        assert_eq!(parse_strs(&["spsc", "x"]), Err(CliError::ExtraArgument("x".into())));
+        let e = parse_strs(&["spsc", "--rounds", "ten"]).unwrap_err().to_string();
+        assert_eq!(e, "--rounds expects a whole number >= 1, saw \"ten\"");
+    }
+
+    #[test]
+    fn help_names_every_flag_and_suite() {
+        let text = help();
+        for word in ["--quick", "--json", "--rounds", "--allow-busy", "--cores", "--help"] {
+            assert!(text.contains(word), "help misses {word}");
+        }
+        for suite in suites::ALL {
+            assert!(text.contains(&format!("SUITE {}", suite.name)));
+        }
+    }
+}

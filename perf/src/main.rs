@@ -1,0 +1,100 @@
+//! `corelane-perf`: side-by-side benchmarks of corelane against peer crates, in one run.
+//!
+//! `cargo run --release -p corelane-perf -- <suite> [--quick] [--json FILE] [--rounds N]
+//! [--allow-busy] [--cores A,B]`; `--help` explains every flag and every case.
+//!
+//! Layout: [`suites`] holds one file per suite (what is measured); the other modules are the
+//! shared harness every suite uses: [`pin`] (the cpu list, taken once, and pinning),
+//! [`idle`] (refuse or flag a busy machine), [`machine`] (the facts printed with every result),
+//! [`pair`] (two pinned threads and the checks they share), [`floor`] (the cross-core round
+//! trip every latency is divided by), [`summary`] (HDR histograms to percentiles) and
+//! [`report`] (the table and the JSON).
+#![forbid(unsafe_code)]
+
+mod cli;
+mod floor;
+mod idle;
+mod machine;
+mod pair;
+mod pin;
+mod report;
+mod suites;
+mod summary;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use cli::Command;
+
+fn main() -> ExitCode {
+    let args = match cli::parse(std::env::args().skip(1)) {
+        Ok(Command::Help) => {
+            print!("{}", cli::help());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Run(args)) => args,
+        Err(e) => {
+            eprintln!("error: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let Some(suite) = suites::find(&args.suite) else {
+        eprintln!("error: unknown suite {:?}; known suites: {}", args.suite, suites::names());
+        return ExitCode::from(2);
+    };
+
+    // The cpu list must be read before any thread is pinned: once the calling thread is pinned,
+    // `core_affinity::get_core_ids()` returns only that one core.
+    let cores = match pin::Cores::discover() {
+        Ok(cores) => cores,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let pair = match cores.pick_pair(args.cores) {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let idle = idle::check(cores.len(), Duration::from_millis(200));
+    if !idle.is_idle() {
+        if args.allow_busy {
+            eprintln!("warning: machine is not idle ({}); results flagged \"idle\": false", idle.why());
+        } else {
+            eprintln!(
+                "error: machine is not idle: {}. Numbers taken now would measure the other \
+                 work, not the code. Rerun when idle, or pass --allow-busy to run anyway and \
+                 flag the result.",
+                idle.why()
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let facts = machine::Facts::read(&cores, pair, idle);
+    println!("{}", report::facts_line(&facts));
+
+    let plan = suites::Plan {
+        rounds: args.rounds.unwrap_or(if args.quick { 2 } else { 10 }),
+        quick: args.quick,
+        pair,
+    };
+    let started = Instant::now();
+    let result = (suite.run)(&plan);
+    let took = started.elapsed();
+
+    print!("{}", report::table(&result));
+    println!("took {:.1} s", took.as_secs_f64());
+    if let Some(path) = &args.json {
+        let json = report::to_json(&result, &facts);
+        if let Err(e) = report::write_json(path, &json) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+        println!("wrote {}", path.display());
+    }
+    ExitCode::SUCCESS
+}

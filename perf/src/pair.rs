@@ -1,0 +1,72 @@
+//! Two pinned threads and the pieces every cross-core measurement shares: the start barrier,
+//! the wait loop, timestamps to samples, and the loud stop on an out-of-order item.
+
+use std::sync::Barrier;
+use std::time::Instant;
+
+use crate::pin::{pin_current, Pair};
+
+/// Runs `a` on cpu `pair.a` and `b` on cpu `pair.b`, each in a fresh thread that pins itself
+/// and then waits at a barrier, so neither closure starts before both threads are running on
+/// their cpus. Returns both results; a panic in either thread is re-raised here.
+pub fn run<A, B, RA, RB>(pair: &Pair, a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA + Send,
+    B: FnOnce() -> RB + Send,
+    RA: Send,
+    RB: Send,
+{
+    let barrier = Barrier::new(2);
+    std::thread::scope(|s| {
+        let thread_b = s.spawn(|| {
+            pin_current(pair.b);
+            barrier.wait();
+            b()
+        });
+        let thread_a = s.spawn(|| {
+            pin_current(pair.a);
+            barrier.wait();
+            a()
+        });
+        let ra = thread_a.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let rb = thread_b.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (ra, rb)
+    })
+}
+
+/// One turn of a wait loop. A plain busy spin (no `pause`, no yield) for every implementation
+/// and for the floor: `pause` costs ~10 cycles on AMD Zen but ~140 on Intel since Skylake, and
+/// would add that to each hand-off. Kept as one function so the policy lives in one place.
+#[inline(always)]
+pub fn relax() {}
+
+/// Nanoseconds between consecutive timestamps: one sample per gap.
+pub fn gaps_ns(stamps: &[Instant]) -> Vec<u64> {
+    stamps.windows(2).map(|w| (w[1] - w[0]).as_nanos() as u64).collect()
+}
+
+/// Ends the run (exit 3): a consumer saw `got` where it expected `expected`. A benchmark that
+/// drops, duplicates or reorders items measures nothing, so this is never just a warning.
+#[cold]
+#[inline(never)]
+pub fn out_of_order(imp: &str, case: &str, expected: u64, got: u64) -> ! {
+    eprintln!(
+        "error: {imp} {case}: item out of order: expected sequence number {expected}, \
+         received {got}; aborting the run"
+    );
+    std::process::exit(3);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn gaps_are_consecutive_differences() {
+        let t0 = Instant::now();
+        let stamps = [t0, t0 + Duration::from_nanos(100), t0 + Duration::from_nanos(250)];
+        assert_eq!(gaps_ns(&stamps), vec![100, 150]);
+        assert!(gaps_ns(&stamps[..1]).is_empty());
+    }
+}

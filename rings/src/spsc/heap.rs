@@ -1,0 +1,365 @@
+//! The heap variant: any `T`, ends that move between threads.
+
+use core::cell::Cell;
+use core::fmt;
+use core::marker::PhantomData;
+use core::mem::MaybeUninit;
+
+use super::{ConsumerCore, PopError, ProducerCore, PushError, Storage};
+use crate::sync::{Arc, AtomicU64, Ordering, UnsafeCell};
+use crate::CachePadded;
+
+/// Creates a queue of `capacity` slots and returns its two ends.
+///
+/// # Panics
+/// If `capacity` is zero or not a power of two (the slot index is a mask of the position).
+pub fn channel<T>(capacity: usize) -> (Producer<T>, Consumer<T>) {
+    assert!(capacity.is_power_of_two(), "spsc capacity must be a power of two, got {capacity}");
+    let buffer = (0..capacity).map(|_| UnsafeCell::new(MaybeUninit::uninit())).collect();
+    let ring = Arc::new(HeapRing {
+        head: CachePadded::new(AtomicU64::new(0)),
+        tail: CachePadded::new(AtomicU64::new(0)),
+        buffer,
+    });
+    let producer =
+        Producer { ring: ring.clone(), core: ProducerCore::new(0, 0), _not_sync: PhantomData };
+    let consumer = Consumer { ring, core: ConsumerCore::new(0, 0), _not_sync: PhantomData };
+    (producer, consumer)
+}
+
+/// The writing end of a [`channel`]. `Send` (if `T` is), not `Sync`, not `Clone`.
+pub struct Producer<T> {
+    ring: Arc<HeapRing<T>>,
+    core: ProducerCore,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+/// The reading end of a [`channel`]. `Send` (if `T` is), not `Sync`, not `Clone`.
+pub struct Consumer<T> {
+    ring: Arc<HeapRing<T>>,
+    core: ConsumerCore,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl<T> Producer<T> {
+    /// Pushes one item, or hands it back if the queue is full.
+    #[inline]
+    pub fn push(&mut self, value: T) -> Result<(), PushError<T>> {
+        self.core.push(&*self.ring, value).map_err(PushError::Full)
+    }
+
+    /// Copies as many of `items` as fit and publishes them at once; returns how many.
+    #[inline]
+    pub fn push_slice(&mut self, items: &[T]) -> usize
+    where
+        T: Copy,
+    {
+        self.core.push_slice(&*self.ring, items)
+    }
+
+    /// Claims up to `max` free slots that are contiguous in the ring (fewer if the queue is
+    /// nearly full or the run reaches the end of the buffer). Fill it with
+    /// [`WriteChunk::push`], then [`WriteChunk::commit`] publishes all of it with one store.
+    #[inline]
+    pub fn write_chunk(&mut self, max: usize) -> WriteChunk<'_, T> {
+        let (start, len) = self.core.claim(&*self.ring, max);
+        WriteChunk { producer: self, start, len, written: 0 }
+    }
+
+    /// Free slots right now (reads the consumer's position).
+    pub fn slots(&mut self) -> usize {
+        self.core.free(&*self.ring, u64::MAX) as usize
+    }
+
+    /// Whether no slot is free right now.
+    pub fn is_full(&mut self) -> bool {
+        self.core.free(&*self.ring, 1) == 0
+    }
+
+    /// The number of slots.
+    pub fn capacity(&self) -> usize {
+        self.ring.buffer.len()
+    }
+
+    /// Whether the [`Consumer`] has been dropped: nothing pushed from now on will be read.
+    pub fn is_abandoned(&self) -> bool {
+        Arc::strong_count(&self.ring) < 2
+    }
+}
+
+impl<T> Consumer<T> {
+    /// Pops the oldest item.
+    #[inline]
+    pub fn pop(&mut self) -> Result<T, PopError> {
+        self.core.pop(&*self.ring).ok_or(PopError::Empty)
+    }
+
+    /// Copies up to `out.len()` items out and frees their slots at once; returns how many.
+    #[inline]
+    pub fn pop_slice(&mut self, out: &mut [T]) -> usize
+    where
+        T: Copy,
+    {
+        self.core.pop_slice(&*self.ring, out)
+    }
+
+    /// Claims up to `max` published items that are contiguous in the ring. Take them with the
+    /// chunk's iterator (or look at them with [`ReadChunk::as_slice`]); the slots of the
+    /// items taken are freed with one store when the chunk is dropped.
+    #[inline]
+    pub fn read_chunk(&mut self, max: usize) -> ReadChunk<'_, T> {
+        let (start, len) = self.core.claim(&*self.ring, max);
+        ReadChunk { consumer: self, start, len, taken: 0 }
+    }
+
+    /// Items ready to pop right now (reads the producer's position).
+    pub fn len(&mut self) -> usize {
+        self.core.available(&*self.ring, u64::MAX) as usize
+    }
+
+    /// Whether no item is ready right now.
+    pub fn is_empty(&mut self) -> bool {
+        self.core.available(&*self.ring, 1) == 0
+    }
+
+    /// The number of slots.
+    pub fn capacity(&self) -> usize {
+        self.ring.buffer.len()
+    }
+
+    /// Whether the [`Producer`] has been dropped: once the queue is empty, it stays empty.
+    pub fn is_abandoned(&self) -> bool {
+        Arc::strong_count(&self.ring) < 2
+    }
+}
+
+/// Free slots claimed by [`Producer::write_chunk`]; published by [`commit`](Self::commit).
+///
+/// Dropping a chunk without committing drops the values written into it, unpublished.
+#[must_use = "a write chunk publishes nothing until it is committed"]
+pub struct WriteChunk<'a, T> {
+    producer: &'a mut Producer<T>,
+    start: usize,
+    len: usize,
+    written: usize,
+}
+
+impl<T> WriteChunk<'_, T> {
+    /// Claimed slots not yet written.
+    pub fn len(&self) -> usize {
+        self.len - self.written
+    }
+
+    /// Whether every claimed slot is written (or none was claimed).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes the next slot of the chunk, or hands the value back if the chunk is full.
+    #[inline]
+    pub fn push(&mut self, value: T) -> Result<(), T> {
+        if self.written == self.len {
+            return Err(value);
+        }
+        // SAFETY: start + written < start + len <= capacity, and the claim made these slots
+        // free and ours until commit.
+        unsafe { self.producer.ring.write(self.start + self.written, value) };
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Writes items from `iter` until it ends or the chunk is full; returns how many.
+    pub fn fill_from(&mut self, iter: impl IntoIterator<Item = T>) -> usize {
+        let before = self.written;
+        for value in iter.into_iter().take(self.len()) {
+            // The take() above keeps this within the chunk.
+            let _ = self.push(value);
+        }
+        self.written - before
+    }
+
+    /// Publishes the written slots with one store; returns how many.
+    pub fn commit(mut self) -> usize {
+        let n = self.written;
+        self.producer.core.publish(&*self.producer.ring, n as u64);
+        self.written = 0; // now owned by the consumer: Drop must not touch them
+        n
+    }
+}
+
+impl<T> Drop for WriteChunk<'_, T> {
+    fn drop(&mut self) {
+        for i in 0..self.written {
+            // SAFETY: slot start+i was written by push and never published, so we own the
+            // value in it.
+            drop(unsafe { self.producer.ring.read(self.start + i) });
+        }
+    }
+}
+
+/// Published items claimed by [`Consumer::read_chunk`]. Iterating moves them out; dropping the
+/// chunk frees the slots of the items taken, with one store.
+pub struct ReadChunk<'a, T> {
+    consumer: &'a mut Consumer<T>,
+    start: usize,
+    len: usize,
+    taken: usize,
+}
+
+impl<T> ReadChunk<'_, T> {
+    /// Items of the chunk not yet taken.
+    pub fn len(&self) -> usize {
+        self.len - self.taken
+    }
+
+    /// Whether every item has been taken (or none was claimed).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The items not yet taken, in order, without moving them out.
+    #[cfg(not(loom))]
+    pub fn as_slice(&self) -> &[T] {
+        let first = self.consumer.ring.slot_ptr(self.start + self.taken);
+        // SAFETY: the slots [start+taken, start+len) are contiguous, hold published items, and
+        // stay untouched by the producer until this chunk releases them.
+        unsafe { core::slice::from_raw_parts(first, self.len()) }
+    }
+
+    /// Drops every item not yet taken and frees all the chunk's slots.
+    pub fn commit_all(mut self) {
+        while self.next().is_some() {}
+    }
+}
+
+impl<T> Iterator for ReadChunk<'_, T> {
+    type Item = T;
+
+    #[inline]
+    fn next(&mut self) -> Option<T> {
+        if self.taken == self.len {
+            return None;
+        }
+        // SAFETY: the slot is in the claimed run of published items and not yet taken.
+        let value = unsafe { self.consumer.ring.read(self.start + self.taken) };
+        self.taken += 1;
+        Some(value)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.len(), Some(self.len()))
+    }
+}
+
+impl<T> Drop for ReadChunk<'_, T> {
+    fn drop(&mut self) {
+        self.consumer.core.release(&*self.consumer.ring, self.taken as u64);
+    }
+}
+
+struct HeapRing<T> {
+    head: CachePadded<AtomicU64>,
+    tail: CachePadded<AtomicU64>,
+    buffer: Box<[UnsafeCell<MaybeUninit<T>>]>,
+}
+
+// SAFETY: the ring hands each slot to exactly one end at a time (the index protocol), so
+// sharing it between the producer's and the consumer's threads moves `T` values between
+// threads, which `T: Send` allows; no `&T` is ever shared across threads.
+unsafe impl<T: Send> Sync for HeapRing<T> {}
+// SAFETY: as for Sync; the ring owns `T` values, which may be dropped on any thread.
+unsafe impl<T: Send> Send for HeapRing<T> {}
+
+// SAFETY: capacity is the boxed buffer's length, fixed and a power of two (checked in
+// `channel`); head and tail are two distinct fields; slots are the elements of one boxed slice.
+unsafe impl<T> Storage<T> for HeapRing<T> {
+    #[inline(always)]
+    fn head(&self) -> &AtomicU64 {
+        &self.head
+    }
+
+    #[inline(always)]
+    fn tail(&self) -> &AtomicU64 {
+        &self.tail
+    }
+
+    #[inline(always)]
+    fn capacity(&self) -> u64 {
+        self.buffer.len() as u64
+    }
+
+    #[inline(always)]
+    unsafe fn write(&self, index: usize, value: T) {
+        debug_assert!(index < self.buffer.len());
+        // SAFETY: the caller owns the free slot `index < capacity`; no other access to it.
+        let slot = unsafe { self.buffer.get_unchecked(index) };
+        slot.with_mut(|p| {
+            // SAFETY: p points to the slot, which no one else accesses now (caller's
+            // obligation); MaybeUninit::write never drops the old (dead) contents.
+            unsafe { (*p).write(value) };
+        });
+    }
+
+    #[inline(always)]
+    unsafe fn read(&self, index: usize) -> T {
+        debug_assert!(index < self.buffer.len());
+        // SAFETY: the caller owns the published slot `index < capacity`.
+        let slot = unsafe { self.buffer.get_unchecked(index) };
+        // SAFETY: the slot was initialised by `write` and is moved out exactly once.
+        slot.with(|p| unsafe { (*p).assume_init_read() })
+    }
+
+    #[cfg(not(loom))]
+    #[inline(always)]
+    fn slot_ptr(&self, index: usize) -> *mut T {
+        // Our UnsafeCell and MaybeUninit are both repr(transparent) over T, and the pointer
+        // comes from the whole boxed slice, so it may address any slot.
+        self.buffer.as_ptr().wrapping_add(index).cast::<T>().cast_mut()
+    }
+}
+
+impl<T> Drop for HeapRing<T> {
+    fn drop(&mut self) {
+        if !core::mem::needs_drop::<T>() {
+            return;
+        }
+        // SYNC: both ends are gone; Arc's own release/acquire on the count already ordered
+        // their last stores before this point, the Acquire only restates it for loom.
+        let head = self.head.load(Ordering::Acquire);
+        let tail = self.tail.load(Ordering::Acquire);
+        let mask = self.buffer.len() as u64 - 1;
+        let mut pos = head;
+        while pos != tail {
+            // SAFETY: positions in [head, tail) hold published, unread items; each read once.
+            drop(unsafe { self.read((pos & mask) as usize) });
+            pos = pos.wrapping_add(1);
+        }
+    }
+}
+
+impl<T> fmt::Debug for Producer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer").field("capacity", &self.capacity()).finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Debug for Consumer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer").field("capacity", &self.capacity()).finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Debug for WriteChunk<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteChunk")
+            .field("len", &self.len)
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
+impl<T> fmt::Debug for ReadChunk<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadChunk").field("len", &self.len).field("taken", &self.taken).finish()
+    }
+}
