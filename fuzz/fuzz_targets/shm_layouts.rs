@@ -67,7 +67,8 @@ fn builder(data: &[u8]) {
     let Some((&head, rest)) = data.split_first() else { return };
     let ndims = usize::from(head % 10);
     let n_strides = if head & 0x80 != 0 { ndims } else { 0 };
-    let words: Vec<i32> = rest.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let words: Vec<i32> =
+        rest.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     let (dims, strides) = (words.get(..ndims), words.get(ndims..ndims + n_strides));
     let (Some(dims), Some(strides)) = (dims, strides) else { return };
     let dtype = Dtype::ALL[usize::from(head) % Dtype::ALL.len()];

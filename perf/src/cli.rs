@@ -177,9 +177,10 @@ THE FLOOR AND HOW TO READ THE RATIO
     (implementation p50 in that round / floor p50 in the same round), and ratio_to_floor_p99
     the same for p99. Dividing by the floor measured minutes apart would mix in the drift;
     dividing round by round cancels most of it, so ratios compare across runs and machines
-    better than nanoseconds do. 1.0 means \"no more than one bare cache-line transfer each
-    way\"; a ring whose consumer reads an index line and then a slot line pays about two
-    transfers each way, so about 2 is good; much more means extra lines or extra work.
+    better than nanoseconds do. Lower is better; 1.0 is the bound (the queue costs no more
+    than one bare cache-line transfer each way). Each extra cache line a queue moves per
+    hand-off (index, slot, a shared counter) and each extra instruction on the path shows up
+    above it. Both numbers include the cost of one Instant::now(), printed on the facts line.
 ";
 
 const HELP_TAIL: &str = r#"

@@ -33,8 +33,8 @@ pub fn measure(pair: &Pair, warmup: u64, samples: u64) -> Vec<u64> {
         pair,
         move || {
             let round_trip = |seq: u64| {
-                // SYNC: Release/Acquire pairs with the peer's Acquire/Release on the same
-                // line, the orderings a queue's index hand-off uses.
+                // SYNC: the Release store of `ping` pairs with B's Acquire load; the Acquire
+                // load of `pong` with B's Release store: the orderings of a queue's hand-off.
                 lines.ping.0.store(seq, Ordering::Release);
                 while lines.pong.0.load(Ordering::Acquire) != seq {
                     relax();
@@ -53,6 +53,8 @@ pub fn measure(pair: &Pair, warmup: u64, samples: u64) -> Vec<u64> {
         },
         move || {
             for seq in 1..=total {
+                // SYNC: Acquire pairs with A's Release store of `ping`; our Release store of
+                // `pong` pairs with A's Acquire load.
                 while lines.ping.0.load(Ordering::Acquire) != seq {
                     relax();
                 }

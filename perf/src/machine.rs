@@ -66,8 +66,7 @@ fn timer_overhead_ns() -> u64 {
     for _ in 0..1001 {
         stamps.push(Instant::now());
     }
-    let mut gaps: Vec<u64> =
-        stamps.windows(2).map(|w| (w[1] - w[0]).as_nanos() as u64).collect();
+    let mut gaps: Vec<u64> = stamps.windows(2).map(|w| (w[1] - w[0]).as_nanos() as u64).collect();
     gaps.sort_unstable();
     gaps[gaps.len() / 2]
 }

@@ -63,7 +63,10 @@ fn main() -> ExitCode {
     let idle = idle::check(cores.len(), Duration::from_millis(200));
     if !idle.is_idle() {
         if args.allow_busy {
-            eprintln!("warning: machine is not idle ({}); results flagged \"idle\": false", idle.why());
+            eprintln!(
+                "warning: machine is not idle ({}); results flagged \"idle\": false",
+                idle.why()
+            );
         } else {
             eprintln!(
                 "error: machine is not idle: {}. Numbers taken now would measure the other \

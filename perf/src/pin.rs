@@ -66,8 +66,11 @@ impl Cores {
 /// Picks two cpus from `ids`: skips cpu 0 (timer and device interrupts land there) when more
 /// than two are available, and prefers a second cpu that is not an SMT sibling of the first.
 pub fn choose_pair(ids: &[usize], siblings_of: impl Fn(usize) -> Vec<usize>) -> Option<Pair> {
-    let candidates: Vec<usize> =
-        if ids.len() > 2 { ids.iter().copied().filter(|&c| c != 0).collect() } else { ids.to_vec() };
+    let candidates: Vec<usize> = if ids.len() > 2 {
+        ids.iter().copied().filter(|&c| c != 0).collect()
+    } else {
+        ids.to_vec()
+    };
     let (&a, rest) = candidates.split_first()?;
     let siblings = siblings_of(a);
     let apart = rest.iter().copied().find(|c| !siblings.contains(c));

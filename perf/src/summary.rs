@@ -79,7 +79,10 @@ mod tests {
         // 1..=1000 ns, one sample each: p50 = 500, p90 = 900, p99 = 990, p99.9 = 999.
         let samples: Vec<u64> = (1..=1000).collect();
         let s = Summary::of(&histogram_of(&samples));
-        assert_eq!(s, Summary { p50: 500, p90: 900, p99: 990, p999: 999, max: 1000, samples: 1000 });
+        assert_eq!(
+            s,
+            Summary { p50: 500, p90: 900, p99: 990, p999: 999, max: 1000, samples: 1000 }
+        );
     }
 
     #[test]

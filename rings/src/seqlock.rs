@@ -440,8 +440,6 @@ impl FilledSlot<'_, '_> {
 pub struct Frame {
     /// Its sequence number.
     pub seq: u64,
-    /// The slot header as it was committed (seq_commit included).
-    pub header: SlotHeader,
     /// The validated tensor description (strides inferred).
     pub tensor: Tensor,
     /// Payload bytes copied into the caller's buffer (`values_len_bytes`).
@@ -550,8 +548,7 @@ impl<'a> Subscriber<'a> {
                 return Poll::Empty
             }
             Err(DropReason::Late(Late::InProgress { found } | Late::Overwritten { found })) => {
-                // Lapped: `found` >= seq + nslots; seqs after found - nslots may survive.
-                let resume = found - u64::from(self.ring.nslots) + 1;
+                let resume = self.resync(seq, found);
                 self.stats.gap += resume - seq;
                 self.next_seq = resume;
                 return Poll::Dropped(DropReason::Late(Late::Overwritten { found }));
@@ -564,6 +561,18 @@ impl<'a> Subscriber<'a> {
             Ok(frame) => Poll::Frame(frame),
             Err(reason) => Poll::Dropped(reason),
         }
+    }
+
+    /// The writer lapped us: our slot holds `found` > `seq`. Resume at the oldest seq that can
+    /// still be in the ring, judged from the newest seq in any slot (one pass over the
+    /// `seq_commit` words; rare, so not on the fast path).
+    #[cold]
+    #[inline(never)]
+    fn resync(&self, seq: u64, found: u64) -> u64 {
+        let newest = (0..u64::from(self.ring.nslots))
+            .map(|i| shm::seq_of(self.ring.slot(i).seq_commit()))
+            .fold(found, u64::max);
+        (newest + 1).saturating_sub(u64::from(self.ring.nslots)).max(seq + 1)
     }
 
     fn count(&mut self, result: &Result<Frame, DropReason>) {
@@ -604,8 +613,7 @@ impl<'a> Subscriber<'a> {
                 (image, copied)
             })
             .map_err(DropReason::Late)?;
-        let mut header = SlotHeader::read_from_bytes(&image).expect("256 bytes");
-        header.seq_commit.set(shm::seq_commit(seq, true));
+        let header = SlotHeader::ref_from_bytes(&image).expect("256 bytes");
         let tensor = header
             .validate(index, self.ring.nslots, |id| {
                 pools.iter().find(|p| p.pool_id == id).map(|p| p.stride_bytes)
@@ -616,7 +624,7 @@ impl<'a> Subscriber<'a> {
             // Stable and valid, so the only reason left is the caller's buffer.
             return Err(DropReason::BufferTooSmall { needed });
         }
-        Ok(Frame { seq, header, tensor, payload_len: needed as usize })
+        Ok(Frame { seq, tensor, payload_len: needed as usize })
     }
 }
 

@@ -384,8 +384,8 @@ impl TensorHeader {
     /// Order: schema id, template id, version, block length, dtype, major order, progress unit,
     /// `ndims`, dims, strides (sign, then inference and overlap), progress stride.
     ///
-    /// Stride rule, as in C: ROW walks from the last axis inwards-out. The innermost stride,
-    /// if 0, becomes the element size; each outer stride must be at least
+    /// Stride rule, as in C: ROW starts at the last (innermost) axis and walks outwards. The
+    /// innermost stride, if 0, becomes the element size; each outer stride must be at least
     /// `inner_stride * max(inner_dim, 1)` and, if 0, becomes exactly that. COLUMN is the mirror
     /// image from axis 0. An explicit innermost stride is not compared with the element size
     /// (C does not either). All products are in `u64` from values below 2^31, so nothing

@@ -1,0 +1,304 @@
+//! A suite's results, as a table for people and as JSON for tools.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::machine::Facts;
+use crate::summary::Summary;
+
+/// Everything a suite measured.
+#[derive(Debug)]
+pub struct Report {
+    pub suite: &'static str,
+    /// The cross-core round trip over all rounds.
+    pub floor: Option<Summary>,
+    pub rows: Vec<Row>,
+    /// What the suite ran with (rounds, sizes, capacity...), echoed in the table and the JSON.
+    pub settings: Value,
+}
+
+#[derive(Debug)]
+pub struct Row {
+    pub imp: &'static str,
+    pub case: &'static str,
+    /// The calls this row measured, e.g. `push/pop` or `write_chunk/read_chunk, batch 32`.
+    pub api: &'static str,
+    pub measure: Measure,
+}
+
+#[derive(Debug)]
+pub enum Measure {
+    /// ns percentiles over all rounds, and the medians of the per-round ratios to the floor.
+    Latency { summary: Summary, ratio_p50: Option<f64>, ratio_p99: Option<f64> },
+    /// items/s: median, slowest and fastest round.
+    Rate { median: f64, min: f64, max: f64, rounds: usize },
+}
+
+/// One line of machine facts, printed before the results.
+pub fn facts_line(f: &Facts) -> String {
+    let idle = if f.idle.is_idle() { "yes" } else { "NO" };
+    let load = f.idle.load1.map_or("?".into(), |l| format!("{l:.2}"));
+    let busy = f.idle.busy.map_or("?".into(), |b| format!("{:.0}%", b * 100.0));
+    format!(
+        "machine: {} | {} cpus | kernel {} | clocksource {}, Instant::now() {} ns | pinned to \
+         cpus {} and {}{} | idle: {idle} (load1 {load}, {busy} busy over {} ms)",
+        f.cpu,
+        f.cores,
+        f.kernel,
+        f.clocksource,
+        f.timer_ns,
+        f.pair.a,
+        f.pair.b,
+        if f.pair.siblings { " (SMT siblings: same physical core!)" } else { "" },
+        f.idle.sample.as_millis(),
+    )
+}
+
+/// The human table: settings, floor, latencies, throughputs.
+pub fn table(r: &Report) -> String {
+    let mut out = String::new();
+    let settings = match &r.settings {
+        Value::Object(map) => {
+            map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+        }
+        other => other.to_string(),
+    };
+    let _ = writeln!(out, "suite {}: {settings}", r.suite);
+    if let Some(f) = &r.floor {
+        let _ = writeln!(
+            out,
+            "floor (bare cross-core cache-line round trip): p50 {} ns, p99 {} ns, p99.9 {} ns, \
+             max {} ns, {} samples",
+            f.p50, f.p99, f.p999, f.max, f.samples
+        );
+    }
+    let latencies: Vec<&Row> =
+        r.rows.iter().filter(|row| matches!(row.measure, Measure::Latency { .. })).collect();
+    if !latencies.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<18} {:<22} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>8} {:>8}",
+            "latency (ns)",
+            "case",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "max",
+            "samples",
+            "p50/flr",
+            "p99/flr"
+        );
+        for row in latencies {
+            if let Measure::Latency { summary: s, ratio_p50, ratio_p99 } = &row.measure {
+                let _ = writeln!(
+                    out,
+                    "{:<18} {:<22} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>8} {:>8}",
+                    row.imp,
+                    row.case,
+                    s.p50,
+                    s.p90,
+                    s.p99,
+                    s.p999,
+                    s.max,
+                    s.samples,
+                    ratio_text(*ratio_p50),
+                    ratio_text(*ratio_p99)
+                );
+            }
+        }
+    }
+    let rates: Vec<&Row> =
+        r.rows.iter().filter(|row| matches!(row.measure, Measure::Rate { .. })).collect();
+    if !rates.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<18} {:<22} {:>9} {:>9} {:>9}   api",
+            "throughput", "case", "Mitems/s", "slowest", "fastest"
+        );
+        for row in rates {
+            if let Measure::Rate { median, min, max, .. } = &row.measure {
+                let _ = writeln!(
+                    out,
+                    "{:<18} {:<22} {:>9.1} {:>9.1} {:>9.1}   {}",
+                    row.imp,
+                    row.case,
+                    median / 1e6,
+                    min / 1e6,
+                    max / 1e6,
+                    row.api
+                );
+            }
+        }
+    }
+    out
+}
+
+fn ratio_text(ratio: Option<f64>) -> String {
+    ratio.map_or("-".into(), |r| format!("{r:.2}x"))
+}
+
+/// The JSON document: `suite`, `machine`, `floor_rtt_ns`, `results`, `settings`.
+pub fn to_json(r: &Report, f: &Facts) -> Value {
+    let results: Vec<Value> = r
+        .rows
+        .iter()
+        .map(|row| match &row.measure {
+            Measure::Latency { summary: s, ratio_p50, ratio_p99 } => json!({
+                "impl": row.imp, "case": row.case, "unit": "ns",
+                "p50": s.p50, "p90": s.p90, "p99": s.p99, "p999": s.p999, "max": s.max,
+                "samples": s.samples,
+                "ratio_to_floor_p50": ratio_p50.map(round3),
+                "ratio_to_floor_p99": ratio_p99.map(round3),
+                "api": row.api,
+            }),
+            Measure::Rate { median, min, max, rounds } => json!({
+                "impl": row.imp, "case": row.case, "unit": "items/s",
+                "value": median.round() as u64,
+                "min": min.round() as u64, "max": max.round() as u64, "rounds": rounds,
+                "api": row.api,
+            }),
+        })
+        .collect();
+    json!({
+        "suite": r.suite,
+        "machine": {
+            "cpu": f.cpu,
+            "cores": f.cores,
+            "kernel": f.kernel,
+            "idle": f.idle.is_idle(),
+            "idle_why": f.idle.why(),
+            "load1": f.idle.load1,
+            "busy_pct": f.idle.busy.map(|b| round3(b * 100.0)),
+            "cpu_ids": f.cpu_ids,
+            "pinned_cpus": [f.pair.a, f.pair.b],
+            "smt_siblings": f.pair.siblings,
+            "clocksource": f.clocksource,
+            "timer_overhead_ns": f.timer_ns,
+        },
+        "floor_rtt_ns": r.floor.map(|s| json!({
+            "p50": s.p50, "p90": s.p90, "p99": s.p99, "p999": s.p999, "max": s.max,
+            "samples": s.samples,
+        })),
+        "results": results,
+        "settings": r.settings,
+    })
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Writes `json` to `path` through `path.tmp` and a rename, so a reader never sees half a file.
+pub fn write_json(path: &Path, json: &Value) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let text = serde_json::to_string_pretty(json).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, text + "\n")?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idle::Verdict;
+    use crate::pin::Pair;
+    use std::time::Duration;
+
+    fn facts() -> Facts {
+        Facts {
+            cpu: "Test CPU".into(),
+            cores: 2,
+            cpu_ids: vec![0, 1],
+            kernel: "6.1.0".into(),
+            clocksource: "tsc".into(),
+            timer_ns: 20,
+            pair: Pair { a: 0, b: 1, siblings: false },
+            idle: Verdict {
+                cpus: 2,
+                load1: Some(0.1),
+                busy: Some(0.01),
+                sample: Duration::from_millis(200),
+            },
+        }
+    }
+
+    fn report() -> Report {
+        let s = Summary { p50: 300, p90: 350, p99: 500, p999: 900, max: 4000, samples: 1000 };
+        Report {
+            suite: "spsc",
+            floor: Some(Summary { p50: 150, p99: 200, ..s }),
+            rows: vec![
+                Row {
+                    imp: "corelane",
+                    case: "rtt-8B",
+                    api: "push/pop",
+                    measure: Measure::Latency {
+                        summary: s,
+                        ratio_p50: Some(2.0),
+                        ratio_p99: Some(2.5),
+                    },
+                },
+                Row {
+                    imp: "rtrb",
+                    case: "throughput-8B-batch",
+                    api: "chunks",
+                    measure: Measure::Rate { median: 1.5e8, min: 1e8, max: 2e8, rounds: 3 },
+                },
+            ],
+            settings: json!({"rounds": 3}),
+        }
+    }
+
+    #[test]
+    fn json_has_the_agreed_shape() {
+        let v = to_json(&report(), &facts());
+        assert_eq!(v["suite"], "spsc");
+        for key in ["cpu", "cores", "kernel", "idle"] {
+            assert!(!v["machine"][key].is_null(), "machine.{key} missing");
+        }
+        assert_eq!(v["machine"]["cores"], 2);
+        assert_eq!(v["machine"]["idle"], true);
+        assert_eq!(v["floor_rtt_ns"]["p50"], 150);
+        assert_eq!(v["floor_rtt_ns"]["p99"], 200);
+        let lat = &v["results"][0];
+        assert_eq!(lat["impl"], "corelane");
+        assert_eq!(lat["case"], "rtt-8B");
+        assert_eq!(lat["unit"], "ns");
+        for key in ["p50", "p90", "p99", "p999", "max", "samples"] {
+            assert!(lat[key].is_u64(), "{key} not an integer");
+        }
+        assert_eq!(lat["ratio_to_floor_p50"], 2.0);
+        assert_eq!(lat["ratio_to_floor_p99"], 2.5);
+        let rate = &v["results"][1];
+        assert_eq!(rate["unit"], "items/s");
+        assert_eq!(rate["value"], 150_000_000);
+        assert_eq!(v["results"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn table_shows_every_row_and_the_floor() {
+        let t = table(&report());
+        assert!(t.contains("floor (bare cross-core cache-line round trip): p50 150 ns"));
+        assert!(t.contains("corelane") && t.contains("rtt-8B") && t.contains("2.00x"));
+        assert!(t.contains("throughput-8B-batch") && t.contains("150.0"));
+        let line = facts_line(&facts());
+        assert!(
+            line.contains("Test CPU")
+                && line.contains("kernel 6.1.0")
+                && line.contains("idle: yes")
+        );
+    }
+
+    #[test]
+    fn json_file_round_trips() {
+        let path = std::env::temp_dir().join(format!("corelane-perf-{}.json", std::process::id()));
+        let v = to_json(&report(), &facts());
+        write_json(&path, &v).unwrap();
+        let back: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(back, v);
+    }
+}

@@ -1,0 +1,62 @@
+//! The suites, one file each. A suite is a name, its help text and a `run` function that takes
+//! the [`Plan`] and returns a [`Report`]; `main` does the rest (cpu list, idle check, machine
+//! facts, output). To add one: write `suites/<name>.rs` with a `pub const SUITE: Suite`, and
+//! list it in [`ALL`].
+//!
+//! A suite is expected to follow the harness's rules (see `--help`): interleave
+//! implementations in short rounds with a rotated order, measure the floor
+//! ([`crate::floor`]) every round and report latencies as ratios to it, run its threads
+//! through [`crate::pair::run`], check every item it receives, and allocate nothing inside
+//! timed loops.
+
+use crate::pin::Pair;
+use crate::report::Report;
+
+mod spsc;
+
+/// Every suite, in `--help` order.
+pub const ALL: &[Suite] = &[spsc::SUITE];
+
+#[derive(Debug)]
+pub struct Suite {
+    pub name: &'static str,
+    /// One line for the suite list.
+    pub summary: &'static str,
+    /// The suite's section of `--help`: implementations, cases and what each measures.
+    pub help: &'static str,
+    pub run: fn(&Plan) -> Report,
+}
+
+/// What `main` hands a suite.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// Interleaved rounds (>= 1).
+    pub rounds: u32,
+    /// Smoke-test sizes: a few thousand samples, small streams.
+    pub quick: bool,
+    /// The two cpus to pin the suite's two threads to.
+    pub pair: Pair,
+}
+
+pub fn find(name: &str) -> Option<&'static Suite> {
+    ALL.iter().find(|s| s.name == name)
+}
+
+/// The suite names, comma-separated, for messages.
+pub fn names() -> String {
+    ALL.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_found() {
+        for (i, s) in ALL.iter().enumerate() {
+            assert!(ALL[..i].iter().all(|t| t.name != s.name), "duplicate suite {}", s.name);
+            assert_eq!(find(s.name).map(|t| t.name), Some(s.name));
+        }
+        assert!(find("nope").is_none());
+    }
+}
