@@ -525,11 +525,12 @@ impl<'a> Subscriber<'a> {
     /// Descriptor-driven read (spec §2.2 consumer): frame `seq`, payload into `payload`.
     /// A jump past the next expected seq counts the skipped seqs as `gap`.
     pub fn read(&mut self, seq: u64, payload: &mut [u8]) -> Result<Frame, DropReason> {
+        // `seq` comes from another process: saturate rather than trust it not to overflow.
         if seq > self.next_seq {
-            self.stats.gap += seq - self.next_seq;
+            self.stats.gap = self.stats.gap.saturating_add(seq - self.next_seq);
         }
         if seq >= self.next_seq {
-            self.next_seq = seq + 1;
+            self.next_seq = seq.saturating_add(1);
         }
         let result = self.copy(seq, payload);
         self.count(&result);
@@ -549,13 +550,13 @@ impl<'a> Subscriber<'a> {
             }
             Err(DropReason::Late(Late::InProgress { found } | Late::Overwritten { found })) => {
                 let resume = self.resync(seq, found);
-                self.stats.gap += resume - seq;
+                self.stats.gap = self.stats.gap.saturating_add(resume - seq);
                 self.next_seq = resume;
                 return Poll::Dropped(DropReason::Late(Late::Overwritten { found }));
             }
             _ => {}
         }
-        self.next_seq = seq + 1;
+        self.next_seq = seq.saturating_add(1);
         self.count(&result);
         match result {
             Ok(frame) => Poll::Frame(frame),
@@ -572,7 +573,10 @@ impl<'a> Subscriber<'a> {
         let newest = (0..u64::from(self.ring.nslots))
             .map(|i| shm::seq_of(self.ring.slot(i).seq_commit()))
             .fold(found, u64::max);
-        (newest + 1).saturating_sub(u64::from(self.ring.nslots)).max(seq + 1)
+        newest
+            .saturating_add(1)
+            .saturating_sub(u64::from(self.ring.nslots))
+            .max(seq.saturating_add(1))
     }
 
     fn count(&mut self, result: &Result<Frame, DropReason>) {

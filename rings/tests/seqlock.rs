@@ -396,3 +396,15 @@ fn stress_no_torn_frame_ever_reaches_a_reader() {
         eprintln!("reader: accepted {accepted}, late {}, gap {}", stats.late, stats.gap);
     }
 }
+
+#[test]
+fn descriptor_seqs_at_the_top_of_the_range_do_not_overflow() {
+    let stream = Stream::new(4, &[(1, STRIDE)]);
+    let mut sub = stream.subscriber();
+    let mut out = [0u8; STRIDE as usize];
+    assert!(sub.read(u64::MAX, &mut out).is_err());
+    assert!(sub.read(u64::MAX, &mut out).is_err());
+    assert_eq!(sub.next_seq(), u64::MAX);
+    assert_eq!(sub.stats().gap, u64::MAX);
+    assert!(matches!(sub.poll(&mut out), Poll::Dropped(_) | Poll::Empty));
+}

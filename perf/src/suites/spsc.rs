@@ -29,8 +29,7 @@ pub const SUITE: Suite = Suite {
     run,
 };
 
-const HELP: &str = "\
-    Implementations, all with capacity 1024:
+const HELP: &str = "    Implementations, all with capacity 1024:
       corelane           corelane_rings::spsc::channel
       rtrb               rtrb::RingBuffer (0.3)
       crossbeam-queue    crossbeam_queue::ArrayQueue in an Arc, push/pop (an MPMC queue)
