@@ -308,3 +308,28 @@ fn boxed_items_cross_threads_in_order_with_every_api() {
     writer.join().unwrap();
     assert!(rx.is_empty() && rx.is_abandoned());
 }
+
+#[test]
+fn heap_slots_start_on_a_128_byte_line() {
+    for _ in 0..16 {
+        let (mut tx, mut rx) = spsc::channel::<[u64; 8]>(4);
+        tx.push([1; 8]).unwrap();
+        let chunk = rx.read_chunk(1);
+        let addr = chunk.as_slice().as_ptr() as usize;
+        assert_eq!(addr % 128, 0, "slot 0 at {addr:#x}");
+        // Odd sizes too: 24-byte items still get an aligned slot 0.
+        let (mut tx, mut rx) = spsc::channel::<[u8; 24]>(8);
+        tx.push([2; 24]).unwrap();
+        assert_eq!(rx.read_chunk(1).as_slice().as_ptr() as usize % 128, 0);
+    }
+}
+
+#[test]
+fn zero_sized_items_count_like_any_other() {
+    let (mut tx, mut rx) = spsc::channel::<()>(2);
+    tx.push(()).unwrap();
+    tx.push(()).unwrap();
+    assert_eq!(tx.push(()), Err(PushError::Full(())));
+    assert_eq!(rx.pop(), Ok(()));
+    assert_eq!(rx.len(), 1);
+}

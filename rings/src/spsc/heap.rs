@@ -15,11 +15,10 @@ use crate::CachePadded;
 /// If `capacity` is zero or not a power of two (the slot index is a mask of the position).
 pub fn channel<T>(capacity: usize) -> (Producer<T>, Consumer<T>) {
     assert!(capacity.is_power_of_two(), "spsc capacity must be a power of two, got {capacity}");
-    let buffer = (0..capacity).map(|_| UnsafeCell::new(MaybeUninit::uninit())).collect();
     let ring = Arc::new(HeapRing {
         head: CachePadded::new(AtomicU64::new(0)),
         tail: CachePadded::new(AtomicU64::new(0)),
-        buffer,
+        buffer: Slots::new(capacity),
     });
     let producer =
         Producer { ring: ring.clone(), core: ProducerCore::new(0, 0), _not_sync: PhantomData };
@@ -181,7 +180,10 @@ impl<T> WriteChunk<'_, T> {
     /// Publishes the written slots with one store; returns how many.
     pub fn commit(mut self) -> usize {
         let n = self.written;
-        self.producer.core.publish(&*self.producer.ring, n as u64);
+        if n > 0 {
+            // Nothing written, nothing to publish: leave the consumer's cache line alone.
+            self.producer.core.publish(&*self.producer.ring, n as u64);
+        }
         self.written = 0; // now owned by the consumer: Drop must not touch them
         n
     }
@@ -253,6 +255,10 @@ impl<T> Iterator for ReadChunk<'_, T> {
 
 impl<T> Drop for ReadChunk<'_, T> {
     fn drop(&mut self) {
+        if self.taken == 0 {
+            // A consumer polling an empty queue must not keep storing to the producer's view.
+            return;
+        }
         self.consumer.core.release(&*self.consumer.ring, self.taken as u64);
     }
 }
@@ -260,7 +266,82 @@ impl<T> Drop for ReadChunk<'_, T> {
 struct HeapRing<T> {
     head: CachePadded<AtomicU64>,
     tail: CachePadded<AtomicU64>,
-    buffer: Box<[UnsafeCell<MaybeUninit<T>>]>,
+    buffer: Slots<T>,
+}
+
+type Slot<T> = UnsafeCell<MaybeUninit<T>>;
+
+/// Loom's cells must be constructed one by one and need no particular alignment.
+#[cfg(loom)]
+type Slots<T> = Box<[Slot<T>]>;
+
+#[cfg(loom)]
+trait NewSlots: Sized {
+    fn new(len: usize) -> Self;
+}
+
+#[cfg(loom)]
+impl<T> NewSlots for Box<[Slot<T>]> {
+    fn new(len: usize) -> Self {
+        (0..len).map(|_| UnsafeCell::new(MaybeUninit::uninit())).collect()
+    }
+}
+
+/// The slot array, starting on a 128-byte boundary so that a 64-byte item fills one cache
+/// line instead of straddling two (a `Box<[T]>` is only aligned to `align_of::<T>()`).
+#[cfg(not(loom))]
+struct Slots<T> {
+    ptr: core::ptr::NonNull<Slot<T>>,
+    len: usize,
+}
+
+#[cfg(not(loom))]
+impl<T> Slots<T> {
+    const ALIGN: usize = 128;
+
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::array::<Slot<T>>(len)
+            .and_then(|l| l.align_to(Self::ALIGN))
+            .expect("spsc capacity too large for memory")
+    }
+
+    fn new(len: usize) -> Self {
+        let layout = Self::layout(len);
+        if layout.size() == 0 {
+            // Zero-sized items: no memory, any aligned non-null pointer will do.
+            return Self { ptr: core::ptr::NonNull::dangling(), len };
+        }
+        // SAFETY: the layout has a non-zero size (checked above).
+        let raw = unsafe { std::alloc::alloc(layout) }.cast::<Slot<T>>();
+        let Some(ptr) = core::ptr::NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        // Uninitialised memory is a valid `UnsafeCell<MaybeUninit<T>>`: nothing to write.
+        Self { ptr, len }
+    }
+}
+
+#[cfg(not(loom))]
+impl<T> core::ops::Deref for Slots<T> {
+    type Target = [Slot<T>];
+
+    fn deref(&self) -> &[Slot<T>] {
+        // SAFETY: ptr is valid for `len` slots (allocated in `new`, or zero-sized), and every
+        // bit pattern, uninitialised included, is a valid MaybeUninit.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+#[cfg(not(loom))]
+impl<T> Drop for Slots<T> {
+    fn drop(&mut self) {
+        let layout = Self::layout(self.len);
+        if layout.size() != 0 {
+            // SAFETY: allocated in `new` with this same layout. The items were dropped by
+            // HeapRing::drop; MaybeUninit slots need no drop of their own.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), layout) };
+        }
+    }
 }
 
 // SAFETY: the ring hands each slot to exactly one end at a time (the index protocol), so
@@ -270,8 +351,8 @@ unsafe impl<T: Send> Sync for HeapRing<T> {}
 // SAFETY: as for Sync; the ring owns `T` values, which may be dropped on any thread.
 unsafe impl<T: Send> Send for HeapRing<T> {}
 
-// SAFETY: capacity is the boxed buffer's length, fixed and a power of two (checked in
-// `channel`); head and tail are two distinct fields; slots are the elements of one boxed slice.
+// SAFETY: capacity is the slot array's length, fixed and a power of two (checked in
+// `channel`); head and tail are two distinct fields; slots are the elements of one array.
 unsafe impl<T> Storage<T> for HeapRing<T> {
     #[inline(always)]
     fn head(&self) -> &AtomicU64 {
