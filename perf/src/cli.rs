@@ -25,6 +25,8 @@ pub struct Args {
     pub rounds: Option<u32>,
     pub allow_busy: bool,
     pub cores: Option<(usize, usize)>,
+    /// Only the cases whose name contains this.
+    pub only: Option<String>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -89,6 +91,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
                     seen: value,
                 })?);
             }
+            "--only" => out.only = Some(args.next().ok_or(CliError::MissingValue("--only"))?),
             flag if flag.starts_with('-') => return Err(CliError::UnknownFlag(arg)),
             _ if suite.is_none() => suite = Some(arg),
             _ => return Err(CliError::ExtraArgument(arg)),
@@ -124,7 +127,7 @@ corelane-perf: corelane against peer crates, side by side, in one run on one mac
 
 USAGE
     cargo run --release -p corelane-perf -- <SUITE> [--quick] [--json FILE] [--rounds N]
-                                                    [--allow-busy] [--cores A,B]
+                                                    [--allow-busy] [--cores A,B] [--only TEXT]
 
 FLAGS
     --quick        Smoke-test sizes: 2 rounds, a few thousand latency samples and 100k streamed
@@ -135,6 +138,8 @@ FLAGS
                    drifts by 2-3x between runs and over minutes, so each round measures the floor
                    and then every implementation in turn, and results accumulate over rounds.
                    More rounds: steadier medians, longer run.
+    --only TEXT    Run only the cases whose name contains TEXT (e.g. rtt-8B, throughput), for
+                   a quick look at one number; a full run is what goes in reports.
     --allow-busy   Run even if the machine is not idle, and mark the result \"idle\": false.
                    Without it, a busy machine makes the run stop with exit status 2 and a message
                    saying what was busy.

@@ -84,6 +84,8 @@ fn main() -> ExitCode {
         rounds: args.rounds.unwrap_or(if args.quick { 2 } else { 10 }),
         quick: args.quick,
         pair,
+        // Leaked once per process: the plan is Copy and lives for the whole run.
+        only: args.only.map(|s| &*Box::leak(s.into_boxed_str())),
     };
     let started = Instant::now();
     let result = (suite.run)(&plan);

@@ -36,6 +36,15 @@ pub struct Plan {
     pub quick: bool,
     /// The two cpus to pin the suite's two threads to.
     pub pair: Pair,
+    /// Only the cases whose name contains this (`--only`).
+    pub only: Option<&'static str>,
+}
+
+impl Plan {
+    /// Whether `--only` selects the case named `case`.
+    pub fn wants(&self, case: &str) -> bool {
+        self.only.is_none_or(|only| case.contains(only))
+    }
 }
 
 pub fn find(name: &str) -> Option<&'static Suite> {

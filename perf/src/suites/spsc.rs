@@ -208,7 +208,7 @@ fn run(plan: &Plan) -> Report {
     let mut cells: Vec<Cell> = CASES
         .iter()
         .flat_map(|&case| IMPLS.iter().map(move |&imp| (imp, case)))
-        .filter(|(imp, case)| imp.runs(case.kind))
+        .filter(|(imp, case)| imp.runs(case.kind) && plan.wants(case.name))
         .map(|(imp, case)| Cell {
             imp,
             case,
