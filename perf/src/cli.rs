@@ -228,6 +228,8 @@ mod tests {
             "--allow-busy",
             "--cores",
             "2,5",
+            "--only",
+            "rtt",
         ]);
         assert_eq!(
             cmd,
@@ -238,6 +240,7 @@ mod tests {
                 rounds: Some(3),
                 allow_busy: true,
                 cores: Some((2, 5)),
+                only: Some("rtt".into()),
             }))
         );
     }
