@@ -96,7 +96,7 @@ pub(crate) fn region_words<R: Region + ?Sized>(
 ) -> Option<&[crate::sync::AtomicU64]> {
     let end = offset.checked_add(len)?;
     let start = region.as_ptr().wrapping_add(offset);
-    if end > region.len() || start as usize % 8 != 0 || len % 8 != 0 {
+    if end > region.len() || !(start as usize).is_multiple_of(8) || !len.is_multiple_of(8) {
         return None;
     }
     // SAFETY: the range is inside the region and 8-aligned (checked above); the Region contract

@@ -224,7 +224,7 @@ impl<'a> PayloadPool<'a> {
         nslots: u32,
         stride_bytes: u32,
     ) -> Result<Self, LayoutError> {
-        if stride_bytes == 0 || stride_bytes % shm::POOL_STRIDE_ALIGN != 0 {
+        if stride_bytes == 0 || !stride_bytes.is_multiple_of(shm::POOL_STRIDE_ALIGN) {
             return Err(LayoutError::Stride(stride_bytes));
         }
         if !nslots.is_power_of_two() {

@@ -47,7 +47,7 @@ impl<T> UnsafeCell<T> {
 #[cfg(not(loom))]
 #[inline]
 pub(crate) unsafe fn atomic_words<'a>(ptr: *mut u8, len: usize) -> &'a [AtomicU64] {
-    debug_assert!(ptr as usize % 8 == 0 && len % 8 == 0);
+    debug_assert!((ptr as usize).is_multiple_of(8) && len.is_multiple_of(8));
     // SAFETY: AtomicU64 has the size and (on x86_64 and aarch64) the alignment of u64; the
     // caller guarantees alignment, validity for 'a and atomic-only access by everyone else.
     unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), len / 8) }

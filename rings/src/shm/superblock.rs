@@ -357,7 +357,7 @@ impl fmt::Display for SuperblockField {
 
 /// Pool strides: non-zero and a multiple of 64 (no power-of-two rule since v1.2).
 fn is_valid_stride(stride_bytes: u32) -> bool {
-    stride_bytes != 0 && stride_bytes % POOL_STRIDE_ALIGN == 0
+    stride_bytes != 0 && stride_bytes.is_multiple_of(POOL_STRIDE_ALIGN)
 }
 
 fn region_raw(region: RegionType) -> u64 {

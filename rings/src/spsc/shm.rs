@@ -356,7 +356,7 @@ impl<T: Record> RegionRing<T> {
             }
         }
         let base = NonNull::new(region.as_ptr()).ok_or(RegionError::Misaligned(0))?;
-        if base.as_ptr() as usize % REGION_ALIGN != 0 {
+        if !(base.as_ptr() as usize).is_multiple_of(REGION_ALIGN) {
             return Err(RegionError::Misaligned(base.as_ptr() as usize));
         }
         Ok(Self { base, capacity, _records: PhantomData })
@@ -426,7 +426,7 @@ impl<T: Record> RegionRing<T> {
     }
 
     fn word(&self, offset: usize) -> &AtomicU64 {
-        debug_assert!(offset % 8 == 0 && offset < SLOTS_OFFSET);
+        debug_assert!(offset.is_multiple_of(8) && offset < SLOTS_OFFSET);
         // SAFETY: offset < SLOTS_OFFSET <= region len, 8-aligned from a 64-aligned base; the
         // control words are only ever accessed atomically.
         unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
