@@ -5,3 +5,8 @@
 #![deny(unsafe_code)]
 
 pub use corelane_rings as rings;
+
+/// The README's Rust example, compiled and run as a doc test so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
