@@ -160,23 +160,24 @@ impl ProducerCore {
         if n == 0 {
             return 0;
         }
-        let start = self.index(s, 0);
-        let first = n.min(s.capacity() as usize - start);
         #[cfg(not(loom))]
-        // SAFETY: the n slots from `start` (wrapping once to 0) are free (n <= free()), the two
-        // ranges [start, start+first) and [0, n-first) are within the contiguous slot array
-        // (first <= capacity - start, n - first <= start), and `items` cannot overlap the ring's
-        // private memory because the producer holds no reference into it.
-        unsafe {
-            core::ptr::copy_nonoverlapping(items.as_ptr(), s.slot_ptr(start), first);
-            core::ptr::copy_nonoverlapping(items[first..].as_ptr(), s.slot_ptr(0), n - first);
+        {
+            let start = self.index(s, 0);
+            let first = n.min(s.capacity() as usize - start);
+            // SAFETY: the n slots from `start` (wrapping once to 0) are free (n <= free()), the
+            // ranges [start, start+first) and [0, n-first) are within the contiguous slot array
+            // (first <= capacity - start, n - first <= start), and `items` cannot overlap the
+            // ring's memory because the producer holds no reference into it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(items.as_ptr(), s.slot_ptr(start), first);
+                core::ptr::copy_nonoverlapping(items[first..].as_ptr(), s.slot_ptr(0), n - first);
+            }
         }
         #[cfg(loom)]
         for (i, item) in items[..n].iter().enumerate() {
             // SAFETY: as above, slot by slot.
             unsafe { s.write(self.index(s, i as u64), *item) };
         }
-        let _ = first;
         self.publish(s, n as u64);
         n
     }
@@ -253,22 +254,23 @@ impl ConsumerCore {
         if n == 0 {
             return 0;
         }
-        let start = self.index(s, 0);
-        let first = n.min(s.capacity() as usize - start);
         #[cfg(not(loom))]
-        // SAFETY: the n slots from `start` (wrapping once) hold published items (n <=
-        // available()); both ranges lie within the slot array (see push_slice), and `out` is a
-        // unique borrow of caller memory, so it cannot overlap the ring.
-        unsafe {
-            core::ptr::copy_nonoverlapping(s.slot_ptr(start), out.as_mut_ptr(), first);
-            core::ptr::copy_nonoverlapping(s.slot_ptr(0), out[first..].as_mut_ptr(), n - first);
+        {
+            let start = self.index(s, 0);
+            let first = n.min(s.capacity() as usize - start);
+            // SAFETY: the n slots from `start` (wrapping once) hold published items (n <=
+            // available()); both ranges lie within the slot array (see push_slice), and `out`
+            // is a unique borrow of caller memory, so it cannot overlap the ring.
+            unsafe {
+                core::ptr::copy_nonoverlapping(s.slot_ptr(start), out.as_mut_ptr(), first);
+                core::ptr::copy_nonoverlapping(s.slot_ptr(0), out[first..].as_mut_ptr(), n - first);
+            }
         }
         #[cfg(loom)]
         for (i, slot) in out[..n].iter_mut().enumerate() {
             // SAFETY: as above, slot by slot.
             *slot = unsafe { s.read(self.index(s, i as u64)) };
         }
-        let _ = first;
         self.release(s, n as u64);
         n
     }
