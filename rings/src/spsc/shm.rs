@@ -393,20 +393,19 @@ impl<T: Record> RegionRing<T> {
             return Err(RegionError::Capacity(capacity));
         }
         let ring = Self::check(region, capacity)?;
-        // SYNC: AcqRel: Acquire pairs with the previous holder's Release in `detach`, so its
-        // last position store is visible; Release orders nothing of ours but is harmless.
-        ring.state(role)
-            .compare_exchange(ROLE_FREE, ROLE_ATTACHED, Ordering::AcqRel, Ordering::Relaxed)
-            .or_else(|_| {
-                ring.state(role).compare_exchange(
-                    ROLE_DETACHED,
-                    ROLE_ATTACHED,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-            })
-            .map_err(|_| RegionError::RoleTaken(role))?;
-        Ok(ring)
+        // A role is free if never taken or taken and given back; attached means taken.
+        for from in [ROLE_FREE, ROLE_DETACHED] {
+            // SYNC: AcqRel: Acquire pairs with the previous holder's Release in `detach`, so
+            // its last position store is visible; Release orders nothing of ours.
+            let state = ring.state(role);
+            if state
+                .compare_exchange(from, ROLE_ATTACHED, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Ok(ring);
+            }
+        }
+        Err(RegionError::RoleTaken(role))
     }
 
     fn detach(&self, role: Role) {
