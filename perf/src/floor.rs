@@ -43,7 +43,7 @@ pub fn measure(pair: &Pair, warmup: u64, samples: u64) -> Vec<u64> {
             for seq in 1..=warmup {
                 round_trip(seq);
             }
-            let mut stamps = Vec::with_capacity(samples as usize + 1);
+            let mut stamps = pair::stamp_buffer(samples as usize + 1);
             stamps.push(Instant::now());
             for seq in warmup + 1..=total {
                 round_trip(seq);

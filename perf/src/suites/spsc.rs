@@ -383,7 +383,7 @@ fn rtt<T: Item, P: Tx<T>, C: Rx<T>>(
             for seq in 0..warmup {
                 round_trip(seq);
             }
-            let mut stamps = Vec::with_capacity(samples as usize + 1);
+            let mut stamps = pair::stamp_buffer(samples as usize + 1);
             stamps.push(Instant::now());
             for seq in warmup..total {
                 round_trip(seq);
