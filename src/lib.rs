@@ -1,10 +1,17 @@
 //! corelane: a synchronous thread-per-core runtime for accelerator hosts.
 //!
-//! This crate will host the daemon's runtime and services; today it re-exports the
-//! foundation, [`corelane_rings`].
+//! Modules: [`runtime`] (lanes, agents, reactor), [`wire`] (canonical framing), [`control`]
+//! (control protocol, client library), [`config`], [`metrics`]; the foundation is re-exported
+//! as [`rings`].
 #![deny(unsafe_code)]
 
 pub use corelane_rings as rings;
+
+pub mod config;
+pub mod control;
+pub mod metrics;
+pub mod runtime;
+pub mod wire;
 
 /// The README's Rust example, compiled and run as a doc test so it stays true.
 #[cfg(doctest)]
