@@ -1,1 +1,38 @@
-//! (being written)
+//! The runtime: lanes (pinned threads that loop over their agents), idle strategies, the
+//! reactor each lane polls, and shutdown.
+//!
+//! A lane never blocks on one socket or one queue: each pass it polls its reactor (non-blocking),
+//! hands completions to the agents that own them, and calls every agent's
+//! [`Agent::do_work`]. A pass that did no work idles with the lane's [`IdleStrategy`], whose
+//! parking step waits on the reactor with a bounded timeout, so I/O wakes the lane at once and
+//! a shutdown request is seen within that bound.
+//!
+//! ```no_run
+//! use corelane::runtime::{Agent, Ctx, IdleStrategy, LaneSpec, Runtime};
+//!
+//! struct Counter(u64);
+//! impl Agent for Counter {
+//!     fn name(&self) -> &str { "counter" }
+//!     fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize { self.0 += 1; 0 }
+//! }
+//! let runtime = Runtime::start(vec![LaneSpec {
+//!     name: "main".into(),
+//!     core: None,
+//!     idle: IdleStrategy::backoff(),
+//!     agents: vec![Box::new(Counter(0))],
+//! }], corelane::runtime::ReactorChoice::Auto).unwrap();
+//! runtime.shutdown();
+//! runtime.join();
+//! ```
+
+mod agent;
+mod idle;
+mod lane;
+pub mod reactor;
+mod shutdown;
+
+pub use agent::{Agent, Ctx};
+pub use idle::IdleStrategy;
+pub use lane::{LaneSpec, LaneStats, LaneStatsSnapshot, Runtime, RuntimeError};
+pub use reactor::{Completion, Reactor, ReactorChoice, ReactorKind, Token};
+pub use shutdown::Shutdown;

@@ -1,0 +1,417 @@
+//! Lanes: pinned threads that loop over their agents.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::agent::{Agent, Ctx};
+use super::idle::{IdleStrategy, Idler};
+use super::reactor::{Completion, Reactor, ReactorChoice, ReactorKind};
+use super::shutdown::Shutdown;
+
+/// How often a lane publishes its pass-duration quantiles to its [`LaneStats`].
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// What to run on one lane.
+pub struct LaneSpec {
+    /// Name for logs, status and metrics.
+    pub name: String,
+    /// The core to pin the lane's thread to (`None`: not pinned).
+    pub core: Option<usize>,
+    /// What the lane does after a pass with no work.
+    pub idle: IdleStrategy,
+    /// The agents, run in this order every pass. At most 255.
+    pub agents: Vec<Box<dyn Agent>>,
+}
+
+impl std::fmt::Debug for LaneSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let agents: Vec<&str> = self.agents.iter().map(|a| a.name()).collect();
+        f.debug_struct("LaneSpec")
+            .field("name", &self.name)
+            .field("core", &self.core)
+            .field("idle", &self.idle)
+            .field("agents", &agents)
+            .finish()
+    }
+}
+
+/// Why the runtime did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A lane names a core this machine (or this process's affinity mask) does not have.
+    #[error("lane '{lane}': core {core} is not available; available cores: {available:?}")]
+    NoSuchCore {
+        /// The lane.
+        lane: String,
+        /// The core asked for.
+        core: usize,
+        /// The cores the process may run on.
+        available: Vec<usize>,
+    },
+    /// Pinning failed.
+    #[error("lane '{lane}': cannot pin to core {core}")]
+    Pin {
+        /// The lane.
+        lane: String,
+        /// The core.
+        core: usize,
+    },
+    /// The reactor could not be set up.
+    #[error("lane '{lane}': cannot set up the {choice:?} reactor: {source}")]
+    Reactor {
+        /// The lane.
+        lane: String,
+        /// What was asked for.
+        choice: ReactorChoice,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// An agent failed to start.
+    #[error("lane '{lane}': agent '{agent}' failed to start: {source}")]
+    AgentStart {
+        /// The lane.
+        lane: String,
+        /// The agent.
+        agent: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Too many agents on one lane.
+    #[error("lane '{lane}': {count} agents, at most 255")]
+    TooManyAgents {
+        /// The lane.
+        lane: String,
+        /// How many were given.
+        count: usize,
+    },
+    /// The lane's thread could not be spawned or died before it started.
+    #[error("lane '{lane}': thread failed to start: {reason}")]
+    Thread {
+        /// The lane.
+        lane: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A lane's counters, written by the lane (single writer, Relaxed) and read by anyone.
+#[derive(Debug, Default)]
+pub struct LaneStats {
+    passes: AtomicU64,
+    work: AtomicU64,
+    idle_ns: AtomicU64,
+    max_pass_ns: AtomicU64,
+    p50_pass_ns: AtomicU64,
+    p99_pass_ns: AtomicU64,
+    p999_pass_ns: AtomicU64,
+}
+
+/// A copy of a lane's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LaneStatsSnapshot {
+    /// Lane name.
+    pub name: String,
+    /// Pinned core, if any.
+    pub core: Option<usize>,
+    /// Idle strategy name.
+    pub idle: &'static str,
+    /// Agent names.
+    pub agents: Vec<String>,
+    /// Loop passes.
+    pub passes: u64,
+    /// Work items reported by agents plus completions handled.
+    pub work: u64,
+    /// Time spent idling, ns.
+    pub idle_ns: u64,
+    /// Longest pass, ns.
+    pub max_pass_ns: u64,
+    /// Pass duration quantiles, ns (published every 100 ms).
+    pub p50_pass_ns: u64,
+    /// 99th percentile pass duration, ns.
+    pub p99_pass_ns: u64,
+    /// 99.9th percentile pass duration, ns.
+    pub p999_pass_ns: u64,
+}
+
+/// Running lanes.
+#[derive(Debug)]
+pub struct Runtime {
+    lanes: Vec<LaneHandle>,
+    shutdown: Shutdown,
+    reactor: ReactorKind,
+}
+
+#[derive(Debug)]
+struct LaneHandle {
+    name: String,
+    core: Option<usize>,
+    idle: &'static str,
+    agents: Vec<String>,
+    stats: Arc<LaneStats>,
+    thread: JoinHandle<()>,
+}
+
+impl Runtime {
+    /// Starts every lane, each on its own (pinned) thread with its own reactor, and returns
+    /// once all agents have started; if any lane fails to start, the others are stopped and
+    /// the first error is returned.
+    pub fn start(specs: Vec<LaneSpec>, reactor: ReactorChoice) -> Result<Self, RuntimeError> {
+        Self::start_with(specs, reactor, Shutdown::new())
+    }
+
+    /// [`start`](Self::start) with a caller's shutdown flag (e.g. one wired to signals).
+    pub fn start_with(
+        specs: Vec<LaneSpec>,
+        reactor: ReactorChoice,
+        shutdown: Shutdown,
+    ) -> Result<Self, RuntimeError> {
+        // Read the core list before pinning anything: once this thread is pinned it would
+        // report only its own core.
+        let available: Vec<usize> =
+            core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        let mut lanes = Vec::with_capacity(specs.len());
+        let mut failure = None;
+        for spec in specs {
+            if let Err(e) = check_spec(&spec, &available) {
+                failure = Some(e);
+                break;
+            }
+            let stats = Arc::new(LaneStats::default());
+            let agents = spec.agents.iter().map(|a| a.name().to_owned()).collect();
+            let (name, core, idle) = (spec.name.clone(), spec.core, spec.idle.name());
+            let lane = Lane { spec, stats: stats.clone(), shutdown: shutdown.clone(), reactor };
+            let ready = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("lane-{name}"))
+                .spawn(move || lane.run(ready))
+                .map_err(|e| RuntimeError::Thread { lane: name.clone(), reason: e.to_string() });
+            match thread {
+                Ok(thread) => lanes.push(LaneHandle { name, core, idle, agents, stats, thread }),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(ready_tx);
+        let mut kind = ReactorKind::Poll;
+        for lane in &lanes {
+            match ready_rx.recv() {
+                Ok(Ok(k)) => kind = k,
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(_) => {
+                    failure.get_or_insert(RuntimeError::Thread {
+                        lane: lane.name.clone(),
+                        reason: "exited before reporting".into(),
+                    });
+                }
+            }
+        }
+        let runtime = Runtime { lanes, shutdown, reactor: kind };
+        match failure {
+            None => Ok(runtime),
+            Some(e) => {
+                runtime.shutdown();
+                runtime.join();
+                Err(e)
+            }
+        }
+    }
+
+    /// Which reactor backend the lanes run.
+    pub fn reactor(&self) -> ReactorKind {
+        self.reactor
+    }
+
+    /// The shutdown flag the lanes watch.
+    pub fn shutdown_flag(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Asks every lane to stop after its current pass.
+    pub fn shutdown(&self) {
+        self.shutdown.request();
+    }
+
+    /// A copy of every lane's counters.
+    pub fn stats(&self) -> Vec<LaneStatsSnapshot> {
+        self.lanes.iter().map(LaneHandle::snapshot).collect()
+    }
+
+    /// Waits for every lane to finish (after [`shutdown`](Self::shutdown)). A lane that
+    /// panicked is logged.
+    pub fn join(self) {
+        for lane in self.lanes {
+            if lane.thread.join().is_err() {
+                tracing::error!(lane = %lane.name, "lane thread panicked");
+            }
+        }
+    }
+}
+
+impl LaneHandle {
+    fn snapshot(&self) -> LaneStatsSnapshot {
+        let s = &self.stats;
+        LaneStatsSnapshot {
+            name: self.name.clone(),
+            core: self.core,
+            idle: self.idle,
+            agents: self.agents.clone(),
+            passes: s.passes.load(Ordering::Relaxed),
+            work: s.work.load(Ordering::Relaxed),
+            idle_ns: s.idle_ns.load(Ordering::Relaxed),
+            max_pass_ns: s.max_pass_ns.load(Ordering::Relaxed),
+            p50_pass_ns: s.p50_pass_ns.load(Ordering::Relaxed),
+            p99_pass_ns: s.p99_pass_ns.load(Ordering::Relaxed),
+            p999_pass_ns: s.p999_pass_ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn check_spec(spec: &LaneSpec, available: &[usize]) -> Result<(), RuntimeError> {
+    if spec.agents.len() > 255 {
+        return Err(RuntimeError::TooManyAgents {
+            lane: spec.name.clone(),
+            count: spec.agents.len(),
+        });
+    }
+    match spec.core {
+        Some(core) if !available.contains(&core) => Err(RuntimeError::NoSuchCore {
+            lane: spec.name.clone(),
+            core,
+            available: available.to_vec(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+struct Lane {
+    spec: LaneSpec,
+    stats: Arc<LaneStats>,
+    shutdown: Shutdown,
+    reactor: ReactorChoice,
+}
+
+type Ready = crossbeam_channel::Sender<Result<ReactorKind, RuntimeError>>;
+
+impl Lane {
+    fn run(mut self, ready: Ready) {
+        let name = self.spec.name.clone();
+        if let Some(core) = self.spec.core {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                let _ = ready.send(Err(RuntimeError::Pin { lane: name, core }));
+                return;
+            }
+        }
+        let mut reactor = match Reactor::new(self.reactor) {
+            Ok(r) => r,
+            Err(source) => {
+                let _ = ready.send(Err(RuntimeError::Reactor {
+                    lane: name,
+                    choice: self.reactor,
+                    source,
+                }));
+                return;
+            }
+        };
+        for (index, agent) in self.spec.agents.iter_mut().enumerate() {
+            let mut ctx = Ctx { now: Instant::now(), reactor: &mut reactor, agent: index as u8 };
+            if let Err(source) = agent.on_start(&mut ctx) {
+                let agent = agent.name().to_owned();
+                let _ = ready.send(Err(RuntimeError::AgentStart { lane: name, agent, source }));
+                return;
+            }
+        }
+        tracing::info!(lane = %name, core = ?self.spec.core, reactor = reactor.kind().name(), idle = self.spec.idle.name(), "lane started");
+        let _ = ready.send(Ok(reactor.kind()));
+        drop(ready);
+
+        if let Err(e) = self.run_loop(&mut reactor) {
+            tracing::error!(lane = %name, error = %e, "lane stopped on a reactor error");
+        }
+        for (index, agent) in self.spec.agents.iter_mut().enumerate() {
+            let mut ctx = Ctx { now: Instant::now(), reactor: &mut reactor, agent: index as u8 };
+            agent.on_close(&mut ctx);
+        }
+        tracing::info!(lane = %name, "lane stopped");
+    }
+
+    fn run_loop(&mut self, reactor: &mut Reactor) -> std::io::Result<()> {
+        let mut idler = Idler::new(self.spec.idle);
+        let mut passes = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+            .expect("constant histogram bounds are valid");
+        let mut next_publish = Instant::now() + PUBLISH_EVERY;
+        let mut max_pass = 0u64;
+        let (mut pass_count, mut work_total, mut idle_total) = (0u64, 0u64, 0u64);
+        let mut now = Instant::now();
+        while !self.shutdown.is_requested() {
+            let start = now;
+            reactor.poll()?;
+            let mut work = 0usize;
+            while let Some(completion) = reactor.next_completion() {
+                work += 1;
+                self.dispatch(reactor, start, completion);
+            }
+            for (index, agent) in self.spec.agents.iter_mut().enumerate() {
+                let mut ctx = Ctx { now: start, reactor, agent: index as u8 };
+                work += agent.do_work(&mut ctx);
+            }
+            now = Instant::now();
+            let pass_ns = (now - start).as_nanos() as u64;
+            passes.saturating_record(pass_ns.max(1));
+            max_pass = max_pass.max(pass_ns);
+            pass_count += 1;
+            work_total += work as u64;
+            if work == 0 {
+                idler.idle(reactor)?;
+                let after = Instant::now();
+                idle_total += (after - now).as_nanos() as u64;
+                now = after;
+            } else {
+                idler.reset();
+            }
+            if now >= next_publish {
+                self.publish(&passes, pass_count, work_total, idle_total, max_pass);
+                next_publish = now + PUBLISH_EVERY;
+            }
+        }
+        self.publish(&passes, pass_count, work_total, idle_total, max_pass);
+        Ok(())
+    }
+
+    fn dispatch(&mut self, reactor: &mut Reactor, now: Instant, completion: Completion) {
+        let owner = Ctx::owner(completion.token());
+        let buf = match &completion {
+            Completion::Received { buf, .. } => Some(*buf),
+            _ => None,
+        };
+        match self.spec.agents.get_mut(owner) {
+            Some(agent) => {
+                let mut ctx = Ctx { now, reactor, agent: owner as u8 };
+                agent.on_completion(&mut ctx, completion);
+            }
+            None => tracing::warn!(token = ?completion.token(), "completion for no agent"),
+        }
+        if let Some(buf) = buf {
+            reactor.recycle(buf);
+        }
+    }
+
+    fn publish(&self, h: &Histogram<u64>, passes: u64, work: u64, idle_ns: u64, max_pass: u64) {
+        let s = &self.stats;
+        s.passes.store(passes, Ordering::Relaxed);
+        s.work.store(work, Ordering::Relaxed);
+        s.idle_ns.store(idle_ns, Ordering::Relaxed);
+        s.max_pass_ns.store(max_pass, Ordering::Relaxed);
+        s.p50_pass_ns.store(h.value_at_quantile(0.5), Ordering::Relaxed);
+        s.p99_pass_ns.store(h.value_at_quantile(0.99), Ordering::Relaxed);
+        s.p999_pass_ns.store(h.value_at_quantile(0.999), Ordering::Relaxed);
+    }
+}

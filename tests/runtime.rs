@@ -1,0 +1,387 @@
+//! The runtime with real sockets and real threads: lanes, agents, the reactor (every backend
+//! this kernel offers), SPSC links between lanes, shutdown.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use corelane::rings::spsc;
+use corelane::runtime::{
+    Agent, Completion, Ctx, IdleStrategy, LaneSpec, ReactorChoice, ReactorKind, Runtime,
+    RuntimeError,
+};
+
+/// Every backend that can run here; a missing one is said out loud, not silently skipped.
+fn backends() -> Vec<ReactorChoice> {
+    let mut out = vec![ReactorChoice::Poll];
+    match corelane::runtime::Reactor::new(ReactorChoice::IoUring) {
+        Ok(_) => out.push(ReactorChoice::IoUring),
+        Err(e) => eprintln!("SKIPPING the io_uring backend in this test: {e}"),
+    }
+    out
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("corelane-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The alloc-ingest shape: accepts many connections, parses 8-byte little-endian records out of
+/// whatever each receive brings (records split across receives included), forwards every
+/// record to another lane through an SPSC link, and acks each receive's record count.
+struct Ingest {
+    path: PathBuf,
+    listener: Option<UnixListener>,
+    next: u64,
+    partial: std::collections::HashMap<u64, Vec<u8>>,
+    forward: spsc::Producer<u64>,
+}
+
+impl Agent for Ingest {
+    fn name(&self) -> &str {
+        "ingest"
+    }
+
+    fn on_start(&mut self, ctx: &mut Ctx<'_>) -> std::io::Result<()> {
+        let listener = self.listener.take().expect("started once");
+        let token = ctx.token(0);
+        ctx.reactor().listen(OwnedFd::from(listener), token)
+    }
+
+    fn on_completion(&mut self, ctx: &mut Ctx<'_>, completion: Completion) {
+        match completion {
+            Completion::Accepted { fd, .. } => {
+                self.next += 1;
+                let token = ctx.token(self.next);
+                ctx.reactor().open(fd, token).unwrap();
+                self.partial.insert(self.next, Vec::new());
+            }
+            Completion::Received { token, buf } => {
+                let pending = self.partial.get_mut(&Ctx::local(token)).unwrap();
+                pending.extend_from_slice(ctx.reactor().data(&buf));
+                let whole = pending.len() / 8 * 8;
+                let mut records = 0u32;
+                for chunk in pending[..whole].chunks_exact(8) {
+                    let value = u64::from_le_bytes(chunk.try_into().unwrap());
+                    while self.forward.push(value).is_err() {} // the other lane drains it
+                    records += 1;
+                }
+                pending.drain(..whole);
+                ctx.reactor().send(token, &records.to_le_bytes()).unwrap();
+            }
+            Completion::Closed { token } | Completion::Failed { token, .. } => {
+                self.partial.remove(&Ctx::local(token));
+                ctx.reactor().close(token);
+            }
+            Completion::Sent { .. } => {}
+        }
+    }
+
+    fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+        0
+    }
+
+    fn on_close(&mut self, _ctx: &mut Ctx<'_>) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The ledger-lane shape: drains the SPSC link and sums what it got.
+struct Ledger {
+    from: spsc::Consumer<u64>,
+    total: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Agent for Ledger {
+    fn name(&self) -> &str {
+        "ledger"
+    }
+
+    fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+        let mut n = 0;
+        while let Ok(v) = self.from.pop() {
+            self.total.fetch_add(v, std::sync::atomic::Ordering::Relaxed);
+            n += 1;
+        }
+        n
+    }
+}
+
+fn ingest_runtime(
+    dir: &Path,
+    choice: ReactorChoice,
+) -> (Runtime, PathBuf, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let path = dir.join("ingest.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let (tx, rx) = spsc::channel(1024);
+    let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let lanes = vec![
+        LaneSpec {
+            name: "io".into(),
+            core: None,
+            idle: IdleStrategy::backoff(),
+            agents: vec![Box::new(Ingest {
+                path: path.clone(),
+                listener: Some(listener),
+                next: 0,
+                partial: Default::default(),
+                forward: tx,
+            })],
+        },
+        LaneSpec {
+            name: "ledger".into(),
+            core: None,
+            idle: IdleStrategy::backoff(),
+            agents: vec![Box::new(Ledger { from: rx, total: total.clone() })],
+        },
+    ];
+    (Runtime::start(lanes, choice).unwrap(), path, total)
+}
+
+#[test]
+fn many_clients_many_records_per_receive_forwarded_across_lanes() {
+    for choice in backends() {
+        let dir = temp_dir(&format!("ingest-{choice:?}"));
+        let (runtime, path, total) = ingest_runtime(&dir, choice);
+        let expected_kind =
+            if choice == ReactorChoice::IoUring { ReactorKind::IoUring } else { ReactorKind::Poll };
+        assert_eq!(runtime.reactor(), expected_kind);
+
+        let clients: Vec<_> = (0..8u64)
+            .map(|c| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut s = UnixStream::connect(&path).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let mut acked = 0u32;
+                    let mut sent = 0u32;
+                    for round in 0..50u64 {
+                        // 7 records, written in two pieces that split a record.
+                        let bytes: Vec<u8> =
+                            (0..7).flat_map(|i| (c * 1000 + round * 7 + i).to_le_bytes()).collect();
+                        s.write_all(&bytes[..13]).unwrap();
+                        s.write_all(&bytes[13..]).unwrap();
+                        sent += 7;
+                        while acked < sent {
+                            let mut ack = [0u8; 4];
+                            s.read_exact(&mut ack).unwrap();
+                            acked += u32::from_le_bytes(ack);
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let acked: u32 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+        assert_eq!(acked, 8 * 50 * 7);
+        let want: u64 = (0..8u64).flat_map(|c| (0..350u64).map(move |i| c * 1000 + i)).sum();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while total.load(std::sync::atomic::Ordering::Relaxed) != want && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(total.load(std::sync::atomic::Ordering::Relaxed), want, "{choice:?}");
+
+        let stats = runtime.stats();
+        assert_eq!(stats.len(), 2);
+        assert_eq!(stats[0].agents, ["ingest"]);
+        runtime.shutdown();
+        runtime.join();
+        assert!(!path.exists(), "on_close unlinked the socket");
+    }
+}
+
+#[test]
+fn a_peer_that_never_reads_costs_only_its_own_queue() {
+    // The frame-worker shape under backpressure: one client stops reading; the agent sees its
+    // pending bytes grow and stops producing for it, while another client is still served.
+    struct Flood {
+        listener: Option<UnixListener>,
+        next: u64,
+        pending_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+    impl Agent for Flood {
+        fn name(&self) -> &str {
+            "flood"
+        }
+        fn on_start(&mut self, ctx: &mut Ctx<'_>) -> std::io::Result<()> {
+            let t = ctx.token(0);
+            ctx.reactor().listen(OwnedFd::from(self.listener.take().unwrap()), t)
+        }
+        fn on_completion(&mut self, ctx: &mut Ctx<'_>, c: Completion) {
+            match c {
+                Completion::Accepted { fd, .. } => {
+                    self.next += 1;
+                    let t = ctx.token(self.next);
+                    ctx.reactor().open(fd, t).unwrap();
+                }
+                Completion::Received { token, buf } => {
+                    // Each request byte asks for 64 KiB, unless 1 MiB is already queued.
+                    let n = ctx.reactor().data(&buf).len();
+                    for _ in 0..n {
+                        if ctx.reactor().pending(token) < 1 << 20 {
+                            ctx.reactor().send(token, &[7u8; 64 * 1024]).unwrap();
+                        }
+                    }
+                    let p = ctx.reactor().pending(token) as u64;
+                    self.pending_seen.fetch_max(p, std::sync::atomic::Ordering::Relaxed);
+                }
+                Completion::Closed { token } | Completion::Failed { token, .. } => {
+                    ctx.reactor().close(token)
+                }
+                Completion::Sent { .. } => {}
+            }
+        }
+        fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+            0
+        }
+    }
+    for choice in backends() {
+        let dir = temp_dir(&format!("flood-{choice:?}"));
+        let path = dir.join("flood.sock");
+        let pending_seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let lane = LaneSpec {
+            name: "io".into(),
+            core: None,
+            idle: IdleStrategy::Sleep(Duration::from_micros(200)),
+            agents: vec![Box::new(Flood {
+                listener: Some(UnixListener::bind(&path).unwrap()),
+                next: 0,
+                pending_seen: pending_seen.clone(),
+            })],
+        };
+        let runtime = Runtime::start(vec![lane], choice).unwrap();
+        let mut stuck = UnixStream::connect(&path).unwrap();
+        stuck.write_all(&[1; 64]).unwrap(); // asks for 4 MiB, never reads
+        let mut good = UnixStream::connect(&path).unwrap();
+        good.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for _ in 0..4 {
+            good.write_all(&[1]).unwrap();
+            let mut got = vec![0u8; 64 * 1024];
+            good.read_exact(&mut got).unwrap();
+            assert!(got.iter().all(|&b| b == 7));
+        }
+        let seen = pending_seen.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            seen >= 1 << 19,
+            "{choice:?}: the stuck peer's queue should have grown, saw {seen}"
+        );
+        assert!(seen < (1 << 20) + 64 * 1024, "{choice:?}: queue bounded by the agent, saw {seen}");
+        drop(stuck);
+        runtime.shutdown();
+        runtime.join();
+    }
+}
+
+#[test]
+fn idle_lanes_idle_and_stop_promptly() {
+    struct Nothing;
+    impl Agent for Nothing {
+        fn name(&self) -> &str {
+            "nothing"
+        }
+        fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+            0
+        }
+    }
+    for idle in [
+        IdleStrategy::Spin,
+        IdleStrategy::Yield,
+        IdleStrategy::backoff(),
+        IdleStrategy::Sleep(Duration::from_millis(1)),
+    ] {
+        let lane =
+            LaneSpec { name: "idle".into(), core: None, idle, agents: vec![Box::new(Nothing)] };
+        let runtime = Runtime::start(vec![lane], ReactorChoice::Auto).unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+        let stats = &runtime.stats()[0];
+        assert!(stats.passes > 0, "{idle:?}");
+        assert_eq!(stats.work, 0);
+        assert_eq!(stats.idle, idle.name());
+        if matches!(idle, IdleStrategy::Sleep(_) | IdleStrategy::Backoff { .. }) {
+            assert!(stats.idle_ns >= 100_000_000, "{idle:?}: parked most of the time: {stats:?}");
+        }
+        runtime.shutdown();
+        runtime.join();
+    }
+}
+
+#[test]
+fn pinned_lanes_and_bad_cores() {
+    struct Where(std::sync::Arc<std::sync::Mutex<Option<usize>>>);
+    impl Agent for Where {
+        fn name(&self) -> &str {
+            "where"
+        }
+        fn on_start(&mut self, _ctx: &mut Ctx<'_>) -> std::io::Result<()> {
+            let cores = core_affinity_cores();
+            *self.0.lock().unwrap() = (cores.len() == 1).then(|| cores[0]);
+            Ok(())
+        }
+        fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+            0
+        }
+    }
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let lane = LaneSpec {
+        name: "pinned".into(),
+        core: Some(0),
+        idle: IdleStrategy::backoff(),
+        agents: vec![Box::new(Where(seen.clone()))],
+    };
+    let runtime = Runtime::start(vec![lane], ReactorChoice::Poll).unwrap();
+    assert_eq!(*seen.lock().unwrap(), Some(0), "the lane runs on core 0 only");
+    runtime.shutdown();
+    runtime.join();
+
+    let lane =
+        LaneSpec { name: "far".into(), core: Some(4096), idle: IdleStrategy::Spin, agents: vec![] };
+    let err = Runtime::start(vec![lane], ReactorChoice::Poll).unwrap_err();
+    assert!(matches!(err, RuntimeError::NoSuchCore { core: 4096, .. }), "{err}");
+    assert!(err.to_string().starts_with("lane 'far': core 4096 is not available"), "{err}");
+}
+
+#[test]
+fn a_failing_agent_stops_the_start_and_says_which() {
+    struct Broken;
+    impl Agent for Broken {
+        fn name(&self) -> &str {
+            "broken"
+        }
+        fn on_start(&mut self, _ctx: &mut Ctx<'_>) -> std::io::Result<()> {
+            Err(std::io::Error::other("no device"))
+        }
+        fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+            0
+        }
+    }
+    let lane = LaneSpec {
+        name: "dev".into(),
+        core: None,
+        idle: IdleStrategy::Spin,
+        agents: vec![Box::new(Broken)],
+    };
+    let err = Runtime::start(vec![lane], ReactorChoice::Poll).unwrap_err();
+    assert_eq!(err.to_string(), "lane 'dev': agent 'broken' failed to start: no device");
+}
+
+/// The cores this thread may run on, read from /proc (so the test does not depend on the
+/// runtime's own use of core_affinity).
+fn core_affinity_cores() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap();
+    line.split(':')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .split(',')
+        .flat_map(|part| match part.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
+            None => vec![part.parse().unwrap()],
+        })
+        .collect()
+}
