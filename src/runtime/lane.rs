@@ -137,21 +137,56 @@ pub struct LaneStatsSnapshot {
     pub p999_pass_ns: u64,
 }
 
+/// What agents may read about their runtime (status requests, metrics): every lane's static
+/// facts and live counters, and the reactor backend. Create it before the agents, hand it to
+/// the ones that report status, and pass it to [`Runtime::start_with`], which fills it before
+/// any lane thread starts.
+#[derive(Debug, Default)]
+pub struct Board {
+    lanes: std::sync::OnceLock<Vec<LaneView>>,
+    reactor: std::sync::OnceLock<ReactorKind>,
+}
+
+#[derive(Debug)]
+struct LaneView {
+    name: String,
+    core: Option<usize>,
+    idle: &'static str,
+    agents: Vec<String>,
+    stats: Arc<LaneStats>,
+}
+
+impl Board {
+    /// An empty board.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Every lane's counters (empty before the runtime started).
+    pub fn lanes(&self) -> Vec<LaneStatsSnapshot> {
+        self.lanes
+            .get()
+            .map_or_else(Vec::new, |lanes| lanes.iter().map(LaneView::snapshot).collect())
+    }
+
+    /// The reactor backend the lanes run (`None` while starting).
+    pub fn reactor(&self) -> Option<ReactorKind> {
+        self.reactor.get().copied()
+    }
+}
+
 /// Running lanes.
 #[derive(Debug)]
 pub struct Runtime {
     lanes: Vec<LaneHandle>,
     shutdown: Shutdown,
     reactor: ReactorKind,
+    board: Arc<Board>,
 }
 
 #[derive(Debug)]
 struct LaneHandle {
     name: String,
-    core: Option<usize>,
-    idle: &'static str,
-    agents: Vec<String>,
-    stats: Arc<LaneStats>,
     thread: JoinHandle<()>,
 }
 
@@ -160,38 +195,51 @@ impl Runtime {
     /// once all agents have started; if any lane fails to start, the others are stopped and
     /// the first error is returned.
     pub fn start(specs: Vec<LaneSpec>, reactor: ReactorChoice) -> Result<Self, RuntimeError> {
-        Self::start_with(specs, reactor, Shutdown::new())
+        Self::start_with(specs, reactor, Shutdown::new(), Board::new())
     }
 
-    /// [`start`](Self::start) with a caller's shutdown flag (e.g. one wired to signals).
+    /// [`start`](Self::start) with a caller's shutdown flag (e.g. one wired to signals) and
+    /// the [`Board`] its agents read status from (filled here; must be fresh).
     pub fn start_with(
         specs: Vec<LaneSpec>,
         reactor: ReactorChoice,
         shutdown: Shutdown,
+        board: Arc<Board>,
     ) -> Result<Self, RuntimeError> {
         // Read the core list before pinning anything: once this thread is pinned it would
         // report only its own core.
         let available: Vec<usize> =
             core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+        for spec in &specs {
+            check_spec(spec, &available)?;
+        }
+        let views: Vec<LaneView> = specs
+            .iter()
+            .map(|spec| LaneView {
+                name: spec.name.clone(),
+                core: spec.core,
+                idle: spec.idle.name(),
+                agents: spec.agents.iter().map(|a| a.name().to_owned()).collect(),
+                stats: Arc::new(LaneStats::default()),
+            })
+            .collect();
+        let stats: Vec<Arc<LaneStats>> = views.iter().map(|v| v.stats.clone()).collect();
+        if board.lanes.set(views).is_err() {
+            tracing::warn!("runtime board reused: status shows the first runtime's lanes");
+        }
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let mut lanes = Vec::with_capacity(specs.len());
         let mut failure = None;
-        for spec in specs {
-            if let Err(e) = check_spec(&spec, &available) {
-                failure = Some(e);
-                break;
-            }
-            let stats = Arc::new(LaneStats::default());
-            let agents = spec.agents.iter().map(|a| a.name().to_owned()).collect();
-            let (name, core, idle) = (spec.name.clone(), spec.core, spec.idle.name());
-            let lane = Lane { spec, stats: stats.clone(), shutdown: shutdown.clone(), reactor };
+        for (spec, stats) in specs.into_iter().zip(stats) {
+            let name = spec.name.clone();
+            let lane = Lane { spec, stats, shutdown: shutdown.clone(), reactor };
             let ready = ready_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("lane-{name}"))
                 .spawn(move || lane.run(ready))
                 .map_err(|e| RuntimeError::Thread { lane: name.clone(), reason: e.to_string() });
             match thread {
-                Ok(thread) => lanes.push(LaneHandle { name, core, idle, agents, stats, thread }),
+                Ok(thread) => lanes.push(LaneHandle { name, thread }),
                 Err(e) => {
                     failure = Some(e);
                     break;
@@ -214,7 +262,8 @@ impl Runtime {
                 }
             }
         }
-        let runtime = Runtime { lanes, shutdown, reactor: kind };
+        let _ = board.reactor.set(kind);
+        let runtime = Runtime { lanes, shutdown, reactor: kind, board };
         match failure {
             None => Ok(runtime),
             Some(e) => {
@@ -242,7 +291,7 @@ impl Runtime {
 
     /// A copy of every lane's counters.
     pub fn stats(&self) -> Vec<LaneStatsSnapshot> {
-        self.lanes.iter().map(LaneHandle::snapshot).collect()
+        self.board.lanes()
     }
 
     /// Waits for every lane to finish (after [`shutdown`](Self::shutdown)). A lane that
@@ -256,7 +305,7 @@ impl Runtime {
     }
 }
 
-impl LaneHandle {
+impl LaneView {
     fn snapshot(&self) -> LaneStatsSnapshot {
         let s = &self.stats;
         LaneStatsSnapshot {
