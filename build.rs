@@ -1,1 +1,9 @@
-fn main() {}
+//! Compiles `proto/control.proto` with protox (pure Rust: no `protoc` needed) and generates the
+//! prost types into `OUT_DIR/corelane.control.rs`, included by `src/control/proto.rs`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["proto/control.proto"], ["proto"])?;
+    prost_build::Config::new().compile_fds(fds)?;
+    Ok(())
+}

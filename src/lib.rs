@@ -7,8 +7,10 @@
 
 pub use corelane_rings as rings;
 
+pub mod cli;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod metrics;
 pub mod runtime;
 pub mod wire;

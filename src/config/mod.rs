@@ -1,1 +1,627 @@
-//! (being written)
+//! The daemon's configuration: types, loading, validation.
+//!
+//! A [`Config`] is built from three layers, later ones winning:
+//!
+//! 1. the embedded default, `config/corelane.toml`, compiled in ([`EMBEDDED_DEFAULT`]); it lists
+//!    every key with its default value, unit and range, and is the reference for what each key
+//!    means;
+//! 2. the file given with `--config PATH`, which may set only some keys: sections and keys it
+//!    leaves out keep their defaults, except `[[lanes]]`, which replaces the whole list;
+//! 3. environment overrides `CORELANE_<SECTION>_<KEY>` for the scalar keys of the non-array
+//!    sections (e.g. `CORELANE_CONTROL_MAX_BODY_BYTES=2048`, `CORELANE_METRICS_LISTEN=`), parsed
+//!    as the key's type; `CORELANE_LOG` is a short name for `CORELANE_LOG_FILTER`. Lanes cannot
+//!    be set from the environment.
+//!
+//! Every layer is checked before it is merged (unknown sections and keys, types, ranges), so an
+//! error names the key and where the value came from (file and line, or variable). The merged
+//! result is then validated as a whole ([`Config::validate`]: lanes and agents). Loading fails
+//! on the first error.
+//!
+//! ```
+//! use corelane::config::Config;
+//!
+//! let env = |name: &str| (name == "CORELANE_CONTROL_MAX_BODY_BYTES").then(|| "2048".to_owned());
+//! let config = Config::load(None, &env).unwrap();
+//! assert_eq!(config.control.max_body_bytes, 2048);
+//! assert_eq!(config.control.socket, "control.sock"); // the default
+//! ```
+
+mod error;
+mod schema;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, Origin};
+
+use schema::{Doc, DocName};
+
+/// The embedded default configuration, `config/corelane.toml`: every key with its default value
+/// and a comment saying what it does, its unit and its range.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/corelane.toml");
+
+/// The agents a lane can host in this build: `control` (the control socket) and `metrics` (the
+/// counters file and the HTTP endpoint).
+pub const KNOWN_AGENTS: &[&str] = &["control", "metrics"];
+
+/// Agent names reserved for services of later builds; naming one in a lane is an error that says
+/// so.
+pub const RESERVED_AGENTS: &[&str] = &["pool", "alloc", "frames"];
+
+/// The whole configuration of `corelane run`. See `config/corelane.toml` for every key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[runtime]`: process-wide settings.
+    pub runtime: RuntimeConfig,
+    /// `[[lanes]]`: the pinned threads and the agents each hosts.
+    pub lanes: Vec<LaneConfig>,
+    /// `[control]`: the control socket.
+    pub control: ControlConfig,
+    /// `[metrics]`: counters file and Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+    /// `[pool]`: reserved for the tensor pool driver.
+    pub pool: ServicePlaceholder,
+    /// `[alloc]`: reserved for the allocation ledger server.
+    pub alloc: ServicePlaceholder,
+    /// `[frames]`: reserved for the frame worker.
+    pub frames: ServicePlaceholder,
+}
+
+/// `[runtime]`: process-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `dir`: directory of the daemon's sockets and files; `""` (default) picks one, see
+    /// [`RuntimeConfig::runtime_dir`]. Otherwise an absolute path.
+    pub dir: String,
+    /// `reactor`: the socket event reactor. Default `auto`.
+    pub reactor: ReactorKind,
+    /// `shutdown_timeout_ms`: how long lanes get to finish after SIGINT/SIGTERM, in
+    /// milliseconds, `0..=600000`; 0 exits without waiting. Default 100.
+    pub shutdown_timeout_ms: u64,
+}
+
+/// `runtime.reactor`: which event reactor drives the sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReactorKind {
+    /// `"auto"`: io_uring when the kernel allows it, else poll.
+    Auto,
+    /// `"io_uring"`: io_uring only; starting fails if the kernel refuses it.
+    IoUring,
+    /// `"poll"`: the portable poll(2) fallback.
+    Poll,
+}
+
+/// One `[[lanes]]` entry: a thread, optionally pinned, running a loop over its agents.
+///
+/// In TOML a lane is flat: `name`, `core` (optional), `idle = "spin" | "yield" | "backoff" |
+/// "sleep"` (default `"backoff"`), the `idle_*` parameters of that kind (each optional, with the
+/// defaults of [`IdleStrategy::BACKOFF`] and [`IdleStrategy::SLEEP`]), and `agents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "LaneToml", into = "LaneToml")]
+pub struct LaneConfig {
+    /// `name`: used in logs, metrics and thread names; non-empty, unique among lanes.
+    pub name: String,
+    /// `core`: the CPU core the lane is pinned to, `0..=4095`; `None` (key absent) = not pinned.
+    /// Distinct among lanes.
+    pub core: Option<usize>,
+    /// `idle` and `idle_*`: what the lane does when no agent had work.
+    pub idle: IdleStrategy,
+    /// `agents`: the agents this lane hosts, each one of [`KNOWN_AGENTS`] and hosted by exactly
+    /// one lane. A `metrics` entry is ignored while `metrics.enabled = false`.
+    pub agents: Vec<String>,
+}
+
+/// What a lane does when none of its agents did work in a loop iteration.
+///
+/// Inside a lane this is written flat (`idle = "backoff"`, `idle_max_park_us = 2000`); on its
+/// own it serialises as a table tagged by `kind`, e.g. `{ kind = "sleep", sleep_us = 100 }`.
+/// (In that standalone form serde does not reject extra keys next to the unit kinds `spin` and
+/// `yield`, a known serde limitation; the lane form, which the loader reads, rejects them.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum IdleStrategy {
+    /// `"spin"`: busy-poll; lowest latency, burns the core.
+    Spin,
+    /// `"yield"`: `sched_yield` between iterations.
+    Yield,
+    /// `"backoff"`: spin, then yield, then park for growing times.
+    Backoff {
+        /// `idle_spin_iterations`: busy-poll iterations before yielding, `0..=1000000`.
+        /// Default 100.
+        #[serde(default = "default_spin_iterations")]
+        spin_iterations: u32,
+        /// `idle_yield_iterations`: yields before parking, `0..=1000000`. Default 10.
+        #[serde(default = "default_yield_iterations")]
+        yield_iterations: u32,
+        /// `idle_max_park_us`: longest single park in microseconds, `1..=1000000`. Default 1000.
+        #[serde(default = "default_max_park_us")]
+        max_park_us: u64,
+    },
+    /// `"sleep"`: sleep a fixed time per idle iteration.
+    Sleep {
+        /// `idle_sleep_us`: time slept in microseconds, `1..=1000000`. Default 100.
+        #[serde(default = "default_sleep_us")]
+        sleep_us: u64,
+    },
+}
+
+/// `[control]`: the control socket (canonical 24-byte framing with CRC32).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// `socket`: file name of the Unix socket inside the runtime dir. Default `control.sock`.
+    pub socket: String,
+    /// `max_body_bytes`: largest body accepted, in bytes, `1..=67108864`. Default 1 MiB.
+    pub max_body_bytes: u32,
+    /// `enable_legacy_support`: accept legacy v1 clients and answer in v1. Default false.
+    pub enable_legacy_support: bool,
+    /// `max_connections`: most connections open at once, `1..=1048576`. Default 1024.
+    pub max_connections: u32,
+    /// `crc_error_limit`: bad-CRC frames in a row that close a connection, `1..=1000000`.
+    /// Default 10.
+    pub crc_error_limit: u32,
+    /// `header_timeout_ms`: a started frame must complete within this, in milliseconds,
+    /// `1..=600000`. Default 5000.
+    pub header_timeout_ms: u64,
+    /// `idle_timeout_ms`: close a connection with no frame for this long, in milliseconds,
+    /// `0..=86400000`; 0 = never. Default 0.
+    pub idle_timeout_ms: u64,
+    /// `max_pending_output_bytes`: per connection, most reply bytes queued for a peer that does
+    /// not read before it is closed, `4096..=1073741824`. Default 4 MiB.
+    pub max_pending_output_bytes: u32,
+}
+
+/// `[metrics]`: the counters file and the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `enabled`: run the metrics agent. Default true.
+    pub enabled: bool,
+    /// `listen`: address of the HTTP endpoint; `""` disables it. Default `127.0.0.1:9090`.
+    pub listen: String,
+    /// `counters_file`: file name of the counters file inside the runtime dir. Default
+    /// `counters`.
+    pub counters_file: String,
+    /// `publish_interval_ms`: how often counters are published, in milliseconds,
+    /// `1..=3600000`. Default 1000.
+    pub publish_interval_ms: u64,
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `filter`: tracing `EnvFilter` directives. Default `info`; `CORELANE_LOG` overrides.
+    pub filter: String,
+}
+
+/// `[pool]`, `[alloc]`, `[frames]`: sections reserved for services of later builds, so configs
+/// written today keep their shape. `enabled = true` fails validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePlaceholder {
+    /// `enabled`: start the service. Must be false in this build. Default false.
+    pub enabled: bool,
+}
+
+/// One environment variable the loader reads, for `corelane run --help`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvOverride {
+    /// The variable, e.g. `CORELANE_CONTROL_MAX_BODY_BYTES`.
+    pub var: String,
+    /// The key it sets, e.g. `control.max_body_bytes`.
+    pub key: String,
+    /// What it accepts, e.g. `an integer in 1..=67108864`.
+    pub expected: String,
+}
+
+impl Config {
+    /// Load the configuration: the embedded default, then the file at `path` if given, then the
+    /// environment overrides that `env` returns, then [`Config::validate`].
+    ///
+    /// `env` is a lookup (`|name| std::env::var(name).ok()` in the daemon, a map in tests), so
+    /// it can only be asked for the names in [`env_overrides`]; unknown `CORELANE_*` variables
+    /// are caught by [`check_env_names`], which [`Config::load_from_process`] runs first.
+    pub fn load(
+        path: Option<&Path>,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = path
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })
+            })
+            .transpose()?;
+        let layer =
+            path.zip(text.as_deref()).map(|(path, text)| (text, DocName::File(path.into())));
+        build(layer, Some(env))
+    }
+
+    /// [`Config::load`] with the process environment: fails on any `CORELANE_*` variable that is
+    /// no known override ([`check_env_names`]) or whose value is not UTF-8, then loads.
+    pub fn load_from_process(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut vars = std::collections::HashMap::new();
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with(schema::ENV_PREFIX) {
+                continue;
+            }
+            check_env_names([name])?;
+            let value = value.into_string().map_err(|value| ConfigError::BadValue {
+                key: env_overrides()
+                    .into_iter()
+                    .find(|o| o.var == name)
+                    .map_or_else(String::new, |o| o.key),
+                expected: "valid UTF-8".to_owned(),
+                got: format!("{value:?}"),
+                origin: Origin::Env { var: name.to_owned() },
+            })?;
+            vars.insert(name.to_owned(), value);
+        }
+        Config::load(path, &|name: &str| vars.get(name).cloned())
+    }
+
+    /// Parse `text` as a configuration layer over the embedded default (no environment), and
+    /// validate. Keys the text leaves out keep their defaults.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        build(Some((text, DocName::Text)), None)
+    }
+
+    /// The effective configuration as TOML, every key written out (what `corelane config show`
+    /// prints). [`Config::from_toml_str`] of the result gives back an equal `Config`.
+    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Shape { message: e.to_string() })
+    }
+
+    /// Check every value's range and the rules across keys: at least one lane; lane names
+    /// unique; pinned cores distinct; each agent known and hosted by exactly one lane; `control`
+    /// hosted, and `metrics` too while metrics are enabled; the two runtime-dir file names
+    /// distinct; no reserved service enabled. [`Config::load`] calls it; call it on a `Config`
+    /// built or changed in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let table = toml::Table::try_from(self)
+            .map_err(|e| ConfigError::Shape { message: e.to_string() })?;
+        schema::check(&table, &Doc::value())?;
+
+        for (service, section) in
+            schema::RESERVED_SERVICES.into_iter().zip([&self.pool, &self.alloc, &self.frames])
+        {
+            if section.enabled {
+                return Err(ConfigError::ServiceNotInBuild { service });
+            }
+        }
+        self.validate_lanes()?;
+        if self.metrics.counters_file == self.control.socket {
+            return Err(ConfigError::Invalid {
+                at: "metrics.counters_file".to_owned(),
+                reason: format!(
+                    "'{}' is also control.socket; the files share runtime.dir and need \
+                     different names",
+                    self.metrics.counters_file
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The path of the control socket: `control.socket` inside the runtime dir.
+    pub fn control_socket_path(&self, env: &impl Fn(&str) -> Option<String>) -> PathBuf {
+        self.runtime.runtime_dir(env).join(&self.control.socket)
+    }
+
+    /// The path of the counters file: `metrics.counters_file` inside the runtime dir.
+    pub fn counters_path(&self, env: &impl Fn(&str) -> Option<String>) -> PathBuf {
+        self.runtime.runtime_dir(env).join(&self.metrics.counters_file)
+    }
+
+    fn validate_lanes(&self) -> Result<(), ConfigError> {
+        if self.lanes.is_empty() {
+            return Err(ConfigError::Invalid {
+                at: "lanes".to_owned(),
+                reason: "expected at least one [[lanes]] entry, got none".to_owned(),
+            });
+        }
+        // (agent, index of the lane hosting it)
+        let mut hosted: Vec<(&str, usize)> = Vec::new();
+        for (index, lane) in self.lanes.iter().enumerate() {
+            let earlier = &self.lanes[..index];
+            if let Some(first) = earlier.iter().position(|l| l.name == lane.name) {
+                return Err(ConfigError::Invalid {
+                    at: format!("lanes[{index}].name"),
+                    reason: format!("lane name '{}' is already used by lanes[{first}]", lane.name),
+                });
+            }
+            if let Some(core) = lane.core {
+                if let Some(other) = earlier.iter().find(|l| l.core == Some(core)) {
+                    return Err(ConfigError::Invalid {
+                        at: format!("lanes[{index}].core"),
+                        reason: format!("core {core} is already used by lane '{}'", other.name),
+                    });
+                }
+            }
+            for agent in &lane.agents {
+                let at = format!("lanes[{index}].agents");
+                if RESERVED_AGENTS.contains(&agent.as_str()) {
+                    return Err(ConfigError::Invalid {
+                        at,
+                        reason: format!("agent '{agent}' is not in this build yet"),
+                    });
+                }
+                if !KNOWN_AGENTS.contains(&agent.as_str()) {
+                    return Err(ConfigError::Invalid {
+                        at,
+                        reason: format!(
+                            "unknown agent '{agent}'; expected one of: {}",
+                            KNOWN_AGENTS.join(", ")
+                        ),
+                    });
+                }
+                if let Some(&(_, host)) = hosted.iter().find(|(a, _)| a == agent) {
+                    return Err(ConfigError::Invalid {
+                        at,
+                        reason: format!(
+                            "agent '{agent}' is already hosted by lane '{}'",
+                            self.lanes[host].name
+                        ),
+                    });
+                }
+                hosted.push((agent, index));
+            }
+        }
+        let required = [("control", true), ("metrics", self.metrics.enabled)];
+        for (agent, needed) in required {
+            if needed && !hosted.iter().any(|(a, _)| *a == agent) {
+                let because = if agent == "metrics" { " while metrics.enabled = true" } else { "" };
+                return Err(ConfigError::Invalid {
+                    at: "lanes".to_owned(),
+                    reason: format!(
+                        "agent '{agent}' is hosted by no lane; add it to one lane's agents{because}"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Config {
+    /// The embedded default, `config/corelane.toml`.
+    fn default() -> Self {
+        // INVARIANT: the embedded default loads and validates; the test
+        // `embedded_default_loads_and_validates` checks it on every build.
+        build(None, None).expect("the embedded config/corelane.toml is a valid configuration")
+    }
+}
+
+impl RuntimeConfig {
+    /// The directory of the daemon's sockets and files: `dir` when set; otherwise
+    /// `$XDG_RUNTIME_DIR/corelane` when `XDG_RUNTIME_DIR` is an absolute path; otherwise
+    /// `/tmp/corelane-$USER`, with the user name reduced to `[A-Za-z0-9_-]` (other characters
+    /// become `_`) and `unknown` when `USER` is unset or empty. `env` looks variables up.
+    pub fn runtime_dir(&self, env: &impl Fn(&str) -> Option<String>) -> PathBuf {
+        if !self.dir.is_empty() {
+            return PathBuf::from(&self.dir);
+        }
+        if let Some(xdg) = env("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_absolute()) {
+            return Path::new(&xdg).join("corelane");
+        }
+        let user = env("USER").filter(|u| !u.is_empty()).map_or_else(
+            || "unknown".to_owned(),
+            |u| {
+                u.chars()
+                    .map(
+                        |c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' },
+                    )
+                    .collect()
+            },
+        );
+        PathBuf::from(format!("/tmp/corelane-{user}"))
+    }
+}
+
+impl IdleStrategy {
+    /// The default idle strategy: backoff with 100 spins, 10 yields, parks up to 1000 us.
+    pub const BACKOFF: IdleStrategy = IdleStrategy::Backoff {
+        spin_iterations: default_spin_iterations(),
+        yield_iterations: default_yield_iterations(),
+        max_park_us: default_max_park_us(),
+    };
+
+    /// Sleep with the default 100 us.
+    pub const SLEEP: IdleStrategy = IdleStrategy::Sleep { sleep_us: default_sleep_us() };
+
+    /// The kind as written in TOML: `"spin"`, `"yield"`, `"backoff"` or `"sleep"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IdleStrategy::Spin => "spin",
+            IdleStrategy::Yield => "yield",
+            IdleStrategy::Backoff { .. } => "backoff",
+            IdleStrategy::Sleep { .. } => "sleep",
+        }
+    }
+}
+
+impl Default for IdleStrategy {
+    /// [`IdleStrategy::BACKOFF`].
+    fn default() -> Self {
+        IdleStrategy::BACKOFF
+    }
+}
+
+/// Every environment variable the loader reads, with the key it sets: one per scalar key of the
+/// non-array sections, plus `CORELANE_LOG`, the short name of `CORELANE_LOG_FILTER` (setting
+/// both is an error). Lanes have none.
+pub fn env_overrides() -> Vec<EnvOverride> {
+    let mut out = Vec::new();
+    for section in schema::SECTIONS {
+        for spec in section.keys {
+            let key = format!("{}.{}", section.name, spec.name);
+            let expected = spec.kind.expected();
+            if key == "log.filter" {
+                out.push(EnvOverride {
+                    var: schema::ENV_LOG.to_owned(),
+                    key: key.clone(),
+                    expected: expected.clone(),
+                });
+            }
+            out.push(EnvOverride { var: schema::env_var(section.name, spec.name), key, expected });
+        }
+    }
+    out
+}
+
+/// Fail on the first name that starts with `CORELANE_` but is none of [`env_overrides`]; other
+/// names are ignored. Pass the names of the process environment.
+pub fn check_env_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), ConfigError> {
+    let known = env_overrides();
+    for name in names {
+        if name.starts_with(schema::ENV_PREFIX) && !known.iter().any(|o| o.var == name) {
+            return Err(ConfigError::UnknownEnv {
+                name: name.to_owned(),
+                hint: schema::unknown_env_hint(name),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Embedded default, then `layer`, then `env`; deserialise; validate.
+fn build(
+    layer: Option<(&str, DocName)>,
+    env: Option<schema::EnvLookup<'_>>,
+) -> Result<Config, ConfigError> {
+    let (mut merged, doc) = Doc::parse(EMBEDDED_DEFAULT, DocName::Embedded)?;
+    schema::check(&merged, &doc)?;
+    if let Some((text, name)) = layer {
+        let (table, doc) = Doc::parse(text, name)?;
+        schema::check(&table, &doc)?;
+        schema::merge(&mut merged, table);
+    }
+    if let Some(env) = env {
+        schema::apply_env(&mut merged, env)?;
+    }
+    let config: Config = toml::Value::Table(merged)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Shape { message: e.message().to_owned() })?;
+    config.validate()?;
+    Ok(config)
+}
+
+const fn default_spin_iterations() -> u32 {
+    100
+}
+
+const fn default_yield_iterations() -> u32 {
+    10
+}
+
+const fn default_max_park_us() -> u64 {
+    1000
+}
+
+const fn default_sleep_us() -> u64 {
+    100
+}
+
+/// The flat TOML shape of a lane (see [`LaneConfig`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LaneToml {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    core: Option<usize>,
+    #[serde(default = "default_idle")]
+    idle: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idle_spin_iterations: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idle_yield_iterations: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idle_max_park_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idle_sleep_us: Option<u64>,
+    #[serde(default)]
+    agents: Vec<String>,
+}
+
+fn default_idle() -> String {
+    schema::DEFAULT_IDLE.to_owned()
+}
+
+impl TryFrom<LaneToml> for LaneConfig {
+    type Error = String;
+
+    fn try_from(lane: LaneToml) -> Result<Self, String> {
+        let backoff_param = lane
+            .idle_spin_iterations
+            .map(|_| "idle_spin_iterations")
+            .or(lane.idle_yield_iterations.map(|_| "idle_yield_iterations"))
+            .or(lane.idle_max_park_us.map(|_| "idle_max_park_us"));
+        let sleep_param = lane.idle_sleep_us.map(|_| "idle_sleep_us");
+        let stray = match lane.idle.as_str() {
+            "backoff" => sleep_param,
+            "sleep" => backoff_param,
+            _ => backoff_param.or(sleep_param),
+        };
+        if let Some(param) = stray {
+            return Err(format!(
+                "lane '{}': {param} does not apply to idle = \"{}\"",
+                lane.name, lane.idle
+            ));
+        }
+        let idle = match lane.idle.as_str() {
+            "spin" => IdleStrategy::Spin,
+            "yield" => IdleStrategy::Yield,
+            "backoff" => IdleStrategy::Backoff {
+                spin_iterations: lane.idle_spin_iterations.unwrap_or(default_spin_iterations()),
+                yield_iterations: lane.idle_yield_iterations.unwrap_or(default_yield_iterations()),
+                max_park_us: lane.idle_max_park_us.unwrap_or(default_max_park_us()),
+            },
+            "sleep" => {
+                IdleStrategy::Sleep { sleep_us: lane.idle_sleep_us.unwrap_or(default_sleep_us()) }
+            }
+            other => {
+                return Err(format!(
+                    "lane '{}': unknown idle kind \"{other}\"; expected one of \"spin\", \
+                     \"yield\", \"backoff\", \"sleep\"",
+                    lane.name
+                ))
+            }
+        };
+        Ok(LaneConfig { name: lane.name, core: lane.core, idle, agents: lane.agents })
+    }
+}
+
+impl From<LaneConfig> for LaneToml {
+    fn from(lane: LaneConfig) -> Self {
+        let mut out = LaneToml {
+            name: lane.name,
+            core: lane.core,
+            idle: lane.idle.kind().to_owned(),
+            idle_spin_iterations: None,
+            idle_yield_iterations: None,
+            idle_max_park_us: None,
+            idle_sleep_us: None,
+            agents: lane.agents,
+        };
+        match lane.idle {
+            IdleStrategy::Spin | IdleStrategy::Yield => {}
+            IdleStrategy::Backoff { spin_iterations, yield_iterations, max_park_us } => {
+                out.idle_spin_iterations = Some(spin_iterations);
+                out.idle_yield_iterations = Some(yield_iterations);
+                out.idle_max_park_us = Some(max_park_us);
+            }
+            IdleStrategy::Sleep { sleep_us } => out.idle_sleep_us = Some(sleep_us),
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

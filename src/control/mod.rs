@@ -1,1 +1,49 @@
-//! (being written)
+//! Control plane: the daemon's request/response protocol on its control socket, and the client
+//! library that speaks it.
+//!
+//! Every message is a [`wire`](crate::wire) frame (the canonical 24-byte header, or the 19-byte
+//! legacy v1 header for old clients when legacy support is on) whose body is a protobuf message
+//! from [`proto`] (`proto/control.proto`). The header's `msg_type` names the exchange:
+//!
+//! | `msg_type` | request | response |
+//! |---|---|---|
+//! | [`MSG_PING`] = 1 | [`proto::Ping`] | [`proto::Pong`] |
+//! | [`MSG_STATUS`] = 2 | [`proto::StatusRequest`] | [`proto::Status`] |
+//! | [`MSG_CONFIG`] = 3 | [`proto::ConfigRequest`] | [`proto::ConfigReply`] |
+//!
+//! A response repeats the request's `msg_type` and `msg_id` and carries
+//! [`Flags::RESPONSE`](crate::wire::Flags::RESPONSE); an error reply carries `RESPONSE | ERROR` and
+//! the wire error body (a numeric code and the spec's text).
+//!
+//! Layers, bottom up:
+//! - [`session`]: the daemon side, sans-IO. A [`Session`] takes bytes and `now`, answers requests
+//!   into an output buffer, and says when to close; the reactor does the reads and writes.
+//! - [`client`]: a blocking [`Client`] over a std `UnixStream`, for the CLI and tests.
+//! - [`pool`]: a thread-safe [`ConnectionPool`] of clients with health checks and reuse statistics.
+
+pub mod client;
+pub mod pool;
+pub mod proto;
+pub mod session;
+#[cfg(test)]
+mod test_server;
+
+pub use client::{Client, ClientBuilder, ClientError};
+pub use pool::{ConnectionPool, ConnectionPoolBuilder, PoolError, PoolStats, PooledClient};
+pub use session::{Handler, Session, SessionConfig, Verdict, KIND_BAD_REQUEST_BODY};
+
+/// `msg_type` of [`proto::Ping`] and its answer [`proto::Pong`].
+pub const MSG_PING: u16 = 1;
+/// `msg_type` of [`proto::StatusRequest`] and its answer [`proto::Status`].
+pub const MSG_STATUS: u16 = 2;
+/// `msg_type` of [`proto::ConfigRequest`] and its answer [`proto::ConfigReply`].
+pub const MSG_CONFIG: u16 = 3;
+
+/// Error code of the reply to a request whose protobuf body does not decode (text
+/// `bad request body: ...`).
+///
+/// The wire errors use codes 1-7 ([`WireError::code`](crate::wire::WireError::code)); this one
+/// is outside their range, and its low byte is below 8 like theirs: an error body then starts
+/// with a byte no protobuf message starts with (field number 0), which is how a v1 client, whose
+/// header has no error flag, tells an error reply from a response.
+pub const CODE_BAD_REQUEST_BODY: u16 = 0x0100;

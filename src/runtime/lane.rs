@@ -232,7 +232,8 @@ impl Runtime {
         let mut failure = None;
         for (spec, stats) in specs.into_iter().zip(stats) {
             let name = spec.name.clone();
-            let lane = Lane { spec, stats, shutdown: shutdown.clone(), reactor };
+            let lane =
+                Lane { spec, stats, shutdown: shutdown.clone(), reactor, board: board.clone() };
             let ready = ready_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("lane-{name}"))
@@ -346,6 +347,7 @@ struct Lane {
     stats: Arc<LaneStats>,
     shutdown: Shutdown,
     reactor: ReactorChoice,
+    board: Arc<Board>,
 }
 
 type Ready = crossbeam_channel::Sender<Result<ReactorKind, RuntimeError>>;
@@ -370,6 +372,8 @@ impl Lane {
                 return;
             }
         };
+        // Before any agent can answer a status request.
+        let _ = self.board.reactor.set(reactor.kind());
         for (index, agent) in self.spec.agents.iter_mut().enumerate() {
             let mut ctx = Ctx { now: Instant::now(), reactor: &mut reactor, agent: index as u8 };
             if let Err(source) = agent.on_start(&mut ctx) {

@@ -1,0 +1,650 @@
+//! Blocking control client over a std [`UnixStream`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use corelane::control::Client;
+//! use corelane::wire::ProtocolVersion;
+//!
+//! let mut client = Client::builder()
+//!     .protocol_version(ProtocolVersion::V2)
+//!     .timeout(Duration::from_secs(2))
+//!     .connect("/run/corelane/control.sock")?;
+//! let rtt = client.ping()?;
+//! let status = client.status()?;
+//! println!("{} up {} ms, ping {rtt:?}", status.version, status.uptime_ms);
+//! # Ok::<(), corelane::control::ClientError>(())
+//! ```
+//!
+//! One request is in flight at a time. Each request gets the next `msg_id` (from 1); responses
+//! with another id (left over from a request that timed out) are skipped, except an error reply
+//! with id 0, which the daemon sends for a fatal, connection-level error and which fails the
+//! request in flight. The frame, body and read
+//! buffers are reused, so a [`Client::ping`] allocates nothing after the first.
+//!
+//! [`ProtocolVersion::V1`] speaks the legacy 19-byte big-endian header, to exercise the daemon's
+//! `enable_legacy_support` mode during a rolling upgrade. V1 headers have no flags: every frame
+//! is taken as a response, and an error reply is recognised by its body (see
+//! [`CODE_BAD_REQUEST_BODY`](super::CODE_BAD_REQUEST_BODY)).
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+
+use super::proto::{ConfigReply, ConfigRequest, Ping, Pong, Status, StatusRequest};
+use super::session::encode_body;
+use super::{MSG_CONFIG, MSG_PING, MSG_STATUS};
+use crate::wire::{
+    self, BadErrorBody, Decoder, DecoderConfig, Event, Flags, ProtocolVersion, WireError,
+};
+
+/// Size of the socket read buffer.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Errors of [`Client`] operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be connected or configured.
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading or writing the socket failed.
+    #[error("control socket i/o: {0}")]
+    Io(#[from] io::Error),
+    /// No response arrived within the configured timeout.
+    #[error("timed out: expected a response within {0:?}, got none")]
+    Timeout(Duration),
+    /// The daemon closed the connection (or it was closed after an earlier failure).
+    #[error("connection closed: expected a response, got end of stream")]
+    Closed,
+    /// The daemon answered with an error reply.
+    #[error("daemon error {code}: {text}")]
+    Remote {
+        /// Error code from the reply body.
+        code: u16,
+        /// Error text from the reply body, as the daemon wrote it.
+        text: String,
+    },
+    /// The daemon's bytes did not decode as wire frames.
+    #[error("bad response frame: {0}")]
+    Wire(WireError),
+    /// An error reply whose body has no code and text.
+    #[error("bad error reply: {0}")]
+    BadErrorReply(BadErrorBody),
+    /// A response body that is not the expected protobuf message.
+    #[error("bad response body: {0}")]
+    BadBody(#[from] prost::DecodeError),
+    /// A response frame with the request's id but another type.
+    #[error("unexpected response: expected msg_type {expected}, got {got}")]
+    UnexpectedType {
+        /// The request's `msg_type`.
+        expected: u16,
+        /// The response's `msg_type`.
+        got: u16,
+    },
+    /// A pong that does not echo the ping's client time.
+    #[error("pong does not echo the ping: expected client time {expected}, got {got}")]
+    PongMismatch {
+        /// The ping's `client_time_ns`.
+        expected: u64,
+        /// The pong's `client_time_ns`.
+        got: u64,
+    },
+    /// The request body is over the wire's size limit.
+    #[error("request too large: expected at most {limit} body bytes, got {length}")]
+    RequestTooLarge {
+        /// Encoded body length.
+        length: usize,
+        /// Configured `max_body_bytes`.
+        limit: u32,
+    },
+}
+
+/// Settings for [`Client`]s; cheap to clone, and reusable as a template ([`ConnectionPool`]
+/// connects many clients from one).
+///
+/// [`ConnectionPool`]: super::ConnectionPool
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    version: ProtocolVersion,
+    timeout: Duration,
+    max_body_bytes: u32,
+}
+
+impl Default for ClientBuilder {
+    /// Protocol v2, 5 s timeout, [`wire::DEFAULT_MAX_BODY_BYTES`].
+    fn default() -> Self {
+        Self {
+            version: ProtocolVersion::V2,
+            timeout: Duration::from_secs(5),
+            max_body_bytes: wire::DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// Header version to speak: [`ProtocolVersion::V2`] (default) or the legacy
+    /// [`ProtocolVersion::V1`].
+    pub fn protocol_version(mut self, version: ProtocolVersion) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Socket read and write timeout, and the longest wait for one response. Zero means none is
+    /// applied to the socket (blocking forever); default 5 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Largest body accepted in either direction; default [`wire::DEFAULT_MAX_BODY_BYTES`].
+    pub fn max_body_bytes(mut self, limit: u32) -> Self {
+        self.max_body_bytes = limit;
+        self
+    }
+
+    /// Connects to the daemon's control socket at `path`.
+    pub fn connect(&self, path: impl AsRef<Path>) -> Result<Client, ClientError> {
+        let path = path.as_ref();
+        let connect_err = |source| ClientError::Connect { path: path.to_owned(), source };
+        let stream = UnixStream::connect(path).map_err(connect_err)?;
+        let timeout = (!self.timeout.is_zero()).then_some(self.timeout);
+        stream.set_read_timeout(timeout).map_err(connect_err)?;
+        stream.set_write_timeout(timeout).map_err(connect_err)?;
+        let decoder = Decoder::new(DecoderConfig {
+            max_body_bytes: self.max_body_bytes,
+            enable_legacy_support: matches!(self.version, ProtocolVersion::V1),
+            ..DecoderConfig::default()
+        });
+        Ok(Client {
+            stream,
+            settings: self.clone(),
+            decoder,
+            next_id: 1,
+            body: Vec::new(),
+            frame: Vec::new(),
+            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            broken: false,
+        })
+    }
+}
+
+/// A blocking connection to the daemon's control socket.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+    settings: ClientBuilder,
+    decoder: Decoder,
+    next_id: u64,
+    /// Request body scratch.
+    body: Vec<u8>,
+    /// Request frame scratch.
+    frame: Vec<u8>,
+    read_buf: Box<[u8]>,
+    /// Set once the stream is closed or out of sync; every later call fails with `Closed`.
+    broken: bool,
+}
+
+impl Client {
+    /// Default settings, to adjust and [`ClientBuilder::connect`].
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// Sends a [`Ping`] and returns the round-trip time.
+    pub fn ping(&mut self) -> Result<Duration, ClientError> {
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ping =
+            Ping { client_time_ns: u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX) };
+        let start = Instant::now();
+        let pong: Pong = self.call(MSG_PING, &ping)?;
+        let rtt = start.elapsed();
+        if pong.client_time_ns != ping.client_time_ns {
+            return Err(ClientError::PongMismatch {
+                expected: ping.client_time_ns,
+                got: pong.client_time_ns,
+            });
+        }
+        Ok(rtt)
+    }
+
+    /// Asks for the daemon's [`Status`].
+    pub fn status(&mut self) -> Result<Status, ClientError> {
+        self.call(MSG_STATUS, &StatusRequest {})
+    }
+
+    /// Asks for the daemon's effective configuration, as TOML.
+    pub fn config_toml(&mut self) -> Result<String, ClientError> {
+        let reply: ConfigReply = self.call(MSG_CONFIG, &ConfigRequest {})?;
+        Ok(reply.toml)
+    }
+
+    /// Sends `request` under `msg_type` and returns the raw response body.
+    pub fn request(
+        &mut self,
+        msg_type: u16,
+        request: &impl Message,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.exchange(msg_type, request, |body| Ok(body.to_vec()))
+    }
+
+    /// Sends `request` under `msg_type` and decodes the response as `R`.
+    pub fn call<R: Message + Default>(
+        &mut self,
+        msg_type: u16,
+        request: &impl Message,
+    ) -> Result<R, ClientError> {
+        self.exchange(msg_type, request, |body| Ok(R::decode(body)?))
+    }
+
+    /// The protocol version this client speaks.
+    pub fn protocol_version(&self) -> ProtocolVersion {
+        self.settings.version
+    }
+
+    /// Whether the connection is unusable (closed by the peer, or a fatal framing error); a
+    /// broken client fails every call with [`ClientError::Closed`].
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Sends one request and waits for the response with its `msg_id`, handing that response's
+    /// body to `on_body`.
+    fn exchange<T>(
+        &mut self,
+        msg_type: u16,
+        request: &impl Message,
+        mut on_body: impl FnMut(&[u8]) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        if self.broken {
+            return Err(ClientError::Closed);
+        }
+        encode_body(request, &mut self.body);
+        let limit = self.settings.max_body_bytes;
+        if u32::try_from(self.body.len()).map_or(true, |len| len > limit) {
+            return Err(ClientError::RequestTooLarge { length: self.body.len(), limit });
+        }
+        let msg_id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.frame.clear();
+        wire::encode(
+            self.settings.version,
+            msg_type,
+            Flags(0),
+            msg_id,
+            &self.body,
+            &mut self.frame,
+        );
+        if let Err(e) = self.stream.write_all(&self.frame) {
+            // Part of the frame may be out: the stream is out of sync whatever the error.
+            let error = self.io_failure(e);
+            self.broken = true;
+            return Err(error);
+        }
+
+        let deadline = Instant::now() + self.settings.timeout;
+        let mut result: Option<Result<T, ClientError>> = None;
+        loop {
+            let n = match self.stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    self.broken = true;
+                    return Err(ClientError::Closed);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io_failure(e)),
+            };
+            let fed = self.decoder.feed(&self.read_buf[..n], |event| {
+                if result.is_some() {
+                    return;
+                }
+                match event {
+                    Event::Frame(frame) => {
+                        let h = &frame.header;
+                        let (response, error) = match h.version {
+                            ProtocolVersion::V2 => {
+                                (h.flags.contains(Flags::RESPONSE), h.flags.contains(Flags::ERROR))
+                            }
+                            ProtocolVersion::V1 => (true, is_legacy_error_body(frame.body)),
+                        };
+                        // An error reply with id 0 is about the connection (a fatal error
+                        // whose frame could not be trusted): it answers whatever is in flight.
+                        let ours = h.msg_id == msg_id || (error && h.msg_id == 0);
+                        if !ours || !response {
+                            tracing::debug!(
+                                msg_id = h.msg_id,
+                                expected = msg_id,
+                                "control client: skipping a stale frame"
+                            );
+                        } else if error {
+                            result = Some(Err(remote_error(frame.body)));
+                        } else if h.msg_type != msg_type {
+                            result = Some(Err(ClientError::UnexpectedType {
+                                expected: msg_type,
+                                got: h.msg_type,
+                            }));
+                        } else {
+                            result = Some(on_body(frame.body));
+                        }
+                    }
+                    // A damaged frame may be the response (its id is not to be trusted), so the
+                    // request fails rather than waiting for a response that will not come.
+                    Event::Error { error, .. } => result = Some(Err(ClientError::Wire(error))),
+                }
+            });
+            if let Err(error) = fed {
+                self.broken = true;
+                return Err(ClientError::Wire(error));
+            }
+            if let Some(result) = result {
+                return result;
+            }
+            if !self.settings.timeout.is_zero() && Instant::now() >= deadline {
+                return Err(ClientError::Timeout(self.settings.timeout));
+            }
+        }
+    }
+
+    /// Maps a socket error, marking the client broken unless the error is a timeout (after a
+    /// timeout the stream is still in sync: the late response is skipped by its `msg_id`).
+    fn io_failure(&mut self, e: io::Error) -> ClientError {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                ClientError::Timeout(self.settings.timeout)
+            }
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof => {
+                self.broken = true;
+                ClientError::Closed
+            }
+            _ => {
+                self.broken = true;
+                ClientError::Io(e)
+            }
+        }
+    }
+}
+
+/// Whether a v1 response body is an error reply. V1 headers carry no flags, so the body tells:
+/// an error body starts with its u16 little-endian code, and every code in use (wire codes 1-7,
+/// [`CODE_BAD_REQUEST_BODY`](super::CODE_BAD_REQUEST_BODY) = 0x0100) has a low byte below 8, which as a protobuf tag means field
+/// number 0, invalid in every message. A protobuf body never starts that way.
+fn is_legacy_error_body(body: &[u8]) -> bool {
+    body.len() >= 2 && body[0] < 8
+}
+
+/// Turns an error reply body into [`ClientError::Remote`].
+#[cold]
+fn remote_error(body: &[u8]) -> ClientError {
+    match wire::decode_error_body(body) {
+        Ok((code, text)) => ClientError::Remote { code, text: text.to_owned() },
+        Err(e) => ClientError::BadErrorReply(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+    use std::thread;
+
+    use super::*;
+    use crate::control::test_server::{temp_dir, test_status, TestServer, TEST_TOML};
+    use crate::control::{SessionConfig, CODE_BAD_REQUEST_BODY};
+
+    fn legacy_server() -> TestServer {
+        let mut config = SessionConfig::default();
+        config.decoder.enable_legacy_support = true;
+        TestServer::start_with(config)
+    }
+
+    #[test]
+    fn ping_status_and_config() {
+        let server = TestServer::start();
+        let mut client = Client::builder()
+            .protocol_version(ProtocolVersion::V2)
+            .timeout(Duration::from_secs(5))
+            .max_body_bytes(1 << 16)
+            .connect(server.path())
+            .unwrap();
+        assert!(client.ping().unwrap() > Duration::ZERO);
+        assert_eq!(client.status().unwrap(), test_status());
+        assert_eq!(client.config_toml().unwrap(), TEST_TOML);
+        let raw = client.request(MSG_STATUS, &StatusRequest {}).unwrap();
+        assert_eq!(Status::decode(&raw[..]).unwrap(), test_status());
+        assert!(!client.is_broken());
+    }
+
+    #[test]
+    fn error_reply_surfaces_as_remote_with_the_exact_text() {
+        let server = TestServer::start();
+        let mut client = Client::builder().connect(server.path()).unwrap();
+        match client.request(99, &Ping::default()) {
+            Err(ClientError::Remote { code, text }) => {
+                assert_eq!(code, WireError::UnknownMsgType(99).code());
+                assert_eq!(text, "unknown message type 99");
+            }
+            other => panic!("expected a remote error, got {other:?}"),
+        }
+        // The connection is kept.
+        client.ping().unwrap();
+    }
+
+    #[test]
+    fn bad_request_body_surfaces_as_remote() {
+        let server = TestServer::start();
+        let mut client = Client::builder().connect(server.path()).unwrap();
+        // A string where Ping has a varint: the daemon cannot decode it.
+        let wrong = ConfigReply { toml: "x".to_owned() };
+        match client.request(MSG_PING, &wrong) {
+            Err(ClientError::Remote { code, text }) => {
+                assert_eq!(code, CODE_BAD_REQUEST_BODY);
+                assert!(text.starts_with("bad request body: "), "{text}");
+            }
+            other => panic!("expected a remote error, got {other:?}"),
+        }
+        client.ping().unwrap();
+    }
+
+    #[test]
+    fn legacy_client_works_with_legacy_support() {
+        let server = legacy_server();
+        let mut client =
+            Client::builder().protocol_version(ProtocolVersion::V1).connect(server.path()).unwrap();
+        assert_eq!(client.protocol_version(), ProtocolVersion::V1);
+        client.ping().unwrap();
+        assert_eq!(client.status().unwrap(), test_status());
+        assert_eq!(client.config_toml().unwrap(), TEST_TOML);
+        // V1 has no error flag: the error body is recognised by its code.
+        match client.request(42, &Ping::default()) {
+            Err(ClientError::Remote { code: 5, text }) => {
+                assert_eq!(text, "unknown message type 42")
+            }
+            other => panic!("expected a remote error, got {other:?}"),
+        }
+        let wrong = ConfigReply { toml: "x".to_owned() };
+        match client.request(MSG_PING, &wrong) {
+            Err(ClientError::Remote { code, .. }) => assert_eq!(code, CODE_BAD_REQUEST_BODY),
+            other => panic!("expected a remote error, got {other:?}"),
+        }
+        client.ping().unwrap();
+    }
+
+    #[test]
+    fn legacy_client_without_legacy_support_is_refused() {
+        let server = TestServer::start();
+        let mut client =
+            Client::builder().protocol_version(ProtocolVersion::V1).connect(server.path()).unwrap();
+        match client.ping() {
+            Err(ClientError::Remote { code: 2, text }) => {
+                assert_eq!(text, "protocol version mismatch: expected 2, got 1");
+            }
+            other => panic!("expected a remote error, got {other:?}"),
+        }
+        // The daemon closed the connection after its reply.
+        assert!(matches!(client.ping(), Err(ClientError::Closed)));
+        assert!(client.is_broken());
+    }
+
+    #[test]
+    fn legacy_error_bodies_are_never_protobuf() {
+        for code in [1u16, 2, 3, 4, 5, 6, 7, CODE_BAD_REQUEST_BODY] {
+            let mut body = code.to_le_bytes().to_vec();
+            body.extend_from_slice(b"some text");
+            assert!(is_legacy_error_body(&body), "{code}");
+            assert!(Pong::decode(&body[..]).is_err(), "{code}");
+        }
+        let status = test_status().encode_to_vec();
+        assert!(!is_legacy_error_body(&status));
+        assert!(!is_legacy_error_body(&[]));
+    }
+
+    /// A one-connection server that answers each request with `script(msg_id)` raw bytes.
+    fn scripted_server(script: impl Fn(u64) -> Vec<u8> + Send + 'static) -> (PathBuf, PathBuf) {
+        let dir = temp_dir("scripted");
+        let path = dir.join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut decoder = Decoder::new(DecoderConfig::default());
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut ids = Vec::new();
+                decoder
+                    .feed(&buf[..n], |e| {
+                        if let Event::Frame(f) = e {
+                            ids.push(f.header.msg_id);
+                        }
+                    })
+                    .unwrap();
+                for id in ids {
+                    let reply = script(id);
+                    if reply.is_empty() {
+                        return; // close without answering
+                    }
+                    if stream.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        (dir, path)
+    }
+
+    fn pong_frame(msg_id: u64, client_time_ns: u64, out: &mut Vec<u8>) {
+        let pong = Pong { client_time_ns, server_time_ns: 1 };
+        wire::encode(
+            ProtocolVersion::V2,
+            MSG_STATUS,
+            Flags::RESPONSE,
+            msg_id,
+            &pong.encode_to_vec(),
+            out,
+        );
+    }
+
+    #[test]
+    fn stale_responses_are_skipped() {
+        let (dir, path) = scripted_server(|id| {
+            let mut out = Vec::new();
+            // A stale response, a request-looking frame with the right id, then the answer.
+            pong_frame(id.wrapping_sub(1), 0, &mut out);
+            wire::encode(ProtocolVersion::V2, MSG_STATUS, Flags::EMPTY, id, &[], &mut out);
+            wire::encode(
+                ProtocolVersion::V2,
+                MSG_STATUS,
+                Flags::RESPONSE,
+                id,
+                &test_status().encode_to_vec(),
+                &mut out,
+            );
+            out
+        });
+        let mut client = Client::builder().connect(&path).unwrap();
+        assert_eq!(client.status().unwrap(), test_status());
+        assert_eq!(client.status().unwrap(), test_status());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_response_of_another_type_is_an_error() {
+        let (dir, path) = scripted_server(|id| {
+            let mut out = Vec::new();
+            pong_frame(id, 0, &mut out); // under MSG_STATUS, answering a ping
+            out
+        });
+        let mut client = Client::builder().connect(&path).unwrap();
+        match client.ping() {
+            Err(ClientError::UnexpectedType { expected, got }) => {
+                assert_eq!((expected, got), (MSG_PING, MSG_STATUS));
+            }
+            other => panic!("expected an unexpected type, got {other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_closed_connection_is_closed() {
+        let (dir, path) = scripted_server(|_| Vec::new());
+        let mut client = Client::builder().connect(&path).unwrap();
+        assert!(matches!(client.ping(), Err(ClientError::Closed)));
+        assert!(client.is_broken());
+        assert!(matches!(client.status(), Err(ClientError::Closed)));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_silent_daemon_times_out() {
+        let dir = temp_dir("silent");
+        let path = dir.join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut client =
+            Client::builder().timeout(Duration::from_millis(50)).connect(&path).unwrap();
+        let (_held, _) = listener.accept().unwrap();
+        let start = Instant::now();
+        match client.ping() {
+            Err(ClientError::Timeout(t)) => assert_eq!(t, Duration::from_millis(50)),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        // A timeout leaves the client usable: a late answer would be skipped by its id.
+        assert!(!client.is_broken());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn connecting_to_nothing_names_the_path() {
+        let dir = temp_dir("nothing");
+        let path = dir.join("absent.sock");
+        let err = Client::builder().connect(&path).unwrap_err();
+        assert!(matches!(err, ClientError::Connect { .. }));
+        assert!(err.to_string().contains("absent.sock"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_oversized_request_is_refused_before_sending() {
+        let server = TestServer::start();
+        let mut client = Client::builder().max_body_bytes(16).connect(server.path()).unwrap();
+        let big = ConfigReply { toml: "x".repeat(100) };
+        match client.request(MSG_CONFIG, &big) {
+            Err(ClientError::RequestTooLarge { length, limit }) => {
+                assert_eq!((length, limit), (102, 16));
+            }
+            other => panic!("expected too large, got {other:?}"),
+        }
+        client.ping().unwrap();
+    }
+}

@@ -1,0 +1,400 @@
+//! `corelane run`: builds the lanes and agents from the config, starts them, serves
+//! `/metrics`, and shuts everything down cleanly on SIGINT/SIGTERM.
+//!
+//! Start-up order: runtime directory (0700), control socket (refusing to steal one a live
+//! daemon answers on), counters file, lanes (each pinned, each with its reactor), `/metrics`.
+//! Shutdown reverses it; the control agent unlinks its socket on its own lane, the counters
+//! file is removed last.
+
+mod control_agent;
+mod metrics_agent;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use control_agent::{ControlAgent, ControlCounters, StatusHandler, ERROR_KINDS};
+pub use metrics_agent::{LaneGauges, MetricsAgent};
+
+use crate::config::{self, Config};
+use crate::control::SessionConfig;
+use crate::metrics::{
+    CounterKind, CounterSpec, CountersFile, MetricsError, MetricsServer, Registry,
+};
+use crate::runtime::{
+    Agent, Board, IdleStrategy, LaneSpec, ReactorChoice, ReactorKind, Runtime, RuntimeError,
+    Shutdown,
+};
+use crate::wire::DecoderConfig;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The runtime directory could not be created or secured.
+    #[error("runtime directory {path}: {source}")]
+    RuntimeDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another daemon answers on the control socket.
+    #[error("another corelane daemon is already running on {0} (stop it, or set runtime.dir to run a second one)")]
+    AlreadyRunning(PathBuf),
+    /// The control socket could not be bound.
+    #[error("cannot bind the control socket {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `metrics.listen` is not an address.
+    #[error("bad value for 'metrics.listen': expected an address like 127.0.0.1:9090, got {0:?}")]
+    MetricsListen(String),
+    /// The counters file or the metrics endpoint failed.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The lanes did not start.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    runtime: Runtime,
+    metrics_server: Option<MetricsServer>,
+    counters: Option<CountersFile>,
+    socket: PathBuf,
+    shutdown: Shutdown,
+}
+
+impl Daemon {
+    /// Starts everything `config` describes. `env` resolves the runtime directory
+    /// (`XDG_RUNTIME_DIR`, `USER`).
+    pub fn start(
+        config: &Config,
+        env: &impl Fn(&str) -> Option<String>,
+        shutdown: Shutdown,
+    ) -> Result<Daemon, DaemonError> {
+        let dir = config.runtime.runtime_dir(env);
+        secure_dir(&dir)?;
+        let socket = config.control_socket_path(env);
+        let listener = bind_control(&socket)?;
+
+        let board = Board::new();
+        let mut registry = Registry::new();
+        let ids = Ids::register(&mut registry, config)?;
+        let counters = if config.metrics.enabled {
+            registry.create(&config.counters_path(env))?
+        } else {
+            registry.create_in_memory()?
+        };
+        let control_counters = ids.control(&counters);
+        let lane_gauges = ids.lanes(&counters);
+
+        let config_toml =
+            config.to_toml_string().unwrap_or_else(|e| format!("# cannot render: {e}"));
+        let services: Vec<(String, String)> = ["pool", "alloc", "frames"]
+            .iter()
+            .map(|s| (s.to_string(), "not in this build".to_string()))
+            .collect();
+        let session_config = SessionConfig {
+            decoder: DecoderConfig {
+                max_body_bytes: config.control.max_body_bytes,
+                enable_legacy_support: config.control.enable_legacy_support,
+                crc_error_limit: config.control.crc_error_limit,
+            },
+            header_timeout: Duration::from_millis(config.control.header_timeout_ms),
+            idle_timeout: (config.control.idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.control.idle_timeout_ms)),
+            max_pending_output: config.control.max_pending_output_bytes as usize,
+        };
+
+        let mut listener = Some(listener);
+        let mut specs = Vec::new();
+        for lane in &config.lanes {
+            let mut agents: Vec<Box<dyn Agent>> = Vec::new();
+            for agent in &lane.agents {
+                match agent.as_str() {
+                    "control" => agents.push(Box::new(ControlAgent::new(
+                        socket.clone(),
+                        listener.take().expect("config validation: one control agent"),
+                        session_config.clone(),
+                        config.control.max_connections as usize,
+                        StatusHandler::new(
+                            board.clone(),
+                            config_toml.clone(),
+                            services.clone(),
+                            control_counters.clone(),
+                        ),
+                    ))),
+                    "metrics" => agents.push(Box::new(MetricsAgent::new(
+                        board.clone(),
+                        lane_gauges.clone(),
+                        counters.counter(ids.uptime),
+                        Duration::from_millis(config.metrics.publish_interval_ms.max(1)),
+                    ))),
+                    other => {
+                        unreachable!("config validation admits only known agents, got {other}")
+                    }
+                }
+            }
+            specs.push(LaneSpec {
+                name: lane.name.clone(),
+                core: lane.core,
+                idle: idle(&lane.idle),
+                agents,
+            });
+        }
+        if listener.is_some() {
+            tracing::warn!("no lane hosts the control agent: the control socket is not served");
+            let _ = std::fs::remove_file(&socket);
+        }
+        let choice = match config.runtime.reactor {
+            config::ReactorKind::Auto => ReactorChoice::Auto,
+            config::ReactorKind::IoUring => ReactorChoice::IoUring,
+            config::ReactorKind::Poll => ReactorChoice::Poll,
+        };
+        let runtime = match Runtime::start_with(specs, choice, shutdown.clone(), board) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_file(&socket);
+                let _ = counters.remove();
+                return Err(e.into());
+            }
+        };
+        counters.counter(ids.reactor[usize::from(runtime.reactor() == ReactorKind::Poll)]).set(1);
+
+        let metrics_server = match (config.metrics.enabled, config.metrics.listen.as_str()) {
+            (true, listen) if !listen.is_empty() => {
+                let addr: SocketAddr =
+                    listen.parse().map_err(|_| DaemonError::MetricsListen(listen.to_owned()))?;
+                let server = MetricsServer::start(addr, counters.reader())?;
+                tracing::info!(addr = %server.local_addr(), "metrics endpoint serving /metrics");
+                Some(server)
+            }
+            _ => None,
+        };
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            reactor = runtime.reactor().name(),
+            lanes = config.lanes.len(),
+            "corelane running"
+        );
+        Ok(Daemon { runtime, metrics_server, counters: Some(counters), socket, shutdown })
+    }
+
+    /// The control socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The `/metrics` address, if served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(MetricsServer::local_addr)
+    }
+
+    /// The reactor backend the lanes run.
+    pub fn reactor(&self) -> ReactorKind {
+        self.runtime.reactor()
+    }
+
+    /// Blocks until the shutdown flag is set (a signal, or [`Shutdown::request`]), then stops.
+    pub fn wait(self) {
+        while !self.shutdown.is_requested() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.stop();
+    }
+
+    /// Stops every lane, the metrics endpoint, and removes the counters file.
+    pub fn stop(mut self) {
+        let started = Instant::now();
+        self.runtime.shutdown();
+        self.runtime.join();
+        if let Some(server) = self.metrics_server.take() {
+            server.stop();
+        }
+        if let Some(counters) = self.counters.take() {
+            if let Err(e) = counters.remove() {
+                tracing::warn!("cannot remove the counters file: {e}");
+            }
+        }
+        tracing::info!(took_ms = started.elapsed().as_millis() as u64, "corelane stopped");
+    }
+}
+
+/// `corelane run`: start, wait for SIGINT/SIGTERM, stop.
+pub fn run(config: &Config) -> Result<(), DaemonError> {
+    let shutdown = Shutdown::new();
+    shutdown.on_signals().map_err(DaemonError::Signals)?;
+    let daemon = Daemon::start(config, &|k| std::env::var(k).ok(), shutdown)?;
+    daemon.wait();
+    Ok(())
+}
+
+fn idle(strategy: &config::IdleStrategy) -> IdleStrategy {
+    match *strategy {
+        config::IdleStrategy::Spin => IdleStrategy::Spin,
+        config::IdleStrategy::Yield => IdleStrategy::Yield,
+        config::IdleStrategy::Backoff { spin_iterations, yield_iterations, max_park_us } => {
+            IdleStrategy::Backoff {
+                spins: spin_iterations,
+                yields: yield_iterations,
+                max_park: Duration::from_micros(max_park_us),
+            }
+        }
+        config::IdleStrategy::Sleep { sleep_us } => {
+            IdleStrategy::Sleep(Duration::from_micros(sleep_us))
+        }
+    }
+}
+
+/// Creates the runtime directory with mode 0700, or tightens an existing one we own.
+fn secure_dir(dir: &Path) -> Result<(), DaemonError> {
+    let err = |source| DaemonError::RuntimeDir { path: dir.to_owned(), source };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let meta = std::fs::metadata(dir).map_err(err)?;
+    if !meta.is_dir() {
+        return Err(err(std::io::Error::other("not a directory")));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// Binds the control socket, removing a stale one (no daemon answers) but never a live one.
+fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::AlreadyRunning(path.to_owned()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    UnixListener::bind(path).map_err(|source| DaemonError::Bind { path: path.to_owned(), source })
+}
+
+/// Every counter the daemon registers, by id.
+struct Ids {
+    accepted: crate::metrics::CounterId,
+    refused: crate::metrics::CounterId,
+    closed: crate::metrics::CounterId,
+    open: crate::metrics::CounterId,
+    requests: [crate::metrics::CounterId; 3],
+    errors: Vec<crate::metrics::CounterId>,
+    lanes: Vec<[crate::metrics::CounterId; 7]>,
+    uptime: crate::metrics::CounterId,
+    reactor: [crate::metrics::CounterId; 2],
+}
+
+impl Ids {
+    fn register(r: &mut Registry, config: &Config) -> Result<Self, MetricsError> {
+        let c = |r: &mut Registry, name: &str, labels: &[(&str, &str)], help: &str| {
+            r.register(CounterSpec { name, labels, help, kind: CounterKind::Counter })
+        };
+        let g = |r: &mut Registry, name: &str, labels: &[(&str, &str)], help: &str| {
+            r.register(CounterSpec { name, labels, help, kind: CounterKind::Gauge })
+        };
+        const CONN: &str = "Control connections by event.";
+        let accepted = c(r, "corelane_control_connections_total", &[("event", "accepted")], CONN)?;
+        let refused = c(r, "corelane_control_connections_total", &[("event", "refused")], CONN)?;
+        let closed =
+            c(r, "corelane_control_connections_total", &[("event", "closed_by_daemon")], CONN)?;
+        let open = g(r, "corelane_control_connections_open", &[], "Control connections open now.")?;
+        const REQ: &str = "Control requests answered, by type.";
+        let requests = [
+            c(r, "corelane_control_requests_total", &[("type", "ping")], REQ)?,
+            c(r, "corelane_control_requests_total", &[("type", "status")], REQ)?,
+            c(r, "corelane_control_requests_total", &[("type", "config")], REQ)?,
+        ];
+        let errors = ERROR_KINDS
+            .iter()
+            .map(|kind| {
+                c(
+                    r,
+                    "corelane_control_errors_total",
+                    &[("kind", kind)],
+                    "Control protocol errors answered, by kind.",
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        let mut lanes = Vec::new();
+        for lane in &config.lanes {
+            let l = lane.name.as_str();
+            lanes.push([
+                g(r, "corelane_lane_passes", &[("lane", l)], "Loop passes of the lane.")?,
+                g(
+                    r,
+                    "corelane_lane_work",
+                    &[("lane", l)],
+                    "Work items done by the lane's agents.",
+                )?,
+                g(r, "corelane_lane_idle_ns", &[("lane", l)], "Time the lane spent idling, ns.")?,
+                g(
+                    r,
+                    "corelane_lane_pass_ns",
+                    &[("lane", l), ("quantile", "0.5")],
+                    "Duration of a lane pass, ns.",
+                )?,
+                g(
+                    r,
+                    "corelane_lane_pass_ns",
+                    &[("lane", l), ("quantile", "0.99")],
+                    "Duration of a lane pass, ns.",
+                )?,
+                g(
+                    r,
+                    "corelane_lane_pass_ns",
+                    &[("lane", l), ("quantile", "0.999")],
+                    "Duration of a lane pass, ns.",
+                )?,
+                g(
+                    r,
+                    "corelane_lane_pass_ns",
+                    &[("lane", l), ("quantile", "1")],
+                    "Duration of a lane pass, ns.",
+                )?,
+            ]);
+        }
+        let uptime = g(r, "corelane_uptime_seconds", &[], "Seconds since the daemon started.")?;
+        const REACTOR: &str = "Reactor backend the lanes run (1 = this one).";
+        let reactor = [
+            g(r, "corelane_reactor", &[("kind", "io_uring")], REACTOR)?,
+            g(r, "corelane_reactor", &[("kind", "poll")], REACTOR)?,
+        ];
+        Ok(Self { accepted, refused, closed, open, requests, errors, lanes, uptime, reactor })
+    }
+
+    fn control(&self, f: &CountersFile) -> ControlCounters {
+        ControlCounters {
+            accepted: f.counter(self.accepted),
+            refused: f.counter(self.refused),
+            closed_by_daemon: f.counter(self.closed),
+            open: f.counter(self.open),
+            requests: self.requests.map(|id| f.counter(id)),
+            errors: self.errors.iter().map(|&id| f.counter(id)).collect(),
+        }
+    }
+
+    fn lanes(&self, f: &CountersFile) -> Vec<LaneGauges> {
+        self.lanes
+            .iter()
+            .map(|ids| LaneGauges {
+                passes: f.counter(ids[0]),
+                work: f.counter(ids[1]),
+                idle_ns: f.counter(ids[2]),
+                pass_ns: [
+                    f.counter(ids[3]),
+                    f.counter(ids[4]),
+                    f.counter(ids[5]),
+                    f.counter(ids[6]),
+                ],
+            })
+            .collect()
+    }
+}

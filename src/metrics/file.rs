@@ -1,0 +1,441 @@
+//! The daemon's side of the counters file: [`Registry`], [`CountersFile`], [`Counter`].
+
+use core::fmt;
+use std::collections::HashSet;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use memmap2::{MmapMut, MmapOptions};
+use zerocopy::IntoBytes;
+
+use super::layout::{
+    file_len, value_offset, CounterRecord, CountersHeader, FileState, HEADER_BYTES, HELP_CAP,
+    LAYOUT_VERSION, MAGIC, NAME_CAP, RECORD_BYTES, STATE_OFFSET,
+};
+use super::map::Mapping;
+use super::reader::{CountersInfo, CountersReader, RecordMeta};
+use super::series::{is_valid_help, series_name};
+use super::{CounterKind, MetricsError};
+
+/// Describes one counter or gauge to allocate at startup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterSpec<'a> {
+    /// Metric family name, `[a-zA-Z_:][a-zA-Z0-9_:]*`; counters conventionally end in `_total`.
+    pub name: &'a str,
+    /// Label pairs, in the order they are written; values may hold any text (they are escaped).
+    pub labels: &'a [(&'a str, &'a str)],
+    /// One-line help text of the family, at most [`HELP_CAP`] bytes, no control characters.
+    pub help: &'a str,
+    /// Counter or gauge.
+    pub kind: CounterKind,
+}
+
+impl<'a> CounterSpec<'a> {
+    /// A counter (only goes up).
+    pub const fn counter(name: &'a str, labels: &'a [(&'a str, &'a str)], help: &'a str) -> Self {
+        Self { name, labels, help, kind: CounterKind::Counter }
+    }
+
+    /// A gauge (set to a current value).
+    pub const fn gauge(name: &'a str, labels: &'a [(&'a str, &'a str)], help: &'a str) -> Self {
+        Self { name, labels, help, kind: CounterKind::Gauge }
+    }
+}
+
+/// Which record of a [`CountersFile`] a counter is: the order it was registered in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterId(u32);
+
+impl CounterId {
+    /// The record index.
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    /// The id of record `index` (the `index`-th spec given to [`CountersFile::create`]).
+    ///
+    /// # Panics
+    /// If `index` does not fit a `u32` (no file has that many records).
+    pub fn from_index(index: usize) -> Self {
+        // A record count is a u32 in the header, so a larger index is a caller bug (documented).
+        Self(u32::try_from(index).expect("counter index exceeds u32"))
+    }
+}
+
+/// Collects the counters the agents need at startup, then creates the counters file.
+///
+/// ```no_run
+/// use corelane::metrics::{CounterSpec, Registry};
+/// # fn main() -> Result<(), corelane::metrics::MetricsError> {
+/// let mut registry = Registry::new();
+/// let passes = registry.register(CounterSpec::counter(
+///     "corelane_lane_passes_total",
+///     &[("lane", "main")],
+///     "Passes of the lane loop.",
+/// ))?;
+/// let file = registry.create("/run/corelane/counters".as_ref())?;
+/// let passes = file.counter(passes); // hand to the lane
+/// passes.inc();
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct Registry {
+    records: Vec<RecordMeta>,
+    seen: HashSet<String>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Validates `spec` and reserves a record for it.
+    ///
+    /// # Errors
+    /// A name, label or help text that is invalid or does not fit a record
+    /// ([`NAME_CAP`], [`HELP_CAP`]), a series registered twice, or more than `u32::MAX` records.
+    pub fn register(&mut self, spec: CounterSpec<'_>) -> Result<CounterId, MetricsError> {
+        let meta = RecordMeta::from_spec(&spec)?;
+        let id = u32::try_from(self.records.len()).map_err(|_| MetricsError::TooManyRecords {
+            count: self.records.len() + 1,
+            max: u32::MAX as usize,
+        })?;
+        if !self.seen.insert(meta.series.clone()) {
+            return Err(MetricsError::DuplicateSeries { series: meta.series });
+        }
+        self.records.push(meta);
+        Ok(CounterId(id))
+    }
+
+    /// Number of records registered.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Writes the counters file at `path` (see [`CountersFile::create`]).
+    ///
+    /// # Errors
+    /// As [`CountersFile::create`].
+    pub fn create(self, path: &Path) -> Result<CountersFile, MetricsError> {
+        CountersFile::build(self.records, Some(path))
+    }
+
+    /// Lays the counters out in anonymous memory instead of a file (see
+    /// [`CountersFile::in_memory`]).
+    ///
+    /// # Errors
+    /// As [`CountersFile::in_memory`].
+    pub fn create_in_memory(self) -> Result<CountersFile, MetricsError> {
+        CountersFile::build(self.records, None)
+    }
+}
+
+/// The daemon's counters file: a published, shared mapping and the specs it was built from.
+///
+/// Dropping it keeps the file (and the mapping lives on while any [`Counter`] does); call
+/// [`remove`](Self::remove) at shutdown.
+pub struct CountersFile {
+    map: Arc<Mapping>,
+    records: Arc<[RecordMeta]>,
+    info: CountersInfo,
+    path: Option<PathBuf>,
+}
+
+impl CountersFile {
+    /// Creates the counters file at `path`: mode 0600, exactly
+    /// `HEADER_BYTES + specs.len() * RECORD_BYTES` bytes, record `i` describing `specs[i]` with
+    /// value 0, published (state 1) and then renamed over `path`, replacing any previous file.
+    ///
+    /// # Errors
+    /// An invalid spec (see [`Registry::register`]), or a failure to create, size, map or rename
+    /// the file ([`MetricsError::Io`], naming the file).
+    pub fn create(path: &Path, specs: &[CounterSpec<'_>]) -> Result<Self, MetricsError> {
+        Self::build(Self::validate(specs)?, Some(path))
+    }
+
+    /// Lays the counters out in anonymous shared memory: the same layout and handles without a
+    /// file, for tests and for runs that want no runtime directory. [`reader`](Self::reader)
+    /// still reads it.
+    ///
+    /// # Errors
+    /// An invalid spec, or [`MetricsError::MapAnonymous`].
+    pub fn in_memory(specs: &[CounterSpec<'_>]) -> Result<Self, MetricsError> {
+        Self::build(Self::validate(specs)?, None)
+    }
+
+    /// A handle on record `id`'s value, for the lane that owns it.
+    ///
+    /// # Panics
+    /// If `id` is not a record of this file (an id from another registry).
+    pub fn counter(&self, id: CounterId) -> Counter {
+        assert!(
+            id.index() < self.records.len(),
+            "counter {} is not in a file of {} records",
+            id.index(),
+            self.records.len()
+        );
+        Counter { map: Arc::clone(&self.map), offset: value_offset(id.index()) }
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether the file has no records.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The file's path; `None` in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The header facts written at creation.
+    pub fn info(&self) -> CountersInfo {
+        self.info
+    }
+
+    /// A reader over this process's own mapping (no second mapping, no re-validation): what the
+    /// daemon's `/metrics` server serves from.
+    pub fn reader(&self) -> CountersReader {
+        CountersReader::from_parts(
+            Arc::clone(&self.map),
+            Arc::clone(&self.records),
+            self.info,
+            self.path.clone(),
+        )
+    }
+
+    /// Marks the file closed (state 2; readers still mapping it see final values) and unlinks
+    /// it. A file already gone is not an error. Counters stay usable (their mapping lives on).
+    ///
+    /// # Errors
+    /// [`MetricsError::Io`] if the file exists but cannot be removed.
+    pub fn remove(self) -> Result<(), MetricsError> {
+        // SYNC: pairs with the Acquire load of the state word in `CountersReader::state`.
+        self.map.word(STATE_OFFSET).store(FileState::Closed.to_word(), Ordering::Release);
+        match self.path {
+            Some(path) => match fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(MetricsError::Io { op: "remove", path, source }),
+            },
+            None => Ok(()),
+        }
+    }
+
+    fn validate(specs: &[CounterSpec<'_>]) -> Result<Vec<RecordMeta>, MetricsError> {
+        let mut registry = Registry::new();
+        for spec in specs {
+            registry.register(*spec)?;
+        }
+        Ok(registry.records)
+    }
+
+    #[cold]
+    fn build(records: Vec<RecordMeta>, path: Option<&Path>) -> Result<Self, MetricsError> {
+        let count = u32::try_from(records.len()).map_err(|_| MetricsError::TooManyRecords {
+            count: records.len(),
+            max: u32::MAX as usize,
+        })?;
+        let len = file_len(records.len());
+        let info = CountersInfo {
+            pid: u64::from(std::process::id()),
+            start_monotonic_ns: monotonic_ns(),
+            start_realtime_ns: realtime_ns(),
+            records: count,
+        };
+        let header = CountersHeader {
+            magic: MAGIC.into(),
+            layout_version: LAYOUT_VERSION.into(),
+            header_bytes: (HEADER_BYTES as u32).into(),
+            record_count: count.into(),
+            record_bytes: (RECORD_BYTES as u32).into(),
+            pid: info.pid.into(),
+            start_monotonic_ns: info.start_monotonic_ns.into(),
+            start_realtime_ns: info.start_realtime_ns.into(),
+            state: FileState::Writing.to_word().into(),
+            reserved: [0; 72],
+        };
+        let fill = |mut map: Mapping| {
+            map.write_bytes(0, header.as_bytes());
+            for (i, meta) in records.iter().enumerate() {
+                map.write_bytes(HEADER_BYTES + i * RECORD_BYTES, meta.to_record().as_bytes());
+            }
+            // SYNC: publishes the header and records written above -> the Acquire load of the
+            // state word in `CountersReader::open` (another process) and `CountersReader::state`.
+            map.word(STATE_OFFSET).store(FileState::Live.to_word(), Ordering::Release);
+            map
+        };
+        let map = match path {
+            None => {
+                let anon = MmapMut::map_anon(len)
+                    .map_err(|source| MetricsError::MapAnonymous { len, source })?;
+                fill(Mapping::writable(anon.into()))
+            }
+            Some(path) => {
+                let tmp = temporary_path(path);
+                let made = create_mapping(&tmp, len).map(fill).and_then(|map| {
+                    fs::rename(&tmp, path).map_err(|source| MetricsError::Io {
+                        op: "rename into place",
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                    Ok(map)
+                });
+                if made.is_err() {
+                    // Best effort: the error that matters is the one returned.
+                    let _ = fs::remove_file(&tmp);
+                }
+                made?
+            }
+        };
+        Ok(Self {
+            map: Arc::new(map),
+            records: records.into(),
+            info,
+            path: path.map(Path::to_owned),
+        })
+    }
+}
+
+impl fmt::Debug for CountersFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CountersFile")
+            .field("path", &self.path)
+            .field("records", &self.records.len())
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+/// A handle on one counter or gauge in the counters file: cheap to clone, `Send + Sync`, every
+/// operation one relaxed atomic instruction on the shared mapping.
+///
+/// Each counter has one writer lane; Relaxed is enough because readers only want a recent value
+/// and nothing else is published through it. [`add`](Self::add) is a `fetch_add` all the same, so
+/// two writers sharing a counter by mistake cannot lose counts.
+#[derive(Clone)]
+pub struct Counter {
+    map: Arc<Mapping>,
+    offset: usize,
+}
+
+impl Counter {
+    /// Adds `n` (wrapping at `u64::MAX`).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.map.word(self.offset).fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds 1.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Sets the value (for gauges).
+    #[inline]
+    pub fn set(&self, value: u64) {
+        self.map.word(self.offset).store(value, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.map.load_relaxed(self.offset)
+    }
+}
+
+impl fmt::Debug for Counter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Counter")
+            .field("record", &((self.offset - HEADER_BYTES) / RECORD_BYTES))
+            .field("value", &self.get())
+            .finish()
+    }
+}
+
+impl RecordMeta {
+    fn from_spec(spec: &CounterSpec<'_>) -> Result<Self, MetricsError> {
+        let series = series_name(spec.name, spec.labels)?;
+        if series.len() > NAME_CAP {
+            return Err(MetricsError::NameTooLong { len: series.len(), series, max: NAME_CAP });
+        }
+        if spec.help.len() > HELP_CAP {
+            return Err(MetricsError::HelpTooLong { series, len: spec.help.len(), max: HELP_CAP });
+        }
+        if !is_valid_help(spec.help) {
+            return Err(MetricsError::InvalidHelp { series });
+        }
+        Ok(Self { series, help: spec.help.to_owned(), kind: spec.kind })
+    }
+
+    fn to_record(&self) -> CounterRecord {
+        let mut record = CounterRecord {
+            value: 0.into(),
+            kind: self.kind.to_byte(),
+            // Lengths fit a byte: checked against NAME_CAP and HELP_CAP (both <= 255) above.
+            name_len: self.series.len() as u8,
+            help_len: self.help.len() as u8,
+            reserved: [0; 5],
+            name: [0; NAME_CAP],
+            help: [0; HELP_CAP],
+        };
+        record.name[..self.series.len()].copy_from_slice(self.series.as_bytes());
+        record.help[..self.help.len()].copy_from_slice(self.help.as_bytes());
+        record
+    }
+}
+
+/// Creates `path` afresh (0600, `len` bytes) and maps it shared, read-write.
+fn create_mapping(path: &Path, len: usize) -> Result<Mapping, MetricsError> {
+    let io = |op, source| MetricsError::Io { op, path: path.to_owned(), source };
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("remove stale", e)),
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("create", e))?;
+    file.set_len(len as u64).map_err(|e| io("size", e))?;
+    let raw = MmapOptions::new().len(len).map_raw(&file).map_err(|e| io("map", e))?;
+    Ok(Mapping::writable(raw))
+}
+
+/// `<dir>/<name>.<pid>.tmp`: where the file is written before it is renamed into place.
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".{}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
+fn monotonic_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    // CLOCK_MONOTONIC is never negative.
+    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+}
+
+fn realtime_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

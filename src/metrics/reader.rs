@@ -1,0 +1,269 @@
+//! Reading a counters file from any process: [`CountersReader`] and [`Sample`].
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::MmapOptions;
+
+use super::layout::{
+    value_offset, CounterRecord, CountersHeader, FileState, HEADER_BYTES, HELP_CAP, LAYOUT_VERSION,
+    MAGIC, NAME_CAP, RECORD_BYTES, STATE_OFFSET, VALUE_OFFSET,
+};
+use super::map::Mapping;
+use super::series::{is_valid_help, parse_series};
+use super::{CounterKind, MetricsError};
+
+/// One series and its value at the time of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// The full series in exposition syntax, e.g. `corelane_lane_passes_total{lane="main"}`.
+    pub name: String,
+    /// Counter or gauge.
+    pub kind: CounterKind,
+    /// Help text of the family (unescaped; may be empty).
+    pub help: String,
+    /// The value.
+    pub value: u64,
+}
+
+impl Sample {
+    /// The metric family: the series name before `{`.
+    pub fn family(&self) -> &str {
+        self.name.split_once('{').map_or(self.name.as_str(), |(family, _)| family)
+    }
+}
+
+/// Facts the daemon wrote into the header at creation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CountersInfo {
+    /// Pid of the daemon.
+    pub pid: u64,
+    /// Creation time, `CLOCK_MONOTONIC` ns.
+    pub start_monotonic_ns: u64,
+    /// Creation time, `CLOCK_REALTIME` ns since the Unix epoch.
+    pub start_realtime_ns: u64,
+    /// Number of records.
+    pub records: u32,
+}
+
+/// A validated, read-only view of a counters file: what `corelane top` and `/metrics` read.
+///
+/// [`open`](Self::open) checks everything it will later rely on (magic, version, geometry, length,
+/// every record's metadata), so reading never goes out of bounds. The metadata is copied out
+/// once; a snapshot then only loads values. Cheap to clone; `Send + Sync`.
+///
+/// A file truncated by someone else *after* it was mapped would still raise SIGBUS on access, as
+/// with any mapping; the daemon never does that (it replaces the file by renaming a new one over
+/// it).
+#[derive(Clone, Debug)]
+pub struct CountersReader {
+    map: Arc<Mapping>,
+    records: Arc<[RecordMeta]>,
+    info: CountersInfo,
+    path: Option<PathBuf>,
+}
+
+impl CountersReader {
+    /// Maps the counters file at `path` read-only and validates it.
+    ///
+    /// # Errors
+    /// [`MetricsError::Io`] if it cannot be opened or mapped; [`MetricsError::TooShort`],
+    /// [`MetricsError::BadMagic`], [`MetricsError::UnsupportedVersion`],
+    /// [`MetricsError::BadGeometry`], [`MetricsError::SizeMismatch`], [`MetricsError::BadState`]
+    /// or [`MetricsError::BadRecord`] if it is not a well-formed counters file of this layout
+    /// version; [`MetricsError::NotReady`] if the daemon is still writing it.
+    pub fn open(path: &Path) -> Result<Self, MetricsError> {
+        let io = |op, source| MetricsError::Io { op, path: path.to_owned(), source };
+        let file = File::open(path).map_err(|e| io("open", e))?;
+        let file_len = file.metadata().map_err(|e| io("stat", e))?.len();
+        if file_len < HEADER_BYTES as u64 {
+            return Err(MetricsError::TooShort {
+                path: path.to_owned(),
+                len: file_len,
+                min: HEADER_BYTES,
+            });
+        }
+        let Ok(len) = usize::try_from(file_len) else {
+            return Err(MetricsError::SizeMismatch {
+                path: path.to_owned(),
+                records: 0,
+                expected_len: 0,
+                file_len,
+            });
+        };
+        let raw = MmapOptions::new().len(len).map_raw_read_only(&file).map_err(|e| io("map", e))?;
+        let map = Mapping::read_only(raw);
+
+        // SYNC: pairs with the Release store of `state = 1` in `CountersFile::build`: the header
+        // and records copied below are complete when it reads 1 (or 2).
+        let state = map.load_acquire(STATE_OFFSET);
+        let mut bytes = [0u8; HEADER_BYTES];
+        map.read_bytes(0, &mut bytes[..STATE_OFFSET]);
+        map.read_bytes(STATE_OFFSET + 8, &mut bytes[STATE_OFFSET + 8..]);
+        bytes[STATE_OFFSET..STATE_OFFSET + 8].copy_from_slice(&state.to_le_bytes());
+        let header: CountersHeader = zerocopy::transmute!(bytes);
+
+        let path_buf = || path.to_owned();
+        let magic = header.magic.get();
+        if magic != MAGIC {
+            return Err(MetricsError::BadMagic { path: path_buf(), found: magic, expected: MAGIC });
+        }
+        let version = header.layout_version.get();
+        if version != LAYOUT_VERSION {
+            return Err(MetricsError::UnsupportedVersion {
+                path: path_buf(),
+                found: version,
+                expected: LAYOUT_VERSION,
+            });
+        }
+        for (field, found, expected) in [
+            ("header_bytes", header.header_bytes.get(), HEADER_BYTES as u32),
+            ("record_bytes", header.record_bytes.get(), RECORD_BYTES as u32),
+        ] {
+            if found != expected {
+                return Err(MetricsError::BadGeometry { path: path_buf(), field, found, expected });
+            }
+        }
+        match FileState::from_word(state) {
+            Some(FileState::Live | FileState::Closed) => {}
+            Some(FileState::Writing) => return Err(MetricsError::NotReady { path: path_buf() }),
+            None => return Err(MetricsError::BadState { path: path_buf(), found: state }),
+        }
+        let records = header.record_count.get();
+        let expected_len = HEADER_BYTES as u64 + u64::from(records) * RECORD_BYTES as u64;
+        if expected_len != file_len {
+            return Err(MetricsError::SizeMismatch {
+                path: path_buf(),
+                records,
+                expected_len,
+                file_len,
+            });
+        }
+
+        let metas = (0..records)
+            .map(|index| {
+                read_record(&map, index).map_err(|reason| MetricsError::BadRecord {
+                    path: path_buf(),
+                    index,
+                    reason,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let info = CountersInfo {
+            pid: header.pid.get(),
+            start_monotonic_ns: header.start_monotonic_ns.get(),
+            start_realtime_ns: header.start_realtime_ns.get(),
+            records,
+        };
+        Ok(Self::from_parts(Arc::new(map), metas.into(), info, Some(path.to_owned())))
+    }
+
+    pub(super) fn from_parts(
+        map: Arc<Mapping>,
+        records: Arc<[RecordMeta]>,
+        info: CountersInfo,
+        path: Option<PathBuf>,
+    ) -> Self {
+        Self { map, records, info, path }
+    }
+
+    /// Every series with its current value, in record order.
+    pub fn snapshot(&self) -> Vec<Sample> {
+        let mut out = Vec::with_capacity(self.records.len());
+        self.snapshot_into(&mut out);
+        out
+    }
+
+    /// Appends every series with its current value to `out`, in record order.
+    pub fn snapshot_into(&self, out: &mut Vec<Sample>) {
+        out.extend(self.records.iter().enumerate().map(|(i, meta)| Sample {
+            name: meta.series.clone(),
+            kind: meta.kind,
+            help: meta.help.clone(),
+            value: self.map.load_relaxed(value_offset(i)),
+        }));
+    }
+
+    /// The current value of record `index`, or `None` past the last record (for monitors that
+    /// refresh values often and names once).
+    pub fn value(&self, index: usize) -> Option<u64> {
+        (index < self.records.len()).then(|| self.map.load_relaxed(value_offset(index)))
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether the file has no records.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The header facts: daemon pid, start times, record count.
+    pub fn info(&self) -> CountersInfo {
+        self.info
+    }
+
+    /// Where the file is in its life now: [`FileState::Closed`] once the daemon has removed it.
+    pub fn state(&self) -> FileState {
+        // SYNC: pairs with the Release stores of the state word in `CountersFile::build` and
+        // `CountersFile::remove`.
+        let word = self.map.load_acquire(STATE_OFFSET);
+        // `open` accepted only 1 or 2, and the daemon only ever moves the word from 1 to 2; treat
+        // anything else a foreign writer might store as closed.
+        match FileState::from_word(word) {
+            Some(FileState::Live) => FileState::Live,
+            _ => FileState::Closed,
+        }
+    }
+
+    /// The file's path; `None` for an in-memory file's reader.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+}
+
+/// A record's validated metadata, held by the file and its readers.
+#[derive(Clone, Debug)]
+pub(super) struct RecordMeta {
+    /// The series text (checked by `parse_series`).
+    pub(super) series: String,
+    /// Help text.
+    pub(super) help: String,
+    /// Counter or gauge.
+    pub(super) kind: CounterKind,
+}
+
+/// Copies record `index`'s metadata out of `map` and validates it.
+fn read_record(map: &Mapping, index: u32) -> Result<RecordMeta, String> {
+    let start = HEADER_BYTES + index as usize * RECORD_BYTES;
+    let mut bytes = [0u8; RECORD_BYTES];
+    // The value word (the only bytes still being written) is left zero: metadata only.
+    map.read_bytes(start + VALUE_OFFSET + 8, &mut bytes[VALUE_OFFSET + 8..]);
+    let record: CounterRecord = zerocopy::transmute!(bytes);
+    let kind = CounterKind::from_byte(record.kind).ok_or_else(|| {
+        format!("kind byte is {}, expected 1 (counter) or 2 (gauge)", record.kind)
+    })?;
+    let name_len = usize::from(record.name_len);
+    if name_len == 0 {
+        return Err("name length is 0, expected a series name".into());
+    }
+    if name_len > NAME_CAP {
+        return Err(format!("name length {name_len} runs past the {NAME_CAP}-byte name field"));
+    }
+    let help_len = usize::from(record.help_len);
+    if help_len > HELP_CAP {
+        return Err(format!("help length {help_len} runs past the {HELP_CAP}-byte help field"));
+    }
+    let series = std::str::from_utf8(&record.name[..name_len])
+        .map_err(|e| format!("name is not UTF-8: {e}"))?;
+    parse_series(series).map_err(|why| format!("name {series:?}: {why}"))?;
+    let help = std::str::from_utf8(&record.help[..help_len])
+        .map_err(|e| format!("help text is not UTF-8: {e}"))?;
+    if !is_valid_help(help) {
+        return Err("help text contains a control character".into());
+    }
+    Ok(RecordMeta { series: series.to_owned(), help: help.to_owned(), kind })
+}

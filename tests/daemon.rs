@@ -1,0 +1,335 @@
+//! The real daemon as a child process: status round trip, SIGTERM shutdown, bad peers that get
+//! the spec's errors while a well-behaved client keeps being served, both reactors, config
+//! errors.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use corelane::control::Client;
+use corelane::wire::{self, Decoder, DecoderConfig, Event, Flags, ProtocolVersion};
+
+const BIN: &str = env!("CARGO_BIN_EXE_corelane");
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `corelane run` with its own runtime directory and `env` overrides, and waits
+    /// until it answers a ping.
+    fn start(name: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("corelane-it-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .env("XDG_RUNTIME_DIR", &dir)
+            .env("CORELANE_METRICS_LISTEN", "")
+            .env("CORELANE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let daemon = Daemon { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) =
+                Client::builder().timeout(Duration::from_secs(1)).connect(daemon.socket())
+            {
+                if c.ping().is_ok() {
+                    return daemon;
+                }
+            }
+            assert!(Instant::now() < deadline, "daemon did not answer within 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("corelane").join("control.sock")
+    }
+
+    fn client(&self) -> Client {
+        Client::builder().timeout(Duration::from_secs(5)).connect(self.socket()).unwrap()
+    }
+
+    /// SIGTERM, then the exit status and stderr.
+    fn terminate(mut self) -> (std::process::ExitStatus, String, Duration) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let sent = Instant::now();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let status = self.child.wait().unwrap();
+        let took = sent.elapsed();
+        let mut err = String::new();
+        self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        (status, err, took)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Both backends when the kernel has io_uring; says so when it does not.
+fn reactors() -> Vec<&'static str> {
+    match corelane::runtime::Reactor::new(corelane::runtime::ReactorChoice::IoUring) {
+        Ok(_) => vec!["io_uring", "poll"],
+        Err(e) => {
+            eprintln!("SKIPPING io_uring runs: {e}");
+            vec!["poll"]
+        }
+    }
+}
+
+/// Sends raw bytes and collects what the daemon answers until it closes the connection (or
+/// `wait` passes). Returns (error texts received, closed by the daemon).
+fn raw(socket: &Path, bytes: &[u8], wait: Duration) -> (Vec<String>, bool) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.write_all(bytes).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false, // timeout: still open
+        }
+    };
+    let mut texts = Vec::new();
+    let mut decoder =
+        Decoder::new(DecoderConfig { enable_legacy_support: true, ..DecoderConfig::default() });
+    decoder
+        .feed(&got, |event| {
+            if let Event::Frame(frame) = event {
+                // v1 frames have no flags byte: a legacy peer gets its error in v1 framing.
+                assert!(
+                    frame.header.version == ProtocolVersion::V1
+                        || frame.header.flags.contains(Flags::ERROR),
+                    "expected an error reply, got {:?} {:?}",
+                    frame.header,
+                    frame.body
+                );
+                let (_code, text) = wire::decode_error_body(frame.body).unwrap();
+                texts.push(text.to_owned());
+            }
+        })
+        .unwrap();
+    (texts, closed)
+}
+
+fn frame(msg_type: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::encode(ProtocolVersion::V2, msg_type, Flags::default(), 7, body, &mut out);
+    out
+}
+
+#[test]
+fn status_round_trip_and_sigterm_shutdown_on_every_reactor() {
+    for reactor in reactors() {
+        let daemon =
+            Daemon::start(&format!("status-{reactor}"), &[("CORELANE_RUNTIME_REACTOR", reactor)]);
+        let mut client = daemon.client();
+        let status = client.status().unwrap();
+        assert_eq!(status.reactor, reactor);
+        assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(status.lanes.len(), 1);
+        assert_eq!(status.lanes[0].agents, ["control", "metrics"]);
+        assert!(client.ping().is_ok());
+        let toml = client.config_toml().unwrap();
+        assert!(toml.contains(&format!("reactor = \"{reactor}\"")), "{toml}");
+
+        let out = Command::new(BIN)
+            .args(["status"])
+            .env("XDG_RUNTIME_DIR", &daemon.dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("reactor {reactor}")) && text.contains("main"), "{text}");
+
+        let counters = daemon.dir.join("corelane").join("counters");
+        assert!(counters.exists());
+        let socket = daemon.socket();
+        let (status, stderr, took) = daemon.terminate();
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        assert!(!socket.exists(), "control socket removed");
+        assert!(!counters.exists(), "counters file removed");
+        eprintln!("{reactor}: SIGTERM to exit took {took:?}");
+    }
+}
+
+#[test]
+fn bad_peers_get_the_spec_errors_while_a_good_client_is_served() {
+    for reactor in reactors() {
+        let daemon = Daemon::start(
+            &format!("peers-{reactor}"),
+            &[
+                ("CORELANE_RUNTIME_REACTOR", reactor),
+                ("CORELANE_CONTROL_HEADER_TIMEOUT_MS", "300"),
+                ("CORELANE_CONTROL_MAX_BODY_BYTES", "4096"),
+            ],
+        );
+        let socket = daemon.socket();
+        let wait = Duration::from_secs(3);
+
+        // A slow peer sends one header byte every 100 ms; it is cut off at the header timeout
+        // while a well-behaved client keeps getting answers.
+        let slow_socket = socket.clone();
+        let slow = std::thread::spawn(move || {
+            let mut s = UnixStream::connect(&slow_socket).unwrap();
+            let started = Instant::now();
+            for byte in frame(1, b"") {
+                if s.write_all(&[byte]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            started.elapsed()
+        });
+        let mut good = daemon.client();
+        for _ in 0..20 {
+            good.ping().unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let cut_after = slow.join().unwrap();
+        assert!(cut_after >= Duration::from_millis(300), "cut before the timeout: {cut_after:?}");
+        assert!(cut_after < Duration::from_millis(2300), "slow peer never cut: {cut_after:?}");
+
+        let (texts, closed) = raw(&socket, b"GET / HTTP/1.1\r\n\r\n\0\0\0\0\0\0", wait);
+        assert_eq!(texts, ["bad magic 0x20544547"]);
+        assert!(closed);
+
+        let mut legacy = vec![0x4C, 0x50, 0x41, 0x49, 1, 0, 1];
+        legacy.extend_from_slice(&0u32.to_be_bytes());
+        legacy.extend_from_slice(&9u64.to_be_bytes());
+        let (texts, closed) = raw(&socket, &legacy, wait);
+        assert_eq!(texts, ["protocol version mismatch: expected 2, got 1"]);
+        assert!(closed);
+
+        let mut v3 = frame(1, b"");
+        v3[4] = 3;
+        let (texts, closed) = raw(&socket, &v3, wait);
+        assert_eq!(texts, ["protocol version mismatch: expected 2, got 3"]);
+        assert!(closed);
+
+        let mut big = frame(1, b"");
+        big[8..12].copy_from_slice(&(1u32 << 30).to_le_bytes());
+        let (texts, closed) = raw(&socket, &big, wait);
+        assert_eq!(texts, ["message too large: 1073741824 > 4096"]);
+        assert!(closed);
+
+        let mut bad_crc = frame(1, b"");
+        bad_crc[20] ^= 0xFF;
+        bad_crc.extend(frame(99, b""));
+        let (texts, closed) = raw(&socket, &bad_crc, Duration::from_millis(300));
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert!(texts[0].starts_with("crc32 mismatch: expected 0x"), "{texts:?}");
+        assert_eq!(texts[1], "unknown message type 99");
+        assert!(!closed, "crc and unknown-type errors keep the connection");
+
+        good.ping().unwrap();
+        let status = good.status().unwrap();
+        assert_eq!(status.reactor, reactor);
+        let (code, stderr, _) = daemon.terminate();
+        assert_eq!(code.code(), Some(0), "{stderr}");
+    }
+}
+
+#[test]
+fn legacy_clients_are_answered_in_v1_when_enabled() {
+    let daemon = Daemon::start("legacy", &[("CORELANE_CONTROL_ENABLE_LEGACY_SUPPORT", "true")]);
+    let mut client = Client::builder()
+        .protocol_version(ProtocolVersion::V1)
+        .timeout(Duration::from_secs(5))
+        .connect(daemon.socket())
+        .unwrap();
+    assert!(client.ping().is_ok());
+    assert_eq!(client.status().unwrap().lanes.len(), 1);
+}
+
+#[test]
+fn a_second_daemon_refuses_to_steal_the_socket() {
+    let daemon = Daemon::start("twice", &[]);
+    let out = Command::new(BIN)
+        .arg("run")
+        .env("XDG_RUNTIME_DIR", &daemon.dir)
+        .env("CORELANE_METRICS_LISTEN", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another corelane daemon is already running"), "{err}");
+    daemon.client().ping().unwrap();
+}
+
+fn corelane(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir().join("corelane-it-none"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn status_without_a_daemon_exits_1_with_a_hint() {
+    let out = corelane(&["status", "--socket", "/nonexistent/control.sock"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no answer from the daemon at /nonexistent/control.sock"), "{err}");
+    assert!(err.contains("hint: start it with `corelane run`"), "{err}");
+}
+
+#[test]
+fn config_errors_fail_fast_and_name_the_key() {
+    let dir = std::env::temp_dir().join(format!("corelane-it-{}-config", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[control]\nmax_bodybytes = 10\n").unwrap();
+    let out = corelane(&["run", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_bodybytes"), "{err}");
+
+    let out = corelane(&["config", "show"], &[("CORELANE_CONTROL_MAX_BODY_BYTES", "lots")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CORELANE_CONTROL_MAX_BODY_BYTES") && err.contains("lots"), "{err}");
+
+    let out = corelane(&["config", "show"], &[("CORELANE_RUNTIME_REACTOR", "poll")]);
+    assert!(out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("reactor = \"poll\""), "{shown}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn version_and_help_teach() {
+    let out = corelane(&["--version"], &[]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("corelane {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = corelane(&["run", "--help"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("CORELANE_CONTROL_MAX_BODY_BYTES") && help.contains("control.sock"),
+        "{help}"
+    );
+}
