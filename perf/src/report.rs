@@ -34,6 +34,8 @@ pub enum Measure {
     Latency { summary: Summary, ratio_p50: Option<f64>, ratio_p99: Option<f64> },
     /// items/s: median, slowest and fastest round.
     Rate { median: f64, min: f64, max: f64, rounds: usize },
+    /// One measured quantity in `unit` (e.g. daemon RSS in kB).
+    Value { value: u64, unit: &'static str },
 }
 
 /// One line of machine facts, printed before the results.
@@ -133,6 +135,20 @@ pub fn table(r: &Report) -> String {
             }
         }
     }
+    let values: Vec<&Row> =
+        r.rows.iter().filter(|row| matches!(row.measure, Measure::Value { .. })).collect();
+    if !values.is_empty() {
+        let _ = writeln!(out, "\n{:<18} {:<22} {:>12}   what", "value", "case", "");
+        for row in values {
+            if let Measure::Value { value, unit } = &row.measure {
+                let _ = writeln!(
+                    out,
+                    "{:<18} {:<22} {:>9} {:<2}   {}",
+                    row.imp, row.case, value, unit, row.api
+                );
+            }
+        }
+    }
     out
 }
 
@@ -153,6 +169,9 @@ pub fn to_json(r: &Report, f: &Facts) -> Value {
                 "ratio_to_floor_p50": ratio_p50.map(round3),
                 "ratio_to_floor_p99": ratio_p99.map(round3),
                 "api": row.api,
+            }),
+            Measure::Value { value, unit } => json!({
+                "impl": row.imp, "case": row.case, "unit": unit, "value": value, "api": row.api,
             }),
             Measure::Rate { median, min, max, rounds } => json!({
                 "impl": row.imp, "case": row.case, "unit": "items/s",

@@ -12,10 +12,11 @@
 use crate::pin::Pair;
 use crate::report::Report;
 
+mod control;
 mod spsc;
 
 /// Every suite, in `--help` order.
-pub const ALL: &[Suite] = &[spsc::SUITE];
+pub const ALL: &[Suite] = &[spsc::SUITE, control::SUITE];
 
 #[derive(Debug)]
 pub struct Suite {

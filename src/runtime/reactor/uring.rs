@@ -72,7 +72,15 @@ struct Entry {
 impl UringReactor {
     /// Sets up a ring and its buffer group, or says why it cannot (old kernel, seccomp).
     pub fn new() -> io::Result<Self> {
-        let ring = IoUring::builder().setup_single_issuer().setup_coop_taskrun().build(ENTRIES)?;
+        // COOP_TASKRUN + TASKRUN_FLAG: the kernel never interrupts the lane to post
+        // completions; it raises a flag instead, and `poll` enters the kernel only when there
+        // is something to submit, the flag is up, or the lane wants to wait. A busy lane reaps
+        // completions without a syscall.
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(ENTRIES)?;
         let bufs = BufRing::new(&ring)?;
         Ok(Self {
             ring,
@@ -147,7 +155,15 @@ impl UringReactor {
             let args = types::SubmitArgs::new().timespec(&ts);
             self.ring.submitter().submit_with_args(1, &args)
         } else {
-            self.ring.submit()
+            let mut sq = self.ring.submission();
+            sq.sync();
+            let enter = !sq.is_empty() || sq.taskrun() || sq.cq_overflow();
+            drop(sq);
+            if enter {
+                self.ring.submit()
+            } else {
+                Ok(0)
+            }
         };
         match result {
             Ok(_) => {}

@@ -1,0 +1,313 @@
+//! Suite `control`: a ping over corelane's control socket, client and daemon lane pinned to
+//! the two cpus, next to a plain blocking Unix-socket echo server in the same run; and the
+//! daemon's resident memory at idle.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corelane::config::{Config, IdleStrategy, LaneConfig, ReactorKind};
+use corelane::control::Client;
+use corelane::daemon::Daemon;
+use corelane::runtime::Shutdown;
+use corelane::wire::{self, Flags, ProtocolVersion};
+use serde_json::json;
+
+use super::{Plan, Suite};
+use crate::floor::{self, Ratios};
+use crate::pair;
+use crate::pin::{pin_current, Pair};
+use crate::report::{Measure, Report, Row};
+use crate::summary::{accumulate, histogram, histogram_of, Summary};
+
+pub const SUITE: Suite = Suite {
+    name: "control",
+    summary: "ping over the daemon's control socket (io_uring and poll) vs a blocking Unix echo; idle RSS",
+    help: HELP,
+    run,
+};
+
+const HELP: &str = "\
+    Implementations:
+      corelane           the daemon's control agent on a lane pinned to cpu B, io_uring reactor,
+                         idle strategy spin; corelane::control::Client pinned to cpu A
+      corelane-poll      the same with the poll (epoll) reactor
+      unix-echo          a std UnixStream server thread pinned to cpu B that reads the same
+                         request bytes and writes the same number of response bytes back with
+                         blocking read/write: the least any Unix-socket request/response costs
+
+    Cases:
+      rtt-ping           Round trip of one control ping (canonical header + protobuf Ping,
+                         answered with a Pong; the echo baseline moves the same byte counts).
+                         One request in flight, one Instant::now() per round trip, as in spsc.
+                         Ratios are to the cache-line floor of the same round.
+      rss-idle           VmRSS of the real `corelane run` process (release build, default
+                         config with /metrics on 127.0.0.1:0) half a second after it answered
+                         its first ping. The binary is built first if it is missing.
+    Per round: every rtt case 2,000 [200] warm-up + 20,000 [2,000] timed round trips.
+";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Impl {
+    Corelane,
+    CorelanePoll,
+    UnixEcho,
+}
+
+const IMPLS: [Impl; 3] = [Impl::Corelane, Impl::CorelanePoll, Impl::UnixEcho];
+
+impl Impl {
+    fn name(self) -> &'static str {
+        match self {
+            Impl::Corelane => "corelane",
+            Impl::CorelanePoll => "corelane-poll",
+            Impl::UnixEcho => "unix-echo",
+        }
+    }
+}
+
+fn run(plan: &Plan) -> Report {
+    let (warmup, samples) = if plan.quick { (200, 2_000) } else { (2_000, 20_000) };
+    let dir = std::env::temp_dir().join(format!("corelane-perf-control-{}", std::process::id()));
+    let mut rows = Vec::new();
+    let mut floor_all = histogram();
+    if plan.wants("rtt-ping") {
+        let mut all: Vec<_> = IMPLS.iter().map(|_| (histogram(), Ratios::default())).collect();
+        for round in 0..plan.rounds as usize {
+            eprint!("\rcontrol: round {}/{} ", round + 1, plan.rounds);
+            let floor_round = histogram_of(&floor::measure(&plan.pair, warmup, samples));
+            accumulate(&mut floor_all, &floor_round);
+            let floor_round = Summary::of(&floor_round);
+            for k in 0..IMPLS.len() {
+                let i = (k + round) % IMPLS.len();
+                let stamps = match IMPLS[i] {
+                    Impl::Corelane => {
+                        corelane_rtt(&plan.pair, &dir, ReactorKind::IoUring, warmup, samples)
+                    }
+                    Impl::CorelanePoll => {
+                        corelane_rtt(&plan.pair, &dir, ReactorKind::Poll, warmup, samples)
+                    }
+                    Impl::UnixEcho => echo_rtt(&plan.pair, &dir, warmup, samples),
+                };
+                let h = histogram_of(&stamps);
+                all[i].1.push(&Summary::of(&h), &floor_round);
+                accumulate(&mut all[i].0, &h);
+            }
+        }
+        eprintln!();
+        for (imp, (h, ratios)) in IMPLS.iter().zip(all) {
+            rows.push(Row {
+                imp: imp.name(),
+                case: "rtt-ping",
+                api: "Client::ping / blocking write+read",
+                measure: Measure::Latency {
+                    summary: Summary::of(&h),
+                    ratio_p50: ratios.p50(),
+                    ratio_p99: ratios.p99(),
+                },
+            });
+        }
+    }
+    if plan.wants("rss-idle") {
+        for (imp, reactor) in [(Impl::Corelane, "io_uring"), (Impl::CorelanePoll, "poll")] {
+            match idle_rss(&dir, reactor) {
+                Ok(kb) => rows.push(Row {
+                    imp: imp.name(),
+                    case: "rss-idle",
+                    api: "VmRSS of `corelane run`, default config, 0.5 s after start",
+                    measure: Measure::Value { value: kb, unit: "kB" },
+                }),
+                Err(e) => eprintln!("control: rss-idle for {reactor} not measured: {e}"),
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Report {
+        suite: SUITE.name,
+        floor: (!floor_all.is_empty()).then(|| Summary::of(&floor_all)),
+        rows,
+        settings: json!({
+            "rounds": plan.rounds, "quick": plan.quick,
+            "rtt_warmup": warmup, "rtt_samples_per_round": samples,
+            "daemon_lane": "cpu B, idle spin", "client": "cpu A, blocking socket",
+        }),
+    }
+}
+
+/// A daemon with one spinning lane pinned to cpu B hosting the control agent, and a client on
+/// cpu A pinging it. Fresh daemon per measurement.
+fn corelane_rtt(
+    pair: &Pair,
+    dir: &Path,
+    reactor: ReactorKind,
+    warmup: u64,
+    samples: u64,
+) -> Vec<u64> {
+    let mut config = Config::default();
+    config.runtime.dir = dir.join("rt").to_string_lossy().into_owned();
+    config.runtime.reactor = reactor;
+    config.metrics.enabled = false;
+    config.metrics.listen = String::new();
+    config.lanes = vec![LaneConfig {
+        name: "control".into(),
+        core: Some(pair.b),
+        idle: IdleStrategy::Spin,
+        agents: vec!["control".into()],
+    }];
+    let daemon = Daemon::start(&config, &|_| None, Shutdown::new()).unwrap_or_else(|e| {
+        eprintln!("error: cannot start the daemon for the benchmark: {e}");
+        std::process::exit(2)
+    });
+    let socket = daemon.socket().to_owned();
+    let a = pair.a;
+    let stamps = std::thread::spawn(move || {
+        pin_current(a);
+        let mut client =
+            Client::builder().timeout(Duration::from_secs(5)).connect(&socket).unwrap();
+        for _ in 0..warmup {
+            client.ping().unwrap();
+        }
+        let mut stamps = pair::stamp_buffer(samples as usize + 1);
+        stamps.push(Instant::now());
+        for _ in 0..samples {
+            std::hint::black_box(client.ping().unwrap());
+            stamps.push(Instant::now());
+        }
+        stamps
+    })
+    .join()
+    .unwrap();
+    daemon.stop();
+    pair::gaps_ns(&stamps)
+}
+
+/// The baseline: the same byte counts through a blocking echo server pinned to cpu B.
+fn echo_rtt(pair: &Pair, dir: &Path, warmup: u64, samples: u64) -> Vec<u64> {
+    let (request, response_len) = ping_sizes();
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("echo.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    let total = warmup + samples;
+    let (b, req_len) = (pair.b, request.len());
+    let server = std::thread::spawn(move || {
+        pin_current(b);
+        let (mut s, _) = listener.accept().unwrap();
+        let mut req = vec![0u8; req_len];
+        let resp = vec![0x5au8; response_len];
+        for _ in 0..total {
+            s.read_exact(&mut req).unwrap();
+            s.write_all(&resp).unwrap();
+        }
+    });
+    let a = pair.a;
+    let stamps = std::thread::spawn(move || {
+        pin_current(a);
+        let mut s = UnixStream::connect(&path).unwrap();
+        let mut resp = vec![0u8; response_len];
+        let mut round_trip = || {
+            s.write_all(&request).unwrap();
+            s.read_exact(&mut resp).unwrap();
+        };
+        for _ in 0..warmup {
+            round_trip();
+        }
+        let mut stamps = pair::stamp_buffer(samples as usize + 1);
+        stamps.push(Instant::now());
+        for _ in 0..samples {
+            round_trip();
+            stamps.push(Instant::now());
+        }
+        stamps
+    })
+    .join()
+    .unwrap();
+    server.join().unwrap();
+    pair::gaps_ns(&stamps)
+}
+
+/// A ping request frame and the length of the pong frame the daemon answers with.
+fn ping_sizes() -> (Vec<u8>, usize) {
+    use prost::Message;
+    let ping = corelane::control::proto::Ping { client_time_ns: u64::MAX / 3 };
+    let pong = corelane::control::proto::Pong {
+        client_time_ns: u64::MAX / 3,
+        server_time_ns: u64::MAX / 3,
+    };
+    let mut request = Vec::new();
+    wire::encode(
+        ProtocolVersion::V2,
+        corelane::control::MSG_PING,
+        Flags::default(),
+        1,
+        &ping.encode_to_vec(),
+        &mut request,
+    );
+    (request, wire::HEADER_LEN + pong.encoded_len())
+}
+
+/// VmRSS (kB) of `corelane run` half a second after it first answered.
+fn idle_rss(dir: &Path, reactor: &str) -> Result<u64, String> {
+    let bin = daemon_binary()?;
+    let rt = dir.join(format!("rss-{reactor}"));
+    std::fs::create_dir_all(&rt).map_err(|e| e.to_string())?;
+    let mut child = Command::new(&bin)
+        .arg("run")
+        .env("XDG_RUNTIME_DIR", &rt)
+        .env("CORELANE_RUNTIME_REACTOR", reactor)
+        .env("CORELANE_METRICS_LISTEN", "127.0.0.1:0")
+        .env("CORELANE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let socket = rt.join("corelane").join("control.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answered = loop {
+        if let Ok(mut c) = Client::builder().connect(&socket) {
+            if c.ping().is_ok() {
+                break true;
+            }
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let _ = child.wait();
+    match (answered, rss) {
+        (true, Some(kb)) => Ok(kb),
+        (false, _) => Err("the daemon did not answer within 10 s".into()),
+        (_, None) => Err("no VmRSS in /proc/<pid>/status".into()),
+    }
+}
+
+/// `target/release/corelane` next to this binary, built if missing.
+fn daemon_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe.with_file_name("corelane");
+    if !bin.exists() {
+        eprintln!("control: building the daemon binary (cargo build --release --bin corelane)");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "-p", "corelane", "--bin", "corelane"])
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() || !bin.exists() {
+            return Err(format!("cannot build {}", bin.display()));
+        }
+    }
+    Ok(bin)
+}
