@@ -82,7 +82,7 @@ impl Drop for Daemon {
 
 /// Both backends when the kernel has io_uring; says so when it does not.
 fn reactors() -> Vec<&'static str> {
-    match corelane::runtime::Reactor::new(corelane::runtime::ReactorChoice::IoUring) {
+    match corelane::runtime::Reactor::probe(corelane::runtime::ReactorChoice::IoUring) {
         Ok(_) => vec!["io_uring", "poll"],
         Err(e) => {
             eprintln!("SKIPPING io_uring runs: {e}");

@@ -16,7 +16,7 @@ use corelane::runtime::{
 /// Every backend that can run here; a missing one is said out loud, not silently skipped.
 fn backends() -> Vec<ReactorChoice> {
     let mut out = vec![ReactorChoice::Poll];
-    match corelane::runtime::Reactor::new(ReactorChoice::IoUring) {
+    match corelane::runtime::Reactor::probe(ReactorChoice::IoUring) {
         Ok(_) => out.push(ReactorChoice::IoUring),
         Err(e) => eprintln!("SKIPPING the io_uring backend in this test: {e}"),
     }

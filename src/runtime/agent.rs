@@ -33,7 +33,8 @@ pub trait Agent: Send {
 /// through which it opens, sends and closes. Tokens an agent uses are its own: the lane tags
 /// them with the agent's index so completions come back to the right agent.
 pub struct Ctx<'a> {
-    /// Time of the current pass (one clock read per pass).
+    /// Time of the current pass (one clock read per pass, taken before the reactor is polled:
+    /// a completion handled in this pass may be for an event slightly after `now`).
     pub now: Instant,
     pub(super) reactor: &'a mut Reactor,
     pub(super) agent: u8,

@@ -105,7 +105,9 @@ pub enum Completion {
         /// How many bytes the flush wrote.
         bytes: usize,
     },
-    /// The peer closed its end (or reset it): no more data will come.
+    /// End of input: the peer closed or reset the connection, or only shut down its sending
+    /// side (a half-close, after which it may still read what it is owed). No more data will
+    /// come; sending is still possible until the agent closes the token.
     Closed {
         /// The socket's token.
         token: Token,
@@ -166,6 +168,16 @@ impl Reactor {
         }
     }
 
+    /// Whether the backend `choice` can be set up here, checked on a short-lived thread: a
+    /// ring's teardown queues kernel work on the thread that created it, which interrupts that
+    /// thread's next timed blocking syscall with EINTR, so never probe on a thread that then
+    /// does blocking socket I/O.
+    pub fn probe(choice: ReactorChoice) -> io::Result<ReactorKind> {
+        std::thread::spawn(move || Reactor::new(choice).map(|r| r.kind()))
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("reactor probe thread panicked")))
+    }
+
     /// Which backend runs.
     pub fn kind(&self) -> ReactorKind {
         match self {
@@ -197,7 +209,9 @@ impl Reactor {
         delegate!(self, r => r.pending(token))
     }
 
-    /// Stops every operation on the socket and closes it. No completion for `token` follows.
+    /// Stops every operation on the socket and closes it. No completion for `token` follows,
+    /// and output still queued for it is dropped: to close after a last message, wait for its
+    /// [`Completion::Sent`] with [`pending`](Self::pending) at 0, then close.
     pub fn close(&mut self, token: Token) {
         delegate!(self, r => r.close(token))
     }
