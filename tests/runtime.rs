@@ -2,7 +2,6 @@
 //! this kernel offers), SPSC links between lanes, shutdown.
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -47,17 +46,14 @@ impl Agent for Ingest {
     }
 
     fn on_start(&mut self, ctx: &mut Ctx<'_>) -> std::io::Result<()> {
-        let listener = self.listener.take().expect("started once");
-        let token = ctx.token(0);
-        ctx.reactor().listen(OwnedFd::from(listener), token)
+        ctx.listen(0, self.listener.take().expect("started once"))
     }
 
     fn on_completion(&mut self, ctx: &mut Ctx<'_>, completion: Completion) {
         match completion {
             Completion::Accepted { fd, .. } => {
                 self.next += 1;
-                let token = ctx.token(self.next);
-                ctx.reactor().open(fd, token).unwrap();
+                ctx.open(self.next, fd).unwrap();
                 self.partial.insert(self.next, Vec::new());
             }
             Completion::Received { token, buf } => {
@@ -209,15 +205,13 @@ fn a_peer_that_never_reads_costs_only_its_own_queue() {
             "flood"
         }
         fn on_start(&mut self, ctx: &mut Ctx<'_>) -> std::io::Result<()> {
-            let t = ctx.token(0);
-            ctx.reactor().listen(OwnedFd::from(self.listener.take().unwrap()), t)
+            ctx.listen(0, self.listener.take().unwrap())
         }
         fn on_completion(&mut self, ctx: &mut Ctx<'_>, c: Completion) {
             match c {
                 Completion::Accepted { fd, .. } => {
                     self.next += 1;
-                    let t = ctx.token(self.next);
-                    ctx.reactor().open(fd, t).unwrap();
+                    ctx.open(self.next, fd).unwrap();
                 }
                 Completion::Received { token, buf } => {
                     // Each request byte asks for 64 KiB, unless 1 MiB is already queued.

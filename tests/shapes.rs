@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{Shutdown as NetShutdown, TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -132,9 +131,7 @@ impl Agent for PoolDriver {
 
     fn on_start(&mut self, ctx: &mut Ctx<'_>) -> std::io::Result<()> {
         self.next_announce = ctx.now + ANNOUNCE_EVERY;
-        let listener = self.listener.take().expect("started once");
-        let token = ctx.token(0);
-        ctx.reactor().listen(OwnedFd::from(listener), token)
+        ctx.listen(0, self.listener.take().expect("started once"))
     }
 
     fn on_completion(&mut self, ctx: &mut Ctx<'_>, completion: Completion) {
@@ -430,9 +427,7 @@ impl Agent for FrameIo {
     }
 
     fn on_start(&mut self, ctx: &mut Ctx<'_>) -> std::io::Result<()> {
-        let listener = self.listener.take().expect("started once");
-        let token = ctx.token(0);
-        ctx.reactor().listen(OwnedFd::from(listener), token)
+        ctx.listen(0, self.listener.take().expect("started once"))
     }
 
     fn on_completion(&mut self, ctx: &mut Ctx<'_>, completion: Completion) {

@@ -2,7 +2,6 @@
 //! sans-IO [`Session`] per connection.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,18 +94,17 @@ impl ControlAgent {
     /// Queues the session's output and closes the connection if the session is done with it or
     /// its peer stopped reading.
     fn flush(&mut self, ctx: &mut Ctx<'_>, id: u64, verdict: Verdict) {
-        let token = ctx.token(id);
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let out = conn.session.output();
         if !out.is_empty() {
             let n = out.len();
-            if ctx.reactor().send(token, out).is_err() {
+            if ctx.send(id, out).is_err() {
                 self.drop_conn(ctx, id);
                 return;
             }
             conn.session.consume_output(n);
         }
-        let backlog = ctx.reactor().pending(token);
+        let backlog = ctx.pending(id);
         if verdict == Verdict::Close || backlog > self.session_config.max_pending_output {
             conn.closing = true;
             if backlog == 0 || verdict != Verdict::Close {
@@ -120,8 +118,7 @@ impl ControlAgent {
 
     fn drop_conn(&mut self, ctx: &mut Ctx<'_>, id: u64) {
         if self.conns.remove(&id).is_some() {
-            let token = ctx.token(id);
-            ctx.reactor().close(token);
+            ctx.close(id);
             self.handler.counters.open.set(self.conns.len() as u64);
             self.handler.connections = self.conns.len() as u32;
         }
@@ -135,8 +132,7 @@ impl Agent for ControlAgent {
 
     fn on_start(&mut self, ctx: &mut Ctx<'_>) -> std::io::Result<()> {
         let listener = self.listener.take().expect("on_start runs once");
-        let token = ctx.token(0);
-        ctx.reactor().listen(OwnedFd::from(listener), token)?;
+        ctx.listen(0, listener)?;
         tracing::info!(socket = %self.path.display(), "control socket listening");
         Ok(())
     }
@@ -150,8 +146,7 @@ impl Agent for ControlAgent {
                 }
                 let id = self.next_id;
                 self.next_id += 1;
-                let token = ctx.token(id);
-                if ctx.reactor().open(fd, token).is_ok() {
+                if ctx.open(id, fd).is_ok() {
                     let session = Session::new(self.session_config.clone(), ctx.now);
                     self.conns.insert(id, Conn { session, closing: false });
                     self.handler.counters.accepted.inc();
@@ -172,10 +167,7 @@ impl Agent for ControlAgent {
             }
             Completion::Sent { token, .. } => {
                 let id = Ctx::local(token);
-                let done = self
-                    .conns
-                    .get(&id)
-                    .is_some_and(|c| c.closing && ctx.reactor().pending(token) == 0);
+                let done = self.conns.get(&id).is_some_and(|c| c.closing && ctx.pending(id) == 0);
                 if done {
                     self.handler.counters.closed_by_daemon.inc();
                     self.drop_conn(ctx, id);
@@ -185,7 +177,7 @@ impl Agent for ControlAgent {
                 let id = Ctx::local(token);
                 if id == 0 {
                     tracing::error!("control listener failed; no new connections accepted");
-                    ctx.reactor().close(token);
+                    ctx.close(0);
                 } else {
                     self.drop_conn(ctx, id);
                 }
@@ -217,8 +209,7 @@ impl Agent for ControlAgent {
         for id in ids {
             self.drop_conn(ctx, id);
         }
-        let listener = ctx.token(0);
-        ctx.reactor().close(listener);
+        ctx.close(0);
         match std::fs::remove_file(&self.path) {
             Ok(()) => tracing::info!(socket = %self.path.display(), "control socket removed"),
             Err(e) => {

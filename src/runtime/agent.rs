@@ -58,6 +58,39 @@ impl<'a> Ctx<'a> {
         Token((u64::from(self.agent) << 56) | local)
     }
 
+    /// Registers a listener under this agent's local id `local` (see [`Reactor::listen`]).
+    pub fn listen(
+        &mut self,
+        local: u64,
+        listener: impl Into<std::os::fd::OwnedFd>,
+    ) -> std::io::Result<()> {
+        let token = self.token(local);
+        self.reactor.listen(listener.into(), token)
+    }
+
+    /// Registers a connected socket under `local` (see [`Reactor::open`]).
+    pub fn open(&mut self, local: u64, socket: std::os::fd::OwnedFd) -> std::io::Result<()> {
+        let token = self.token(local);
+        self.reactor.open(socket, token)
+    }
+
+    /// Queues bytes for the socket `local` (see [`Reactor::send`]).
+    pub fn send(&mut self, local: u64, data: &[u8]) -> std::io::Result<()> {
+        let token = self.token(local);
+        self.reactor.send(token, data)
+    }
+
+    /// Bytes queued for `local` and not yet written (see [`Reactor::pending`]).
+    pub fn pending(&self, local: u64) -> usize {
+        self.reactor.pending(self.token(local))
+    }
+
+    /// Closes the socket `local` (see [`Reactor::close`]).
+    pub fn close(&mut self, local: u64) {
+        let token = self.token(local);
+        self.reactor.close(token);
+    }
+
     /// The agent-local part of a token this agent created.
     pub fn local(token: Token) -> u64 {
         token.0 & ((1 << 56) - 1)
