@@ -34,9 +34,13 @@ const HELP: &str = "\
       corelane           the daemon's control agent on a lane pinned to cpu B, io_uring reactor,
                          idle strategy spin; corelane::control::Client pinned to cpu A
       corelane-poll      the same with the poll (epoll) reactor
+      corelane-busy-poll the io_uring daemon with a client that spins on its non-blocking
+                         socket instead of sleeping in read (ClientBuilder::busy_poll)
       unix-echo          a std UnixStream server thread pinned to cpu B that reads the same
                          request bytes and writes the same number of response bytes back with
-                         blocking read/write: the least any Unix-socket request/response costs
+                         blocking read/write: what a plain socket server costs
+      unix-echo-busy-poll the same with both sides spinning on non-blocking sockets: the least
+                         any Unix-socket request/response can cost (no wake-ups at all)
 
     Cases:
       rtt-ping           Round trip of one control ping (canonical header + protobuf Ping,
@@ -53,17 +57,27 @@ const HELP: &str = "\
 enum Impl {
     Corelane,
     CorelanePoll,
+    CorelaneBusyPoll,
     UnixEcho,
+    UnixEchoBusyPoll,
 }
 
-const IMPLS: [Impl; 3] = [Impl::Corelane, Impl::CorelanePoll, Impl::UnixEcho];
+const IMPLS: [Impl; 5] = [
+    Impl::Corelane,
+    Impl::CorelanePoll,
+    Impl::CorelaneBusyPoll,
+    Impl::UnixEcho,
+    Impl::UnixEchoBusyPoll,
+];
 
 impl Impl {
     fn name(self) -> &'static str {
         match self {
             Impl::Corelane => "corelane",
             Impl::CorelanePoll => "corelane-poll",
+            Impl::CorelaneBusyPoll => "corelane-busy-poll",
             Impl::UnixEcho => "unix-echo",
+            Impl::UnixEchoBusyPoll => "unix-echo-busy-poll",
         }
     }
 }
@@ -84,12 +98,16 @@ fn run(plan: &Plan) -> Report {
                 let i = (k + round) % IMPLS.len();
                 let stamps = match IMPLS[i] {
                     Impl::Corelane => {
-                        corelane_rtt(&plan.pair, &dir, ReactorKind::IoUring, warmup, samples)
+                        corelane_rtt(&plan.pair, &dir, ReactorKind::IoUring, false, warmup, samples)
                     }
                     Impl::CorelanePoll => {
-                        corelane_rtt(&plan.pair, &dir, ReactorKind::Poll, warmup, samples)
+                        corelane_rtt(&plan.pair, &dir, ReactorKind::Poll, false, warmup, samples)
                     }
-                    Impl::UnixEcho => echo_rtt(&plan.pair, &dir, warmup, samples),
+                    Impl::CorelaneBusyPoll => {
+                        corelane_rtt(&plan.pair, &dir, ReactorKind::IoUring, true, warmup, samples)
+                    }
+                    Impl::UnixEcho => echo_rtt(&plan.pair, &dir, false, warmup, samples),
+                    Impl::UnixEchoBusyPoll => echo_rtt(&plan.pair, &dir, true, warmup, samples),
                 };
                 let h = histogram_of(&stamps);
                 all[i].1.push(&Summary::of(&h), &floor_round);
@@ -142,6 +160,7 @@ fn corelane_rtt(
     pair: &Pair,
     dir: &Path,
     reactor: ReactorKind,
+    busy_poll: bool,
     warmup: u64,
     samples: u64,
 ) -> Vec<u64> {
@@ -164,8 +183,11 @@ fn corelane_rtt(
     let a = pair.a;
     let stamps = std::thread::spawn(move || {
         pin_current(a);
-        let mut client =
-            Client::builder().timeout(Duration::from_secs(5)).connect(&socket).unwrap();
+        let mut client = Client::builder()
+            .timeout(Duration::from_secs(5))
+            .busy_poll(busy_poll)
+            .connect(&socket)
+            .unwrap();
         for _ in 0..warmup {
             client.ping().unwrap();
         }
@@ -183,8 +205,9 @@ fn corelane_rtt(
     pair::gaps_ns(&stamps)
 }
 
-/// The baseline: the same byte counts through a blocking echo server pinned to cpu B.
-fn echo_rtt(pair: &Pair, dir: &Path, warmup: u64, samples: u64) -> Vec<u64> {
+/// The baseline: the same byte counts through an echo server pinned to cpu B, blocking or with
+/// both sides spinning on non-blocking sockets.
+fn echo_rtt(pair: &Pair, dir: &Path, spin: bool, warmup: u64, samples: u64) -> Vec<u64> {
     let (request, response_len) = ping_sizes();
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("echo.sock");
@@ -195,21 +218,23 @@ fn echo_rtt(pair: &Pair, dir: &Path, warmup: u64, samples: u64) -> Vec<u64> {
     let server = std::thread::spawn(move || {
         pin_current(b);
         let (mut s, _) = listener.accept().unwrap();
+        s.set_nonblocking(spin).unwrap();
         let mut req = vec![0u8; req_len];
         let resp = vec![0x5au8; response_len];
         for _ in 0..total {
-            s.read_exact(&mut req).unwrap();
-            s.write_all(&resp).unwrap();
+            read_full(&mut s, &mut req);
+            write_full(&mut s, &resp);
         }
     });
     let a = pair.a;
     let stamps = std::thread::spawn(move || {
         pin_current(a);
         let mut s = UnixStream::connect(&path).unwrap();
+        s.set_nonblocking(spin).unwrap();
         let mut resp = vec![0u8; response_len];
         let mut round_trip = || {
-            s.write_all(&request).unwrap();
-            s.read_exact(&mut resp).unwrap();
+            write_full(&mut s, &request);
+            read_full(&mut s, &mut resp);
         };
         for _ in 0..warmup {
             round_trip();
@@ -226,6 +251,33 @@ fn echo_rtt(pair: &Pair, dir: &Path, warmup: u64, samples: u64) -> Vec<u64> {
     .unwrap();
     server.join().unwrap();
     pair::gaps_ns(&stamps)
+}
+
+/// `read_exact` that spins on WouldBlock (non-blocking sockets) like a busy-polling client.
+fn read_full(s: &mut UnixStream, buf: &mut [u8]) {
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => panic!("echo peer closed"),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("echo read: {e}"),
+        }
+    }
+}
+
+/// `write_all` that spins on WouldBlock.
+fn write_full(s: &mut UnixStream, buf: &[u8]) {
+    let mut sent = 0;
+    while sent < buf.len() {
+        match s.write(&buf[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("echo write: {e}"),
+        }
+    }
 }
 
 /// A ping request frame and the length of the pong frame the daemon answers with.
