@@ -379,3 +379,38 @@ fn core_affinity_cores() -> Vec<usize> {
         })
         .collect()
 }
+
+#[test]
+fn a_lane_command_changes_the_idle_strategy_at_runtime() {
+    struct Nothing;
+    impl Agent for Nothing {
+        fn name(&self) -> &str {
+            "nothing"
+        }
+        fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+            0
+        }
+    }
+    let lane = LaneSpec {
+        name: "busy".into(),
+        core: None,
+        idle: IdleStrategy::Spin,
+        agents: vec![Box::new(Nothing)],
+    };
+    let runtime = Runtime::start(vec![lane], ReactorChoice::Poll).unwrap();
+    assert_eq!(runtime.stats()[0].idle, "spin");
+    assert!(!runtime.command("nope", corelane::runtime::LaneCommand::SetIdle(IdleStrategy::Yield)));
+    let sleep = IdleStrategy::Sleep(Duration::from_millis(1));
+    assert!(runtime.command("busy", corelane::runtime::LaneCommand::SetIdle(sleep)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while runtime.stats()[0].idle != "sleep" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(runtime.stats()[0].idle, "sleep");
+    let before = runtime.stats()[0].idle_ns;
+    std::thread::sleep(Duration::from_millis(300));
+    let after = runtime.stats()[0].idle_ns;
+    assert!(after - before >= 100_000_000, "now sleeping most of the time: {before} -> {after}");
+    runtime.shutdown();
+    runtime.join();
+}

@@ -151,9 +151,23 @@ pub struct Board {
 struct LaneView {
     name: String,
     core: Option<usize>,
-    idle: &'static str,
+    /// The idle strategy in force ([`strategy_code`]); a lane command may change it.
+    idle_now: AtomicU64,
     agents: Vec<String>,
     stats: Arc<LaneStats>,
+}
+
+fn strategy_code(strategy: IdleStrategy) -> u64 {
+    match strategy {
+        IdleStrategy::Spin => 0,
+        IdleStrategy::Yield => 1,
+        IdleStrategy::Backoff { .. } => 2,
+        IdleStrategy::Sleep(_) => 3,
+    }
+}
+
+fn strategy_name(code: u64) -> &'static str {
+    ["spin", "yield", "backoff", "sleep"].get(code as usize).copied().unwrap_or("?")
 }
 
 impl Board {
@@ -187,7 +201,17 @@ pub struct Runtime {
 #[derive(Debug)]
 struct LaneHandle {
     name: String,
+    commands: crossbeam_channel::Sender<LaneCommand>,
     thread: JoinHandle<()>,
+}
+
+/// A cold command for one lane, delivered through a crossbeam channel that the lane checks
+/// (without blocking) once per pass. Shutdown is not one: it is a flag, so that a signal
+/// handler can set it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LaneCommand {
+    /// Switch the lane's idle strategy from its next idle pass on.
+    SetIdle(IdleStrategy),
 }
 
 impl Runtime {
@@ -218,7 +242,7 @@ impl Runtime {
             .map(|spec| LaneView {
                 name: spec.name.clone(),
                 core: spec.core,
-                idle: spec.idle.name(),
+                idle_now: AtomicU64::new(strategy_code(spec.idle)),
                 agents: spec.agents.iter().map(|a| a.name().to_owned()).collect(),
                 stats: Arc::new(LaneStats::default()),
             })
@@ -232,15 +256,22 @@ impl Runtime {
         let mut failure = None;
         for (spec, stats) in specs.into_iter().zip(stats) {
             let name = spec.name.clone();
-            let lane =
-                Lane { spec, stats, shutdown: shutdown.clone(), reactor, board: board.clone() };
+            let (commands, inbox) = crossbeam_channel::unbounded();
+            let lane = Lane {
+                spec,
+                stats,
+                shutdown: shutdown.clone(),
+                reactor,
+                board: board.clone(),
+                inbox,
+            };
             let ready = ready_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("lane-{name}"))
                 .spawn(move || lane.run(ready))
                 .map_err(|e| RuntimeError::Thread { lane: name.clone(), reason: e.to_string() });
             match thread {
-                Ok(thread) => lanes.push(LaneHandle { name, thread }),
+                Ok(thread) => lanes.push(LaneHandle { name, commands, thread }),
                 Err(e) => {
                     failure = Some(e);
                     break;
@@ -285,6 +316,12 @@ impl Runtime {
         &self.shutdown
     }
 
+    /// Sends `command` to the lane named `lane`; false if there is no such lane (or it has
+    /// stopped).
+    pub fn command(&self, lane: &str, command: LaneCommand) -> bool {
+        self.lanes.iter().find(|l| l.name == lane).is_some_and(|l| l.commands.send(command).is_ok())
+    }
+
     /// Asks every lane to stop after its current pass.
     pub fn shutdown(&self) {
         self.shutdown.request();
@@ -312,7 +349,7 @@ impl LaneView {
         LaneStatsSnapshot {
             name: self.name.clone(),
             core: self.core,
-            idle: self.idle,
+            idle: strategy_name(self.idle_now.load(Ordering::Relaxed)),
             agents: self.agents.clone(),
             passes: s.passes.load(Ordering::Relaxed),
             work: s.work.load(Ordering::Relaxed),
@@ -348,6 +385,7 @@ struct Lane {
     shutdown: Shutdown,
     reactor: ReactorChoice,
     board: Arc<Board>,
+    inbox: crossbeam_channel::Receiver<LaneCommand>,
 }
 
 type Ready = crossbeam_channel::Sender<Result<ReactorKind, RuntimeError>>;
@@ -406,6 +444,9 @@ impl Lane {
         let mut now = Instant::now();
         while !self.shutdown.is_requested() {
             let start = now;
+            if let Ok(command) = self.inbox.try_recv() {
+                self.apply(command, &mut idler);
+            }
             reactor.poll()?;
             let mut work = 0usize;
             while let Some(completion) = reactor.next_completion() {
@@ -437,6 +478,22 @@ impl Lane {
         }
         self.publish(&passes, pass_count, work_total, idle_total, max_pass);
         Ok(())
+    }
+
+    #[cold]
+    fn apply(&mut self, command: LaneCommand, idler: &mut Idler) {
+        match command {
+            LaneCommand::SetIdle(strategy) => {
+                tracing::info!(lane = %self.spec.name, idle = strategy.name(), "idle strategy changed");
+                self.spec.idle = strategy;
+                *idler = Idler::new(strategy);
+                if let Some(view) =
+                    self.board.lanes.get().and_then(|l| l.iter().find(|v| v.name == self.spec.name))
+                {
+                    view.idle_now.store(strategy_code(strategy), Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     fn dispatch(&mut self, reactor: &mut Reactor, now: Instant, completion: Completion) {

@@ -33,6 +33,6 @@ mod shutdown;
 
 pub use agent::{Agent, Ctx};
 pub use idle::IdleStrategy;
-pub use lane::{Board, LaneSpec, LaneStats, LaneStatsSnapshot, Runtime, RuntimeError};
+pub use lane::{Board, LaneCommand, LaneSpec, LaneStats, LaneStatsSnapshot, Runtime, RuntimeError};
 pub use reactor::{Completion, Reactor, ReactorChoice, ReactorKind, Token};
 pub use shutdown::Shutdown;
