@@ -333,3 +333,38 @@ fn version_and_help_teach() {
         "{help}"
     );
 }
+
+#[test]
+fn a_peer_that_never_reads_its_error_reply_is_still_closed() {
+    // Unread replies pile up (below max_pending_output), then a protocol error asks for a
+    // close after the error reply; the peer never reads it, so the daemon must give up on the
+    // reply at the linger deadline instead of holding the connection forever.
+    let daemon = Daemon::start(
+        "linger",
+        &[
+            ("CORELANE_CONTROL_HEADER_TIMEOUT_MS", "200"),
+            ("CORELANE_CONTROL_MAX_PENDING_OUTPUT_BYTES", "268435456"),
+        ],
+    );
+    let mut s = UnixStream::connect(daemon.socket()).unwrap();
+    let ping = frame(corelane::control::MSG_PING, b"");
+    let flood: Vec<u8> = std::iter::repeat_n(ping, 50_000).flatten().collect();
+    s.write_all(&flood).unwrap();
+    s.write_all(b"garbage!").unwrap();
+    // Not reading: past the linger deadline (the header timeout, 200 ms) the daemon must have
+    // dropped the connection although its error reply is still queued behind the backlog.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut client = daemon.client();
+    let mut connections = client.status().unwrap().connections;
+    while connections != 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        connections = client.status().unwrap().connections;
+    }
+    assert_eq!(connections, 1, "only the status client remains");
+    // The flooding peer then reads what had reached its socket, and end of stream.
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sink = Vec::new();
+    let read = s.read_to_end(&mut sink);
+    assert!(read.is_ok(), "end of stream after the drop: {read:?}");
+    assert!(sink.len() < 50_000 * 40, "the unread backlog was dropped, not delivered");
+}

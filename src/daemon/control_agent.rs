@@ -58,7 +58,9 @@ pub struct ControlAgent {
 
 struct Conn {
     session: Session,
-    closing: bool,
+    /// Set when the session is done: the connection closes once its last reply is written,
+    /// or at this deadline if the peer does not read it.
+    closing: Option<Instant>,
 }
 
 impl std::fmt::Debug for ControlAgent {
@@ -106,7 +108,7 @@ impl ControlAgent {
         }
         let backlog = ctx.pending(id);
         if verdict == Verdict::Close || backlog > self.session_config.max_pending_output {
-            conn.closing = true;
+            conn.closing = Some(ctx.now + self.session_config.header_timeout);
             if backlog == 0 || verdict != Verdict::Close {
                 // Nothing left to say, or a peer that does not read: close now.
                 self.handler.counters.closed_by_daemon.inc();
@@ -148,7 +150,7 @@ impl Agent for ControlAgent {
                 self.next_id += 1;
                 if ctx.open(id, fd).is_ok() {
                     let session = Session::new(self.session_config.clone(), ctx.now);
-                    self.conns.insert(id, Conn { session, closing: false });
+                    self.conns.insert(id, Conn { session, closing: None });
                     self.handler.counters.accepted.inc();
                     self.handler.counters.open.set(self.conns.len() as u64);
                     self.handler.connections = self.conns.len() as u32;
@@ -157,7 +159,7 @@ impl Agent for ControlAgent {
             Completion::Received { token, buf } => {
                 let id = Ctx::local(token);
                 let Some(conn) = self.conns.get_mut(&id) else { return };
-                if conn.closing {
+                if conn.closing.is_some() {
                     return;
                 }
                 let now = ctx.now;
@@ -167,7 +169,10 @@ impl Agent for ControlAgent {
             }
             Completion::Sent { token, .. } => {
                 let id = Ctx::local(token);
-                let done = self.conns.get(&id).is_some_and(|c| c.closing && ctx.pending(id) == 0);
+                let done = self
+                    .conns
+                    .get(&id)
+                    .is_some_and(|c| c.closing.is_some() && ctx.pending(id) == 0);
                 if done {
                     self.handler.counters.closed_by_daemon.inc();
                     self.drop_conn(ctx, id);
@@ -191,15 +196,24 @@ impl Agent for ControlAgent {
         }
         self.next_tick = ctx.now + TICK;
         let now = ctx.now;
-        let expired: Vec<u64> = self
-            .conns
-            .iter_mut()
-            .filter(|(_, c)| !c.closing)
-            .filter_map(|(&id, c)| (c.session.on_tick(now) == Verdict::Close).then_some(id))
-            .collect();
-        let n = expired.len();
+        let mut expired = Vec::new();
+        let mut lingering = Vec::new();
+        for (&id, conn) in &mut self.conns {
+            match conn.closing {
+                // A peer that does not read its last reply: give up on the reply.
+                Some(deadline) if now >= deadline => lingering.push(id),
+                Some(_) => {}
+                None if conn.session.on_tick(now) == Verdict::Close => expired.push(id),
+                None => {}
+            }
+        }
+        let n = expired.len() + lingering.len();
         for id in expired {
             self.flush(ctx, id, Verdict::Close);
+        }
+        for id in lingering {
+            self.handler.counters.closed_by_daemon.inc();
+            self.drop_conn(ctx, id);
         }
         n
     }
