@@ -368,3 +368,26 @@ fn a_peer_that_never_reads_its_error_reply_is_still_closed() {
     assert!(read.is_ok(), "end of stream after the drop: {read:?}");
     assert!(sink.len() < 50_000 * 40, "the unread backlog was dropped, not delivered");
 }
+
+#[test]
+fn a_metrics_port_in_use_fails_the_start_and_leaves_nothing_behind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = std::env::temp_dir().join(format!("corelane-it-{}-port", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(BIN)
+        .arg("run")
+        .env("XDG_RUNTIME_DIR", &dir)
+        .env("CORELANE_METRICS_LISTEN", &addr)
+        .env("CORELANE_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&addr), "{err}");
+    let rt = dir.join("corelane");
+    assert!(!rt.join("control.sock").exists(), "control socket removed");
+    assert!(!rt.join("counters").exists(), "counters file removed");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -174,11 +174,23 @@ impl Daemon {
 
         let metrics_server = match (config.metrics.enabled, config.metrics.listen.as_str()) {
             (true, listen) if !listen.is_empty() => {
-                let addr: SocketAddr =
-                    listen.parse().map_err(|_| DaemonError::MetricsListen(listen.to_owned()))?;
-                let server = MetricsServer::start(addr, counters.reader())?;
-                tracing::info!(addr = %server.local_addr(), "metrics endpoint serving /metrics");
-                Some(server)
+                let server = listen
+                    .parse::<SocketAddr>()
+                    .map_err(|_| DaemonError::MetricsListen(listen.to_owned()))
+                    .and_then(|addr| Ok(MetricsServer::start(addr, counters.reader())?));
+                match server {
+                    Ok(server) => {
+                        tracing::info!(addr = %server.local_addr(), "metrics endpoint serving /metrics");
+                        Some(server)
+                    }
+                    Err(e) => {
+                        // Undo the start: lanes stop (the control agent unlinks its socket).
+                        runtime.shutdown();
+                        runtime.join();
+                        let _ = counters.remove();
+                        return Err(e);
+                    }
+                }
             }
             _ => None,
         };
