@@ -391,3 +391,23 @@ fn a_metrics_port_in_use_fails_the_start_and_leaves_nothing_behind() {
     assert!(!rt.join("counters").exists(), "counters file removed");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_runtime_dir_that_is_a_symlink_is_refused() {
+    let base = std::env::temp_dir().join(format!("corelane-it-{}-link", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(base.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(base.join("elsewhere"), base.join("corelane")).unwrap();
+    let out = Command::new(BIN)
+        .arg("run")
+        .env("XDG_RUNTIME_DIR", &base)
+        .env("CORELANE_METRICS_LISTEN", "")
+        .env("CORELANE_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("runtime directory") && err.contains("symlink"), "{err}");
+    assert!(!base.join("elsewhere").join("control.sock").exists());
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -273,9 +273,17 @@ fn idle(strategy: &config::IdleStrategy) -> IdleStrategy {
 fn secure_dir(dir: &Path) -> Result<(), DaemonError> {
     let err = |source| DaemonError::RuntimeDir { path: dir.to_owned(), source };
     std::fs::create_dir_all(dir).map_err(err)?;
-    let meta = std::fs::metadata(dir).map_err(err)?;
+    // The fallback lives in a shared /tmp: refuse a directory someone else made or a link.
+    let meta = std::fs::symlink_metadata(dir).map_err(err)?;
     if !meta.is_dir() {
-        return Err(err(std::io::Error::other("not a directory")));
+        return Err(err(std::io::Error::other("not a directory (a symlink or a file)")));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if std::os::unix::fs::MetadataExt::uid(&meta) != me {
+        return Err(err(std::io::Error::other(format!(
+            "owned by uid {}, not by this user (uid {me})",
+            std::os::unix::fs::MetadataExt::uid(&meta)
+        ))));
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
