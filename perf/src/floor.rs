@@ -7,7 +7,6 @@
 //! cross-core cost between runs (2-3x on shared and virtual machines).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use crate::pair::{self, relax};
 use crate::pin::Pair;
@@ -29,27 +28,19 @@ pub fn measure(pair: &Pair, warmup: u64, samples: u64) -> Vec<u64> {
     let lines = Lines { ping: Line(AtomicU64::new(0)), pong: Line(AtomicU64::new(0)) };
     let total = warmup + samples;
     let lines = &lines;
-    let (stamps, ()) = pair::run(
+    let (samples, ()) = pair::run(
         pair,
         move || {
-            let round_trip = |seq: u64| {
+            // Sequence numbers start at 1: the lines start at 0.
+            pair::time_round_trips(warmup, samples, |i| {
+                let seq = i + 1;
                 // SYNC: the Release store of `ping` pairs with B's Acquire load; the Acquire
                 // load of `pong` with B's Release store: the orderings of a queue's hand-off.
                 lines.ping.0.store(seq, Ordering::Release);
                 while lines.pong.0.load(Ordering::Acquire) != seq {
                     relax();
                 }
-            };
-            for seq in 1..=warmup {
-                round_trip(seq);
-            }
-            let mut stamps = pair::stamp_buffer(samples as usize + 1);
-            stamps.push(Instant::now());
-            for seq in warmup + 1..=total {
-                round_trip(seq);
-                stamps.push(Instant::now());
-            }
-            stamps
+            })
         },
         move || {
             for seq in 1..=total {
@@ -62,7 +53,7 @@ pub fn measure(pair: &Pair, warmup: u64, samples: u64) -> Vec<u64> {
             }
         },
     );
-    pair::gaps_ns(&stamps)
+    samples
 }
 
 /// Per-round ratios of one latency result to the floor, and their medians.

@@ -40,12 +40,23 @@ where
 #[inline(always)]
 pub fn relax() {}
 
-/// An empty buffer for `n` timestamps whose pages are already faulted in: a reserved but
-/// untouched Vec would take a page fault every 256 samples inside the timed loop.
-pub fn stamp_buffer(n: usize) -> Vec<Instant> {
-    let mut stamps = vec![Instant::now(); n];
+/// Runs `round_trip(i)` for `i` in `0..warmup` untimed, then for `warmup..warmup + samples`
+/// with one `Instant::now()` after each, and returns one sample (ns) per timed round trip: the
+/// gap between consecutive timestamps, so every implementation pays the timer the same way.
+/// The timestamp buffer is faulted in before timing: a reserved but untouched Vec would take a
+/// page fault every 256 samples inside the timed loop.
+pub fn time_round_trips(warmup: u64, samples: u64, mut round_trip: impl FnMut(u64)) -> Vec<u64> {
+    for i in 0..warmup {
+        round_trip(i);
+    }
+    let mut stamps = vec![Instant::now(); samples as usize + 1];
     stamps.clear();
-    stamps
+    stamps.push(Instant::now());
+    for i in warmup..warmup + samples {
+        round_trip(i);
+        stamps.push(Instant::now());
+    }
+    gaps_ns(&stamps)
 }
 
 /// Nanoseconds between consecutive timestamps: one sample per gap.

@@ -96,7 +96,7 @@ fn run(plan: &Plan) -> Report {
             let floor_round = Summary::of(&floor_round);
             for k in 0..IMPLS.len() {
                 let i = (k + round) % IMPLS.len();
-                let stamps = match IMPLS[i] {
+                let samples_ns = match IMPLS[i] {
                     Impl::Corelane => {
                         corelane_rtt(&plan.pair, &dir, ReactorKind::IoUring, false, warmup, samples)
                     }
@@ -109,7 +109,7 @@ fn run(plan: &Plan) -> Report {
                     Impl::UnixEcho => echo_rtt(&plan.pair, &dir, false, warmup, samples),
                     Impl::UnixEchoBusyPoll => echo_rtt(&plan.pair, &dir, true, warmup, samples),
                 };
-                let h = histogram_of(&stamps);
+                let h = histogram_of(&samples_ns);
                 all[i].1.push(&Summary::of(&h), &floor_round);
                 accumulate(&mut all[i].0, &h);
             }
@@ -181,28 +181,21 @@ fn corelane_rtt(
     });
     let socket = daemon.socket().to_owned();
     let a = pair.a;
-    let stamps = std::thread::spawn(move || {
+    let samples = std::thread::spawn(move || {
         pin_current(a);
         let mut client = Client::builder()
             .timeout(Duration::from_secs(5))
             .busy_poll(busy_poll)
             .connect(&socket)
             .unwrap();
-        for _ in 0..warmup {
-            client.ping().unwrap();
-        }
-        let mut stamps = pair::stamp_buffer(samples as usize + 1);
-        stamps.push(Instant::now());
-        for _ in 0..samples {
+        pair::time_round_trips(warmup, samples, |_| {
             std::hint::black_box(client.ping().unwrap());
-            stamps.push(Instant::now());
-        }
-        stamps
+        })
     })
     .join()
     .unwrap();
     daemon.stop();
-    pair::gaps_ns(&stamps)
+    samples
 }
 
 /// The baseline: the same byte counts through an echo server pinned to cpu B, blocking or with
@@ -227,30 +220,20 @@ fn echo_rtt(pair: &Pair, dir: &Path, spin: bool, warmup: u64, samples: u64) -> V
         }
     });
     let a = pair.a;
-    let stamps = std::thread::spawn(move || {
+    let samples = std::thread::spawn(move || {
         pin_current(a);
         let mut s = UnixStream::connect(&path).unwrap();
         s.set_nonblocking(spin).unwrap();
         let mut resp = vec![0u8; response_len];
-        let mut round_trip = || {
+        pair::time_round_trips(warmup, samples, |_| {
             write_full(&mut s, &request);
             read_full(&mut s, &mut resp);
-        };
-        for _ in 0..warmup {
-            round_trip();
-        }
-        let mut stamps = pair::stamp_buffer(samples as usize + 1);
-        stamps.push(Instant::now());
-        for _ in 0..samples {
-            round_trip();
-            stamps.push(Instant::now());
-        }
-        stamps
+        })
     })
     .join()
     .unwrap();
     server.join().unwrap();
-    pair::gaps_ns(&stamps)
+    samples
 }
 
 /// `read_exact` that spins on WouldBlock (non-blocking sockets) like a busy-polling client.

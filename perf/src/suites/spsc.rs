@@ -373,23 +373,13 @@ fn rtt<T: Item, P: Tx<T>, C: Rx<T>>(
     let (mut back_tx, mut back_rx) = back;
     let Sizes { rtt_warmup: warmup, rtt_samples: samples, .. } = sizes;
     let total = warmup + samples;
-    let (stamps, ()) = pair::run(
+    let (samples, ()) = pair::run(
         pair,
         move || {
-            let mut round_trip = |seq: u64| {
+            pair::time_round_trips(warmup, samples, |seq| {
                 push_spin(&mut there_tx, T::from_seq(seq));
                 check(pop_spin(&mut back_rx), seq, label);
-            };
-            for seq in 0..warmup {
-                round_trip(seq);
-            }
-            let mut stamps = pair::stamp_buffer(samples as usize + 1);
-            stamps.push(Instant::now());
-            for seq in warmup..total {
-                round_trip(seq);
-                stamps.push(Instant::now());
-            }
-            stamps
+            })
         },
         move || {
             for seq in 0..total {
@@ -399,7 +389,7 @@ fn rtt<T: Item, P: Tx<T>, C: Rx<T>>(
             }
         },
     );
-    pair::gaps_ns(&stamps)
+    samples
 }
 
 /// Streams `warmup + items` single items A -> B; returns B's rate over the last `items`.
