@@ -122,7 +122,6 @@ impl ControlAgent {
         if self.conns.remove(&id).is_some() {
             ctx.close(id);
             self.handler.counters.open.set(self.conns.len() as u64);
-            self.handler.connections = self.conns.len() as u32;
         }
     }
 }
@@ -153,7 +152,6 @@ impl Agent for ControlAgent {
                     self.conns.insert(id, Conn { session, closing: None });
                     self.handler.counters.accepted.inc();
                     self.handler.counters.open.set(self.conns.len() as u64);
-                    self.handler.connections = self.conns.len() as u32;
                 }
             }
             Completion::Received { token, buf } => {
@@ -239,14 +237,13 @@ pub struct StatusHandler {
     started: Instant,
     config_toml: String,
     services: Vec<(String, String)>,
-    connections: u32,
     counters: ControlCounters,
 }
 
 impl std::fmt::Debug for StatusHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatusHandler")
-            .field("connections", &self.connections)
+            .field("connections", &self.counters.open.get())
             .finish_non_exhaustive()
     }
 }
@@ -259,7 +256,7 @@ impl StatusHandler {
         services: Vec<(String, String)>,
         counters: ControlCounters,
     ) -> Self {
-        Self { board, started: Instant::now(), config_toml, services, connections: 0, counters }
+        Self { board, started: Instant::now(), config_toml, services, counters }
     }
 }
 
@@ -298,7 +295,7 @@ impl Handler for StatusHandler {
                 .iter()
                 .map(|(name, state)| ServiceStatus { name: name.clone(), state: state.clone() })
                 .collect(),
-            connections: self.connections,
+            connections: self.counters.open.get() as u32,
         }
     }
 
