@@ -161,6 +161,15 @@ fn status_round_trip_and_sigterm_shutdown_on_every_reactor() {
 
         let counters = daemon.dir.join("corelane").join("counters");
         assert!(counters.exists());
+        // Read as another process would: requests answered, by type. Pings: at least the
+        // start-up probe and ours; status: ours and the CLI's; config: exactly ours.
+        let samples = corelane::metrics::CountersReader::open(&counters).unwrap().snapshot();
+        let value = |name: &str| samples.iter().find(|s| s.name == name).map(|s| s.value);
+        let requests =
+            |kind: &str| value(&format!("corelane_control_requests_total{{type=\"{kind}\"}}"));
+        assert!(requests("ping") >= Some(2), "{samples:?}");
+        assert_eq!(requests("status"), Some(2));
+        assert_eq!(requests("config"), Some(1));
         let socket = daemon.socket();
         let (status, stderr, took) = daemon.terminate();
         assert_eq!(status.code(), Some(0), "{stderr}");

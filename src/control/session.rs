@@ -54,6 +54,11 @@ pub trait Handler {
     fn on_error(&mut self, kind: &'static str) {
         let _ = kind;
     }
+    /// Called once per request answered successfully, with its message type (for request
+    /// counters). The default does nothing.
+    fn on_answered(&mut self, msg_type: u16) {
+        let _ = msg_type;
+    }
 }
 
 /// Limits of one control session.
@@ -292,21 +297,21 @@ impl Replies {
                         client_time_ns: ping.client_time_ns,
                         server_time_ns: handler.now_ns(),
                     };
-                    self.respond(version, msg_type, msg_id, &pong);
+                    self.respond(version, msg_type, msg_id, &pong, handler);
                 }
                 Err(e) => self.bad_body(version, msg_type, msg_id, &e, handler),
             },
             MSG_STATUS => match StatusRequest::decode(frame.body) {
                 Ok(StatusRequest {}) => {
                     let status = handler.status();
-                    self.respond(version, msg_type, msg_id, &status);
+                    self.respond(version, msg_type, msg_id, &status, handler);
                 }
                 Err(e) => self.bad_body(version, msg_type, msg_id, &e, handler),
             },
             MSG_CONFIG => match ConfigRequest::decode(frame.body) {
                 Ok(ConfigRequest {}) => {
                     let reply = ConfigReply { toml: handler.config_toml() };
-                    self.respond(version, msg_type, msg_id, &reply);
+                    self.respond(version, msg_type, msg_id, &reply, handler);
                 }
                 Err(e) => self.bad_body(version, msg_type, msg_id, &e, handler),
             },
@@ -323,9 +328,11 @@ impl Replies {
         msg_type: u16,
         msg_id: u64,
         msg: &impl Message,
+        handler: &mut impl Handler,
     ) {
         encode_body(msg, &mut self.body);
         wire::encode(version, msg_type, Flags::RESPONSE, msg_id, &self.body, &mut self.out);
+        handler.on_answered(msg_type);
     }
 
     fn error(

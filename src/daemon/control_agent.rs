@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::control::proto::{LaneStatus, ServiceStatus, Status};
-use crate::control::{Handler, Session, SessionConfig, Verdict};
+use crate::control::{Handler, Session, SessionConfig, Verdict, MSG_CONFIG, MSG_PING, MSG_STATUS};
 use crate::metrics::Counter;
 use crate::runtime::{Agent, Board, Completion, Ctx};
 
@@ -26,7 +26,7 @@ pub struct ControlCounters {
     pub closed_by_daemon: Counter,
     /// Open connections (gauge).
     pub open: Counter,
-    /// Requests answered, by type: ping, status, config.
+    /// Requests answered, by type: ping, status, config (indexed 0, 1, 2).
     pub requests: [Counter; 3],
     /// Errors answered, by wire error kind (same order as [`ERROR_KINDS`]).
     pub errors: Vec<Counter>,
@@ -262,13 +262,11 @@ impl StatusHandler {
 
 impl Handler for StatusHandler {
     fn now_ns(&self) -> u64 {
-        self.counters.requests[0].inc();
         let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     }
 
     fn status(&mut self) -> Status {
-        self.counters.requests[1].inc();
         let lanes = self
             .board
             .lanes()
@@ -300,8 +298,17 @@ impl Handler for StatusHandler {
     }
 
     fn config_toml(&mut self) -> String {
-        self.counters.requests[2].inc();
         self.config_toml.clone()
+    }
+
+    fn on_answered(&mut self, msg_type: u16) {
+        let index = match msg_type {
+            MSG_PING => 0,
+            MSG_STATUS => 1,
+            MSG_CONFIG => 2,
+            _ => return,
+        };
+        self.counters.requests[index].inc();
     }
 
     fn on_error(&mut self, kind: &'static str) {
