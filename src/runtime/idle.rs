@@ -34,14 +34,22 @@ impl IdleStrategy {
 
     /// Short name for status and metrics.
     pub fn name(&self) -> &'static str {
+        NAMES[self.index()]
+    }
+
+    /// Position of the strategy's kind in [`NAMES`] (lets a lane publish it in an atomic).
+    pub(super) fn index(&self) -> usize {
         match self {
-            IdleStrategy::Spin => "spin",
-            IdleStrategy::Yield => "yield",
-            IdleStrategy::Backoff { .. } => "backoff",
-            IdleStrategy::Sleep(_) => "sleep",
+            IdleStrategy::Spin => 0,
+            IdleStrategy::Yield => 1,
+            IdleStrategy::Backoff { .. } => 2,
+            IdleStrategy::Sleep(_) => 3,
         }
     }
 }
+
+/// The strategies' names, indexed by [`IdleStrategy::index`].
+pub(super) const NAMES: [&str; 4] = ["spin", "yield", "backoff", "sleep"];
 
 /// An idle strategy with its progress through the backoff steps.
 #[derive(Debug)]

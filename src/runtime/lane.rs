@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use super::agent::{Agent, Ctx};
-use super::idle::{IdleStrategy, Idler};
+use super::idle::{IdleStrategy, Idler, NAMES};
 use super::reactor::{Completion, Reactor, ReactorChoice, ReactorKind};
 use super::shutdown::Shutdown;
 
@@ -151,23 +151,10 @@ pub struct Board {
 struct LaneView {
     name: String,
     core: Option<usize>,
-    /// The idle strategy in force ([`strategy_code`]); a lane command may change it.
+    /// The idle strategy in force ([`IdleStrategy::index`]); a lane command may change it.
     idle_now: AtomicU64,
     agents: Vec<String>,
     stats: Arc<LaneStats>,
-}
-
-fn strategy_code(strategy: IdleStrategy) -> u64 {
-    match strategy {
-        IdleStrategy::Spin => 0,
-        IdleStrategy::Yield => 1,
-        IdleStrategy::Backoff { .. } => 2,
-        IdleStrategy::Sleep(_) => 3,
-    }
-}
-
-fn strategy_name(code: u64) -> &'static str {
-    ["spin", "yield", "backoff", "sleep"].get(code as usize).copied().unwrap_or("?")
 }
 
 impl Board {
@@ -194,7 +181,6 @@ impl Board {
 pub struct Runtime {
     lanes: Vec<LaneHandle>,
     shutdown: Shutdown,
-    reactor: ReactorKind,
     board: Arc<Board>,
 }
 
@@ -242,7 +228,7 @@ impl Runtime {
             .map(|spec| LaneView {
                 name: spec.name.clone(),
                 core: spec.core,
-                idle_now: AtomicU64::new(strategy_code(spec.idle)),
+                idle_now: AtomicU64::new(spec.idle.index() as u64),
                 agents: spec.agents.iter().map(|a| a.name().to_owned()).collect(),
                 stats: Arc::new(LaneStats::default()),
             })
@@ -279,10 +265,9 @@ impl Runtime {
             }
         }
         drop(ready_tx);
-        let mut kind = ReactorKind::Poll;
         for lane in &lanes {
             match ready_rx.recv() {
-                Ok(Ok(k)) => kind = k,
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     failure.get_or_insert(e);
                 }
@@ -294,8 +279,7 @@ impl Runtime {
                 }
             }
         }
-        let _ = board.reactor.set(kind);
-        let runtime = Runtime { lanes, shutdown, reactor: kind, board };
+        let runtime = Runtime { lanes, shutdown, board };
         match failure {
             None => Ok(runtime),
             Some(e) => {
@@ -306,9 +290,10 @@ impl Runtime {
         }
     }
 
-    /// Which reactor backend the lanes run.
+    /// Which reactor backend the lanes run (as the first lane to start set it on the
+    /// [`Board`]; `Poll` for a runtime without lanes).
     pub fn reactor(&self) -> ReactorKind {
-        self.reactor
+        self.board.reactor().unwrap_or(ReactorKind::Poll)
     }
 
     /// The shutdown flag the lanes watch.
@@ -349,7 +334,7 @@ impl LaneView {
         LaneStatsSnapshot {
             name: self.name.clone(),
             core: self.core,
-            idle: strategy_name(self.idle_now.load(Ordering::Relaxed)),
+            idle: NAMES[self.idle_now.load(Ordering::Relaxed) as usize],
             agents: self.agents.clone(),
             passes: s.passes.load(Ordering::Relaxed),
             work: s.work.load(Ordering::Relaxed),
@@ -388,7 +373,7 @@ struct Lane {
     inbox: crossbeam_channel::Receiver<LaneCommand>,
 }
 
-type Ready = crossbeam_channel::Sender<Result<ReactorKind, RuntimeError>>;
+type Ready = crossbeam_channel::Sender<Result<(), RuntimeError>>;
 
 impl Lane {
     fn run(mut self, ready: Ready) {
@@ -421,7 +406,7 @@ impl Lane {
             }
         }
         tracing::info!(lane = %name, core = ?self.spec.core, reactor = reactor.kind().name(), idle = self.spec.idle.name(), "lane started");
-        let _ = ready.send(Ok(reactor.kind()));
+        let _ = ready.send(Ok(()));
         drop(ready);
 
         if let Err(e) = self.run_loop(&mut reactor) {
@@ -490,7 +475,7 @@ impl Lane {
                 if let Some(view) =
                     self.board.lanes.get().and_then(|l| l.iter().find(|v| v.name == self.spec.name))
                 {
-                    view.idle_now.store(strategy_code(strategy), Ordering::Relaxed);
+                    view.idle_now.store(strategy.index() as u64, Ordering::Relaxed);
                 }
             }
         }
