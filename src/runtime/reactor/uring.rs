@@ -167,8 +167,8 @@ impl UringReactor {
         };
         match result {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::TIME.raw_os_error() || code == rustix::io::Errno::INTR.raw_os_error() || code == rustix::io::Errno::BUSY.raw_os_error()) =>
-                {}
+            // A timed wait that expired, a signal, or a full completion queue: not errors.
+            Err(e) if matches!(e.raw_os_error(), Some(ETIME | EINTR | EBUSY)) => {}
             Err(e) => return Err(e),
         }
         self.reap();
@@ -316,7 +316,8 @@ impl UringReactor {
     fn complete(&mut self, data: u64, result: i32, flags: u32) {
         let (slot, generation, op) = split(data);
         let more = cqueue::more(flags);
-        if !more || op == OP_SEND || op == OP_CANCEL {
+        let last = is_last(op, flags);
+        if last {
             self.inflight = self.inflight.saturating_sub(1);
         }
         let buffer = cqueue::buffer_select(flags);
@@ -331,7 +332,7 @@ impl UringReactor {
             }
             return;
         };
-        if !more || op == OP_SEND || op == OP_CANCEL {
+        if last {
             entry.inflight -= 1;
         }
         let token = entry.token;
@@ -344,7 +345,7 @@ impl UringReactor {
                     if !closing {
                         self.ready.push_back(Completion::Accepted { listener: token, fd });
                     }
-                } else if !closing && result != -libc_errno(rustix::io::Errno::CANCELED) {
+                } else if !closing && result != -ECANCELED {
                     self.ready.push_back(Completion::Failed {
                         token,
                         error: io::Error::from_raw_os_error(-result),
@@ -366,17 +367,17 @@ impl UringReactor {
                     if !more && !closing {
                         self.rearm.push(slot);
                     }
-                } else if result == 0 || result == -libc_errno(rustix::io::Errno::CONNRESET) {
+                } else if result == 0 || result == -ECONNRESET {
                     entry.eof = true;
                     if !closing {
                         self.ready.push_back(Completion::Closed { token });
                     }
-                } else if result == -libc_errno(rustix::io::Errno::NOBUFS) {
+                } else if result == -ENOBUFS {
                     // Every buffer is out; the lane recycles them after this poll.
                     if !closing {
                         self.rearm.push(slot);
                     }
-                } else if !closing && result != -libc_errno(rustix::io::Errno::CANCELED) {
+                } else if !closing && result != -ECANCELED {
                     self.ready.push_back(Completion::Failed {
                         token,
                         error: io::Error::from_raw_os_error(-result),
@@ -436,7 +437,7 @@ impl Drop for UringReactor {
                 self.ring.completion().map(|c| (c.user_data(), c.flags())).collect();
             for (data, flags) in cqes {
                 let (_, _, op) = split(data);
-                if data != 0 && (!cqueue::more(flags) || op == OP_SEND || op == OP_CANCEL) {
+                if data != 0 && is_last(op, flags) {
                     self.inflight = self.inflight.saturating_sub(1);
                 }
             }
@@ -547,9 +548,18 @@ fn split(data: u64) -> (u32, u16, u64) {
     (((data >> 8) & 0xFFFF_FFFF) as u32, (data >> 48) as u16, data & 0xFF)
 }
 
-fn libc_errno(e: rustix::io::Errno) -> i32 {
-    e.raw_os_error()
+/// Whether a completion is its operation's last: sends and cancels complete once, multishot
+/// accept and recv until a completion without the `more` flag.
+fn is_last(op: u64, flags: u32) -> bool {
+    op == OP_SEND || op == OP_CANCEL || !cqueue::more(flags)
 }
+
+const ETIME: i32 = rustix::io::Errno::TIME.raw_os_error();
+const EINTR: i32 = rustix::io::Errno::INTR.raw_os_error();
+const EBUSY: i32 = rustix::io::Errno::BUSY.raw_os_error();
+const ECANCELED: i32 = rustix::io::Errno::CANCELED.raw_os_error();
+const ECONNRESET: i32 = rustix::io::Errno::CONNRESET.raw_os_error();
+const ENOBUFS: i32 = rustix::io::Errno::NOBUFS.raw_os_error();
 
 fn unknown() -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, "no socket registered under this token")
