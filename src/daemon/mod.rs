@@ -101,7 +101,8 @@ impl Daemon {
 
         let config_toml =
             config.to_toml_string().unwrap_or_else(|e| format!("# cannot render: {e}"));
-        let services: Vec<(String, String)> = ["pool", "alloc", "frames"]
+        // The services of later builds: reported in status as absent.
+        let services: Vec<(String, String)> = config::RESERVED_AGENTS
             .iter()
             .map(|s| (s.to_string(), "not in this build".to_string()))
             .collect();
