@@ -38,7 +38,7 @@ use core::fmt;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::shm::{self, InvalidHeader, SlotHeader, Tensor, TensorHeader, SLOT_BYTES};
-use crate::sync::{fence, AtomicU64, Ordering};
+use crate::sync::{fence, load_bytes, store_bytes, AtomicU64, Ordering};
 
 /// One seqlock-protected slot: word 0 is `seq_commit` (`seq << 1 | committed`), the others data.
 #[derive(Clone, Copy, Debug)]
@@ -629,33 +629,5 @@ impl<'a> Subscriber<'a> {
             return Err(DropReason::BufferTooSmall { needed });
         }
         Ok(Frame { seq, tensor, payload_len: needed as usize })
-    }
-}
-
-/// Stores `bytes` into `words` (little-endian), zero-filling the last partial word.
-fn store_bytes(words: &[AtomicU64], bytes: &[u8]) {
-    let mut chunks = bytes.chunks_exact(8);
-    for (word, chunk) in words.iter().zip(&mut chunks) {
-        word.store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Ordering::Relaxed);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut last = [0u8; 8];
-        last[..rest.len()].copy_from_slice(rest);
-        words[bytes.len() / 8].store(u64::from_le_bytes(last), Ordering::Relaxed);
-    }
-}
-
-/// Loads `out.len()` bytes from `words` (little-endian).
-fn load_bytes(words: &[AtomicU64], out: &mut [u8]) {
-    let full_words = out.len() / 8;
-    let mut chunks = out.chunks_exact_mut(8);
-    for (word, chunk) in words.iter().zip(&mut chunks) {
-        chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
-    }
-    let rest = chunks.into_remainder();
-    if !rest.is_empty() {
-        let last = words[full_words].load(Ordering::Relaxed).to_le_bytes();
-        rest.copy_from_slice(&last[..rest.len()]);
     }
 }

@@ -52,3 +52,32 @@ pub(crate) unsafe fn atomic_words<'a>(ptr: *mut u8, len: usize) -> &'a [AtomicU6
     // caller guarantees alignment, validity for 'a and atomic-only access by everyone else.
     unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), len / 8) }
 }
+
+/// Stores `bytes` into `words` (little-endian), zero-filling the last partial word: how every
+/// byte of shared memory is written, one relaxed atomic word at a time.
+pub(crate) fn store_bytes(words: &[AtomicU64], bytes: &[u8]) {
+    let mut chunks = bytes.chunks_exact(8);
+    for (word, chunk) in words.iter().zip(&mut chunks) {
+        word.store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Ordering::Relaxed);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        words[bytes.len() / 8].store(u64::from_le_bytes(last), Ordering::Relaxed);
+    }
+}
+
+/// Loads `out.len()` bytes from `words` (little-endian), one relaxed atomic word at a time.
+pub(crate) fn load_bytes(words: &[AtomicU64], out: &mut [u8]) {
+    let full_words = out.len() / 8;
+    let mut chunks = out.chunks_exact_mut(8);
+    for (word, chunk) in words.iter().zip(&mut chunks) {
+        chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let last = words[full_words].load(Ordering::Relaxed).to_le_bytes();
+        rest.copy_from_slice(&last[..rest.len()]);
+    }
+}

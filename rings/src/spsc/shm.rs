@@ -41,7 +41,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{ConsumerCore, PopError, ProducerCore, PushError, Storage};
 pub use crate::region::{HeapRegion, Region, REGION_ALIGN};
-use crate::sync::{atomic_words, AtomicU64, Ordering};
+use crate::sync::{atomic_words, load_bytes, store_bytes, AtomicU64, Ordering};
 
 /// `b"CLSPSC01"` as a little-endian u64.
 pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"CLSPSC01");
@@ -195,12 +195,7 @@ impl<T: Record, R: Region> ShmProducer<T, R> {
         };
         let words = ring.header_words();
         words[0].store(0, Ordering::Relaxed);
-        for (word, bytes) in words.iter().zip(header.as_bytes().chunks_exact(8)).skip(1) {
-            word.store(
-                u64::from_le_bytes(bytes.try_into().expect("chunks of 8")),
-                Ordering::Relaxed,
-            );
-        }
+        store_bytes(&words[1..], &header.as_bytes()[8..]);
         for word in
             [ring.tail(), ring.head(), ring.state(Role::Producer), ring.state(Role::Consumer)]
         {
@@ -376,9 +371,7 @@ impl<T: Record> RegionRing<T> {
             return Err(RegionError::Magic(magic));
         }
         let mut bytes = [0u8; 64];
-        for (word, out) in words.iter().zip(bytes.chunks_exact_mut(8)) {
-            out.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
-        }
+        load_bytes(words, &mut bytes);
         let header = RingHeader::read_from_bytes(&bytes).expect("64 bytes make a header");
         if header.version.get() != RING_LAYOUT_VERSION {
             return Err(RegionError::Version(header.version.get()));
