@@ -6,7 +6,7 @@ use core::marker::PhantomData;
 use core::mem::MaybeUninit;
 
 use super::{ConsumerCore, PopError, ProducerCore, PushError, Storage};
-use crate::sync::{Arc, AtomicU64, Ordering, UnsafeCell};
+use crate::sync::{fence, Arc, AtomicU64, Ordering, UnsafeCell};
 use crate::CachePadded;
 
 /// Creates a queue of `capacity` slots and returns its two ends.
@@ -82,7 +82,7 @@ impl<T> Producer<T> {
 
     /// Whether the [`Consumer`] has been dropped: nothing pushed from now on will be read.
     pub fn is_abandoned(&self) -> bool {
-        Arc::strong_count(&self.ring) < 2
+        abandoned(&self.ring)
     }
 }
 
@@ -104,7 +104,9 @@ impl<T> Consumer<T> {
 
     /// Claims up to `max` published items that are contiguous in the ring. Take them with the
     /// chunk's iterator (or look at them with [`ReadChunk::as_slice`]); the slots of the
-    /// items taken are freed with one store when the chunk is dropped.
+    /// items taken are freed with one store when the chunk is dropped. An item taken is gone
+    /// from the queue at once: if the chunk is leaked (`mem::forget`), its slots are freed by
+    /// the consumer's next release instead, and no item is ever read twice.
     #[inline]
     pub fn read_chunk(&mut self, max: usize) -> ReadChunk<'_, T> {
         let (start, len) = self.core.claim(&*self.ring, max);
@@ -127,8 +129,9 @@ impl<T> Consumer<T> {
     }
 
     /// Whether the [`Producer`] has been dropped: once the queue is empty, it stays empty.
+    /// Every item it pushed is visible to the next `pop` after this returns true.
     pub fn is_abandoned(&self) -> bool {
-        Arc::strong_count(&self.ring) < 2
+        abandoned(&self.ring)
     }
 }
 
@@ -245,6 +248,9 @@ impl<T> Iterator for ReadChunk<'_, T> {
         // SAFETY: the slot is in the claimed run of published items and not yet taken.
         let value = unsafe { self.consumer.ring.read(self.start + self.taken) };
         self.taken += 1;
+        // Gone from the queue now, not when the chunk drops: a leaked chunk must not let the
+        // next pop move the same value out again.
+        self.consumer.core.take(1);
         Some(value)
     }
 
@@ -259,8 +265,28 @@ impl<T> Drop for ReadChunk<'_, T> {
             // A consumer polling an empty queue must not keep storing to the producer's view.
             return;
         }
-        self.consumer.core.release(&*self.consumer.ring, self.taken as u64);
+        self.consumer.core.publish(&*self.consumer.ring);
     }
+}
+
+impl<T> Drop for Consumer<T> {
+    fn drop(&mut self) {
+        // A leaked read chunk leaves the shared head behind the items it moved out; publish
+        // ours so that `HeapRing::drop` drops only what is still in the queue.
+        self.core.publish(&*self.ring);
+    }
+}
+
+/// Whether the other end of `ring` has been dropped.
+fn abandoned<T>(ring: &Arc<HeapRing<T>>) -> bool {
+    if Arc::strong_count(ring) >= 2 {
+        return false;
+    }
+    // SYNC: `strong_count` is a Relaxed load; this fence makes it synchronise with the
+    // Release decrement in the other end's `Arc::drop`, so its last `tail` (or `head`) store
+    // is visible to our next Acquire load of it.
+    fence(Ordering::Acquire);
+    true
 }
 
 struct HeapRing<T> {
@@ -390,11 +416,56 @@ unsafe impl<T> Storage<T> for HeapRing<T> {
         slot.with(|p| unsafe { (*p).assume_init_read() })
     }
 
+    #[inline(always)]
+    unsafe fn write_run(&self, start: usize, items: &[T])
+    where
+        T: Copy,
+    {
+        #[cfg(not(loom))]
+        {
+            // SAFETY: the run lies within the slot array (caller), which is contiguous, and
+            // the producer owns these free slots; `items` cannot overlap the ring's memory
+            // because the producer holds no reference into it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(items.as_ptr(), self.slot_ptr(start), items.len());
+            }
+        }
+        #[cfg(loom)]
+        for (i, item) in items.iter().enumerate() {
+            // SAFETY: as above, slot by slot.
+            unsafe { self.write(start + i, *item) };
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn read_run(&self, start: usize, out: &mut [T])
+    where
+        T: Copy,
+    {
+        #[cfg(not(loom))]
+        {
+            // SAFETY: the run lies within the slot array (caller) and holds published items
+            // the consumer owns; `out` is a unique borrow of caller memory: no overlap.
+            unsafe {
+                core::ptr::copy_nonoverlapping(self.slot_ptr(start), out.as_mut_ptr(), out.len());
+            }
+        }
+        #[cfg(loom)]
+        for (i, slot) in out.iter_mut().enumerate() {
+            // SAFETY: as above, slot by slot.
+            *slot = unsafe { self.read(start + i) };
+        }
+    }
+}
+
+impl<T> HeapRing<T> {
+    /// Address of slot `index`, for contiguous copies (not under loom, whose cells give no
+    /// raw pointers that outlive a closure).
     #[cfg(not(loom))]
     #[inline(always)]
     fn slot_ptr(&self, index: usize) -> *mut T {
         // Our UnsafeCell and MaybeUninit are both repr(transparent) over T, and the pointer
-        // comes from the whole boxed slice, so it may address any slot.
+        // comes from the whole slot array, so it may address any slot.
         self.buffer.as_ptr().wrapping_add(index).cast::<T>().cast_mut()
     }
 }

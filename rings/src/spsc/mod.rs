@@ -29,7 +29,6 @@ use core::fmt;
 use crate::sync::{AtomicU64, Ordering};
 
 mod heap;
-#[cfg(not(loom))]
 pub mod shm;
 
 pub use heap::{channel, Consumer, Producer, ReadChunk, WriteChunk};
@@ -84,8 +83,7 @@ impl std::error::Error for PopError {}
 /// # Safety
 /// An implementor guarantees that `capacity()` is a non-zero power of two that never changes,
 /// that `head()` and `tail()` return the same two distinct atomics on every call, and that
-/// `slot_ptr(i)` for every `i < capacity()` points to memory valid and aligned for one `T`,
-/// distinct from every other slot, and contiguous (`slot_ptr(i) == slot_ptr(0).add(i)`).
+/// slot indices `0..capacity()` name distinct slots, each able to hold one `T`.
 pub(crate) unsafe trait Storage<T> {
     /// The consumer's position: slots before it are free for the producer.
     fn head(&self) -> &AtomicU64;
@@ -107,11 +105,69 @@ pub(crate) unsafe trait Storage<T> {
     /// producer published and nobody has moved out yet.
     unsafe fn read(&self, index: usize) -> T;
 
-    /// Address of slot `index`, for contiguous copies (not under loom, whose cells give no
-    /// raw pointers that outlive a closure).
-    #[cfg(not(loom))]
-    fn slot_ptr(&self, index: usize) -> *mut T;
+    /// Copies `items` into the slots `start..start + items.len()` (no wrap).
+    ///
+    /// # Safety
+    /// As [`write`](Self::write) for every slot of the run, and `start + items.len() <=
+    /// capacity()`.
+    unsafe fn write_run(&self, start: usize, items: &[T])
+    where
+        T: Copy;
+
+    /// Copies the items of slots `start..start + out.len()` (no wrap) into `out`.
+    ///
+    /// # Safety
+    /// As [`read`](Self::read) for every slot of the run, and `start + out.len() <=
+    /// capacity()`.
+    unsafe fn read_run(&self, start: usize, out: &mut [T])
+    where
+        T: Copy;
 }
+
+/// A position read from the peer that no honest peer can have written: the ring is poisoned.
+///
+/// A consumer sees it when `tail` is more than `capacity` slots ahead of its own `head` (or
+/// behind it), or behind the last `tail` it saw; a producer, when `head` is ahead of its own
+/// `tail` or behind the last `head` it saw. After one, that end reports it on every call and
+/// touches neither the slots nor its own position again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Corruption {
+    /// Which of the peer's positions was impossible.
+    pub position: Position,
+    /// The value read.
+    pub seen: u64,
+    /// This end's own position when it was read.
+    pub own: u64,
+    /// The peer's position this end had seen before.
+    pub last_seen: u64,
+    /// The ring's capacity.
+    pub capacity: u64,
+}
+
+/// One of the two positions of a ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Position {
+    /// The consumer's `head`.
+    Head,
+    /// The producer's `tail`.
+    Tail,
+}
+
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (peer, own) = match self.position {
+            Position::Tail => ("tail", "head"),
+            Position::Head => ("head", "tail"),
+        };
+        write!(
+            f,
+            "ring corrupt: peer's {peer} {} is impossible with our {own} {} (capacity {}, last {peer} seen {})",
+            self.seen, self.own, self.capacity, self.last_seen
+        )
+    }
+}
+
+impl std::error::Error for Corruption {}
 
 /// The producer's private half of the index protocol.
 #[derive(Debug)]
@@ -120,24 +176,62 @@ pub(crate) struct ProducerCore {
     tail: u64,
     /// Last `head` seen; the real one is never behind it.
     cached_head: u64,
+    /// Set once the consumer's `head` was impossible; the ring is then full forever.
+    corrupt: Option<Corruption>,
 }
 
 impl ProducerCore {
     pub(crate) fn new(tail: u64, head: u64) -> Self {
-        Self { tail, cached_head: head }
+        Self { tail, cached_head: head, corrupt: None }
+    }
+
+    /// The verdict, once the consumer's position was impossible.
+    pub(crate) fn corruption(&self) -> Option<Corruption> {
+        self.corrupt
     }
 
     /// Free slots, reading the shared `head` only if the cache shows fewer than `wanted`.
     #[inline]
     pub(crate) fn free<T>(&mut self, s: &impl Storage<T>, wanted: u64) -> u64 {
-        let free = free_slots(s.capacity(), self.tail, self.cached_head);
+        let free = s.capacity() - self.tail.wrapping_sub(self.cached_head);
         if free >= wanted {
             return free;
         }
-        // SYNC: pairs with the Release store of `head` in `ConsumerCore::release`: every read
+        self.refresh(s)
+    }
+
+    /// Reads the consumer's `head` and checks it is possible.
+    #[inline]
+    fn refresh<T>(&mut self, s: &impl Storage<T>) -> u64 {
+        if self.corrupt.is_some() {
+            return 0;
+        }
+        // SYNC: pairs with the Release store of `head` in `ConsumerCore::publish`: every read
         // of the slots before the new head happened before we overwrite them.
-        self.cached_head = s.head().load(Ordering::Acquire);
-        free_slots(s.capacity(), self.tail, self.cached_head)
+        let head = s.head().load(Ordering::Acquire);
+        let cap = s.capacity();
+        // An honest head lies in [cached_head, tail]: never ahead of what we published, never
+        // moving back.
+        if self.tail.wrapping_sub(head) > cap || head.wrapping_sub(self.cached_head) > cap {
+            return self.poison(head, cap);
+        }
+        self.cached_head = head;
+        cap - self.tail.wrapping_sub(head)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn poison(&mut self, head: u64, capacity: u64) -> u64 {
+        self.corrupt = Some(Corruption {
+            position: Position::Head,
+            seen: head,
+            own: self.tail,
+            last_seen: self.cached_head,
+            capacity,
+        });
+        // The fast path in `free` now computes 0 from the cache.
+        self.cached_head = self.tail.wrapping_sub(capacity);
+        0
     }
 
     #[inline]
@@ -160,23 +254,14 @@ impl ProducerCore {
         if n == 0 {
             return 0;
         }
-        #[cfg(not(loom))]
-        {
-            let start = self.index(s, 0);
-            let first = n.min(s.capacity() as usize - start);
-            // SAFETY: the n slots from `start` (wrapping once to 0) are free (n <= free()), the
-            // ranges [start, start+first) and [0, n-first) are within the contiguous slot array
-            // (first <= capacity - start, n - first <= start), and `items` cannot overlap the
-            // ring's memory because the producer holds no reference into it.
-            unsafe {
-                core::ptr::copy_nonoverlapping(items.as_ptr(), s.slot_ptr(start), first);
-                core::ptr::copy_nonoverlapping(items[first..].as_ptr(), s.slot_ptr(0), n - first);
-            }
-        }
-        #[cfg(loom)]
-        for (i, item) in items[..n].iter().enumerate() {
-            // SAFETY: as above, slot by slot.
-            unsafe { s.write(self.index(s, i as u64), *item) };
+        let start = self.index(s, 0);
+        let first = n.min(s.capacity() as usize - start);
+        // SAFETY: the n slots from `start` (wrapping once to 0) are free (n <= free()), and the
+        // runs [start, start+first) and [0, n-first) lie within the slots (first <= capacity -
+        // start, n - first <= start).
+        unsafe {
+            s.write_run(start, &items[..first]);
+            s.write_run(0, &items[first..n]);
         }
         self.publish(s, n as u64);
         n
@@ -198,7 +283,7 @@ impl ProducerCore {
     pub(crate) fn publish<T>(&mut self, s: &impl Storage<T>, n: u64) {
         self.tail = self.tail.wrapping_add(n);
         // SYNC: publishes the slot writes before it -> Acquire load of `tail` in
-        // `ConsumerCore::available`.
+        // `ConsumerCore::refresh`.
         s.tail().store(self.tail, Ordering::Release);
     }
 
@@ -209,30 +294,72 @@ impl ProducerCore {
 }
 
 /// The consumer's private half of the index protocol.
+///
+/// `head` here runs ahead of the shared one while a read chunk is open (items are taken one
+/// by one and the shared `head` is stored once, at the end), so that an item moved out is
+/// never read again, whatever the caller does with the chunk.
 #[derive(Debug)]
 pub(crate) struct ConsumerCore {
-    /// Next position to read; equal to the shared `head` between operations.
+    /// Next position to read; the shared `head` is at most this.
     head: u64,
     /// Last `tail` seen; the real one is never behind it.
     cached_tail: u64,
+    /// Set once the producer's `tail` was impossible; the ring is then empty forever.
+    corrupt: Option<Corruption>,
 }
 
 impl ConsumerCore {
     pub(crate) fn new(head: u64, tail: u64) -> Self {
-        Self { head, cached_tail: tail }
+        Self { head, cached_tail: tail, corrupt: None }
+    }
+
+    /// The verdict, once the producer's position was impossible.
+    pub(crate) fn corruption(&self) -> Option<Corruption> {
+        self.corrupt
     }
 
     /// Published items, reading the shared `tail` only if the cache shows fewer than `wanted`.
     #[inline]
     pub(crate) fn available<T>(&mut self, s: &impl Storage<T>, wanted: u64) -> u64 {
-        let available = used_slots(s.capacity(), self.cached_tail, self.head);
+        let available = self.cached_tail.wrapping_sub(self.head);
         if available >= wanted {
             return available;
         }
+        self.refresh(s)
+    }
+
+    /// Reads the producer's `tail` and checks it is possible.
+    #[inline]
+    fn refresh<T>(&mut self, s: &impl Storage<T>) -> u64 {
+        if self.corrupt.is_some() {
+            return 0;
+        }
         // SYNC: pairs with the Release store of `tail` in `ProducerCore::publish`: the slot
         // writes before the new tail are visible to our reads.
-        self.cached_tail = s.tail().load(Ordering::Acquire);
-        used_slots(s.capacity(), self.cached_tail, self.head)
+        let tail = s.tail().load(Ordering::Acquire);
+        let cap = s.capacity();
+        // An honest tail lies in [cached_tail, head + capacity]: never more than a lap ahead
+        // of what we read, never moving back.
+        if tail.wrapping_sub(self.head) > cap || tail.wrapping_sub(self.cached_tail) > cap {
+            return self.poison(tail, cap);
+        }
+        self.cached_tail = tail;
+        tail.wrapping_sub(self.head)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn poison(&mut self, tail: u64, capacity: u64) -> u64 {
+        self.corrupt = Some(Corruption {
+            position: Position::Tail,
+            seen: tail,
+            own: self.head,
+            last_seen: self.cached_tail,
+            capacity,
+        });
+        // The fast path in `available` now computes 0 from the cache.
+        self.cached_tail = self.head;
+        0
     }
 
     #[inline]
@@ -254,22 +381,13 @@ impl ConsumerCore {
         if n == 0 {
             return 0;
         }
-        #[cfg(not(loom))]
-        {
-            let start = self.index(s, 0);
-            let first = n.min(s.capacity() as usize - start);
-            // SAFETY: the n slots from `start` (wrapping once) hold published items (n <=
-            // available()); both ranges lie within the slot array (see push_slice), and `out`
-            // is a unique borrow of caller memory, so it cannot overlap the ring.
-            unsafe {
-                core::ptr::copy_nonoverlapping(s.slot_ptr(start), out.as_mut_ptr(), first);
-                core::ptr::copy_nonoverlapping(s.slot_ptr(0), out[first..].as_mut_ptr(), n - first);
-            }
-        }
-        #[cfg(loom)]
-        for (i, slot) in out[..n].iter_mut().enumerate() {
-            // SAFETY: as above, slot by slot.
-            *slot = unsafe { s.read(self.index(s, i as u64)) };
+        let start = self.index(s, 0);
+        let first = n.min(s.capacity() as usize - start);
+        // SAFETY: the n slots from `start` (wrapping once) hold published items (n <=
+        // available()); both runs lie within the slots (see push_slice).
+        unsafe {
+            s.read_run(start, &mut out[..first]);
+            s.read_run(0, &mut out[first..n]);
         }
         self.release(s, n as u64);
         n
@@ -286,12 +404,25 @@ impl ConsumerCore {
         (start, wanted.min(available))
     }
 
+    /// Counts `n` more slots as read, privately: the shared `head` moves at the next
+    /// [`publish`](Self::publish).
+    #[inline]
+    pub(crate) fn take(&mut self, n: u64) {
+        self.head = self.head.wrapping_add(n);
+    }
+
     /// Hands the next `n` slots back to the producer.
     #[inline]
     pub(crate) fn release<T>(&mut self, s: &impl Storage<T>, n: u64) {
-        self.head = self.head.wrapping_add(n);
+        self.take(n);
+        self.publish(s);
+    }
+
+    /// Stores the private `head`: every slot before it is free for the producer again.
+    #[inline]
+    pub(crate) fn publish<T>(&self, s: &impl Storage<T>) {
         // SYNC: publishes that our reads of the released slots are done -> Acquire load of
-        // `head` in `ProducerCore::free`.
+        // `head` in `ProducerCore::refresh`.
         s.head().store(self.head, Ordering::Release);
     }
 
@@ -301,40 +432,20 @@ impl ConsumerCore {
     }
 }
 
-/// Free slots for a producer at `tail` that saw the consumer at `head`.
-///
-/// Saturates: a `head` past `tail` (possible only if a peer process corrupts shared memory)
-/// reads as "full", never as a huge free count that would overrun the slots.
-#[inline(always)]
-fn free_slots(capacity: u64, tail: u64, head: u64) -> u64 {
-    capacity.saturating_sub(tail.wrapping_sub(head))
-}
-
-/// Published items for a consumer at `head` that saw the producer at `tail`, at most
-/// `capacity` (same defence as [`free_slots`]).
-#[inline(always)]
-fn used_slots(capacity: u64, tail: u64, head: u64) -> u64 {
-    tail.wrapping_sub(head).min(capacity)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slot_counts_saturate_on_corrupt_positions() {
-        assert_eq!(free_slots(8, 10, 4), 2);
-        assert_eq!(free_slots(8, 4, 10), 0, "head past tail reads as full");
-        assert_eq!(free_slots(8, 20, 4), 0, "tail more than a lap ahead reads as full");
-        assert_eq!(used_slots(8, 10, 4), 6);
-        assert_eq!(used_slots(8, 4, 10), 8, "never more than capacity");
-        assert_eq!(free_slots(8, 3, u64::MAX - 1), 3, "positions wrap");
-    }
 
     #[test]
     fn errors_display_lowercase() {
         assert_eq!(PushError::Full(3).to_string(), "spsc queue is full");
         assert_eq!(PushError::Full(3).into_inner(), 3);
         assert_eq!(PopError::Empty.to_string(), "spsc queue is empty");
+        let c =
+            Corruption { position: Position::Tail, seen: 3, own: 10, last_seen: 10, capacity: 8 };
+        assert_eq!(
+            c.to_string(),
+            "ring corrupt: peer's tail 3 is impossible with our head 10 (capacity 8, last tail seen 10)"
+        );
     }
 }
