@@ -5,10 +5,13 @@
 
 use std::hint::black_box;
 
+use std::sync::Arc;
+
 use corelane_rings::region::HeapRegion;
-use corelane_rings::seqlock::{HeaderRing, PayloadPool, Publisher, Subscriber};
+use corelane_rings::seqlock::{PoolSpec, Publisher, Stream, StreamSpec, Subscriber};
 use corelane_rings::shm::{self, Dtype, MajorOrder, ProgressUnit, TensorHeader};
 use corelane_rings::spsc;
+use corelane_rings::spsc::shm::{region_len, ShmConsumer, ShmProducer};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 fn spsc_push_pop(c: &mut Criterion) {
@@ -58,20 +61,67 @@ fn spsc_push_pop(c: &mut Criterion) {
     group.finish();
 }
 
+/// One stream's files on the heap: a header ring and one pool.
+struct Files {
+    header: HeapRegion,
+    pool: HeapRegion,
+    spec: StreamSpec,
+}
+
+impl Files {
+    fn new(nslots: u32, stride: u32) -> Self {
+        let spec = StreamSpec {
+            epoch: 1,
+            stream_id: 1,
+            nslots,
+            pools: vec![PoolSpec { pool_id: 1, stride_bytes: stride }],
+        };
+        let header = HeapRegion::new(shm::header_ring_len(nslots) as usize);
+        let pool = HeapRegion::new(shm::payload_pool_len(nslots, stride) as usize);
+        Stream::create(&spec, &header, vec![&pool], 1, 0).unwrap();
+        Self { header, pool, spec }
+    }
+
+    fn stream(&self) -> Stream<&HeapRegion> {
+        Stream::open(&self.spec, &self.header, vec![&self.pool]).unwrap()
+    }
+}
+
+fn shm_push_pop(c: &mut Criterion) {
+    let mut group = c.benchmark_group("spsc-shm/push+pop");
+    group.throughput(Throughput::Elements(1));
+    let region = Arc::new(HeapRegion::new(region_len::<[u64; 8]>(1024).unwrap()));
+    let mut tx = ShmProducer::<[u64; 8], _>::create(region.clone(), 1024).unwrap();
+    let mut rx = ShmConsumer::<[u64; 8], _>::attach(region).unwrap();
+    group.bench_function("64B", |b| {
+        b.iter(|| {
+            tx.push(black_box([7; 8])).unwrap();
+            black_box(rx.pop().unwrap())
+        })
+    });
+    let items = [[7u64; 8]; 32];
+    group.bench_function("64B-drain-32", |b| {
+        b.iter(|| {
+            assert_eq!(tx.push_slice(black_box(&items)), 32);
+            let mut sum = 0u64;
+            assert_eq!(rx.drain(32, |r| sum += r[0]), Ok(32));
+            black_box(sum)
+        })
+    });
+    group.finish();
+}
+
 fn seqlock(c: &mut Criterion) {
     const NSLOTS: u32 = 1024;
     const STRIDE: u32 = 4096;
-    let header = HeapRegion::new(shm::header_ring_len(NSLOTS) as usize);
-    let pool = HeapRegion::new(shm::payload_pool_len(NSLOTS, STRIDE) as usize);
-    let ring = || HeaderRing::from_region(&header, NSLOTS).unwrap();
-    let pools = || vec![PayloadPool::from_region(&pool, 1, NSLOTS, STRIDE).unwrap()];
+    let files = Files::new(NSLOTS, STRIDE);
     let tensor =
         TensorHeader::new(Dtype::Float32, MajorOrder::Row, &[8, 8], &[], ProgressUnit::None, 0)
             .unwrap();
     let payload = [0x5au8; 256];
 
     let mut group = c.benchmark_group("seqlock");
-    let mut publisher = Publisher::new(ring(), pools()).unwrap();
+    let mut publisher = Publisher::new(files.stream()).unwrap();
     group.bench_function("write-256B", |b| {
         b.iter(|| {
             let mut claim = publisher.claim(256).unwrap();
@@ -79,16 +129,18 @@ fn seqlock(c: &mut Criterion) {
             black_box(claim.finish(tensor, 1, 0).commit())
         })
     });
+    drop(publisher);
 
     for (name, len) in [("read-header-only", 0u32), ("read-256B", 256)] {
-        let mut publisher = Publisher::new(ring(), pools()).unwrap();
+        let mut publisher = Publisher::new(files.stream()).unwrap();
         let mut claim = publisher.claim(len).unwrap();
         claim.write_payload(&payload[..len as usize]);
         let seq = claim.finish(tensor, 1, 0).commit();
+        drop(publisher);
         let mut out = [0u8; 256];
         group.bench_function(name, |b| {
             b.iter_batched_ref(
-                || Subscriber::new(ring(), pools(), seq),
+                || Subscriber::new(files.stream()),
                 |sub| black_box(sub.read(black_box(seq), &mut out).unwrap()),
                 BatchSize::SmallInput,
             )
@@ -97,5 +149,42 @@ fn seqlock(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, spsc_push_pop, seqlock);
+/// Copy-out of a large frame against a plain `copy_from_slice` of private memory: the price of
+/// reading shared memory atomically (the goal is within 1.5x at 1 MiB).
+fn copy_out(c: &mut Criterion) {
+    const MIB: u32 = 1 << 20;
+    let files = Files::new(2, MIB);
+    let tensor =
+        TensorHeader::new(Dtype::Uint8, MajorOrder::Row, &[MIB as i32], &[], ProgressUnit::None, 0)
+            .unwrap();
+    let source = vec![0x5au8; MIB as usize];
+    let mut publisher = Publisher::new(files.stream()).unwrap();
+    let mut claim = publisher.claim(MIB).unwrap();
+    claim.write_payload(&source);
+    let seq = claim.finish(tensor, 1, 0).commit();
+    let mut out = vec![0u8; MIB as usize];
+
+    let mut group = c.benchmark_group("copy-1MiB");
+    group.throughput(Throughput::Bytes(u64::from(MIB)));
+    group.bench_function("copy_from_slice", |b| {
+        b.iter(|| {
+            out.copy_from_slice(black_box(&source));
+            black_box(&out);
+        })
+    });
+    let mut sub = Subscriber::new(files.stream());
+    group.bench_function("seqlock-read", |b| {
+        b.iter(|| black_box(sub.read(black_box(seq), &mut out).unwrap()))
+    });
+    group.bench_function("seqlock-write", |b| {
+        b.iter(|| {
+            let mut claim = publisher.claim(MIB).unwrap();
+            claim.write_payload(black_box(&source));
+            black_box(claim.finish(tensor, 1, 0).commit())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, spsc_push_pop, shm_push_pop, seqlock, copy_out);
 criterion_main!(benches);

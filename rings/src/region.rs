@@ -151,6 +151,10 @@ mod loom_region {
         fn wait_word(&self) -> Arc<AtomicU32>;
         /// Size in bytes.
         fn len(&self) -> usize;
+        /// Whether the region has no bytes.
+        fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
     }
 
     /// A zeroed loom region of `len` bytes.

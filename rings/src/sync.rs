@@ -75,6 +75,7 @@ pub(crate) unsafe fn atomic_words<'a>(ptr: *mut u8, len: usize) -> &'a [AtomicU6
 
 /// Copies of at least this many bytes take the `rep movsb` path on x86_64 (see the module doc).
 /// Below it the word loop is as fast and has no start-up cost.
+#[cfg_attr(loom, allow(dead_code))]
 pub const BULK_COPY_MIN: usize = 512;
 
 /// Stores `bytes` into `words` (little-endian), zero-filling the last partial word: how every
@@ -110,15 +111,29 @@ pub(crate) fn store_bytes(words: &[AtomicU64], bytes: &[u8]) {
 /// If `words` holds fewer than `out.len()` bytes.
 #[inline]
 pub(crate) fn load_bytes(words: &[AtomicU64], out: &mut [u8]) {
+    load_range(words, 0, out);
+}
+
+/// Loads `out.len()` bytes starting at byte `offset` of `words` into private memory.
+///
+/// # Panics
+/// If the range is not inside `words`.
+#[inline]
+pub(crate) fn load_range(words: &[AtomicU64], offset: usize, out: &mut [u8]) {
+    let end = offset.checked_add(out.len()).filter(|&end| end <= words.len() * 8);
     assert!(
-        out.len() <= words.len() * 8,
-        "load_bytes: {} bytes from {} words",
+        end.is_some(),
+        "load_bytes: {} bytes at {offset} from {} words",
         out.len(),
         words.len()
     );
-    if bulk_load(words, out) {
+    if bulk_load(words, offset, out) {
         return;
     }
+    if !offset.is_multiple_of(8) {
+        return load_unaligned(words, offset, out);
+    }
+    let words = &words[offset / 8..];
     let full_words = out.len() / 8;
     let mut chunks = out.chunks_exact_mut(8);
     for (word, chunk) in words.iter().zip(&mut chunks) {
@@ -131,16 +146,74 @@ pub(crate) fn load_bytes(words: &[AtomicU64], out: &mut [u8]) {
     }
 }
 
+#[cold]
+fn load_unaligned(words: &[AtomicU64], offset: usize, out: &mut [u8]) {
+    let mut at = offset;
+    let mut done = 0;
+    while done < out.len() {
+        let word = words[at / 8].load(Ordering::Relaxed).to_le_bytes();
+        let skip = at % 8;
+        let n = (8 - skip).min(out.len() - done);
+        out[done..done + n].copy_from_slice(&word[skip..skip + n]);
+        done += n;
+        at += n;
+    }
+}
+
+#[cfg_attr(loom, allow(dead_code))]
+/// Stores `bytes` at byte `offset` of `words`, leaving every other byte as it was. For the
+/// single writer of the words only: partial words at either end are read, merged and stored.
+///
+/// # Panics
+/// If the range is not inside `words`.
+pub(crate) fn store_range(words: &[AtomicU64], offset: usize, bytes: &[u8]) {
+    let end = offset.checked_add(bytes.len()).filter(|&end| end <= words.len() * 8);
+    assert!(
+        end.is_some(),
+        "store_bytes: {} bytes at {offset} into {} words",
+        bytes.len(),
+        words.len()
+    );
+    let mut at = offset;
+    let mut rest = bytes;
+    // A partial first word.
+    if !at.is_multiple_of(8) && !rest.is_empty() {
+        let n = (8 - at % 8).min(rest.len());
+        merge(&words[at / 8], at % 8, &rest[..n]);
+        at += n;
+        rest = &rest[n..];
+    }
+    let full = rest.len() / 8 * 8;
+    let (middle, tail) = rest.split_at(full);
+    let aligned = &words[at / 8..];
+    if !bulk_store(aligned, middle) {
+        for (word, chunk) in aligned.iter().zip(middle.chunks_exact(8)) {
+            word.store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Ordering::Relaxed);
+        }
+    }
+    if !tail.is_empty() {
+        merge(&words[(at + full) / 8], 0, tail);
+    }
+}
+
+/// Replaces bytes `skip..skip + bytes.len()` of one word (single writer).
+#[cfg_attr(loom, allow(dead_code))]
+fn merge(word: &AtomicU64, skip: usize, bytes: &[u8]) {
+    let mut image = word.load(Ordering::Relaxed).to_le_bytes();
+    image[skip..skip + bytes.len()].copy_from_slice(bytes);
+    word.store(u64::from_le_bytes(image), Ordering::Relaxed);
+}
+
 /// `rep movsb` from `words` into `out` if the copy is large enough to pay for it; false if
 /// the caller must copy word by word.
 #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
 #[inline]
-fn bulk_load(words: &[AtomicU64], out: &mut [u8]) -> bool {
+fn bulk_load(words: &[AtomicU64], offset: usize, out: &mut [u8]) -> bool {
     if out.len() < BULK_COPY_MIN {
         return false;
     }
-    // SAFETY: the source is `out.len()` bytes inside `words` (asserted by the caller) and the
-    // destination is `out`, a unique borrow of private memory, so the two cannot overlap.
+    // SAFETY: the source is `out.len()` bytes at `offset` inside `words` (asserted by the
+    // caller) and the destination is `out`, a unique borrow of private memory: no overlap.
     // What the instruction does to the source is a byte-wise atomic load (module doc), and
     // `AtomicU64` permits that shared access through `&`. Direction flag: the ABI guarantees it
     // is clear on entry to the block.
@@ -148,7 +221,7 @@ fn bulk_load(words: &[AtomicU64], out: &mut [u8]) -> bool {
         core::arch::asm!(
             "rep movsb",
             inout("rcx") out.len() => _,
-            inout("rsi") words.as_ptr().cast::<u8>() => _,
+            inout("rsi") words.as_ptr().cast::<u8>().wrapping_add(offset) => _,
             inout("rdi") out.as_mut_ptr() => _,
             options(nostack, preserves_flags)
         );
@@ -182,7 +255,7 @@ fn bulk_store(words: &[AtomicU64], bytes: &[u8]) -> bool {
 
 #[cfg(not(all(target_arch = "x86_64", not(miri), not(loom))))]
 #[inline(always)]
-fn bulk_load(_words: &[AtomicU64], _out: &mut [u8]) -> bool {
+fn bulk_load(_words: &[AtomicU64], _offset: usize, _out: &mut [u8]) -> bool {
     false
 }
 
@@ -217,6 +290,29 @@ mod tests {
                 assert!(last[len % 8..].iter().all(|&b| b == 0), "len {len}");
             }
             assert_eq!(w[len.div_ceil(8)].load(Ordering::Relaxed), 0, "len {len}: overrun");
+        }
+    }
+
+    #[test]
+    fn ranges_at_any_offset_touch_only_their_bytes() {
+        let w = words(80);
+        let all: Vec<u8> = (0..640).map(|i| (i % 251) as u8).collect();
+        store_bytes(&w, &all);
+        for (offset, len) in
+            [(0, 0), (3, 2), (5, 3), (7, 9), (8, 8), (13, 700 - 140), (1, 600), (600, 40)]
+        {
+            let len = len.min(640 - offset);
+            let mut out = vec![0u8; len];
+            load_range(&w, offset, &mut out);
+            assert_eq!(out, &all[offset..offset + len], "load {offset}+{len}");
+            let fresh: Vec<u8> = (0..len).map(|i| (i as u8) ^ 0xA5).collect();
+            store_range(&w, offset, &fresh);
+            let mut back = vec![0u8; 640];
+            load_bytes(&w, &mut back);
+            assert_eq!(&back[..offset], &all[..offset], "before {offset}+{len}");
+            assert_eq!(&back[offset..offset + len], &fresh[..], "range {offset}+{len}");
+            assert_eq!(&back[offset + len..], &all[offset + len..], "after {offset}+{len}");
+            store_bytes(&w, &all);
         }
     }
 

@@ -105,19 +105,155 @@ fn spsc_chunks_hand_off_owned_values() {
     });
 }
 
+/// Every item is dropped exactly once whoever drops last, and a consumer that sees the
+/// producer gone (`is_abandoned`) then sees every item it pushed. (std's `strong_count` is a
+/// Relaxed load, which is why `is_abandoned` has an Acquire fence; loom models
+/// `strong_count` as a synchronising load, so this model cannot show that fence is needed:
+/// the comment at the fence carries the argument.)
+#[test]
+fn spsc_abandonment_hands_over_every_item_and_drops_each_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    struct Counted(&'static AtomicUsize, usize);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+    loom::model(|| {
+        let drops: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+        let (mut tx, mut rx) = spsc::channel::<Counted>(2);
+        tx.push(Counted(drops, 1)).unwrap();
+        let writer = thread::spawn(move || {
+            let _ = tx.push(Counted(drops, 2));
+            // `tx` drops here: abandonment.
+        });
+        let mut got = Vec::new();
+        loop {
+            let abandoned = rx.is_abandoned();
+            while let Ok(item) = rx.pop() {
+                got.push(item.1);
+            }
+            if abandoned {
+                break;
+            }
+            thread::yield_now();
+        }
+        writer.join().unwrap();
+        assert_eq!(got, [1, 2], "seen abandoned, then every item pushed before");
+        assert_eq!(drops.load(Relaxed), 2, "each popped item dropped once");
+        assert!(rx.is_abandoned());
+        drop(rx);
+        assert_eq!(drops.load(Relaxed), 2);
+    });
+}
+
 #[test]
 fn spsc_unread_items_are_dropped_once_whoever_drops_last() {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    struct Counted(&'static AtomicUsize);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
     loom::model(|| {
-        let (mut tx, mut rx) = spsc::channel::<Box<usize>>(2);
-        tx.push(Box::new(1)).unwrap();
+        let drops: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+        let (mut tx, mut rx) = spsc::channel::<Counted>(2);
+        tx.push(Counted(drops)).unwrap();
         let writer = thread::spawn(move || {
-            let _ = tx.push(Box::new(2));
-            tx.is_abandoned()
+            let pushed = tx.push(Counted(drops)).is_ok();
+            (pushed, tx.is_abandoned())
         });
-        let first = rx.pop().map(|b| *b);
+        let first = rx.pop().is_ok();
         drop(rx);
+        let (pushed, _) = writer.join().unwrap();
+        assert!(first);
+        // Both items exist (the second was pushed: capacity 2), and all are dropped once.
+        assert!(pushed);
+        assert_eq!(drops.load(Relaxed), 2);
+    });
+}
+
+/// The shared-memory ring's index protocol on loom's model atomics: records through a
+/// 2-slot ring with wrap, in order, whatever the interleaving; atomic slot copies race-free.
+#[test]
+fn shm_ring_transfers_every_record_in_order() {
+    use corelane_rings::region::HeapRegion;
+    use corelane_rings::spsc::shm::{region_len, ShmConsumer, ShmProducer};
+    loom::model(|| {
+        let region = HeapRegion::new(region_len::<[u64; 2]>(2).unwrap());
+        let mut tx = ShmProducer::<[u64; 2], _>::create(region.clone(), 2).unwrap();
+        let mut rx = ShmConsumer::<[u64; 2], _>::attach(region).unwrap();
+        let writer = thread::spawn(move || {
+            let items = [[0, !0], [1, !1], [2, !2]];
+            let mut sent = 0;
+            while sent < items.len() {
+                let n = tx.push_slice(&items[sent..]);
+                if n == 0 {
+                    thread::yield_now();
+                }
+                sent += n;
+            }
+        });
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            if rx.drain(2, |r| got.push(r)) == Ok(0) {
+                thread::yield_now();
+            }
+        }
         writer.join().unwrap();
-        assert_eq!(first, Ok(1));
+        assert_eq!(got, [[0, !0], [1, !1], [2, !2]]);
+        assert!(rx.corruption().is_none());
+    });
+}
+
+/// The futex park/wake protocol: a consumer that waits with no timeout (so a lost wake-up is
+/// a deadlock loom reports) and a producer that pushes and notifies.
+#[test]
+fn shm_wait_never_loses_a_wake_up() {
+    use corelane_rings::region::HeapRegion;
+    use corelane_rings::spsc::shm::{region_len, ShmConsumer, ShmPopError, ShmProducer};
+    loom::model(|| {
+        let region = HeapRegion::new(region_len::<u64>(2).unwrap());
+        let mut tx = ShmProducer::<u64, _>::create(region.clone(), 2).unwrap();
+        let mut rx = ShmConsumer::<u64, _>::attach(region).unwrap();
+        let writer = thread::spawn(move || {
+            tx.push(7).unwrap();
+            tx.notify();
+            // Keep the producer attached until the consumer is done: only notify may wake it.
+            tx
+        });
+        let value = loop {
+            match rx.pop() {
+                Ok(v) => break v,
+                Err(ShmPopError::Empty) => {
+                    rx.wait(None).unwrap();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(value, 7);
+        drop(writer.join().unwrap());
+    });
+}
+
+/// The bare wait/wake protocol with a flag as the publication.
+#[test]
+fn park_and_wake_never_lose_a_wake_up() {
+    use corelane_rings::wait;
+    use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use loom::sync::Arc;
+    loom::model(|| {
+        let word = Arc::new(AtomicU32::new(wait::IDLE));
+        let flag = Arc::new(AtomicBool::new(false));
+        let (w, f) = (word.clone(), flag.clone());
+        let waker = thread::spawn(move || {
+            f.store(true, Ordering::Release);
+            wait::wake(&w);
+        });
+        let parked = wait::park(&word, || flag.load(Ordering::Acquire), None);
+        assert_eq!(parked, wait::Parked::Ready);
+        waker.join().unwrap();
     });
 }
 

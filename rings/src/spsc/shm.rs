@@ -696,7 +696,6 @@ struct Mem {
 struct Mem {
     words: crate::sync::Arc<Vec<AtomicU64>>,
     wait: crate::sync::Arc<AtomicU32>,
-    len: usize,
 }
 
 #[cfg(not(loom))]
@@ -730,7 +729,7 @@ impl Mem {
 #[cfg(loom)]
 impl Mem {
     fn of(region: &impl Region) -> Result<Self, RegionError> {
-        Ok(Self { words: region.words(), wait: region.wait_word(), len: region.len() })
+        Ok(Self { words: region.words(), wait: region.wait_word() })
     }
 
     fn words(&self, offset: usize, len: usize) -> &[AtomicU64] {
