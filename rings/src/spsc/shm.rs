@@ -823,18 +823,11 @@ impl<T: Record> RegionRing<T> {
             if !allowed {
                 return Err(RegionError::RoleTaken { role, holder });
             }
+            let next = attached_word(current, pid);
             // SYNC: AcqRel: Acquire pairs with the previous holder's Release in `detach`, so its
             // last position store is visible (a dead holder never detached: its positions are
             // read with Acquire by the caller anyway); Release orders nothing of ours.
-            if word
-                .compare_exchange(
-                    current,
-                    attached_word(current, pid),
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
+            if word.compare_exchange(current, next, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 return Ok(());
             }
         }
