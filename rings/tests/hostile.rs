@@ -49,7 +49,7 @@ impl Shared {
 
     /// The word at byte `offset` (8-aligned, inside the mapping).
     fn word(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset + 8 <= self.len && offset % 8 == 0);
+        assert!(offset + 8 <= self.len && offset.is_multiple_of(8));
         // SAFETY: in bounds and aligned (page-aligned mapping); every access is atomic.
         unsafe { &*self.ptr.add(offset).cast::<AtomicU64>() }
     }
