@@ -1,7 +1,8 @@
 //! corelane: a synchronous thread-per-core runtime for accelerator hosts.
 //!
 //! Modules: [`runtime`] (lanes, agents, reactor), [`wire`] (canonical framing), [`control`]
-//! (control protocol, client library), [`config`], [`metrics`]; the foundation is re-exported
+//! (control protocol, client library), [`config`], [`metrics`], [`mapping`] (sealed shared
+//! memory); the foundation is re-exported
 //! as [`rings`].
 #![deny(unsafe_code)]
 
@@ -11,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod mapping;
 pub mod metrics;
 pub mod runtime;
 pub mod wire;
