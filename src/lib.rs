@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod files;
 pub mod mapping;
 pub mod metrics;
 pub mod runtime;

@@ -59,6 +59,13 @@ impl Daemon {
         Client::builder().timeout(Duration::from_secs(5)).connect(self.socket()).unwrap()
     }
 
+    /// SIGTERM and the exit status, keeping the runtime directory for a look after.
+    fn stop_keeping_files(&mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        self.child.wait().unwrap()
+    }
+
     /// SIGTERM, then the exit status and stderr.
     fn terminate(mut self) -> (std::process::ExitStatus, String, Duration) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
@@ -419,4 +426,74 @@ fn a_runtime_dir_that_is_a_symlink_is_refused() {
     assert!(err.contains("runtime directory") && err.contains("symlink"), "{err}");
     assert!(!base.join("elsewhere").join("control.sock").exists());
     let _ = std::fs::remove_dir_all(&base);
+}
+
+/// Defect: the only single-instance guard was a check-then-unlink-then-bind on the control
+/// socket, bypassed by another socket name: daemon B replaced A's counters file, and stopping
+/// A deleted B's. Now a lock is held for the daemon's life and files are removed only if they
+/// are still ours.
+#[test]
+fn two_daemons_one_runtime_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let mut a = Daemon::start("two", &[("CORELANE_METRICS_ENABLED", "true")]);
+    let rt = a.dir.join("corelane");
+    let counters = rt.join("counters");
+    let inode = std::fs::metadata(&counters).unwrap().ino();
+    // B: same directory, another socket name: refused, naming A's pid, touching nothing.
+    let out = Command::new(BIN)
+        .arg("run")
+        .env("XDG_RUNTIME_DIR", &a.dir)
+        .env("CORELANE_METRICS_LISTEN", "")
+        .env("CORELANE_METRICS_ENABLED", "true")
+        .env("CORELANE_CONTROL_SOCKET", "other.sock")
+        .env("CORELANE_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another corelane daemon is already running"), "{err}");
+    assert!(err.contains(&format!("pid {}", a.child.id())), "{err}");
+    assert!(!rt.join("other.sock").exists(), "B bound nothing");
+    assert_eq!(std::fs::metadata(&counters).unwrap().ino(), inode, "A's counters file kept");
+    a.client().ping().unwrap();
+    // Something replaces A's counters file while A runs: A's exit leaves that file alone.
+    let replacement = rt.join("replacement");
+    std::fs::write(&replacement, b"not corelane's").unwrap();
+    std::fs::rename(&replacement, &counters).unwrap();
+    assert!(a.stop_keeping_files().success());
+    assert_eq!(std::fs::read(&counters).unwrap(), b"not corelane's");
+    assert!(!rt.join("control.sock").exists(), "A removed its own socket");
+}
+
+/// A start that fails on a bad counter name (a lane name too long for its series) fails
+/// before binding anything, and temporaries a crashed daemon left are swept under the lock.
+#[test]
+fn a_failed_start_leaves_nothing_behind_and_stale_temporaries_are_swept() {
+    let dir = std::env::temp_dir().join(format!("corelane-it-{}-failed", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let rt = dir.join("corelane");
+    std::fs::create_dir_all(&rt).unwrap();
+    let stale = rt.join("counters.4194304.tmp");
+    std::fs::write(&stale, b"left by a crashed daemon").unwrap();
+    let config = dir.join("long.toml");
+    let name = "l".repeat(70);
+    std::fs::write(
+        &config,
+        format!("[[lanes]]\nname = \"{name}\"\nagents = [\"control\", \"metrics\"]\n"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("XDG_RUNTIME_DIR", &dir)
+        .env("CORELANE_METRICS_LISTEN", "")
+        .env("CORELANE_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&name), "the error names the series: {err}");
+    assert!(!rt.join("control.sock").exists(), "no socket bound before the failure");
+    assert!(!rt.join("counters").exists());
+    assert!(!stale.exists(), "the stale temporary was swept under the lock");
+    let _ = std::fs::remove_dir_all(&dir);
 }

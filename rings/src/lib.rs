@@ -1,4 +1,5 @@
-//! Lock-free structures for corelane: memory, atomics and layouts, no I/O.
+//! Lock-free structures for corelane: memory, atomics and layouts, no I/O. The one system call
+//! is the futex of [`wait`], the kernel half of an atomic wait.
 //!
 //! - [`spsc`]: bounded single-producer single-consumer queue, on the heap or inside a
 //!   caller-provided shared-memory region.

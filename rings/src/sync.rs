@@ -75,7 +75,7 @@ pub(crate) unsafe fn atomic_words<'a>(ptr: *mut u8, len: usize) -> &'a [AtomicU6
 
 /// Copies of at least this many bytes take the `rep movsb` path on x86_64 (see the module doc).
 /// Below it the word loop is as fast and has no start-up cost.
-#[cfg_attr(loom, allow(dead_code))]
+#[cfg_attr(any(loom, miri, not(target_arch = "x86_64")), allow(dead_code))]
 pub const BULK_COPY_MIN: usize = 512;
 
 /// Stores `bytes` into `words` (little-endian), zero-filling the last partial word: how every

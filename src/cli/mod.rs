@@ -179,6 +179,6 @@ fn env_help() -> String {
     for o in config::env_overrides() {
         text.push_str(&format!("    {:<34} overrides {}\n", o.var, o.key));
     }
-    text.push_str("\nFILES\n    <runtime dir>/control.sock   control socket (runtime.dir; default $XDG_RUNTIME_DIR/corelane, else /tmp/corelane-$USER)\n    <runtime dir>/counters       counters file, readable without talking to the daemon\n");
+    text.push_str("\nFILES\n    <runtime dir>/control.sock   control socket (runtime.dir; default $XDG_RUNTIME_DIR/corelane, else /dev/shm/corelane-$USER or /tmp/corelane-$USER)\n    <runtime dir>/counters       counters file, readable without talking to the daemon\n");
     text
 }

@@ -402,8 +402,10 @@ impl Default for Config {
 impl RuntimeConfig {
     /// The directory of the daemon's sockets and files: `dir` when set; otherwise
     /// `$XDG_RUNTIME_DIR/corelane` when `XDG_RUNTIME_DIR` is an absolute path; otherwise
-    /// `/tmp/corelane-$USER`, with the user name reduced to `[A-Za-z0-9_-]` (other characters
-    /// become `_`) and `unknown` when `USER` is unset or empty. `env` looks variables up.
+    /// `<base>/corelane-$USER`, where `<base>` is [`FALLBACK_BASES`]' first existing directory
+    /// (`/dev/shm`, a tmpfs on Linux, before `/tmp`, which may be on disk), with the user name
+    /// reduced to `[A-Za-z0-9_-]` (other characters become `_`) and `unknown` when `USER` is
+    /// unset or empty. `env` looks variables up.
     pub fn runtime_dir(&self, env: &impl Fn(&str) -> Option<String>) -> PathBuf {
         if !self.dir.is_empty() {
             return PathBuf::from(&self.dir);
@@ -421,9 +423,14 @@ impl RuntimeConfig {
                     .collect()
             },
         );
-        PathBuf::from(format!("/tmp/corelane-{user}"))
+        let base = FALLBACK_BASES.iter().find(|b| Path::new(b).is_dir()).unwrap_or(&"/tmp");
+        Path::new(base).join(format!("corelane-{user}"))
     }
 }
+
+/// Where the runtime directory goes without `runtime.dir` or `XDG_RUNTIME_DIR`, in order of
+/// preference: the first that exists.
+pub const FALLBACK_BASES: [&str; 2] = ["/dev/shm", "/tmp"];
 
 impl IdleStrategy {
     /// The default idle strategy: backoff with 100 spins, 10 yields, parks up to 1000 us.

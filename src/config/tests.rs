@@ -518,13 +518,16 @@ fn runtime_dir_resolution() {
     let runtime = Config::default().runtime;
     let with_xdg = env_of(&[("XDG_RUNTIME_DIR", "/run/user/1000"), ("USER", "ada")]);
     assert_eq!(runtime.runtime_dir(&with_xdg), PathBuf::from("/run/user/1000/corelane"));
+    // Without XDG_RUNTIME_DIR: a tmpfs (/dev/shm) when there is one, else /tmp.
+    let base = if Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let at = |name: &str| PathBuf::from(base).join(name);
     let without = env_of(&[("USER", "ada")]);
-    assert_eq!(runtime.runtime_dir(&without), PathBuf::from("/tmp/corelane-ada"));
+    assert_eq!(runtime.runtime_dir(&without), at("corelane-ada"));
     let odd_user = env_of(&[("USER", "a.d/a ü")]);
-    assert_eq!(runtime.runtime_dir(&odd_user), PathBuf::from("/tmp/corelane-a_d_a__"));
-    assert_eq!(runtime.runtime_dir(&no_env), PathBuf::from("/tmp/corelane-unknown"));
+    assert_eq!(runtime.runtime_dir(&odd_user), at("corelane-a_d_a__"));
+    assert_eq!(runtime.runtime_dir(&no_env), at("corelane-unknown"));
     let relative_xdg = env_of(&[("XDG_RUNTIME_DIR", "run"), ("USER", "ada")]);
-    assert_eq!(runtime.runtime_dir(&relative_xdg), PathBuf::from("/tmp/corelane-ada"));
+    assert_eq!(runtime.runtime_dir(&relative_xdg), at("corelane-ada"));
     let set = RuntimeConfig { dir: "/srv/corelane".into(), ..runtime };
     assert_eq!(set.runtime_dir(&with_xdg), PathBuf::from("/srv/corelane"));
 
@@ -533,7 +536,7 @@ fn runtime_dir_resolution() {
         config.control_socket_path(&with_xdg),
         PathBuf::from("/run/user/1000/corelane/control.sock")
     );
-    assert_eq!(config.counters_path(&without), PathBuf::from("/tmp/corelane-ada/counters"));
+    assert_eq!(config.counters_path(&without), at("corelane-ada").join("counters"));
 }
 
 #[test]

@@ -73,7 +73,7 @@ impl std::fmt::Debug for ControlAgent {
 }
 
 impl ControlAgent {
-    /// An agent serving `listener` (already bound at `path`, which it unlinks at close).
+    /// An agent serving `listener` (already bound at `path`; the daemon removes the file).
     pub fn new(
         path: PathBuf,
         listener: UnixListener,
@@ -221,13 +221,8 @@ impl Agent for ControlAgent {
         for id in ids {
             self.drop_conn(ctx, id);
         }
+        // The daemon removes the socket file once every lane has stopped.
         ctx.close(0);
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => tracing::info!(socket = %self.path.display(), "control socket removed"),
-            Err(e) => {
-                tracing::warn!(socket = %self.path.display(), "cannot remove control socket: {e}")
-            }
-        }
     }
 }
 

@@ -1,17 +1,20 @@
 //! `corelane run`: builds the lanes and agents from the config, starts them, serves
 //! `/metrics`, and shuts everything down cleanly on SIGINT/SIGTERM.
 //!
-//! Start-up order: runtime directory (0700), control socket (refusing to steal one a live
-//! daemon answers on), counters file, lanes (each pinned, each with its reactor), `/metrics`.
-//! Shutdown reverses it; the control agent unlinks its socket on its own lane, the counters
-//! file is removed last.
+//! Start-up order: runtime directory (0700, preferably on a tmpfs), the instance lock
+//! (`corelane.lock`: one daemon per directory, held for the daemon's life), a sweep of
+//! temporary files a crashed daemon left, then everything that can fail without side effects
+//! (counter names, the `/metrics` address), and only then the sockets and files: control
+//! socket, counters file, lanes (each pinned, each with its reactor), `/metrics`. A start
+//! that fails removes what it created. Shutdown reverses it; the control socket and the
+//! counters file are removed only if they are still the files this daemon created.
 
 mod control_agent;
 mod metrics_agent;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,6 +23,7 @@ pub use metrics_agent::{LaneGauges, MetricsAgent};
 
 use crate::config::{self, Config};
 use crate::control::SessionConfig;
+use crate::files::{InstanceLock, LockError, OwnedFile};
 use crate::metrics::{
     CounterKind, CounterSpec, CountersFile, MetricsError, MetricsServer, Registry,
 };
@@ -40,9 +44,22 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
-    /// Another daemon answers on the control socket.
-    #[error("another corelane daemon is already running on {0} (stop it, or set runtime.dir to run a second one)")]
-    AlreadyRunning(PathBuf),
+    /// Another daemon holds the runtime directory's lock.
+    #[error("another corelane daemon is already running in {dir} (pid {pid}); stop it, or set runtime.dir to run a second one")]
+    AlreadyRunning {
+        /// The runtime directory.
+        dir: PathBuf,
+        /// The holder's pid, as its lock file says (0 if unreadable).
+        pid: u32,
+    },
+    /// The lock file could not be used.
+    #[error("cannot lock the runtime directory {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The control socket could not be bound.
     #[error("cannot bind the control socket {path}: {source}")]
     Bind {
@@ -71,8 +88,10 @@ pub struct Daemon {
     runtime: Runtime,
     metrics_server: Option<MetricsServer>,
     counters: Option<CountersFile>,
-    socket: PathBuf,
+    socket: OwnedFile,
     shutdown: Shutdown,
+    /// Held until the daemon is dropped, after everything else is removed.
+    _lock: InstanceLock,
 }
 
 impl Daemon {
@@ -85,16 +104,46 @@ impl Daemon {
     ) -> Result<Daemon, DaemonError> {
         let dir = config.runtime.runtime_dir(env);
         secure_dir(&dir)?;
-        let socket = config.control_socket_path(env);
-        let listener = bind_control(&socket)?;
+        warn_if_not_tmpfs(&dir);
+        let lock = InstanceLock::acquire(&dir).map_err(|e| match e {
+            LockError::Held { pid } => DaemonError::AlreadyRunning { dir: dir.clone(), pid },
+            LockError::Io(source) => {
+                DaemonError::Lock { path: dir.join(crate::files::LOCK_FILE), source }
+            }
+        })?;
+        // Under the lock no other daemon writes here: temporaries are a crashed one's.
+        match crate::files::sweep_temporaries(&dir, &config.metrics.counters_file) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed temporary files a previous daemon left"),
+            Err(e) => tracing::warn!("cannot sweep the runtime directory: {e}"),
+        }
 
+        // Everything that can fail without side effects, before any socket or file exists.
         let board = Board::new();
         let mut registry = Registry::new();
         let ids = Ids::register(&mut registry, config)?;
-        let counters = if config.metrics.enabled {
-            registry.create(&config.counters_path(env))?
+        let metrics_addr = match (config.metrics.enabled, config.metrics.listen.as_str()) {
+            (true, listen) if !listen.is_empty() => Some(
+                listen
+                    .parse::<SocketAddr>()
+                    .map_err(|_| DaemonError::MetricsListen(listen.to_owned()))?,
+            ),
+            _ => None,
+        };
+
+        let socket = config.control_socket_path(env);
+        let (listener, socket) = bind_control(&socket)?;
+        let made = if config.metrics.enabled {
+            registry.create(&config.counters_path(env))
         } else {
-            registry.create_in_memory()?
+            registry.create_in_memory()
+        };
+        let counters = match made {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = socket.remove();
+                return Err(e.into());
+            }
         };
         let control_counters = ids.control(&counters);
         let lane_gauges = ids.lanes(&counters);
@@ -125,7 +174,7 @@ impl Daemon {
             for agent in &lane.agents {
                 match agent.as_str() {
                     "control" => agents.push(Box::new(ControlAgent::new(
-                        socket.clone(),
+                        socket.path().to_owned(),
                         listener.take().expect("config validation: one control agent"),
                         session_config.clone(),
                         config.control.max_connections as usize,
@@ -136,6 +185,8 @@ impl Daemon {
                             control_counters.clone(),
                         ),
                     ))),
+                    // Without metrics there is nothing to publish: no agent at all.
+                    "metrics" if !config.metrics.enabled => {}
                     "metrics" => agents.push(Box::new(MetricsAgent::new(
                         board.clone(),
                         lane_gauges.clone(),
@@ -156,7 +207,7 @@ impl Daemon {
         }
         if listener.is_some() {
             tracing::warn!("no lane hosts the control agent: the control socket is not served");
-            let _ = std::fs::remove_file(&socket);
+            let _ = socket.remove();
         }
         let choice = match config.runtime.reactor {
             config::ReactorKind::Auto => ReactorChoice::Auto,
@@ -166,34 +217,29 @@ impl Daemon {
         let runtime = match Runtime::start_with(specs, choice, shutdown.clone(), board) {
             Ok(r) => r,
             Err(e) => {
-                let _ = std::fs::remove_file(&socket);
+                let _ = socket.remove();
                 let _ = counters.remove();
                 return Err(e.into());
             }
         };
         counters.counter(ids.reactor[usize::from(runtime.reactor() == ReactorKind::Poll)]).set(1);
 
-        let metrics_server = match (config.metrics.enabled, config.metrics.listen.as_str()) {
-            (true, listen) if !listen.is_empty() => {
-                let server = listen
-                    .parse::<SocketAddr>()
-                    .map_err(|_| DaemonError::MetricsListen(listen.to_owned()))
-                    .and_then(|addr| Ok(MetricsServer::start(addr, counters.reader())?));
-                match server {
-                    Ok(server) => {
-                        tracing::info!(addr = %server.local_addr(), "metrics endpoint serving /metrics");
-                        Some(server)
-                    }
-                    Err(e) => {
-                        // Undo the start: lanes stop (the control agent unlinks its socket).
-                        runtime.shutdown();
-                        runtime.join();
-                        let _ = counters.remove();
-                        return Err(e);
-                    }
+        let metrics_server = match metrics_addr {
+            Some(addr) => match MetricsServer::start(addr, counters.reader()) {
+                Ok(server) => {
+                    tracing::info!(addr = %server.local_addr(), "metrics endpoint serving /metrics");
+                    Some(server)
                 }
-            }
-            _ => None,
+                Err(e) => {
+                    // Undo the start: lanes stop, then their socket and file go.
+                    runtime.shutdown();
+                    runtime.join();
+                    let _ = socket.remove();
+                    let _ = counters.remove();
+                    return Err(e.into());
+                }
+            },
+            None => None,
         };
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -201,12 +247,19 @@ impl Daemon {
             lanes = config.lanes.len(),
             "corelane running"
         );
-        Ok(Daemon { runtime, metrics_server, counters: Some(counters), socket, shutdown })
+        Ok(Daemon {
+            runtime,
+            metrics_server,
+            counters: Some(counters),
+            socket,
+            shutdown,
+            _lock: lock,
+        })
     }
 
     /// The control socket path.
     pub fn socket(&self) -> &Path {
-        &self.socket
+        self.socket.path()
     }
 
     /// The `/metrics` address, if served.
@@ -234,6 +287,12 @@ impl Daemon {
         self.runtime.join();
         if let Some(server) = self.metrics_server.take() {
             server.stop();
+        }
+        let socket = self.socket.path().display();
+        match self.socket.remove() {
+            Ok(true) => tracing::info!(%socket, "control socket removed"),
+            Ok(false) => tracing::warn!(%socket, "control socket gone or replaced; left alone"),
+            Err(e) => tracing::warn!(%socket, "cannot remove the control socket: {e}"),
         }
         if let Some(counters) = self.counters.take() {
             if let Err(e) = counters.remove() {
@@ -289,15 +348,36 @@ fn secure_dir(dir: &Path) -> Result<(), DaemonError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
-/// Binds the control socket, removing a stale one (no daemon answers) but never a live one.
-fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(DaemonError::AlreadyRunning(path.to_owned()));
+/// Binds the control socket. Called under the instance lock, so a socket file already there
+/// is a crashed daemon's: it is removed first (anything else at that path is an error).
+fn bind_control(path: &Path) -> Result<(UnixListener, OwnedFile), DaemonError> {
+    let err = |source| DaemonError::Bind { path: path.to_owned(), source };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            std::fs::remove_file(path).map_err(err)?;
         }
-        let _ = std::fs::remove_file(path);
+        Ok(_) => {
+            return Err(err(std::io::Error::other("the path exists and is not a socket")));
+        }
+        Err(_) => {}
     }
-    UnixListener::bind(path).map_err(|source| DaemonError::Bind { path: path.to_owned(), source })
+    let listener = UnixListener::bind(path).map_err(err)?;
+    let owned = OwnedFile::of(path).map_err(err)?;
+    Ok((listener, owned))
+}
+
+/// Says so when the runtime directory is not on a tmpfs: the counters file is written at the
+/// publish interval, and on a disk that means writeback I/O under the lanes.
+fn warn_if_not_tmpfs(dir: &Path) {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    match rustix::fs::statfs(dir) {
+        Ok(fs) if fs.f_type == TMPFS_MAGIC => {}
+        Ok(_) => tracing::warn!(
+            dir = %dir.display(),
+            "the runtime directory is not on a tmpfs; set XDG_RUNTIME_DIR or runtime.dir to one (e.g. /dev/shm or /run)"
+        ),
+        Err(e) => tracing::debug!("cannot statfs the runtime directory: {e}"),
+    }
 }
 
 /// Every counter the daemon registers, by id.
@@ -348,10 +428,10 @@ impl Ids {
         for lane in &config.lanes {
             let l = lane.name.as_str();
             lanes.push([
-                g(r, "corelane_lane_passes", &[("lane", l)], "Loop passes of the lane.")?,
-                g(
+                c(r, "corelane_lane_passes_total", &[("lane", l)], "Loop passes of the lane.")?,
+                c(
                     r,
-                    "corelane_lane_work",
+                    "corelane_lane_work_total",
                     &[("lane", l)],
                     "Work items done by the lane's agents.",
                 )?,

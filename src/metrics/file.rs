@@ -149,7 +149,8 @@ pub struct CountersFile {
     map: Arc<Mapping>,
     records: Arc<[RecordMeta]>,
     info: CountersInfo,
-    path: Option<PathBuf>,
+    /// The file this process renamed into place, by device and inode (None: in memory).
+    file: Option<crate::files::OwnedFile>,
 }
 
 impl CountersFile {
@@ -200,7 +201,7 @@ impl CountersFile {
 
     /// The file's path; `None` in memory.
     pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
+        self.file.as_ref().map(crate::files::OwnedFile::path)
     }
 
     /// The header facts written at creation.
@@ -215,23 +216,30 @@ impl CountersFile {
             Arc::clone(&self.map),
             Arc::clone(&self.records),
             self.info,
-            self.path.clone(),
+            self.path().map(Path::to_owned),
         )
     }
 
     /// Marks the file closed (state 2; readers still mapping it see final values) and unlinks
-    /// it. A file already gone is not an error. Counters stay usable (their mapping lives on).
+    /// it if the path still names the file this process created (another daemon's file there
+    /// is left alone). A file already gone is not an error. Counters stay usable (their
+    /// mapping lives on).
     ///
     /// # Errors
     /// [`MetricsError::Io`] if the file exists but cannot be removed.
     pub fn remove(self) -> Result<(), MetricsError> {
         // SYNC: pairs with the Acquire load of the state word in `CountersReader::state`.
         self.map.word(STATE_OFFSET).store(FileState::Closed.to_word(), Ordering::Release);
-        match self.path {
-            Some(path) => match fs::remove_file(&path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(source) => Err(MetricsError::Io { op: "remove", path, source }),
+        match &self.file {
+            Some(file) => match file.remove() {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    tracing::warn!(path = %file.path().display(), "counters file gone or replaced; left alone");
+                    Ok(())
+                }
+                Err(source) => {
+                    Err(MetricsError::Io { op: "remove", path: file.path().to_owned(), source })
+                }
             },
             None => Ok(()),
         }
@@ -280,42 +288,37 @@ impl CountersFile {
             map.word(STATE_OFFSET).store(FileState::Live.to_word(), Ordering::Release);
             map
         };
-        let map = match path {
+        let (map, file) = match path {
             None => {
                 let anon = MmapMut::map_anon(len)
                     .map_err(|source| MetricsError::MapAnonymous { len, source })?;
-                fill(Mapping::writable(anon.into()))
+                (fill(Mapping::writable(anon.into())), None)
             }
             Some(path) => {
                 let tmp = temporary_path(path);
                 let made = create_mapping(&tmp, len).map(fill).and_then(|map| {
-                    fs::rename(&tmp, path).map_err(|source| MetricsError::Io {
-                        op: "rename into place",
-                        path: path.to_owned(),
-                        source,
-                    })?;
-                    Ok(map)
+                    let io = |op, source| MetricsError::Io { op, path: path.to_owned(), source };
+                    // The temporary's identity is the file's once renamed: remember it first.
+                    let owned = crate::files::OwnedFile::of(&tmp).map_err(|e| io("stat", e))?;
+                    fs::rename(&tmp, path).map_err(|e| io("rename into place", e))?;
+                    Ok((map, owned.renamed(path)))
                 });
                 if made.is_err() {
                     // Best effort: the error that matters is the one returned.
                     let _ = fs::remove_file(&tmp);
                 }
-                made?
+                let (map, owned) = made?;
+                (map, Some(owned))
             }
         };
-        Ok(Self {
-            map: Arc::new(map),
-            records: records.into(),
-            info,
-            path: path.map(Path::to_owned),
-        })
+        Ok(Self { map: Arc::new(map), records: records.into(), info, file })
     }
 }
 
 impl fmt::Debug for CountersFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CountersFile")
-            .field("path", &self.path)
+            .field("path", &self.path())
             .field("records", &self.records.len())
             .field("info", &self.info)
             .finish()
