@@ -70,11 +70,14 @@ impl Model {
     }
 }
 
+/// Operations per property case (fewer under Miri, which runs ~1000x slower).
+const OPS: usize = if cfg!(miri) { 40 } else { 200 };
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 8 } else { 512 }, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 3 } else { 512 }, ..ProptestConfig::default() })]
 
     #[test]
-    fn heap_queue_behaves_like_a_bounded_fifo(cap_log2 in 0u32..5, ops in prop::collection::vec(op(), 0..200)) {
+    fn heap_queue_behaves_like_a_bounded_fifo(cap_log2 in 0u32..5, ops in prop::collection::vec(op(), 0..OPS)) {
         let capacity = 1usize << cap_log2;
         let (mut tx, mut rx) = spsc::channel::<u64>(capacity);
         let mut m = Model { items: VecDeque::new(), capacity, written: 0, read: 0, next_value: 0 };
@@ -150,7 +153,7 @@ proptest! {
     }
 
     #[test]
-    fn shm_queue_behaves_like_a_bounded_fifo(cap_log2 in 0u32..5, ops in prop::collection::vec(op(), 0..200)) {
+    fn shm_queue_behaves_like_a_bounded_fifo(cap_log2 in 0u32..5, ops in prop::collection::vec(op(), 0..OPS)) {
         let capacity = 1usize << cap_log2;
         let region = Arc::new(HeapRegion::new(region_len::<u64>(capacity).unwrap()));
         let mut tx = ShmProducer::<u64, _>::create(region.clone(), capacity as u64).unwrap();
@@ -333,7 +336,7 @@ fn ends_are_send_but_not_sync_or_clone() {
 
 #[test]
 fn boxed_items_cross_threads_in_order_with_every_api() {
-    const N: u64 = if cfg!(miri) { 1_000 } else { 300_000 };
+    const N: u64 = if cfg!(miri) { 200 } else { 300_000 };
     let (mut tx, mut rx) = spsc::channel::<Box<u64>>(64);
     let writer = std::thread::spawn(move || {
         let mut next = 0;

@@ -1333,7 +1333,7 @@ mod tests {
         let r = Arc::new(HeapRegion::new(region_len::<Msg>(64).unwrap()));
         let mut tx = ShmProducer::<Msg, _>::create(r.clone(), 64).unwrap();
         let mut rx = ShmConsumer::<Msg, _>::attach(r).unwrap();
-        let n: u64 = if cfg!(miri) { 500 } else { 200_000 };
+        let n: u64 = if cfg!(miri) { 100 } else { 200_000 };
         let writer = std::thread::spawn(move || {
             let mut seq = 0;
             while seq < n {
