@@ -73,7 +73,7 @@ impl Agent for Ingest {
                 self.partial.remove(&Ctx::local(token));
                 ctx.reactor().close(token);
             }
-            Completion::Sent { .. } => {}
+            _ => {}
         }
     }
 
@@ -227,7 +227,7 @@ fn a_peer_that_never_reads_costs_only_its_own_queue() {
                 Completion::Closed { token } | Completion::Failed { token, .. } => {
                     ctx.reactor().close(token)
                 }
-                Completion::Sent { .. } => {}
+                _ => {}
             }
         }
         fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {

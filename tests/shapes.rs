@@ -1,9 +1,9 @@
 //! Service shapes the later issues build on, each a small agent run on every reactor backend
 //! this kernel offers. They are meant to be read as examples of how to use the runtime:
 //!
-//! - the tensor-pool driver: leases with deadlines checked against `ctx.now` in `do_work` (no
-//!   reactor timers), keepalives, periodic announces to every subscriber, and revocation that
-//!   closes a connection only once its last message is on the wire;
+//! - the tensor-pool driver: leases and announces on lane timers (one timer per lease, re-armed
+//!   by each keepalive; one for the announce period), announces to every subscriber, and
+//!   revocation that closes a connection only once its last message is on the wire;
 //! - the frame worker: length-prefixed frames of up to 512 KiB reassembled from many receive
 //!   chunks, checked by a detector on another lane over two SPSC links, with per-connection
 //!   credit as backpressure and the results routed back to the right connection in order.
@@ -62,7 +62,8 @@ impl Drop for TempDir {
 }
 
 /// A lane that backs off to parks of at most `max_park`: the bound on how late a deadline
-/// checked in `do_work` is noticed when nothing else happens.
+/// checked in `do_work` is noticed when nothing else happens (a lane timer is on time anyway:
+/// the park ends at the next deadline).
 fn lane(name: &str, agent: Box<dyn Agent>) -> LaneSpec {
     LaneSpec {
         name: name.into(),
@@ -92,14 +93,18 @@ const REVOKED: u8 = b'R';
 
 /// What the driver knows about an attached connection.
 enum Lease {
-    /// Held until `expires` unless extended.
-    Held { expires: Instant },
+    /// Held until the connection's lease timer fires; each keepalive re-arms it.
+    Held,
     /// `R` is queued; the connection is closed once its queue is empty.
     Revoking,
 }
 
-/// The driver: every deadline (lease expiry, next announce) is an `Instant` compared with
-/// `ctx.now` in `do_work`, which the lane calls every pass.
+/// The timer of the announce period. A lease's timer has its connection's id: timers have ids
+/// of their own, and connections start at 1.
+const ANNOUNCE_TIMER: u64 = 0;
+
+/// The driver: every deadline is a lane timer, so the lane parks until the next one and
+/// `do_work` has nothing to scan.
 struct PoolDriver {
     path: PathBuf,
     listener: Option<UnixListener>,
@@ -107,20 +112,27 @@ struct PoolDriver {
     /// By connection-local token; a BTreeMap so announces go out in a stable order.
     leases: BTreeMap<u64, Lease>,
     announces: u64,
-    next_announce: Instant,
 }
 
 impl PoolDriver {
     fn new(path: PathBuf) -> Self {
         let listener = UnixListener::bind(&path).unwrap();
-        Self {
-            path,
-            listener: Some(listener),
-            next_conn: 0,
-            leases: BTreeMap::new(),
-            announces: 0,
-            next_announce: Instant::now(),
+        Self { path, listener: Some(listener), next_conn: 0, leases: BTreeMap::new(), announces: 0 }
+    }
+
+    /// Announces to every lease holder, and arms the next announce.
+    fn announce(&mut self, ctx: &mut Ctx<'_>) {
+        self.announces += 1;
+        let mut message = [ANNOUNCE; 9];
+        message[1..].copy_from_slice(&self.announces.to_le_bytes());
+        for (&local, lease) in &self.leases {
+            if let Lease::Held = lease {
+                let _ = ctx.send(local, &message);
+            }
         }
+        // Periods are measured from when the announce went out, so a late lane does not burst
+        // to catch up.
+        ctx.timer(ctx.now + ANNOUNCE_EVERY, ANNOUNCE_TIMER).unwrap();
     }
 }
 
@@ -130,7 +142,7 @@ impl Agent for PoolDriver {
     }
 
     fn on_start(&mut self, ctx: &mut Ctx<'_>) -> std::io::Result<()> {
-        self.next_announce = ctx.now + ANNOUNCE_EVERY;
+        ctx.timer(ctx.now + ANNOUNCE_EVERY, ANNOUNCE_TIMER)?;
         ctx.listen(0, self.listener.take().expect("started once"))
     }
 
@@ -138,25 +150,38 @@ impl Agent for PoolDriver {
         match completion {
             Completion::Accepted { fd, .. } => {
                 self.next_conn += 1;
-                let token = ctx.token(self.next_conn);
                 // A connection is not attached until it says `A`. If it cannot be registered,
                 // the fd was consumed and is closed: the connection is refused.
-                let _ = ctx.reactor().open(fd, token);
+                let _ = ctx.open(self.next_conn, fd);
             }
             Completion::Received { token, buf } => {
                 let now = ctx.now;
                 let local = Ctx::local(token);
+                let mut extend = false;
                 for &byte in ctx.reactor().data(&buf) {
-                    match (byte, self.leases.get_mut(&local)) {
+                    match (byte, self.leases.get(&local)) {
                         (ATTACH, None) => {
-                            self.leases.insert(local, Lease::Held { expires: now + LEASE });
+                            self.leases.insert(local, Lease::Held);
+                            extend = true;
                         }
-                        (ATTACH | KEEPALIVE, Some(Lease::Held { expires })) => {
-                            *expires = now + LEASE;
-                        }
+                        (ATTACH | KEEPALIVE, Some(Lease::Held)) => extend = true,
                         // Too late (revoking), not attached, or not a request: ignored.
                         _ => {}
                     }
+                }
+                if extend {
+                    // Re-arming replaces the lease's deadline.
+                    ctx.timer(now + LEASE, local).unwrap();
+                }
+            }
+            Completion::Timer { token } if Ctx::local(token) == ANNOUNCE_TIMER => {
+                self.announce(ctx);
+            }
+            Completion::Timer { token } => {
+                let local = Ctx::local(token);
+                if let Some(lease @ Lease::Held) = self.leases.get_mut(&local) {
+                    *lease = Lease::Revoking;
+                    let _ = ctx.send(local, &[REVOKED]);
                 }
             }
             Completion::Sent { token, .. } => {
@@ -164,47 +189,24 @@ impl Agent for PoolDriver {
                 // Close a revoked connection only once `R` has been written: closing earlier
                 // would drop the queued bytes.
                 if matches!(self.leases.get(&local), Some(Lease::Revoking))
-                    && ctx.reactor().pending(token) == 0
+                    && ctx.pending(local) == 0
                 {
                     self.leases.remove(&local);
-                    ctx.reactor().close(token);
+                    ctx.close(local);
                 }
             }
             Completion::Closed { token } | Completion::Failed { token, .. } => {
-                self.leases.remove(&Ctx::local(token));
-                ctx.reactor().close(token);
+                let local = Ctx::local(token);
+                self.leases.remove(&local);
+                ctx.cancel_timer(local);
+                ctx.close(local);
             }
+            _ => {}
         }
     }
 
-    fn do_work(&mut self, ctx: &mut Ctx<'_>) -> usize {
-        let now = ctx.now;
-        let mut work = 0;
-        // Expiry first, so a revoked client gets no announce after its `R`.
-        for (&local, lease) in &mut self.leases {
-            if matches!(lease, Lease::Held { expires } if *expires <= now) {
-                *lease = Lease::Revoking;
-                let token = ctx.token(local);
-                let _ = ctx.reactor().send(token, &[REVOKED]);
-                work += 1;
-            }
-        }
-        if now >= self.next_announce {
-            self.announces += 1;
-            // Periods are measured from when the announce went out, so a late lane does not
-            // burst to catch up.
-            self.next_announce = now + ANNOUNCE_EVERY;
-            let mut message = [ANNOUNCE; 9];
-            message[1..].copy_from_slice(&self.announces.to_le_bytes());
-            for (&local, lease) in &self.leases {
-                if let Lease::Held { .. } = lease {
-                    let token = ctx.token(local);
-                    let _ = ctx.reactor().send(token, &message);
-                }
-            }
-            work += 1;
-        }
-        work
+    fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+        0
     }
 
     fn on_close(&mut self, _ctx: &mut Ctx<'_>) {
@@ -434,7 +436,7 @@ impl Agent for FrameIo {
         match completion {
             Completion::Accepted { fd, .. } => {
                 self.next_conn += 1;
-                let token = ctx.token(self.next_conn);
+                let token = ctx.token(self.next_conn).unwrap();
                 if ctx.reactor().open(fd, token).is_ok() {
                     let conn = Conn { bytes: Vec::new(), next_frame: 0, in_flight: 0 };
                     self.conns.insert(self.next_conn, conn);
@@ -456,7 +458,7 @@ impl Agent for FrameIo {
                 self.conns.remove(&Ctx::local(token));
                 ctx.reactor().close(token);
             }
-            Completion::Sent { .. } => {}
+            _ => {}
         }
     }
 
@@ -469,7 +471,7 @@ impl Agent for FrameIo {
             reply[..8].copy_from_slice(&verdict.frame.to_le_bytes());
             reply[8..].copy_from_slice(&verdict.detected.to_le_bytes());
             // Every connection in `conns` is registered with the reactor.
-            let token = ctx.token(verdict.conn);
+            let token = ctx.token(verdict.conn).unwrap();
             ctx.reactor().send(token, &reply).unwrap();
             conn.in_flight -= 1;
             // The credit just returned may let a waiting frame go (frames already checked

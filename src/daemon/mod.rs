@@ -306,6 +306,7 @@ struct Ids {
     refused: crate::metrics::CounterId,
     closed: crate::metrics::CounterId,
     open: crate::metrics::CounterId,
+    accept_errors: crate::metrics::CounterId,
     requests: [crate::metrics::CounterId; 3],
     errors: Vec<crate::metrics::CounterId>,
     lanes: Vec<[crate::metrics::CounterId; 7]>,
@@ -327,6 +328,12 @@ impl Ids {
         let closed =
             c(r, "corelane_control_connections_total", &[("event", "closed_by_daemon")], CONN)?;
         let open = g(r, "corelane_control_connections_open", &[], "Control connections open now.")?;
+        let accept_errors = c(
+            r,
+            "corelane_control_accept_errors_total",
+            &[],
+            "Accepts of the control socket that failed (EMFILE, ...); accepting resumes.",
+        )?;
         const REQ: &str = "Control requests answered, by type.";
         let requests = [
             c(r, "corelane_control_requests_total", &[("type", "ping")], REQ)?,
@@ -388,7 +395,18 @@ impl Ids {
             g(r, "corelane_reactor", &[("kind", "io_uring")], REACTOR)?,
             g(r, "corelane_reactor", &[("kind", "poll")], REACTOR)?,
         ];
-        Ok(Self { accepted, refused, closed, open, requests, errors, lanes, uptime, reactor })
+        Ok(Self {
+            accepted,
+            refused,
+            closed,
+            open,
+            accept_errors,
+            requests,
+            errors,
+            lanes,
+            uptime,
+            reactor,
+        })
     }
 
     fn control(&self, f: &CountersFile) -> ControlCounters {
@@ -397,6 +415,7 @@ impl Ids {
             refused: f.counter(self.refused),
             closed_by_daemon: f.counter(self.closed),
             open: f.counter(self.open),
+            accept_errors: f.counter(self.accept_errors),
             requests: self.requests.map(|id| f.counter(id)),
             errors: self.errors.iter().map(|&id| f.counter(id)).collect(),
         }
