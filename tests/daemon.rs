@@ -465,3 +465,26 @@ fn the_control_socket_survives_running_out_of_descriptors() {
         assert!(lines <= 4, "{reactor}: accept errors are logged once per burst, got:\n{err}");
     }
 }
+
+#[test]
+fn the_io_uring_switches_each_run_a_working_daemon() {
+    if !reactors().contains(&"io_uring") {
+        return;
+    }
+    for (defer, skip) in [("true", "false"), ("false", "true"), ("true", "true")] {
+        let env = [
+            ("CORELANE_RUNTIME_REACTOR", "io_uring"),
+            ("CORELANE_RUNTIME_URING_DEFER_TASKRUN", defer),
+            ("CORELANE_RUNTIME_URING_SKIP_SEND_CQE", skip),
+        ];
+        let daemon = Daemon::start(&format!("switch-{defer}-{skip}"), &env);
+        let mut client = daemon.client();
+        for _ in 0..100 {
+            client.ping().unwrap();
+        }
+        let status = client.status().unwrap();
+        assert_eq!(status.reactor, "io_uring", "defer {defer}, skip {skip}");
+        let (status, err, _) = daemon.terminate();
+        assert!(status.success(), "defer {defer}, skip {skip}: {err}");
+    }
+}

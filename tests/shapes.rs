@@ -19,22 +19,30 @@ use std::time::{Duration, Instant};
 
 use corelane::rings::spsc;
 use corelane::runtime::{
-    Agent, Completion, Ctx, IdleStrategy, LaneSpec, ReactorChoice, ReactorKind, Runtime,
+    Agent, Completion, Ctx, IdleStrategy, LaneSpec, ReactorChoice, ReactorConfig, ReactorKind,
+    Runtime, UringOptions,
 };
 
-/// Every backend that can run here; a missing one is said out loud, not silently skipped.
-/// (`Reactor::probe` checks on a throwaway thread: see its docs for why.)
-fn backends() -> Vec<ReactorChoice> {
-    let mut out = vec![ReactorChoice::Poll];
+/// Every backend that can run here, io_uring once with each option on, with a short name; a
+/// missing one is said out loud, not silently skipped.
+fn backends() -> Vec<(String, ReactorConfig)> {
+    let mut out = vec![("poll".to_owned(), ReactorConfig::from(ReactorChoice::Poll))];
     match corelane::runtime::Reactor::probe(ReactorChoice::IoUring) {
-        Ok(_) => out.push(ReactorChoice::IoUring),
+        Ok(_) => {
+            let uring = |uring| ReactorConfig { choice: ReactorChoice::IoUring, uring };
+            let defer = UringOptions { defer_taskrun: true, ..UringOptions::default() };
+            let skip = UringOptions { skip_send_cqe: true, ..UringOptions::default() };
+            out.push(("io_uring".to_owned(), uring(UringOptions::default())));
+            out.push(("io_uring+defer".to_owned(), uring(defer)));
+            out.push(("io_uring+skip".to_owned(), uring(skip)));
+        }
         Err(e) => eprintln!("SKIPPING the io_uring backend in this test: {e}"),
     }
     out
 }
 
-fn expected_kind(choice: ReactorChoice) -> ReactorKind {
-    if choice == ReactorChoice::IoUring {
+fn expected_kind(config: ReactorConfig) -> ReactorKind {
+    if config.choice == ReactorChoice::IoUring {
         ReactorKind::IoUring
     } else {
         ReactorKind::Poll
@@ -247,13 +255,13 @@ fn expect_announce(stream: &mut UnixStream, who: &str) -> u64 {
 
 #[test]
 fn timers_expire_leases_and_announces_reach_subscribers() {
-    for choice in backends() {
-        let dir = TempDir::new(&format!("pool-{choice:?}"));
+    for (choice, config) in backends() {
+        let dir = TempDir::new(&format!("pool-{choice}"));
         let path = dir.0.join("pool.sock");
         let runtime =
-            Runtime::start(vec![lane("pool", Box::new(PoolDriver::new(path.clone())))], choice)
+            Runtime::start(vec![lane("pool", Box::new(PoolDriver::new(path.clone())))], config)
                 .unwrap();
-        assert_eq!(runtime.reactor(), expected_kind(choice));
+        assert_eq!(runtime.reactor(), expected_kind(config));
 
         // Client 1 attaches and keeps its lease alive: a keepalive every announce period.
         let attached_1 = Instant::now();
@@ -275,10 +283,10 @@ fn timers_expire_leases_and_announces_reach_subscribers() {
         let first: Vec<u64> = (0..5).map(|_| expect_announce(&mut client_1, "client 1")).collect();
         assert!(
             first.windows(2).all(|w| w[1] == w[0] + 1),
-            "{choice:?}: a lease holder gets every announce, in order: {first:?}"
+            "{choice}: a lease holder gets every announce, in order: {first:?}"
         );
         // The first announce went out after the attach; the fifth at least 4 periods later.
-        assert!(attached_1.elapsed() >= 4 * ANNOUNCE_EVERY, "{choice:?}");
+        assert!(attached_1.elapsed() >= 4 * ANNOUNCE_EVERY, "{choice}");
 
         // Client 2 attaches and goes quiet. Its clock starts before connecting: the driver
         // sees the `A` in a pass that started after the accept, so its lease ends no earlier
@@ -292,14 +300,14 @@ fn timers_expire_leases_and_announces_reach_subscribers() {
             match read_from_driver(&mut client_2) {
                 FromDriver::Announce(counter) => announces_2.push(counter),
                 FromDriver::Revoked => break,
-                FromDriver::Eof => panic!("{choice:?}: client 2 closed before `R`"),
+                FromDriver::Eof => panic!("{choice}: client 2 closed before `R`"),
             }
         }
         let revoked_after = attached_2.elapsed();
-        assert!(revoked_after >= LEASE, "{choice:?}: revoked after {revoked_after:?}");
-        assert!(!announces_2.is_empty(), "{choice:?}: client 2 got announces while attached");
-        assert!(announces_2.windows(2).all(|w| w[1] == w[0] + 1), "{choice:?}: {announces_2:?}");
-        assert_eq!(read_from_driver(&mut client_2), FromDriver::Eof, "{choice:?}");
+        assert!(revoked_after >= LEASE, "{choice}: revoked after {revoked_after:?}");
+        assert!(!announces_2.is_empty(), "{choice}: client 2 got announces while attached");
+        assert!(announces_2.windows(2).all(|w| w[1] == w[0] + 1), "{choice}: {announces_2:?}");
+        assert_eq!(read_from_driver(&mut client_2), FromDriver::Eof, "{choice}");
 
         // Client 1 is still served, after client 2's revocation and past several lease
         // lengths of its own, thanks to its keepalives.
@@ -307,27 +315,27 @@ fn timers_expire_leases_and_announces_reach_subscribers() {
         let mut more = 0;
         while more < 3 || attached_1.elapsed() < 3 * LEASE {
             let counter = expect_announce(&mut client_1, "client 1 (keeping alive)");
-            assert_eq!(counter, last + 1, "{choice:?}: announces to client 1 skip none");
+            assert_eq!(counter, last + 1, "{choice}: announces to client 1 skip none");
             last = counter;
             more += 1;
         }
-        assert!(announces_2.iter().all(|&c| c <= last), "{choice:?}");
+        assert!(announces_2.iter().all(|&c| c <= last), "{choice}");
 
         // Once its keepalives stop, client 1 is revoked too.
         stop.store(true, Ordering::Relaxed);
         keepalive.join().unwrap();
         loop {
             match read_from_driver(&mut client_1) {
-                FromDriver::Announce(counter) => assert!(counter > last, "{choice:?}"),
+                FromDriver::Announce(counter) => assert!(counter > last, "{choice}"),
                 FromDriver::Revoked => break,
-                FromDriver::Eof => panic!("{choice:?}: client 1 closed before `R`"),
+                FromDriver::Eof => panic!("{choice}: client 1 closed before `R`"),
             }
         }
-        assert_eq!(read_from_driver(&mut client_1), FromDriver::Eof, "{choice:?}");
+        assert_eq!(read_from_driver(&mut client_1), FromDriver::Eof, "{choice}");
 
         runtime.shutdown();
         runtime.join();
-        assert!(!path.exists(), "{choice:?}: on_close unlinked the socket");
+        assert!(!path.exists(), "{choice}: on_close unlinked the socket");
     }
 }
 
@@ -597,7 +605,7 @@ fn frame_client(addr: std::net::SocketAddr, client: u64, writes: Writes) -> usiz
 
 #[test]
 fn large_tcp_frames_round_trip_through_a_detector_lane() {
-    for choice in backends() {
+    for (choice, config) in backends() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (job_tx, job_rx) = spsc::channel(64);
@@ -614,10 +622,10 @@ fn large_tcp_frames_round_trip_through_a_detector_lane() {
         let detector = Detector { jobs: job_rx, verdicts: verdict_tx, held: None };
         let runtime = Runtime::start(
             vec![lane("io", Box::new(io)), lane("detector", Box::new(detector))],
-            choice,
+            config,
         )
         .unwrap();
-        assert_eq!(runtime.reactor(), expected_kind(choice));
+        assert_eq!(runtime.reactor(), expected_kind(config));
 
         let clients: Vec<_> = [Writes::OneGo, Writes::PerFrame, Writes::SmallPieces]
             .into_iter()
@@ -629,20 +637,20 @@ fn large_tcp_frames_round_trip_through_a_detector_lane() {
         let receives = stats.receives.load(Ordering::Relaxed);
         assert!(
             receives > 30,
-            "{choice:?}: {bytes} bytes of 30 frames came in {receives} receives, expected many"
+            "{choice}: {bytes} bytes of 30 frames came in {receives} receives, expected many"
         );
         assert_eq!(
             stats.max_in_flight.load(Ordering::Relaxed),
             u64::from(CREDIT),
-            "{choice:?}: credit bounds the frames at the detector"
+            "{choice}: credit bounds the frames at the detector"
         );
         assert!(
             stats.held_back.load(Ordering::Relaxed) > 0,
-            "{choice:?}: client 0's third tiny frame waited for credit"
+            "{choice}: client 0's third tiny frame waited for credit"
         );
-        assert_eq!(stats.bad_frames.load(Ordering::Relaxed), 0, "{choice:?}");
+        assert_eq!(stats.bad_frames.load(Ordering::Relaxed), 0, "{choice}");
         eprintln!(
-            "{choice:?}: {bytes} bytes in {receives} receives, held back {} times",
+            "{choice}: {bytes} bytes in {receives} receives, held back {} times",
             stats.held_back.load(Ordering::Relaxed)
         );
         runtime.shutdown();

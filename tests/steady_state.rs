@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corelane::runtime::{
-    Agent, Completion, Ctx, IdleStrategy, LaneSpec, Reactor, ReactorChoice, Runtime,
+    Agent, Completion, Ctx, IdleStrategy, LaneSpec, Reactor, ReactorChoice, ReactorConfig, Runtime,
+    UringOptions,
 };
 
 struct Counting;
@@ -55,8 +56,8 @@ static GLOBAL: Counting = Counting;
 const WARMUP: u64 = 200;
 const MEASURED: u64 = 2000;
 
-/// Echoes every receive; counts the lane's allocations from message `WARMUP` to
-/// `WARMUP + MEASURED`.
+/// Echoes every receive and pushes a timer's deadline further at each (a re-armed timer every
+/// pass); counts the lane's allocations from message `WARMUP` to `WARMUP + MEASURED`.
 struct Echo {
     listener: Option<UnixListener>,
     messages: u64,
@@ -88,6 +89,7 @@ impl Agent for Echo {
                 self.scratch.clear();
                 self.scratch.extend_from_slice(ctx.reactor().data(&buf));
                 ctx.send(1, &self.scratch).unwrap();
+                ctx.timer(ctx.now + Duration::from_secs(60), 7).unwrap();
             }
             Completion::Closed { token } | Completion::Failed { token, .. } => {
                 ctx.close(Ctx::local(token))
@@ -102,14 +104,18 @@ impl Agent for Echo {
 
 #[test]
 fn steady_state_passes_do_not_allocate() {
-    let mut backends = vec![ReactorChoice::Poll];
+    let mut backends = vec![ReactorConfig::from(ReactorChoice::Poll)];
     match Reactor::probe(ReactorChoice::IoUring) {
-        Ok(_) => backends.push(ReactorChoice::IoUring),
+        Ok(_) => {
+            for (defer_taskrun, skip_send_cqe) in [(false, false), (true, false), (false, true)] {
+                let uring = UringOptions { defer_taskrun, skip_send_cqe };
+                backends.push(ReactorConfig { choice: ReactorChoice::IoUring, uring });
+            }
+        }
         Err(e) => eprintln!("SKIPPING the io_uring backend in this test: {e}"),
     }
-    for choice in backends {
-        let dir =
-            std::env::temp_dir().join(format!("corelane-steady-{}-{choice:?}", std::process::id()));
+    for (n, choice) in backends.into_iter().enumerate() {
+        let dir = std::env::temp_dir().join(format!("corelane-steady-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("echo.sock");

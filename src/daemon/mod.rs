@@ -24,8 +24,8 @@ use crate::metrics::{
     CounterKind, CounterSpec, CountersFile, MetricsError, MetricsServer, Registry,
 };
 use crate::runtime::{
-    Agent, Board, IdleStrategy, LaneSpec, ReactorChoice, ReactorKind, Runtime, RuntimeError,
-    Shutdown,
+    Agent, Board, IdleStrategy, LaneSpec, ReactorChoice, ReactorConfig, ReactorKind, Runtime,
+    RuntimeError, Shutdown, UringOptions,
 };
 use crate::wire::DecoderConfig;
 
@@ -163,7 +163,14 @@ impl Daemon {
             config::ReactorKind::IoUring => ReactorChoice::IoUring,
             config::ReactorKind::Poll => ReactorChoice::Poll,
         };
-        let runtime = match Runtime::start_with(specs, choice, shutdown.clone(), board) {
+        let reactor = ReactorConfig {
+            choice,
+            uring: UringOptions {
+                defer_taskrun: config.runtime.uring_defer_taskrun,
+                skip_send_cqe: config.runtime.uring_skip_send_cqe,
+            },
+        };
+        let runtime = match Runtime::start_with(specs, reactor, shutdown.clone(), board) {
             Ok(r) => r,
             Err(e) => {
                 let _ = std::fs::remove_file(&socket);
