@@ -847,6 +847,7 @@ struct Stuck {
     inodes: Arc<Mutex<Vec<u64>>>,
     closed: Arc<AtomicBool>,
     registered: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Agent for Stuck {
@@ -877,6 +878,7 @@ impl Agent for Stuck {
     }
     fn do_work(&mut self, ctx: &mut Ctx<'_>) -> usize {
         self.registered.store(ctx.reactor().registered(), Ordering::Relaxed);
+        self.in_flight.store(ctx.reactor().operations_in_flight(), Ordering::Relaxed);
         if self.next == 0 || self.closed.load(Ordering::Relaxed) {
             return 0;
         }
@@ -904,6 +906,7 @@ fn stuck_sends_do_not_keep_closed_connections_alive() {
         let inodes = Arc::new(Mutex::new(Vec::new()));
         let closed = Arc::new(AtomicBool::new(false));
         let registered = Arc::new(AtomicUsize::new(usize::MAX));
+        let in_flight = Arc::new(AtomicUsize::new(usize::MAX));
         let agent = Stuck {
             listener: Some(UnixListener::bind(&path).unwrap()),
             next: 0,
@@ -911,6 +914,7 @@ fn stuck_sends_do_not_keep_closed_connections_alive() {
             inodes: inodes.clone(),
             closed: closed.clone(),
             registered: registered.clone(),
+            in_flight: in_flight.clone(),
         };
         let runtime = Runtime::start(vec![lane(Box::new(agent))], config).unwrap();
 
@@ -946,6 +950,12 @@ fn stuck_sends_do_not_keep_closed_connections_alive() {
             Duration::from_secs(10),
             || registered.load(Ordering::Relaxed) == 1,
         );
+        // Every operation of the closed socket (the chain of sends included, whichever way
+        // its completions come) is accounted for: only the listener's accept is left.
+        let accept = usize::from(config.choice == ReactorChoice::IoUring);
+        wait_for(&format!("{choice}: only the accept in flight"), Duration::from_secs(10), || {
+            in_flight.load(Ordering::Relaxed) == accept
+        });
         runtime.shutdown();
         runtime.join();
     }

@@ -233,7 +233,7 @@ impl From<SocketAddr> for ConnectAddr {
 /// was made (`SO_PEERCRED`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerCred {
-    /// Process id (0 if the peer is in another pid namespace the kernel cannot map).
+    /// Process id, as this process's pid namespace sees it.
     pub pid: u32,
     /// Effective user id.
     pub uid: u32,

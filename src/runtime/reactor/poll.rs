@@ -377,7 +377,11 @@ impl PollReactor {
                     self.ready.push_back((key, Completion::Readable { token }));
                 }
                 Kind::Stream => {
-                    if flags.contains(epoll::EventFlags::OUT) {
+                    // A hang-up or an error with output waiting: the send says which (and a
+                    // failed one stops the output, so the event is not reported forever).
+                    let writable =
+                        epoll::EventFlags::OUT | epoll::EventFlags::HUP | epoll::EventFlags::ERR;
+                    if flags.intersects(writable) && socket.want_out {
                         self.flush_one(key);
                     }
                     let readable = epoll::EventFlags::IN

@@ -188,7 +188,7 @@ impl UringReactor {
         token: Token,
         options: SocketOptions,
     ) -> io::Result<()> {
-        self.group_for(options)?;
+        // The group of its connections exists before the first accept.
         let key = self.insert(listener, token, Kind::Listener, options)?;
         self.arm(key);
         Ok(())
