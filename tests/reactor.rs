@@ -306,6 +306,8 @@ fn a_paused_connection_receives_nothing_until_resumed_then_everything_in_order()
         while_paused: Arc<AtomicUsize>,
         bytes: Vec<u8>,
         in_order: Arc<AtomicBool>,
+        /// Anything else that happened to the connection, for the failure message.
+        other: Arc<Mutex<Vec<String>>>,
     }
     impl Agent for Credit {
         fn name(&self) -> &str {
@@ -337,7 +339,7 @@ fn a_paused_connection_receives_nothing_until_resumed_then_everything_in_order()
                         self.paused = true;
                     }
                 }
-                _ => {}
+                other => self.other.lock().unwrap().push(format!("{other:?}")),
             }
         }
         fn do_work(&mut self, ctx: &mut Ctx<'_>) -> usize {
@@ -358,6 +360,7 @@ fn a_paused_connection_receives_nothing_until_resumed_then_everything_in_order()
         let received = Arc::new(AtomicUsize::new(0));
         let while_paused = Arc::new(AtomicUsize::new(0));
         let in_order = Arc::new(AtomicBool::new(true));
+        let other = Arc::new(Mutex::new(Vec::new()));
         let agent = Credit {
             listener: Some(UnixListener::bind(&path).unwrap()),
             paused: false,
@@ -366,6 +369,7 @@ fn a_paused_connection_receives_nothing_until_resumed_then_everything_in_order()
             while_paused: while_paused.clone(),
             bytes: Vec::new(),
             in_order: in_order.clone(),
+            other: other.clone(),
         };
         let runtime = Runtime::start(vec![lane(Box::new(agent))], config).unwrap();
         let data: Vec<u8> = (0..(TOTAL / 4) as u32).flat_map(u32::to_le_bytes).collect();
@@ -395,7 +399,14 @@ fn a_paused_connection_receives_nothing_until_resumed_then_everything_in_order()
         let before = received.load(Ordering::Relaxed);
         resume.store(true, Ordering::Relaxed);
         peer.set_nonblocking(false).unwrap();
-        peer.write_all(&data[sent..]).unwrap();
+        peer.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        peer.write_all(&data[sent..]).unwrap_or_else(|e| {
+            panic!(
+                "{choice}: not read after resume ({e}): {} of {sent} bytes received; {:?}",
+                received.load(Ordering::Relaxed),
+                other.lock().unwrap()
+            )
+        });
         wait_for(&format!("{choice}: everything after resume"), Duration::from_secs(10), || {
             received.load(Ordering::Relaxed) == TOTAL
         });

@@ -36,9 +36,9 @@ const HELP: &str = "\
       corelane-poll      the same with the poll (epoll) reactor
       corelane-busy-poll the io_uring daemon with a client that spins on its non-blocking
                          socket instead of sleeping in read (ClientBuilder::busy_poll)
-      corelane-defer-taskrun  `corelane` with runtime.uring_defer_taskrun = true
-                         (IORING_SETUP_DEFER_TASKRUN): the A side of that switch
-      corelane-skip-send-cqe  `corelane` with runtime.uring_skip_send_cqe = true
+      corelane-defer     `corelane` with runtime.uring_defer_taskrun = true
+                         (IORING_SETUP_DEFER_TASKRUN): the other side of that A/B switch
+      corelane-skip-cqe  `corelane` with runtime.uring_skip_send_cqe = true
                          (IOSQE_CQE_SKIP_SUCCESS on chained sends)
       unix-echo          a std UnixStream server thread pinned to cpu B that reads the same
                          request bytes and writes the same number of response bytes back with
@@ -84,8 +84,8 @@ impl Impl {
             Impl::Corelane => "corelane",
             Impl::CorelanePoll => "corelane-poll",
             Impl::CorelaneBusyPoll => "corelane-busy-poll",
-            Impl::CorelaneDeferTaskrun => "corelane-defer-taskrun",
-            Impl::CorelaneSkipSendCqe => "corelane-skip-send-cqe",
+            Impl::CorelaneDeferTaskrun => "corelane-defer",
+            Impl::CorelaneSkipSendCqe => "corelane-skip-cqe",
             Impl::UnixEcho => "unix-echo",
             Impl::UnixEchoBusyPoll => "unix-echo-busy-poll",
         }

@@ -29,6 +29,8 @@ const READ_BUDGET: usize = 1 << 20;
 const READ_PER_EVENT: usize = 64 * 1024;
 /// epoll events taken per wait.
 const EVENTS: usize = 256;
+/// Initial room of the per-pass lists (completions, sockets to flush).
+const LIST_ROOM: usize = 64;
 
 /// The epoll reactor. See the [module](super) docs for the interface.
 pub struct PollReactor {
@@ -118,12 +120,14 @@ impl PollReactor {
         Ok(Self {
             epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
             slab: Slab::new(),
-            ready: VecDeque::new(),
+            // Room for a busy pass up front: these lists are reused, and a first use in the
+            // middle of steady traffic would allocate.
+            ready: VecDeque::with_capacity(LIST_ROOM),
             events: Vec::with_capacity(EVENTS),
             arena: Vec::new(),
             arena_used: 0,
-            dirty: Vec::new(),
-            dirty_scratch: Vec::new(),
+            dirty: Vec::with_capacity(LIST_ROOM),
+            dirty_scratch: Vec::with_capacity(LIST_ROOM),
             retry: Vec::new(),
             spares: Spares::default(),
         })
@@ -325,6 +329,9 @@ impl PollReactor {
     }
 
     pub(super) fn flush(&mut self) -> io::Result<()> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
         std::mem::swap(&mut self.dirty, &mut self.dirty_scratch);
         for i in 0..self.dirty_scratch.len() {
             let key = self.dirty_scratch[i];

@@ -43,6 +43,8 @@ use super::{
 const ENTRIES: u32 = 1024;
 /// Most buffers of a connection sent as one chain of linked sends.
 const MAX_CHAIN: usize = 16;
+/// Initial room of the per-pass lists (completions, connections to flush or re-arm).
+const LIST_ROOM: usize = 64;
 /// A buffer group's memory target: 128 buffers, fewer for large buffers.
 const GROUP_BYTES: usize = 8 << 20;
 const MAX_GROUP_BUFS: usize = 128;
@@ -163,15 +165,17 @@ impl UringReactor {
             groups: Vec::new(),
             options,
             slab: Slab::new(),
-            ready: VecDeque::new(),
-            dirty: Vec::new(),
-            dirty_scratch: Vec::new(),
-            rearm: Vec::new(),
-            rearm_scratch: Vec::new(),
+            // Room for a busy pass up front: these lists are reused, and a first use in the
+            // middle of steady traffic would allocate.
+            ready: VecDeque::with_capacity(LIST_ROOM),
+            dirty: Vec::with_capacity(LIST_ROOM),
+            dirty_scratch: Vec::with_capacity(LIST_ROOM),
+            rearm: Vec::with_capacity(LIST_ROOM),
+            rearm_scratch: Vec::with_capacity(LIST_ROOM),
             retry: Vec::new(),
             backlog: VecDeque::new(),
             chain: Vec::with_capacity(MAX_CHAIN),
-            cqes: Vec::new(),
+            cqes: Vec::with_capacity(LIST_ROOM),
             spares: Spares::default(),
             inflight: 0,
             #[cfg(test)]
@@ -466,7 +470,7 @@ impl UringReactor {
         let count = (GROUP_BYTES / size).clamp(MIN_GROUP_BUFS, MAX_GROUP_BUFS);
         let bgid = self.groups.len() as u16;
         let ring = BufRing::new(&self.ring, bgid, size, count as u16)?;
-        self.groups.push(BufGroup { ring, starved: Vec::new() });
+        self.groups.push(BufGroup { ring, starved: Vec::new(), out: 0 });
         Ok(bgid)
     }
 
@@ -519,6 +523,9 @@ impl UringReactor {
     /// Re-arms what asked for it and starts the sends of every connection with output and no
     /// send in flight: the batch of the pass.
     fn prepare(&mut self) {
+        if self.rearm.is_empty() && self.dirty.is_empty() {
+            return;
+        }
         std::mem::swap(&mut self.rearm, &mut self.rearm_scratch);
         for i in 0..self.rearm_scratch.len() {
             let key = self.rearm_scratch[i];
@@ -753,15 +760,22 @@ impl UringReactor {
                     entry.armed = false;
                 }
                 let mut rearm = last && !closing;
-                if result > 0 {
-                    let bid = buffer.expect("a successful buffer-select recv names its buffer");
-                    let buf =
-                        RecvBuf { id: buf_id(entry.group, bid), offset: 0, len: result as u32 };
-                    if closing {
+                if let Some(bid) = buffer {
+                    self.groups[entry.group as usize].out += 1;
+                    let len = result.max(0) as u32;
+                    let buf = RecvBuf { id: buf_id(entry.group, bid), offset: 0, len };
+                    if closing || result <= 0 {
+                        // Closed since, or a buffer the kernel names with a failure: back.
                         recycle(&mut self.groups, &mut self.rearm, buf);
                     } else {
                         self.ready.push_back((key, Completion::Received { token, buf }));
                     }
+                }
+                if result > 0 {
+                    debug_assert!(
+                        buffer.is_some(),
+                        "a successful buffer-select recv names its buffer"
+                    );
                 } else if result == 0 || result == -ECONNRESET {
                     entry.eof = true;
                     rearm = false;
@@ -769,11 +783,16 @@ impl UringReactor {
                         self.ready.push_back((key, Completion::Closed { token }));
                     }
                 } else if result == -ENOBUFS {
-                    // Every buffer of the group is out: receive again once one comes back.
-                    if !closing {
-                        self.groups[entry.group as usize].starved.push(key);
+                    // The group ran dry. If every buffer is with us, receive again once one
+                    // comes back; if some are not (given back since the kernel tried, or on
+                    // their way to us), at once.
+                    let g = &mut self.groups[entry.group as usize];
+                    if closing || g.out < usize::from(g.ring.count) {
+                        rearm = rearm && !closing;
+                    } else {
+                        g.starved.push(key);
+                        rearm = false;
                     }
-                    rearm = false;
                 } else if result != -ECANCELED {
                     rearm = false;
                     if !closing {
@@ -889,6 +908,7 @@ impl UringReactor {
 fn recycle(groups: &mut [BufGroup], rearm: &mut Vec<Key>, buf: RecvBuf) {
     let (group, bid) = split_buf(buf.id);
     let g = &mut groups[group];
+    g.out = g.out.saturating_sub(1);
     g.ring.recycle(bid);
     rearm.append(&mut g.starved);
 }
@@ -938,7 +958,11 @@ impl std::fmt::Debug for UringReactor {
 /// A provided-buffer group: its ring, and the receives waiting for one of its buffers.
 struct BufGroup {
     ring: BufRing,
+    /// Receives that ran out of buffers while all of them were with us: re-armed at the next
+    /// recycle.
     starved: Vec<Key>,
+    /// Buffers the kernel handed us (in completions) and we have not given back.
+    out: usize,
 }
 
 /// A provided buffer ring: `count` buffers of `size` bytes carved out of one allocation,
@@ -1115,6 +1139,73 @@ mod tests {
             assert_eq!(reactor.inflight, 0, "every operation completed");
             assert_eq!(reactor.registered(), 0);
             assert_eq!(reactor.slab.iter().count(), 0, "every slot released");
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Found by stress runs of the pause test (one hang in about 50 parallel runs): with
+    /// COOP_TASKRUN, a multishot receive's retry runs as task work at any return of the lane's
+    /// thread to user space, so its ENOBUFS completion can be posted while the lane holds every
+    /// buffer and reaped after the lane gave them all back. Waiting for a recycle then waits
+    /// forever. Here the kernel's real completions are handled in that order on purpose.
+    #[test]
+    fn a_receive_that_ran_dry_after_its_buffers_came_back_goes_on() {
+        std::thread::spawn(|| {
+            let mut reactor = UringReactor::new(UringOptions::default()).unwrap();
+            let (a, mut peer) = UnixStream::pair().unwrap();
+            reactor.open(OwnedFd::from(a), Token(1), SocketOptions::default()).unwrap();
+            let writer = std::thread::spawn(move || {
+                let chunk = [0u8; 64 * 1024];
+                while peer.write_all(&chunk).is_ok() {}
+            });
+            let mut held = Vec::new();
+            let mut dry = None;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while dry.is_none() {
+                assert!(Instant::now() < deadline, "never ran dry: {} buffers held", held.len());
+                reactor.prepare();
+                reactor.submit(Some(Duration::from_millis(1))).unwrap();
+                let cqes: Vec<(u64, i32, u32)> = reactor
+                    .ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags()))
+                    .collect();
+                for (data, result, flags) in cqes {
+                    if split(data).1 == OP_RECV && result == -ENOBUFS {
+                        dry = Some((data, result, flags));
+                    } else {
+                        reactor.complete(data, result, flags);
+                    }
+                }
+                while let Some(c) = reactor.next() {
+                    if let Completion::Received { buf, .. } = c {
+                        held.push(buf);
+                    }
+                }
+            }
+            for buf in held {
+                reactor.recycle(buf);
+            }
+            let (data, result, flags) = dry.unwrap();
+            reactor.complete(data, result, flags);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            'more: loop {
+                assert!(Instant::now() < deadline, "the receive never resumed");
+                reactor.poll(Duration::from_millis(1)).unwrap();
+                while let Some(c) = reactor.next() {
+                    if let Completion::Received { buf, .. } = c {
+                        reactor.recycle(buf);
+                        break 'more;
+                    }
+                }
+            }
+            reactor.close(Token(1));
+            while reactor.inflight > 0 {
+                reactor.poll(Duration::from_millis(1)).unwrap();
+                while reactor.next().is_some() {}
+            }
+            writer.join().unwrap();
         })
         .join()
         .unwrap();
