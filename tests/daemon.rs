@@ -22,10 +22,23 @@ impl Daemon {
     /// Starts `corelane run` with its own runtime directory and `env` overrides, and waits
     /// until it answers a ping.
     fn start(name: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_with(name, env, None)
+    }
+
+    /// [`start`](Self::start), with the daemon's descriptor limit lowered to `nofile` if given
+    /// (through the shell's `ulimit`, so nothing else in this process changes).
+    fn start_with(name: &str, env: &[(&str, &str)], nofile: Option<u32>) -> Daemon {
         let dir = std::env::temp_dir().join(format!("corelane-it-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match nofile {
+            None => Command::new(BIN),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), BIN]);
+                sh
+            }
+        };
         cmd.arg("run")
             .env("XDG_RUNTIME_DIR", &dir)
             .env("CORELANE_METRICS_LISTEN", "")
@@ -496,4 +509,59 @@ fn a_failed_start_leaves_nothing_behind_and_stale_temporaries_are_swept() {
     assert!(!rt.join("counters").exists());
     assert!(!stale.exists(), "the stale temporary was swept under the lock");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_control_socket_survives_running_out_of_descriptors() {
+    for reactor in reactors() {
+        let env = [("CORELANE_RUNTIME_REACTOR", reactor)];
+        let daemon = Daemon::start_with(&format!("emfile-{reactor}"), &env, Some(48));
+        // More connections than the daemon has descriptors: the last ones wait in the
+        // listener's backlog while its accepts fail with EMFILE.
+        let mut held: Vec<UnixStream> =
+            (0..80).map(|_| UnixStream::connect(daemon.socket()).unwrap()).collect();
+        let mut last = held.pop().unwrap();
+        last.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        last.write_all(&frame(corelane::control::MSG_PING, &[])).unwrap();
+        let mut reply = [0u8; 24];
+        assert!(
+            last.read_exact(&mut reply).is_err(),
+            "{reactor}: the 80th connection was answered"
+        );
+        // Descriptors come back: the daemon accepts again, the waiting client included.
+        held.clear();
+        last.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        last.read_exact(&mut reply).unwrap_or_else(|e| {
+            panic!("{reactor}: the waiting connection was never answered: {e}")
+        });
+        let mut fresh = daemon.client();
+        fresh.ping().unwrap_or_else(|e| panic!("{reactor}: a new client after EMFILE: {e}"));
+        let (status, err, _) = daemon.terminate();
+        assert!(status.success(), "{reactor}: {err}");
+        let lines = err.lines().filter(|l| l.contains("accept")).count();
+        assert!(lines <= 4, "{reactor}: accept errors are logged once per burst, got:\n{err}");
+    }
+}
+
+#[test]
+fn the_io_uring_switches_each_run_a_working_daemon() {
+    if !reactors().contains(&"io_uring") {
+        return;
+    }
+    for (defer, skip) in [("true", "false"), ("false", "true"), ("true", "true")] {
+        let env = [
+            ("CORELANE_RUNTIME_REACTOR", "io_uring"),
+            ("CORELANE_RUNTIME_URING_DEFER_TASKRUN", defer),
+            ("CORELANE_RUNTIME_URING_SKIP_SEND_CQE", skip),
+        ];
+        let daemon = Daemon::start(&format!("switch-{defer}-{skip}"), &env);
+        let mut client = daemon.client();
+        for _ in 0..100 {
+            client.ping().unwrap();
+        }
+        let status = client.status().unwrap();
+        assert_eq!(status.reactor, "io_uring", "defer {defer}, skip {skip}");
+        let (status, err, _) = daemon.terminate();
+        assert!(status.success(), "defer {defer}, skip {skip}: {err}");
+    }
 }

@@ -8,15 +8,23 @@ use std::time::{Duration, Instant};
 
 use corelane::rings::spsc;
 use corelane::runtime::{
-    Agent, Completion, Ctx, IdleStrategy, LaneSpec, ReactorChoice, ReactorKind, Runtime,
-    RuntimeError,
+    Agent, Completion, Ctx, IdleStrategy, LaneSpec, ReactorChoice, ReactorConfig, ReactorKind,
+    Runtime, RuntimeError, UringOptions,
 };
 
-/// Every backend that can run here; a missing one is said out loud, not silently skipped.
-fn backends() -> Vec<ReactorChoice> {
-    let mut out = vec![ReactorChoice::Poll];
+/// Every backend that can run here, io_uring once with each option on, with a short name; a
+/// missing one is said out loud, not silently skipped.
+fn backends() -> Vec<(String, ReactorConfig)> {
+    let mut out = vec![("poll".to_owned(), ReactorConfig::from(ReactorChoice::Poll))];
     match corelane::runtime::Reactor::probe(ReactorChoice::IoUring) {
-        Ok(_) => out.push(ReactorChoice::IoUring),
+        Ok(_) => {
+            let uring = |uring| ReactorConfig { choice: ReactorChoice::IoUring, uring };
+            let defer = UringOptions { defer_taskrun: true, ..UringOptions::default() };
+            let skip = UringOptions { skip_send_cqe: true, ..UringOptions::default() };
+            out.push(("io_uring".to_owned(), uring(UringOptions::default())));
+            out.push(("io_uring+defer".to_owned(), uring(defer)));
+            out.push(("io_uring+skip".to_owned(), uring(skip)));
+        }
         Err(e) => eprintln!("SKIPPING the io_uring backend in this test: {e}"),
     }
     out
@@ -73,7 +81,7 @@ impl Agent for Ingest {
                 self.partial.remove(&Ctx::local(token));
                 ctx.reactor().close(token);
             }
-            Completion::Sent { .. } => {}
+            _ => {}
         }
     }
 
@@ -109,7 +117,7 @@ impl Agent for Ledger {
 
 fn ingest_runtime(
     dir: &Path,
-    choice: ReactorChoice,
+    config: ReactorConfig,
 ) -> (Runtime, PathBuf, std::sync::Arc<std::sync::atomic::AtomicU64>) {
     let path = dir.join("ingest.sock");
     let listener = UnixListener::bind(&path).unwrap();
@@ -135,16 +143,19 @@ fn ingest_runtime(
             agents: vec![Box::new(Ledger { from: rx, total: total.clone() })],
         },
     ];
-    (Runtime::start(lanes, choice).unwrap(), path, total)
+    (Runtime::start(lanes, config).unwrap(), path, total)
 }
 
 #[test]
 fn many_clients_many_records_per_receive_forwarded_across_lanes() {
-    for choice in backends() {
-        let dir = temp_dir(&format!("ingest-{choice:?}"));
-        let (runtime, path, total) = ingest_runtime(&dir, choice);
-        let expected_kind =
-            if choice == ReactorChoice::IoUring { ReactorKind::IoUring } else { ReactorKind::Poll };
+    for (choice, config) in backends() {
+        let dir = temp_dir(&format!("ingest-{choice}"));
+        let (runtime, path, total) = ingest_runtime(&dir, config);
+        let expected_kind = if config.choice == ReactorChoice::IoUring {
+            ReactorKind::IoUring
+        } else {
+            ReactorKind::Poll
+        };
         assert_eq!(runtime.reactor(), expected_kind);
 
         let clients: Vec<_> = (0..8u64)
@@ -180,7 +191,7 @@ fn many_clients_many_records_per_receive_forwarded_across_lanes() {
         {
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert_eq!(total.load(std::sync::atomic::Ordering::Relaxed), want, "{choice:?}");
+        assert_eq!(total.load(std::sync::atomic::Ordering::Relaxed), want, "{choice}");
 
         let stats = runtime.stats();
         assert_eq!(stats.len(), 2);
@@ -227,15 +238,15 @@ fn a_peer_that_never_reads_costs_only_its_own_queue() {
                 Completion::Closed { token } | Completion::Failed { token, .. } => {
                     ctx.reactor().close(token)
                 }
-                Completion::Sent { .. } => {}
+                _ => {}
             }
         }
         fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
             0
         }
     }
-    for choice in backends() {
-        let dir = temp_dir(&format!("flood-{choice:?}"));
+    for (choice, config) in backends() {
+        let dir = temp_dir(&format!("flood-{choice}"));
         let path = dir.join("flood.sock");
         let pending_seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let lane = LaneSpec {
@@ -248,7 +259,7 @@ fn a_peer_that_never_reads_costs_only_its_own_queue() {
                 pending_seen: pending_seen.clone(),
             })],
         };
-        let runtime = Runtime::start(vec![lane], choice).unwrap();
+        let runtime = Runtime::start(vec![lane], config).unwrap();
         let mut stuck = UnixStream::connect(&path).unwrap();
         stuck.write_all(&[1; 64]).unwrap(); // asks for 4 MiB, never reads
         let mut good = UnixStream::connect(&path).unwrap();
@@ -260,11 +271,8 @@ fn a_peer_that_never_reads_costs_only_its_own_queue() {
             assert!(got.iter().all(|&b| b == 7));
         }
         let seen = pending_seen.load(std::sync::atomic::Ordering::Relaxed);
-        assert!(
-            seen >= 1 << 19,
-            "{choice:?}: the stuck peer's queue should have grown, saw {seen}"
-        );
-        assert!(seen < (1 << 20) + 64 * 1024, "{choice:?}: queue bounded by the agent, saw {seen}");
+        assert!(seen >= 1 << 19, "{choice}: the stuck peer's queue should have grown, saw {seen}");
+        assert!(seen < (1 << 20) + 64 * 1024, "{choice}: queue bounded by the agent, saw {seen}");
         drop(stuck);
         runtime.shutdown();
         runtime.join();

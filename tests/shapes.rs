@@ -1,9 +1,9 @@
 //! Service shapes the later issues build on, each a small agent run on every reactor backend
 //! this kernel offers. They are meant to be read as examples of how to use the runtime:
 //!
-//! - the tensor-pool driver: leases with deadlines checked against `ctx.now` in `do_work` (no
-//!   reactor timers), keepalives, periodic announces to every subscriber, and revocation that
-//!   closes a connection only once its last message is on the wire;
+//! - the tensor-pool driver: leases and announces on lane timers (one timer per lease, re-armed
+//!   by each keepalive; one for the announce period), announces to every subscriber, and
+//!   revocation that closes a connection only once its last message is on the wire;
 //! - the frame worker: length-prefixed frames of up to 512 KiB reassembled from many receive
 //!   chunks, checked by a detector on another lane over two SPSC links, with per-connection
 //!   credit as backpressure and the results routed back to the right connection in order.
@@ -19,22 +19,30 @@ use std::time::{Duration, Instant};
 
 use corelane::rings::spsc;
 use corelane::runtime::{
-    Agent, Completion, Ctx, IdleStrategy, LaneSpec, ReactorChoice, ReactorKind, Runtime,
+    Agent, Completion, Ctx, IdleStrategy, LaneSpec, ReactorChoice, ReactorConfig, ReactorKind,
+    Runtime, UringOptions,
 };
 
-/// Every backend that can run here; a missing one is said out loud, not silently skipped.
-/// (`Reactor::probe` checks on a throwaway thread: see its docs for why.)
-fn backends() -> Vec<ReactorChoice> {
-    let mut out = vec![ReactorChoice::Poll];
+/// Every backend that can run here, io_uring once with each option on, with a short name; a
+/// missing one is said out loud, not silently skipped.
+fn backends() -> Vec<(String, ReactorConfig)> {
+    let mut out = vec![("poll".to_owned(), ReactorConfig::from(ReactorChoice::Poll))];
     match corelane::runtime::Reactor::probe(ReactorChoice::IoUring) {
-        Ok(_) => out.push(ReactorChoice::IoUring),
+        Ok(_) => {
+            let uring = |uring| ReactorConfig { choice: ReactorChoice::IoUring, uring };
+            let defer = UringOptions { defer_taskrun: true, ..UringOptions::default() };
+            let skip = UringOptions { skip_send_cqe: true, ..UringOptions::default() };
+            out.push(("io_uring".to_owned(), uring(UringOptions::default())));
+            out.push(("io_uring+defer".to_owned(), uring(defer)));
+            out.push(("io_uring+skip".to_owned(), uring(skip)));
+        }
         Err(e) => eprintln!("SKIPPING the io_uring backend in this test: {e}"),
     }
     out
 }
 
-fn expected_kind(choice: ReactorChoice) -> ReactorKind {
-    if choice == ReactorChoice::IoUring {
+fn expected_kind(config: ReactorConfig) -> ReactorKind {
+    if config.choice == ReactorChoice::IoUring {
         ReactorKind::IoUring
     } else {
         ReactorKind::Poll
@@ -62,7 +70,8 @@ impl Drop for TempDir {
 }
 
 /// A lane that backs off to parks of at most `max_park`: the bound on how late a deadline
-/// checked in `do_work` is noticed when nothing else happens.
+/// checked in `do_work` is noticed when nothing else happens (a lane timer is on time anyway:
+/// the park ends at the next deadline).
 fn lane(name: &str, agent: Box<dyn Agent>) -> LaneSpec {
     LaneSpec {
         name: name.into(),
@@ -92,14 +101,18 @@ const REVOKED: u8 = b'R';
 
 /// What the driver knows about an attached connection.
 enum Lease {
-    /// Held until `expires` unless extended.
-    Held { expires: Instant },
+    /// Held until the connection's lease timer fires; each keepalive re-arms it.
+    Held,
     /// `R` is queued; the connection is closed once its queue is empty.
     Revoking,
 }
 
-/// The driver: every deadline (lease expiry, next announce) is an `Instant` compared with
-/// `ctx.now` in `do_work`, which the lane calls every pass.
+/// The timer of the announce period. A lease's timer has its connection's id: timers have ids
+/// of their own, and connections start at 1.
+const ANNOUNCE_TIMER: u64 = 0;
+
+/// The driver: every deadline is a lane timer, so the lane parks until the next one and
+/// `do_work` has nothing to scan.
 struct PoolDriver {
     path: PathBuf,
     listener: Option<UnixListener>,
@@ -107,20 +120,27 @@ struct PoolDriver {
     /// By connection-local token; a BTreeMap so announces go out in a stable order.
     leases: BTreeMap<u64, Lease>,
     announces: u64,
-    next_announce: Instant,
 }
 
 impl PoolDriver {
     fn new(path: PathBuf) -> Self {
         let listener = UnixListener::bind(&path).unwrap();
-        Self {
-            path,
-            listener: Some(listener),
-            next_conn: 0,
-            leases: BTreeMap::new(),
-            announces: 0,
-            next_announce: Instant::now(),
+        Self { path, listener: Some(listener), next_conn: 0, leases: BTreeMap::new(), announces: 0 }
+    }
+
+    /// Announces to every lease holder, and arms the next announce.
+    fn announce(&mut self, ctx: &mut Ctx<'_>) {
+        self.announces += 1;
+        let mut message = [ANNOUNCE; 9];
+        message[1..].copy_from_slice(&self.announces.to_le_bytes());
+        for (&local, lease) in &self.leases {
+            if let Lease::Held = lease {
+                let _ = ctx.send(local, &message);
+            }
         }
+        // Periods are measured from when the announce went out, so a late lane does not burst
+        // to catch up.
+        ctx.timer(ctx.now + ANNOUNCE_EVERY, ANNOUNCE_TIMER).unwrap();
     }
 }
 
@@ -130,7 +150,7 @@ impl Agent for PoolDriver {
     }
 
     fn on_start(&mut self, ctx: &mut Ctx<'_>) -> std::io::Result<()> {
-        self.next_announce = ctx.now + ANNOUNCE_EVERY;
+        ctx.timer(ctx.now + ANNOUNCE_EVERY, ANNOUNCE_TIMER)?;
         ctx.listen(0, self.listener.take().expect("started once"))
     }
 
@@ -138,25 +158,38 @@ impl Agent for PoolDriver {
         match completion {
             Completion::Accepted { fd, .. } => {
                 self.next_conn += 1;
-                let token = ctx.token(self.next_conn);
                 // A connection is not attached until it says `A`. If it cannot be registered,
                 // the fd was consumed and is closed: the connection is refused.
-                let _ = ctx.reactor().open(fd, token);
+                let _ = ctx.open(self.next_conn, fd);
             }
             Completion::Received { token, buf } => {
                 let now = ctx.now;
                 let local = Ctx::local(token);
+                let mut extend = false;
                 for &byte in ctx.reactor().data(&buf) {
-                    match (byte, self.leases.get_mut(&local)) {
+                    match (byte, self.leases.get(&local)) {
                         (ATTACH, None) => {
-                            self.leases.insert(local, Lease::Held { expires: now + LEASE });
+                            self.leases.insert(local, Lease::Held);
+                            extend = true;
                         }
-                        (ATTACH | KEEPALIVE, Some(Lease::Held { expires })) => {
-                            *expires = now + LEASE;
-                        }
+                        (ATTACH | KEEPALIVE, Some(Lease::Held)) => extend = true,
                         // Too late (revoking), not attached, or not a request: ignored.
                         _ => {}
                     }
+                }
+                if extend {
+                    // Re-arming replaces the lease's deadline.
+                    ctx.timer(now + LEASE, local).unwrap();
+                }
+            }
+            Completion::Timer { token } if Ctx::local(token) == ANNOUNCE_TIMER => {
+                self.announce(ctx);
+            }
+            Completion::Timer { token } => {
+                let local = Ctx::local(token);
+                if let Some(lease @ Lease::Held) = self.leases.get_mut(&local) {
+                    *lease = Lease::Revoking;
+                    let _ = ctx.send(local, &[REVOKED]);
                 }
             }
             Completion::Sent { token, .. } => {
@@ -164,47 +197,24 @@ impl Agent for PoolDriver {
                 // Close a revoked connection only once `R` has been written: closing earlier
                 // would drop the queued bytes.
                 if matches!(self.leases.get(&local), Some(Lease::Revoking))
-                    && ctx.reactor().pending(token) == 0
+                    && ctx.pending(local) == 0
                 {
                     self.leases.remove(&local);
-                    ctx.reactor().close(token);
+                    ctx.close(local);
                 }
             }
             Completion::Closed { token } | Completion::Failed { token, .. } => {
-                self.leases.remove(&Ctx::local(token));
-                ctx.reactor().close(token);
+                let local = Ctx::local(token);
+                self.leases.remove(&local);
+                ctx.cancel_timer(local);
+                ctx.close(local);
             }
+            _ => {}
         }
     }
 
-    fn do_work(&mut self, ctx: &mut Ctx<'_>) -> usize {
-        let now = ctx.now;
-        let mut work = 0;
-        // Expiry first, so a revoked client gets no announce after its `R`.
-        for (&local, lease) in &mut self.leases {
-            if matches!(lease, Lease::Held { expires } if *expires <= now) {
-                *lease = Lease::Revoking;
-                let token = ctx.token(local);
-                let _ = ctx.reactor().send(token, &[REVOKED]);
-                work += 1;
-            }
-        }
-        if now >= self.next_announce {
-            self.announces += 1;
-            // Periods are measured from when the announce went out, so a late lane does not
-            // burst to catch up.
-            self.next_announce = now + ANNOUNCE_EVERY;
-            let mut message = [ANNOUNCE; 9];
-            message[1..].copy_from_slice(&self.announces.to_le_bytes());
-            for (&local, lease) in &self.leases {
-                if let Lease::Held { .. } = lease {
-                    let token = ctx.token(local);
-                    let _ = ctx.reactor().send(token, &message);
-                }
-            }
-            work += 1;
-        }
-        work
+    fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+        0
     }
 
     fn on_close(&mut self, _ctx: &mut Ctx<'_>) {
@@ -245,13 +255,13 @@ fn expect_announce(stream: &mut UnixStream, who: &str) -> u64 {
 
 #[test]
 fn timers_expire_leases_and_announces_reach_subscribers() {
-    for choice in backends() {
-        let dir = TempDir::new(&format!("pool-{choice:?}"));
+    for (choice, config) in backends() {
+        let dir = TempDir::new(&format!("pool-{choice}"));
         let path = dir.0.join("pool.sock");
         let runtime =
-            Runtime::start(vec![lane("pool", Box::new(PoolDriver::new(path.clone())))], choice)
+            Runtime::start(vec![lane("pool", Box::new(PoolDriver::new(path.clone())))], config)
                 .unwrap();
-        assert_eq!(runtime.reactor(), expected_kind(choice));
+        assert_eq!(runtime.reactor(), expected_kind(config));
 
         // Client 1 attaches and keeps its lease alive: a keepalive every announce period.
         let attached_1 = Instant::now();
@@ -273,10 +283,10 @@ fn timers_expire_leases_and_announces_reach_subscribers() {
         let first: Vec<u64> = (0..5).map(|_| expect_announce(&mut client_1, "client 1")).collect();
         assert!(
             first.windows(2).all(|w| w[1] == w[0] + 1),
-            "{choice:?}: a lease holder gets every announce, in order: {first:?}"
+            "{choice}: a lease holder gets every announce, in order: {first:?}"
         );
         // The first announce went out after the attach; the fifth at least 4 periods later.
-        assert!(attached_1.elapsed() >= 4 * ANNOUNCE_EVERY, "{choice:?}");
+        assert!(attached_1.elapsed() >= 4 * ANNOUNCE_EVERY, "{choice}");
 
         // Client 2 attaches and goes quiet. Its clock starts before connecting: the driver
         // sees the `A` in a pass that started after the accept, so its lease ends no earlier
@@ -290,14 +300,14 @@ fn timers_expire_leases_and_announces_reach_subscribers() {
             match read_from_driver(&mut client_2) {
                 FromDriver::Announce(counter) => announces_2.push(counter),
                 FromDriver::Revoked => break,
-                FromDriver::Eof => panic!("{choice:?}: client 2 closed before `R`"),
+                FromDriver::Eof => panic!("{choice}: client 2 closed before `R`"),
             }
         }
         let revoked_after = attached_2.elapsed();
-        assert!(revoked_after >= LEASE, "{choice:?}: revoked after {revoked_after:?}");
-        assert!(!announces_2.is_empty(), "{choice:?}: client 2 got announces while attached");
-        assert!(announces_2.windows(2).all(|w| w[1] == w[0] + 1), "{choice:?}: {announces_2:?}");
-        assert_eq!(read_from_driver(&mut client_2), FromDriver::Eof, "{choice:?}");
+        assert!(revoked_after >= LEASE, "{choice}: revoked after {revoked_after:?}");
+        assert!(!announces_2.is_empty(), "{choice}: client 2 got announces while attached");
+        assert!(announces_2.windows(2).all(|w| w[1] == w[0] + 1), "{choice}: {announces_2:?}");
+        assert_eq!(read_from_driver(&mut client_2), FromDriver::Eof, "{choice}");
 
         // Client 1 is still served, after client 2's revocation and past several lease
         // lengths of its own, thanks to its keepalives.
@@ -305,27 +315,27 @@ fn timers_expire_leases_and_announces_reach_subscribers() {
         let mut more = 0;
         while more < 3 || attached_1.elapsed() < 3 * LEASE {
             let counter = expect_announce(&mut client_1, "client 1 (keeping alive)");
-            assert_eq!(counter, last + 1, "{choice:?}: announces to client 1 skip none");
+            assert_eq!(counter, last + 1, "{choice}: announces to client 1 skip none");
             last = counter;
             more += 1;
         }
-        assert!(announces_2.iter().all(|&c| c <= last), "{choice:?}");
+        assert!(announces_2.iter().all(|&c| c <= last), "{choice}");
 
         // Once its keepalives stop, client 1 is revoked too.
         stop.store(true, Ordering::Relaxed);
         keepalive.join().unwrap();
         loop {
             match read_from_driver(&mut client_1) {
-                FromDriver::Announce(counter) => assert!(counter > last, "{choice:?}"),
+                FromDriver::Announce(counter) => assert!(counter > last, "{choice}"),
                 FromDriver::Revoked => break,
-                FromDriver::Eof => panic!("{choice:?}: client 1 closed before `R`"),
+                FromDriver::Eof => panic!("{choice}: client 1 closed before `R`"),
             }
         }
-        assert_eq!(read_from_driver(&mut client_1), FromDriver::Eof, "{choice:?}");
+        assert_eq!(read_from_driver(&mut client_1), FromDriver::Eof, "{choice}");
 
         runtime.shutdown();
         runtime.join();
-        assert!(!path.exists(), "{choice:?}: on_close unlinked the socket");
+        assert!(!path.exists(), "{choice}: on_close unlinked the socket");
     }
 }
 
@@ -434,7 +444,7 @@ impl Agent for FrameIo {
         match completion {
             Completion::Accepted { fd, .. } => {
                 self.next_conn += 1;
-                let token = ctx.token(self.next_conn);
+                let token = ctx.token(self.next_conn).unwrap();
                 if ctx.reactor().open(fd, token).is_ok() {
                     let conn = Conn { bytes: Vec::new(), next_frame: 0, in_flight: 0 };
                     self.conns.insert(self.next_conn, conn);
@@ -456,7 +466,7 @@ impl Agent for FrameIo {
                 self.conns.remove(&Ctx::local(token));
                 ctx.reactor().close(token);
             }
-            Completion::Sent { .. } => {}
+            _ => {}
         }
     }
 
@@ -469,7 +479,7 @@ impl Agent for FrameIo {
             reply[..8].copy_from_slice(&verdict.frame.to_le_bytes());
             reply[8..].copy_from_slice(&verdict.detected.to_le_bytes());
             // Every connection in `conns` is registered with the reactor.
-            let token = ctx.token(verdict.conn);
+            let token = ctx.token(verdict.conn).unwrap();
             ctx.reactor().send(token, &reply).unwrap();
             conn.in_flight -= 1;
             // The credit just returned may let a waiting frame go (frames already checked
@@ -595,7 +605,7 @@ fn frame_client(addr: std::net::SocketAddr, client: u64, writes: Writes) -> usiz
 
 #[test]
 fn large_tcp_frames_round_trip_through_a_detector_lane() {
-    for choice in backends() {
+    for (choice, config) in backends() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (job_tx, job_rx) = spsc::channel(64);
@@ -612,10 +622,10 @@ fn large_tcp_frames_round_trip_through_a_detector_lane() {
         let detector = Detector { jobs: job_rx, verdicts: verdict_tx, held: None };
         let runtime = Runtime::start(
             vec![lane("io", Box::new(io)), lane("detector", Box::new(detector))],
-            choice,
+            config,
         )
         .unwrap();
-        assert_eq!(runtime.reactor(), expected_kind(choice));
+        assert_eq!(runtime.reactor(), expected_kind(config));
 
         let clients: Vec<_> = [Writes::OneGo, Writes::PerFrame, Writes::SmallPieces]
             .into_iter()
@@ -627,20 +637,20 @@ fn large_tcp_frames_round_trip_through_a_detector_lane() {
         let receives = stats.receives.load(Ordering::Relaxed);
         assert!(
             receives > 30,
-            "{choice:?}: {bytes} bytes of 30 frames came in {receives} receives, expected many"
+            "{choice}: {bytes} bytes of 30 frames came in {receives} receives, expected many"
         );
         assert_eq!(
             stats.max_in_flight.load(Ordering::Relaxed),
             u64::from(CREDIT),
-            "{choice:?}: credit bounds the frames at the detector"
+            "{choice}: credit bounds the frames at the detector"
         );
         assert!(
             stats.held_back.load(Ordering::Relaxed) > 0,
-            "{choice:?}: client 0's third tiny frame waited for credit"
+            "{choice}: client 0's third tiny frame waited for credit"
         );
-        assert_eq!(stats.bad_frames.load(Ordering::Relaxed), 0, "{choice:?}");
+        assert_eq!(stats.bad_frames.load(Ordering::Relaxed), 0, "{choice}");
         eprintln!(
-            "{choice:?}: {bytes} bytes in {receives} receives, held back {} times",
+            "{choice}: {bytes} bytes in {receives} receives, held back {} times",
             stats.held_back.load(Ordering::Relaxed)
         );
         runtime.shutdown();

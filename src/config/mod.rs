@@ -83,6 +83,12 @@ pub struct RuntimeConfig {
     /// `shutdown_timeout_ms`: how long lanes get to finish after SIGINT/SIGTERM, in
     /// milliseconds, `0..=600000`; 0 exits without waiting. Default 100.
     pub shutdown_timeout_ms: u64,
+    /// `uring_defer_taskrun`: set up io_uring rings with `IORING_SETUP_DEFER_TASKRUN`
+    /// ([`crate::runtime::UringOptions::defer_taskrun`]). Default false.
+    pub uring_defer_taskrun: bool,
+    /// `uring_skip_send_cqe`: mark chained sends `IOSQE_CQE_SKIP_SUCCESS`
+    /// ([`crate::runtime::UringOptions::skip_send_cqe`]). Default false.
+    pub uring_skip_send_cqe: bool,
 }
 
 /// `runtime.reactor`: which event reactor drives the sockets.

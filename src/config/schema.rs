@@ -84,6 +84,8 @@ pub(super) const SECTIONS: &[SectionSpec] = &[
             key("dir", Kind::Str(StrRule::AbsPathOrEmpty)),
             key("reactor", Kind::OneOf(&["auto", "io_uring", "poll"])),
             key("shutdown_timeout_ms", uint(0, 600_000)),
+            key("uring_defer_taskrun", Kind::Bool),
+            key("uring_skip_send_cqe", Kind::Bool),
         ],
     },
     SectionSpec {

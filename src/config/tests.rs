@@ -51,6 +51,8 @@ fn embedded_default_loads_and_validates() {
             dir: String::new(),
             reactor: ReactorKind::Auto,
             shutdown_timeout_ms: 100,
+            uring_defer_taskrun: false,
+            uring_skip_send_cqe: false,
         },
         lanes: vec![LaneConfig {
             name: "main".into(),

@@ -26,6 +26,8 @@ pub struct ControlCounters {
     pub closed_by_daemon: Counter,
     /// Open connections (gauge).
     pub open: Counter,
+    /// Accepts of the control socket that failed (EMFILE and the like); the listener goes on.
+    pub accept_errors: Counter,
     /// Requests answered, by type: ping, status, config (indexed 0, 1, 2).
     pub requests: [Counter; 3],
     /// Errors answered, by wire error kind (same order as [`ERROR_KINDS`]).
@@ -178,13 +180,15 @@ impl Agent for ControlAgent {
             }
             Completion::Closed { token } | Completion::Failed { token, .. } => {
                 let id = Ctx::local(token);
-                if id == 0 {
-                    tracing::error!("control listener failed; no new connections accepted");
-                    ctx.close(0);
-                } else {
+                // The listener is never closed here: its accept errors are the reactor's to
+                // count and retry (see `do_work`); one error must not end the control socket.
+                if id != 0 {
                     self.drop_conn(ctx, id);
                 }
             }
+            Completion::Connected { .. }
+            | Completion::Readable { .. }
+            | Completion::Timer { .. } => {}
         }
     }
 
@@ -193,6 +197,9 @@ impl Agent for ControlAgent {
             return 0;
         }
         self.next_tick = ctx.now + TICK;
+        if let Ok(listener) = ctx.token(0) {
+            self.handler.counters.accept_errors.set(ctx.reactor().accept_errors(listener));
+        }
         let now = ctx.now;
         let mut expired = Vec::new();
         let mut lingering = Vec::new();

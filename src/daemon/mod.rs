@@ -28,8 +28,8 @@ use crate::metrics::{
     CounterKind, CounterSpec, CountersFile, MetricsError, MetricsServer, Registry,
 };
 use crate::runtime::{
-    Agent, Board, IdleStrategy, LaneSpec, ReactorChoice, ReactorKind, Runtime, RuntimeError,
-    Shutdown,
+    Agent, Board, IdleStrategy, LaneSpec, ReactorChoice, ReactorConfig, ReactorKind, Runtime,
+    RuntimeError, Shutdown, UringOptions,
 };
 use crate::wire::DecoderConfig;
 
@@ -214,7 +214,14 @@ impl Daemon {
             config::ReactorKind::IoUring => ReactorChoice::IoUring,
             config::ReactorKind::Poll => ReactorChoice::Poll,
         };
-        let runtime = match Runtime::start_with(specs, choice, shutdown.clone(), board) {
+        let reactor = ReactorConfig {
+            choice,
+            uring: UringOptions {
+                defer_taskrun: config.runtime.uring_defer_taskrun,
+                skip_send_cqe: config.runtime.uring_skip_send_cqe,
+            },
+        };
+        let runtime = match Runtime::start_with(specs, reactor, shutdown.clone(), board) {
             Ok(r) => r,
             Err(e) => {
                 let _ = socket.remove();
@@ -386,6 +393,7 @@ struct Ids {
     refused: crate::metrics::CounterId,
     closed: crate::metrics::CounterId,
     open: crate::metrics::CounterId,
+    accept_errors: crate::metrics::CounterId,
     requests: [crate::metrics::CounterId; 3],
     errors: Vec<crate::metrics::CounterId>,
     lanes: Vec<[crate::metrics::CounterId; 7]>,
@@ -407,6 +415,12 @@ impl Ids {
         let closed =
             c(r, "corelane_control_connections_total", &[("event", "closed_by_daemon")], CONN)?;
         let open = g(r, "corelane_control_connections_open", &[], "Control connections open now.")?;
+        let accept_errors = c(
+            r,
+            "corelane_control_accept_errors_total",
+            &[],
+            "Accepts of the control socket that failed (EMFILE, ...); accepting resumes.",
+        )?;
         const REQ: &str = "Control requests answered, by type.";
         let requests = [
             c(r, "corelane_control_requests_total", &[("type", "ping")], REQ)?,
@@ -468,7 +482,18 @@ impl Ids {
             g(r, "corelane_reactor", &[("kind", "io_uring")], REACTOR)?,
             g(r, "corelane_reactor", &[("kind", "poll")], REACTOR)?,
         ];
-        Ok(Self { accepted, refused, closed, open, requests, errors, lanes, uptime, reactor })
+        Ok(Self {
+            accepted,
+            refused,
+            closed,
+            open,
+            accept_errors,
+            requests,
+            errors,
+            lanes,
+            uptime,
+            reactor,
+        })
     }
 
     fn control(&self, f: &CountersFile) -> ControlCounters {
@@ -477,6 +502,7 @@ impl Ids {
             refused: f.counter(self.refused),
             closed_by_daemon: f.counter(self.closed),
             open: f.counter(self.open),
+            accept_errors: f.counter(self.accept_errors),
             requests: self.requests.map(|id| f.counter(id)),
             errors: self.errors.iter().map(|&id| f.counter(id)).collect(),
         }

@@ -13,7 +13,8 @@ pub enum IdleStrategy {
     /// `std::thread::yield_now`: lets other threads of the core run.
     Yield,
     /// Spin `spins` idle passes, then yield for `yields` more, then park: wait on the reactor
-    /// (woken by I/O) for at most `max_park`.
+    /// (woken by I/O), first for [`FIRST_PARK`] (or `max_park` if shorter), then twice as long
+    /// each idle pass, up to `max_park`. A pass with work starts over.
     Backoff {
         /// Idle passes that just spin.
         spins: u32,
@@ -48,6 +49,9 @@ impl IdleStrategy {
     }
 }
 
+/// The first park of [`IdleStrategy::Backoff`], doubled each idle pass up to its `max_park`.
+pub const FIRST_PARK: Duration = Duration::from_micros(50);
+
 /// The strategies' names, indexed by [`IdleStrategy::index`].
 pub(super) const NAMES: [&str; 4] = ["spin", "yield", "backoff", "sleep"];
 
@@ -69,23 +73,75 @@ impl Idler {
         self.idle_passes = 0;
     }
 
-    /// A pass did no work: idle one step.
-    pub(super) fn idle(&mut self, reactor: &mut Reactor) -> std::io::Result<()> {
-        self.idle_passes = self.idle_passes.saturating_add(1);
-        match self.strategy {
-            IdleStrategy::Spin => std::hint::spin_loop(),
-            IdleStrategy::Yield => std::thread::yield_now(),
-            IdleStrategy::Backoff { spins, yields, max_park } => {
-                if self.idle_passes <= spins {
-                    std::hint::spin_loop();
-                } else if self.idle_passes <= spins.saturating_add(yields) {
-                    std::thread::yield_now();
+    /// A pass did no work: idle one step. A park lasts no longer than `until`, the time to the
+    /// lane's next timer, if there is one.
+    pub(super) fn idle(
+        &mut self,
+        reactor: &mut Reactor,
+        until: Option<Duration>,
+    ) -> std::io::Result<()> {
+        match self.step() {
+            Step::Spin => std::hint::spin_loop(),
+            Step::Yield => std::thread::yield_now(),
+            Step::Park(timeout) => {
+                let timeout = until.map_or(timeout, |until| timeout.min(until));
+                if timeout.is_zero() {
+                    reactor.poll()?;
                 } else {
-                    reactor.park(max_park)?;
+                    reactor.park(timeout)?;
                 }
             }
-            IdleStrategy::Sleep(period) => reactor.park(period)?,
         }
         Ok(())
+    }
+
+    /// The next idle step.
+    pub(super) fn step(&mut self) -> Step {
+        self.idle_passes = self.idle_passes.saturating_add(1);
+        match self.strategy {
+            IdleStrategy::Spin => Step::Spin,
+            IdleStrategy::Yield => Step::Yield,
+            IdleStrategy::Backoff { spins, yields, max_park } => {
+                let busy = spins.saturating_add(yields);
+                if self.idle_passes <= spins {
+                    Step::Spin
+                } else if self.idle_passes <= busy {
+                    Step::Yield
+                } else {
+                    // The n-th park (from 0) lasts FIRST_PARK * 2^n, at most max_park.
+                    let n = (self.idle_passes - busy - 1).min(31);
+                    let park = FIRST_PARK.saturating_mul(1 << n);
+                    Step::Park(park.min(max_park))
+                }
+            }
+            IdleStrategy::Sleep(period) => Step::Park(period),
+        }
+    }
+}
+
+/// One idle step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    Spin,
+    Yield,
+    Park(Duration),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_parks_grow_up_to_max_park() {
+        let us = Duration::from_micros;
+        let strategy = IdleStrategy::Backoff { spins: 2, yields: 1, max_park: us(1000) };
+        let mut idler = Idler::new(strategy);
+        let steps: Vec<Step> = (0..10).map(|_| idler.step()).collect();
+        let park = |n| Step::Park(us(n));
+        let want = [Step::Spin, Step::Spin, Step::Yield, park(50), park(100), park(200), park(400)];
+        assert_eq!(steps[..7], want);
+        assert_eq!(steps[7..], [park(800), park(1000), park(1000)]);
+        idler.reset();
+        assert_eq!(idler.step(), Step::Spin, "work starts the backoff over");
     }
 }

@@ -9,8 +9,9 @@ use hdrhistogram::Histogram;
 
 use super::agent::{Agent, Ctx};
 use super::idle::{IdleStrategy, Idler, NAMES};
-use super::reactor::{Completion, Reactor, ReactorChoice, ReactorKind};
+use super::reactor::{Completion, Reactor, ReactorChoice, ReactorConfig, ReactorKind};
 use super::shutdown::Shutdown;
+use super::timer::Timers;
 
 /// How often a lane publishes its pass-duration quantiles to its [`LaneStats`].
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
@@ -204,7 +205,12 @@ impl Runtime {
     /// Starts every lane, each on its own (pinned) thread with its own reactor, and returns
     /// once all agents have started; if any lane fails to start, the others are stopped and
     /// the first error is returned.
-    pub fn start(specs: Vec<LaneSpec>, reactor: ReactorChoice) -> Result<Self, RuntimeError> {
+    ///
+    /// `reactor` is a [`ReactorChoice`], or a [`ReactorConfig`] with io_uring options.
+    pub fn start(
+        specs: Vec<LaneSpec>,
+        reactor: impl Into<ReactorConfig>,
+    ) -> Result<Self, RuntimeError> {
         Self::start_with(specs, reactor, Shutdown::new(), Board::new())
     }
 
@@ -212,10 +218,11 @@ impl Runtime {
     /// the [`Board`] its agents read status from (filled here; must be fresh).
     pub fn start_with(
         specs: Vec<LaneSpec>,
-        reactor: ReactorChoice,
+        reactor: impl Into<ReactorConfig>,
         shutdown: Shutdown,
         board: Arc<Board>,
     ) -> Result<Self, RuntimeError> {
+        let reactor = reactor.into();
         // Read the core list before pinning anything: once this thread is pinned it would
         // report only its own core.
         let available: Vec<usize> =
@@ -368,7 +375,7 @@ struct Lane {
     spec: LaneSpec,
     stats: Arc<LaneStats>,
     shutdown: Shutdown,
-    reactor: ReactorChoice,
+    reactor: ReactorConfig,
     board: Arc<Board>,
     inbox: crossbeam_channel::Receiver<LaneCommand>,
 }
@@ -389,7 +396,7 @@ impl Lane {
             Err(source) => {
                 let _ = ready.send(Err(RuntimeError::Reactor {
                     lane: name,
-                    choice: self.reactor,
+                    choice: self.reactor.choice,
                     source,
                 }));
                 return;
@@ -397,8 +404,14 @@ impl Lane {
         };
         // Before any agent can answer a status request.
         let _ = self.board.reactor.set(reactor.kind());
+        let mut timers = Timers::default();
         for (index, agent) in self.spec.agents.iter_mut().enumerate() {
-            let mut ctx = Ctx { now: Instant::now(), reactor: &mut reactor, agent: index as u8 };
+            let mut ctx = Ctx {
+                now: Instant::now(),
+                reactor: &mut reactor,
+                timers: &mut timers,
+                agent: index as u8,
+            };
             if let Err(source) = agent.on_start(&mut ctx) {
                 let agent = agent.name().to_owned();
                 let _ = ready.send(Err(RuntimeError::AgentStart { lane: name, agent, source }));
@@ -409,17 +422,27 @@ impl Lane {
         let _ = ready.send(Ok(()));
         drop(ready);
 
-        if let Err(e) = self.run_loop(&mut reactor) {
+        if let Err(e) = self.run_loop(&mut reactor, &mut timers) {
             tracing::error!(lane = %name, error = %e, "lane stopped on a reactor error");
         }
         for (index, agent) in self.spec.agents.iter_mut().enumerate() {
-            let mut ctx = Ctx { now: Instant::now(), reactor: &mut reactor, agent: index as u8 };
+            let mut ctx = Ctx {
+                now: Instant::now(),
+                reactor: &mut reactor,
+                timers: &mut timers,
+                agent: index as u8,
+            };
             agent.on_close(&mut ctx);
         }
+        // What on_close queued (last messages) goes to the kernel before the reactor drops.
+        let _ = reactor.flush();
         tracing::info!(lane = %name, "lane stopped");
     }
 
-    fn run_loop(&mut self, reactor: &mut Reactor) -> std::io::Result<()> {
+    /// The pass: poll the reactor; hand out its completions, then the timers that are due;
+    /// run every agent; hand the pass's output to the kernel (one submission); idle if nothing
+    /// was done, parking no longer than until the next timer.
+    fn run_loop(&mut self, reactor: &mut Reactor, timers: &mut Timers) -> std::io::Result<()> {
         let mut idler = Idler::new(self.spec.idle);
         let mut passes = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
             .expect("constant histogram bounds are valid");
@@ -436,12 +459,20 @@ impl Lane {
             let mut work = 0usize;
             while let Some(completion) = reactor.next_completion() {
                 work += 1;
-                self.dispatch(reactor, start, completion);
+                self.dispatch(reactor, timers, start, completion);
+            }
+            // Bounded by the timers armed now: a handler that re-arms for a past deadline
+            // fires again next pass, not in an endless loop.
+            for _ in 0..timers.len() {
+                let Some(token) = timers.pop_expired(start) else { break };
+                work += 1;
+                self.dispatch(reactor, timers, start, Completion::Timer { token });
             }
             for (index, agent) in self.spec.agents.iter_mut().enumerate() {
-                let mut ctx = Ctx { now: start, reactor, agent: index as u8 };
+                let mut ctx = Ctx { now: start, reactor, timers, agent: index as u8 };
                 work += agent.do_work(&mut ctx);
             }
+            reactor.flush()?;
             now = Instant::now();
             let pass_ns = (now - start).as_nanos() as u64;
             passes.saturating_record(pass_ns.max(1));
@@ -449,7 +480,7 @@ impl Lane {
             pass_count += 1;
             work_total += work as u64;
             if work == 0 {
-                idler.idle(reactor)?;
+                idler.idle(reactor, timers.until_next(now))?;
                 let after = Instant::now();
                 idle_total += (after - now).as_nanos() as u64;
                 now = after;
@@ -481,7 +512,13 @@ impl Lane {
         }
     }
 
-    fn dispatch(&mut self, reactor: &mut Reactor, now: Instant, completion: Completion) {
+    fn dispatch(
+        &mut self,
+        reactor: &mut Reactor,
+        timers: &mut Timers,
+        now: Instant,
+        completion: Completion,
+    ) {
         let owner = Ctx::owner(completion.token());
         let buf = match &completion {
             Completion::Received { buf, .. } => Some(*buf),
@@ -489,7 +526,7 @@ impl Lane {
         };
         match self.spec.agents.get_mut(owner) {
             Some(agent) => {
-                let mut ctx = Ctx { now, reactor, agent: owner as u8 };
+                let mut ctx = Ctx { now, reactor, timers, agent: owner as u8 };
                 agent.on_completion(&mut ctx, completion);
             }
             None => tracing::warn!(token = ?completion.token(), "completion for no agent"),

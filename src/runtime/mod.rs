@@ -2,10 +2,15 @@
 //! reactor each lane polls, and shutdown.
 //!
 //! A lane never blocks on one socket or one queue: each pass it polls its reactor (non-blocking),
-//! hands completions to the agents that own them, and calls every agent's
-//! [`Agent::do_work`]. A pass that did no work idles with the lane's [`IdleStrategy`], whose
-//! parking step waits on the reactor with a bounded timeout, so I/O wakes the lane at once and
-//! a shutdown request is seen within that bound.
+//! hands completions to the agents that own them, fires the timers that are due, calls every
+//! agent's [`Agent::do_work`], and hands the output of the pass to the kernel in one
+//! submission. A pass that did no work idles with the lane's [`IdleStrategy`], whose parking
+//! step waits on the reactor with a bounded timeout (never past the lane's next timer), so I/O
+//! wakes the lane at once, timers fire on time, and a shutdown request is seen within that
+//! bound.
+//!
+//! Agents name what they register and the timers they arm with ids of their own (see [`Ctx`]);
+//! the reactor ([`reactor`]) and the timers ([`Ctx::timer`]) report back as [`Completion`]s.
 //!
 //! ```no_run
 //! use corelane::runtime::{Agent, Ctx, IdleStrategy, LaneSpec, Runtime};
@@ -30,9 +35,13 @@ mod idle;
 mod lane;
 pub mod reactor;
 mod shutdown;
+mod timer;
 
-pub use agent::{Agent, Ctx};
-pub use idle::IdleStrategy;
+pub use agent::{Agent, Ctx, LOCAL_LIMIT};
+pub use idle::{IdleStrategy, FIRST_PARK};
 pub use lane::{Board, LaneCommand, LaneSpec, LaneStats, LaneStatsSnapshot, Runtime, RuntimeError};
-pub use reactor::{Completion, Reactor, ReactorChoice, ReactorKind, Token};
+pub use reactor::{
+    Completion, ConnectAddr, Incoming, PeerCred, Reactor, ReactorChoice, ReactorConfig,
+    ReactorKind, RecvBuf, SocketOptions, Token, UringOptions,
+};
 pub use shutdown::Shutdown;

@@ -36,6 +36,10 @@ const HELP: &str = "\
       corelane-poll      the same with the poll (epoll) reactor
       corelane-busy-poll the io_uring daemon with a client that spins on its non-blocking
                          socket instead of sleeping in read (ClientBuilder::busy_poll)
+      corelane-defer     `corelane` with runtime.uring_defer_taskrun = true
+                         (IORING_SETUP_DEFER_TASKRUN): the other side of that A/B switch
+      corelane-skip-cqe  `corelane` with runtime.uring_skip_send_cqe = true
+                         (IOSQE_CQE_SKIP_SUCCESS on chained sends)
       unix-echo          a std UnixStream server thread pinned to cpu B that reads the same
                          request bytes and writes the same number of response bytes back with
                          blocking read/write: what a plain socket server costs
@@ -58,14 +62,18 @@ enum Impl {
     Corelane,
     CorelanePoll,
     CorelaneBusyPoll,
+    CorelaneDeferTaskrun,
+    CorelaneSkipSendCqe,
     UnixEcho,
     UnixEchoBusyPoll,
 }
 
-const IMPLS: [Impl; 5] = [
+const IMPLS: [Impl; 7] = [
     Impl::Corelane,
     Impl::CorelanePoll,
     Impl::CorelaneBusyPoll,
+    Impl::CorelaneDeferTaskrun,
+    Impl::CorelaneSkipSendCqe,
     Impl::UnixEcho,
     Impl::UnixEchoBusyPoll,
 ];
@@ -76,6 +84,8 @@ impl Impl {
             Impl::Corelane => "corelane",
             Impl::CorelanePoll => "corelane-poll",
             Impl::CorelaneBusyPoll => "corelane-busy-poll",
+            Impl::CorelaneDeferTaskrun => "corelane-defer",
+            Impl::CorelaneSkipSendCqe => "corelane-skip-cqe",
             Impl::UnixEcho => "unix-echo",
             Impl::UnixEchoBusyPoll => "unix-echo-busy-poll",
         }
@@ -96,15 +106,18 @@ fn run(plan: &Plan) -> Report {
             let floor_round = Summary::of(&floor_round);
             for k in 0..IMPLS.len() {
                 let i = (k + round) % IMPLS.len();
+                let daemon = |setup| corelane_rtt(&plan.pair, &dir, setup, warmup, samples);
                 let samples_ns = match IMPLS[i] {
-                    Impl::Corelane => {
-                        corelane_rtt(&plan.pair, &dir, ReactorKind::IoUring, false, warmup, samples)
-                    }
+                    Impl::Corelane => daemon(Setup::IO_URING),
                     Impl::CorelanePoll => {
-                        corelane_rtt(&plan.pair, &dir, ReactorKind::Poll, false, warmup, samples)
+                        daemon(Setup { reactor: ReactorKind::Poll, ..Setup::IO_URING })
                     }
-                    Impl::CorelaneBusyPoll => {
-                        corelane_rtt(&plan.pair, &dir, ReactorKind::IoUring, true, warmup, samples)
+                    Impl::CorelaneBusyPoll => daemon(Setup { busy_poll: true, ..Setup::IO_URING }),
+                    Impl::CorelaneDeferTaskrun => {
+                        daemon(Setup { defer_taskrun: true, ..Setup::IO_URING })
+                    }
+                    Impl::CorelaneSkipSendCqe => {
+                        daemon(Setup { skip_send_cqe: true, ..Setup::IO_URING })
                     }
                     Impl::UnixEcho => echo_rtt(&plan.pair, &dir, false, warmup, samples),
                     Impl::UnixEchoBusyPoll => echo_rtt(&plan.pair, &dir, true, warmup, samples),
@@ -154,19 +167,37 @@ fn run(plan: &Plan) -> Report {
     }
 }
 
+/// How a `corelane` implementation runs the daemon and its client.
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    reactor: ReactorKind,
+    /// The client spins on its non-blocking socket.
+    busy_poll: bool,
+    /// `runtime.uring_defer_taskrun`.
+    defer_taskrun: bool,
+    /// `runtime.uring_skip_send_cqe`.
+    skip_send_cqe: bool,
+}
+
+impl Setup {
+    /// The io_uring daemon with the default options and a blocking client.
+    const IO_URING: Setup = Setup {
+        reactor: ReactorKind::IoUring,
+        busy_poll: false,
+        defer_taskrun: false,
+        skip_send_cqe: false,
+    };
+}
+
 /// A daemon with one spinning lane pinned to cpu B hosting the control agent, and a client on
 /// cpu A pinging it. Fresh daemon per measurement.
-fn corelane_rtt(
-    pair: &Pair,
-    dir: &Path,
-    reactor: ReactorKind,
-    busy_poll: bool,
-    warmup: u64,
-    samples: u64,
-) -> Vec<u64> {
+fn corelane_rtt(pair: &Pair, dir: &Path, setup: Setup, warmup: u64, samples: u64) -> Vec<u64> {
+    let Setup { reactor, busy_poll, defer_taskrun, skip_send_cqe } = setup;
     let mut config = Config::default();
     config.runtime.dir = dir.join("rt").to_string_lossy().into_owned();
     config.runtime.reactor = reactor;
+    config.runtime.uring_defer_taskrun = defer_taskrun;
+    config.runtime.uring_skip_send_cqe = skip_send_cqe;
     config.metrics.enabled = false;
     config.metrics.listen = String::new();
     config.lanes = vec![LaneConfig {

@@ -1,46 +1,117 @@
-//! The epoll backend: readiness from `epoll_wait`, then non-blocking `accept4`, `recv` and
-//! `send`. Level-triggered, so a socket not fully drained in one pass (the per-pass read budget)
-//! is simply reported again.
+//! The epoll backend: readiness from `epoll_wait`, then non-blocking `accept4`, `recv`, `send`
+//! and `connect`.
+//!
+//! Level-triggered, so a socket not fully drained in one pass (the per-pass read budget) is
+//! simply reported again. Each descriptor's interest follows its state ([`Socket::interest`]):
+//! reading while it may read (not paused, not at end of input), writing while output waits for
+//! room, nothing at all for a socket that has nothing to wait for (so a half-closed peer costs
+//! no CPU), and a watch is one-shot (`EPOLLONESHOT`) until re-armed. Event data carries the
+//! registration's [`Key`], so an event finds its slot without hashing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
-use std::os::fd::OwnedFd;
-use std::time::Duration;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
-use rustix::net::{RecvFlags, SendFlags, SocketFlags};
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
-use super::{Completion, RecvBuf, Token};
+use super::out::{Output, Spares};
+use super::slab::{Key, Slab};
+use super::{
+    unknown, Completion, ConnectAddr, Incoming, RecvBuf, SocketOptions, Token, ACCEPT_BACKOFF,
+};
 
 /// Most bytes read from all sockets in one poll: bounds the arena and keeps one busy peer from
 /// starving the lane's other work.
 const READ_BUDGET: usize = 1 << 20;
-/// Most bytes read from one socket per readiness event.
-const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes read from one socket per readiness event (in chunks of its receive size).
+const READ_PER_EVENT: usize = 64 * 1024;
 /// epoll events taken per wait.
 const EVENTS: usize = 256;
+/// Initial room of the per-pass lists (completions, sockets to flush).
+const LIST_ROOM: usize = 64;
 
 /// The epoll reactor. See the [module](super) docs for the interface.
 pub struct PollReactor {
     epoll: OwnedFd,
-    sockets: HashMap<Token, Socket>,
-    ready: VecDeque<Completion>,
+    slab: Slab<Socket>,
+    ready: VecDeque<(Key, Completion)>,
     events: Vec<epoll::Event>,
-    /// Received bytes of the current poll; `RecvBuf` offsets point here.
+    /// Received bytes of the current poll (allocated on first use); `RecvBuf` offsets point
+    /// here, below `arena_used`.
     arena: Vec<u8>,
-    /// Sockets with queued output, flushed at the next poll.
-    dirty: Vec<Token>,
+    arena_used: usize,
+    /// Sockets with queued output, flushed at the next flush, and the list being processed.
+    dirty: Vec<Key>,
+    dirty_scratch: Vec<Key>,
+    /// Listeners backing off after an accept error, with when to accept again.
+    retry: Vec<(Key, Instant)>,
+    spares: Spares,
 }
 
-#[derive(Debug)]
 struct Socket {
+    token: Token,
     fd: OwnedFd,
-    listener: bool,
-    out: Vec<u8>,
-    /// Already written prefix of `out`.
-    written: usize,
-    /// Registered for EPOLLOUT (the last flush hit a full socket buffer).
+    kind: Kind,
+    /// Options handed to accepted connections (listeners).
+    options: SocketOptions,
+    /// Largest read (the receive size).
+    chunk: usize,
+    out: Output,
+    /// Bytes written since the last `Sent`.
+    flushed: usize,
+    /// Output waits for room: registered for writing.
     want_out: bool,
+    dirty: bool,
+    /// A send (or the connect) failed: nothing more is sent.
+    broken: bool,
+    eof: bool,
+    paused: bool,
+    /// Received while paused, delivered on resume.
+    held: Vec<u8>,
+    held_eof: bool,
+    /// The watch waits for its next readiness.
+    watch_armed: bool,
+    /// Backing off after an accept error.
+    backing_off: bool,
+    accept_errors: u64,
+    burst: u64,
+    /// What the descriptor is registered for (`None`: not in the epoll set).
+    interest: Option<epoll::EventFlags>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Listener,
+    Stream,
+    Connecting,
+    Watch,
+}
+
+impl Socket {
+    /// What the descriptor should be registered for in its state.
+    fn desired(&self) -> epoll::EventFlags {
+        use epoll::EventFlags as F;
+        match self.kind {
+            Kind::Listener if self.backing_off => F::empty(),
+            Kind::Listener => F::IN,
+            Kind::Stream => {
+                let mut flags = F::empty();
+                if !self.eof && !self.paused {
+                    flags |= F::IN | F::RDHUP;
+                }
+                if self.want_out && !self.broken {
+                    flags |= F::OUT;
+                }
+                flags
+            }
+            Kind::Connecting if self.broken => F::empty(),
+            Kind::Connecting => F::OUT,
+            Kind::Watch if self.watch_armed => F::IN | F::ONESHOT,
+            Kind::Watch => F::empty(),
+        }
+    }
 }
 
 impl PollReactor {
@@ -48,70 +119,244 @@ impl PollReactor {
     pub fn new() -> io::Result<Self> {
         Ok(Self {
             epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
-            sockets: HashMap::new(),
-            ready: VecDeque::new(),
+            slab: Slab::new(),
+            // Room for a busy pass up front: these lists are reused, and a first use in the
+            // middle of steady traffic would allocate.
+            ready: VecDeque::with_capacity(LIST_ROOM),
             events: Vec::with_capacity(EVENTS),
             arena: Vec::new(),
-            dirty: Vec::new(),
+            arena_used: 0,
+            dirty: Vec::with_capacity(LIST_ROOM),
+            dirty_scratch: Vec::with_capacity(LIST_ROOM),
+            retry: Vec::new(),
+            spares: Spares::default(),
         })
     }
 
-    pub(super) fn listen(&mut self, listener: OwnedFd, token: Token) -> io::Result<()> {
+    pub(super) fn listen(
+        &mut self,
+        listener: OwnedFd,
+        token: Token,
+        options: SocketOptions,
+    ) -> io::Result<()> {
         rustix::io::ioctl_fionbio(&listener, true)?;
-        self.register(listener, token, true)
+        self.register(listener, token, Kind::Listener, options).map(drop)
     }
 
-    pub(super) fn open(&mut self, socket: OwnedFd, token: Token) -> io::Result<()> {
+    pub(super) fn open(
+        &mut self,
+        socket: OwnedFd,
+        token: Token,
+        options: SocketOptions,
+    ) -> io::Result<()> {
         rustix::io::ioctl_fionbio(&socket, true)?;
-        self.register(socket, token, false)
+        self.register(socket, token, Kind::Stream, options).map(drop)
     }
 
-    fn register(&mut self, fd: OwnedFd, token: Token, listener: bool) -> io::Result<()> {
-        if self.sockets.contains_key(&token) {
+    pub(super) fn connect(
+        &mut self,
+        addr: &ConnectAddr,
+        token: Token,
+        options: SocketOptions,
+    ) -> io::Result<()> {
+        if self.slab.key(token).is_some() {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, "token already registered"));
         }
-        let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
-        epoll::add(&self.epoll, &fd, epoll::EventData::new_u64(token.0), flags)?;
-        self.sockets
-            .insert(token, Socket { fd, listener, out: Vec::new(), written: 0, want_out: false });
+        options.effective_recv_buf_bytes()?;
+        let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+        let (fd, result) = match addr {
+            ConnectAddr::Tcp(a) => {
+                let family = if a.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+                let fd = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
+                let result = rustix::net::connect(&fd, a);
+                (fd, result)
+            }
+            ConnectAddr::Unix(path) => {
+                let addr = rustix::net::SocketAddrUnix::new(path.as_path())?;
+                let fd =
+                    rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, flags, None)?;
+                let result = rustix::net::connect(&fd, &addr);
+                (fd, result)
+            }
+        };
+        match result {
+            Ok(()) => {
+                let key = self.register(fd, token, Kind::Stream, options)?;
+                self.ready.push_back((key, Completion::Connected { token }));
+            }
+            Err(rustix::io::Errno::INPROGRESS) => {
+                self.register(fd, token, Kind::Connecting, options)?;
+            }
+            // Refused, unreachable, no such path, a full Unix backlog (EAGAIN): as io_uring
+            // reports it, a completion.
+            Err(e) => {
+                let key = self.register(fd, token, Kind::Connecting, options)?;
+                self.fail_connect(key, e.into());
+            }
+        }
         Ok(())
     }
 
-    pub(super) fn send(&mut self, token: Token, data: &[u8]) -> io::Result<()> {
-        let socket = self.sockets.get_mut(&token).ok_or_else(unknown)?;
-        if socket.out.len() == socket.written {
-            socket.out.clear();
-            socket.written = 0;
-            self.dirty.push(token);
+    pub(super) fn watch(&mut self, fd: OwnedFd, token: Token) -> io::Result<()> {
+        self.register(fd, token, Kind::Watch, SocketOptions::default()).map(drop)
+    }
+
+    pub(super) fn rearm_watch(&mut self, token: Token) -> io::Result<()> {
+        let (key, socket) = self.slab.by_token_mut(token).ok_or_else(unknown)?;
+        if socket.kind != Kind::Watch {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a watch"));
         }
-        socket.out.extend_from_slice(data);
+        socket.watch_armed = true;
+        self.update_interest(key)
+    }
+
+    fn register(
+        &mut self,
+        fd: OwnedFd,
+        token: Token,
+        kind: Kind,
+        options: SocketOptions,
+    ) -> io::Result<Key> {
+        let chunk = options.effective_recv_buf_bytes()?;
+        let key = self.slab.insert(
+            token,
+            Socket {
+                token,
+                fd,
+                kind,
+                options,
+                chunk,
+                out: Output::default(),
+                flushed: 0,
+                want_out: false,
+                dirty: false,
+                broken: false,
+                eof: false,
+                paused: false,
+                held: Vec::new(),
+                held_eof: false,
+                watch_armed: kind == Kind::Watch,
+                backing_off: false,
+                accept_errors: 0,
+                burst: 0,
+                interest: None,
+            },
+        )?;
+        if let Err(e) = self.update_interest(key) {
+            self.slab.remove(key, token);
+            return Err(e);
+        }
+        Ok(key)
+    }
+
+    pub(super) fn send(&mut self, token: Token, data: &[u8]) -> io::Result<()> {
+        let (key, socket) = self.slab.by_token_mut(token).ok_or_else(unknown)?;
+        socket.out.copy(data, &mut self.spares);
+        if !socket.dirty {
+            socket.dirty = true;
+            self.dirty.push(key);
+        }
+        Ok(())
+    }
+
+    pub(super) fn send_owned(&mut self, token: Token, data: Vec<u8>) -> io::Result<()> {
+        let (key, socket) = self.slab.by_token_mut(token).ok_or_else(unknown)?;
+        socket.out.owned(data, &mut self.spares);
+        if !socket.dirty {
+            socket.dirty = true;
+            self.dirty.push(key);
+        }
         Ok(())
     }
 
     pub(super) fn pending(&self, token: Token) -> usize {
-        self.sockets.get(&token).map_or(0, |s| s.out.len() - s.written)
+        self.slab.by_token(token).map_or(0, |(_, s)| s.out.pending())
+    }
+
+    pub(super) fn pause(&mut self, token: Token) -> io::Result<()> {
+        let (key, socket) = self.slab.by_token_mut(token).ok_or_else(unknown)?;
+        if !matches!(socket.kind, Kind::Stream | Kind::Connecting) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "only a connection pauses"));
+        }
+        socket.paused = true;
+        self.update_interest(key)
+    }
+
+    pub(super) fn resume(&mut self, token: Token) -> io::Result<()> {
+        let (key, socket) = self.slab.by_token_mut(token).ok_or_else(unknown)?;
+        if !socket.paused {
+            return Ok(());
+        }
+        socket.paused = false;
+        // What was held goes first, ahead of anything still queued for this token.
+        if socket.held_eof {
+            socket.held_eof = false;
+            self.ready.push_front((key, Completion::Closed { token }));
+        }
+        if !socket.held.is_empty() {
+            let offset = self.arena_used;
+            let end = offset + socket.held.len();
+            if self.arena.len() < end {
+                self.arena.resize(end.max(READ_BUDGET), 0);
+            }
+            self.arena[offset..end].copy_from_slice(&socket.held);
+            self.arena_used = end;
+            let buf = RecvBuf { id: 0, offset: offset as u32, len: socket.held.len() as u32 };
+            socket.held.clear();
+            self.ready.push_front((key, Completion::Received { token, buf }));
+        }
+        self.update_interest(key)
+    }
+
+    pub(super) fn fd(&self, token: Token) -> Option<BorrowedFd<'_>> {
+        self.slab.by_token(token).map(|(_, s)| s.fd.as_fd())
     }
 
     pub(super) fn close(&mut self, token: Token) {
-        if let Some(socket) = self.sockets.remove(&token) {
+        let Some(key) = self.slab.key(token) else { return };
+        let Some(mut socket) = self.slab.remove(key, token) else { return };
+        if socket.interest.is_some() {
             // Closing the fd removes it from the epoll set; delete first anyway so a dup'ed fd
             // elsewhere cannot keep reporting it.
             let _ = epoll::delete(&self.epoll, &socket.fd);
         }
-        self.ready.retain(|c| c.token() != token);
+        if matches!(socket.kind, Kind::Stream | Kind::Connecting) {
+            // As io_uring does: the connection ends even if a copy of the fd lives elsewhere.
+            let _ = rustix::net::shutdown(&socket.fd, rustix::net::Shutdown::Both);
+        }
+        socket.out.discard(&mut self.spares);
+        // Completions already collected for it are recognised as stale by `next`.
+    }
+
+    pub(super) fn flush(&mut self) -> io::Result<()> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        std::mem::swap(&mut self.dirty, &mut self.dirty_scratch);
+        for i in 0..self.dirty_scratch.len() {
+            let key = self.dirty_scratch[i];
+            self.flush_one(key);
+        }
+        self.dirty_scratch.clear();
+        Ok(())
     }
 
     pub(super) fn poll(&mut self, timeout: Duration) -> io::Result<()> {
         if !self.ready.is_empty() {
             // A park gathered completions the lane has not handled yet: deliver them first
             // (their received bytes live in the arena, which must not be reset under them).
-            self.flush();
-            return Ok(());
+            return self.flush();
         }
-        self.arena.clear();
-        self.flush();
+        self.arena_used = 0;
+        let mut timeout = timeout;
+        if !self.retry.is_empty() {
+            timeout = timeout.min(self.retry_due());
+        }
+        self.flush()?;
         // Sends just completed are work: report them without waiting.
-        let timeout = if self.ready.is_empty() { timeout } else { Duration::ZERO };
+        if !self.ready.is_empty() {
+            timeout = Duration::ZERO;
+        }
         let ts = rustix::time::Timespec {
             tv_sec: timeout.as_secs() as i64,
             tv_nsec: i64::from(timeout.subsec_nanos()),
@@ -126,29 +371,61 @@ impl PollReactor {
         for i in 0..self.events.len() {
             // Copy the fields out: the event struct is packed on some targets.
             let (flags, data) = (self.events[i].flags, self.events[i].data);
-            let token = Token(data.u64());
-            let Some(socket) = self.sockets.get(&token) else { continue };
-            if socket.listener {
-                self.accept(token);
-                continue;
-            }
-            if flags.contains(epoll::EventFlags::OUT) {
-                self.flush_one(token);
-            }
-            if flags.intersects(
-                epoll::EventFlags::IN
-                    | epoll::EventFlags::RDHUP
-                    | epoll::EventFlags::HUP
-                    | epoll::EventFlags::ERR,
-            ) {
-                self.read(token);
+            let key = Key::from_u64(data.u64());
+            let Some(socket) = self.slab.get_mut(key) else { continue };
+            match socket.kind {
+                Kind::Listener => self.accept(key),
+                Kind::Connecting => self.connected(key),
+                Kind::Watch => {
+                    // One-shot: epoll disabled it; it stays in the set, disarmed.
+                    socket.watch_armed = false;
+                    socket.interest = Some(epoll::EventFlags::empty());
+                    let token = socket.token;
+                    self.ready.push_back((key, Completion::Readable { token }));
+                }
+                Kind::Stream => {
+                    // A hang-up or an error with output waiting: the send says which (and a
+                    // failed one stops the output, so the event is not reported forever).
+                    let writable =
+                        epoll::EventFlags::OUT | epoll::EventFlags::HUP | epoll::EventFlags::ERR;
+                    if flags.intersects(writable) && socket.want_out {
+                        self.flush_one(key);
+                    }
+                    let readable = epoll::EventFlags::IN
+                        | epoll::EventFlags::RDHUP
+                        | epoll::EventFlags::HUP
+                        | epoll::EventFlags::ERR;
+                    if flags.intersects(readable) {
+                        self.read(key);
+                    }
+                }
             }
         }
         Ok(())
     }
 
     pub(super) fn next(&mut self) -> Option<Completion> {
-        self.ready.pop_front()
+        while let Some((key, c)) = self.ready.pop_front() {
+            // Closed since it was collected: nobody gets it.
+            let Some(socket) = self.slab.get_mut(key) else { continue };
+            if socket.paused {
+                match c {
+                    Completion::Received { buf, .. } => {
+                        let bytes =
+                            &self.arena[buf.offset as usize..(buf.offset + buf.len) as usize];
+                        socket.held.extend_from_slice(bytes);
+                        continue;
+                    }
+                    Completion::Closed { .. } => {
+                        socket.held_eof = true;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            return Some(c);
+        }
+        None
     }
 
     pub(super) fn data(&self, buf: &RecvBuf) -> &[u8] {
@@ -160,117 +437,234 @@ impl PollReactor {
     }
 
     pub(super) fn registered(&self) -> usize {
-        self.sockets.len()
+        self.slab.indexed()
     }
 
-    fn accept(&mut self, token: Token) {
-        let Some(listener) = self.sockets.get(&token) else { return };
+    pub(super) fn accept_errors(&self, token: Token) -> u64 {
+        self.slab.by_token(token).map_or(0, |(_, s)| s.accept_errors)
+    }
+
+    pub(super) fn output_memory(&self) -> usize {
+        self.spares.memory() + self.slab.iter().map(|(_, s)| s.out.memory()).sum::<usize>()
+    }
+
+    pub(super) fn operations_in_flight(&self) -> usize {
+        0
+    }
+
+    /// Listeners whose back-off is over accept again; returns how long until the next one.
+    fn retry_due(&mut self) -> Duration {
+        let now = Instant::now();
+        let mut next = Duration::MAX;
+        let mut i = 0;
+        while i < self.retry.len() {
+            let (key, at) = self.retry[i];
+            if at <= now {
+                self.retry.swap_remove(i);
+                if let Some(socket) = self.slab.get_mut(key) {
+                    socket.backing_off = false;
+                    if let Err(error) = self.update_interest(key) {
+                        tracing::warn!(%error, "cannot watch a listener again");
+                    }
+                }
+            } else {
+                next = next.min(at - now);
+                i += 1;
+            }
+        }
+        next
+    }
+
+    /// Registers, changes or removes the descriptor's interest to match its state.
+    fn update_interest(&mut self, key: Key) -> io::Result<()> {
+        let Some(socket) = self.slab.get_mut(key) else { return Ok(()) };
+        let want = socket.desired();
+        let data = epoll::EventData::new_u64(key.to_u64());
+        match socket.interest {
+            Some(current) if current == want => return Ok(()),
+            None if want.is_empty() => return Ok(()),
+            Some(_) if want.is_empty() => {
+                epoll::delete(&self.epoll, &socket.fd)?;
+                socket.interest = None;
+                return Ok(());
+            }
+            Some(_) => epoll::modify(&self.epoll, &socket.fd, data, want)?,
+            None => epoll::add(&self.epoll, &socket.fd, data, want)?,
+        }
+        socket.interest = Some(want);
+        Ok(())
+    }
+
+    fn accept(&mut self, key: Key) {
         loop {
-            match rustix::net::accept_with(
-                &listener.fd,
-                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-            ) {
-                Ok(fd) => self.ready.push_back(Completion::Accepted { listener: token, fd }),
-                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return,
-                // The peer gave up before we accepted: try the next one.
-                Err(rustix::io::Errno::CONNABORTED) => continue,
+            let Some(listener) = self.slab.get_mut(key) else { return };
+            let token = listener.token;
+            let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+            match rustix::net::accept_with(&listener.fd, flags) {
+                Ok(fd) => {
+                    if listener.burst > 0 {
+                        tracing::info!(listener = ?token, failed = listener.burst, "accepting again");
+                        listener.burst = 0;
+                    }
+                    let fd = Incoming::new(fd, listener.options);
+                    self.ready.push_back((key, Completion::Accepted { listener: token, fd }));
+                }
+                Err(rustix::io::Errno::AGAIN) => return,
+                // The peer gave up before we accepted, or a signal: try the next one.
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
                 Err(e) => {
-                    self.ready.push_back(Completion::Failed { token, error: e.into() });
+                    listener.accept_errors += 1;
+                    if listener.burst == 0 {
+                        let error = io::Error::from(e);
+                        tracing::warn!(listener = ?token, %error, "accept failed; retrying every {ACCEPT_BACKOFF:?} (logged once per burst)");
+                    }
+                    listener.burst += 1;
+                    listener.backing_off = true;
+                    self.retry.push((key, Instant::now() + ACCEPT_BACKOFF));
+                    if let Err(error) = self.update_interest(key) {
+                        tracing::warn!(%error, "cannot pause a failing listener");
+                    }
                     return;
                 }
             }
         }
     }
 
-    fn read(&mut self, token: Token) {
-        let Some(socket) = self.sockets.get(&token) else { return };
-        let budget = READ_BUDGET.saturating_sub(self.arena.len()).min(READ_CHUNK);
-        if budget == 0 {
-            return; // level-triggered: reported again at the next poll
+    /// A connecting socket became writable (or failed): the connect's outcome.
+    fn connected(&mut self, key: Key) {
+        let Some(socket) = self.slab.get_mut(key) else { return };
+        match rustix::net::sockopt::socket_error(&socket.fd) {
+            Ok(Ok(())) => {
+                socket.kind = Kind::Stream;
+                let token = socket.token;
+                let queued = !socket.out.is_empty();
+                self.ready.push_back((key, Completion::Connected { token }));
+                if let Err(e) = self.update_interest(key) {
+                    self.ready.push_back((key, Completion::Failed { token, error: e }));
+                }
+                if queued {
+                    self.flush_one(key);
+                }
+            }
+            Ok(Err(e)) | Err(e) => self.fail_connect(key, e.into()),
         }
-        let offset = self.arena.len();
-        self.arena.resize(offset + budget, 0);
-        let result = rustix::net::recv(&socket.fd, &mut self.arena[offset..], RecvFlags::DONTWAIT);
-        match result {
-            Ok((0, _)) => {
-                self.arena.truncate(offset);
-                self.ready.push_back(Completion::Closed { token });
+    }
+
+    fn fail_connect(&mut self, key: Key, error: io::Error) {
+        let Some(socket) = self.slab.get_mut(key) else { return };
+        socket.broken = true;
+        let token = socket.token;
+        self.ready.push_back((key, Completion::Failed { token, error }));
+        let _ = self.update_interest(key);
+    }
+
+    fn read(&mut self, key: Key) {
+        let Some(socket) = self.slab.get_mut(key) else { return };
+        if socket.eof || socket.paused {
+            return;
+        }
+        if self.arena.len() < READ_BUDGET {
+            self.arena.resize(READ_BUDGET, 0);
+        }
+        let token = socket.token;
+        let mut taken = 0;
+        while taken < READ_PER_EVENT.max(socket.chunk) {
+            let room = READ_BUDGET.saturating_sub(self.arena_used).min(socket.chunk);
+            if room == 0 {
+                return; // level-triggered: reported again at the next poll
             }
-            Ok((n, _)) => {
-                self.arena.truncate(offset + n);
-                let buf = RecvBuf { id: 0, offset: offset as u32, len: n as u32 };
-                self.ready.push_back(Completion::Received { token, buf });
+            let offset = self.arena_used;
+            let into = &mut self.arena[offset..offset + room];
+            match rustix::net::recv(&socket.fd, into, RecvFlags::DONTWAIT) {
+                Ok((0, _)) => {
+                    socket.eof = true;
+                    self.ready.push_back((key, Completion::Closed { token }));
+                    break;
+                }
+                Ok((n, _)) => {
+                    self.arena_used += n;
+                    taken += n;
+                    let buf = RecvBuf { id: 0, offset: offset as u32, len: n as u32 };
+                    self.ready.push_back((key, Completion::Received { token, buf }));
+                    if n < room {
+                        return; // drained
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::CONNRESET) => {
+                    socket.eof = true;
+                    self.ready.push_back((key, Completion::Closed { token }));
+                    break;
+                }
+                Err(e) => {
+                    // Reading is over for this socket (the error would be reported again
+                    // at every poll).
+                    socket.eof = true;
+                    self.ready.push_back((key, Completion::Failed { token, error: e.into() }));
+                    break;
+                }
             }
-            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => self.arena.truncate(offset),
-            Err(rustix::io::Errno::CONNRESET) => {
-                self.arena.truncate(offset);
-                self.ready.push_back(Completion::Closed { token });
-            }
-            Err(e) => {
-                self.arena.truncate(offset);
-                self.ready.push_back(Completion::Failed { token, error: e.into() });
+        }
+        if self.slab.get(key).is_some_and(|s| s.eof) {
+            if let Err(error) = self.update_interest(key) {
+                self.ready.push_back((key, Completion::Failed { token, error }));
             }
         }
     }
 
-    /// Writes every socket's queued output (one syscall each), the batched part of a poll.
-    fn flush(&mut self) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        for token in dirty.drain(..) {
-            self.flush_one(token);
+    /// Writes the socket's queued output until it is all written or the socket is full.
+    fn flush_one(&mut self, key: Key) {
+        let Some(socket) = self.slab.get_mut(key) else { return };
+        socket.dirty = false;
+        if socket.broken || socket.kind != Kind::Stream {
+            return;
         }
-        self.dirty = dirty;
-    }
-
-    fn flush_one(&mut self, token: Token) {
-        let Some(socket) = self.sockets.get_mut(&token) else { return };
-        let before = socket.written;
-        while socket.written < socket.out.len() {
+        let token = socket.token;
+        loop {
+            let Some(bytes) = socket.out.unsent().next() else { break };
+            let len = bytes.len();
             let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-            match rustix::net::send(&socket.fd, &socket.out[socket.written..], flags) {
-                Ok(n) => socket.written += n,
+            match rustix::net::send(&socket.fd, bytes, flags) {
+                Ok(n) if n == len => socket.flushed += socket.out.finish_front(&mut self.spares),
+                Ok(n) => {
+                    socket.out.advance(n);
+                    socket.flushed += n;
+                }
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(rustix::io::Errno::AGAIN) => {
                     if !socket.want_out {
                         socket.want_out = true;
-                        let flags = epoll::EventFlags::IN
-                            | epoll::EventFlags::RDHUP
-                            | epoll::EventFlags::OUT;
-                        let data = epoll::EventData::new_u64(token.0);
-                        if let Err(e) = epoll::modify(&self.epoll, &socket.fd, data, flags) {
-                            self.ready.push_back(Completion::Failed { token, error: e.into() });
+                        if let Err(error) = self.update_interest(key) {
+                            self.ready.push_back((key, Completion::Failed { token, error }));
                         }
                     }
                     return;
                 }
                 Err(e) => {
-                    self.ready.push_back(Completion::Failed { token, error: e.into() });
+                    socket.broken = true;
+                    self.ready.push_back((key, Completion::Failed { token, error: e.into() }));
+                    let _ = self.update_interest(key);
                     return;
                 }
             }
         }
-        let bytes = socket.written - before;
-        socket.out.clear();
-        socket.written = 0;
+        if socket.flushed > 0 {
+            let bytes = std::mem::take(&mut socket.flushed);
+            self.ready.push_back((key, Completion::Sent { token, bytes }));
+        }
         if socket.want_out {
             socket.want_out = false;
-            let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
-            let _ =
-                epoll::modify(&self.epoll, &socket.fd, epoll::EventData::new_u64(token.0), flags);
+            let _ = self.update_interest(key);
         }
-        self.ready.push_back(Completion::Sent { token, bytes });
     }
 }
 
 impl std::fmt::Debug for PollReactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PollReactor")
-            .field("sockets", &self.sockets.len())
+            .field("registered", &self.slab.indexed())
             .field("ready", &self.ready.len())
             .finish_non_exhaustive()
     }
-}
-
-fn unknown() -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, "no socket registered under this token")
 }
