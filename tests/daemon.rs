@@ -565,3 +565,67 @@ fn the_io_uring_switches_each_run_a_working_daemon() {
         assert!(status.success(), "defer {defer}, skip {skip}: {err}");
     }
 }
+
+/// Defect: a lane that died (an agent panicked) went unnoticed and the daemon said it was
+/// running. Now the daemon stops, exits non-zero, and its log names the lane and the cause.
+/// (`CL_FAULT_PANIC_AGENT` is a debug-build test hook: the named agent panics 300 ms
+/// after its lane starts.)
+#[test]
+fn a_panicking_agent_stops_the_daemon_with_a_non_zero_exit() {
+    if !cfg!(debug_assertions) {
+        eprintln!("SKIPPING: the fault-injection hook exists in debug builds only");
+        return;
+    }
+    let mut daemon =
+        Daemon::start("panic", &[("CL_FAULT_PANIC_AGENT", "control"), ("CORELANE_LOG", "error")]);
+    let status = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the daemon kept running with a dead lane");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    daemon.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(
+        err.contains(
+            "lane 'main' died: agent 'control' panicked: fault injected by CL_FAULT_PANIC_AGENT"
+        ),
+        "{err}"
+    );
+    assert!(!daemon.socket().exists(), "the socket was removed on the way out");
+}
+
+/// A client that floods requests and never reads leaves sends stuck in the kernel; SIGTERM
+/// still ends the daemon within `runtime.shutdown_timeout_ms` (200 ms asked; 2 s allowed on a
+/// loaded machine). The enforcement itself, with a lane that never stops, is
+/// `join_gives_up_on_a_stuck_lane_at_the_timeout` in tests/runtime.rs.
+#[test]
+fn sigterm_with_stuck_sends_exits_within_the_shutdown_timeout() {
+    for reactor in reactors() {
+        let daemon = Daemon::start(
+            &format!("stuck-{reactor}"),
+            &[
+                ("CORELANE_RUNTIME_REACTOR", reactor),
+                ("CORELANE_RUNTIME_SHUTDOWN_TIMEOUT_MS", "200"),
+            ],
+        );
+        let mut flood = UnixStream::connect(daemon.socket()).unwrap();
+        flood.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+        let ping = frame(corelane::control::MSG_PING, &[]);
+        for _ in 0..20_000 {
+            if flood.write_all(&ping).is_err() {
+                break; // the daemon stopped reading us (backlog) or closed: both fine
+            }
+        }
+        let (status, err, took) = daemon.terminate();
+        assert!(status.success(), "{reactor}: {err}");
+        eprintln!("{reactor}: exited {took:?} after SIGTERM");
+        assert!(took < Duration::from_secs(2), "{reactor}: took {took:?} to exit");
+        drop(flood);
+    }
+}

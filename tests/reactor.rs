@@ -70,6 +70,7 @@ fn lane(agent: Box<dyn Agent>) -> LaneSpec {
         core: None,
         idle: IdleStrategy::Backoff { spins: 10, yields: 10, max_park: Duration::from_millis(2) },
         agents: vec![agent],
+        waker: None,
     }
 }
 
@@ -106,7 +107,7 @@ fn run_until(
     mut done: impl FnMut() -> bool,
     wake: impl FnOnce(),
 ) {
-    let lane = LaneSpec { name: "io".into(), core: None, idle, agents: vec![agent] };
+    let lane = LaneSpec { name: "io".into(), core: None, idle, agents: vec![agent], waker: None };
     let runtime = Runtime::start(vec![lane], config).unwrap();
     wait_for(what, Duration::from_secs(10), &mut done);
     runtime.shutdown();
@@ -461,6 +462,7 @@ fn a_watched_eventfd_wakes_a_parked_lane() {
             core: None,
             idle: IdleStrategy::Sleep(Duration::from_secs(3600)),
             agents: vec![Box::new(agent)],
+            waker: None,
         };
         let runtime = Runtime::start(vec![lane], config).unwrap();
         for (i, n) in [1u64, 41].into_iter().enumerate() {
@@ -525,6 +527,7 @@ fn a_watched_pidfd_fires_once_per_arming_when_the_child_exits() {
             core: None,
             idle: IdleStrategy::Sleep(Duration::from_millis(1)),
             agents: vec![Box::new(agent)],
+            waker: None,
         };
         let runtime = Runtime::start(vec![lane], config).unwrap();
         for round in 1..=2 {
@@ -815,6 +818,7 @@ fn a_half_closed_peer_costs_no_cpu() {
             core: None,
             idle: IdleStrategy::Sleep(Duration::from_millis(1)),
             agents: vec![Box::new(agent)],
+            waker: None,
         };
         let runtime = Runtime::start(vec![lane], config).unwrap();
         let mut peer = UnixStream::connect(&path).unwrap();

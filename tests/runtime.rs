@@ -135,12 +135,14 @@ fn ingest_runtime(
                 partial: Default::default(),
                 forward: tx,
             })],
+            waker: None,
         },
         LaneSpec {
             name: "ledger".into(),
             core: None,
             idle: IdleStrategy::backoff(),
             agents: vec![Box::new(Ledger { from: rx, total: total.clone() })],
+            waker: None,
         },
     ];
     (Runtime::start(lanes, config).unwrap(), path, total)
@@ -258,6 +260,7 @@ fn a_peer_that_never_reads_costs_only_its_own_queue() {
                 next: 0,
                 pending_seen: pending_seen.clone(),
             })],
+            waker: None,
         };
         let runtime = Runtime::start(vec![lane], config).unwrap();
         let mut stuck = UnixStream::connect(&path).unwrap();
@@ -296,8 +299,13 @@ fn idle_lanes_idle_and_stop_promptly() {
         IdleStrategy::backoff(),
         IdleStrategy::Sleep(Duration::from_millis(1)),
     ] {
-        let lane =
-            LaneSpec { name: "idle".into(), core: None, idle, agents: vec![Box::new(Nothing)] };
+        let lane = LaneSpec {
+            name: "idle".into(),
+            core: None,
+            idle,
+            agents: vec![Box::new(Nothing)],
+            waker: None,
+        };
         let runtime = Runtime::start(vec![lane], ReactorChoice::Auto).unwrap();
         std::thread::sleep(Duration::from_millis(250));
         let stats = &runtime.stats()[0];
@@ -334,14 +342,20 @@ fn pinned_lanes_and_bad_cores() {
         core: Some(0),
         idle: IdleStrategy::backoff(),
         agents: vec![Box::new(Where(seen.clone()))],
+        waker: None,
     };
     let runtime = Runtime::start(vec![lane], ReactorChoice::Poll).unwrap();
     assert_eq!(*seen.lock().unwrap(), Some(0), "the lane runs on core 0 only");
     runtime.shutdown();
     runtime.join();
 
-    let lane =
-        LaneSpec { name: "far".into(), core: Some(4096), idle: IdleStrategy::Spin, agents: vec![] };
+    let lane = LaneSpec {
+        name: "far".into(),
+        core: Some(4096),
+        idle: IdleStrategy::Spin,
+        agents: vec![],
+        waker: None,
+    };
     let err = Runtime::start(vec![lane], ReactorChoice::Poll).unwrap_err();
     assert!(matches!(err, RuntimeError::NoSuchCore { core: 4096, .. }), "{err}");
     assert!(err.to_string().starts_with("lane 'far': core 4096 is not available"), "{err}");
@@ -366,6 +380,7 @@ fn a_failing_agent_stops_the_start_and_says_which() {
         core: None,
         idle: IdleStrategy::Spin,
         agents: vec![Box::new(Broken)],
+        waker: None,
     };
     let err = Runtime::start(vec![lane], ReactorChoice::Poll).unwrap_err();
     assert_eq!(err.to_string(), "lane 'dev': agent 'broken' failed to start: no device");
@@ -404,6 +419,7 @@ fn a_lane_command_changes_the_idle_strategy_at_runtime() {
         core: None,
         idle: IdleStrategy::Spin,
         agents: vec![Box::new(Nothing)],
+        waker: None,
     };
     let runtime = Runtime::start(vec![lane], ReactorChoice::Poll).unwrap();
     assert_eq!(runtime.stats()[0].idle, "spin");
@@ -421,4 +437,191 @@ fn a_lane_command_changes_the_idle_strategy_at_runtime() {
     assert!(after - before >= 100_000_000, "now sleeping most of the time: {before} -> {after}");
     runtime.shutdown();
     runtime.join();
+}
+
+/// A link's consumer: records when each item arrives.
+struct Receiver {
+    rx: corelane::runtime::LinkRx<Instant>,
+    got: crossbeam_channel::Sender<(Instant, Instant)>,
+}
+
+impl Agent for Receiver {
+    fn name(&self) -> &str {
+        "receiver"
+    }
+
+    fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+        let mut n = 0;
+        while let Ok(sent) = self.rx.pop() {
+            let _ = self.got.send((sent, Instant::now()));
+            n += 1;
+        }
+        n
+    }
+}
+
+/// A link wakes a parked lane: the consumer lane parks 20 s at a time, yet every item pushed
+/// (from a thread, while the lane sleeps) arrives at once, each wake-up paid for only because
+/// the lane was parked; and shutdown wakes it too. Without the waker the items (and the
+/// shutdown) would wait out the park.
+#[test]
+fn a_link_wakes_a_parked_lane() {
+    for (backend, config) in backends() {
+        let waker = corelane::runtime::LaneWaker::new().unwrap();
+        let (mut tx, rx) = corelane::runtime::link::<Instant>(64, &waker);
+        let (got_tx, got) = crossbeam_channel::unbounded();
+        let idle = IdleStrategy::Sleep(Duration::from_secs(20));
+        let runtime = Runtime::start(
+            vec![LaneSpec {
+                name: "parked".into(),
+                core: None,
+                idle,
+                agents: vec![Box::new(Receiver { rx, got: got_tx })],
+                waker: Some(waker.clone()),
+            }],
+            config,
+        )
+        .unwrap();
+        for round in 0..5u64 {
+            // Let the lane go back to its park (not needed for correctness, only for the count).
+            std::thread::sleep(Duration::from_millis(30));
+            tx.push(Instant::now()).unwrap();
+            let (sent, arrived) = got
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("{backend}: item {round} not delivered: lost wake-up"));
+            assert!(arrived >= sent);
+            assert_eq!(
+                waker.wakes(),
+                round + 1,
+                "{backend}: one wake-up per push into a parked lane"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        runtime.shutdown();
+        let joined = runtime.join_timeout(Duration::from_secs(10));
+        assert_eq!(
+            joined,
+            corelane::runtime::Joined::default(),
+            "{backend}: shutdown woke the lane"
+        );
+    }
+}
+
+struct Panicker {
+    passes: u32,
+}
+
+impl Agent for Panicker {
+    fn name(&self) -> &str {
+        "panicker"
+    }
+
+    fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+        self.passes += 1;
+        if self.passes == 50 {
+            panic!("boom after {} passes", self.passes);
+        }
+        1
+    }
+}
+
+struct Steady;
+
+impl Agent for Steady {
+    fn name(&self) -> &str {
+        "steady"
+    }
+
+    fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+        0
+    }
+}
+
+/// Defect: a lane that died (an agent panicked) went unnoticed and the other lanes ran on.
+/// Now the death is recorded with the lane, the agent and the panic's message, and every lane
+/// stops.
+#[test]
+fn a_panicking_agent_stops_every_lane_and_says_which() {
+    let runtime = Runtime::start(
+        vec![
+            LaneSpec {
+                name: "doomed".into(),
+                core: None,
+                idle: IdleStrategy::Spin,
+                agents: vec![Box::new(Steady), Box::new(Panicker { passes: 0 })],
+                waker: None,
+            },
+            LaneSpec {
+                name: "other".into(),
+                core: None,
+                idle: IdleStrategy::backoff(),
+                agents: vec![Box::new(Steady)],
+                waker: None,
+            },
+        ],
+        ReactorChoice::Poll,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runtime.failure().is_none() {
+        assert!(Instant::now() < deadline, "the death was never reported");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(runtime.shutdown_flag().is_requested(), "a death stops every lane");
+    let joined = runtime.join_timeout(Duration::from_secs(10));
+    assert!(joined.stuck.is_empty(), "{joined:?}");
+    let failure = joined.failure.unwrap();
+    assert_eq!(failure.lane, "doomed");
+    assert_eq!(failure.cause, "agent 'panicker' panicked: boom after 50 passes");
+    assert_eq!(
+        failure.to_string(),
+        "lane 'doomed' died: agent 'panicker' panicked: boom after 50 passes"
+    );
+}
+
+struct SlowClose;
+
+impl Agent for SlowClose {
+    fn name(&self) -> &str {
+        "slow-close"
+    }
+
+    fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+        0
+    }
+
+    fn on_close(&mut self, _ctx: &mut Ctx<'_>) {
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// Defect: `runtime.shutdown_timeout_ms` was never enforced. `join_timeout` gives up on a lane
+/// that does not finish, names it, and returns on time.
+#[test]
+fn join_gives_up_on_a_stuck_lane_at_the_timeout() {
+    let runtime = Runtime::start(
+        vec![
+            LaneSpec {
+                name: "stuck".into(),
+                core: None,
+                idle: IdleStrategy::backoff(),
+                agents: vec![Box::new(SlowClose)],
+                waker: None,
+            },
+            LaneSpec {
+                name: "quick".into(),
+                core: None,
+                idle: IdleStrategy::backoff(),
+                agents: vec![Box::new(Steady)],
+                waker: None,
+            },
+        ],
+        ReactorChoice::Poll,
+    )
+    .unwrap();
+    runtime.shutdown();
+    let started = Instant::now();
+    let joined = runtime.join_timeout(Duration::from_millis(200));
+    assert!(started.elapsed() < Duration::from_secs(3), "join waited for the stuck lane");
+    assert_eq!(joined, corelane::runtime::Joined { failure: None, stuck: vec!["stuck".into()] });
 }

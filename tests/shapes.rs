@@ -78,6 +78,7 @@ fn lane(name: &str, agent: Box<dyn Agent>) -> LaneSpec {
         core: None,
         idle: IdleStrategy::Backoff { spins: 100, yields: 10, max_park: Duration::from_millis(5) },
         agents: vec![agent],
+        waker: None,
     }
 }
 

@@ -131,6 +131,7 @@ fn steady_state_passes_do_not_allocate() {
             core: None,
             idle: IdleStrategy::backoff(),
             agents: vec![Box::new(agent)],
+            waker: None,
         };
         let runtime = Runtime::start(vec![lane], choice).unwrap();
         let mut client = UnixStream::connect(&path).unwrap();

@@ -80,12 +80,26 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// A lane's waker (its eventfd) could not be made.
+    #[error("lane '{lane}': cannot create its waker (eventfd): {source}")]
+    Waker {
+        /// The lane.
+        lane: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A lane died while the daemon ran (an agent panicked, a reactor failed): the daemon
+    /// stopped every lane and exits non-zero.
+    #[error(transparent)]
+    LaneDied(#[from] crate::runtime::LaneFailure),
 }
 
 /// A running daemon.
 #[derive(Debug)]
 pub struct Daemon {
     runtime: Runtime,
+    /// `runtime.shutdown_timeout_ms`: how long `stop` waits for the lanes.
+    shutdown_timeout: Duration,
     metrics_server: Option<MetricsServer>,
     counters: Option<CountersFile>,
     socket: OwnedFile,
@@ -198,11 +212,20 @@ impl Daemon {
                     }
                 }
             }
+            let waker = match crate::runtime::LaneWaker::new() {
+                Ok(w) => w,
+                Err(source) => {
+                    let _ = socket.remove();
+                    let _ = counters.remove();
+                    return Err(DaemonError::Waker { lane: lane.name.clone(), source });
+                }
+            };
             specs.push(LaneSpec {
                 name: lane.name.clone(),
                 core: lane.core,
                 idle: idle(&lane.idle),
                 agents,
+                waker: Some(waker),
             });
         }
         if listener.is_some() {
@@ -256,6 +279,7 @@ impl Daemon {
         );
         Ok(Daemon {
             runtime,
+            shutdown_timeout: Duration::from_millis(config.runtime.shutdown_timeout_ms),
             metrics_server,
             counters: Some(counters),
             socket,
@@ -280,18 +304,30 @@ impl Daemon {
     }
 
     /// Blocks until the shutdown flag is set (a signal, or [`Shutdown::request`]), then stops.
-    pub fn wait(self) {
+    ///
+    /// A lane that dies sets the flag too (after logging its cause): then this returns
+    /// [`DaemonError::LaneDied`].
+    pub fn wait(self) -> Result<(), DaemonError> {
         while !self.shutdown.is_requested() {
             std::thread::sleep(Duration::from_millis(2));
         }
-        self.stop();
+        self.stop()
     }
 
-    /// Stops every lane, the metrics endpoint, and removes the counters file.
-    pub fn stop(mut self) {
+    /// Stops every lane (waiting at most `runtime.shutdown_timeout_ms` for them), the metrics
+    /// endpoint, and removes the control socket and the counters file. Returns the lane that
+    /// died, if one did.
+    pub fn stop(mut self) -> Result<(), DaemonError> {
         let started = Instant::now();
         self.runtime.shutdown();
-        self.runtime.join();
+        let joined = self.runtime.join_timeout(self.shutdown_timeout);
+        if !joined.stuck.is_empty() {
+            tracing::error!(
+                lanes = ?joined.stuck,
+                timeout_ms = self.shutdown_timeout.as_millis() as u64,
+                "lanes did not stop within runtime.shutdown_timeout_ms; exiting without them"
+            );
+        }
         if let Some(server) = self.metrics_server.take() {
             server.stop();
         }
@@ -307,6 +343,10 @@ impl Daemon {
             }
         }
         tracing::info!(took_ms = started.elapsed().as_millis() as u64, "corelane stopped");
+        match joined.failure {
+            Some(failure) => Err(failure.into()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -315,8 +355,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
     let shutdown = Shutdown::new();
     shutdown.on_signals().map_err(DaemonError::Signals)?;
     let daemon = Daemon::start(config, &|k| std::env::var(k).ok(), shutdown)?;
-    daemon.wait();
-    Ok(())
+    daemon.wait()
 }
 
 fn idle(strategy: &config::IdleStrategy) -> IdleStrategy {

@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use super::reactor::Reactor;
-
 /// How a lane idles after a pass with no work. Latency-critical lanes spin; lanes that share a
 /// core with others back off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,28 +69,6 @@ impl Idler {
     #[inline]
     pub(super) fn reset(&mut self) {
         self.idle_passes = 0;
-    }
-
-    /// A pass did no work: idle one step. A park lasts no longer than `until`, the time to the
-    /// lane's next timer, if there is one.
-    pub(super) fn idle(
-        &mut self,
-        reactor: &mut Reactor,
-        until: Option<Duration>,
-    ) -> std::io::Result<()> {
-        match self.step() {
-            Step::Spin => std::hint::spin_loop(),
-            Step::Yield => std::thread::yield_now(),
-            Step::Park(timeout) => {
-                let timeout = until.map_or(timeout, |until| timeout.min(until));
-                if timeout.is_zero() {
-                    reactor.poll()?;
-                } else {
-                    reactor.park(timeout)?;
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The next idle step.

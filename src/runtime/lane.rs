@@ -1,17 +1,24 @@
 //! Lanes: pinned threads that loop over their agents.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use super::agent::{Agent, Ctx};
-use super::idle::{IdleStrategy, Idler, NAMES};
-use super::reactor::{Completion, Reactor, ReactorChoice, ReactorConfig, ReactorKind};
+use super::idle::{IdleStrategy, Idler, Step, NAMES};
+use super::link::LaneWaker;
+use super::reactor::{Completion, Reactor, ReactorChoice, ReactorConfig, ReactorKind, Token};
 use super::shutdown::Shutdown;
 use super::timer::Timers;
+
+/// Agent index the lane keeps for itself (its waker's watch): agents are 0..=254.
+const LANE_AGENT: u8 = u8::MAX;
+/// The token of the lane's own waker watch.
+const WAKER_TOKEN: Token = Token((LANE_AGENT as u64) << 56);
 
 /// How often a lane publishes its pass-duration quantiles to its [`LaneStats`].
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
@@ -24,8 +31,12 @@ pub struct LaneSpec {
     pub core: Option<usize>,
     /// What the lane does after a pass with no work.
     pub idle: IdleStrategy,
-    /// The agents, run in this order every pass. At most 255.
+    /// The agents, run in this order every pass. At most 254.
     pub agents: Vec<Box<dyn Agent>>,
+    /// How other lanes wake this one when it parks (the consumer end of its
+    /// [`link`](super::link)s). `None`: nothing wakes a park but I/O and timers, so items a
+    /// link brings wait for the park to end (at most the idle strategy's longest park).
+    pub waker: Option<LaneWaker>,
 }
 
 impl std::fmt::Debug for LaneSpec {
@@ -36,6 +47,7 @@ impl std::fmt::Debug for LaneSpec {
             .field("core", &self.core)
             .field("idle", &self.idle)
             .field("agents", &agents)
+            .field("waker", &self.waker.is_some())
             .finish()
     }
 }
@@ -82,7 +94,7 @@ pub enum RuntimeError {
         source: std::io::Error,
     },
     /// Too many agents on one lane.
-    #[error("lane '{lane}': {count} agents, at most 255")]
+    #[error("lane '{lane}': {count} agents, at most 254")]
     TooManyAgents {
         /// The lane.
         lane: String,
@@ -183,6 +195,9 @@ pub struct Runtime {
     lanes: Vec<LaneHandle>,
     shutdown: Shutdown,
     board: Arc<Board>,
+    failure: Arc<Mutex<Option<LaneFailure>>>,
+    /// Each lane sends its index here as its thread ends.
+    done: crossbeam_channel::Receiver<usize>,
 }
 
 #[derive(Debug)]
@@ -190,6 +205,28 @@ struct LaneHandle {
     name: String,
     commands: crossbeam_channel::Sender<LaneCommand>,
     thread: JoinHandle<()>,
+    /// To end the lane's park at shutdown.
+    waker: Option<LaneWaker>,
+}
+
+/// A lane that stopped on its own: an agent panicked or its reactor failed. The first one
+/// stops every lane (the daemon exits non-zero with it).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("lane '{lane}' died: {cause}")]
+pub struct LaneFailure {
+    /// The lane.
+    pub lane: String,
+    /// What happened, e.g. `agent 'control' panicked: ...` or `reactor error: ...`.
+    pub cause: String,
+}
+
+/// How [`Runtime::join_timeout`] ended.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Joined {
+    /// The first lane that died, if one did.
+    pub failure: Option<LaneFailure>,
+    /// Lanes still running at the deadline (their threads are left to the process exit).
+    pub stuck: Vec<String>,
 }
 
 /// A cold command for one lane, delivered through a crossbeam channel that the lane checks
@@ -245,10 +282,13 @@ impl Runtime {
             tracing::warn!("runtime board reused: status shows the first runtime's lanes");
         }
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let died = Arc::new(Mutex::new(None));
         let mut lanes = Vec::with_capacity(specs.len());
         let mut failure = None;
-        for (spec, stats) in specs.into_iter().zip(stats) {
+        for (index, (spec, stats)) in specs.into_iter().zip(stats).enumerate() {
             let name = spec.name.clone();
+            let waker = spec.waker.clone();
             let (commands, inbox) = crossbeam_channel::unbounded();
             let lane = Lane {
                 spec,
@@ -257,14 +297,22 @@ impl Runtime {
                 reactor,
                 board: board.clone(),
                 inbox,
+                failure: died.clone(),
+                current: None,
+                #[cfg(debug_assertions)]
+                fault: None,
             };
             let ready = ready_tx.clone();
+            let done_tx = done_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("lane-{name}"))
-                .spawn(move || lane.run(ready))
+                .spawn(move || {
+                    lane.run(ready);
+                    let _ = done_tx.send(index);
+                })
                 .map_err(|e| RuntimeError::Thread { lane: name.clone(), reason: e.to_string() });
             match thread {
-                Ok(thread) => lanes.push(LaneHandle { name, commands, thread }),
+                Ok(thread) => lanes.push(LaneHandle { name, commands, thread, waker }),
                 Err(e) => {
                     failure = Some(e);
                     break;
@@ -286,7 +334,7 @@ impl Runtime {
                 }
             }
         }
-        let runtime = Runtime { lanes, shutdown, board };
+        let runtime = Runtime { lanes, shutdown, board, failure: died, done };
         match failure {
             None => Ok(runtime),
             Some(e) => {
@@ -314,9 +362,15 @@ impl Runtime {
         self.lanes.iter().find(|l| l.name == lane).is_some_and(|l| l.commands.send(command).is_ok())
     }
 
-    /// Asks every lane to stop after its current pass.
+    /// Asks every lane to stop after its current pass, and wakes the lanes that are parked
+    /// (those with a waker; the others see the request when their park ends).
     pub fn shutdown(&self) {
         self.shutdown.request();
+        for lane in &self.lanes {
+            if let Some(waker) = &lane.waker {
+                waker.wake();
+            }
+        }
     }
 
     /// A copy of every lane's counters.
@@ -324,14 +378,53 @@ impl Runtime {
         self.board.lanes()
     }
 
-    /// Waits for every lane to finish (after [`shutdown`](Self::shutdown)). A lane that
-    /// panicked is logged.
-    pub fn join(self) {
+    /// The first lane that died (an agent panicked, its reactor failed), if one has. A death
+    /// also requests shutdown of every lane.
+    pub fn failure(&self) -> Option<LaneFailure> {
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits for every lane to finish (after [`shutdown`](Self::shutdown)); returns the lane
+    /// that died, if one did.
+    pub fn join(self) -> Option<LaneFailure> {
         for lane in self.lanes {
             if lane.thread.join().is_err() {
-                tracing::error!(lane = %lane.name, "lane thread panicked");
+                tracing::error!(lane = %lane.name, "lane thread panicked outside its agents");
             }
         }
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Like [`join`](Self::join), but gives up at `timeout` (the daemon's
+    /// `runtime.shutdown_timeout_ms`): lanes still running then are named in
+    /// [`Joined::stuck`] and their threads left to end with the process.
+    pub fn join_timeout(self, timeout: Duration) -> Joined {
+        let deadline = Instant::now() + timeout;
+        let mut finished = vec![false; self.lanes.len()];
+        let mut left = self.lanes.len();
+        while left > 0 {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.done.recv_timeout(wait) {
+                Ok(index) => {
+                    if !std::mem::replace(&mut finished[index], true) {
+                        left -= 1;
+                    }
+                }
+                Err(_) => break, // deadline (or every sender gone: all reported)
+            }
+        }
+        let mut stuck = Vec::new();
+        for (lane, done) in self.lanes.into_iter().zip(finished) {
+            if done {
+                if lane.thread.join().is_err() {
+                    tracing::error!(lane = %lane.name, "lane thread panicked outside its agents");
+                }
+            } else {
+                stuck.push(lane.name);
+            }
+        }
+        let failure = self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Joined { failure, stuck }
     }
 }
 
@@ -355,7 +448,7 @@ impl LaneView {
 }
 
 fn check_spec(spec: &LaneSpec, available: &[usize]) -> Result<(), RuntimeError> {
-    if spec.agents.len() > 255 {
+    if spec.agents.len() > usize::from(LANE_AGENT) {
         return Err(RuntimeError::TooManyAgents {
             lane: spec.name.clone(),
             count: spec.agents.len(),
@@ -378,6 +471,22 @@ struct Lane {
     reactor: ReactorConfig,
     board: Arc<Board>,
     inbox: crossbeam_channel::Receiver<LaneCommand>,
+    failure: Arc<Mutex<Option<LaneFailure>>>,
+    /// The agent being called, to name it if it panics.
+    current: Option<usize>,
+    /// Debug builds: the agent to fail on purpose, and when (see `fault_injection`).
+    #[cfg(debug_assertions)]
+    fault: Option<(usize, Instant)>,
+}
+
+/// Test hook of debug builds only: `CL_FAULT_PANIC_AGENT=<agent>` makes that agent's
+/// `do_work` panic 300 ms after its lane started, so tests can watch a real daemon handle a
+/// dying lane. Release builds ignore the variable.
+#[cfg(debug_assertions)]
+fn fault_injection(agents: &[Box<dyn Agent>]) -> Option<(usize, Instant)> {
+    let name = std::env::var("CL_FAULT_PANIC_AGENT").ok()?;
+    let index = agents.iter().position(|a| a.name() == name)?;
+    Some((index, Instant::now() + Duration::from_millis(300)))
 }
 
 type Ready = crossbeam_channel::Sender<Result<(), RuntimeError>>;
@@ -418,25 +527,66 @@ impl Lane {
                 return;
             }
         }
+        if let Some(waker) = &self.spec.waker {
+            let registered = waker.watch_fd().and_then(|fd| reactor.watch(fd, WAKER_TOKEN));
+            if let Err(source) = registered {
+                let _ = ready.send(Err(RuntimeError::Reactor {
+                    lane: name,
+                    choice: self.reactor.choice,
+                    source,
+                }));
+                return;
+            }
+        }
+        #[cfg(debug_assertions)]
+        {
+            self.fault = fault_injection(&self.spec.agents);
+        }
         tracing::info!(lane = %name, core = ?self.spec.core, reactor = reactor.kind().name(), idle = self.spec.idle.name(), "lane started");
         let _ = ready.send(Ok(()));
         drop(ready);
 
-        if let Err(e) = self.run_loop(&mut reactor, &mut timers) {
-            tracing::error!(lane = %name, error = %e, "lane stopped on a reactor error");
-        }
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.run_loop(&mut reactor, &mut timers)));
+        let panicked = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => {
+                self.die(format!("reactor error: {e}"));
+                None
+            }
+            Err(payload) => {
+                let agent = self.current.map_or("the lane", |i| self.spec.agents[i].name());
+                let cause = format!("agent '{agent}' panicked: {}", panic_message(&*payload));
+                self.die(cause);
+                self.current
+            }
+        };
         for (index, agent) in self.spec.agents.iter_mut().enumerate() {
+            if Some(index) == panicked {
+                continue; // its state is whatever the panic left: do not run it again
+            }
             let mut ctx = Ctx {
                 now: Instant::now(),
                 reactor: &mut reactor,
                 timers: &mut timers,
                 agent: index as u8,
             };
-            agent.on_close(&mut ctx);
+            if catch_unwind(AssertUnwindSafe(|| agent.on_close(&mut ctx))).is_err() {
+                tracing::error!(lane = %name, agent = agent.name(), "agent panicked while closing");
+            }
         }
         // What on_close queued (last messages) goes to the kernel before the reactor drops.
         let _ = reactor.flush();
         tracing::info!(lane = %name, "lane stopped");
+    }
+
+    /// Records the lane's death (the first of the runtime wins), logs it, and stops every lane.
+    #[cold]
+    fn die(&self, cause: String) {
+        let failure = LaneFailure { lane: self.spec.name.clone(), cause };
+        tracing::error!("{failure}; stopping every lane");
+        let mut slot = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(failure);
+        self.shutdown.request();
     }
 
     /// The pass: poll the reactor; hand out its completions, then the timers that are due;
@@ -468,10 +618,7 @@ impl Lane {
                 work += 1;
                 self.dispatch(reactor, timers, start, Completion::Timer { token });
             }
-            for (index, agent) in self.spec.agents.iter_mut().enumerate() {
-                let mut ctx = Ctx { now: start, reactor, timers, agent: index as u8 };
-                work += agent.do_work(&mut ctx);
-            }
+            work += self.work(reactor, timers, start);
             reactor.flush()?;
             now = Instant::now();
             let pass_ns = (now - start).as_nanos() as u64;
@@ -480,10 +627,15 @@ impl Lane {
             pass_count += 1;
             work_total += work as u64;
             if work == 0 {
-                idler.idle(reactor, timers.until_next(now))?;
+                let found = self.idle(&mut idler, reactor, timers, now)?;
                 let after = Instant::now();
                 idle_total += (after - now).as_nanos() as u64;
                 now = after;
+                if found > 0 {
+                    // The last look before a park found work: that was a pass with work.
+                    work_total += found as u64;
+                    idler.reset();
+                }
             } else {
                 idler.reset();
             }
@@ -494,6 +646,65 @@ impl Lane {
         }
         self.publish(&passes, pass_count, work_total, idle_total, max_pass);
         Ok(())
+    }
+
+    /// Every agent's `do_work`; returns the work they did.
+    fn work(&mut self, reactor: &mut Reactor, timers: &mut Timers, now: Instant) -> usize {
+        #[cfg(debug_assertions)]
+        if let Some((agent, at)) = self.fault {
+            if now >= at {
+                self.current = Some(agent);
+                panic!("fault injected by CL_FAULT_PANIC_AGENT");
+            }
+        }
+        let mut work = 0;
+        for (index, agent) in self.spec.agents.iter_mut().enumerate() {
+            self.current = Some(index);
+            let mut ctx = Ctx { now, reactor, timers, agent: index as u8 };
+            work += agent.do_work(&mut ctx);
+        }
+        self.current = None;
+        work
+    }
+
+    /// One idle step. A park lasts no longer than until the next timer, and with a waker it
+    /// is announced first and preceded by a last look at the agents (the link protocol, see
+    /// [`super::link`]); returns the work that last look found (then there was no park).
+    fn idle(
+        &mut self,
+        idler: &mut Idler,
+        reactor: &mut Reactor,
+        timers: &mut Timers,
+        now: Instant,
+    ) -> std::io::Result<usize> {
+        match idler.step() {
+            Step::Spin => std::hint::spin_loop(),
+            Step::Yield => std::thread::yield_now(),
+            Step::Park(park) => {
+                let timeout = timers.until_next(now).map_or(park, |until| park.min(until));
+                if timeout.is_zero() {
+                    reactor.poll()?;
+                    return Ok(0);
+                }
+                let Some(waker) = self.spec.waker.clone() else {
+                    reactor.park(timeout)?;
+                    return Ok(0);
+                };
+                waker.arm();
+                // The last look: the agents (links), and the shutdown flag, which
+                // `Runtime::shutdown` sets before waking us.
+                let found = self.work(reactor, timers, now);
+                if found > 0 || self.shutdown.is_requested() {
+                    waker.disarm();
+                    reactor.flush()?;
+                    return Ok(found);
+                }
+                let parked = reactor.park(timeout);
+                waker.disarm();
+                parked?;
+            }
+        }
+        Ok(0)
     }
 
     #[cold]
@@ -520,19 +731,35 @@ impl Lane {
         completion: Completion,
     ) {
         let owner = Ctx::owner(completion.token());
+        if owner == usize::from(LANE_AGENT) {
+            return self.own(reactor, completion);
+        }
         let buf = match &completion {
             Completion::Received { buf, .. } => Some(*buf),
             _ => None,
         };
         match self.spec.agents.get_mut(owner) {
             Some(agent) => {
+                self.current = Some(owner);
                 let mut ctx = Ctx { now, reactor, timers, agent: owner as u8 };
                 agent.on_completion(&mut ctx, completion);
+                self.current = None;
             }
             None => tracing::warn!(token = ?completion.token(), "completion for no agent"),
         }
         if let Some(buf) = buf {
             reactor.recycle(buf);
+        }
+    }
+
+    /// A completion of the lane's own: its waker's eventfd became readable.
+    #[cold]
+    fn own(&mut self, reactor: &mut Reactor, completion: Completion) {
+        if let (Completion::Readable { .. }, Some(waker)) = (&completion, &self.spec.waker) {
+            waker.drain();
+            if let Err(e) = reactor.rearm_watch(WAKER_TOKEN) {
+                tracing::error!(lane = %self.spec.name, "cannot re-arm the lane's waker: {e}");
+            }
         }
     }
 
@@ -545,5 +772,16 @@ impl Lane {
         s.p50_pass_ns.store(h.value_at_quantile(0.5), Ordering::Relaxed);
         s.p99_pass_ns.store(h.value_at_quantile(0.99), Ordering::Relaxed);
         s.p999_pass_ns.store(h.value_at_quantile(0.999), Ordering::Relaxed);
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string payload".to_owned()
     }
 }

@@ -25,6 +25,7 @@
 //!     core: None,
 //!     idle: IdleStrategy::backoff(),
 //!     agents: vec![Box::new(Counter(0))],
+//!     waker: None,
 //! }], corelane::runtime::ReactorChoice::Auto).unwrap();
 //! runtime.shutdown();
 //! runtime.join();
@@ -33,13 +34,18 @@
 mod agent;
 mod idle;
 mod lane;
+mod link;
 pub mod reactor;
 mod shutdown;
 mod timer;
 
 pub use agent::{Agent, Ctx, LOCAL_LIMIT};
 pub use idle::{IdleStrategy, FIRST_PARK};
-pub use lane::{Board, LaneCommand, LaneSpec, LaneStats, LaneStatsSnapshot, Runtime, RuntimeError};
+pub use lane::{
+    Board, Joined, LaneCommand, LaneFailure, LaneSpec, LaneStats, LaneStatsSnapshot, Runtime,
+    RuntimeError,
+};
+pub use link::{link, LaneWaker, LinkRx, LinkTx};
 pub use reactor::{
     Completion, ConnectAddr, Incoming, PeerCred, Reactor, ReactorChoice, ReactorConfig,
     ReactorKind, RecvBuf, SocketOptions, Token, UringOptions,

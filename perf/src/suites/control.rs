@@ -225,7 +225,9 @@ fn corelane_rtt(pair: &Pair, dir: &Path, setup: Setup, warmup: u64, samples: u64
     })
     .join()
     .unwrap();
-    daemon.stop();
+    if let Err(e) = daemon.stop() {
+        eprintln!("corelane-perf: the daemon under test failed: {e}");
+    }
     samples
 }
 
