@@ -4,15 +4,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{self, Config};
-use crate::control::Client;
+use crate::control::{Client, ConnectionPool, PoolError};
+use crate::daemon::services::SERVICES;
+use crate::daemon::CliContext;
 
 /// corelane: a synchronous thread-per-core runtime for accelerator hosts.
 ///
 /// `corelane run` starts the daemon: pinned lanes, the control socket, the counters file and
-/// the Prometheus endpoint. The other subcommands talk to a running daemon or show its config.
+/// the Prometheus endpoint. `config show` prints the effective configuration. The other
+/// subcommands come from the daemon's services and talk to a running daemon (each takes
+/// --config, --socket and --timeout-ms to find it).
 #[derive(Debug, Parser)]
 #[command(name = "corelane", version, propagate_version = true)]
 struct Cli {
@@ -33,18 +37,6 @@ enum Command {
         #[arg(long, short, value_name = "PATH")]
         config: Option<PathBuf>,
     },
-    /// Ask the running daemon for its status. Exit 0 if it answered, 1 if not.
-    Status {
-        /// Config file of the daemon, to find its control socket.
-        #[arg(long, short, value_name = "PATH")]
-        config: Option<PathBuf>,
-        /// The control socket, instead of the one the config names.
-        #[arg(long, value_name = "PATH")]
-        socket: Option<PathBuf>,
-        /// How long to wait for the answer.
-        #[arg(long, value_name = "MS", default_value_t = 1000)]
-        timeout_ms: u64,
-    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -62,16 +54,93 @@ enum ConfigAction {
     },
 }
 
+/// The whole command line: the built-in subcommands and every service's.
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    for service in SERVICES {
+        for sub in service.commands() {
+            cmd = cmd.subcommand(with_daemon_args(sub));
+        }
+    }
+    cmd
+}
+
 /// Runs the command line; the binary's `main`.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = command().get_matches();
+    if let Some((name, sub)) = matches.subcommand() {
+        let owner = SERVICES.iter().find(|s| s.commands().iter().any(|c| c.get_name() == name));
+        if let Some(service) = owner {
+            let cx = match cli_context(sub) {
+                Ok(cx) => cx,
+                Err(code) => return code,
+            };
+            return service.run_command(name, sub, &cx);
+        }
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Run { config } => run(config.as_deref()),
-        Command::Status { config, socket, timeout_ms } => {
-            status(config.as_deref(), socket, Duration::from_millis(timeout_ms))
-        }
         Command::Config { action: ConfigAction::Show { config } } => config_show(config.as_deref()),
     }
+}
+
+/// The arguments every service subcommand takes to find the daemon.
+fn with_daemon_args(cmd: clap::Command) -> clap::Command {
+    use clap::{value_parser, Arg};
+    cmd.arg(
+        Arg::new("config")
+            .long("config")
+            .short('c')
+            .value_name("PATH")
+            .value_parser(value_parser!(PathBuf))
+            .help("Config file of the daemon, to find its control socket."),
+    )
+    .arg(
+        Arg::new("socket")
+            .long("socket")
+            .value_name("PATH")
+            .value_parser(value_parser!(PathBuf))
+            .help("The control socket, instead of the one the config names."),
+    )
+    .arg(
+        Arg::new("timeout_ms")
+            .long("timeout-ms")
+            .value_name("MS")
+            .value_parser(value_parser!(u64))
+            .default_value("1000")
+            .help("How long to wait for each answer."),
+    )
+}
+
+fn cli_context(matches: &clap::ArgMatches) -> Result<CliContext, ExitCode> {
+    let config = load(matches.get_one::<PathBuf>("config").map(PathBuf::as_path))?;
+    let socket = match matches.get_one::<PathBuf>("socket") {
+        Some(s) => s.clone(),
+        None => config.control_socket_path(&|k| std::env::var(k).ok()),
+    };
+    let timeout = Duration::from_millis(*matches.get_one::<u64>("timeout_ms").unwrap_or(&1000));
+    Ok(CliContext { config, socket, timeout })
+}
+
+/// A pool of one connection to the daemon (the CLI's way in; a long-running tool would keep
+/// the pool and reuse its connections).
+fn pool(cx: &CliContext) -> Result<ConnectionPool, PoolError> {
+    ConnectionPool::builder()
+        .max_connections(1)
+        .client(Client::builder().timeout(cx.timeout))
+        .build(&cx.socket)
+}
+
+fn no_answer(command: &str, cx: &CliContext, error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("corelane {command}: no answer from the daemon at {}: {error}", cx.socket.display());
+    eprintln!(
+        "hint: start it with `corelane run`, or point at its socket with --socket / --config"
+    );
+    ExitCode::from(1)
 }
 
 fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
@@ -100,15 +169,12 @@ fn run(path: Option<&Path>) -> ExitCode {
     }
 }
 
-fn status(path: Option<&Path>, socket: Option<PathBuf>, timeout: Duration) -> ExitCode {
-    let socket = match socket {
-        Some(s) => s,
-        None => match load(path) {
-            Ok(c) => c.control_socket_path(&|k| std::env::var(k).ok()),
-            Err(code) => return code,
-        },
-    };
-    let status = Client::builder().timeout(timeout).connect(&socket).and_then(|mut c| c.status());
+/// `corelane status`.
+pub fn status(cx: &CliContext) -> ExitCode {
+    let status = pool(cx).map_err(|e| e.to_string()).and_then(|pool| {
+        let mut client = pool.get().map_err(|e| e.to_string())?;
+        client.status().map_err(|e| e.to_string())
+    });
     match status {
         Ok(s) => {
             println!(
@@ -137,16 +203,47 @@ fn status(path: Option<&Path>, socket: Option<PathBuf>, timeout: Duration) -> Ex
                 );
             }
             for svc in &s.services {
-                println!("service {:<8} {}", svc.name, svc.state);
+                let details: Vec<String> =
+                    svc.details.iter().map(|d| format!("{}={}", d.key, d.value)).collect();
+                println!("service {:<8} {:<18} {}", svc.name, svc.state, details.join(" "));
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("corelane status: no answer from the daemon at {}: {e}", socket.display());
-            eprintln!("hint: start it with `corelane run`, or point at its socket with --socket / --config");
-            ExitCode::from(1)
+        Err(e) => no_answer("status", cx, &e),
+    }
+}
+
+/// `corelane ping`: `count` round trips, one line each, then the minimum and maximum.
+pub fn ping(cx: &CliContext, count: u32) -> ExitCode {
+    let pool = match pool(cx) {
+        Ok(p) => p,
+        Err(e) => return no_answer("ping", cx, &e),
+    };
+    let mut times = Vec::with_capacity(count as usize);
+    for seq in 0..count {
+        let rtt = pool
+            .get()
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| c.ping().map_err(|e| e.to_string()));
+        match rtt {
+            Ok(rtt) => {
+                println!("ping {seq}: {:.1} us", rtt.as_secs_f64() * 1e6);
+                times.push(rtt);
+            }
+            Err(e) => return no_answer("ping", cx, &e),
         }
     }
+    let (min, max) = (times.iter().min(), times.iter().max());
+    if let (Some(min), Some(max)) = (min, max) {
+        println!(
+            "{count} pings: min {:.1} us, max {:.1} us, connection reused {} of {} times",
+            min.as_secs_f64() * 1e6,
+            max.as_secs_f64() * 1e6,
+            pool.stats().reused,
+            count
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn config_show(path: Option<&Path>) -> ExitCode {

@@ -34,41 +34,41 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Origin};
+pub use schema::{
+    key, placeholder_section, uint, KeySpec, Kind, SectionSpec, StrRule, CONTROL_SECTION,
+    METRICS_SECTION,
+};
 
 use schema::{Doc, DocName};
+
+use crate::daemon::services::{self, SERVICES};
 
 /// The embedded default configuration, `config/corelane.toml`: every key with its default value
 /// and a comment saying what it does, its unit and its range.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/corelane.toml");
 
-/// The agents a lane can host in this build: `control` (the control socket) and `metrics` (the
-/// counters file and the HTTP endpoint).
-pub const KNOWN_AGENTS: &[&str] = &["control", "metrics"];
+macro_rules! define_config {
+    ($($(#[$doc:meta])* $field:ident: $config:ty => $service:expr,)*) => {
+        /// The whole configuration of `corelane run`. See `config/corelane.toml` for every key.
+        /// The service sections come from the table in [`crate::daemon::services`].
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Config {
+            /// `[runtime]`: process-wide settings.
+            pub runtime: RuntimeConfig,
+            /// `[[lanes]]`: the pinned threads and the agents each hosts.
+            pub lanes: Vec<LaneConfig>,
+            $($(#[$doc])* pub $field: $config,)*
+            /// `[log]`: logging.
+            pub log: LogConfig,
+        }
+    };
+}
+services::for_each_service!(define_config);
 
-/// Agent names reserved for services of later builds; naming one in a lane is an error that says
-/// so.
-pub const RESERVED_AGENTS: &[&str] = &["pool", "alloc", "frames"];
-
-/// The whole configuration of `corelane run`. See `config/corelane.toml` for every key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// `[runtime]`: process-wide settings.
-    pub runtime: RuntimeConfig,
-    /// `[[lanes]]`: the pinned threads and the agents each hosts.
-    pub lanes: Vec<LaneConfig>,
-    /// `[control]`: the control socket.
-    pub control: ControlConfig,
-    /// `[metrics]`: counters file and Prometheus endpoint.
-    pub metrics: MetricsConfig,
-    /// `[log]`: logging.
-    pub log: LogConfig,
-    /// `[pool]`: reserved for the tensor pool driver.
-    pub pool: ServicePlaceholder,
-    /// `[alloc]`: reserved for the allocation ledger server.
-    pub alloc: ServicePlaceholder,
-    /// `[frames]`: reserved for the frame worker.
-    pub frames: ServicePlaceholder,
+/// The agents a lane can host in this build (every service's that is in the build).
+pub fn known_agents() -> Vec<&'static str> {
+    SERVICES.iter().filter(|s| s.in_build()).flat_map(|s| s.agents().iter().copied()).collect()
 }
 
 /// `[runtime]`: process-wide settings.
@@ -118,7 +118,7 @@ pub struct LaneConfig {
     pub core: Option<usize>,
     /// `idle` and `idle_*`: what the lane does when no agent had work.
     pub idle: IdleStrategy,
-    /// `agents`: the agents this lane hosts, each one of [`KNOWN_AGENTS`] and hosted by exactly
+    /// `agents`: the agents this lane hosts, each one of [`known_agents`] and hosted by exactly
     /// one lane. A `metrics` entry is ignored while `metrics.enabled = false`.
     pub agents: Vec<String>,
 }
@@ -295,25 +295,10 @@ impl Config {
             .map_err(|e| ConfigError::Shape { message: e.to_string() })?;
         schema::check(&table, &Doc::value())?;
 
-        for (service, section) in
-            schema::RESERVED_SERVICES.into_iter().zip([&self.pool, &self.alloc, &self.frames])
-        {
-            if section.enabled {
-                return Err(ConfigError::ServiceNotInBuild { service });
-            }
+        for service in SERVICES {
+            service.validate(self)?;
         }
-        self.validate_lanes()?;
-        if self.metrics.counters_file == self.control.socket {
-            return Err(ConfigError::Invalid {
-                at: "metrics.counters_file".to_owned(),
-                reason: format!(
-                    "'{}' is also control.socket; the files share runtime.dir and need \
-                     different names",
-                    self.metrics.counters_file
-                ),
-            });
-        }
-        Ok(())
+        self.validate_lanes()
     }
 
     /// The path of the control socket: `control.socket` inside the runtime dir.
@@ -353,20 +338,23 @@ impl Config {
             }
             for agent in &lane.agents {
                 let at = format!("lanes[{index}].agents");
-                if RESERVED_AGENTS.contains(&agent.as_str()) {
-                    return Err(ConfigError::Invalid {
-                        at,
-                        reason: format!("agent '{agent}' is not in this build yet"),
-                    });
-                }
-                if !KNOWN_AGENTS.contains(&agent.as_str()) {
-                    return Err(ConfigError::Invalid {
-                        at,
-                        reason: format!(
-                            "unknown agent '{agent}'; expected one of: {}",
-                            KNOWN_AGENTS.join(", ")
-                        ),
-                    });
+                match services::owner_of(agent) {
+                    Some(service) if !service.in_build() => {
+                        return Err(ConfigError::Invalid {
+                            at,
+                            reason: format!("agent '{agent}' is not in this build yet"),
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(ConfigError::Invalid {
+                            at,
+                            reason: format!(
+                                "unknown agent '{agent}'; expected one of: {}",
+                                known_agents().join(", ")
+                            ),
+                        });
+                    }
                 }
                 if let Some(&(_, host)) = hosted.iter().find(|(a, _)| a == agent) {
                     return Err(ConfigError::Invalid {
@@ -380,16 +368,23 @@ impl Config {
                 hosted.push((agent, index));
             }
         }
-        let required = [("control", true), ("metrics", self.metrics.enabled)];
-        for (agent, needed) in required {
-            if needed && !hosted.iter().any(|(a, _)| *a == agent) {
-                let because = if agent == "metrics" { " while metrics.enabled = true" } else { "" };
-                return Err(ConfigError::Invalid {
-                    at: "lanes".to_owned(),
-                    reason: format!(
-                        "agent '{agent}' is hosted by no lane; add it to one lane's agents{because}"
-                    ),
-                });
+        // Every agent of an enabled service must be placed.
+        for service in SERVICES.iter().filter(|s| s.enabled(self)) {
+            for agent in service.agents() {
+                if !hosted.iter().any(|(a, _)| a == agent) {
+                    let switch = service.section().keys.iter().any(|k| k.name == "enabled");
+                    let because = if switch {
+                        format!(" while {}.enabled = true", service.name())
+                    } else {
+                        String::new()
+                    };
+                    return Err(ConfigError::Invalid {
+                        at: "lanes".to_owned(),
+                        reason: format!(
+                            "agent '{agent}' is hosted by no lane; add it to one lane's agents{because}"
+                        ),
+                    });
+                }
             }
         }
         Ok(())
@@ -472,7 +467,7 @@ impl Default for IdleStrategy {
 /// both is an error). Lanes have none.
 pub fn env_overrides() -> Vec<EnvOverride> {
     let mut out = Vec::new();
-    for section in schema::SECTIONS {
+    for section in schema::sections() {
         for spec in section.keys {
             let key = format!("{}.{}", section.name, spec.name);
             let expected = spec.kind.expected();

@@ -14,7 +14,7 @@ use super::error::{ConfigError, Origin};
 
 /// What a key accepts.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Kind {
+pub enum Kind {
     /// `true` or `false`.
     Bool,
     /// A non-negative integer in `min..=max` (both at most `i64::MAX`, TOML's integer range).
@@ -29,7 +29,7 @@ pub(super) enum Kind {
 
 /// Rules for string keys.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum StrRule {
+pub enum StrRule {
     /// Any non-empty string.
     NonEmpty,
     /// `""` or an absolute path.
@@ -44,77 +44,98 @@ pub(super) enum StrRule {
 
 /// One key of a section.
 #[derive(Debug)]
-pub(super) struct KeySpec {
-    pub(super) name: &'static str,
-    pub(super) kind: Kind,
+pub struct KeySpec {
+    /// The key's name.
+    pub name: &'static str,
+    /// What it accepts.
+    pub kind: Kind,
 }
 
 /// A non-array section (`[runtime]`, `[control]`, ...).
 #[derive(Debug)]
-pub(super) struct SectionSpec {
-    pub(super) name: &'static str,
-    pub(super) keys: &'static [KeySpec],
+pub struct SectionSpec {
+    /// The section's name.
+    pub name: &'static str,
+    /// Its keys, in file order.
+    pub keys: &'static [KeySpec],
 }
 
-const fn key(name: &'static str, kind: Kind) -> KeySpec {
+/// A key of `kind` named `name`.
+pub const fn key(name: &'static str, kind: Kind) -> KeySpec {
     KeySpec { name, kind }
 }
 
-const fn uint(min: u64, max: u64) -> Kind {
+/// An integer key in `min..=max`.
+pub const fn uint(min: u64, max: u64) -> Kind {
     Kind::UInt { min, max }
 }
 
 /// Name of the array section.
 pub(super) const LANES: &str = "lanes";
 
-/// Every top-level key, in file order.
-pub(super) const TOP_LEVEL: &[&str] =
-    &["runtime", "lanes", "control", "metrics", "log", "pool", "alloc", "frames"];
+/// `[runtime]`: process-wide settings (not a service: every daemon has them).
+pub(super) const RUNTIME: SectionSpec = SectionSpec {
+    name: "runtime",
+    keys: &[
+        key("dir", Kind::Str(StrRule::AbsPathOrEmpty)),
+        key("reactor", Kind::OneOf(&["auto", "io_uring", "poll"])),
+        key("shutdown_timeout_ms", uint(0, 600_000)),
+        key("uring_defer_taskrun", Kind::Bool),
+        key("uring_skip_send_cqe", Kind::Bool),
+    ],
+};
 
-/// The services reserved for later builds; their sections hold only `enabled`.
-pub(super) const RESERVED_SERVICES: [&str; 3] = ["pool", "alloc", "frames"];
+/// `[log]`: logging.
+pub(super) const LOG: SectionSpec =
+    SectionSpec { name: "log", keys: &[key("filter", Kind::Str(StrRule::LogFilter))] };
+
+/// `[control]`, the control service's keys.
+pub const CONTROL_SECTION: SectionSpec = SectionSpec {
+    name: "control",
+    keys: &[
+        key("socket", Kind::Str(StrRule::FileName)),
+        key("max_body_bytes", uint(1, 64 << 20)),
+        key("enable_legacy_support", Kind::Bool),
+        key("max_connections", uint(1, 1 << 20)),
+        key("crc_error_limit", uint(1, 1_000_000)),
+        key("header_timeout_ms", uint(1, 600_000)),
+        key("idle_timeout_ms", uint(0, 86_400_000)),
+        key("max_pending_output_bytes", uint(4096, 1 << 30)),
+    ],
+};
+
+/// `[metrics]`, the metrics service's keys.
+pub const METRICS_SECTION: SectionSpec = SectionSpec {
+    name: "metrics",
+    keys: &[
+        key("enabled", Kind::Bool),
+        key("listen", Kind::Str(StrRule::SocketAddrOrEmpty)),
+        key("counters_file", Kind::Str(StrRule::FileName)),
+        key("publish_interval_ms", uint(1, 3_600_000)),
+    ],
+};
 
 const PLACEHOLDER_KEYS: &[KeySpec] = &[key("enabled", Kind::Bool)];
 
-/// The non-array sections and their keys, in file order.
-pub(super) const SECTIONS: &[SectionSpec] = &[
-    SectionSpec {
-        name: "runtime",
-        keys: &[
-            key("dir", Kind::Str(StrRule::AbsPathOrEmpty)),
-            key("reactor", Kind::OneOf(&["auto", "io_uring", "poll"])),
-            key("shutdown_timeout_ms", uint(0, 600_000)),
-            key("uring_defer_taskrun", Kind::Bool),
-            key("uring_skip_send_cqe", Kind::Bool),
-        ],
-    },
-    SectionSpec {
-        name: "control",
-        keys: &[
-            key("socket", Kind::Str(StrRule::FileName)),
-            key("max_body_bytes", uint(1, 64 << 20)),
-            key("enable_legacy_support", Kind::Bool),
-            key("max_connections", uint(1, 1 << 20)),
-            key("crc_error_limit", uint(1, 1_000_000)),
-            key("header_timeout_ms", uint(1, 600_000)),
-            key("idle_timeout_ms", uint(0, 86_400_000)),
-            key("max_pending_output_bytes", uint(4096, 1 << 30)),
-        ],
-    },
-    SectionSpec {
-        name: "metrics",
-        keys: &[
-            key("enabled", Kind::Bool),
-            key("listen", Kind::Str(StrRule::SocketAddrOrEmpty)),
-            key("counters_file", Kind::Str(StrRule::FileName)),
-            key("publish_interval_ms", uint(1, 3_600_000)),
-        ],
-    },
-    SectionSpec { name: "log", keys: &[key("filter", Kind::Str(StrRule::LogFilter))] },
-    SectionSpec { name: "pool", keys: PLACEHOLDER_KEYS },
-    SectionSpec { name: "alloc", keys: PLACEHOLDER_KEYS },
-    SectionSpec { name: "frames", keys: PLACEHOLDER_KEYS },
-];
+/// The section of a service reserved for a later build: only `enabled`.
+pub const fn placeholder_section(name: &'static str) -> SectionSpec {
+    SectionSpec { name, keys: PLACEHOLDER_KEYS }
+}
+
+/// Every non-array section: `[runtime]`, each service's in table order, `[log]`.
+pub(crate) fn sections() -> &'static [&'static SectionSpec] {
+    static SECTIONS: std::sync::OnceLock<Vec<&'static SectionSpec>> = std::sync::OnceLock::new();
+    SECTIONS.get_or_init(|| {
+        let services = crate::daemon::services::SERVICES.iter().map(|s| s.section());
+        std::iter::once(&RUNTIME).chain(services).chain(std::iter::once(&LOG)).collect()
+    })
+}
+
+/// Every top-level key: `runtime`, `lanes`, then the other sections.
+fn top_level() -> impl Iterator<Item = &'static str> {
+    let names = sections().iter().map(|s| s.name);
+    names.clone().take(1).chain(std::iter::once(LANES)).chain(names.skip(1))
+}
 
 /// The keys of one `[[lanes]]` entry, in file order. Only `name` is required.
 pub(super) const LANE_KEYS: &[KeySpec] = &[
@@ -343,11 +364,11 @@ pub(super) fn check(table: &Table, doc: &Doc<'_>) -> Result<(), ConfigError> {
             check_lanes(value, doc)?;
             continue;
         }
-        let Some(section) = SECTIONS.iter().find(|s| s.name == name) else {
+        let Some(section) = sections().iter().find(|s| s.name == name) else {
             return Err(ConfigError::UnknownKey {
                 key: name.clone(),
                 origin: doc.origin(&path),
-                expected: names(TOP_LEVEL.iter().copied()),
+                expected: names(top_level()),
             });
         };
         let Value::Table(keys) = value else {
@@ -456,7 +477,7 @@ pub(super) fn merge(base: &mut Table, layer: Table) {
 
 /// Apply the `CORELANE_<SECTION>_<KEY>` overrides that `env` has, parsed as each key's type.
 pub(super) fn apply_env(base: &mut Table, env: EnvLookup<'_>) -> Result<(), ConfigError> {
-    for section in SECTIONS {
+    for section in sections() {
         for spec in section.keys {
             let var = env_var(section.name, spec.name);
             let mut raw = env(&var).map(|raw| (raw, var.clone()));
@@ -496,7 +517,7 @@ pub(super) fn unknown_env_hint(name: &str) -> String {
     if rest.starts_with("LANES_") || rest == "LANES" {
         return "lanes cannot be set from the environment; use a --config file".to_owned();
     }
-    for section in SECTIONS {
+    for section in sections() {
         let prefix = format!("{}_", section.name.to_ascii_uppercase());
         if rest.starts_with(&prefix) {
             let mut known: Vec<String> =
@@ -509,6 +530,6 @@ pub(super) fn unknown_env_hint(name: &str) -> String {
     }
     format!(
         "expected {ENV_PREFIX}<SECTION>_<KEY> with a section of: {}",
-        names(SECTIONS.iter().map(|s| s.name))
+        names(sections().iter().map(|s| s.name))
     )
 }

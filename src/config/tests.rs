@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::schema::{Kind, LANE_KEYS, SECTIONS};
+use super::schema::{sections, Kind, LANE_KEYS};
 use super::*;
 
 fn no_env(_: &str) -> Option<String> {
@@ -126,8 +126,8 @@ fn every_key_in_the_embedded_file_has_a_comment_above_it() {
 #[test]
 fn the_embedded_file_documents_every_key_of_the_schema_with_its_range() {
     let keys = documented_keys(EMBEDDED_DEFAULT);
-    let sections = SECTIONS.iter().map(|s| (s.name, s.keys));
-    for (section, specs) in sections.chain([("lanes", LANE_KEYS)]) {
+    let all = sections().iter().map(|s| (s.name, s.keys));
+    for (section, specs) in all.chain([("lanes", LANE_KEYS)]) {
         for spec in specs {
             let found = keys.iter().find(|(s, k, _)| s == section && k == spec.name);
             let Some((_, _, comments)) = found else {
@@ -152,7 +152,7 @@ fn the_embedded_file_documents_every_key_of_the_schema_with_its_range() {
     // And the other way round: no key in the file that the schema does not know (the loader
     // would fail anyway, this names it).
     for (section, key, _) in &keys {
-        let known = SECTIONS
+        let known = sections()
             .iter()
             .find(|s| s.name == section)
             .map_or(LANE_KEYS, |s| s.keys)
@@ -293,7 +293,7 @@ fn unknown_section_and_lane_key() {
     assert_eq!(
         err_text("[contrl]\nsocket = \"x\"\n"),
         "unknown key 'contrl' in TOML text line 1; expected one of: runtime, lanes, control, \
-         metrics, log, pool, alloc, frames"
+         metrics, pool, alloc, frames, log"
     );
     assert_eq!(
         err_text("[[lanes]]\nname = \"a\"\nidel = \"spin\"\n"),
@@ -324,14 +324,14 @@ fn unknown_env_override() {
     assert_eq!(
         check_env_names(["CORELANE_NOPE"]).unwrap_err().to_string(),
         "unknown environment override CORELANE_NOPE; expected CORELANE_<SECTION>_<KEY> with a \
-         section of: runtime, control, metrics, log, pool, alloc, frames"
+         section of: runtime, control, metrics, pool, alloc, frames, log"
     );
     let known = env_overrides();
     check_env_names(known.iter().map(|o| o.var.as_str())).unwrap();
     assert!(known.iter().any(|o| o.var == "CORELANE_LOG" && o.key == "log.filter"));
     assert!(known.iter().all(|o| !o.key.starts_with("lanes")));
     // One per scalar key of the non-array sections, plus CORELANE_LOG.
-    assert_eq!(known.len(), SECTIONS.iter().map(|s| s.keys.len()).sum::<usize>() + 1);
+    assert_eq!(known.len(), sections().iter().map(|s| s.keys.len()).sum::<usize>() + 1);
 }
 
 #[test]
@@ -394,7 +394,7 @@ fn bad_values_say_what_was_expected_and_where_it_came_from() {
 
 #[test]
 fn every_integer_key_takes_its_bounds_from_the_environment() {
-    for section in SECTIONS {
+    for section in sections() {
         for spec in section.keys {
             let Kind::UInt { min, max } = spec.kind else { continue };
             let var = schema::env_var(section.name, spec.name);

@@ -425,6 +425,7 @@ mod tests {
             services: vec![ServiceStatus {
                 name: "control".to_owned(),
                 state: "running".to_owned(),
+                details: vec![],
             }],
             connections: 1,
         }

@@ -238,7 +238,7 @@ pub struct StatusHandler {
     board: Arc<Board>,
     started: Instant,
     config_toml: String,
-    services: Vec<(String, String)>,
+    services: Arc<super::service::StatusBoard>,
     counters: ControlCounters,
 }
 
@@ -255,7 +255,7 @@ impl StatusHandler {
     pub fn new(
         board: Arc<Board>,
         config_toml: String,
-        services: Vec<(String, String)>,
+        services: Arc<super::service::StatusBoard>,
         counters: ControlCounters,
     ) -> Self {
         Self { board, started: Instant::now(), config_toml, services, counters }
@@ -292,8 +292,16 @@ impl Handler for StatusHandler {
             lanes,
             services: self
                 .services
-                .iter()
-                .map(|(name, state)| ServiceStatus { name: name.clone(), state: state.clone() })
+                .snapshot()
+                .into_iter()
+                .map(|(name, state, details)| ServiceStatus {
+                    name,
+                    state,
+                    details: details
+                        .into_iter()
+                        .map(|(key, value)| crate::control::proto::Detail { key, value })
+                        .collect(),
+                })
                 .collect(),
             connections: self.counters.open.get() as u32,
         }

@@ -10,28 +10,31 @@
 //! counters file are removed only if they are still the files this daemon created.
 
 mod control_agent;
+mod control_service;
 mod metrics_agent;
+pub mod service;
+pub mod services;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use control_agent::{ControlAgent, ControlCounters, StatusHandler, ERROR_KINDS};
-pub use metrics_agent::{LaneGauges, MetricsAgent};
+pub use control_service::ControlService;
+pub use metrics_agent::{LaneGauges, MetricsAgent, MetricsService};
+pub use service::{Build, CliContext, Prepare, Prepared, Service, StatusBoard, StatusCell};
 
 use crate::config::{self, Config};
-use crate::control::SessionConfig;
 use crate::files::{InstanceLock, LockError, OwnedFile};
-use crate::metrics::{
-    CounterKind, CounterSpec, CountersFile, MetricsError, MetricsServer, Registry,
-};
+use crate::metrics::{CountersFile, MetricsError, MetricsServer, Registry};
 use crate::runtime::{
     Agent, Board, IdleStrategy, LaneSpec, ReactorChoice, ReactorConfig, ReactorKind, Runtime,
     RuntimeError, Shutdown, UringOptions,
 };
-use crate::wire::DecoderConfig;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -132,10 +135,25 @@ impl Daemon {
             Err(e) => tracing::warn!("cannot sweep the runtime directory: {e}"),
         }
 
-        // Everything that can fail without side effects, before any socket or file exists.
+        // Everything that can fail without side effects, before any socket or file exists:
+        // every enabled service's checks and counter registrations, the /metrics address.
         let board = Board::new();
         let mut registry = Registry::new();
-        let ids = Ids::register(&mut registry, config)?;
+        let statuses = Arc::new(StatusBoard::default());
+        let mut prepared = Vec::new();
+        for service in services::SERVICES {
+            let state = if !service.in_build() {
+                "not in this build"
+            } else if service.enabled(config) {
+                "running"
+            } else {
+                "disabled"
+            };
+            statuses.declare(service.name(), state);
+            if service.enabled(config) {
+                prepared.push(service.prepare(&mut Prepare::new(config, &dir, &mut registry))?);
+            }
+        }
         let metrics_addr = match (config.metrics.enabled, config.metrics.listen.as_str()) {
             (true, listen) if !listen.is_empty() => Some(
                 listen
@@ -159,67 +177,63 @@ impl Daemon {
                 return Err(e.into());
             }
         };
-        let control_counters = ids.control(&counters);
-        let lane_gauges = ids.lanes(&counters);
+        // A failed start removes what it made (each use is followed by a return).
+        macro_rules! undo {
+            () => {{
+                let _ = socket.remove();
+                let _ = counters.remove();
+            }};
+        }
 
-        let config_toml =
-            config.to_toml_string().unwrap_or_else(|e| format!("# cannot render: {e}"));
-        // The services of later builds: reported in status as absent.
-        let services: Vec<(String, String)> = config::RESERVED_AGENTS
-            .iter()
-            .map(|s| (s.to_string(), "not in this build".to_string()))
-            .collect();
-        let session_config = SessionConfig {
-            decoder: DecoderConfig {
-                max_body_bytes: config.control.max_body_bytes,
-                enable_legacy_support: config.control.enable_legacy_support,
-                crc_error_limit: config.control.crc_error_limit,
-            },
-            header_timeout: Duration::from_millis(config.control.header_timeout_ms),
-            idle_timeout: (config.control.idle_timeout_ms > 0)
-                .then(|| Duration::from_millis(config.control.idle_timeout_ms)),
-            max_pending_output: config.control.max_pending_output_bytes as usize,
-        };
-
-        let mut listener = Some(listener);
-        let mut specs = Vec::new();
+        // Phase 2: every lane's waker, then every service's agents, placed on their lanes.
+        let mut wakers = HashMap::new();
+        let mut lane_wakers = Vec::new();
         for lane in &config.lanes {
-            let mut agents: Vec<Box<dyn Agent>> = Vec::new();
-            for agent in &lane.agents {
-                match agent.as_str() {
-                    "control" => agents.push(Box::new(ControlAgent::new(
-                        socket.path().to_owned(),
-                        listener.take().expect("config validation: one control agent"),
-                        session_config.clone(),
-                        config.control.max_connections as usize,
-                        StatusHandler::new(
-                            board.clone(),
-                            config_toml.clone(),
-                            services.clone(),
-                            control_counters.clone(),
-                        ),
-                    ))),
-                    // Without metrics there is nothing to publish: no agent at all.
-                    "metrics" if !config.metrics.enabled => {}
-                    "metrics" => agents.push(Box::new(MetricsAgent::new(
-                        board.clone(),
-                        lane_gauges.clone(),
-                        counters.counter(ids.uptime),
-                        Duration::from_millis(config.metrics.publish_interval_ms.max(1)),
-                    ))),
-                    other => {
-                        unreachable!("config validation admits only known agents, got {other}")
-                    }
-                }
-            }
             let waker = match crate::runtime::LaneWaker::new() {
                 Ok(w) => w,
                 Err(source) => {
-                    let _ = socket.remove();
-                    let _ = counters.remove();
+                    undo!();
                     return Err(DaemonError::Waker { lane: lane.name.clone(), source });
                 }
             };
+            for agent in &lane.agents {
+                wakers.insert(agent.clone(), waker.clone());
+            }
+            lane_wakers.push(waker);
+        }
+        let config_toml =
+            config.to_toml_string().unwrap_or_else(|e| format!("# cannot render: {e}"));
+        let mut built: HashMap<&'static str, Box<dyn Agent>> = HashMap::new();
+        {
+            let mut cx = Build {
+                config,
+                board: &board,
+                counters: &counters,
+                config_toml: &config_toml,
+                control_listener: Some(listener),
+                control_socket: socket.path(),
+                wakers: &wakers,
+                statuses: &statuses,
+            };
+            for service in prepared {
+                match service.build(&mut cx) {
+                    Ok(agents) => built.extend(agents),
+                    Err(e) => {
+                        undo!();
+                        return Err(e);
+                    }
+                }
+            }
+            if cx.control_listener.is_some() {
+                tracing::warn!("no control agent was built: the control socket is not served");
+            }
+        }
+        let mut specs = Vec::new();
+        for (lane, waker) in config.lanes.iter().zip(lane_wakers) {
+            // Config validation placed every agent of an enabled service on exactly one lane;
+            // agents of disabled services are skipped.
+            let agents: Vec<Box<dyn Agent>> =
+                lane.agents.iter().filter_map(|a| built.remove(a.as_str())).collect();
             specs.push(LaneSpec {
                 name: lane.name.clone(),
                 core: lane.core,
@@ -228,9 +242,8 @@ impl Daemon {
                 waker: Some(waker),
             });
         }
-        if listener.is_some() {
-            tracing::warn!("no lane hosts the control agent: the control socket is not served");
-            let _ = socket.remove();
+        for name in built.keys() {
+            tracing::warn!(agent = name, "no lane hosts this agent; it does not run");
         }
         let choice = match config.runtime.reactor {
             config::ReactorKind::Auto => ReactorChoice::Auto,
@@ -247,12 +260,10 @@ impl Daemon {
         let runtime = match Runtime::start_with(specs, reactor, shutdown.clone(), board) {
             Ok(r) => r,
             Err(e) => {
-                let _ = socket.remove();
-                let _ = counters.remove();
+                undo!();
                 return Err(e.into());
             }
         };
-        counters.counter(ids.reactor[usize::from(runtime.reactor() == ReactorKind::Poll)]).set(1);
 
         let metrics_server = match metrics_addr {
             Some(addr) => match MetricsServer::start(addr, counters.reader()) {
@@ -423,144 +434,5 @@ fn warn_if_not_tmpfs(dir: &Path) {
             "the runtime directory is not on a tmpfs; set XDG_RUNTIME_DIR or runtime.dir to one (e.g. /dev/shm or /run)"
         ),
         Err(e) => tracing::debug!("cannot statfs the runtime directory: {e}"),
-    }
-}
-
-/// Every counter the daemon registers, by id.
-struct Ids {
-    accepted: crate::metrics::CounterId,
-    refused: crate::metrics::CounterId,
-    closed: crate::metrics::CounterId,
-    open: crate::metrics::CounterId,
-    accept_errors: crate::metrics::CounterId,
-    requests: [crate::metrics::CounterId; 3],
-    errors: Vec<crate::metrics::CounterId>,
-    lanes: Vec<[crate::metrics::CounterId; 7]>,
-    uptime: crate::metrics::CounterId,
-    reactor: [crate::metrics::CounterId; 2],
-}
-
-impl Ids {
-    fn register(r: &mut Registry, config: &Config) -> Result<Self, MetricsError> {
-        let c = |r: &mut Registry, name: &str, labels: &[(&str, &str)], help: &str| {
-            r.register(CounterSpec { name, labels, help, kind: CounterKind::Counter })
-        };
-        let g = |r: &mut Registry, name: &str, labels: &[(&str, &str)], help: &str| {
-            r.register(CounterSpec { name, labels, help, kind: CounterKind::Gauge })
-        };
-        const CONN: &str = "Control connections by event.";
-        let accepted = c(r, "corelane_control_connections_total", &[("event", "accepted")], CONN)?;
-        let refused = c(r, "corelane_control_connections_total", &[("event", "refused")], CONN)?;
-        let closed =
-            c(r, "corelane_control_connections_total", &[("event", "closed_by_daemon")], CONN)?;
-        let open = g(r, "corelane_control_connections_open", &[], "Control connections open now.")?;
-        let accept_errors = c(
-            r,
-            "corelane_control_accept_errors_total",
-            &[],
-            "Accepts of the control socket that failed (EMFILE, ...); accepting resumes.",
-        )?;
-        const REQ: &str = "Control requests answered, by type.";
-        let requests = [
-            c(r, "corelane_control_requests_total", &[("type", "ping")], REQ)?,
-            c(r, "corelane_control_requests_total", &[("type", "status")], REQ)?,
-            c(r, "corelane_control_requests_total", &[("type", "config")], REQ)?,
-        ];
-        let errors = ERROR_KINDS
-            .iter()
-            .map(|kind| {
-                c(
-                    r,
-                    "corelane_control_errors_total",
-                    &[("kind", kind)],
-                    "Control protocol errors answered, by kind.",
-                )
-            })
-            .collect::<Result<_, _>>()?;
-        let mut lanes = Vec::new();
-        for lane in &config.lanes {
-            let l = lane.name.as_str();
-            lanes.push([
-                c(r, "corelane_lane_passes_total", &[("lane", l)], "Loop passes of the lane.")?,
-                c(
-                    r,
-                    "corelane_lane_work_total",
-                    &[("lane", l)],
-                    "Work items done by the lane's agents.",
-                )?,
-                g(r, "corelane_lane_idle_ns", &[("lane", l)], "Time the lane spent idling, ns.")?,
-                g(
-                    r,
-                    "corelane_lane_pass_ns",
-                    &[("lane", l), ("quantile", "0.5")],
-                    "Duration of a lane pass, ns.",
-                )?,
-                g(
-                    r,
-                    "corelane_lane_pass_ns",
-                    &[("lane", l), ("quantile", "0.99")],
-                    "Duration of a lane pass, ns.",
-                )?,
-                g(
-                    r,
-                    "corelane_lane_pass_ns",
-                    &[("lane", l), ("quantile", "0.999")],
-                    "Duration of a lane pass, ns.",
-                )?,
-                g(
-                    r,
-                    "corelane_lane_pass_ns",
-                    &[("lane", l), ("quantile", "1")],
-                    "Duration of a lane pass, ns.",
-                )?,
-            ]);
-        }
-        let uptime = g(r, "corelane_uptime_seconds", &[], "Seconds since the daemon started.")?;
-        const REACTOR: &str = "Reactor backend the lanes run (1 = this one).";
-        let reactor = [
-            g(r, "corelane_reactor", &[("kind", "io_uring")], REACTOR)?,
-            g(r, "corelane_reactor", &[("kind", "poll")], REACTOR)?,
-        ];
-        Ok(Self {
-            accepted,
-            refused,
-            closed,
-            open,
-            accept_errors,
-            requests,
-            errors,
-            lanes,
-            uptime,
-            reactor,
-        })
-    }
-
-    fn control(&self, f: &CountersFile) -> ControlCounters {
-        ControlCounters {
-            accepted: f.counter(self.accepted),
-            refused: f.counter(self.refused),
-            closed_by_daemon: f.counter(self.closed),
-            open: f.counter(self.open),
-            accept_errors: f.counter(self.accept_errors),
-            requests: self.requests.map(|id| f.counter(id)),
-            errors: self.errors.iter().map(|&id| f.counter(id)).collect(),
-        }
-    }
-
-    fn lanes(&self, f: &CountersFile) -> Vec<LaneGauges> {
-        self.lanes
-            .iter()
-            .map(|ids| LaneGauges {
-                passes: f.counter(ids[0]),
-                work: f.counter(ids[1]),
-                idle_ns: f.counter(ids[2]),
-                pass_ns: [
-                    f.counter(ids[3]),
-                    f.counter(ids[4]),
-                    f.counter(ids[5]),
-                    f.counter(ids[6]),
-                ],
-            })
-            .collect()
     }
 }
