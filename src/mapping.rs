@@ -84,8 +84,9 @@ impl Mapping {
         Ok((mapping, fd))
     }
 
-    /// Maps a descriptor received from a peer, after checking it against `policy`. The whole
-    /// file is mapped.
+    /// Maps a descriptor received from a peer, after checking it against `policy`: exactly
+    /// the bytes the policy needs are mapped (a peer that hands over a huge sparse file gets
+    /// no more of our address space than the layout takes).
     pub fn from_fd(fd: BorrowedFd<'_>, policy: SizePolicy) -> Result<Self, MapError> {
         let (needed, sealed) = match policy {
             SizePolicy::AtLeast(n) => (n, false),
@@ -98,11 +99,10 @@ impl Mapping {
             }
         }
         let len = rustix::fs::fstat(fd).map_err(io::Error::from)?.st_size as u64;
-        if len < needed as u64 || len == 0 {
+        if len < needed as u64 || needed == 0 {
             return Err(MapError::TooSmall { needed, len });
         }
-        let len = usize::try_from(len).map_err(|_| MapError::TooSmall { needed, len })?;
-        Ok(Self::map(fd, len)?)
+        Ok(Self::map(fd, needed)?)
     }
 
     /// Opens and maps a file by path (read-write, shared), if it holds at least `needed` bytes.

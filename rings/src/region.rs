@@ -18,6 +18,19 @@
 //!   access out of bounds.
 #![allow(unsafe_code)]
 
+/// The structure a region holds. A region holds one at a time: each layout accesses every
+/// byte at one size (see the atomics door), and two layouts over one region would race
+/// accesses of different sizes, which Rust forbids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutKind {
+    /// A shared-memory SPSC ring ([`crate::spsc::shm`]).
+    SpscRing,
+    /// A tensor-pool header ring ([`crate::seqlock`]).
+    HeaderRing,
+    /// A tensor-pool payload pool ([`crate::seqlock`]).
+    PayloadPool,
+}
+
 #[cfg(not(loom))]
 mod std_region {
     use core::fmt;
@@ -34,7 +47,8 @@ mod std_region {
     /// `as_ptr()` must return the same pointer for as long as the value lives, valid for reads and
     /// writes of `len()` bytes, and that memory must be accessed only through the protocol of
     /// the structure laid out in it ([`crate::spsc::shm`], [`crate::seqlock`]), in this or other
-    /// processes.
+    /// processes. Values that share memory must either start at the same address (the crate
+    /// then keeps them to one layout) or never be given different layouts.
     pub unsafe trait Region {
         /// First byte of the region.
         fn as_ptr(&self) -> *mut u8;
@@ -124,6 +138,50 @@ mod std_region {
         Some(unsafe { crate::sync::atomic_words(start, len) })
     }
 
+    /// Regions of this process with a layout, by first-byte address: the layout and how many
+    /// handles hold it.
+    static LAYOUTS: std::sync::Mutex<Vec<(usize, super::LayoutKind, usize)>> =
+        std::sync::Mutex::new(Vec::new());
+
+    /// A handle's hold on the layout of its region; released on drop. A region whose first
+    /// byte another layout holds is refused, so this crate never lays two structures over one
+    /// region (an implementor of [`Region`] that hands out overlapping ranges of one memory as
+    /// distinct regions must keep them to one layout itself). A handle that is leaked
+    /// (`mem::forget`) keeps its region's layout for the life of the process.
+    #[derive(Debug)]
+    pub(crate) struct LayoutClaim {
+        base: usize,
+    }
+
+    impl LayoutClaim {
+        /// Claims `region` for `layout`, or says which layout holds it.
+        pub(crate) fn take<R: Region + ?Sized>(
+            region: &R,
+            layout: super::LayoutKind,
+        ) -> Result<Self, super::LayoutKind> {
+            let base = region.as_ptr() as usize;
+            let mut held = LAYOUTS.lock().unwrap_or_else(|e| e.into_inner());
+            match held.iter_mut().find(|(b, _, _)| *b == base) {
+                Some((_, other, _)) if *other != layout => return Err(*other),
+                Some((_, _, count)) => *count += 1,
+                None => held.push((base, layout, 1)),
+            }
+            Ok(Self { base })
+        }
+    }
+
+    impl Drop for LayoutClaim {
+        fn drop(&mut self) {
+            let mut held = LAYOUTS.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = held.iter().position(|(b, _, _)| *b == self.base) {
+                held[i].2 -= 1;
+                if held[i].2 == 0 {
+                    held.swap_remove(i);
+                }
+            }
+        }
+    }
+
     // SAFETY: a shared borrow keeps the region alive and unmoved for as long as it lives.
     unsafe impl<R: Region + ?Sized> Region for &R {
         fn as_ptr(&self) -> *mut u8 {
@@ -140,15 +198,13 @@ pub use std_region::*;
 
 #[cfg(loom)]
 mod loom_region {
-    use crate::sync::{Arc, AtomicU32, AtomicU64};
+    use crate::sync::{Arc, AtomicU64};
 
     /// Under loom, a region is a vector of model atomics (loom cannot model raw memory): one
-    /// word per 8 bytes, and the `u32` wait word of the shared-memory ring on its own.
+    /// word per 8 bytes.
     pub trait Region {
         /// The region's words.
         fn words(&self) -> Arc<Vec<AtomicU64>>;
-        /// The wait word.
-        fn wait_word(&self) -> Arc<AtomicU32>;
         /// Size in bytes.
         fn len(&self) -> usize;
         /// Whether the region has no bytes.
@@ -161,7 +217,6 @@ mod loom_region {
     #[derive(Clone, Debug)]
     pub struct HeapRegion {
         words: Arc<Vec<AtomicU64>>,
-        wait: Arc<AtomicU32>,
         len: usize,
     }
 
@@ -169,16 +224,13 @@ mod loom_region {
         /// Allocates `len` zeroed bytes (a multiple of 8).
         pub fn new(len: usize) -> Self {
             let words = (0..len / 8).map(|_| AtomicU64::new(0)).collect();
-            Self { words: Arc::new(words), wait: Arc::new(AtomicU32::new(0)), len }
+            Self { words: Arc::new(words), len }
         }
     }
 
     impl Region for HeapRegion {
         fn words(&self) -> Arc<Vec<AtomicU64>> {
             self.words.clone()
-        }
-        fn wait_word(&self) -> Arc<AtomicU32> {
-            self.wait.clone()
         }
         fn len(&self) -> usize {
             self.len
@@ -187,6 +239,19 @@ mod loom_region {
 
     /// Alignment of a region's first byte (always met under loom).
     pub const REGION_ALIGN: usize = 64;
+
+    /// Under loom every model builds its own regions: no registry to keep.
+    #[derive(Debug)]
+    pub(crate) struct LayoutClaim;
+
+    impl LayoutClaim {
+        pub(crate) fn take<R: Region + ?Sized>(
+            _region: &R,
+            _layout: super::LayoutKind,
+        ) -> Result<Self, super::LayoutKind> {
+            Ok(Self)
+        }
+    }
 }
 
 #[cfg(loom)]

@@ -13,25 +13,39 @@
 //! [`load_bytes`] are the only two ways bytes cross that boundary. They copy as relaxed
 //! `AtomicU64` word accesses, which compile to plain loads and stores on x86_64 and aarch64.
 //!
-//! Copies of [`BULK_COPY_MIN`] bytes or more on x86_64 use one `rep movsb` in inline assembly
-//! instead, which runs at `memcpy` speed (a word loop cannot be vectorised: LLVM never merges
-//! atomic accesses). This is sound for the same reason the word loop is: the Rust memory model
-//! treats an `asm!` block as an operation whose effect must be expressible as Rust code, and
-//! what `rep movsb` does is expressible as a sequence of relaxed byte-wise atomic loads and
-//! stores (each byte it reads is a value some store wrote: x86 byte accesses are single-copy
-//! atomic), the "byte-wise atomic memcpy" of C++ proposal P1478. Callers never rely on any
-//! atomicity wider than a byte: a torn copy is detected by the protocol around it (seqlock
-//! re-check) or is simply the peer's garbage, decoded from our private copy. Miri and loom,
-//! which cannot run inline assembly, always take the word loop.
+//! Tensor payloads are different: frames of MiB, where a word loop costs 2-3x `memcpy` (LLVM
+//! never merges or vectorises atomic accesses). [`store_payload`] and [`load_payload`] copy
+//! them with one `rep movsb` in inline assembly on x86_64, which runs at `memcpy` speed. The
+//! Rust memory model treats an `asm!` block as an operation whose effect must be expressible
+//! as Rust code, and what `rep movsb` does is expressible as relaxed *byte-wise* atomic loads
+//! and stores (each byte it reads is a value some store wrote: x86 byte accesses are
+//! single-copy atomic), the "byte-wise atomic memcpy" of C++ proposal P1478.
+//!
+//! That argument holds only if the bytes it races with are accessed at the same granularity:
+//! Rust forbids racing atomic accesses of different sizes. So each kind of memory has one
+//! granularity, and nothing hands out another:
+//!
+//! | memory | accessed as |
+//! |---|---|
+//! | ring positions, role words, wait word, ring slots, ring header | `AtomicU64` |
+//! | superblocks, header-ring slots (`seq_commit`, slot header) | `AtomicU64` |
+//! | payload-pool slots | bytes (`rep movsb`) on x86_64; `AtomicU64` words elsewhere and under Miri |
+//!
+//! Payload bytes never meet a word access because a region holds one layout at a time (the
+//! layout claim of [`crate::region`]), the pool's superblock and slots are disjoint bytes, and
+//! no API hands out a payload slot as words. Readers only ever see a torn copy as the
+//! protocol around it decides (the seqlock re-check); nothing relies on atomicity wider than
+//! one access. Miri and loom, which cannot run inline assembly, take the word path on both
+//! sides.
 #![allow(unsafe_code)]
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicU64, Ordering};
 #[cfg(loom)]
 pub(crate) use loom::sync::Arc;
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicU64, Ordering};
 #[cfg(not(loom))]
 pub(crate) use std::sync::Arc;
 
@@ -73,13 +87,8 @@ pub(crate) unsafe fn atomic_words<'a>(ptr: *mut u8, len: usize) -> &'a [AtomicU6
     unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), len / 8) }
 }
 
-/// Copies of at least this many bytes take the `rep movsb` path on x86_64 (see the module doc).
-/// Below it the word loop is as fast and has no start-up cost.
-#[cfg_attr(any(loom, miri, not(target_arch = "x86_64")), allow(dead_code))]
-pub const BULK_COPY_MIN: usize = 512;
-
 /// Stores `bytes` into `words` (little-endian), zero-filling the last partial word: how every
-/// byte of shared memory is written.
+/// byte of word-granular shared memory is written, one relaxed atomic word at a time.
 ///
 /// # Panics
 /// If `words` holds fewer than `bytes.len()` bytes.
@@ -91,49 +100,31 @@ pub(crate) fn store_bytes(words: &[AtomicU64], bytes: &[u8]) {
         bytes.len(),
         words.len()
     );
-    let full = bytes.len() / 8 * 8;
-    let (head, rest) = bytes.split_at(full);
-    if !bulk_store(words, head) {
-        for (word, chunk) in words.iter().zip(head.chunks_exact(8)) {
-            word.store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Ordering::Relaxed);
-        }
+    let mut chunks = bytes.chunks_exact(8);
+    for (word, chunk) in words.iter().zip(&mut chunks) {
+        word.store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Ordering::Relaxed);
     }
+    let rest = chunks.remainder();
     if !rest.is_empty() {
         let mut last = [0u8; 8];
         last[..rest.len()].copy_from_slice(rest);
-        words[full / 8].store(u64::from_le_bytes(last), Ordering::Relaxed);
+        words[bytes.len() / 8].store(u64::from_le_bytes(last), Ordering::Relaxed);
     }
 }
 
-/// Loads `out.len()` bytes from `words` (little-endian) into private memory.
+/// Loads `out.len()` bytes from word-granular shared memory into private memory, one relaxed
+/// atomic word at a time.
 ///
 /// # Panics
 /// If `words` holds fewer than `out.len()` bytes.
 #[inline]
 pub(crate) fn load_bytes(words: &[AtomicU64], out: &mut [u8]) {
-    load_range(words, 0, out);
-}
-
-/// Loads `out.len()` bytes starting at byte `offset` of `words` into private memory.
-///
-/// # Panics
-/// If the range is not inside `words`.
-#[inline]
-pub(crate) fn load_range(words: &[AtomicU64], offset: usize, out: &mut [u8]) {
-    let end = offset.checked_add(out.len()).filter(|&end| end <= words.len() * 8);
     assert!(
-        end.is_some(),
-        "load_bytes: {} bytes at {offset} from {} words",
+        out.len() <= words.len() * 8,
+        "load_bytes: {} bytes from {} words",
         out.len(),
         words.len()
     );
-    if bulk_load(words, offset, out) {
-        return;
-    }
-    if !offset.is_multiple_of(8) {
-        return load_unaligned(words, offset, out);
-    }
-    let words = &words[offset / 8..];
     let full_words = out.len() / 8;
     let mut chunks = out.chunks_exact_mut(8);
     for (word, chunk) in words.iter().zip(&mut chunks) {
@@ -146,8 +137,80 @@ pub(crate) fn load_range(words: &[AtomicU64], offset: usize, out: &mut [u8]) {
     }
 }
 
-#[cold]
-fn load_unaligned(words: &[AtomicU64], offset: usize, out: &mut [u8]) {
+#[cfg_attr(loom, allow(dead_code))]
+/// Loads `out.len()` payload bytes starting at byte `offset` of `words` into private memory
+/// (payload granularity: see the module doc).
+///
+/// # Panics
+/// If the range is not inside `words`.
+#[inline]
+pub(crate) fn load_payload(words: &[AtomicU64], offset: usize, out: &mut [u8]) {
+    check_range("load_payload", words, offset, out.len());
+    if out.is_empty() {
+        return;
+    }
+    #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
+    {
+        // SAFETY: the source is `out.len()` bytes at `offset` inside `words` (checked above)
+        // and the destination is `out`, a unique borrow of private memory: no overlap. What
+        // the instruction does to the source is a byte-wise atomic load (module doc: payload
+        // bytes are accessed at no other granularity), which `AtomicU64`'s interior
+        // mutability permits through `&`. Direction flag: clear on entry (ABI).
+        unsafe {
+            core::arch::asm!(
+                "rep movsb",
+                inout("rcx") out.len() => _,
+                inout("rsi") words.as_ptr().cast::<u8>().wrapping_add(offset) => _,
+                inout("rdi") out.as_mut_ptr() => _,
+                options(nostack, preserves_flags)
+            );
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri), not(loom))))]
+    load_words_at(words, offset, out);
+}
+
+#[cfg_attr(loom, allow(dead_code))]
+/// Stores `bytes` as payload at byte `offset` of `words`, leaving every other byte as it was.
+/// For the single writer of the words only (payload granularity: see the module doc).
+///
+/// # Panics
+/// If the range is not inside `words`.
+#[inline]
+pub(crate) fn store_payload(words: &[AtomicU64], offset: usize, bytes: &[u8]) {
+    check_range("store_payload", words, offset, bytes.len());
+    if bytes.is_empty() {
+        return;
+    }
+    #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
+    {
+        // SAFETY: the destination is `bytes.len()` bytes at `offset` inside `words` (checked
+        // above), interior-mutable atomic memory written byte-wise atomically (module doc);
+        // the source is a shared borrow of private memory, which cannot overlap shared memory
+        // held as atomics. Direction flag: clear on entry (ABI).
+        unsafe {
+            core::arch::asm!(
+                "rep movsb",
+                inout("rcx") bytes.len() => _,
+                inout("rsi") bytes.as_ptr() => _,
+                inout("rdi") words.as_ptr().cast::<u8>().cast_mut().wrapping_add(offset) => _,
+                options(nostack, preserves_flags)
+            );
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri), not(loom))))]
+    store_words_at(words, offset, bytes);
+}
+
+#[cfg_attr(loom, allow(dead_code))]
+fn check_range(what: &str, words: &[AtomicU64], offset: usize, len: usize) {
+    let end = offset.checked_add(len).filter(|&end| end <= words.len() * 8);
+    assert!(end.is_some(), "{what}: {len} bytes at {offset} in {} words", words.len());
+}
+
+/// The word path of [`load_payload`] (Miri, loom, other targets).
+#[cfg_attr(all(target_arch = "x86_64", not(miri), not(loom), not(test)), allow(dead_code))]
+fn load_words_at(words: &[AtomicU64], offset: usize, out: &mut [u8]) {
     let mut at = offset;
     let mut done = 0;
     while done < out.len() {
@@ -160,109 +223,27 @@ fn load_unaligned(words: &[AtomicU64], offset: usize, out: &mut [u8]) {
     }
 }
 
-#[cfg_attr(loom, allow(dead_code))]
-/// Stores `bytes` at byte `offset` of `words`, leaving every other byte as it was. For the
-/// single writer of the words only: partial words at either end are read, merged and stored.
-///
-/// # Panics
-/// If the range is not inside `words`.
-pub(crate) fn store_range(words: &[AtomicU64], offset: usize, bytes: &[u8]) {
-    let end = offset.checked_add(bytes.len()).filter(|&end| end <= words.len() * 8);
-    assert!(
-        end.is_some(),
-        "store_bytes: {} bytes at {offset} into {} words",
-        bytes.len(),
-        words.len()
-    );
+/// The word path of [`store_payload`]: partial words at either end are read, merged and
+/// stored (the single writer's own words).
+#[cfg_attr(all(target_arch = "x86_64", not(miri), not(loom), not(test)), allow(dead_code))]
+fn store_words_at(words: &[AtomicU64], offset: usize, bytes: &[u8]) {
     let mut at = offset;
-    let mut rest = bytes;
-    // A partial first word.
-    if !at.is_multiple_of(8) && !rest.is_empty() {
-        let n = (8 - at % 8).min(rest.len());
-        merge(&words[at / 8], at % 8, &rest[..n]);
+    let mut done = 0;
+    while done < bytes.len() {
+        let skip = at % 8;
+        let n = (8 - skip).min(bytes.len() - done);
+        let word = &words[at / 8];
+        let value = if n == 8 {
+            u64::from_le_bytes(bytes[done..done + 8].try_into().expect("8 bytes"))
+        } else {
+            let mut image = word.load(Ordering::Relaxed).to_le_bytes();
+            image[skip..skip + n].copy_from_slice(&bytes[done..done + n]);
+            u64::from_le_bytes(image)
+        };
+        word.store(value, Ordering::Relaxed);
+        done += n;
         at += n;
-        rest = &rest[n..];
     }
-    let full = rest.len() / 8 * 8;
-    let (middle, tail) = rest.split_at(full);
-    let aligned = &words[at / 8..];
-    if !bulk_store(aligned, middle) {
-        for (word, chunk) in aligned.iter().zip(middle.chunks_exact(8)) {
-            word.store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Ordering::Relaxed);
-        }
-    }
-    if !tail.is_empty() {
-        merge(&words[(at + full) / 8], 0, tail);
-    }
-}
-
-/// Replaces bytes `skip..skip + bytes.len()` of one word (single writer).
-#[cfg_attr(loom, allow(dead_code))]
-fn merge(word: &AtomicU64, skip: usize, bytes: &[u8]) {
-    let mut image = word.load(Ordering::Relaxed).to_le_bytes();
-    image[skip..skip + bytes.len()].copy_from_slice(bytes);
-    word.store(u64::from_le_bytes(image), Ordering::Relaxed);
-}
-
-/// `rep movsb` from `words` into `out` if the copy is large enough to pay for it; false if
-/// the caller must copy word by word.
-#[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
-#[inline]
-fn bulk_load(words: &[AtomicU64], offset: usize, out: &mut [u8]) -> bool {
-    if out.len() < BULK_COPY_MIN {
-        return false;
-    }
-    // SAFETY: the source is `out.len()` bytes at `offset` inside `words` (asserted by the
-    // caller) and the destination is `out`, a unique borrow of private memory: no overlap.
-    // What the instruction does to the source is a byte-wise atomic load (module doc), and
-    // `AtomicU64` permits that shared access through `&`. Direction flag: the ABI guarantees it
-    // is clear on entry to the block.
-    unsafe {
-        core::arch::asm!(
-            "rep movsb",
-            inout("rcx") out.len() => _,
-            inout("rsi") words.as_ptr().cast::<u8>().wrapping_add(offset) => _,
-            inout("rdi") out.as_mut_ptr() => _,
-            options(nostack, preserves_flags)
-        );
-    }
-    true
-}
-
-/// `rep movsb` from `bytes` into `words` (whole words only); false if the caller must copy
-/// word by word.
-#[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
-#[inline]
-fn bulk_store(words: &[AtomicU64], bytes: &[u8]) -> bool {
-    if bytes.len() < BULK_COPY_MIN {
-        return false;
-    }
-    debug_assert!(bytes.len().is_multiple_of(8));
-    // SAFETY: the destination is `bytes.len()` bytes inside `words` (asserted by the caller),
-    // interior-mutable atomic memory, written byte-wise atomically (module doc); the source is
-    // a shared borrow of private memory that cannot overlap shared memory we hold as atomics.
-    unsafe {
-        core::arch::asm!(
-            "rep movsb",
-            inout("rcx") bytes.len() => _,
-            inout("rsi") bytes.as_ptr() => _,
-            inout("rdi") words.as_ptr().cast::<u8>().cast_mut() => _,
-            options(nostack, preserves_flags)
-        );
-    }
-    true
-}
-
-#[cfg(not(all(target_arch = "x86_64", not(miri), not(loom))))]
-#[inline(always)]
-fn bulk_load(_words: &[AtomicU64], _offset: usize, _out: &mut [u8]) -> bool {
-    false
-}
-
-#[cfg(not(all(target_arch = "x86_64", not(miri), not(loom))))]
-#[inline(always)]
-fn bulk_store(_words: &[AtomicU64], _bytes: &[u8]) -> bool {
-    false
 }
 
 #[cfg(all(test, not(loom)))]
@@ -274,10 +255,8 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_every_length_across_the_bulk_threshold() {
-        for len in
-            [0, 1, 7, 8, 9, 63, 64, BULK_COPY_MIN - 1, BULK_COPY_MIN, BULK_COPY_MIN + 5, 4096 + 3]
-        {
+    fn words_round_trip_every_length() {
+        for len in [0usize, 1, 7, 8, 9, 63, 64, 511, 512, 517, 4096 + 3] {
             let w = words(len.div_ceil(8) + 1);
             let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
             store_bytes(&w, &bytes);
@@ -293,26 +272,38 @@ mod tests {
         }
     }
 
+    /// Both payload paths (the asm one where it exists, and the word one every target has)
+    /// copy exactly the range, at any offset and length.
     #[test]
-    fn ranges_at_any_offset_touch_only_their_bytes() {
-        let w = words(80);
-        let all: Vec<u8> = (0..640).map(|i| (i % 251) as u8).collect();
-        store_bytes(&w, &all);
-        for (offset, len) in
-            [(0, 0), (3, 2), (5, 3), (7, 9), (8, 8), (13, 700 - 140), (1, 600), (600, 40)]
-        {
-            let len = len.min(640 - offset);
-            let mut out = vec![0u8; len];
-            load_range(&w, offset, &mut out);
-            assert_eq!(out, &all[offset..offset + len], "load {offset}+{len}");
-            let fresh: Vec<u8> = (0..len).map(|i| (i as u8) ^ 0xA5).collect();
-            store_range(&w, offset, &fresh);
-            let mut back = vec![0u8; 640];
-            load_bytes(&w, &mut back);
-            assert_eq!(&back[..offset], &all[..offset], "before {offset}+{len}");
-            assert_eq!(&back[offset..offset + len], &fresh[..], "range {offset}+{len}");
-            assert_eq!(&back[offset + len..], &all[offset + len..], "after {offset}+{len}");
+    fn payload_ranges_at_any_offset_touch_only_their_bytes() {
+        type Store = fn(&[AtomicU64], usize, &[u8]);
+        type Load = fn(&[AtomicU64], usize, &mut [u8]);
+        let paths: [(&str, Store, Load); 2] =
+            [("payload", store_payload, load_payload), ("words", store_words_at, load_words_at)];
+        for (name, store, load) in paths {
+            let w = words(80);
+            let all: Vec<u8> = (0..640).map(|i| (i % 251) as u8).collect();
             store_bytes(&w, &all);
+            for (offset, len) in
+                [(0, 0), (3, 2), (5, 3), (7, 9), (8, 8), (13, 560), (1, 600), (600, 40), (640, 0)]
+            {
+                let len = len.min(640 - offset);
+                let mut out = vec![0u8; len];
+                load(&w, offset, &mut out);
+                assert_eq!(out, &all[offset..offset + len], "{name}: load {offset}+{len}");
+                let fresh: Vec<u8> = (0..len).map(|i| (i as u8) ^ 0xA5).collect();
+                store(&w, offset, &fresh);
+                let mut back = vec![0u8; 640];
+                load_bytes(&w, &mut back);
+                assert_eq!(&back[..offset], &all[..offset], "{name}: before {offset}+{len}");
+                assert_eq!(&back[offset..offset + len], &fresh[..], "{name}: range {offset}+{len}");
+                assert_eq!(
+                    &back[offset + len..],
+                    &all[offset + len..],
+                    "{name}: after {offset}+{len}"
+                );
+                store_bytes(&w, &all);
+            }
         }
     }
 
@@ -327,5 +318,11 @@ mod tests {
     #[should_panic(expected = "store_bytes: 9 bytes into 1 words")]
     fn a_copy_larger_than_the_words_panics_instead_of_overrunning() {
         store_bytes(&words(1), &[0; 9]);
+    }
+
+    #[test]
+    #[should_panic(expected = "load_payload: 4 bytes at 6 in 1 words")]
+    fn a_payload_range_past_the_words_panics_instead_of_overrunning() {
+        load_payload(&words(1), 6, &mut [0; 4]);
     }
 }

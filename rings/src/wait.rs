@@ -1,4 +1,4 @@
-//! Parking on a 32-bit word in shared memory until a peer wakes it, without lost wake-ups.
+//! Parking on a word in shared memory until a peer wakes it, without lost wake-ups.
 //!
 //! A consumer that found its queue empty can sleep in the kernel instead of spinning, and the
 //! producer pays for a wake-up (one `futex` syscall) only when the consumer is actually asleep.
@@ -8,7 +8,10 @@
 //!
 //! # The protocol, and why no wake-up is lost
 //!
-//! The word is [`IDLE`] (0) or [`PARKED`] (1). One waiter per word.
+//! The word is an `AtomicU64` holding [`IDLE`] (0) or [`PARKED`] (1), one waiter per word.
+//! Rust code only ever accesses it as 64 bits (memory around it is 64-bit words too, and
+//! Rust forbids racing atomic accesses of different sizes); the futex, a 32-bit kernel
+//! object, is its low half (this crate is little-endian only), which the kernel reads.
 //!
 //! ```text
 //! waiter (park)                                 waker (after publishing, e.g. a tail store)
@@ -25,21 +28,22 @@
 //! wakes), or both. The waker sets the word to `IDLE` *before* `futex_wake`, and
 //! `futex_wait(word, PARKED)` sleeps only if the word still holds `PARKED` when the kernel
 //! checks it under its hash-bucket lock: a wake that comes before the waiter is asleep makes
-//! the wait return at once instead of being lost. Spurious returns (signals, a stale wake)
-//! are fine: the caller re-checks `ready()`.
+//! the wait return at once instead of being lost. A return without `ready()` (a signal, a
+//! stale wake from an earlier `wake`, any process that maps the word) starts the protocol
+//! over until the deadline: `park` returns `TimedOut` only when the time is up.
 //!
 //! Modelled with loom in `tests/loom.rs`, where the futex is a mutex and condition variable
 //! (the kernel's bucket lock and wait queue) and a lost wake-up shows as a deadlock.
 #![allow(unsafe_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::sync::{fence, AtomicU32, Ordering};
+use crate::sync::{fence, AtomicU64, Ordering};
 
 /// No waiter is parked on the word.
-pub const IDLE: u32 = 0;
+pub const IDLE: u64 = 0;
 /// A waiter is parked on the word, or about to be.
-pub const PARKED: u32 = 1;
+pub const PARKED: u64 = 1;
 
 /// How [`park`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,36 +56,47 @@ pub enum Parked {
 
 /// Waiter side: returns once `ready()` holds, sleeping on `word` (at most `timeout`, `None`
 /// for no limit) while it does not. `ready` must read what the waker publishes with at least
-/// Acquire ordering; it is called at most three times.
+/// Acquire ordering.
 pub fn park(
-    word: &AtomicU32,
+    word: &AtomicU64,
     mut ready: impl FnMut() -> bool,
     timeout: Option<Duration>,
 ) -> Parked {
     if ready() {
         return Parked::Ready;
     }
-    word.store(PARKED, Ordering::Relaxed);
-    // SYNC: (A) orders the PARKED store before the re-check of `ready()`; pairs with the
-    // waker's fence (B) in `wake` (Dekker, see the module doc).
-    fence(Ordering::SeqCst);
-    if ready() {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        word.store(PARKED, Ordering::Relaxed);
+        // SYNC: (A) orders the PARKED store before the re-check of `ready()`; pairs with the
+        // waker's fence (B) in `wake` (Dekker, see the module doc).
+        fence(Ordering::SeqCst);
+        if ready() {
+            word.store(IDLE, Ordering::Relaxed);
+            return Parked::Ready;
+        }
+        let left = match deadline {
+            None => None,
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => {
+                    word.store(IDLE, Ordering::Relaxed);
+                    return Parked::TimedOut;
+                }
+            },
+        };
+        futex_wait(word, PARKED, left);
         word.store(IDLE, Ordering::Relaxed);
-        return Parked::Ready;
-    }
-    futex_wait(word, PARKED, timeout);
-    word.store(IDLE, Ordering::Relaxed);
-    if ready() {
-        Parked::Ready
-    } else {
-        Parked::TimedOut
+        if ready() {
+            return Parked::Ready;
+        }
     }
 }
 
 /// Waker side: call after publishing what the waiter's `ready()` reads. Wakes the waiter if
 /// it is parked; returns whether it was (and a syscall was made).
 #[inline]
-pub fn wake(word: &AtomicU32) -> bool {
+pub fn wake(word: &AtomicU64) -> bool {
     // SYNC: (B) orders the caller's publication before the load of the word; pairs with the
     // waiter's fence (A) in `park`.
     fence(Ordering::SeqCst);
@@ -93,7 +108,7 @@ pub fn wake(word: &AtomicU32) -> bool {
 
 #[cold]
 #[inline(never)]
-fn wake_parked(word: &AtomicU32) -> bool {
+fn wake_parked(word: &AtomicU64) -> bool {
     if word.swap(IDLE, Ordering::Relaxed) != PARKED {
         return false;
     }
@@ -101,8 +116,19 @@ fn wake_parked(word: &AtomicU32) -> bool {
     true
 }
 
+/// The futex of `word`: its low 32 bits, as the kernel sees them. Only ever handed to the
+/// futex syscall, which reads it; Rust code never loads or stores through it.
 #[cfg(not(loom))]
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+fn futex_of(word: &AtomicU64) -> &std::sync::atomic::AtomicU32 {
+    // SAFETY: `word` is 8-aligned and valid for `'_`, so its first 4 bytes are an aligned,
+    // valid `AtomicU32`; little-endian (guarded in lib.rs) makes them the low half, where
+    // IDLE and PARKED differ. The reference goes only to `futex(2)`, a kernel access outside
+    // Rust's memory model; no Rust access of mixed size is ever made through it.
+    unsafe { std::sync::atomic::AtomicU32::from_ptr(word.as_ptr().cast::<u32>()) }
+}
+
+#[cfg(not(loom))]
+fn futex_wait(word: &AtomicU64, expected: u64, timeout: Option<Duration>) {
     use rustix::thread::futex;
     let timespec = timeout.map(|t| futex::Timespec {
         tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
@@ -110,13 +136,13 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
     });
     // Shared futex: the word may be mapped by another process. Every outcome is fine for the
     // caller, who re-checks: woken, EAGAIN (the word changed first), ETIMEDOUT, EINTR.
-    let _ = futex::wait(word, futex::Flags::empty(), expected, timespec.as_ref());
+    let _ = futex::wait(futex_of(word), futex::Flags::empty(), expected as u32, timespec.as_ref());
 }
 
 #[cfg(not(loom))]
-fn futex_wake(word: &AtomicU32) {
-    // Fails only for a bad address, which a `&AtomicU32` is not.
-    let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), 1);
+fn futex_wake(word: &AtomicU64) {
+    // Fails only for a bad address, which a reference is not.
+    let _ = rustix::thread::futex::wake(futex_of(word), rustix::thread::futex::Flags::empty(), 1);
 }
 
 // The loom model of the kernel's futex: its hash-bucket lock is a mutex, its wait queue a
@@ -129,7 +155,7 @@ loom::lazy_static! {
 }
 
 #[cfg(loom)]
-fn futex_wait(word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
+fn futex_wait(word: &AtomicU64, expected: u64, _timeout: Option<Duration>) {
     let (lock, queue) = &*BUCKET;
     let guard = lock.lock().unwrap();
     // SYNC: the kernel reads the word under the bucket lock, after a full barrier.
@@ -139,7 +165,7 @@ fn futex_wait(word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
 }
 
 #[cfg(loom)]
-fn futex_wake(_word: &AtomicU32) {
+fn futex_wake(_word: &AtomicU64) {
     let (lock, queue) = &*BUCKET;
     let _guard = lock.lock().unwrap();
     queue.notify_all();
@@ -150,11 +176,10 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
-    use std::time::Instant;
 
     #[test]
     fn park_returns_at_once_when_ready_and_never_touches_the_word() {
-        let word = AtomicU32::new(IDLE);
+        let word = AtomicU64::new(IDLE);
         assert_eq!(park(&word, || true, None), Parked::Ready);
         assert_eq!(word.load(Ordering::Relaxed), IDLE);
         assert!(!wake(&word), "nobody parked: no syscall");
@@ -162,7 +187,7 @@ mod tests {
 
     #[test]
     fn park_times_out_and_leaves_the_word_idle() {
-        let word = AtomicU32::new(IDLE);
+        let word = AtomicU64::new(IDLE);
         let start = Instant::now();
         assert_eq!(park(&word, || false, Some(Duration::from_millis(20))), Parked::TimedOut);
         assert!(start.elapsed() >= Duration::from_millis(15), "it slept, it did not spin out");
@@ -171,7 +196,7 @@ mod tests {
 
     #[test]
     fn a_wake_from_another_thread_ends_the_park() {
-        let word = Arc::new(AtomicU32::new(IDLE));
+        let word = Arc::new(AtomicU64::new(IDLE));
         let flag = Arc::new(AtomicBool::new(false));
         let (w, f) = (word.clone(), flag.clone());
         let waker = std::thread::spawn(move || {
@@ -185,6 +210,40 @@ mod tests {
         // SYNC: pairs with the test's Release store above.
         let got = park(&word, || flag.load(Ordering::Acquire), Some(Duration::from_secs(10)));
         assert_eq!(got, Parked::Ready);
+        let _ = waker.join().unwrap();
+    }
+
+    /// A wake-up that brings nothing (a stray futex wake) does not end a park without a
+    /// deadline: it sleeps again.
+    #[test]
+    fn a_stray_wake_does_not_end_a_park() {
+        let word = Arc::new(AtomicU64::new(IDLE));
+        let flag = Arc::new(AtomicBool::new(false));
+        let (w, f) = (word.clone(), flag.clone());
+        let waker = std::thread::spawn(move || {
+            for _ in 0..3 {
+                while w.load(Ordering::Relaxed) != PARKED {
+                    std::thread::yield_now();
+                }
+                std::thread::sleep(Duration::from_millis(5));
+                futex_wake(&w); // stray: nothing published
+            }
+            // SYNC: test publication, read by the Acquire in `ready` below.
+            f.store(true, Ordering::Release);
+            wake(&w)
+        });
+        let mut checks = 0;
+        // SYNC: pairs with the test's Release store above.
+        let got = park(
+            &word,
+            || {
+                checks += 1;
+                flag.load(Ordering::Acquire)
+            },
+            None,
+        );
+        assert_eq!(got, Parked::Ready, "a park without a deadline ends only when ready");
+        assert!(checks >= 3, "it went back to sleep after the stray wakes: {checks} checks");
         let _ = waker.join().unwrap();
     }
 }

@@ -207,6 +207,32 @@ fn shm_ring_transfers_every_record_in_order() {
     });
 }
 
+/// A consumer that sees the producer detached (its role word) then sees every record it
+/// pushed: `detach` is a Release the `is_abandoned` Acquire pairs with.
+#[test]
+fn shm_abandonment_hands_over_every_record() {
+    use corelane_rings::region::HeapRegion;
+    use corelane_rings::spsc::shm::{region_len, ShmConsumer, ShmProducer};
+    loom::model(|| {
+        let region = HeapRegion::new(region_len::<u64>(2).unwrap());
+        let mut tx = ShmProducer::<u64, _>::create(region.clone(), 2).unwrap();
+        let mut rx = ShmConsumer::<u64, _>::attach(region).unwrap();
+        let writer = thread::spawn(move || {
+            tx.push(7).unwrap();
+            // tx drops: detach
+        });
+        loop {
+            let gone = rx.is_abandoned();
+            if gone {
+                assert_eq!(rx.pop(), Ok(7), "detached, but its last record is not visible");
+                break;
+            }
+            thread::yield_now();
+        }
+        writer.join().unwrap();
+    });
+}
+
 /// The futex park/wake protocol: a consumer that waits with no timeout (so a lost wake-up is
 /// a deadlock loom reports) and a producer that pushes and notifies.
 #[test]
@@ -241,10 +267,10 @@ fn shm_wait_never_loses_a_wake_up() {
 #[test]
 fn park_and_wake_never_lose_a_wake_up() {
     use corelane_rings::wait;
-    use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use loom::sync::Arc;
     loom::model(|| {
-        let word = Arc::new(AtomicU32::new(wait::IDLE));
+        let word = Arc::new(AtomicU64::new(wait::IDLE));
         let flag = Arc::new(AtomicBool::new(false));
         let (w, f) = (word.clone(), flag.clone());
         let waker = thread::spawn(move || {
@@ -272,7 +298,8 @@ fn seqlock_never_returns_a_torn_copy() {
         let writer_words = words.clone();
         let writer = thread::spawn(move || {
             for seq in 1..=2u64 {
-                let claimed = SeqSlot::new(&writer_words[..]).claim(seq);
+                let mut slot = SeqSlot::new(&writer_words[..]);
+                let claimed = slot.claim(seq);
                 for word in claimed.words() {
                     word.store(seq * 10, Ordering::Relaxed);
                 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use corelane_rings::region::{HeapRegion, Region};
 use corelane_rings::seqlock::{
-    DropReason, HeaderRing, Late, Liveness, Poll, Polled, PoolSpec, Publisher, SeqSlot, Stream,
-    StreamError, StreamSpec, Subscriber, TooLarge,
+    DropReason, Late, Liveness, Poll, Polled, PoolSpec, Publisher, SeqSlot, Stream, StreamError,
+    StreamSpec, Subscriber, TooLarge,
 };
 use corelane_rings::shm::{
     self, Dtype, InvalidHeader, MajorOrder, ProgressUnit, SlotHeader, SuperblockError,
@@ -63,8 +63,20 @@ impl Files {
         Stream::open(&self.spec, &self.header, self.pools.iter().collect()).unwrap()
     }
 
-    fn ring(&self) -> HeaderRing<'_> {
-        HeaderRing::from_region(&self.header, self.spec.nslots).unwrap()
+    /// The header slot that carries `seq`, as a hostile or buggy process sees it: the test
+    /// writes through it on purpose, bypassing the one `Publisher` a ring may have.
+    fn raw_slot(&self, seq: u64) -> SeqSlot<'_> {
+        let index = (seq & u64::from(self.spec.nslots - 1)) as usize;
+        let offset = shm::SUPERBLOCK_BYTES + index * shm::SLOT_BYTES;
+        // SAFETY: the slot lies inside the header region (64 + nslots * 256 bytes), 8-aligned,
+        // and every access to it, here and in the crate, is a relaxed or stronger AtomicU64.
+        let words = unsafe {
+            std::slice::from_raw_parts(
+                self.header.as_ptr().add(offset).cast::<std::sync::atomic::AtomicU64>(),
+                shm::SLOT_BYTES / 8,
+            )
+        };
+        SeqSlot::new(words)
     }
 
     fn publisher(&self) -> Publisher<&HeapRegion> {
@@ -102,8 +114,9 @@ fn publish(publisher: &mut Publisher<&HeapRegion>, len: u32) -> u64 {
 
 /// Writes a raw 256-byte slot image for `seq` under the seqlock, as a hostile or buggy
 /// producer could.
-fn commit_raw(ring: &HeaderRing<'_>, seq: u64, image: &SlotHeader) {
-    let claimed = ring.slot(seq).claim(seq);
+fn commit_raw(files: &Files, seq: u64, image: &SlotHeader) {
+    let mut slot = files.raw_slot(seq);
+    let claimed = slot.claim(seq);
     for (word, bytes) in claimed.words().iter().zip(image.as_bytes()[8..].chunks_exact(8)) {
         word.store(u64::from_le_bytes(bytes.try_into().unwrap()), Ordering::Relaxed);
     }
@@ -151,11 +164,11 @@ fn conformance_9_seq_5_in_a_4_slot_ring_lands_in_slot_1() {
 #[test]
 fn conformance_10_12_uncommitted_or_other_seq_is_late() {
     let stream = Files::new(4, &[(1, STRIDE)]);
-    let ring = stream.ring();
     let mut sub = stream.subscriber();
     let mut out = [0u8; STRIDE as usize];
 
-    let claimed = ring.slot(0).claim(0);
+    let mut slot = stream.raw_slot(0);
+    let claimed = slot.claim(0);
     assert_eq!(sub.read(0, &mut out).unwrap_err(), DropReason::Late(Late::InProgress { found: 0 }));
     drop(claimed); // never committed: the slot stays unreadable
 
@@ -177,10 +190,9 @@ fn conformance_11_a_slot_changed_during_the_copy_is_torn() {
     let stream = Files::new(1, &[(1, STRIDE)]);
     let mut publisher = stream.publisher();
     publish(&mut publisher, 8);
-    let ring = stream.ring();
-    let result = ring.slot(0).read(0, |_words| {
+    let result = stream.raw_slot(0).read(0, |_words| {
         // The writer laps us in the middle of the copy.
-        ring.slot(1).claim(1).commit();
+        stream.raw_slot(1).claim(1).commit();
     });
     assert_eq!(result, Err(Late::Torn));
 }
@@ -188,7 +200,6 @@ fn conformance_11_a_slot_changed_during_the_copy_is_torn() {
 #[test]
 fn conformance_13_to_19_invalid_headers_are_dropped_and_counted_by_reason() {
     let stream = Files::new(4, &[(1, STRIDE)]);
-    let ring = stream.ring();
     let mut sub = stream.subscriber();
     let mut out = [0u8; STRIDE as usize];
     let good = SlotHeader::new(8, 0, 1, 0, 0, bytes_tensor(8));
@@ -226,7 +237,7 @@ fn conformance_13_to_19_invalid_headers_are_dropped_and_counted_by_reason() {
         if !matches!(image.payload_slot.get(), 3) {
             image.payload_slot.set(shm::header_index(seq, 4));
         }
-        commit_raw(&ring, seq, &image);
+        commit_raw(&stream, seq, &image);
         match sub.read(seq, &mut out) {
             Err(DropReason::Invalid(reason)) => {
                 assert!(is_expected(&reason), "case {i}: unexpected reason {reason:?}");
@@ -262,21 +273,20 @@ fn conformance_23_smallest_pool_that_fits_and_no_commit_when_none_does() {
     assert_eq!(pool_of(&mut publisher, 64), 1);
     assert_eq!(pool_of(&mut publisher, 65), 2);
     assert_eq!(pool_of(&mut publisher, 1024), 3);
-    let before = stream.ring().slot(3).seq_commit();
+    let before = stream.raw_slot(3).seq_commit();
     assert_eq!(publisher.claim(1025).unwrap_err(), TooLarge { values_len: 1025 });
     assert_eq!(publisher.next_seq(), 3);
-    assert_eq!(stream.ring().slot(3).seq_commit(), before, "nothing claimed");
+    assert_eq!(stream.raw_slot(3).seq_commit(), before, "nothing claimed");
 }
 
 #[test]
 fn conformance_24_every_header_byte_is_rewritten() {
     let stream = Files::new(1, &[(1, STRIDE)]);
-    let ring = stream.ring();
     let mut garbage = SlotHeader::new(8, 0, 1, 0, 0, bytes_tensor(8));
     garbage.pad = [0xAB; 26];
     garbage.tensor.dims = [zerocopy::little_endian::I32::new(-1); 8];
     garbage.tensor.pad = [0xCD; 109];
-    commit_raw(&ring, 0, &garbage);
+    commit_raw(&stream, 0, &garbage);
     let mut publisher = stream.publisher();
     publish(&mut publisher, 8);
     let slot = &stream.header_bytes()[64..64 + 256];
@@ -348,7 +358,7 @@ fn poll_follows_the_writer_and_resyncs_when_lapped() {
 #[test]
 fn seq_slot_needs_its_commit_word() {
     let words: [std::sync::atomic::AtomicU64; 2] = Default::default();
-    let slot = SeqSlot::new(&words);
+    let mut slot = SeqSlot::new(&words);
     assert_eq!(
         slot.read(0, |_| ()),
         Err(Late::InProgress { found: 0 }),
@@ -418,16 +428,28 @@ fn stress_no_torn_frame_ever_reaches_a_reader() {
     }
 }
 
+/// Descriptor seqs come from another process. One no `seq_commit` word can carry (2^63 or
+/// more: the word holds 63 bits of seq) is refused and not followed, so it can neither alias
+/// frame `seq - 2^63` nor stall polling; the largest carried seq is followed without overflow.
 #[test]
 fn descriptor_seqs_at_the_top_of_the_range_do_not_overflow() {
     let stream = Files::new(4, &[(1, STRIDE)]);
+    let mut publisher = stream.publisher();
+    publish(&mut publisher, 8);
     let mut sub = stream.subscriber();
     let mut out = [0u8; STRIDE as usize];
-    assert!(sub.read(u64::MAX, &mut out).is_err());
-    assert!(sub.read(u64::MAX, &mut out).is_err());
-    assert_eq!(sub.next_seq(), u64::MAX);
-    assert_eq!(sub.stats().gap, u64::MAX);
-    assert!(matches!(sub.poll(&mut out), Poll::Dropped(_) | Poll::Empty));
+    for seq in [u64::MAX, 1 << 63] {
+        assert_eq!(sub.read(seq, &mut out).unwrap_err(), DropReason::SeqOutOfRange { seq });
+        assert_eq!(sub.read_with(seq, |_, _| ()).unwrap_err(), DropReason::SeqOutOfRange { seq });
+    }
+    assert_eq!(sub.stats().seq_out_of_range, 4);
+    assert_eq!((sub.next_seq(), sub.stats().gap), (0, 0), "nothing followed");
+    assert!(matches!(sub.poll(&mut out), Poll::Frame(f) if f.seq == 0), "polling goes on");
+    let top = (1 << 63) - 1;
+    assert!(sub.read(top, &mut out).is_err());
+    assert_eq!(sub.next_seq(), 1 << 63);
+    assert_eq!(sub.stats().gap, top - 1);
+    assert!(matches!(sub.poll(&mut out), Poll::Empty), "2^63 would alias seq 0: nothing");
 }
 
 /// Defect: `Claimed::words` and `SlotClaim::payload_words` returned `&'a` borrows that outlived
@@ -523,12 +545,14 @@ fn one_garbage_seq_commit_stalls_a_subscriber() {
     }
     // One garbage word, committed, in the slot the reader looks at next (seq 5).
     let garbage = 1u64 << 62;
-    files.ring().slot(5).claim(garbage).commit();
+    files.raw_slot(5).claim(garbage).commit();
     assert!(matches!(
         sub.poll(&mut out),
         Poll::Dropped(DropReason::Late(Late::Overwritten { .. }))
     ));
-    assert!(sub.next_seq() <= 5 + 256, "jumped to {}", sub.next_seq());
+    // Slots 0..=4 confirm seq 4 as the newest: resume at the oldest seq that can still be in
+    // the 8 slots, past ours (6), not at the garbage (~2^62).
+    assert_eq!(sub.next_seq(), 6, "jumped to {}", sub.next_seq());
     assert_eq!(sub.stats().resyncs, 1);
     // The writer carries on; the reader gets every frame from where it resumed.
     let resumed = sub.next_seq();
@@ -540,6 +564,57 @@ fn one_garbage_seq_commit_stalls_a_subscriber() {
         }
     }
     assert_eq!(got, (resumed..40).collect::<Vec<_>>(), "the subscriber follows the writer again");
+    assert_eq!(got.len(), 34);
+}
+
+/// Without any confirmed frame (a fresh ring with one garbage word in the reader's slot), a
+/// resync steps over that slot only: never ahead of a writer that may be just behind.
+#[test]
+fn a_resync_with_nothing_confirmed_steps_over_one_slot() {
+    let files = Files::new(8, &[(1, STRIDE)]);
+    let mut sub = files.subscriber();
+    let mut out = [0u8; STRIDE as usize];
+    files.raw_slot(0).claim(1 << 40).commit(); // garbage, index-consistent, unconfirmed
+    assert!(matches!(sub.poll(&mut out), Poll::Dropped(_)));
+    assert_eq!(sub.next_seq(), 1);
+    let mut publisher = files.publisher();
+    publish(&mut publisher, 8); // seq 0, overwriting the garbage
+    publish(&mut publisher, 8); // seq 1
+    assert!(matches!(sub.poll(&mut out), Poll::Frame(f) if f.seq == 1));
+}
+
+/// A committed seq in a slot it does not map to is not "newest", even if the slot of the seq
+/// before it confirms it.
+#[test]
+fn join_ignores_a_seq_in_the_wrong_slot() {
+    let files = Files::new(8, &[(1, STRIDE)]);
+    files.raw_slot(19).claim(19).commit(); // slot 3: right
+    let mut wrong = files.raw_slot(6); // slot 6 holds 20, which maps to slot 4
+    wrong.claim(20).commit();
+    assert_eq!(files.subscriber().join_newest(), None);
+}
+
+/// Defect (review): `Stream::create` over files of an earlier epoch rewrote only the
+/// superblocks, and the old epoch's frames were served (and joined) as the new one's.
+#[test]
+fn a_stream_laid_out_again_serves_nothing_of_the_previous_epoch() {
+    let files = Files::new(4, &[(1, STRIDE)]);
+    {
+        let mut old = files.publisher();
+        for _ in 0..100 {
+            publish(&mut old, 8);
+        }
+    }
+    let next = StreamSpec { epoch: EPOCH + 1, ..files.spec.clone() };
+    Stream::create(&next, &files.header, files.pools.iter().collect(), 4242, 2_000).unwrap();
+    let open = || Stream::open(&next, &files.header, files.pools.iter().collect()).unwrap();
+    let mut sub = Subscriber::new(open());
+    assert_eq!(sub.join_newest(), None, "no frame of epoch {EPOCH} is joined");
+    let mut out = [0u8; STRIDE as usize];
+    assert!(matches!(sub.poll(&mut out), Poll::Empty));
+    let mut new = Publisher::new(open()).unwrap();
+    publish(&mut new, 8);
+    assert!(matches!(sub.poll(&mut out), Poll::Frame(f) if f.seq == 0));
 }
 
 #[test]
@@ -583,7 +658,7 @@ fn join_newest_starts_at_the_newest_frame_without_counting_history() {
     assert_eq!(sub.stats().gap, 0);
     // A lone garbage word in a fresh ring is not "newest": its neighbour does not confirm it.
     let other = Files::new(8, &[(1, STRIDE)]);
-    other.ring().slot(5).claim(1 << 40 | 5).commit();
+    other.raw_slot(5).claim(1 << 40 | 5).commit();
     assert_eq!(other.subscriber().join_newest(), None);
 }
 
@@ -628,11 +703,22 @@ fn read_in_place_returns_the_result_only_if_the_frame_survived() {
         .unwrap();
     assert_eq!(frame.payload_len, 3000);
     assert_eq!(sum, (0..30u64).map(|r| r * 100).sum());
+    // Offsets near and past the end copy what is there, never panic.
+    let counts = sub
+        .read_with(0, |_, view| {
+            [
+                view.copy_to(2997, &mut [0; 8]),
+                view.copy_to(3000, &mut [0; 8]),
+                view.copy_to(9000, &mut [0; 8]),
+            ]
+        })
+        .unwrap()
+        .1;
+    assert_eq!(counts, [3, 0, 0]);
     // The writer laps the slot while the reader is using it: the result is thrown away.
-    let ring = files.ring();
     let err = sub
         .read_with(0, |_, _| {
-            let _ = ring.slot(0).claim(4);
+            let _ = files.raw_slot(0).claim(4);
             "inference result"
         })
         .unwrap_err();

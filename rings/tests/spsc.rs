@@ -305,6 +305,26 @@ fn use_after_free_in_safe_code() {
     assert_eq!(tx.slots(), 4, "a leaked chunk's slots are freed by the next release");
 }
 
+/// Defect: `is_abandoned` was `Arc::strong_count`, a Relaxed load, with nothing to order the
+/// producer's last push before it. Loom models `strong_count` as synchronising, so this test is
+/// the check: CI runs it under Miri with many scheduler seeds
+/// (`-Zmiri-many-seeds`), where it fails without the Acquire fence.
+#[test]
+fn is_abandoned_without_ordering() {
+    for _ in 0..if cfg!(miri) { 20 } else { 2_000 } {
+        let (mut tx, mut rx) = spsc::channel::<u64>(4);
+        let writer = std::thread::spawn(move || {
+            tx.push(7).unwrap();
+            drop(tx);
+        });
+        while !rx.is_abandoned() {
+            std::thread::yield_now();
+        }
+        assert_eq!(rx.pop(), Ok(7), "abandoned, but the last push is not visible");
+        writer.join().unwrap();
+    }
+}
+
 #[test]
 fn abandonment_is_seen_from_both_ends() {
     let (tx, rx) = spsc::channel::<u8>(2);

@@ -30,8 +30,8 @@
 //! between the two checks (trap T4).
 //!
 //! Layers: [`SeqSlot`] is the protocol on any run of words (model-checked with loom);
-//! [`HeaderRing`] and [`PayloadPool`] are views of the tensor-pool layouts of [`crate::shm`]
-//! as words; [`Stream`], [`Publisher`] and [`Subscriber`] (module `stream`) apply the protocol
+//! `HeaderRing` and `PayloadPool` are the crate's own views of the tensor-pool layouts of
+//! [`crate::shm`] as words; [`Stream`], [`Publisher`] and [`Subscriber`] (module `stream`) apply the protocol
 //! to mapped regions, owned or borrowed.
 
 use core::fmt;
@@ -45,7 +45,11 @@ mod stream;
 pub use stream::*;
 
 /// One seqlock-protected slot: word 0 is `seq_commit` (`seq << 1 | committed`), the others data.
-#[derive(Clone, Copy, Debug)]
+///
+/// Not `Copy`: a claim borrows the slot mutably, so one `SeqSlot` value cannot be claimed
+/// twice at once. One writer per slot is otherwise the caller's to keep at this level; the
+/// tensor-pool layer above ([`Publisher`]) is the only writer of its rings.
+#[derive(Debug)]
 pub struct SeqSlot<'a> {
     words: &'a [AtomicU64],
 }
@@ -63,12 +67,23 @@ impl<'a> SeqSlot<'a> {
     /// Writer, step 1: marks the slot in progress for `seq`. Readers drop it from now until
     /// [`Claimed::commit`].
     #[must_use = "a claimed slot stays in progress (unreadable) until committed"]
-    pub fn claim(self, seq: u64) -> Claimed<'a> {
-        self.words[0].store(shm::seq_commit(seq, false), Ordering::Relaxed);
+    pub fn claim(&mut self, seq: u64) -> Claimed<'_> {
+        Self::mark(self.words, seq)
+    }
+
+    /// [`claim`](Self::claim) for the crate's single writer, which holds the slot's words for
+    /// `'a` itself (the publisher's ring).
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn claim_owned(self, seq: u64) -> Claimed<'a> {
+        Self::mark(self.words, seq)
+    }
+
+    fn mark(words: &[AtomicU64], seq: u64) -> Claimed<'_> {
+        words[0].store(shm::seq_commit(seq, false), Ordering::Relaxed);
         // SYNC: orders the in-progress mark before every data store of this claim -> the
         // reader's fence(Acquire) in `read`, which then sees the mark in its second load.
         fence(Ordering::Release);
-        Claimed { slot: self, seq }
+        Claimed { words, seq }
     }
 
     /// Reader: runs `copy` on the data words, and returns its result only if the slot held the
@@ -92,6 +107,12 @@ impl<'a> SeqSlot<'a> {
         Ok(value)
     }
 
+    /// Resets `seq_commit` to "seq 0 in progress" (a new epoch's layout).
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn reset(&self) {
+        self.words[0].store(shm::seq_commit(0, false), Ordering::Relaxed);
+    }
+
     /// The current `seq_commit` word.
     pub fn seq_commit(&self) -> u64 {
         // SYNC: Acquire, like the first load of `read`; callers only compare it.
@@ -110,7 +131,8 @@ impl<'a> SeqSlot<'a> {
 /// use std::sync::atomic::{AtomicU64, Ordering};
 ///
 /// let words: [AtomicU64; 2] = Default::default();
-/// let claimed = SeqSlot::new(&words).claim(1);
+/// let mut slot = SeqSlot::new(&words);
+/// let claimed = slot.claim(1);
 /// let data = claimed.words();
 /// claimed.commit(); // error: cannot move out of `claimed` because it is borrowed
 /// data[0].store(7, Ordering::Relaxed);
@@ -118,7 +140,7 @@ impl<'a> SeqSlot<'a> {
 #[must_use = "a claimed slot stays in progress (unreadable) until committed"]
 #[derive(Debug)]
 pub struct Claimed<'a> {
-    slot: SeqSlot<'a>,
+    words: &'a [AtomicU64],
     seq: u64,
 }
 
@@ -126,7 +148,7 @@ impl<'a> Claimed<'a> {
     /// The data words (every word but `seq_commit`). The borrow ends before
     /// [`commit`](Self::commit) can be called: no write can follow the commit.
     pub fn words(&self) -> &[AtomicU64] {
-        &self.slot.words[1..]
+        &self.words[1..]
     }
 
     /// The sequence number being written.
@@ -137,7 +159,7 @@ impl<'a> Claimed<'a> {
     /// Writer, last step: publishes the slot as committed `seq`.
     pub fn commit(self) -> u64 {
         // SYNC: publishes every data store of this claim -> Acquire load in `SeqSlot::read`.
-        self.slot.words[0].store(shm::seq_commit(self.seq, true), Ordering::Release);
+        self.words[0].store(shm::seq_commit(self.seq, true), Ordering::Release);
         self.seq
     }
 }
@@ -180,13 +202,17 @@ impl Late {
 /// Words per header-ring slot.
 pub const SLOT_WORDS: usize = SLOT_BYTES / 8;
 
-/// The slots of a header ring (everything after its 64-byte superblock), as atomic words.
+/// The slots of a header ring (everything after its 64-byte superblock), as atomic words. The
+/// crate's own view: public code reaches rings only through [`Stream`], so that
+/// [`Publisher`] is their only writer.
 #[derive(Clone, Copy, Debug)]
-pub struct HeaderRing<'a> {
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) struct HeaderRing<'a> {
     words: &'a [AtomicU64],
     nslots: u32,
 }
 
+#[cfg_attr(loom, allow(dead_code))]
 impl<'a> HeaderRing<'a> {
     /// A ring of `nslots` 256-byte slots over `words`.
     pub fn new(words: &'a [AtomicU64], nslots: u32) -> Result<Self, LayoutError> {
@@ -213,6 +239,15 @@ impl<'a> HeaderRing<'a> {
         Self::new(words, nslots)
     }
 
+    /// A view of a region [`Stream::open`] already checked (no re-validation per frame).
+    #[cfg(not(loom))]
+    pub(crate) fn trusted<R: crate::region::Region + ?Sized>(region: &'a R, nslots: u32) -> Self {
+        let len = (shm::header_ring_len(nslots) as usize).saturating_sub(shm::SUPERBLOCK_BYTES);
+        let words = crate::region::region_words(region, shm::SUPERBLOCK_BYTES, len)
+            .expect("Stream::open checked the ring fits");
+        Self { words, nslots }
+    }
+
     /// Number of slots.
     pub fn nslots(&self) -> u32 {
         self.nslots
@@ -225,16 +260,17 @@ impl<'a> HeaderRing<'a> {
     }
 }
 
-/// The slots of one payload pool (everything after its superblock), as atomic words.
+/// The slots of one payload pool (everything after its superblock), as atomic words. The
+/// crate's own view, like [`HeaderRing`].
 #[derive(Clone, Copy, Debug)]
 #[cfg_attr(loom, allow(dead_code))]
-pub struct PayloadPool<'a> {
+pub(crate) struct PayloadPool<'a> {
     words: &'a [AtomicU64],
     pool_id: u16,
-    nslots: u32,
     stride_bytes: u32,
 }
 
+#[cfg_attr(loom, allow(dead_code))]
 impl<'a> PayloadPool<'a> {
     /// Pool `pool_id` of `nslots` slots of `stride_bytes` (a non-zero multiple of 64) over
     /// `words`.
@@ -254,7 +290,7 @@ impl<'a> PayloadPool<'a> {
         if (words.len() as u64) * 8 < needed {
             return Err(LayoutError::TooShort { needed, len: words.len() as u64 * 8 });
         }
-        Ok(Self { words: &words[..(needed / 8) as usize], pool_id, nslots, stride_bytes })
+        Ok(Self { words: &words[..(needed / 8) as usize], pool_id, stride_bytes })
     }
 
     /// The pool inside a payload-pool file mapping (superblock first).
@@ -273,19 +309,24 @@ impl<'a> PayloadPool<'a> {
         Self::new(words, pool_id, nslots, stride_bytes)
     }
 
+    /// A view of a pool [`Stream::open`] already checked (no re-validation per frame).
+    #[cfg(not(loom))]
+    pub(crate) fn trusted<R: crate::region::Region + ?Sized>(
+        region: &'a R,
+        pool_id: u16,
+        nslots: u32,
+        stride_bytes: u32,
+    ) -> Self {
+        let len = (shm::payload_pool_len(nslots, stride_bytes) as usize)
+            .saturating_sub(shm::SUPERBLOCK_BYTES);
+        let words = crate::region::region_words(region, shm::SUPERBLOCK_BYTES, len)
+            .expect("Stream::open checked the pool fits");
+        Self { words, pool_id, stride_bytes }
+    }
+
     /// The pool id announced for this pool.
     pub fn pool_id(&self) -> u16 {
         self.pool_id
-    }
-
-    /// Bytes per slot.
-    pub fn stride_bytes(&self) -> u32 {
-        self.stride_bytes
-    }
-
-    /// Number of slots.
-    pub fn nslots(&self) -> u32 {
-        self.nslots
     }
 
     /// The words of slot `index` (`index < nslots`).

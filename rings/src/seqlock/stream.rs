@@ -33,12 +33,15 @@
 //! # Large frames without copies
 //!
 //! [`Subscriber::read_with`] hands the payload to a closure as a [`PayloadView`] of the pool
-//! slot (atomic words, never `&[u8]` into memory the writer may be changing) and returns the
-//! closure's result only if the slot was still the same frame afterwards: a frame overwritten
-//! during use comes back as [`Late::Torn`], with the closure's result dropped, so "the
-//! validation failed after use" cannot be missed. The writer fills the slot in place with
-//! [`SlotClaim::write_at`] or through [`SlotClaim::payload_words`]. Copies of large payloads
-//! run at `memcpy` speed (see the crate's atomics door).
+//! slot (byte ranges copied out on demand, never `&[u8]` into memory the writer may be
+//! changing) and returns the closure's result only if the slot was still the same frame
+//! afterwards: a frame overwritten during use comes back as [`Late::Torn`], with the closure's
+//! result dropped, so "the validation failed after use" cannot be missed through the return
+//! value. (What the closure did meanwhile through its captures, such as bytes copied into a
+//! buffer it borrowed, is not undone: treat anything it produced as unvalidated until
+//! `read_with` returns `Ok`.) The writer fills the slot in place with [`SlotClaim::write_at`].
+//! Payload bytes are copied at `memcpy` speed, and only ever byte-wise (see the crate's
+//! atomics door), which is why neither side hands a payload out as words.
 
 use core::fmt;
 use std::sync::Mutex;
@@ -46,12 +49,12 @@ use std::sync::Mutex;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use super::{HeaderRing, Late, LayoutError, PayloadPool};
-use crate::region::Region;
+use crate::region::{LayoutClaim, LayoutKind, Region};
 use crate::shm::{
     self, ExpectedRegion, InvalidHeader, SlotHeader, Superblock, SuperblockError, Tensor,
     TensorHeader, ACTIVITY_TIMESTAMP_OFFSET, SLOT_BYTES, SUPERBLOCK_BYTES,
 };
-use crate::sync::{load_bytes, load_range, store_bytes, store_range, AtomicU64, Ordering};
+use crate::sync::{load_bytes, load_payload, store_bytes, store_payload, AtomicU64, Ordering};
 
 /// The spec's recommended `max_outstanding_seq_gap`: the most a polling reader skips in one
 /// resync when it finds itself lapped.
@@ -123,6 +126,13 @@ pub enum StreamError {
         /// The stream.
         stream_id: u32,
     },
+    /// The region holds another structure in this process (one layout per region).
+    OtherLayout {
+        /// Which region.
+        region: RegionName,
+        /// What it holds.
+        found: LayoutKind,
+    },
 }
 
 impl fmt::Display for StreamError {
@@ -136,6 +146,9 @@ impl fmt::Display for StreamError {
             }
             Self::WriterTaken { stream_id } => {
                 write!(f, "stream {stream_id}: another publisher in this process writes its ring")
+            }
+            Self::OtherLayout { region, found } => {
+                write!(f, "{region}: the region already holds a {found:?} in this process")
             }
         }
     }
@@ -180,6 +193,7 @@ pub struct Stream<R: Region> {
     stream_id: u32,
     nslots: u32,
     pid: u64,
+    _layout: LayoutClaim,
 }
 
 #[derive(Debug)]
@@ -187,13 +201,14 @@ struct Pool<R> {
     region: R,
     pool_id: u16,
     stride_bytes: u32,
+    _layout: LayoutClaim,
 }
 
 impl<R: Region> Stream<R> {
-    /// Lays out the superblocks of a new stream (what the driver does once per epoch), then
-    /// opens it. `pools[i]` is the region of `spec.pools[i]`; `pid` and `now_ns` go into the
-    /// superblocks. Slots are not touched: fresh regions are zero, which reads as "seq 0 in
-    /// progress".
+    /// Lays out a new stream (what the driver does once per epoch), then opens it.
+    /// `pools[i]` is the region of `spec.pools[i]`; `pid` and `now_ns` go into the
+    /// superblocks. Every header slot's `seq_commit` is reset to "seq 0 in progress", so
+    /// frames of an earlier epoch laid out in the same files are never served as this one's.
     pub fn create(
         spec: &StreamSpec,
         header: R,
@@ -202,8 +217,14 @@ impl<R: Region> Stream<R> {
         now_ns: u64,
     ) -> Result<Self, StreamError> {
         check_spec(spec, pools.len())?;
+        let layout = claim(&header, LayoutKind::HeaderRing, RegionName::HeaderRing)?;
         let ring = Superblock::header_ring(spec.epoch, spec.stream_id, spec.nslots, pid, now_ns);
         write_superblock(&header, &ring, RegionName::HeaderRing)?;
+        let slots = HeaderRing::from_region(&header, spec.nslots)?;
+        for index in 0..spec.nslots {
+            slots.slot(u64::from(index)).reset();
+        }
+        drop(layout);
         for (p, region) in spec.pools.iter().zip(&pools) {
             let sb = Superblock::payload_pool(
                 spec.epoch,
@@ -224,6 +245,7 @@ impl<R: Region> Stream<R> {
     /// duplicate pool ids and pools whose nslots differ from the ring's.
     pub fn open(spec: &StreamSpec, header: R, pools: Vec<R>) -> Result<Self, StreamError> {
         check_spec(spec, pools.len())?;
+        let layout = claim(&header, LayoutKind::HeaderRing, RegionName::HeaderRing)?;
         let len = header.len() as u64;
         let expected = ExpectedRegion::header_ring(spec.epoch, spec.stream_id, spec.nslots, len);
         let sb = load_superblock(&header, RegionName::HeaderRing)?;
@@ -234,6 +256,7 @@ impl<R: Region> Stream<R> {
         let mut list = Vec::with_capacity(pools.len());
         for (p, region) in spec.pools.iter().zip(pools) {
             let name = RegionName::Pool(p.pool_id);
+            let pool_layout = claim(&region, LayoutKind::PayloadPool, name)?;
             let expected = ExpectedRegion::payload_pool(
                 spec.epoch,
                 spec.stream_id,
@@ -246,7 +269,12 @@ impl<R: Region> Stream<R> {
                 .validate(&expected)
                 .map_err(|error| StreamError::Superblock { region: name, error })?;
             PayloadPool::from_region(&region, p.pool_id, spec.nslots, p.stride_bytes)?;
-            list.push(Pool { region, pool_id: p.pool_id, stride_bytes: p.stride_bytes });
+            list.push(Pool {
+                region,
+                pool_id: p.pool_id,
+                stride_bytes: p.stride_bytes,
+                _layout: pool_layout,
+            });
         }
         list.sort_by_key(|p| p.stride_bytes);
         Ok(Self {
@@ -256,6 +284,7 @@ impl<R: Region> Stream<R> {
             stream_id: spec.stream_id,
             nslots: spec.nslots,
             pid: sb.pid.get(),
+            _layout: layout,
         })
     }
 
@@ -328,13 +357,12 @@ impl<R: Region> Stream<R> {
     }
 
     fn ring(&self) -> HeaderRing<'_> {
-        HeaderRing::from_region(&self.header, self.nslots).expect("open checked the ring fits")
+        HeaderRing::trusted(&self.header, self.nslots)
     }
 
     fn pool(&self, i: usize) -> PayloadPool<'_> {
         let p = &self.pools[i];
-        PayloadPool::from_region(&p.region, p.pool_id, self.nslots, p.stride_bytes)
-            .expect("open checked the pool fits")
+        PayloadPool::trusted(&p.region, p.pool_id, self.nslots, p.stride_bytes)
     }
 
     fn pool_by_id(&self, pool_id: u16) -> Option<PayloadPool<'_>> {
@@ -367,6 +395,16 @@ fn check_spec(spec: &StreamSpec, given: usize) -> Result<(), StreamError> {
     Ok(())
 }
 
+/// Claims `region` for `layout` (one layout per region in a process).
+fn claim<R: Region>(
+    region: &R,
+    layout: LayoutKind,
+    name: RegionName,
+) -> Result<LayoutClaim, StreamError> {
+    LayoutClaim::take(region, layout)
+        .map_err(|found| StreamError::OtherLayout { region: name, found })
+}
+
 fn superblock_words<R: Region>(region: &R, name: RegionName) -> Result<&[AtomicU64], StreamError> {
     crate::region::region_words(region, 0, SUPERBLOCK_BYTES).ok_or(StreamError::Superblock {
         region: name,
@@ -396,8 +434,9 @@ fn write_superblock<R: Region>(
 static WRITERS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 /// The writing side of one stream: owns its sequence counter. At most one per ring in a
-/// process ([`StreamError::WriterTaken`]); across processes the driver's exclusive producer
-/// lease is what keeps a second writer out.
+/// process ([`StreamError::WriterTaken`], by the ring's address: a file mapped twice in one
+/// process is two rings to this check, and a leaked publisher keeps its address taken);
+/// across processes the driver's exclusive producer lease is what keeps a second writer out.
 #[derive(Debug)]
 pub struct Publisher<R: Region> {
     stream: Stream<R>,
@@ -456,7 +495,7 @@ impl<R: Region> Publisher<R> {
             .ok_or(TooLarge { values_len })?;
         let seq = *next_seq;
         let index = shm::header_index(seq, stream.nslots);
-        let claimed = stream.ring().slot(seq).claim(seq);
+        let claimed = stream.ring().slot(seq).claim_owned(seq);
         Ok(SlotClaim { claimed, pool: stream.pool(pool_index), next_seq, index, values_len })
     }
 
@@ -531,31 +570,27 @@ impl<'p> SlotClaim<'p> {
             bytes.len(),
             self.values_len
         );
-        store_range(self.payload_words(), offset, bytes);
+        store_payload(self.pool.slot_words(self.index), offset, bytes);
     }
 
-    /// The payload slot as words (stride / 8 of them), for writers that fill it in place.
-    /// The borrow ends before [`finish`](Self::finish):
+    /// Writes the whole slot header (every byte rewritten, spec §2.2 step 4).
+    ///
+    /// Every access to the slot's memory goes through the claim, which this consumes: nothing
+    /// can write the frame after its commit.
     ///
     /// ```compile_fail,E0505
     /// # use corelane_rings::region::HeapRegion;
     /// # use corelane_rings::seqlock::{PoolSpec, Publisher, Stream, StreamSpec};
     /// # use corelane_rings::shm::{self, Dtype, MajorOrder, ProgressUnit, TensorHeader};
-    /// # use std::sync::atomic::Ordering;
     /// # let spec = StreamSpec { epoch: 1, stream_id: 1, nslots: 2, pools: vec![PoolSpec { pool_id: 1, stride_bytes: 64 }] };
     /// # let (h, p) = (HeapRegion::new(shm::header_ring_len(2) as usize), HeapRegion::new(shm::payload_pool_len(2, 64) as usize));
     /// # let mut publisher = Publisher::new(Stream::create(&spec, &h, vec![&p], 1, 0).unwrap()).unwrap();
     /// # let tensor = TensorHeader::new(Dtype::Uint8, MajorOrder::Row, &[8], &[], ProgressUnit::None, 0).unwrap();
-    /// let claim = publisher.claim(8).unwrap();
-    /// let words = claim.payload_words();
+    /// let mut claim = publisher.claim(8).unwrap();
+    /// let writer = &mut claim;
     /// claim.finish(tensor, 0, 0).commit(); // error: `claim` is borrowed
-    /// words[0].store(7, Ordering::Relaxed);
+    /// writer.write_at(0, &[7; 8]);
     /// ```
-    pub fn payload_words(&self) -> &[AtomicU64] {
-        self.pool.slot_words(self.index)
-    }
-
-    /// Writes the whole slot header (every byte rewritten, spec §2.2 step 4).
     pub fn finish(
         self,
         tensor: TensorHeader,
@@ -623,16 +658,14 @@ impl<'a> PayloadView<'a> {
         self.len == 0
     }
 
-    /// Copies payload bytes from `offset` into `out` (as many as both have); returns how many.
+    /// Copies payload bytes from `offset` into `out` (as many as both have, 0 for an offset
+    /// at or past the end); returns how many.
     pub fn copy_to(&self, offset: usize, out: &mut [u8]) -> usize {
         let n = self.len.saturating_sub(offset).min(out.len());
-        load_range(self.words, offset, &mut out[..n]);
+        if n > 0 {
+            load_payload(self.words, offset, &mut out[..n]);
+        }
         n
-    }
-
-    /// The slot's words (the payload is the first [`len`](Self::len) bytes, little-endian).
-    pub fn words(&self) -> &'a [AtomicU64] {
-        self.words
     }
 }
 
@@ -647,6 +680,12 @@ pub enum DropReason {
     BufferTooSmall {
         /// Bytes the frame needs.
         needed: u32,
+    },
+    /// A descriptor seq of 2^63 or more: `seq_commit` holds 63 bits of seq, so no slot can
+    /// carry it (it comes from another process: refused, not followed).
+    SeqOutOfRange {
+        /// The seq asked for.
+        seq: u64,
     },
     /// A descriptor for another epoch than the mapped one (spec §2.2 consumer step 1).
     Epoch {
@@ -672,6 +711,8 @@ pub struct ReadStats {
     pub epoch_mismatch: u64,
     /// Times a lapped polling reader skipped ahead (each at most `max_outstanding_seq_gap`).
     pub resyncs: u64,
+    /// Descriptors refused for a seq no slot can carry (2^63 or more).
+    pub seq_out_of_range: u64,
     invalid: [u64; InvalidHeader::COUNT],
 }
 
@@ -770,6 +811,10 @@ impl<R: Region> Subscriber<R> {
     /// Descriptor-driven read (spec §2.2 consumer): frame `seq`, payload into `payload`.
     /// A jump past the next expected seq counts the skipped seqs as `gap`.
     pub fn read(&mut self, seq: u64, payload: &mut [u8]) -> Result<Frame, DropReason> {
+        if let Err(e) = check_seq(seq) {
+            self.stats.seq_out_of_range += 1;
+            return Err(e);
+        }
         self.follow(seq);
         let result = self.attempt(seq, CopyInto(payload)).map(|(frame, ())| frame);
         self.count(&result);
@@ -799,6 +844,10 @@ impl<R: Region> Subscriber<R> {
         seq: u64,
         f: impl FnOnce(&Frame, PayloadView<'_>) -> T,
     ) -> Result<(Frame, T), DropReason> {
+        if let Err(e) = check_seq(seq) {
+            self.stats.seq_out_of_range += 1;
+            return Err(e);
+        }
         self.follow(seq);
         let result = self.attempt(seq, With(f));
         self.count(&result);
@@ -824,6 +873,9 @@ impl<R: Region> Subscriber<R> {
 
     fn poll_inner<S: Sink>(&mut self, sink: S) -> Polled<S::Out> {
         let seq = self.next_seq;
+        if seq > MAX_SEQ {
+            return Polled::Empty; // no slot can carry it (and `seq_commit` would alias)
+        }
         let result = self.attempt(seq, sink);
         match result {
             Err(DropReason::Late(Late::Stale { .. })) => return Polled::Empty,
@@ -865,13 +917,18 @@ impl<R: Region> Subscriber<R> {
     #[cold]
     #[inline(never)]
     fn resync(&self, seq: u64, found: u64) -> u64 {
+        let _ = found; // a lone word is not trusted: only what the ring confirms
         let limit = seq.saturating_add(self.max_gap);
         let ring = self.stream.ring();
-        let newest = newest_confirmed(&ring, limit).unwrap_or(found).min(limit);
-        newest
-            .saturating_add(1)
-            .saturating_sub(u64::from(ring.nslots()))
-            .clamp(seq.saturating_add(1), limit)
+        match newest_confirmed(&ring, limit) {
+            Some(newest) => newest
+                .saturating_add(1)
+                .saturating_sub(u64::from(ring.nslots()))
+                .clamp(seq.saturating_add(1), limit),
+            // Nothing confirmed (a fresh ring with garbage in our slot): step over our slot
+            // only, never ahead of a writer that may be just behind us.
+            None => seq.saturating_add(1),
+        }
     }
 
     fn count<T>(&mut self, result: &Result<T, DropReason>) {
@@ -881,6 +938,7 @@ impl<R: Region> Subscriber<R> {
             Err(DropReason::Invalid(reason)) => self.stats.invalid[reason.index()] += 1,
             Err(DropReason::BufferTooSmall { .. }) => self.stats.buffer_too_small += 1,
             Err(DropReason::Epoch { .. }) => self.stats.epoch_mismatch += 1,
+            Err(DropReason::SeqOutOfRange { .. }) => {} // counted where refused
         }
     }
 
@@ -912,6 +970,16 @@ impl<R: Region> Subscriber<R> {
     }
 }
 
+/// The largest seq a `seq_commit` word can hold.
+const MAX_SEQ: u64 = u64::MAX >> 1;
+
+fn check_seq(seq: u64) -> Result<(), DropReason> {
+    if seq > MAX_SEQ {
+        return Err(DropReason::SeqOutOfRange { seq });
+    }
+    Ok(())
+}
+
 /// Where a read puts the payload.
 trait Sink {
     type Out;
@@ -927,7 +995,7 @@ impl Sink for CopyInto<'_> {
         if view.len > self.0.len() {
             return Err(DropReason::BufferTooSmall { needed: view.len as u32 });
         }
-        load_range(view.words, 0, &mut self.0[..view.len]);
+        load_payload(view.words, 0, &mut self.0[..view.len]);
         Ok(())
     }
 }

@@ -13,14 +13,15 @@
 //! | 136 | 8 | producer role word (see below) | producer, or whoever reclaims the role |
 //! | 256 | 8 | `head`: consumer position | consumer |
 //! | 264 | 8 | consumer role word | consumer, or whoever reclaims the role |
-//! | 384 | 4 | wait word: a futex the consumer parks on ([`crate::wait`]) | consumer parks, producer wakes |
+//! | 384 | 8 | wait word: the consumer parks on its low half, a futex ([`crate::wait`]) | consumer parks, producer wakes |
 //! | 512 | capacity × stride | slots; stride = record size rounded up to 8 | producer |
 //!
 //! The control lines are 128 bytes apart for the same reason as [`crate::CachePadded`]; the
 //! wait word has a line of its own, so the producer's check "is the consumer parked?" reads a
 //! line nobody writes in steady state. All words are little-endian and accessed only
-//! atomically: positions and role words as `AtomicU64`, the wait word as `AtomicU32`, and
-//! records as relaxed atomic words copied to and from the caller's private memory (never a
+//! atomically, as `AtomicU64` (one size for every byte of the region: Rust forbids racing
+//! atomic accesses of different sizes): positions, role words, the wait word, and records,
+//! copied word by word to and from the caller's private memory (never a
 //! plain `ptr::read` of shared memory, which would race with a hostile or buggy peer's
 //! stores: undefined behaviour). A record is decoded from that private copy, so it is fetched
 //! once.
@@ -46,7 +47,9 @@
 //! at the last published `tail`, and a record half-written by the dead one is overwritten.
 //! [`ShmProducer::create`] refuses a region whose ring has a role attached, and bumps the
 //! header's `generation`, so an end that outlived a re-layout sees it in
-//! [`ShmConsumer::relaid`] (and, if its position no longer fits, as a corruption).
+//! [`ShmConsumer::relaid`] (and, if its position no longer fits, as a corruption). Pids are
+//! those of the process's own pid namespace: a survivor in another namespace (a container)
+//! learns the holder's pid there, not from `SO_PEERCRED`, before it reclaims.
 //!
 //! ```
 //! use corelane_rings::spsc::shm::{region_len, HeapRegion, ShmConsumer, ShmProducer};
@@ -72,8 +75,9 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use super::{ConsumerCore, Corruption, ProducerCore, Storage};
-pub use crate::region::{HeapRegion, Region, REGION_ALIGN};
-use crate::sync::{load_bytes, store_bytes, AtomicU32, AtomicU64, Ordering};
+use crate::region::LayoutClaim;
+pub use crate::region::{HeapRegion, LayoutKind, Region, REGION_ALIGN};
+use crate::sync::{load_bytes, store_bytes, AtomicU64, Ordering};
 pub use crate::wait::Parked;
 
 /// `b"CLSPSC01"` as a little-endian u64.
@@ -88,7 +92,7 @@ pub const PRODUCER_ROLE_OFFSET: usize = 136;
 pub const HEAD_OFFSET: usize = 256;
 /// Offset of the consumer's role word.
 pub const CONSUMER_ROLE_OFFSET: usize = 264;
-/// Offset of the wait word (a `u32` futex).
+/// Offset of the wait word (a `u64`; the futex is its low half).
 pub const WAIT_OFFSET: usize = 384;
 /// Offset of slot 0.
 pub const SLOTS_OFFSET: usize = 512;
@@ -99,6 +103,9 @@ pub const ROLE_FREE: u64 = 0;
 pub const ROLE_ATTACHED: u64 = 1;
 /// Role word state: given back by the pid in bits 32-63.
 pub const ROLE_DETACHED: u64 = 2;
+/// Role word state: the pid in bits 32-63 is laying the ring out ([`ShmProducer::create`]);
+/// nobody can attach until it is done.
+pub const ROLE_LAYING_OUT: u64 = 3;
 
 /// Records that may cross a process boundary: plain bytes, no padding, no pointers, and every
 /// bit pattern valid.
@@ -182,6 +189,10 @@ pub enum RegionError {
         /// Who holds it, as the role word says.
         holder: Holder,
     },
+    /// A process cannot reclaim a role from itself: it is not dead.
+    ReclaimSelf,
+    /// The region holds another structure in this process (one layout per region).
+    OtherLayout(LayoutKind),
 }
 
 /// One end of a ring.
@@ -208,6 +219,11 @@ pub enum Holder {
         /// The last holder's pid.
         pid: u32,
     },
+    /// The process `pid` is laying the ring out.
+    LayingOut {
+        /// The creator's pid.
+        pid: u32,
+    },
     /// A state no end writes: the word was corrupted.
     Invalid(u64),
 }
@@ -219,6 +235,7 @@ impl Holder {
             ROLE_FREE if word == 0 => Holder::Free,
             ROLE_ATTACHED if pid != 0 => Holder::Attached { pid },
             ROLE_DETACHED => Holder::Detached { pid },
+            ROLE_LAYING_OUT if pid != 0 => Holder::LayingOut { pid },
             _ => Holder::Invalid(word),
         }
     }
@@ -239,6 +256,7 @@ impl fmt::Display for Holder {
             Holder::Free => f.write_str("nobody"),
             Holder::Attached { pid } => write!(f, "pid {pid}"),
             Holder::Detached { pid } => write!(f, "nobody (pid {pid} detached)"),
+            Holder::LayingOut { pid } => write!(f, "pid {pid}, laying the ring out"),
             Holder::Invalid(word) => write!(f, "a corrupt role word {word:#018x}"),
         }
     }
@@ -270,6 +288,10 @@ impl fmt::Display for RegionError {
             ),
             Self::RoleTaken { role, holder } => {
                 write!(f, "ring {role} role is not available: held by {holder}")
+            }
+            Self::ReclaimSelf => f.write_str("cannot reclaim a ring role from this process itself"),
+            Self::OtherLayout(kind) => {
+                write!(f, "the region already holds a {kind:?} in this process")
             }
         }
     }
@@ -353,6 +375,9 @@ pub struct ShmProducer<T: Record, R: Region> {
     ring: RegionRing<T>,
     core: ProducerCore,
     generation: u64,
+    /// The role word this end wrote; detach changes exactly that word.
+    role_word: u64,
+    _layout: LayoutClaim,
     _region: R,
 }
 
@@ -361,7 +386,10 @@ pub struct ShmConsumer<T: Record, R: Region> {
     ring: RegionRing<T>,
     core: ConsumerCore,
     generation: u64,
+    /// The role word this end wrote; detach changes exactly that word.
+    role_word: u64,
     stats: ConsumerStats,
+    _layout: LayoutClaim,
     _region: R,
 }
 
@@ -369,25 +397,27 @@ impl<T: Record, R: Region> ShmProducer<T, R> {
     /// Lays out a new ring of `capacity` slots in `region` and attaches as its producer.
     ///
     /// Refuses ([`RegionError::RoleTaken`]) if the region holds a ring with either role
-    /// attached; otherwise whatever it held is overwritten and the generation goes up by one.
+    /// attached (or being laid out by another creator); otherwise whatever it held is
+    /// overwritten and the generation goes up by one. Both role words are taken first, by
+    /// compare-and-swap from the values checked, so an attach or another `create` that comes
+    /// in between is refused rather than wiped.
     pub fn create(region: R, capacity: u64) -> Result<Self, RegionError> {
         if !capacity.is_power_of_two() {
             return Err(RegionError::Capacity(capacity));
         }
         let ring = RegionRing::<T>::check(&region, capacity)?;
+        let layout =
+            LayoutClaim::take(&region, LayoutKind::SpscRing).map_err(RegionError::OtherLayout)?;
         let words = ring.header_words();
         // SYNC: pairs with the Release store of the magic below in a previous `create`.
-        let previous = if words[0].load(Ordering::Acquire) == RING_MAGIC {
-            for role in [Role::Producer, Role::Consumer] {
-                let holder = Holder::of(ring.role(role).load(Ordering::Relaxed));
-                if matches!(holder, Holder::Attached { .. }) {
-                    return Err(RegionError::RoleTaken { role, holder });
-                }
-            }
-            ring.header().generation.get()
-        } else {
-            0
-        };
+        let live = words[0].load(Ordering::Acquire) == RING_MAGIC;
+        let previous = if live { ring.header().generation.get() } else { 0 };
+        let laying = (u64::from(std::process::id()) << 32) | ROLE_LAYING_OUT;
+        let producer_was = ring.lock_role(Role::Producer, laying)?;
+        if let Err(e) = ring.lock_role(Role::Consumer, laying) {
+            ring.unlock_role(Role::Producer, laying, producer_was);
+            return Err(e);
+        }
         let header = RingHeader {
             magic: U64::new(0),
             version: U32::new(RING_LAYOUT_VERSION),
@@ -400,15 +430,24 @@ impl<T: Record, R: Region> ShmProducer<T, R> {
         };
         words[0].store(0, Ordering::Relaxed);
         store_bytes(&words[1..], &header.as_bytes()[8..]);
-        for word in [ring.tail(), ring.head(), ring.role(Role::Producer), ring.role(Role::Consumer)]
-        {
-            word.store(0, Ordering::Relaxed);
-        }
+        ring.tail().store(0, Ordering::Relaxed);
+        ring.head().store(0, Ordering::Relaxed);
         ring.wait_word().store(crate::wait::IDLE, Ordering::Relaxed);
+        ring.role(Role::Consumer).store(0, Ordering::Relaxed);
+        let role_word = attached_word(producer_was, std::process::id());
+        ring.role(Role::Producer).store(role_word, Ordering::Relaxed);
         // SYNC: publishes the header, positions and roles above -> Acquire load of the magic
         // in `RegionRing::open`.
         words[0].store(RING_MAGIC, Ordering::Release);
-        Self::attach(region)
+        let core = ProducerCore::new(0, 0u64.wrapping_sub(capacity));
+        Ok(Self {
+            ring,
+            core,
+            generation: header.generation.get(),
+            role_word,
+            _layout: layout,
+            _region: region,
+        })
     }
 
     /// Attaches as the producer of a ring already laid out in `region`.
@@ -425,13 +464,15 @@ impl<T: Record, R: Region> ShmProducer<T, R> {
     }
 
     fn take(region: R, from: Option<u32>) -> Result<Self, RegionError> {
-        let (ring, generation) = RegionRing::<T>::open(&region, Role::Producer, from)?;
+        let layout =
+            LayoutClaim::take(&region, LayoutKind::SpscRing).map_err(RegionError::OtherLayout)?;
+        let (ring, generation, role_word) = RegionRing::<T>::open(&region, Role::Producer, from)?;
         // SYNC: Acquire pairs with the previous producer's Release store of `tail`.
         let tail = ring.tail().load(Ordering::Acquire);
         // The cache says "full": the first refresh reads `head` and checks it against `tail`,
         // which is never trusted before that either.
         let core = ProducerCore::new(tail, tail.wrapping_sub(ring.capacity));
-        Ok(Self { ring, core, generation, _region: region })
+        Ok(Self { ring, core, generation, role_word, _layout: layout, _region: region })
     }
 
     /// Pushes one record, or hands it back if the ring is full or corrupt.
@@ -503,12 +544,22 @@ impl<T: Record, R: Region> ShmConsumer<T, R> {
     }
 
     fn take(region: R, from: Option<u32>) -> Result<Self, RegionError> {
-        let (ring, generation) = RegionRing::<T>::open(&region, Role::Consumer, from)?;
+        let layout =
+            LayoutClaim::take(&region, LayoutKind::SpscRing).map_err(RegionError::OtherLayout)?;
+        let (ring, generation, role_word) = RegionRing::<T>::open(&region, Role::Consumer, from)?;
         // SYNC: Acquire pairs with the previous consumer's Release store of `head`.
         let head = ring.head().load(Ordering::Acquire);
         // The cache says "empty": the first refresh reads `tail` and checks it.
         let core = ConsumerCore::new(head, head);
-        Ok(Self { ring, core, generation, stats: ConsumerStats::default(), _region: region })
+        Ok(Self {
+            ring,
+            core,
+            generation,
+            role_word,
+            stats: ConsumerStats::default(),
+            _layout: layout,
+            _region: region,
+        })
     }
 
     /// Pops the oldest record (a private copy, decoded from memory read once).
@@ -535,8 +586,9 @@ impl<T: Record, R: Region> ShmConsumer<T, R> {
     /// Hands at most `max` records, oldest first, to `f`, then frees their slots with one
     /// store; returns how many, or the verdict once the producer's position is impossible.
     /// The bound is what lets one lane poll many rings per pass: a producer that keeps
-    /// pushing cannot keep one call going. If `f` panics, the records of this call stay in
-    /// the ring.
+    /// pushing cannot keep one call going. Each record counts as taken before `f` sees it: if
+    /// `f` panics, the records it was given (the one it panicked on included) are not handed
+    /// out again, and their slots are freed by this end's next release.
     #[inline]
     pub fn drain(&mut self, max: usize, mut f: impl FnMut(T)) -> Result<usize, Corruption> {
         self.stats.drains += 1;
@@ -547,13 +599,15 @@ impl<T: Record, R: Region> ShmConsumer<T, R> {
                 Some(c) => Err(c),
             };
         }
-        for i in 0..n {
-            let index = self.core.index(&self.ring, i);
-            // SAFETY: i < n <= available(), so the slot holds a published record; index <
-            // capacity by masking.
-            f(unsafe { self.ring.read(index) });
+        for _ in 0..n {
+            let index = self.core.index(&self.ring, 0);
+            // SAFETY: fewer than n <= available() records were taken, so the slot holds a
+            // published record; index < capacity by masking.
+            let record = unsafe { self.ring.read(index) };
+            self.core.take(1);
+            f(record);
         }
-        self.core.release(&self.ring, n);
+        self.core.publish(&self.ring);
         self.stats.records += n;
         if n == max as u64 {
             self.stats.drains_at_max += 1;
@@ -640,7 +694,7 @@ impl<T: Record, R: Region> ShmConsumer<T, R> {
 
 impl<T: Record, R: Region> Drop for ShmProducer<T, R> {
     fn drop(&mut self) {
-        self.ring.detach(Role::Producer);
+        self.ring.detach(Role::Producer, self.role_word);
         // A consumer parked in `wait` must see the abandonment.
         self.notify();
     }
@@ -648,7 +702,9 @@ impl<T: Record, R: Region> Drop for ShmProducer<T, R> {
 
 impl<T: Record, R: Region> Drop for ShmConsumer<T, R> {
     fn drop(&mut self) {
-        self.ring.detach(Role::Consumer);
+        // A drain's records taken but not yet released (its callback panicked) go back.
+        self.core.publish(&self.ring);
+        self.ring.detach(Role::Consumer, self.role_word);
     }
 }
 
@@ -695,7 +751,6 @@ struct Mem {
 #[cfg(loom)]
 struct Mem {
     words: crate::sync::Arc<Vec<AtomicU64>>,
-    wait: crate::sync::Arc<AtomicU32>,
 }
 
 #[cfg(not(loom))]
@@ -708,36 +763,34 @@ impl Mem {
         Ok(Self { base, len: region.len() })
     }
 
-    /// Bytes `[offset, offset + len)` as words; the caller checked they lie in the region.
+    /// Bytes `[offset, offset + len)` as words.
+    ///
+    /// # Panics
+    /// If the range is outside the region or not 8-aligned: the index protocol's checks keep
+    /// it in, and a bug there must be a panic, never an access out of bounds.
+    #[inline(always)]
     fn words(&self, offset: usize, len: usize) -> &[AtomicU64] {
-        debug_assert!(
-            offset + len <= self.len && offset.is_multiple_of(8) && len.is_multiple_of(8)
+        let inside = offset.checked_add(len).is_some_and(|end| end <= self.len);
+        assert!(
+            inside && offset.is_multiple_of(8) && len.is_multiple_of(8),
+            "ring words {offset}+{len} outside the region of {} bytes",
+            self.len
         );
-        // SAFETY: in bounds (every caller passes offsets `check` validated against the
-        // region's length), 8-aligned (64-aligned base, 8-multiple offsets), and the Region
-        // contract makes every access to the region protocol access, atomic in this module.
+        // SAFETY: in bounds and 8-aligned (checked above, from a 64-aligned base), and the
+        // Region contract makes every access to the region protocol access, atomic in this
+        // module and of one size (AtomicU64) for every byte.
         unsafe { crate::sync::atomic_words(self.base.as_ptr().add(offset), len) }
-    }
-
-    fn wait(&self) -> &AtomicU32 {
-        // SAFETY: WAIT_OFFSET + 4 <= SLOTS_OFFSET <= len (checked), 4-aligned from a 64-aligned
-        // base; that word is only ever accessed as an AtomicU32, by every end.
-        unsafe { &*self.base.as_ptr().add(WAIT_OFFSET).cast::<AtomicU32>() }
     }
 }
 
 #[cfg(loom)]
 impl Mem {
     fn of(region: &impl Region) -> Result<Self, RegionError> {
-        Ok(Self { words: region.words(), wait: region.wait_word() })
+        Ok(Self { words: region.words() })
     }
 
     fn words(&self, offset: usize, len: usize) -> &[AtomicU64] {
         &self.words[offset / 8..(offset + len) / 8]
-    }
-
-    fn wait(&self) -> &AtomicU32 {
-        &self.wait
     }
 }
 
@@ -769,11 +822,12 @@ impl<T: Record> RegionRing<T> {
 
     /// Validates the header and takes `role`: if it is free or detached (`from` None), or
     /// from the dead process `from`.
+    /// Returns the ring, its generation, and the role word written.
     fn open(
         region: &impl Region,
         role: Role,
         from: Option<u32>,
-    ) -> Result<(Self, u64), RegionError> {
+    ) -> Result<(Self, u64, u64), RegionError> {
         // The header alone must fit before we read it.
         let probe = Self::check(region, 0)?;
         // SYNC: pairs with the Release store of the magic in `ShmProducer::create`.
@@ -803,15 +857,18 @@ impl<T: Record> RegionRing<T> {
             return Err(RegionError::Capacity(capacity));
         }
         let ring = Self::check(region, capacity)?;
-        ring.take_role(role, from)?;
-        Ok((ring, header.generation.get()))
+        let role_word = ring.take_role(role, from)?;
+        Ok((ring, header.generation.get(), role_word))
     }
 
     /// Compare-and-swap on the role word; a handful of tries (a hostile peer could flip the
-    /// word forever, and attaching must not loop on it).
-    fn take_role(&self, role: Role, from: Option<u32>) -> Result<(), RegionError> {
+    /// word forever, and attaching must not loop on it). Returns the word written.
+    fn take_role(&self, role: Role, from: Option<u32>) -> Result<u64, RegionError> {
         let word = self.role(role);
         let pid = std::process::id();
+        if from == Some(pid) {
+            return Err(RegionError::ReclaimSelf);
+        }
         for _ in 0..8 {
             let current = word.load(Ordering::Relaxed);
             let holder = Holder::of(current);
@@ -828,27 +885,47 @@ impl<T: Record> RegionRing<T> {
             // last position store is visible (a dead holder never detached: its positions are
             // read with Acquire by the caller anyway); Release orders nothing of ours.
             if word.compare_exchange(current, next, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                return Ok(());
+                return Ok(next);
             }
         }
         Err(RegionError::RoleTaken { role, holder: Holder::of(word.load(Ordering::Relaxed)) })
     }
 
-    fn detach(&self, role: Role) {
+    /// Gives the role back if the word is still exactly `ours` (the word this end wrote):
+    /// a role someone took over since (a reclaim, a re-layout) is left alone. The pid and
+    /// count stay, for diagnostics; only the state changes.
+    fn detach(&self, role: Role, ours: u64) {
+        let detached = (ours & !0b11) | ROLE_DETACHED;
+        // SYNC: publishes our last position store -> Acquire of the role word in `holder`
+        // and `take_role`.
+        let _ =
+            self.role(role).compare_exchange(ours, detached, Ordering::Release, Ordering::Relaxed);
+    }
+
+    /// `create`'s first step: takes `role` by moving its word to `laying` (which nobody can
+    /// attach from), from the value checked. A role attached or being laid out is refused,
+    /// ring or no ring (memory that held a ring before, with an attached role and no magic,
+    /// must be zeroed or reclaimed first): so of two creators, or a creator and an attach,
+    /// exactly one wins. Returns the value the word had.
+    fn lock_role(&self, role: Role, laying: u64) -> Result<u64, RegionError> {
         let word = self.role(role);
         let current = word.load(Ordering::Relaxed);
-        // Keep the pid and count for diagnostics; only the state changes. A word someone else
-        // took over (a reclaim) is left alone.
-        if Holder::of(current) == (Holder::Attached { pid: std::process::id() }) {
-            // SYNC: publishes our last position store -> Acquire of the role word in
-            // `holder` and `take_role`.
-            let _ = word.compare_exchange(
-                current,
-                (current & !0b11) | ROLE_DETACHED,
-                Ordering::Release,
-                Ordering::Relaxed,
-            );
+        let holder = Holder::of(current);
+        if matches!(holder, Holder::Attached { .. } | Holder::LayingOut { .. }) {
+            return Err(RegionError::RoleTaken { role, holder });
         }
+        // SYNC: Acquire pairs with the previous holder's Release in `detach` (its last
+        // position store is then visible before we reset the positions); Release orders
+        // nothing of ours.
+        match word.compare_exchange(current, laying, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => Ok(current),
+            Err(now) => Err(RegionError::RoleTaken { role, holder: Holder::of(now) }),
+        }
+    }
+
+    /// Undoes [`lock_role`](Self::lock_role) after a failed `create`.
+    fn unlock_role(&self, role: Role, laying: u64, was: u64) {
+        let _ = self.role(role).compare_exchange(laying, was, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     fn holder(&self, role: Role) -> Holder {
@@ -885,14 +962,14 @@ impl<T: Record> RegionRing<T> {
         }
     }
 
-    fn wait_word(&self) -> &AtomicU32 {
-        self.mem.wait()
+    fn wait_word(&self) -> &AtomicU64 {
+        &self.mem.words(WAIT_OFFSET, 8)[0]
     }
 
-    /// The words of slots `start..start + n` (`start + n <= capacity`).
+    /// The words of slots `start..start + n` (`start + n <= capacity`; past it, a panic).
     #[inline(always)]
     fn slot_words(&self, start: usize, n: usize) -> &[AtomicU64] {
-        debug_assert!((start + n) as u64 <= self.capacity);
+        assert!((start + n) as u64 <= self.capacity, "slots {start}+{n} of {}", self.capacity);
         self.mem.words(SLOTS_OFFSET + start * record_stride::<T>(), n * record_stride::<T>())
     }
 }
@@ -1227,13 +1304,13 @@ mod tests {
     fn a_garbage_role_word_is_never_taken_over_by_attach() {
         let r = region(8);
         drop(ShmProducer::<u64, _>::create(r.clone(), 8).unwrap());
-        words(&r)[CONSUMER_ROLE_OFFSET / 8].store(0xdead_beef_0000_0003, Ordering::Relaxed);
+        words(&r)[CONSUMER_ROLE_OFFSET / 8].store(0x0000_0000_beef_0003, Ordering::Relaxed);
         let err = ShmConsumer::<u64, _>::attach(r.clone()).unwrap_err();
         assert_eq!(
             err,
             RegionError::RoleTaken {
                 role: Role::Consumer,
-                holder: Holder::Invalid(0xdead_beef_0000_0003)
+                holder: Holder::Invalid(0x0000_0000_beef_0003)
             }
         );
     }
@@ -1369,16 +1446,18 @@ mod tests {
         let mut rx = ShmConsumer::<u64, _>::attach(r.clone()).unwrap();
         assert!(!tx.notify(), "nobody parked: no syscall");
         let waiter = std::thread::spawn(move || {
-            assert_eq!(rx.wait(None), Ok(Parked::Ready));
+            // Bounded waits: a lost wake-up fails the test (TimedOut) instead of hanging it.
+            let long = Some(Duration::from_secs(10));
+            assert_eq!(rx.wait(long), Ok(Parked::Ready));
             assert_eq!(rx.pop(), Ok(5));
-            assert_eq!(rx.wait(None), Ok(Parked::Ready), "woken by the producer's drop");
+            assert_eq!(rx.wait(long), Ok(Parked::Ready), "woken by the producer's drop");
             assert!(rx.is_abandoned());
             rx.stats()
         });
         // Let the consumer go to sleep (not required for correctness: only for coverage).
         let wait = |r: &HeapRegion| {
             // SAFETY: the wait word lies inside the region and is only accessed atomically.
-            let word = unsafe { &*r.as_ptr().add(WAIT_OFFSET).cast::<AtomicU32>() };
+            let word = unsafe { &*r.as_ptr().add(WAIT_OFFSET).cast::<AtomicU64>() };
             while word.load(Ordering::Relaxed) != crate::wait::PARKED {
                 std::thread::yield_now();
             }
@@ -1390,5 +1469,154 @@ mod tests {
         drop(tx);
         let stats = waiter.join().unwrap();
         assert_eq!(stats.records, 1);
+    }
+
+    /// The memory-safety half of the consumer's check: a `tail` within a lap of the last one
+    /// seen but more than a lap ahead of `head` would make a copy run past the slots.
+    #[test]
+    fn a_tail_more_than_a_lap_ahead_of_head_is_a_verdict() {
+        let r = region(4);
+        let mut tx = ShmProducer::<u64, _>::create(r.clone(), 4).unwrap();
+        let mut rx = ShmConsumer::<u64, _>::attach(r.clone()).unwrap();
+        assert_eq!(tx.push_slice(&[1, 2, 3, 4]), 4);
+        assert_eq!(rx.pop(), Ok(1));
+        tx.push(5).unwrap();
+        assert_eq!(rx.len(), 4); // cached tail 5, head 1
+        rx.ring.tail().store(9, Ordering::Relaxed); // 4 past the cached tail, 8 past head
+        assert_eq!(rx.pop_slice(&mut [0; 8]), 0);
+        assert!(rx.corruption().is_some());
+    }
+
+    /// The memory-safety half of the producer's check: a `head` within a lap of the last
+    /// one seen but ahead of `tail` would make the free count underflow.
+    #[test]
+    fn a_head_ahead_of_tail_is_a_verdict() {
+        let r = region(4);
+        let mut tx = ShmProducer::<u64, _>::create(r.clone(), 4).unwrap();
+        let mut rx = ShmConsumer::<u64, _>::attach(r.clone()).unwrap();
+        assert_eq!(tx.push_slice(&[1, 2, 3, 4]), 4);
+        assert_eq!(rx.pop_slice(&mut [0; 4]), 4);
+        tx.push(5).unwrap(); // cached head 4, tail 5
+        rx.ring.head().store(8, Ordering::Relaxed);
+        assert_eq!(tx.push_slice(&[0; 8]), 0);
+        assert!(tx.corruption().is_some());
+    }
+
+    #[test]
+    fn a_tail_moving_backwards_is_a_verdict() {
+        let r = region(8);
+        let mut tx = ShmProducer::<u64, _>::create(r.clone(), 8).unwrap();
+        let mut rx = ShmConsumer::<u64, _>::attach(r.clone()).unwrap();
+        tx.push_slice(&[1, 2, 3, 4]);
+        assert_eq!(rx.pop(), Ok(1)); // cached tail 4, head 1
+        assert_eq!(rx.pop_slice(&mut [0; 3]), 3); // head 4
+        rx.ring.tail().store(3, Ordering::Relaxed); // behind the tail seen, still "near"
+        assert_eq!(rx.pop(), Err(ShmPopError::Corrupt(rx.corruption().unwrap())));
+    }
+
+    /// A consumer never trusts the `tail` it finds at attach: a garbage one is checked at the
+    /// first refresh, not used to index the slots.
+    #[test]
+    fn a_consumer_checks_the_tail_it_finds_at_attach() {
+        let r = region(4);
+        drop(ShmProducer::<u64, _>::create(r.clone(), 4).unwrap());
+        words(&r)[TAIL_OFFSET / 8].store(7, Ordering::Relaxed); // 7 records in a 4-slot ring
+        let mut rx = ShmConsumer::<u64, _>::attach(r.clone()).unwrap();
+        assert_eq!(rx.pop_slice(&mut [0; 8]), 0);
+        assert!(rx.corruption().is_some());
+    }
+
+    /// Defect (review): `create` checked the role words, then reset them: two creators (or a
+    /// creator and an attach) could both win. Now the role words are taken by CAS first:
+    /// of several threads creating one fresh ring at once, exactly one succeeds.
+    #[test]
+    fn create_takes_the_roles_before_laying_out() {
+        for _ in 0..if cfg!(miri) { 2 } else { 50 } {
+            let r = region(8);
+            let start = Arc::new(std::sync::Barrier::new(4));
+            let created: Vec<bool> = (0..4)
+                .map(|_| {
+                    let (r, start) = (r.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        // Leak a success so the role stays held while the others try.
+                        ShmProducer::<u64, _>::create(&*r, 8).map(core::mem::forget).is_ok()
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect();
+            assert_eq!(created.iter().filter(|&&c| c).count(), 1, "{created:?}");
+            // A role being laid out refuses attach.
+            let laying = (u64::from(std::process::id()) << 32) | ROLE_LAYING_OUT;
+            words(&r)[CONSUMER_ROLE_OFFSET / 8].store(laying, Ordering::Relaxed);
+            assert!(matches!(
+                ShmConsumer::<u64, _>::attach(r.clone()).unwrap_err(),
+                RegionError::RoleTaken { holder: Holder::LayingOut { .. }, .. }
+            ));
+        }
+    }
+
+    /// Defect (review): `detach` matched by pid only, and a process could `reclaim` from
+    /// itself: a stale handle then detached the reclaimed role, and two producers ran.
+    #[test]
+    fn a_stale_handle_does_not_detach_a_role_taken_over() {
+        let r = region(8);
+        let tx = ShmProducer::<u64, _>::create(r.clone(), 8).unwrap();
+        let rx = ShmConsumer::<u64, _>::attach(r.clone()).unwrap();
+        assert_eq!(
+            ShmProducer::<u64, _>::reclaim(r.clone(), std::process::id()).unwrap_err(),
+            RegionError::ReclaimSelf
+        );
+        // Another process (same pid here: a pid namespace, say) took the role over.
+        let theirs = attached_word(tx.role_word, std::process::id());
+        words(&r)[PRODUCER_ROLE_OFFSET / 8].store(theirs, Ordering::Relaxed);
+        drop(tx);
+        assert_eq!(
+            words(&r)[PRODUCER_ROLE_OFFSET / 8].load(Ordering::Relaxed),
+            theirs,
+            "the old handle left the new holder's word alone"
+        );
+        assert!(!rx.is_abandoned());
+    }
+
+    /// Defect (review): a panic in `drain`'s callback left the records of that call in the
+    /// ring, so they (and the record that panicked) came back on every later drain.
+    #[test]
+    fn a_panicking_drain_callback_does_not_redeliver() {
+        let r = region(8);
+        let mut tx = ShmProducer::<u64, _>::create(r.clone(), 8).unwrap();
+        let mut rx = ShmConsumer::<u64, _>::attach(r.clone()).unwrap();
+        tx.push_slice(&[1, 2, 3, 4, 5]);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rx.drain(8, |v| assert_ne!(v, 3, "poison record"))
+        }));
+        assert!(panicked.is_err());
+        let mut rest = Vec::new();
+        assert_eq!(rx.drain(8, |v| rest.push(v)), Ok(2));
+        assert_eq!(rest, [4, 5], "records 1..=3 were handed out once");
+        assert_eq!(tx.slots(), 8, "and their slots were freed");
+    }
+
+    #[test]
+    fn a_second_layout_over_one_region_is_refused() {
+        let r = region(8);
+        let _tx = ShmProducer::<u64, _>::create(r.clone(), 8).unwrap();
+        let spec = crate::seqlock::StreamSpec {
+            epoch: 1,
+            stream_id: 1,
+            nslots: 1,
+            pools: vec![crate::seqlock::PoolSpec { pool_id: 1, stride_bytes: 64 }],
+        };
+        let pool = HeapRegion::new(crate::shm::payload_pool_len(1, 64) as usize);
+        let err = crate::seqlock::Stream::create(&spec, &*r, vec![&pool], 1, 0).unwrap_err();
+        assert_eq!(
+            err,
+            crate::seqlock::StreamError::OtherLayout {
+                region: crate::seqlock::RegionName::HeaderRing,
+                found: LayoutKind::SpscRing
+            }
+        );
     }
 }
