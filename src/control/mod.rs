@@ -30,7 +30,10 @@ mod test_server;
 
 pub use client::{Client, ClientBuilder, ClientError};
 pub use pool::{ConnectionPool, ConnectionPoolBuilder, PoolError, PoolStats, PooledClient};
-pub use session::{Handler, Session, SessionConfig, Verdict, KIND_BAD_REQUEST_BODY};
+pub use session::{
+    CloseCause, Handler, OverBudget, Session, SessionConfig, Verdict, KIND_BAD_REQUEST_BODY,
+    KIND_OVER_BUDGET,
+};
 
 /// `msg_type` of [`proto::Ping`] and its answer [`proto::Pong`].
 pub const MSG_PING: u16 = 1;
@@ -47,3 +50,9 @@ pub const MSG_CONFIG: u16 = 3;
 /// with a byte no protobuf message starts with (field number 0), which is how a v1 client, whose
 /// header has no error flag, tells an error reply from a response.
 pub const CODE_BAD_REQUEST_BODY: u16 = 0x0100;
+
+/// Error code of the reply to a request refused because the service is over its budget of
+/// buffered bytes (text `daemon busy: buffered bytes over budget (N > M)`, see
+/// [`session::OverBudget`]); like [`CODE_BAD_REQUEST_BODY`], outside the wire codes with a low
+/// byte below 8. The connection stays open: retry later.
+pub const CODE_BUSY: u16 = 0x0200;
