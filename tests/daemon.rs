@@ -367,11 +367,11 @@ fn version_and_help_teach() {
 fn a_peer_that_never_reads_its_error_reply_is_still_closed() {
     // Unread replies pile up (below max_pending_output), then a protocol error asks for a
     // close after the error reply; the peer never reads it, so the daemon must give up on the
-    // reply at the linger deadline instead of holding the connection forever.
+    // reply at the write timeout instead of holding the connection forever.
     let daemon = Daemon::start(
         "linger",
         &[
-            ("CORELANE_CONTROL_HEADER_TIMEOUT_MS", "200"),
+            ("CORELANE_CONTROL_WRITE_TIMEOUT_MS", "200"),
             ("CORELANE_CONTROL_MAX_PENDING_OUTPUT_BYTES", "268435456"),
         ],
     );
@@ -380,8 +380,8 @@ fn a_peer_that_never_reads_its_error_reply_is_still_closed() {
     let flood: Vec<u8> = std::iter::repeat_n(ping, 50_000).flatten().collect();
     s.write_all(&flood).unwrap();
     s.write_all(b"garbage!").unwrap();
-    // Not reading: past the linger deadline (the header timeout, 200 ms) the daemon must have
-    // dropped the connection although its error reply is still queued behind the backlog.
+    // Not reading: past the write timeout (200 ms) the daemon must have dropped the
+    // connection although its error reply is still queued behind the backlog.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut client = daemon.client();
     let mut connections = client.status().unwrap().connections;

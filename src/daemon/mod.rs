@@ -18,11 +18,12 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use control_agent::{ControlAgent, ControlCounters, StatusHandler, ERROR_KINDS};
+pub use control_agent::{
+    ControlAgent, ControlCounters, ControlSettings, StatusHandler, ERROR_KINDS,
+};
 pub use metrics_agent::{LaneGauges, MetricsAgent};
 
 use crate::config::{self, Config};
-use crate::control::SessionConfig;
 use crate::files::{InstanceLock, LockError, OwnedFile};
 use crate::metrics::{
     CounterKind, CounterSpec, CountersFile, MetricsError, MetricsServer, Registry,
@@ -31,7 +32,6 @@ use crate::runtime::{
     Agent, Board, IdleStrategy, LaneSpec, ReactorChoice, ReactorConfig, ReactorKind, Runtime,
     RuntimeError, Shutdown, UringOptions,
 };
-use crate::wire::DecoderConfig;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -155,17 +155,7 @@ impl Daemon {
             .iter()
             .map(|s| (s.to_string(), "not in this build".to_string()))
             .collect();
-        let session_config = SessionConfig {
-            decoder: DecoderConfig {
-                max_body_bytes: config.control.max_body_bytes,
-                enable_legacy_support: config.control.enable_legacy_support,
-                crc_error_limit: config.control.crc_error_limit,
-            },
-            header_timeout: Duration::from_millis(config.control.header_timeout_ms),
-            idle_timeout: (config.control.idle_timeout_ms > 0)
-                .then(|| Duration::from_millis(config.control.idle_timeout_ms)),
-            max_pending_output: config.control.max_pending_output_bytes as usize,
-        };
+        let control_settings = ControlSettings::from_config(&config.control);
 
         let mut listener = Some(listener);
         let mut specs = Vec::new();
@@ -176,8 +166,7 @@ impl Daemon {
                     "control" => agents.push(Box::new(ControlAgent::new(
                         socket.path().to_owned(),
                         listener.take().expect("config validation: one control agent"),
-                        session_config.clone(),
-                        config.control.max_connections as usize,
+                        control_settings.clone(),
                         StatusHandler::new(
                             board.clone(),
                             config_toml.clone(),
@@ -391,9 +380,10 @@ fn warn_if_not_tmpfs(dir: &Path) {
 struct Ids {
     accepted: crate::metrics::CounterId,
     refused: crate::metrics::CounterId,
-    closed: crate::metrics::CounterId,
+    closed: [crate::metrics::CounterId; 5],
     open: crate::metrics::CounterId,
     accept_errors: crate::metrics::CounterId,
+    buffered: crate::metrics::CounterId,
     requests: [crate::metrics::CounterId; 3],
     errors: Vec<crate::metrics::CounterId>,
     lanes: Vec<[crate::metrics::CounterId; 7]>,
@@ -412,9 +402,20 @@ impl Ids {
         const CONN: &str = "Control connections by event.";
         let accepted = c(r, "corelane_control_connections_total", &[("event", "accepted")], CONN)?;
         let refused = c(r, "corelane_control_connections_total", &[("event", "refused")], CONN)?;
-        let closed =
-            c(r, "corelane_control_connections_total", &[("event", "closed_by_daemon")], CONN)?;
+        const CLOSED: &str = "Control connections closed, by reason.";
+        let mut closed = Vec::new();
+        for reason in crate::runtime::CloseReason::ALL {
+            let labels = [("reason", reason.name())];
+            closed.push(c(r, "corelane_control_connections_closed_total", &labels, CLOSED)?);
+        }
+        let closed: [_; 5] = closed.try_into().expect("one counter per CloseReason");
         let open = g(r, "corelane_control_connections_open", &[], "Control connections open now.")?;
+        let buffered = g(
+            r,
+            "corelane_control_buffered_bytes",
+            &[],
+            "Bytes the control connections buffer (unsent replies, partial requests).",
+        )?;
         let accept_errors = c(
             r,
             "corelane_control_accept_errors_total",
@@ -488,6 +489,7 @@ impl Ids {
             closed,
             open,
             accept_errors,
+            buffered,
             requests,
             errors,
             lanes,
@@ -498,11 +500,14 @@ impl Ids {
 
     fn control(&self, f: &CountersFile) -> ControlCounters {
         ControlCounters {
-            accepted: f.counter(self.accepted),
-            refused: f.counter(self.refused),
-            closed_by_daemon: f.counter(self.closed),
-            open: f.counter(self.open),
+            conns: crate::runtime::ConnCounters {
+                accepted: f.counter(self.accepted),
+                refused: f.counter(self.refused),
+                open: f.counter(self.open),
+                closed: self.closed.map(|id| f.counter(id)),
+            },
             accept_errors: f.counter(self.accept_errors),
+            buffered: f.counter(self.buffered),
             requests: self.requests.map(|id| f.counter(id)),
             errors: self.errors.iter().map(|&id| f.counter(id)).collect(),
         }

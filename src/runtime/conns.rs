@@ -60,8 +60,10 @@
 //!   (an idle timeout pushed back by every request) does not re-arm the timer: the timer fires
 //!   at the old deadline, finds nothing due and re-arms for the new one, so a busy connection
 //!   costs one timer operation per deadline, not per message.
-//! - **Output.** [`send`](ConnTable::send) and [`send_owned`](ConnTable::send_owned) queue
-//!   output and account for it. Output pending with no progress (no byte written) for
+//! - **Output.** [`send`](ConnTable::send), [`send_from`](ConnTable::send_from) (bytes the
+//!   state holds) and [`send_owned`](ConnTable::send_owned) queue output and account for it
+//!   (output must go through them, not straight to the reactor, for the accounting and the
+//!   write clock to be right). Output pending with no progress (no byte written) for
 //!   [`ConnConfig::write_timeout`] closes the connection ([`CloseReason::WriteTimeout`]): a
 //!   peer that does not read its replies is dropped, and its descriptor released. The clock
 //!   starts when output becomes pending and restarts with each write that makes progress.
@@ -543,6 +545,27 @@ impl<S> ConnTable<S> {
             return Err(SendError::Closed(CloseReason::Peer));
         }
         self.sync(ctx, id, false).map_or(Ok(()), |reason| Err(SendError::Closed(reason)))
+    }
+
+    /// Queues a copy of output the connection's state holds (a protocol core's output buffer,
+    /// lent by `output`, e.g. `Session::output`), and checks the output limits; returns how
+    /// many bytes were queued, for the state to mark them written.
+    pub fn send_from(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: ConnId,
+        output: impl FnOnce(&S) -> &[u8],
+    ) -> Result<usize, SendError> {
+        let queued = {
+            let Some(conn) = self.conn(id) else { return Err(SendError::NotOpen) };
+            let data = output(&conn.state);
+            ctx.send(id.local(), data).map(|()| data.len())
+        };
+        let Ok(n) = queued else {
+            self.finish(ctx, id, Some(CloseReason::Peer));
+            return Err(SendError::Closed(CloseReason::Peer));
+        };
+        self.sync(ctx, id, false).map_or(Ok(n), |reason| Err(SendError::Closed(reason)))
     }
 
     /// Queues `data` itself for the connection, without a copy (see
