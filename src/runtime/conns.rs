@@ -813,10 +813,7 @@ impl<S> ConnTable<S> {
         slot.generation = slot.generation.wrapping_add(1) & GENERATION_MASK;
         self.free.push_back(id.index);
         self.buffered -= conn.counted;
-        ctx.close(id.local());
-        if conn.armed.is_some() {
-            ctx.cancel_timer(id.local());
-        }
+        // Counted before the socket goes, so whoever sees it gone sees it counted.
         self.open -= 1;
         self.stats.open = self.open as u64;
         if let Some(reason) = reason {
@@ -828,7 +825,10 @@ impl<S> ConnTable<S> {
                 c.closed[reason.index()].inc();
             }
         }
-        drop(conn);
+        ctx.close(id.local());
+        if conn.armed.is_some() {
+            ctx.cancel_timer(id.local());
+        }
     }
 
     fn refused(&mut self) {
