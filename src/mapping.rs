@@ -15,7 +15,7 @@
 //!   creates) is checked the same way at open; such files cannot be sealed, so only
 //!   processes that trust the file's owner with its size map them.
 //!
-//! A [`Mapping`] is a [`Region`](crate::rings::region::Region): the ring and seqlock layouts
+//! A [`Mapping`] is a [`Region`]: the ring and seqlock layouts
 //! check their own lengths against it before the first access.
 #![allow(unsafe_code)]
 

@@ -15,6 +15,19 @@
 //! [`Flags::RESPONSE`](crate::wire::Flags::RESPONSE); an error reply carries `RESPONSE | ERROR` and
 //! the wire error body (a numeric code and the spec's text).
 //!
+//! Besides the wire errors of the spec (`crate::wire::WireError`), the daemon answers or
+//! closes as follows (config keys of `[control]`, documented in `config/corelane.toml`):
+//!
+//! | condition | daemon behaviour | code, text |
+//! |---|---|---|
+//! | a body that is not the request's protobuf message | error reply, connection kept | [`CODE_BAD_REQUEST_BODY`], `bad request body: ...` |
+//! | all connections together buffer more than `max_buffered_bytes` (unsent replies, partial requests) | error reply instead of the answer, connection kept (retry later), counted as `over_budget` | [`CODE_BUSY`], `daemon busy: buffered bytes over budget (N > M)` |
+//! | a frame left incomplete for `header_timeout_ms` | connection closed | none |
+//! | no request for `idle_timeout_ms` (default 5 minutes) | connection closed | none |
+//! | replies left unread, with no byte taken, for `write_timeout_ms` (default 5 s) | connection closed, its socket released | none |
+//! | more than `max_pending_output_bytes` of replies unread | connection closed | none |
+//! | end of input (the peer shut down its sending side) | the answers owed are written, then the connection is closed | none |
+//!
 //! Layers, bottom up:
 //! - [`session`]: the daemon side, sans-IO. A [`Session`] takes bytes and `now`, answers requests
 //!   into an output buffer, and says when to close; the reactor does the reads and writes.
