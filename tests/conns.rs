@@ -312,19 +312,19 @@ fn a_peer_that_does_not_read_is_dropped_at_the_write_timeout_and_its_socket_rele
 
 #[test]
 fn an_idle_deadline_closes_a_silent_connection_and_spares_a_talkative_one() {
-    const IDLE: Duration = Duration::from_millis(150);
+    const IDLE: Duration = Duration::from_millis(250);
     for (name, config) in backends() {
         let dir = TempDir::new(&format!("idle-{name}"));
         let (agent, seen) = Records::new(&dir.socket(), ConnConfig::default(), Some(IDLE));
         let runtime = Runtime::start(vec![lane(Box::new(agent), backoff())], config).unwrap();
-        // Talkative: a record every 30 ms for 600 ms (four idle timeouts), all answered.
+        // Talkative: a record every 30 ms for three idle timeouts, all answered.
         let mut talker = UnixStream::connect(dir.socket()).unwrap();
         talker.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let silent_since = Instant::now();
         let mut silent = UnixStream::connect(dir.socket()).unwrap();
         silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let started = Instant::now();
-        while started.elapsed() < 4 * IDLE {
+        while started.elapsed() < 3 * IDLE {
             talker.write_all(&record(b"tick")).unwrap();
             assert_eq!(read_u32(&mut talker), 4, "{name}: the talker is answered");
             std::thread::sleep(Duration::from_millis(30));
