@@ -28,6 +28,21 @@ impl Daemon {
     /// [`start`](Self::start), with the daemon's descriptor limit lowered to `nofile` if given
     /// (through the shell's `ulimit`, so nothing else in this process changes).
     fn start_with(name: &str, env: &[(&str, &str)], nofile: Option<u32>) -> Daemon {
+        Self::start_full(name, env, nofile, None)
+    }
+
+    /// [`start`](Self::start) with a `--config` file of this text (for lanes, which the
+    /// environment cannot set).
+    fn start_config(name: &str, env: &[(&str, &str)], config: &str) -> Daemon {
+        Self::start_full(name, env, None, Some(config))
+    }
+
+    fn start_full(
+        name: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u32>,
+        config: Option<&str>,
+    ) -> Daemon {
         let dir = std::env::temp_dir().join(format!("corelane-it-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -39,8 +54,13 @@ impl Daemon {
                 sh
             }
         };
-        cmd.arg("run")
-            .env("XDG_RUNTIME_DIR", &dir)
+        cmd.arg("run");
+        if let Some(text) = config {
+            let file = dir.join("test.toml");
+            std::fs::write(&file, text).unwrap();
+            cmd.arg("--config").arg(file);
+        }
+        cmd.env("XDG_RUNTIME_DIR", &dir)
             .env("CORELANE_METRICS_LISTEN", "")
             .env("CORELANE_LOG", "warn")
             .stdout(Stdio::null())
@@ -70,6 +90,33 @@ impl Daemon {
 
     fn client(&self) -> Client {
         Client::builder().timeout(Duration::from_secs(5)).connect(self.socket()).unwrap()
+    }
+
+    /// Descriptors the daemon process holds now.
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap().count()
+    }
+
+    /// A counter of the daemon's counters file, by series name.
+    fn counter(&self, series: &str) -> u64 {
+        let path = self.dir.join("corelane").join("counters");
+        let samples = corelane::metrics::CountersReader::open(&path).unwrap().snapshot();
+        let sample = samples.iter().find(|s| s.name == series);
+        sample.unwrap_or_else(|| panic!("no series {series} in {samples:?}")).value
+    }
+
+    /// Waits until no control connection is open (the start-up probe's close is seen), so that
+    /// descriptor and close counts taken next are a clean baseline.
+    fn quiet(&self) -> &Self {
+        wait_for("no control connection open", Duration::from_secs(10), || {
+            self.counter("corelane_control_connections_open") == 0
+        });
+        self
+    }
+
+    /// Control connections closed for `reason` (a `CloseReason` name).
+    fn closed(&self, reason: &str) -> u64 {
+        self.counter(&format!("corelane_control_connections_closed_total{{reason=\"{reason}\"}}"))
     }
 
     /// SIGTERM and the exit status, keeping the runtime directory for a look after.
@@ -367,11 +414,11 @@ fn version_and_help_teach() {
 fn a_peer_that_never_reads_its_error_reply_is_still_closed() {
     // Unread replies pile up (below max_pending_output), then a protocol error asks for a
     // close after the error reply; the peer never reads it, so the daemon must give up on the
-    // reply at the linger deadline instead of holding the connection forever.
+    // reply at the write timeout instead of holding the connection forever.
     let daemon = Daemon::start(
         "linger",
         &[
-            ("CORELANE_CONTROL_HEADER_TIMEOUT_MS", "200"),
+            ("CORELANE_CONTROL_WRITE_TIMEOUT_MS", "200"),
             ("CORELANE_CONTROL_MAX_PENDING_OUTPUT_BYTES", "268435456"),
         ],
     );
@@ -380,8 +427,8 @@ fn a_peer_that_never_reads_its_error_reply_is_still_closed() {
     let flood: Vec<u8> = std::iter::repeat_n(ping, 50_000).flatten().collect();
     s.write_all(&flood).unwrap();
     s.write_all(b"garbage!").unwrap();
-    // Not reading: past the linger deadline (the header timeout, 200 ms) the daemon must have
-    // dropped the connection although its error reply is still queued behind the backlog.
+    // Not reading: past the write timeout (200 ms) the daemon must have dropped the
+    // connection although its error reply is still queued behind the backlog.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut client = daemon.client();
     let mut connections = client.status().unwrap().connections;
@@ -627,5 +674,290 @@ fn sigterm_with_stuck_sends_exits_within_the_shutdown_timeout() {
         eprintln!("{reactor}: exited {took:?} after SIGTERM");
         assert!(took < Duration::from_secs(2), "{reactor}: took {took:?} to exit");
         drop(flood);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many connections, slow and hostile peers, memory: the control agent on its connection table.
+// ---------------------------------------------------------------------------------------------
+
+/// Polls `cond` until it holds or `within` passes; says what it waited for.
+fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "waited {within:?} for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn frame_with_id(msg_type: u16, msg_id: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::encode(ProtocolVersion::V2, msg_type, Flags::default(), msg_id, body, &mut out);
+    out
+}
+
+/// `n` copies of a request, as one buffer.
+fn requests(msg_type: u16, n: usize) -> Vec<u8> {
+    std::iter::repeat_n(frame(msg_type, b""), n).flatten().collect()
+}
+
+/// Reads one whole reply frame, checked by a decoder.
+fn read_reply(s: &mut UnixStream) -> (wire::Header, Vec<u8>) {
+    let mut frame = vec![0u8; wire::HEADER_LEN];
+    s.read_exact(&mut frame).unwrap();
+    let len = u32::from_le_bytes(frame[8..12].try_into().unwrap()) as usize;
+    frame.resize(wire::HEADER_LEN + len, 0);
+    s.read_exact(&mut frame[wire::HEADER_LEN..]).unwrap();
+    let mut reply = None;
+    Decoder::new(DecoderConfig::default())
+        .feed(&frame, |e| {
+            if let Event::Frame(f) = e {
+                reply = Some((f.header, f.body.to_vec()));
+            }
+        })
+        .unwrap();
+    reply.expect("a whole, valid frame")
+}
+
+/// Raises this process's descriptor limit (children inherit it) to at least `n`; false, said
+/// out loud, if the hard limit does not allow it.
+fn enough_descriptors(n: u64) -> bool {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_none_or(|current| current >= n) {
+        return true;
+    }
+    if limit.maximum.is_some_and(|max| max < n) {
+        eprintln!("SKIPPING: RLIMIT_NOFILE hard limit {:?} is below the {n} needed", limit.maximum);
+        return false;
+    }
+    setrlimit(Resource::Nofile, Rlimit { current: Some(n), maximum: limit.maximum }).unwrap();
+    true
+}
+
+#[test]
+fn a_thousand_concurrent_control_connections_are_each_answered() {
+    const N: usize = 1000;
+    if !enough_descriptors(2 * N as u64 + 256) {
+        return;
+    }
+    for reactor in reactors() {
+        let daemon =
+            Daemon::start(&format!("thousand-{reactor}"), &[("CORELANE_RUNTIME_REACTOR", reactor)]);
+        let peer_closes = daemon.quiet().closed("peer"); // the start-up probe's
+        let mut conns: Vec<UnixStream> =
+            (0..N).map(|_| UnixStream::connect(daemon.socket()).unwrap()).collect();
+        // Every request goes out before any reply is read: all 1000 are open at once.
+        for (i, c) in conns.iter_mut().enumerate() {
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            c.write_all(&frame_with_id(corelane::control::MSG_PING, i as u64 + 1, b"")).unwrap();
+        }
+        for (i, c) in conns.iter_mut().enumerate() {
+            let (header, _) = read_reply(c);
+            assert_eq!(header.msg_id, i as u64 + 1, "{reactor}: connection {i}");
+            assert_eq!(header.msg_type, corelane::control::MSG_PING);
+            assert!(!header.flags.contains(Flags::ERROR), "{reactor}: connection {i}");
+        }
+        let mut client = daemon.client();
+        assert_eq!(client.status().unwrap().connections as usize, N + 1, "{reactor}");
+        drop(conns);
+        wait_for(&format!("{reactor}: the 1000 closed"), Duration::from_secs(20), || {
+            client.status().unwrap().connections == 1
+        });
+        let closes = daemon.closed("peer") - peer_closes;
+        assert_eq!(closes, N as u64, "{reactor}: closed by their peers");
+        let (status, err, _) = daemon.terminate();
+        assert!(status.success(), "{reactor}: {err}");
+    }
+}
+
+#[test]
+fn a_client_that_floods_and_never_reads_is_dropped_and_its_descriptor_released() {
+    for reactor in reactors() {
+        let env =
+            [("CORELANE_RUNTIME_REACTOR", reactor), ("CORELANE_CONTROL_WRITE_TIMEOUT_MS", "500")];
+        let daemon = Daemon::start(&format!("flood-{reactor}"), &env);
+        let baseline = daemon.quiet().fds();
+        let socket = daemon.socket();
+        // The flooder keeps its end open: only the daemon can release its descriptor.
+        let flooder = std::thread::spawn(move || {
+            let mut s = UnixStream::connect(socket).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+            let pings = requests(corelane::control::MSG_PING, 1000);
+            let error = loop {
+                if let Err(e) = s.write_all(&pings) {
+                    break e;
+                }
+            };
+            (error, s)
+        });
+        let (error, _kept) = flooder.join().unwrap();
+        assert!(
+            matches!(
+                error.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "{reactor}: the flooder should be cut off, its write ended with {error:?}"
+        );
+        wait_for(&format!("{reactor}: the descriptor released"), Duration::from_secs(10), || {
+            daemon.fds() <= baseline
+        });
+        let why = daemon.closed("budget") + daemon.closed("write_timeout");
+        assert_eq!(why, 1, "{reactor}: closed for its backlog or the write timeout");
+        daemon.client().ping().unwrap();
+        let (status, err, _) = daemon.terminate();
+        assert!(status.success(), "{reactor}: {err}");
+    }
+}
+
+#[test]
+fn garbage_peers_closed_mid_stream_300_times_leave_the_control_socket_answering() {
+    for reactor in reactors() {
+        let daemon =
+            Daemon::start(&format!("garbage-{reactor}"), &[("CORELANE_RUNTIME_REACTOR", reactor)]);
+        let baseline = daemon.quiet().fds();
+        for _ in 0..300 {
+            let mut garbage = UnixStream::connect(daemon.socket()).unwrap();
+            garbage.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+            // Cut off after the first chunk: the rest may not fit, and the peer closes anyway.
+            let _ = garbage.write_all(&[b'x'; 64 * 1024]);
+        }
+        wait_for(&format!("{reactor}: 300 protocol closes"), Duration::from_secs(20), || {
+            daemon.closed("protocol") == 300
+        });
+        let mut client = daemon.client();
+        client.ping().unwrap_or_else(|e| panic!("{reactor}: no answer after the garbage: {e}"));
+        assert_eq!(client.status().unwrap().connections, 1, "{reactor}");
+        assert_eq!(daemon.counter("corelane_control_errors_total{kind=\"bad_magic\"}"), 300);
+        wait_for(&format!("{reactor}: descriptors back"), Duration::from_secs(10), || {
+            daemon.fds() <= baseline + 1 // the client
+        });
+        let (status, err, _) = daemon.terminate();
+        assert!(status.success(), "{reactor}: {err}");
+    }
+}
+
+#[test]
+fn a_half_closed_peer_gets_its_reply_and_costs_no_cpu() {
+    // A lane that sleeps a second when idle: a pass count that stays low shows that nothing
+    // (a half-closed socket reported again and again, a timer re-armed in the past) keeps it
+    // busy.
+    let config = "[[lanes]]\nname = \"main\"\nidle = \"sleep\"\nidle_sleep_us = 1000000\n\
+                  agents = [\"control\", \"metrics\"]\n";
+    for reactor in reactors() {
+        let env = [("CORELANE_RUNTIME_REACTOR", reactor)];
+        let daemon = Daemon::start_config(&format!("half-{reactor}"), &env, config);
+        let peer_closes = daemon.quiet().closed("peer"); // the start-up probe's
+        let mut peer = UnixStream::connect(daemon.socket()).unwrap();
+        peer.write_all(&frame_with_id(corelane::control::MSG_PING, 42, b"")).unwrap();
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (header, _) = read_reply(&mut peer);
+        assert_eq!((header.msg_id, header.flags), (42, Flags::RESPONSE), "{reactor}");
+        // Answered, then closed by the daemon: end of stream.
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{reactor}");
+        // The peer keeps its end open; the lane stays quiet.
+        let mut client = daemon.client();
+        let before = client.status().unwrap().lanes[0].passes;
+        std::thread::sleep(Duration::from_millis(2500));
+        let after = client.status().unwrap().lanes[0].passes;
+        eprintln!("{reactor}: {} lane passes in 2.5 s with a half-closed peer", after - before);
+        assert!(after - before < 50, "{reactor}: {} passes in 2.5 s", after - before);
+        assert_eq!(daemon.closed("peer") - peer_closes, 1, "{reactor}");
+        assert_eq!(client.status().unwrap().connections, 1, "{reactor}");
+        drop(peer);
+        let (status, err, _) = daemon.terminate();
+        assert!(status.success(), "{reactor}: {err}");
+    }
+}
+
+#[test]
+fn over_budget_requests_get_the_busy_error_and_the_connection_is_kept() {
+    use corelane::control::{ClientError, CODE_BUSY, MSG_CONFIG};
+    for reactor in reactors() {
+        let env = [
+            ("CORELANE_RUNTIME_REACTOR", reactor),
+            ("CORELANE_CONTROL_MAX_BUFFERED_BYTES", "65536"),
+            ("CORELANE_CONTROL_MAX_PENDING_OUTPUT_BYTES", "268435456"),
+            ("CORELANE_CONTROL_WRITE_TIMEOUT_MS", "60000"),
+        ];
+        let daemon = Daemon::start(&format!("budget-{reactor}"), &env);
+        let mut client = daemon.client();
+        client.ping().unwrap();
+        // A peer that asks for configs and reads nothing holds the budget.
+        let mut hog = UnixStream::connect(daemon.socket()).unwrap();
+        hog.write_all(&requests(MSG_CONFIG, 2000)).unwrap();
+        wait_for(&format!("{reactor}: the budget spent"), Duration::from_secs(10), || {
+            daemon.counter("corelane_control_buffered_bytes") > 65536
+        });
+        for attempt in 0..2 {
+            match client.ping() {
+                Err(ClientError::Remote { code, text }) => {
+                    assert_eq!(code, CODE_BUSY, "{reactor}: {text}");
+                    assert!(
+                        text.starts_with("daemon busy: buffered bytes over budget (")
+                            && text.ends_with(" > 65536)"),
+                        "{reactor}: {text}"
+                    );
+                }
+                other => panic!("{reactor}: attempt {attempt}: expected the busy error: {other:?}"),
+            }
+        }
+        assert!(!client.is_broken(), "{reactor}: the connection is kept");
+        assert!(daemon.counter("corelane_control_errors_total{kind=\"over_budget\"}") >= 2);
+        // The hog goes: its bytes are released, and the same connection is answered again.
+        drop(hog);
+        wait_for(&format!("{reactor}: the budget back"), Duration::from_secs(10), || {
+            daemon.counter("corelane_control_buffered_bytes") < 65536
+        });
+        client.ping().unwrap_or_else(|e| panic!("{reactor}: still refused: {e}"));
+        let (status, err, _) = daemon.terminate();
+        assert!(status.success(), "{reactor}: {err}");
+    }
+}
+
+#[test]
+fn a_peer_that_stops_reading_is_dropped_at_the_write_timeout() {
+    use corelane::control::MSG_CONFIG;
+    const TIMEOUT: Duration = Duration::from_millis(1000);
+    for reactor in reactors() {
+        let env = [
+            ("CORELANE_RUNTIME_REACTOR", reactor),
+            ("CORELANE_CONTROL_WRITE_TIMEOUT_MS", "1000"),
+            ("CORELANE_CONTROL_MAX_PENDING_OUTPUT_BYTES", "268435456"),
+        ];
+        let daemon = Daemon::start(&format!("write-timeout-{reactor}"), &env);
+        let baseline = daemon.quiet().fds();
+        let mut peer = UnixStream::connect(daemon.socket()).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        peer.write_all(&requests(MSG_CONFIG, 8000)).unwrap();
+        // A reader that keeps taking bytes (32 KiB every 20 ms) is kept past the timeout...
+        let started = Instant::now();
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut last_read = Instant::now();
+        while started.elapsed() < 2 * TIMEOUT + TIMEOUT / 2 {
+            peer.read_exact(&mut buf)
+                .unwrap_or_else(|e| panic!("{reactor}: a reader making progress was cut off: {e}"));
+            last_read = Instant::now();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(daemon.closed("write_timeout"), 0, "{reactor}");
+        // ...and dropped once it stops: not before the timeout, and its descriptor released.
+        wait_for(&format!("{reactor}: the write timeout"), Duration::from_secs(15), || {
+            daemon.closed("write_timeout") == 1
+        });
+        let took = last_read.elapsed();
+        eprintln!("{reactor}: dropped {took:?} after the last read (write timeout {TIMEOUT:?})");
+        assert!(took >= TIMEOUT, "{reactor}: dropped {took:?} after the last read");
+        wait_for(&format!("{reactor}: the descriptor released"), Duration::from_secs(10), || {
+            daemon.fds() <= baseline
+        });
+        // What had reached the peer's socket is still there to read, then end of stream.
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).unwrap();
+        let (status, err, _) = daemon.terminate();
+        assert!(status.success(), "{reactor}: {err}");
     }
 }

@@ -54,6 +54,9 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const WARMUP: u64 = 200;
+
+/// The tests of this file share the allocation count: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const MEASURED: u64 = 2000;
 
 /// Echoes every receive and pushes a timer's deadline further at each (a re-armed timer every
@@ -104,6 +107,7 @@ impl Agent for Echo {
 
 #[test]
 fn steady_state_passes_do_not_allocate() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut backends = vec![ReactorConfig::from(ReactorChoice::Poll)];
     match Reactor::probe(ReactorChoice::IoUring) {
         Ok(_) => {
@@ -151,5 +155,107 @@ fn steady_state_passes_do_not_allocate() {
             0,
             "{choice:?}: allocations on the lane during {MEASURED} round trips"
         );
+    }
+}
+
+/// Sets this lane thread's counting flag from the test's switch, in every pass (a second agent
+/// on the control agent's lane: the control agent itself is not the test's to change).
+struct Switch(Arc<std::sync::atomic::AtomicBool>);
+
+impl Agent for Switch {
+    fn name(&self) -> &str {
+        "switch"
+    }
+    fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+        let on = self.0.load(Ordering::Relaxed);
+        if on != counting() {
+            if on {
+                ALLOCATIONS.store(0, Ordering::Relaxed);
+            }
+            COUNTING.with(|c| c.set(on));
+        }
+        0
+    }
+}
+
+/// The control agent on its connection table answers pings without allocating: the session's
+/// buffers, the reactor's output buffers and the connection's timer are all reused.
+#[test]
+fn the_control_agent_answers_pings_without_allocating() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    use corelane::config::Config;
+    use corelane::control::Client;
+    use corelane::daemon::{ControlAgent, ControlCounters, ControlSettings, StatusHandler};
+    use corelane::metrics::{CounterSpec, Registry};
+    use corelane::runtime::{Board, ConnCounters, Shutdown};
+    use std::sync::atomic::AtomicBool;
+
+    let mut backends = vec![ReactorConfig::from(ReactorChoice::Poll)];
+    match Reactor::probe(ReactorChoice::IoUring) {
+        Ok(_) => backends.push(ReactorConfig::from(ReactorChoice::IoUring)),
+        Err(e) => eprintln!("SKIPPING the io_uring backend in this test: {e}"),
+    }
+    for (n, choice) in backends.into_iter().enumerate() {
+        let dir =
+            std::env::temp_dir().join(format!("corelane-steady-ctl-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("control.sock");
+        let mut registry = Registry::new();
+        let count = 3 + 5 + 2 + 3 + corelane::daemon::ERROR_KINDS.len();
+        let ids: Vec<_> = (0..count)
+            .map(|i| {
+                let label = i.to_string();
+                let labels = [("i", label.as_str())];
+                registry.register(CounterSpec::counter("t_total", &labels, "test.")).unwrap()
+            })
+            .collect();
+        let file = registry.create_in_memory().unwrap();
+        let mut counters = ids.iter().map(|&id| file.counter(id));
+        let mut next = || counters.next().unwrap();
+        let counters = ControlCounters {
+            conns: ConnCounters {
+                accepted: next(),
+                refused: next(),
+                open: next(),
+                closed: [next(), next(), next(), next(), next()],
+            },
+            accept_errors: next(),
+            buffered: next(),
+            requests: [next(), next(), next()],
+            errors: corelane::daemon::ERROR_KINDS.iter().map(|_| next()).collect(),
+        };
+        let board = Board::new();
+        let handler =
+            StatusHandler::new(board.clone(), String::new(), Default::default(), counters);
+        let settings = ControlSettings::from_config(&Config::default().control);
+        let agent =
+            ControlAgent::new(path.clone(), UnixListener::bind(&path).unwrap(), settings, handler);
+        let switch = Arc::new(AtomicBool::new(false));
+        let lane = LaneSpec {
+            name: "control".into(),
+            core: None,
+            idle: IdleStrategy::backoff(),
+            agents: vec![Box::new(agent), Box::new(Switch(switch.clone()))],
+            waker: None,
+        };
+        let runtime = Runtime::start_with(vec![lane], choice, Shutdown::new(), board).unwrap();
+        let mut client = Client::builder().timeout(Duration::from_secs(10)).connect(&path).unwrap();
+        for _ in 0..WARMUP {
+            client.ping().unwrap();
+        }
+        switch.store(true, Ordering::Relaxed);
+        for _ in 0..MEASURED {
+            client.ping().unwrap();
+        }
+        switch.store(false, Ordering::Relaxed);
+        // Two more passes: the switch is seen off, and the count is final.
+        client.ping().unwrap();
+        client.ping().unwrap();
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+        runtime.shutdown();
+        runtime.join();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(allocations, 0, "{choice:?}: allocations on the lane during {MEASURED} pings");
     }
 }

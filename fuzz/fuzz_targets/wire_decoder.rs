@@ -41,6 +41,13 @@ fn run(config: DecoderConfig, stream: &[u8], scale: usize) {
             Event::Error { error, .. } => assert!(!error.is_fatal()),
         });
         assert!(decoder.buffered() <= bound);
+        // Memory follows the bytes that arrived (at most doubling), never the announced length.
+        let held = decoder.memory();
+        assert!(
+            held <= (2 * decoder.buffered())
+                .max(Decoder::RETAIN_BYTES)
+                .min(bound.max(Decoder::RETAIN_BYTES))
+        );
         match (fatal, result) {
             (Some(before), result) => assert_eq!(result, Err(before)),
             (None, Err(error)) => {

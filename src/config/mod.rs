@@ -176,11 +176,18 @@ pub struct ControlConfig {
     /// `1..=600000`. Default 5000.
     pub header_timeout_ms: u64,
     /// `idle_timeout_ms`: close a connection with no frame for this long, in milliseconds,
-    /// `0..=86400000`; 0 = never. Default 0.
+    /// `0..=86400000`; 0 = never. Default 300000 (5 minutes).
     pub idle_timeout_ms: u64,
     /// `max_pending_output_bytes`: per connection, most reply bytes queued for a peer that does
     /// not read before it is closed, `4096..=1073741824`. Default 4 MiB.
     pub max_pending_output_bytes: u32,
+    /// `write_timeout_ms`: close a connection whose replies stay unwritten, with no byte
+    /// taken by the peer, for this long, in milliseconds, `1..=600000`. Default 5000.
+    pub write_timeout_ms: u64,
+    /// `max_buffered_bytes`: budget of bytes all control connections together may buffer
+    /// (unsent replies, partial requests); past it requests get a `daemon busy` error reply,
+    /// `65536..=1099511627776`. Default 64 MiB.
+    pub max_buffered_bytes: u64,
 }
 
 /// `[metrics]`: the counters file and the Prometheus endpoint.

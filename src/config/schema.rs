@@ -101,6 +101,8 @@ pub const CONTROL_SECTION: SectionSpec = SectionSpec {
         key("header_timeout_ms", uint(1, 600_000)),
         key("idle_timeout_ms", uint(0, 86_400_000)),
         key("max_pending_output_bytes", uint(4096, 1 << 30)),
+        key("write_timeout_ms", uint(1, 600_000)),
+        key("max_buffered_bytes", uint(65_536, 1 << 40)),
     ],
 };
 

@@ -71,8 +71,10 @@ fn embedded_default_loads_and_validates() {
             max_connections: 1024,
             crc_error_limit: 10,
             header_timeout_ms: 5000,
-            idle_timeout_ms: 0,
+            idle_timeout_ms: 300_000,
             max_pending_output_bytes: 4 << 20,
+            write_timeout_ms: 5000,
+            max_buffered_bytes: 64 << 20,
         },
         metrics: MetricsConfig {
             enabled: true,
@@ -162,6 +164,13 @@ fn the_embedded_file_documents_every_key_of_the_schema_with_its_range() {
     }
 }
 
+/// Defect: `idle_timeout_ms` defaulted to 0, so a silent control connection was held forever.
+#[test]
+fn idle_connections_have_a_timeout_by_default() {
+    let idle = Config::default().control.idle_timeout_ms;
+    assert!(idle > 0, "control.idle_timeout_ms defaults to {idle}");
+}
+
 #[test]
 fn a_file_overriding_one_key_keeps_the_others() {
     let file = TempFile::new("one-key", "[control]\nmax_body_bytes = 2048\n");
@@ -239,10 +248,14 @@ fn env_overrides_each_type() {
             ("CORELANE_RUNTIME_REACTOR", "poll"),
             ("CORELANE_METRICS_LISTEN", ""),
             ("CORELANE_RUNTIME_DIR", "/run/corelane-test"),
+            ("CORELANE_CONTROL_WRITE_TIMEOUT_MS", "250"),
+            ("CORELANE_CONTROL_MAX_BUFFERED_BYTES", "1048576"),
         ]),
     )
     .unwrap();
     let mut expected = Config::default();
+    expected.control.write_timeout_ms = 250;
+    expected.control.max_buffered_bytes = 1 << 20;
     expected.control.max_body_bytes = 2048;
     expected.control.enable_legacy_support = true;
     expected.runtime.reactor = ReactorKind::Poll;
@@ -282,7 +295,8 @@ fn unknown_key_in_a_file_names_the_file_line_and_the_keys() {
         format!(
             "unknown key 'control.max_bodybytes' in {}:3; expected one of: socket, \
              max_body_bytes, enable_legacy_support, max_connections, crc_error_limit, \
-             header_timeout_ms, idle_timeout_ms, max_pending_output_bytes",
+             header_timeout_ms, idle_timeout_ms, max_pending_output_bytes, write_timeout_ms, \
+             max_buffered_bytes",
             file.0.display()
         )
     );
@@ -314,7 +328,8 @@ fn unknown_env_override() {
          CORELANE_CONTROL_SOCKET, CORELANE_CONTROL_MAX_BODY_BYTES, \
          CORELANE_CONTROL_ENABLE_LEGACY_SUPPORT, CORELANE_CONTROL_MAX_CONNECTIONS, \
          CORELANE_CONTROL_CRC_ERROR_LIMIT, CORELANE_CONTROL_HEADER_TIMEOUT_MS, \
-         CORELANE_CONTROL_IDLE_TIMEOUT_MS, CORELANE_CONTROL_MAX_PENDING_OUTPUT_BYTES"
+         CORELANE_CONTROL_IDLE_TIMEOUT_MS, CORELANE_CONTROL_MAX_PENDING_OUTPUT_BYTES, \
+         CORELANE_CONTROL_WRITE_TIMEOUT_MS, CORELANE_CONTROL_MAX_BUFFERED_BYTES"
     );
     assert_eq!(
         check_env_names(["CORELANE_LANES_0_CORE"]).unwrap_err().to_string(),

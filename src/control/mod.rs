@@ -15,6 +15,19 @@
 //! [`Flags::RESPONSE`](crate::wire::Flags::RESPONSE); an error reply carries `RESPONSE | ERROR` and
 //! the wire error body (a numeric code and the spec's text).
 //!
+//! Besides the wire errors of the spec (`crate::wire::WireError`), the daemon answers or
+//! closes as follows (config keys of `[control]`, documented in `config/corelane.toml`):
+//!
+//! | condition | daemon behaviour | code, text |
+//! |---|---|---|
+//! | a body that is not the request's protobuf message | error reply, connection kept | [`CODE_BAD_REQUEST_BODY`], `bad request body: ...` |
+//! | all connections together buffer more than `max_buffered_bytes` (unsent replies, partial requests) | error reply instead of the answer, connection kept (retry later), counted as `over_budget` | [`CODE_BUSY`], `daemon busy: buffered bytes over budget (N > M)` |
+//! | a frame left incomplete for `header_timeout_ms` | connection closed | none |
+//! | no request for `idle_timeout_ms` (default 5 minutes) | connection closed | none |
+//! | replies left unread, with no byte taken, for `write_timeout_ms` (default 5 s) | connection closed, its socket released | none |
+//! | more than `max_pending_output_bytes` of replies unread | connection closed | none |
+//! | end of input (the peer shut down its sending side) | the answers owed are written, then the connection is closed | none |
+//!
 //! Layers, bottom up:
 //! - [`session`]: the daemon side, sans-IO. A [`Session`] takes bytes and `now`, answers requests
 //!   into an output buffer, and says when to close; the reactor does the reads and writes.
@@ -30,7 +43,10 @@ mod test_server;
 
 pub use client::{Client, ClientBuilder, ClientError};
 pub use pool::{ConnectionPool, ConnectionPoolBuilder, PoolError, PoolStats, PooledClient};
-pub use session::{Handler, Session, SessionConfig, Verdict, KIND_BAD_REQUEST_BODY};
+pub use session::{
+    CloseCause, Handler, OverBudget, Session, SessionConfig, Verdict, KIND_BAD_REQUEST_BODY,
+    KIND_OVER_BUDGET,
+};
 
 /// `msg_type` of [`proto::Ping`] and its answer [`proto::Pong`].
 pub const MSG_PING: u16 = 1;
@@ -47,3 +63,9 @@ pub const MSG_CONFIG: u16 = 3;
 /// with a byte no protobuf message starts with (field number 0), which is how a v1 client, whose
 /// header has no error flag, tells an error reply from a response.
 pub const CODE_BAD_REQUEST_BODY: u16 = 0x0100;
+
+/// Error code of the reply to a request refused because the service is over its budget of
+/// buffered bytes (text `daemon busy: buffered bytes over budget (N > M)`, see
+/// [`session::OverBudget`]); like [`CODE_BAD_REQUEST_BODY`], outside the wire codes with a low
+/// byte below 8. The connection stays open: retry later.
+pub const CODE_BUSY: u16 = 0x0200;

@@ -1,33 +1,48 @@
-//! The control socket as a lane agent: accepts connections on the lane's reactor and runs one
+//! The control socket as a lane agent: accepts connections into a [`ConnTable`] and runs one
 //! sans-IO [`Session`] per connection.
+//!
+//! Time: each connection's lane timer is armed from its session's
+//! [`poll_timeout`](Session::poll_timeout) (header and idle timeouts) and the table's write
+//! deadline; nothing scans the connections. Memory: a session's output goes to the reactor in
+//! one copy, or handed over without one when it is large ([`Session::take_output`]); the table
+//! closes a peer that leaves its replies unread for `control.write_timeout_ms` or lets more
+//! than `control.max_pending_output_bytes` pile up; and while all connections together buffer
+//! more than `control.max_buffered_bytes`, requests are refused with
+//! [`OverBudget`](crate::control::OverBudget)'s error instead of being answered.
 
-use std::collections::HashMap;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::control::proto::{LaneStatus, ServiceStatus, Status};
-use crate::control::{Handler, Session, SessionConfig, Verdict, MSG_CONFIG, MSG_PING, MSG_STATUS};
+use crate::control::{
+    CloseCause, Handler, OverBudget, Session, SessionConfig, Verdict, MSG_CONFIG, MSG_PING,
+    MSG_STATUS,
+};
 use crate::metrics::Counter;
-use crate::runtime::{Agent, Board, Completion, Ctx};
+use crate::runtime::{
+    Agent, Board, CloseReason, Completion, ConnConfig, ConnCounters, ConnEvent, ConnId, ConnTable,
+    Ctx,
+};
+use crate::wire::DecoderConfig;
 
-/// How often idle and slow connections are checked.
-const TICK: Duration = Duration::from_millis(10);
+/// The listener's agent-local id.
+const LISTENER: u64 = 0;
+
+/// Output at least this large is handed to the reactor as it is (no copy); smaller output is
+/// copied into the reactor's buffers, so the session keeps reusing its own.
+const OWNED_OUTPUT_BYTES: usize = 16 * 1024;
 
 /// Counters the control agent writes.
 #[derive(Clone, Debug)]
 pub struct ControlCounters {
-    /// Connections accepted.
-    pub accepted: Counter,
-    /// Connections refused at `max_connections`.
-    pub refused: Counter,
-    /// Connections closed by the daemon (protocol errors, timeouts, slow readers).
-    pub closed_by_daemon: Counter,
-    /// Open connections (gauge).
-    pub open: Counter,
+    /// Connections accepted, refused, open, and closed by reason (written by the table).
+    pub conns: ConnCounters,
     /// Accepts of the control socket that failed (EMFILE and the like); the listener goes on.
     pub accept_errors: Counter,
+    /// Bytes all connections buffer now (gauge): unsent replies and partial requests.
+    pub buffered: Counter,
     /// Requests answered, by type: ping, status, config (indexed 0, 1, 2).
     pub requests: [Counter; 3],
     /// Errors answered, by wire error kind (same order as [`ERROR_KINDS`]).
@@ -44,32 +59,62 @@ pub const ERROR_KINDS: &[&str] = &[
     "unsupported_flags",
     "too_many_crc_errors",
     crate::control::session::KIND_BAD_REQUEST_BODY,
+    crate::control::session::KIND_OVER_BUDGET,
 ];
+
+/// The control agent's limits, from `[control]`.
+#[derive(Clone, Debug)]
+pub struct ControlSettings {
+    /// Per session: decoder, header and idle timeouts, pending output.
+    pub session: SessionConfig,
+    /// The connection table: connections, pending output, write timeout.
+    pub conns: ConnConfig,
+    /// Bytes all connections may buffer before requests are refused.
+    pub max_buffered_bytes: u64,
+}
+
+impl ControlSettings {
+    /// The settings `[control]` describes.
+    pub fn from_config(c: &crate::config::ControlConfig) -> Self {
+        let max_pending_output = c.max_pending_output_bytes as usize;
+        ControlSettings {
+            session: SessionConfig {
+                decoder: DecoderConfig {
+                    max_body_bytes: c.max_body_bytes,
+                    enable_legacy_support: c.enable_legacy_support,
+                    crc_error_limit: c.crc_error_limit,
+                },
+                header_timeout: Duration::from_millis(c.header_timeout_ms),
+                idle_timeout: (c.idle_timeout_ms > 0)
+                    .then(|| Duration::from_millis(c.idle_timeout_ms)),
+                max_pending_output,
+            },
+            conns: ConnConfig {
+                max_connections: c.max_connections as usize,
+                max_pending_output,
+                write_timeout: Duration::from_millis(c.write_timeout_ms),
+                // Sessions reassemble in their decoders; the table's rings stay unused.
+                max_recv_buffer: 0,
+            },
+            max_buffered_bytes: c.max_buffered_bytes,
+        }
+    }
+}
 
 /// The control agent.
 pub struct ControlAgent {
     path: PathBuf,
     listener: Option<UnixListener>,
-    session_config: SessionConfig,
-    max_connections: usize,
-    conns: HashMap<u64, Conn>,
-    next_id: u64,
-    next_tick: Instant,
+    settings: ControlSettings,
+    conns: ConnTable<Session>,
     handler: StatusHandler,
-}
-
-struct Conn {
-    session: Session,
-    /// Set when the session is done: the connection closes once its last reply is written,
-    /// or at this deadline if the peer does not read it.
-    closing: Option<Instant>,
 }
 
 impl std::fmt::Debug for ControlAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlAgent")
             .field("path", &self.path)
-            .field("connections", &self.conns.len())
+            .field("conns", &self.conns)
             .finish_non_exhaustive()
     }
 }
@@ -79,51 +124,65 @@ impl ControlAgent {
     pub fn new(
         path: PathBuf,
         listener: UnixListener,
-        session_config: SessionConfig,
-        max_connections: usize,
+        settings: ControlSettings,
         handler: StatusHandler,
     ) -> Self {
-        Self {
-            path,
-            listener: Some(listener),
-            session_config,
-            max_connections,
-            conns: HashMap::new(),
-            next_id: 1,
-            next_tick: Instant::now(),
-            handler,
+        let conns = ConnTable::new(settings.conns).with_counters(handler.counters.conns.clone());
+        Self { path, listener: Some(listener), settings, conns, handler }
+    }
+
+    fn accept(&mut self, ctx: &mut Ctx<'_>, fd: crate::runtime::Incoming) {
+        let (config, now) = (&self.settings.session, ctx.now);
+        match self.conns.accept(ctx, fd, |_| Session::new(config.clone(), now)) {
+            Ok(id) => {
+                let deadline = self.conns.get(id).and_then(Session::poll_timeout);
+                self.conns.set_deadline(ctx, id, deadline);
+            }
+            Err(e) => tracing::debug!("control connection refused: {e}"),
         }
     }
 
-    /// Queues the session's output and closes the connection if the session is done with it or
-    /// its peer stopped reading.
-    fn flush(&mut self, ctx: &mut Ctx<'_>, id: u64, verdict: Verdict) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
-        let out = conn.session.output();
-        if !out.is_empty() {
-            let n = out.len();
-            if ctx.send(id, out).is_err() {
-                self.drop_conn(ctx, id);
-                return;
-            }
-            conn.session.consume_output(n);
-        }
-        let backlog = ctx.pending(id);
-        if verdict == Verdict::Close || backlog > self.session_config.max_pending_output {
-            conn.closing = Some(ctx.now + self.session_config.header_timeout);
-            if backlog == 0 || verdict != Verdict::Close {
-                // Nothing left to say, or a peer that does not read: close now.
-                self.handler.counters.closed_by_daemon.inc();
-                self.drop_conn(ctx, id);
-            }
-            // Otherwise close once the error reply is written (Completion::Sent).
-        }
+    /// Refuses requests from now on if all connections together buffer more than the budget.
+    fn check_budget(&mut self) {
+        let (buffered, budget) = (self.conns.buffered() as u64, self.settings.max_buffered_bytes);
+        self.handler.busy = (buffered > budget).then_some(OverBudget { buffered, budget });
     }
 
-    fn drop_conn(&mut self, ctx: &mut Ctx<'_>, id: u64) {
-        if self.conns.remove(&id).is_some() {
-            ctx.close(id);
-            self.handler.counters.open.set(self.conns.len() as u64);
+    /// After a call into the session: queues its output, reports what it buffers, arms its
+    /// deadline, and closes the connection (after its last reply) if the session is done.
+    fn after(&mut self, ctx: &mut Ctx<'_>, id: ConnId, verdict: Verdict) {
+        let Some(session) = self.conns.get_mut(id) else { return };
+        let out = session.output().len();
+        if out >= OWNED_OUTPUT_BYTES {
+            let output = session.take_output();
+            if self.conns.send_owned(ctx, id, output).is_err() {
+                return; // closed: over its limit, or the reactor refused
+            }
+        } else if out > 0 {
+            match self.conns.send_from(ctx, id, Session::output) {
+                Ok(n) => {
+                    if let Some(session) = self.conns.get_mut(id) {
+                        session.consume_output(n);
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        let Some(session) = self.conns.get(id) else { return };
+        let (held, deadline, cause) =
+            (session.buffered(), session.poll_timeout(), session.close_cause());
+        self.conns.set_held(id, held);
+        if verdict == Verdict::Close {
+            let reason = match cause {
+                Some(CloseCause::Protocol) | None => CloseReason::Protocol,
+                Some(CloseCause::HeaderTimeout | CloseCause::IdleTimeout) => {
+                    CloseReason::IdleTimeout
+                }
+                Some(CloseCause::Backlog) => CloseReason::Budget,
+            };
+            self.conns.close(ctx, id, reason);
+        } else {
+            self.conns.set_deadline(ctx, id, deadline);
         }
     }
 }
@@ -135,101 +194,54 @@ impl Agent for ControlAgent {
 
     fn on_start(&mut self, ctx: &mut Ctx<'_>) -> std::io::Result<()> {
         let listener = self.listener.take().expect("on_start runs once");
-        ctx.listen(0, listener)?;
+        ctx.listen(LISTENER, listener)?;
         tracing::info!(socket = %self.path.display(), "control socket listening");
         Ok(())
     }
 
     fn on_completion(&mut self, ctx: &mut Ctx<'_>, completion: Completion) {
-        match completion {
-            Completion::Accepted { fd, .. } => {
-                if self.conns.len() >= self.max_connections {
-                    self.handler.counters.refused.inc();
-                    return; // dropping fd refuses the connection
-                }
-                let id = self.next_id;
-                self.next_id += 1;
-                if ctx.open(id, fd).is_ok() {
-                    let session = Session::new(self.session_config.clone(), ctx.now);
-                    self.conns.insert(id, Conn { session, closing: None });
-                    self.handler.counters.accepted.inc();
-                    self.handler.counters.open.set(self.conns.len() as u64);
-                }
-            }
-            Completion::Received { token, buf } => {
-                let id = Ctx::local(token);
-                let Some(conn) = self.conns.get_mut(&id) else { return };
-                if conn.closing.is_some() {
-                    return;
-                }
+        match self.conns.event(ctx, completion) {
+            ConnEvent::Received { id, buf } => {
+                self.check_budget();
                 let now = ctx.now;
+                let Some(session) = self.conns.get_mut(id) else { return };
                 let data = ctx.reactor().data(&buf);
-                let verdict = conn.session.on_bytes(data, now, &mut self.handler);
-                self.flush(ctx, id, verdict);
+                let verdict = session.on_bytes(data, now, &mut self.handler);
+                self.after(ctx, id, verdict);
             }
-            Completion::Sent { token, .. } => {
-                let id = Ctx::local(token);
-                let done = self
-                    .conns
-                    .get(&id)
-                    .is_some_and(|c| c.closing.is_some() && ctx.pending(id) == 0);
-                if done {
-                    self.handler.counters.closed_by_daemon.inc();
-                    self.drop_conn(ctx, id);
-                }
+            ConnEvent::Deadline { id } => {
+                let now = ctx.now;
+                let Some(session) = self.conns.get_mut(id) else { return };
+                let verdict = session.on_tick(now);
+                self.after(ctx, id, verdict);
             }
-            Completion::Closed { token } | Completion::Failed { token, .. } => {
-                let id = Ctx::local(token);
-                // The listener is never closed here: its accept errors are the reactor's to
-                // count and retry (see `do_work`); one error must not end the control socket.
-                if id != 0 {
-                    self.drop_conn(ctx, id);
-                }
-            }
-            Completion::Connected { .. }
-            | Completion::Readable { .. }
-            | Completion::Timer { .. } => {}
+            // End of input: what the peer asked for is answered (sessions answer as bytes
+            // arrive), so the connection closes once the answers are written.
+            ConnEvent::PeerClosed { id } => self.conns.close(ctx, id, CloseReason::Peer),
+            ConnEvent::Other(Completion::Accepted { fd, .. }) => self.accept(ctx, fd),
+            // The listener never closes on an error: its accept errors are the reactor's to
+            // count and retry (see `do_work`); one error must not end the control socket.
+            ConnEvent::Other(_)
+            | ConnEvent::Sent { .. }
+            | ConnEvent::Closed { .. }
+            | ConnEvent::Handled
+            | ConnEvent::Stale => {}
         }
     }
 
     fn do_work(&mut self, ctx: &mut Ctx<'_>) -> usize {
-        if ctx.now < self.next_tick {
-            return 0;
-        }
-        self.next_tick = ctx.now + TICK;
-        if let Ok(listener) = ctx.token(0) {
+        // Two relaxed stores and a token lookup: bookkeeping, not work.
+        if let Ok(listener) = ctx.token(LISTENER) {
             self.handler.counters.accept_errors.set(ctx.reactor().accept_errors(listener));
         }
-        let now = ctx.now;
-        let mut expired = Vec::new();
-        let mut lingering = Vec::new();
-        for (&id, conn) in &mut self.conns {
-            match conn.closing {
-                // A peer that does not read its last reply: give up on the reply.
-                Some(deadline) if now >= deadline => lingering.push(id),
-                Some(_) => {}
-                None if conn.session.on_tick(now) == Verdict::Close => expired.push(id),
-                None => {}
-            }
-        }
-        let n = expired.len() + lingering.len();
-        for id in expired {
-            self.flush(ctx, id, Verdict::Close);
-        }
-        for id in lingering {
-            self.handler.counters.closed_by_daemon.inc();
-            self.drop_conn(ctx, id);
-        }
-        n
+        self.handler.counters.buffered.set(self.conns.buffered() as u64);
+        0
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_>) {
-        let ids: Vec<u64> = self.conns.keys().copied().collect();
-        for id in ids {
-            self.drop_conn(ctx, id);
-        }
+        self.conns.close_all(ctx);
         // The daemon removes the socket file once every lane has stopped.
-        ctx.close(0);
+        ctx.close(LISTENER);
     }
 }
 
@@ -240,12 +252,14 @@ pub struct StatusHandler {
     config_toml: String,
     services: Arc<super::service::StatusBoard>,
     counters: ControlCounters,
+    /// Set by the agent before each call into a session: refuse requests.
+    busy: Option<OverBudget>,
 }
 
 impl std::fmt::Debug for StatusHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatusHandler")
-            .field("connections", &self.counters.open.get())
+            .field("connections", &self.counters.conns.open.get())
             .finish_non_exhaustive()
     }
 }
@@ -258,7 +272,7 @@ impl StatusHandler {
         services: Arc<super::service::StatusBoard>,
         counters: ControlCounters,
     ) -> Self {
-        Self { board, started: Instant::now(), config_toml, services, counters }
+        Self { board, started: Instant::now(), config_toml, services, counters, busy: None }
     }
 }
 
@@ -303,7 +317,7 @@ impl Handler for StatusHandler {
                         .collect(),
                 })
                 .collect(),
-            connections: self.counters.open.get() as u32,
+            connections: self.counters.conns.open.get() as u32,
         }
     }
 
@@ -325,5 +339,9 @@ impl Handler for StatusHandler {
         if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
             self.counters.errors[i].inc();
         }
+    }
+
+    fn over_budget(&self) -> Option<OverBudget> {
+        self.busy
     }
 }

@@ -2,16 +2,15 @@
 //! subcommands. Always enabled.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use super::control_agent::{ControlAgent, ControlCounters, StatusHandler, ERROR_KINDS};
+use super::control_agent::{
+    ControlAgent, ControlCounters, ControlSettings, StatusHandler, ERROR_KINDS,
+};
 use super::service::{Build, CliContext, Prepare, Prepared, Service};
 use super::DaemonError;
 use crate::config::{Config, SectionSpec, CONTROL_SECTION};
-use crate::control::SessionConfig;
 use crate::metrics::{CounterId, CounterSpec, MetricsError};
-use crate::runtime::Agent;
-use crate::wire::DecoderConfig;
+use crate::runtime::{Agent, CloseReason, ConnCounters};
 
 /// The control service, as named in the table.
 pub static CONTROL: ControlService = ControlService;
@@ -76,8 +75,9 @@ impl Service for ControlService {
 struct Ids {
     accepted: CounterId,
     refused: CounterId,
-    closed: CounterId,
+    closed: [CounterId; 5],
     open: CounterId,
+    buffered: CounterId,
     accept_errors: CounterId,
     requests: [CounterId; 3],
     errors: Vec<CounterId>,
@@ -95,11 +95,25 @@ impl Ids {
         };
         let accepted = conn(cx, "accepted")?;
         let refused = conn(cx, "refused")?;
-        let closed = conn(cx, "closed_by_daemon")?;
+        const CLOSED: &str = "Control connections closed, by reason.";
+        let mut closed = Vec::new();
+        for reason in CloseReason::ALL {
+            closed.push(cx.register(CounterSpec::counter(
+                "corelane_control_connections_closed_total",
+                &[("reason", reason.name())],
+                CLOSED,
+            ))?);
+        }
+        let closed: [_; 5] = closed.try_into().expect("one counter per CloseReason");
         let open = cx.register(CounterSpec::gauge(
             "corelane_control_connections_open",
             &[],
             "Control connections open now.",
+        ))?;
+        let buffered = cx.register(CounterSpec::gauge(
+            "corelane_control_buffered_bytes",
+            &[],
+            "Bytes the control connections buffer (unsent replies, partial requests).",
         ))?;
         let accept_errors = cx.register(CounterSpec::counter(
             "corelane_control_accept_errors_total",
@@ -125,33 +139,25 @@ impl Ids {
                 ))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { accepted, refused, closed, open, accept_errors, requests, errors })
+        Ok(Self { accepted, refused, closed, open, buffered, accept_errors, requests, errors })
     }
 }
 
 impl Prepared for Ids {
     fn build(self: Box<Self>, cx: &mut Build<'_>) -> Result<super::service::Agents, DaemonError> {
         let counters = ControlCounters {
-            accepted: cx.counter(self.accepted),
-            refused: cx.counter(self.refused),
-            closed_by_daemon: cx.counter(self.closed),
-            open: cx.counter(self.open),
+            conns: ConnCounters {
+                accepted: cx.counter(self.accepted),
+                refused: cx.counter(self.refused),
+                open: cx.counter(self.open),
+                closed: self.closed.map(|id| cx.counter(id)),
+            },
             accept_errors: cx.counter(self.accept_errors),
+            buffered: cx.counter(self.buffered),
             requests: self.requests.map(|id| cx.counter(id)),
             errors: self.errors.iter().map(|&id| cx.counter(id)).collect(),
         };
-        let c = &cx.config.control;
-        let session_config = SessionConfig {
-            decoder: DecoderConfig {
-                max_body_bytes: c.max_body_bytes,
-                enable_legacy_support: c.enable_legacy_support,
-                crc_error_limit: c.crc_error_limit,
-            },
-            header_timeout: Duration::from_millis(c.header_timeout_ms),
-            idle_timeout: (c.idle_timeout_ms > 0).then(|| Duration::from_millis(c.idle_timeout_ms)),
-            max_pending_output: c.max_pending_output_bytes as usize,
-        };
-        let max_connections = c.max_connections as usize;
+        let settings = ControlSettings::from_config(&cx.config.control);
         let handler = StatusHandler::new(
             cx.board.clone(),
             cx.config_toml.to_owned(),
@@ -161,8 +167,7 @@ impl Prepared for Ids {
         let Some((listener, path)) = cx.take_control_listener() else {
             return Ok(Vec::new());
         };
-        let agent =
-            ControlAgent::new(path.to_owned(), listener, session_config, max_connections, handler);
+        let agent = ControlAgent::new(path.to_owned(), listener, settings, handler);
         Ok(vec![("control", Box::new(agent) as Box<dyn Agent>)])
     }
 }

@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use control_agent::{ControlAgent, ControlCounters, StatusHandler, ERROR_KINDS};
+pub use control_agent::{
+    ControlAgent, ControlCounters, ControlSettings, StatusHandler, ERROR_KINDS,
+};
 pub use control_service::ControlService;
 pub use metrics_agent::{LaneGauges, MetricsAgent, MetricsService};
 pub use service::{Build, CliContext, Prepare, Prepared, Service, StatusBoard, StatusCell};

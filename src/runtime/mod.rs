@@ -11,6 +11,9 @@
 //!
 //! Agents name what they register and the timers they arm with ids of their own (see [`Ctx`]);
 //! the reactor ([`reactor`]) and the timers ([`Ctx::timer`]) report back as [`Completion`]s.
+//! An agent that serves many sockets keeps them in a [`ConnTable`] ([`conns`]): ids with
+//! generations, an accept limit, reassembly rings, deadlines on the lane's timers, write
+//! timeouts, output accounting and the standard counters.
 //!
 //! ```no_run
 //! use corelane::runtime::{Agent, Ctx, IdleStrategy, LaneSpec, Runtime};
@@ -32,6 +35,7 @@
 //! ```
 
 mod agent;
+pub mod conns;
 mod idle;
 mod lane;
 mod link;
@@ -40,6 +44,10 @@ mod shutdown;
 mod timer;
 
 pub use agent::{Agent, Ctx, LOCAL_LIMIT};
+pub use conns::{
+    CloseReason, ConnConfig, ConnCounters, ConnEvent, ConnId, ConnStats, ConnTable, RecvRing,
+    Refused, RingFull, SendError, CONN_BIT, MAX_CONNECTIONS,
+};
 pub use idle::{IdleStrategy, FIRST_PARK};
 pub use lane::{
     Board, Joined, LaneCommand, LaneFailure, LaneSpec, LaneStats, LaneStatsSnapshot, Runtime,

@@ -73,7 +73,8 @@ pub struct Decoder {
     /// The connection's version, fixed by its first accepted header.
     negotiated: Option<ProtocolVersion>,
     /// The frame that arrived in pieces so far: header bytes, then (once `pending` is set)
-    /// body bytes. Never more than the header plus `max_body_bytes`; capacity is kept.
+    /// body bytes. Never more than the header plus `max_body_bytes`; it grows as bytes arrive,
+    /// and its capacity is kept between frames only up to [`Decoder::RETAIN_BYTES`].
     buf: Vec<u8>,
     /// The header at the start of `buf` once it is complete and accepted.
     pending: Option<Pending>,
@@ -86,6 +87,10 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// The most buffer memory a decoder keeps between frames: a frame larger than this that
+    /// arrived in pieces leaves its buffer to be freed once delivered.
+    pub const RETAIN_BYTES: usize = 16 * 1024;
+
     /// A decoder for a fresh connection. Allocates nothing until a frame arrives in pieces.
     pub fn new(config: DecoderConfig) -> Self {
         Decoder {
@@ -126,6 +131,13 @@ impl Decoder {
     /// the length limit is enforced from the header before any body byte is buffered.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Memory the decoder holds for a frame in pieces (its buffer's capacity): at most about
+    /// twice what arrived of the frame, and at most [`RETAIN_BYTES`](Self::RETAIN_BYTES) between
+    /// frames.
+    pub fn memory(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Whether a frame is partly received (buffered, or a rejected body still being skipped),
@@ -278,7 +290,7 @@ impl Decoder {
         };
         self.negotiated = Some(pending.header.version);
         if let Some(error) = pending.rejected {
-            self.buf.clear();
+            self.reset_buffer();
             report(&pending, error, on_event);
             let length = pending.header.length as usize;
             let n = input.len().min(length);
@@ -303,7 +315,7 @@ impl Decoder {
             body,
             on_event,
         );
-        self.buf.clear();
+        self.reset_buffer();
         result.map(|()| input)
     }
 
@@ -360,15 +372,28 @@ impl Decoder {
         Parse::Ready(pending)
     }
 
-    /// Appends part of a frame of `total` bytes to the buffer, growing it at most to `total`
-    /// (and at least to a header, so a header in pieces allocates once).
+    /// Appends part of a frame of `total` bytes to the buffer. The buffer grows with the bytes
+    /// that arrived (doubling, at least to a header, so a header in pieces allocates once),
+    /// never past `total`: a header that announces a large body costs nothing until the body
+    /// comes.
     fn stash(&mut self, bytes: &[u8], total: usize) {
-        debug_assert!(self.buf.len() + bytes.len() <= total);
-        let want = total.max(HEADER_LEN);
-        if self.buf.capacity() < want {
-            self.buf.reserve_exact(want - self.buf.len());
+        let need = self.buf.len() + bytes.len();
+        debug_assert!(need <= total);
+        if need > self.buf.capacity() {
+            let target = need.max(2 * self.buf.capacity()).max(HEADER_LEN).min(total.max(need));
+            self.buf.reserve_exact(target - self.buf.len());
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Empties the buffer after a frame; frees it if a large frame grew it past
+    /// [`RETAIN_BYTES`](Self::RETAIN_BYTES), so memory goes back down after a large message.
+    fn reset_buffer(&mut self) {
+        if self.buf.capacity() > Self::RETAIN_BYTES {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
     }
 
     /// The buffer's address and capacity, for the tests' no-reallocation checks.

@@ -47,8 +47,11 @@
 //!
 //! Frames that lie wholly inside the bytes given to [`Decoder::feed`] are handed out zero-copy.
 //! Only a frame that arrives in pieces is gathered in the decoder's own buffer, which is
-//! allocated on first use, reused for every later frame, and never holds more than
-//! [`HEADER_LEN`] + `max_body_bytes` bytes.
+//! allocated on first use and never holds more than [`HEADER_LEN`] + `max_body_bytes` bytes. It
+//! grows with the bytes that arrived, not with the length a header announces (a peer that
+//! announces 1 MiB and sends one byte costs a few dozen bytes), and it is reused for later frames
+//! up to [`Decoder::RETAIN_BYTES`]: a larger one is freed once its frame is delivered
+//! ([`Decoder::memory`]).
 
 mod decoder;
 mod encode;

@@ -404,6 +404,57 @@ fn buffer_is_bounded_and_reused() {
     assert!(!d.is_mid_frame());
 }
 
+/// Defect: the decoder reserved the announced body size as soon as a header arrived, so a peer
+/// that announces 1 MiB and sends one byte cost 1 MiB. The buffer now grows with the bytes.
+#[test]
+fn a_header_announcing_a_large_body_costs_only_what_arrived() {
+    let config = DecoderConfig { max_body_bytes: 1 << 20, ..DecoderConfig::default() };
+    let frame = v2_frame(1, Flags::EMPTY, 1, &vec![7u8; 1 << 20]);
+    let mut d = Decoder::new(config);
+    // The header and one body byte.
+    assert_eq!(decode(&mut d, &frame[..HEADER_LEN + 1]), (vec![], Ok(())));
+    assert!(d.is_mid_frame());
+    assert_eq!(d.buffered(), HEADER_LEN + 1);
+    assert!(d.memory() <= 4 * (HEADER_LEN + 1), "{} bytes held for 25 received", d.memory());
+    // Half the body, in pieces: the buffer stays within twice what arrived.
+    let half = HEADER_LEN + (1 << 19);
+    for piece in frame[HEADER_LEN + 1..half].chunks(4096) {
+        assert_eq!(decode(&mut d, piece), (vec![], Ok(())));
+        assert!(d.memory() <= 2 * d.buffered() + 4096, "{} for {}", d.memory(), d.buffered());
+    }
+    // The rest: one frame, delivered from the buffer, never more than the frame's size.
+    let (events, result) = decode(&mut d, &frame[half..]);
+    assert_eq!(result, Ok(()));
+    assert_eq!(events.len(), 1);
+    assert!(!d.is_mid_frame());
+}
+
+/// Defect: the decoder kept its largest buffer forever. After a large frame arrived in pieces
+/// it goes back to at most [`Decoder::RETAIN_BYTES`]; small frames keep reusing one buffer.
+#[test]
+fn the_buffer_shrinks_back_after_a_large_frame() {
+    let config = DecoderConfig { max_body_bytes: 1 << 20, ..DecoderConfig::default() };
+    let big = v2_frame(1, Flags::EMPTY, 1, &vec![7u8; 1 << 20]);
+    let mut d = Decoder::new(config);
+    for piece in big.chunks(16 * 1024) {
+        assert_eq!(decode(&mut d, piece).1, Ok(()));
+    }
+    assert!(!d.is_mid_frame());
+    assert!(d.memory() <= Decoder::RETAIN_BYTES, "{} bytes kept after the frame", d.memory());
+    // Small split frames after it: once the first has grown the buffer, it is reused.
+    let small = v2_frame(2, Flags::EMPTY, 2, &[1u8; 100]);
+    let mut first = None;
+    for round in 0..10 {
+        assert_eq!(decode(&mut d, &small[..50]).1, Ok(()));
+        let now = d.allocation();
+        if round > 0 {
+            assert_eq!(*first.get_or_insert(now), now, "reallocated for a small frame");
+        }
+        assert_eq!(decode(&mut d, &small[50..]).0.len(), 1);
+    }
+    assert!(d.memory() <= small.len());
+}
+
 #[test]
 fn mid_frame_and_sticky_fatal() {
     let frame = v2_frame(1, Flags::EMPTY, 1, b"abcdef");
