@@ -377,7 +377,7 @@ fn a_half_closed_peer_gets_its_answer_and_the_lane_stays_quiet() {
 fn the_control_agent_keeps_no_large_buffer_after_a_large_reply() {
     use corelane::config::Config;
     use corelane::control::Client;
-    use corelane::daemon::{ControlAgent, ControlCounters, ControlSettings, StatusHandler};
+    use corelane::daemon::{ControlAgent, ControlCounters, ControlHandler, ControlSettings};
     use corelane::metrics::{CounterSpec, Registry};
 
     /// Reports the reactor's output memory every pass.
@@ -413,14 +413,15 @@ fn the_control_agent_keeps_no_large_buffer_after_a_large_reply() {
             },
             accept_errors: next(),
             buffered: next(),
-            requests: [next(), next(), next()],
+            requests: vec![(1, next()), (2, next()), (3, next())],
             errors: corelane::daemon::ERROR_KINDS.iter().map(|_| next()).collect(),
         };
         let mut control = Config::default().control;
         control.max_pending_output_bytes = 16 << 20;
         let board = Board::new();
         let toml = "#".repeat(2 << 20);
-        let handler = StatusHandler::new(board.clone(), toml.clone(), Default::default(), counters);
+        let handler =
+            ControlHandler::new(board.clone(), toml.clone(), Default::default(), counters);
         let listener = UnixListener::bind(dir.socket()).unwrap();
         let agent = ControlAgent::new(
             dir.socket(),

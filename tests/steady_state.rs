@@ -185,7 +185,7 @@ fn the_control_agent_answers_pings_without_allocating() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     use corelane::config::Config;
     use corelane::control::Client;
-    use corelane::daemon::{ControlAgent, ControlCounters, ControlSettings, StatusHandler};
+    use corelane::daemon::{ControlAgent, ControlCounters, ControlHandler, ControlSettings};
     use corelane::metrics::{CounterSpec, Registry};
     use corelane::runtime::{Board, ConnCounters, Shutdown};
     use std::sync::atomic::AtomicBool;
@@ -222,12 +222,12 @@ fn the_control_agent_answers_pings_without_allocating() {
             },
             accept_errors: next(),
             buffered: next(),
-            requests: [next(), next(), next()],
+            requests: vec![(1, next()), (2, next()), (3, next())],
             errors: corelane::daemon::ERROR_KINDS.iter().map(|_| next()).collect(),
         };
         let board = Board::new();
         let handler =
-            StatusHandler::new(board.clone(), String::new(), Default::default(), counters);
+            ControlHandler::new(board.clone(), String::new(), Default::default(), counters);
         let settings = ControlSettings::from_config(&Config::default().control);
         let agent =
             ControlAgent::new(path.clone(), UnixListener::bind(&path).unwrap(), settings, handler);

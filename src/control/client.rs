@@ -26,6 +26,7 @@
 //! is taken as a response, and an error reply is recognised by its body (see
 //! [`CODE_BAD_REQUEST_BODY`](super::CODE_BAD_REQUEST_BODY)).
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -37,7 +38,7 @@ use super::proto::{ConfigReply, ConfigRequest, Ping, Pong, Status, StatusRequest
 use super::session::encode_body;
 use super::{MSG_CONFIG, MSG_PING, MSG_STATUS};
 use crate::wire::{
-    self, BadErrorBody, Decoder, DecoderConfig, Event, Flags, ProtocolVersion, WireError,
+    self, BadErrorBody, Decoder, DecoderConfig, Event, Flags, Frame, ProtocolVersion, WireError,
 };
 
 /// Size of the socket read buffer.
@@ -184,6 +185,7 @@ impl ClientBuilder {
             frame: Vec::new(),
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             broken: false,
+            inbox: Inbox::default(),
         })
     }
 }
@@ -202,6 +204,68 @@ pub struct Client {
     read_buf: Box<[u8]>,
     /// Set once the stream is closed or out of sync; every later call fails with `Closed`.
     broken: bool,
+    /// Subscriptions and the pushes they brought.
+    inbox: Inbox,
+}
+
+/// The subscriptions of a [`Client`] and their pushes not yet taken.
+#[derive(Debug, Default)]
+struct Inbox {
+    /// `msg_id`s of the live subscriptions: responses with these ids are pushes.
+    subscriptions: Vec<u64>,
+    /// Pushes received and not yet taken (at most [`MAX_QUEUED_PUSHES`]; older ones drop).
+    pushes: VecDeque<Push>,
+    /// Pushes dropped because the queue was full.
+    dropped: u64,
+}
+
+impl Inbox {
+    /// Queues a push, dropping the oldest when [`MAX_QUEUED_PUSHES`] wait.
+    fn queue(&mut self, msg_id: u64, msg_type: u16, body: &[u8]) {
+        if self.pushes.len() >= MAX_QUEUED_PUSHES {
+            self.pushes.pop_front();
+            self.dropped += 1;
+        }
+        self.pushes.push_back(Push { msg_id, msg_type, body: body.to_vec() });
+    }
+}
+
+/// What [`Client::read_until`] saw: the response to the request in flight (and whether it is
+/// an error reply), or a push it queued.
+enum Seen<'f, 'b> {
+    Answer(&'f Frame<'b>, bool),
+    Pushed,
+}
+
+/// Most pushes a [`Client`] keeps for [`Client::next_push`]; beyond it the oldest are dropped
+/// and counted ([`Client::dropped_pushes`]).
+pub const MAX_QUEUED_PUSHES: usize = 1024;
+
+/// A subscription made with [`Client::subscribe`]: its pushes carry its `msg_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// The subscribe request's `msg_id`, which every push repeats.
+    pub msg_id: u64,
+    /// The `msg_type` subscribed to.
+    pub msg_type: u16,
+}
+
+/// A message the daemon sent unasked, for a subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Push {
+    /// The subscription's `msg_id`.
+    pub msg_id: u64,
+    /// The message type.
+    pub msg_type: u16,
+    /// The protobuf body.
+    pub body: Vec<u8>,
+}
+
+impl Push {
+    /// Decodes the body as `M`.
+    pub fn decode<M: Message + Default>(&self) -> Result<M, ClientError> {
+        Ok(M::decode(self.body.as_slice())?)
+    }
 }
 
 impl Client {
@@ -256,6 +320,55 @@ impl Client {
         self.exchange(msg_type, request, |body| Ok(R::decode(body)?))
     }
 
+    /// Subscribes with `request` under `msg_type`: the daemon answers it (the response, as
+    /// `R`) and from then on pushes messages for it, which [`next_push`](Self::next_push)
+    /// returns, until the connection closes.
+    pub fn subscribe<R: Message + Default>(
+        &mut self,
+        msg_type: u16,
+        request: &impl Message,
+    ) -> Result<(Subscription, R), ClientError> {
+        let msg_id = self.next_id;
+        self.inbox.subscriptions.push(msg_id);
+        match self.call(msg_type, request) {
+            Ok(first) => Ok((Subscription { msg_id, msg_type }, first)),
+            Err(e) => {
+                self.inbox.subscriptions.retain(|&id| id != msg_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The next push of any subscription: one already received, or the first to arrive
+    /// within `timeout` ([`ClientError::Timeout`] otherwise).
+    pub fn next_push(&mut self, timeout: Duration) -> Result<Push, ClientError> {
+        if let Some(push) = self.inbox.pushes.pop_front() {
+            return Ok(push);
+        }
+        if self.broken {
+            return Err(ClientError::Closed);
+        }
+        // A zero timeout is a poll: at least one read, bounded by a 1 ms socket timeout.
+        let timeout = timeout.max(Duration::from_micros(1));
+        let deadline = Instant::now() + timeout;
+        if !self.settings.busy_poll {
+            self.stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        }
+        let result = self.read_pushes(deadline, timeout);
+        if !self.settings.busy_poll {
+            // Back to the builder's timeout for calls.
+            let normal = (!self.settings.timeout.is_zero()).then_some(self.settings.timeout);
+            self.stream.set_read_timeout(normal)?;
+        }
+        result?;
+        self.inbox.pushes.pop_front().ok_or(ClientError::Timeout(timeout))
+    }
+
+    /// Pushes dropped because more than [`MAX_QUEUED_PUSHES`] waited.
+    pub fn dropped_pushes(&self) -> u64 {
+        self.inbox.dropped
+    }
+
     /// The protocol version this client speaks.
     pub fn protocol_version(&self) -> ProtocolVersion {
         self.settings.version
@@ -301,7 +414,7 @@ impl Client {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.settings.busy_poll => {
-                    if self.past(deadline) {
+                    if past(self.settings.timeout, deadline) {
                         // Part of the frame may be out: the stream is out of sync.
                         self.broken = true;
                         return Err(ClientError::Timeout(self.settings.timeout));
@@ -310,13 +423,38 @@ impl Client {
                 }
                 Err(e) => {
                     // Part of the frame may be out: the stream is out of sync whatever the error.
-                    let error = self.io_failure(e);
+                    let error = self.io_failure(e, self.settings.timeout);
                     self.broken = true;
                     return Err(error);
                 }
             }
         }
 
+        let timeout = self.settings.timeout;
+        self.read_until(deadline, timeout, Some(msg_id), |seen| match seen {
+            Seen::Answer(frame, true) => Some(Err(remote_error(frame.body))),
+            Seen::Answer(frame, false) if frame.header.msg_type != msg_type => {
+                Some(Err(ClientError::UnexpectedType {
+                    expected: msg_type,
+                    got: frame.header.msg_type,
+                }))
+            }
+            Seen::Answer(frame, false) => Some(on_body(frame.body)),
+            Seen::Pushed => None,
+        })
+    }
+
+    /// Reads until `on_seen` returns a result for a response to `in_flight` or for a push it
+    /// was told of, or `deadline` passes (`timeout` is
+    /// the duration a timeout error reports; zero means no deadline). Pushes for the live
+    /// subscriptions are queued on the way; other frames are stale and skipped.
+    fn read_until<T>(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+        in_flight: Option<u64>,
+        mut on_seen: impl FnMut(Seen<'_, '_>) -> Option<Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
         let mut result: Option<Result<T, ClientError>> = None;
         loop {
             let n = match self.stream.read(&mut self.read_buf) {
@@ -327,14 +465,15 @@ impl Client {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.settings.busy_poll => {
-                    if self.past(deadline) {
-                        return Err(ClientError::Timeout(self.settings.timeout));
+                    if past(timeout, deadline) {
+                        return Err(ClientError::Timeout(timeout));
                     }
                     std::hint::spin_loop();
                     continue;
                 }
-                Err(e) => return Err(self.io_failure(e)),
+                Err(e) => return Err(self.io_failure(e, timeout)),
             };
+            let inbox = &mut self.inbox;
             let fed = self.decoder.feed(&self.read_buf[..n], |event| {
                 if result.is_some() {
                     return;
@@ -350,22 +489,19 @@ impl Client {
                         };
                         // An error reply with id 0 is about the connection (a fatal error
                         // whose frame could not be trusted): it answers whatever is in flight.
-                        let ours = h.msg_id == msg_id || (error && h.msg_id == 0);
-                        if !ours || !response {
+                        let ours =
+                            in_flight.is_some_and(|id| h.msg_id == id || (error && h.msg_id == 0));
+                        if ours && response {
+                            result = on_seen(Seen::Answer(&frame, error));
+                        } else if response && !error && inbox.subscriptions.contains(&h.msg_id) {
+                            inbox.queue(h.msg_id, h.msg_type, frame.body);
+                            result = on_seen(Seen::Pushed);
+                        } else {
                             tracing::debug!(
                                 msg_id = h.msg_id,
-                                expected = msg_id,
+                                expected = in_flight,
                                 "control client: skipping a stale frame"
                             );
-                        } else if error {
-                            result = Some(Err(remote_error(frame.body)));
-                        } else if h.msg_type != msg_type {
-                            result = Some(Err(ClientError::UnexpectedType {
-                                expected: msg_type,
-                                got: h.msg_type,
-                            }));
-                        } else {
-                            result = Some(on_body(frame.body));
                         }
                     }
                     // A damaged frame may be the response (its id is not to be trusted), so the
@@ -380,24 +516,25 @@ impl Client {
             if let Some(result) = result {
                 return result;
             }
-            if self.past(deadline) {
-                return Err(ClientError::Timeout(self.settings.timeout));
+            if past(timeout, deadline) {
+                return Err(ClientError::Timeout(timeout));
             }
         }
     }
 
-    /// Whether a (non-zero) timeout has run out.
-    fn past(&self, deadline: Instant) -> bool {
-        !self.settings.timeout.is_zero() && Instant::now() >= deadline
+    /// Waits until a push is queued or `deadline` passes.
+    fn read_pushes(&mut self, deadline: Instant, timeout: Duration) -> Result<(), ClientError> {
+        self.read_until(deadline, timeout, None, |seen| match seen {
+            Seen::Pushed => Some(Ok(())),
+            Seen::Answer(..) => None,
+        })
     }
 
     /// Maps a socket error, marking the client broken unless the error is a timeout (after a
     /// timeout the stream is still in sync: the late response is skipped by its `msg_id`).
-    fn io_failure(&mut self, e: io::Error) -> ClientError {
+    fn io_failure(&mut self, e: io::Error, timeout: Duration) -> ClientError {
         match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                ClientError::Timeout(self.settings.timeout)
-            }
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout(timeout),
             io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
@@ -411,6 +548,11 @@ impl Client {
             }
         }
     }
+}
+
+/// Whether a (non-zero) timeout has run out.
+fn past(timeout: Duration, deadline: Instant) -> bool {
+    !timeout.is_zero() && Instant::now() >= deadline
 }
 
 /// Whether a v1 response body is an error reply. V1 headers carry no flags, so the body tells:

@@ -37,15 +37,20 @@
 pub mod client;
 pub mod pool;
 pub mod proto;
+pub mod route;
 pub mod session;
 #[cfg(test)]
 mod test_server;
 
 pub use client::{Client, ClientBuilder, ClientError};
 pub use pool::{ConnectionPool, ConnectionPoolBuilder, PoolError, PoolStats, PooledClient};
+pub use route::{
+    ConnRef, ControlPort, FromService, LocalRoute, ReplyKind, Request, RouteError, Routes,
+    ToService,
+};
 pub use session::{
-    CloseCause, Handler, OverBudget, Session, SessionConfig, Verdict, KIND_BAD_REQUEST_BODY,
-    KIND_OVER_BUDGET,
+    Answer, CloseCause, Handler, OverBudget, RequestRef, Session, SessionConfig, Verdict,
+    KIND_BAD_REQUEST_BODY, KIND_OVER_BUDGET,
 };
 
 /// `msg_type` of [`proto::Ping`] and its answer [`proto::Pong`].

@@ -9,10 +9,13 @@
 //!
 //! What a session answers, in the order requests arrive:
 //! - a ping ([`MSG_PING`]) gets a [`Pong`] echoing the client's time, with the [`Handler`]'s
-//!   clock;
-//! - a status request ([`MSG_STATUS`]) gets [`Handler::status`];
-//! - a config request ([`MSG_CONFIG`]) gets [`Handler::config_toml`] in a [`ConfigReply`];
-//! - any other `msg_type`: an error reply `unknown message type N`; the connection stays open;
+//!   clock (the protocol's own liveness probe, answered by the session itself);
+//! - any other request goes to [`Handler::request`] (the control agent's table of routes,
+//!   [`super::route`]): answered at once ([`Answer::Respond`], [`Answer::Error`]), or later
+//!   ([`Answer::Later`]: the reply, and any pushes of a subscription, arrive through
+//!   [`Session::deliver`]);
+//! - a `msg_type` no route takes: an error reply `unknown message type N`; the connection
+//!   stays open;
 //! - a body that is not the request's protobuf message: an error reply with
 //!   [`CODE_BAD_REQUEST_BODY`] and `bad request body: ...`; the connection stays open;
 //! - a per-message wire error (crc mismatch, reserved flags): its error reply; the connection stays
@@ -45,8 +48,9 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 
-use super::proto::{ConfigReply, ConfigRequest, Ping, Pong, Status, StatusRequest};
-use super::{CODE_BAD_REQUEST_BODY, CODE_BUSY, MSG_CONFIG, MSG_PING, MSG_STATUS};
+use super::proto::{Ping, Pong};
+use super::route::{ReplyKind, RouteError};
+use super::{CODE_BAD_REQUEST_BODY, CODE_BUSY, MSG_PING};
 use crate::wire::{self, Decoder, DecoderConfig, Event, Flags, Frame, ProtocolVersion, WireError};
 
 /// Metric kind of a request whose body does not decode as the request's protobuf message.
@@ -80,14 +84,40 @@ pub enum CloseCause {
     Backlog,
 }
 
+/// What a request gets from [`Handler::request`].
+#[derive(Debug)]
+pub enum Answer {
+    /// The response body (protobuf) is in the `reply` buffer.
+    Respond,
+    /// Refused: an error reply.
+    Error(RouteError),
+    /// Handed on: the reply comes later, through [`Session::deliver`].
+    Later,
+    /// No route takes this `msg_type`.
+    Unknown,
+}
+
+/// A request as the session hands it to the handler.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestRef<'a> {
+    /// The request's `msg_type`.
+    pub msg_type: u16,
+    /// Its `msg_id`.
+    pub msg_id: u64,
+    /// Its protobuf body.
+    pub body: &'a [u8],
+}
+
 /// What the daemon supplies to answer requests. One handler may serve many sessions.
 pub trait Handler {
     /// The daemon's clock in nanoseconds, sent back in [`Pong::server_time_ns`].
     fn now_ns(&self) -> u64;
-    /// A status snapshot for [`MSG_STATUS`].
-    fn status(&mut self) -> Status;
-    /// The effective configuration as TOML, for [`MSG_CONFIG`].
-    fn config_toml(&mut self) -> String;
+    /// A request other than ping: answer it into `reply` (empty on entry), refuse it, or hand
+    /// it on. The default routes nothing.
+    fn request(&mut self, request: RequestRef<'_>, reply: &mut Vec<u8>) -> Answer {
+        let _ = (request, reply);
+        Answer::Unknown
+    }
     /// Called once per error answered or fatal error seen, with its metric kind
     /// ([`WireError::kind`], or [`KIND_BAD_REQUEST_BODY`]). The default does nothing.
     fn on_error(&mut self, kind: &'static str) {
@@ -320,6 +350,44 @@ impl Session {
         self.decoder.version()
     }
 
+    /// A reply that comes later (a request [`Answer::Later`] handed on), or a push of a
+    /// subscription: encoded in the connection's version into the output, which is then
+    /// checked against [`SessionConfig::max_pending_output`] like any other reply.
+    pub fn deliver(
+        &mut self,
+        msg_type: u16,
+        msg_id: u64,
+        kind: ReplyKind,
+        body: &[u8],
+        handler: &mut impl Handler,
+    ) -> Verdict {
+        if self.closed.is_some() {
+            return Verdict::Close;
+        }
+        self.compact_output();
+        let version = self.decoder.version();
+        match kind {
+            ReplyKind::Response | ReplyKind::Push => {
+                wire::encode(
+                    version,
+                    msg_type,
+                    Flags::RESPONSE,
+                    msg_id,
+                    body,
+                    &mut self.replies.out,
+                );
+                if kind == ReplyKind::Response {
+                    handler.on_answered(msg_type);
+                }
+            }
+            ReplyKind::Error(code) => {
+                let text = String::from_utf8_lossy(body);
+                self.replies.error_reply(version, msg_type, msg_id, code, &text);
+            }
+        }
+        self.check_output()
+    }
+
     fn check_output(&mut self) -> Verdict {
         let pending = self.output().len();
         if pending > self.config.max_pending_output {
@@ -391,25 +459,61 @@ impl Replies {
                 }
                 Err(e) => self.bad_body(version, msg_type, msg_id, &e, handler),
             },
-            MSG_STATUS => match StatusRequest::decode(frame.body) {
-                Ok(StatusRequest {}) => {
-                    let status = handler.status();
-                    self.respond(version, msg_type, msg_id, &status, handler);
+            _ => {
+                self.body.clear();
+                let request = RequestRef { msg_type, msg_id, body: frame.body };
+                match handler.request(request, &mut self.body) {
+                    Answer::Respond => self.respond_body(version, msg_type, msg_id, handler),
+                    Answer::Error(RouteError::BadBody(e)) => {
+                        self.bad_body(version, msg_type, msg_id, &e, handler)
+                    }
+                    Answer::Error(RouteError::Other { code, text }) => {
+                        self.error_reply(version, msg_type, msg_id, code, &text)
+                    }
+                    Answer::Later => {}
+                    Answer::Unknown => {
+                        let error = WireError::UnknownMsgType(msg_type);
+                        self.error(version, msg_type, msg_id, &error, handler);
+                    }
                 }
-                Err(e) => self.bad_body(version, msg_type, msg_id, &e, handler),
-            },
-            MSG_CONFIG => match ConfigRequest::decode(frame.body) {
-                Ok(ConfigRequest {}) => {
-                    let reply = ConfigReply { toml: handler.config_toml() };
-                    self.respond(version, msg_type, msg_id, &reply, handler);
-                }
-                Err(e) => self.bad_body(version, msg_type, msg_id, &e, handler),
-            },
-            other => {
-                let error = WireError::UnknownMsgType(other);
-                self.error(version, msg_type, msg_id, &error, handler);
             }
         }
+    }
+
+    /// A response whose body the handler wrote into `self.body`.
+    fn respond_body(
+        &mut self,
+        version: ProtocolVersion,
+        msg_type: u16,
+        msg_id: u64,
+        handler: &mut impl Handler,
+    ) {
+        wire::encode(version, msg_type, Flags::RESPONSE, msg_id, &self.body, &mut self.out);
+        if self.body.capacity() > Session::RETAIN_BYTES {
+            self.body = Vec::new();
+        }
+        handler.on_answered(msg_type);
+    }
+
+    /// An error reply with `code` and `text`.
+    fn error_reply(
+        &mut self,
+        version: ProtocolVersion,
+        msg_type: u16,
+        msg_id: u64,
+        code: u16,
+        text: &str,
+    ) {
+        self.body.clear();
+        error_body(code, text, &mut self.body);
+        wire::encode(
+            version,
+            msg_type,
+            Flags::RESPONSE.union(Flags::ERROR),
+            msg_id,
+            &self.body,
+            &mut self.out,
+        );
     }
 
     fn respond(
@@ -515,7 +619,11 @@ fn error_body(code: u16, text: &str, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::proto::{LaneStatus, ServiceStatus};
+    use crate::control::proto::{
+        ConfigReply, ConfigRequest, LaneStatus, ServiceStatus, Status, StatusRequest,
+    };
+    use crate::control::route::answer;
+    use crate::control::{MSG_CONFIG, MSG_STATUS};
     use crate::wire::{decode_error_body, Header, MAGIC};
 
     /// Handler with a frozen clock, so replies are byte-for-byte reproducible.
@@ -559,11 +667,18 @@ mod tests {
         fn now_ns(&self) -> u64 {
             SERVER_NS
         }
-        fn status(&mut self) -> Status {
-            sample_status()
-        }
-        fn config_toml(&mut self) -> String {
-            self.toml.clone().unwrap_or_else(|| "[control]\nsocket = \"/tmp/x\"\n".to_owned())
+        fn request(&mut self, request: RequestRef<'_>, reply: &mut Vec<u8>) -> Answer {
+            let answered = match request.msg_type {
+                MSG_STATUS => answer(request.body, reply, |_: StatusRequest| sample_status()),
+                MSG_CONFIG => answer(request.body, reply, |_: ConfigRequest| ConfigReply {
+                    toml: self
+                        .toml
+                        .clone()
+                        .unwrap_or_else(|| "[control]\nsocket = \"/tmp/x\"\n".to_owned()),
+                }),
+                _ => return Answer::Unknown,
+            };
+            answered.map_or_else(Answer::Error, |()| Answer::Respond)
         }
         fn on_error(&mut self, kind: &'static str) {
             self.errors.push(kind);

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::proto::{LaneStatus, Status};
-use super::{Handler, Session, SessionConfig, Verdict};
+use super::proto::{ConfigReply, ConfigRequest, LaneStatus, Status, StatusRequest};
+use super::route::answer;
+use super::{Answer, Handler, RequestRef, Session, SessionConfig, Verdict, MSG_CONFIG, MSG_STATUS};
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
@@ -54,11 +55,15 @@ impl Handler for TestHandler {
     fn now_ns(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap()
     }
-    fn status(&mut self) -> Status {
-        test_status()
-    }
-    fn config_toml(&mut self) -> String {
-        TEST_TOML.to_owned()
+    fn request(&mut self, request: RequestRef<'_>, reply: &mut Vec<u8>) -> Answer {
+        let answered = match request.msg_type {
+            MSG_STATUS => answer(request.body, reply, |_: StatusRequest| test_status()),
+            MSG_CONFIG => answer(request.body, reply, |_: ConfigRequest| ConfigReply {
+                toml: TEST_TOML.to_owned(),
+            }),
+            _ => return Answer::Unknown,
+        };
+        answered.map_or_else(Answer::Error, |()| Answer::Respond)
     }
 }
 

@@ -9,16 +9,28 @@
 //! than `control.max_pending_output_bytes` pile up; and while all connections together buffer
 //! more than `control.max_buffered_bytes`, requests are refused with
 //! [`OverBudget`](crate::control::OverBudget)'s error instead of being answered.
+//!
+//! Requests: ping is the session's own; every other `msg_type` is looked up in the agent's
+//! [`Routes`] (the table the daemon builds from its services): status and config are local
+//! routes, answered at once; a forwarded route hands the request to its service's agent over
+//! a link and the reply (or a subscription's pushes) comes back over another, drained every
+//! pass and delivered to the connection if it is still open. A connection that closes is
+//! announced to every service it sent requests to, so their subscriptions end with it.
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::control::proto::{LaneStatus, ServiceStatus, Status};
+use crate::control::proto::{
+    ConfigReply, ConfigRequest, LaneStatus, ServiceStatus, Status, StatusRequest,
+};
+use crate::control::route::{
+    self, ConnRef, LocalRoute, ReplyKind, Request, Route, RouteError, Routes, ToService,
+};
 use crate::control::{
-    CloseCause, Handler, OverBudget, Session, SessionConfig, Verdict, MSG_CONFIG, MSG_PING,
-    MSG_STATUS,
+    Answer, CloseCause, Handler, OverBudget, RequestRef, Session, SessionConfig, Verdict,
+    CODE_BUSY, MSG_CONFIG, MSG_STATUS,
 };
 use crate::metrics::Counter;
 use crate::runtime::{
@@ -43,8 +55,8 @@ pub struct ControlCounters {
     pub accept_errors: Counter,
     /// Bytes all connections buffer now (gauge): unsent replies and partial requests.
     pub buffered: Counter,
-    /// Requests answered, by type: ping, status, config (indexed 0, 1, 2).
-    pub requests: [Counter; 3],
+    /// Requests answered, by `msg_type` (ping, status, config, and every service's routes).
+    pub requests: Vec<(u16, Counter)>,
     /// Errors answered, by wire error kind (same order as [`ERROR_KINDS`]).
     pub errors: Vec<Counter>,
 }
@@ -101,13 +113,30 @@ impl ControlSettings {
     }
 }
 
+/// Error code of a forwarded request that finds its service's link full (text
+/// `service busy: ...`) or its service stopped (`service unavailable: ...`).
+pub const CODE_UNAVAILABLE: u16 = 0x0300;
+
+/// Routes the daemon fills once every service is built; the control agent takes them when
+/// its lane starts.
+pub type RouteSlot = Arc<Mutex<Option<Routes>>>;
+
+/// One control connection: its session, and which forwarded routes it has used (bit i: route
+/// i of the table), to tell those services when it closes.
+#[derive(Debug)]
+struct Conn {
+    session: Session,
+    routes: u64,
+}
+
 /// The control agent.
 pub struct ControlAgent {
     path: PathBuf,
     listener: Option<UnixListener>,
     settings: ControlSettings,
-    conns: ConnTable<Session>,
-    handler: StatusHandler,
+    conns: ConnTable<Conn>,
+    handler: ControlHandler,
+    slot: Option<RouteSlot>,
 }
 
 impl std::fmt::Debug for ControlAgent {
@@ -125,21 +154,60 @@ impl ControlAgent {
         path: PathBuf,
         listener: UnixListener,
         settings: ControlSettings,
-        handler: StatusHandler,
+        handler: ControlHandler,
     ) -> Self {
         let conns = ConnTable::new(settings.conns).with_counters(handler.counters.conns.clone());
-        Self { path, listener: Some(listener), settings, conns, handler }
+        Self { path, listener: Some(listener), settings, conns, handler, slot: None }
+    }
+
+    /// Adds, when the lane starts, the routes the daemon puts in `slot` once every service is
+    /// built (services forward their requests to agents on any lane).
+    pub fn with_routes(mut self, slot: RouteSlot) -> Self {
+        self.slot = Some(slot);
+        self
     }
 
     fn accept(&mut self, ctx: &mut Ctx<'_>, fd: crate::runtime::Incoming) {
         let (config, now) = (&self.settings.session, ctx.now);
-        match self.conns.accept(ctx, fd, |_| Session::new(config.clone(), now)) {
+        let new = |_| Conn { session: Session::new(config.clone(), now), routes: 0 };
+        match self.conns.accept(ctx, fd, new) {
             Ok(id) => {
-                let deadline = self.conns.get(id).and_then(Session::poll_timeout);
+                let deadline = self.conns.get(id).and_then(|c| c.session.poll_timeout());
                 self.conns.set_deadline(ctx, id, deadline);
             }
             Err(e) => tracing::debug!("control connection refused: {e}"),
         }
+    }
+
+    /// Hands the replies and pushes services sent back to their connections; returns how many.
+    fn deliver_replies(&mut self, ctx: &mut Ctx<'_>) -> usize {
+        let mut done = 0;
+        for link in 0..self.handler.routes.replies.len() {
+            // Bounded per pass: a service that floods pushes cannot hold the lane.
+            for _ in 0..REPLIES_PER_PASS {
+                let Ok(reply) = self.handler.routes.replies[link].pop() else { break };
+                done += 1;
+                let id = ConnId::from_local(reply.conn.0);
+                let alive = id.filter(|&id| self.conns.contains(id) && !self.conns.is_closing(id));
+                let Some(id) = alive else {
+                    // Gone: tell the service, which stops pushing to it.
+                    if reply.kind == ReplyKind::Push {
+                        self.handler.notify_closed(link, reply.conn);
+                    }
+                    continue;
+                };
+                let Some(conn) = self.conns.get_mut(id) else { continue };
+                let verdict = conn.session.deliver(
+                    reply.msg_type,
+                    reply.msg_id,
+                    reply.kind,
+                    &reply.body,
+                    &mut self.handler,
+                );
+                self.after(ctx, id, verdict);
+            }
+        }
+        done
     }
 
     /// Refuses requests from now on if all connections together buffer more than the budget.
@@ -151,24 +219,25 @@ impl ControlAgent {
     /// After a call into the session: queues its output, reports what it buffers, arms its
     /// deadline, and closes the connection (after its last reply) if the session is done.
     fn after(&mut self, ctx: &mut Ctx<'_>, id: ConnId, verdict: Verdict) {
-        let Some(session) = self.conns.get_mut(id) else { return };
-        let out = session.output().len();
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        conn.routes |= std::mem::take(&mut self.handler.used);
+        let out = conn.session.output().len();
         if out >= OWNED_OUTPUT_BYTES {
-            let output = session.take_output();
+            let output = conn.session.take_output();
             if self.conns.send_owned(ctx, id, output).is_err() {
                 return; // closed: over its limit, or the reactor refused
             }
         } else if out > 0 {
-            match self.conns.send_from(ctx, id, Session::output) {
+            match self.conns.send_from(ctx, id, |c| c.session.output()) {
                 Ok(n) => {
-                    if let Some(session) = self.conns.get_mut(id) {
-                        session.consume_output(n);
+                    if let Some(conn) = self.conns.get_mut(id) {
+                        conn.session.consume_output(n);
                     }
                 }
                 Err(_) => return,
             }
         }
-        let Some(session) = self.conns.get(id) else { return };
+        let Some(session) = self.conns.get(id).map(|c| &c.session) else { return };
         let (held, deadline, cause) =
             (session.buffered(), session.poll_timeout(), session.close_cause());
         self.conns.set_held(id, held);
@@ -193,6 +262,10 @@ impl Agent for ControlAgent {
     }
 
     fn on_start(&mut self, ctx: &mut Ctx<'_>) -> std::io::Result<()> {
+        if let Some(slot) = self.slot.take() {
+            let routes = slot.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+            self.handler.add_routes(routes).map_err(std::io::Error::other)?;
+        }
         let listener = self.listener.take().expect("on_start runs once");
         ctx.listen(LISTENER, listener)?;
         tracing::info!(socket = %self.path.display(), "control socket listening");
@@ -204,16 +277,22 @@ impl Agent for ControlAgent {
             ConnEvent::Received { id, buf } => {
                 self.check_budget();
                 let now = ctx.now;
-                let Some(session) = self.conns.get_mut(id) else { return };
+                let Some(conn) = self.conns.get_mut(id) else { return };
                 let data = ctx.reactor().data(&buf);
-                let verdict = session.on_bytes(data, now, &mut self.handler);
+                self.handler.current = ConnRef(id.local());
+                let verdict = conn.session.on_bytes(data, now, &mut self.handler);
                 self.after(ctx, id, verdict);
             }
             ConnEvent::Deadline { id } => {
                 let now = ctx.now;
-                let Some(session) = self.conns.get_mut(id) else { return };
-                let verdict = session.on_tick(now);
+                let Some(conn) = self.conns.get_mut(id) else { return };
+                let verdict = conn.session.on_tick(now);
                 self.after(ctx, id, verdict);
+            }
+            ConnEvent::Closed { id, .. } => {
+                if let Some(routes) = self.conns.get(id).map(|c| c.routes) {
+                    self.handler.announce_closed(routes, ConnRef(id.local()));
+                }
             }
             // End of input: what the peer asked for is answered (sessions answer as bytes
             // arrive), so the connection closes once the answers are written.
@@ -223,7 +302,6 @@ impl Agent for ControlAgent {
             // count and retry (see `do_work`); one error must not end the control socket.
             ConnEvent::Other(_)
             | ConnEvent::Sent { .. }
-            | ConnEvent::Closed { .. }
             | ConnEvent::Handled
             | ConnEvent::Stale => {}
         }
@@ -235,7 +313,7 @@ impl Agent for ControlAgent {
             self.handler.counters.accept_errors.set(ctx.reactor().accept_errors(listener));
         }
         self.handler.counters.buffered.set(self.conns.buffered() as u64);
-        0
+        self.deliver_replies(ctx)
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_>) {
@@ -245,44 +323,180 @@ impl Agent for ControlAgent {
     }
 }
 
-/// Answers status and config requests from the runtime's [`Board`].
-pub struct StatusHandler {
-    board: Arc<Board>,
-    started: Instant,
-    config_toml: String,
-    services: Arc<super::service::StatusBoard>,
+/// Most replies taken from one service's link per pass.
+const REPLIES_PER_PASS: usize = 256;
+
+/// What the control agent's sessions answer with: its table of routes (status and config
+/// built in, the services' added when the lane starts), the clock, counters, the budget.
+pub struct ControlHandler {
+    routes: Routes,
     counters: ControlCounters,
     /// Set by the agent before each call into a session: refuse requests.
     busy: Option<OverBudget>,
+    /// The connection of the call in progress (forwarded requests carry it).
+    current: ConnRef,
+    /// Forwarded routes the call in progress used (bit i: route i).
+    used: u64,
 }
 
-impl std::fmt::Debug for StatusHandler {
+impl std::fmt::Debug for ControlHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StatusHandler")
+        f.debug_struct("ControlHandler")
+            .field("routes", &self.routes)
             .field("connections", &self.counters.conns.open.get())
             .finish_non_exhaustive()
     }
 }
 
-impl StatusHandler {
-    /// A handler reporting `board`, the effective config text, and `services` (name, state).
+impl ControlHandler {
+    /// A handler with the built-in routes: status (from `board` and `services`) and config
+    /// (`config_toml`).
     pub fn new(
         board: Arc<Board>,
         config_toml: String,
         services: Arc<super::service::StatusBoard>,
         counters: ControlCounters,
     ) -> Self {
-        Self { board, started: Instant::now(), config_toml, services, counters, busy: None }
+        let mut routes = Routes::new();
+        let status = StatusRoute {
+            board,
+            started: Instant::now(),
+            services,
+            open: counters.conns.open.clone(),
+        };
+        // Fresh table: these two cannot collide.
+        let _ = routes.local(MSG_STATUS, "status", Box::new(status));
+        let _ = routes.local(MSG_CONFIG, "config", Box::new(ConfigRoute { toml: config_toml }));
+        Self { routes, counters, busy: None, current: ConnRef(0), used: 0 }
+    }
+
+    /// Adds the services' routes.
+    pub fn add_routes(
+        &mut self,
+        more: Routes,
+    ) -> Result<(), crate::control::route::DuplicateRoute> {
+        let base = self.routes.replies.len();
+        let Routes { entries, replies } = more;
+        self.routes.replies.extend(replies);
+        for mut entry in entries {
+            if let Route::Forward { replies, .. } = &mut entry.route {
+                *replies += base;
+            }
+            match entry.route {
+                Route::Local(r) => self.routes.local(entry.msg_type, entry.name, r)?,
+                Route::Forward { requests, replies } => {
+                    self.routes.forward_to(entry.msg_type, entry.name, requests, replies)?
+                }
+            }
+        }
+        if self.routes.entries.len() > 64 {
+            tracing::warn!("more than 64 routes: close notices go only to the first 64");
+        }
+        Ok(())
+    }
+
+    /// Tells every forwarded route in `mask` that `conn` closed (best effort: a full link
+    /// drops the notice, and the service learns it from its next push, see
+    /// `deliver_replies`).
+    fn announce_closed(&mut self, mask: u64, conn: ConnRef) {
+        for (i, entry) in self.routes.entries.iter_mut().enumerate().take(64) {
+            if mask & (1 << i) != 0 {
+                if let Route::Forward { requests, .. } = &mut entry.route {
+                    let _ = requests.push(ToService::Closed(conn));
+                }
+            }
+        }
+    }
+
+    /// Tells the route whose replies come on link `link` that `conn` is gone.
+    fn notify_closed(&mut self, link: usize, conn: ConnRef) {
+        for entry in &mut self.routes.entries {
+            if let Route::Forward { requests, replies } = &mut entry.route {
+                if *replies == link {
+                    let _ = requests.push(ToService::Closed(conn));
+                    return;
+                }
+            }
+        }
     }
 }
 
-impl Handler for StatusHandler {
+impl Handler for ControlHandler {
     fn now_ns(&self) -> u64 {
         let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     }
 
-    fn status(&mut self) -> Status {
+    fn request(&mut self, request: RequestRef<'_>, reply: &mut Vec<u8>) -> Answer {
+        let Some((index, entry)) = self.routes.find(request.msg_type) else {
+            return Answer::Unknown;
+        };
+        match &mut entry.route {
+            Route::Local(route) => match route.answer(request.body, reply) {
+                Ok(()) => Answer::Respond,
+                Err(e) => Answer::Error(e),
+            },
+            Route::Forward { requests, .. } => {
+                if requests.is_abandoned() {
+                    let text = format!("service unavailable: '{}' has stopped", entry.name);
+                    return Answer::Error(RouteError::Other { code: CODE_UNAVAILABLE, text });
+                }
+                let forwarded = ToService::Request(Request {
+                    conn: self.current,
+                    msg_id: request.msg_id,
+                    msg_type: request.msg_type,
+                    body: request.body.to_vec(),
+                });
+                match requests.push(forwarded) {
+                    Ok(()) => {
+                        if index < 64 {
+                            self.used |= 1 << index;
+                        }
+                        Answer::Later
+                    }
+                    Err(_) => {
+                        let text =
+                            format!("service busy: '{}' has too many requests queued", entry.name);
+                        Answer::Error(RouteError::Other { code: CODE_BUSY, text })
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_answered(&mut self, msg_type: u16) {
+        if let Some((_, counter)) = self.counters.requests.iter().find(|(t, _)| *t == msg_type) {
+            counter.inc();
+        }
+    }
+
+    fn on_error(&mut self, kind: &'static str) {
+        if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.counters.errors[i].inc();
+        }
+    }
+
+    fn over_budget(&self) -> Option<OverBudget> {
+        self.busy
+    }
+}
+
+/// `status`: lanes from the [`Board`], services from their status cells.
+struct StatusRoute {
+    board: Arc<Board>,
+    started: Instant,
+    services: Arc<super::service::StatusBoard>,
+    open: Counter,
+}
+
+impl LocalRoute for StatusRoute {
+    fn answer(&mut self, body: &[u8], reply: &mut Vec<u8>) -> Result<(), RouteError> {
+        route::answer(body, reply, |_: StatusRequest| self.status())
+    }
+}
+
+impl StatusRoute {
+    fn status(&self) -> Status {
         let lanes = self
             .board
             .lanes()
@@ -317,31 +531,18 @@ impl Handler for StatusHandler {
                         .collect(),
                 })
                 .collect(),
-            connections: self.counters.conns.open.get() as u32,
+            connections: self.open.get() as u32,
         }
     }
+}
 
-    fn config_toml(&mut self) -> String {
-        self.config_toml.clone()
-    }
+/// `config`: the effective configuration, rendered once at start.
+struct ConfigRoute {
+    toml: String,
+}
 
-    fn on_answered(&mut self, msg_type: u16) {
-        let index = match msg_type {
-            MSG_PING => 0,
-            MSG_STATUS => 1,
-            MSG_CONFIG => 2,
-            _ => return,
-        };
-        self.counters.requests[index].inc();
-    }
-
-    fn on_error(&mut self, kind: &'static str) {
-        if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
-            self.counters.errors[i].inc();
-        }
-    }
-
-    fn over_budget(&self) -> Option<OverBudget> {
-        self.busy
+impl LocalRoute for ConfigRoute {
+    fn answer(&mut self, body: &[u8], reply: &mut Vec<u8>) -> Result<(), RouteError> {
+        route::answer(body, reply, |_: ConfigRequest| ConfigReply { toml: self.toml.clone() })
     }
 }

@@ -4,12 +4,12 @@
 use std::process::ExitCode;
 
 use super::control_agent::{
-    ControlAgent, ControlCounters, ControlSettings, StatusHandler, ERROR_KINDS,
+    ControlAgent, ControlCounters, ControlHandler, ControlSettings, ERROR_KINDS,
 };
-use super::service::{Build, CliContext, Prepare, Prepared, Service};
+use super::service::{Build, CliContext, Prepare, Prepared, RequestSpec, Service};
 use super::DaemonError;
 use crate::config::{Config, SectionSpec, CONTROL_SECTION};
-use crate::metrics::{CounterId, CounterSpec, MetricsError};
+use crate::metrics::{CounterId, CounterSpec};
 use crate::runtime::{Agent, CloseReason, ConnCounters};
 
 /// The control service, as named in the table.
@@ -30,6 +30,15 @@ impl Service for ControlService {
 
     fn agents(&self) -> &'static [&'static str] {
         &["control"]
+    }
+
+    fn requests(&self) -> &'static [RequestSpec] {
+        use crate::control::{MSG_CONFIG, MSG_PING, MSG_STATUS};
+        &[
+            RequestSpec { msg_type: MSG_PING, name: "ping" },
+            RequestSpec { msg_type: MSG_STATUS, name: "status" },
+            RequestSpec { msg_type: MSG_CONFIG, name: "config" },
+        ]
     }
 
     fn enabled(&self, _config: &Config) -> bool {
@@ -79,12 +88,12 @@ struct Ids {
     open: CounterId,
     buffered: CounterId,
     accept_errors: CounterId,
-    requests: [CounterId; 3],
+    requests: Vec<(u16, CounterId)>,
     errors: Vec<CounterId>,
 }
 
 impl Ids {
-    fn register(cx: &mut Prepare<'_>) -> Result<Self, MetricsError> {
+    fn register(cx: &mut Prepare<'_>) -> Result<Self, DaemonError> {
         const CONN: &str = "Control connections by event.";
         let conn = |cx: &mut Prepare<'_>, event| {
             cx.register(CounterSpec::counter(
@@ -120,15 +129,27 @@ impl Ids {
             &[],
             "Accepts of the control socket that failed (EMFILE, ...); accepting resumes.",
         ))?;
+        // Every enabled service's requests: one msg_type each, counted by name.
         const REQ: &str = "Control requests answered, by type.";
-        let request = |cx: &mut Prepare<'_>, kind| {
-            cx.register(CounterSpec::counter(
-                "corelane_control_requests_total",
-                &[("type", kind)],
-                REQ,
-            ))
-        };
-        let requests = [request(cx, "ping")?, request(cx, "status")?, request(cx, "config")?];
+        let mut requests: Vec<(u16, CounterId)> = Vec::new();
+        let mut names: Vec<(u16, &'static str)> = Vec::new();
+        for service in super::services::SERVICES.iter().filter(|s| s.enabled(cx.config)) {
+            for spec in service.requests() {
+                if let Some(&(_, first)) = names.iter().find(|(t, _)| *t == spec.msg_type) {
+                    return Err(DaemonError::DuplicateRoute(
+                        crate::control::route::DuplicateRoute {
+                            msg_type: spec.msg_type,
+                            first,
+                            second: spec.name,
+                        },
+                    ));
+                }
+                names.push((spec.msg_type, spec.name));
+                let labels = [("type", spec.name)];
+                let spec = CounterSpec::counter("corelane_control_requests_total", &labels, REQ);
+                requests.push((names.last().map_or(0, |n| n.0), cx.register(spec)?));
+            }
+        }
         let errors = ERROR_KINDS
             .iter()
             .map(|kind| {
@@ -154,11 +175,11 @@ impl Prepared for Ids {
             },
             accept_errors: cx.counter(self.accept_errors),
             buffered: cx.counter(self.buffered),
-            requests: self.requests.map(|id| cx.counter(id)),
+            requests: self.requests.iter().map(|&(t, id)| (t, cx.counter(id))).collect(),
             errors: self.errors.iter().map(|&id| cx.counter(id)).collect(),
         };
         let settings = ControlSettings::from_config(&cx.config.control);
-        let handler = StatusHandler::new(
+        let handler = ControlHandler::new(
             cx.board.clone(),
             cx.config_toml.to_owned(),
             cx.status_board(),
@@ -167,7 +188,8 @@ impl Prepared for Ids {
         let Some((listener, path)) = cx.take_control_listener() else {
             return Ok(Vec::new());
         };
-        let agent = ControlAgent::new(path.to_owned(), listener, settings, handler);
+        let agent = ControlAgent::new(path.to_owned(), listener, settings, handler)
+            .with_routes(cx.route_slot());
         Ok(vec![("control", Box::new(agent) as Box<dyn Agent>)])
     }
 }

@@ -24,11 +24,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use control_agent::{
-    ControlAgent, ControlCounters, ControlSettings, StatusHandler, ERROR_KINDS,
+    ControlAgent, ControlCounters, ControlHandler, ControlSettings, RouteSlot, CODE_UNAVAILABLE,
+    ERROR_KINDS,
 };
 pub use control_service::ControlService;
 pub use metrics_agent::{LaneGauges, MetricsAgent, MetricsService};
-pub use service::{Build, CliContext, Prepare, Prepared, Service, StatusBoard, StatusCell};
+pub use service::{
+    Build, CliContext, Prepare, Prepared, RequestSpec, Service, StatusBoard, StatusCell,
+};
 
 use crate::config::{self, Config};
 use crate::files::{InstanceLock, LockError, OwnedFile};
@@ -85,6 +88,19 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// Two services claim one control `msg_type`.
+    #[error(transparent)]
+    DuplicateRoute(#[from] crate::control::route::DuplicateRoute),
+    /// A service declared a control request and built no route for it.
+    #[error("service '{service}' declares control request {msg_type} ('{name}') but serves it on no lane (is its agent in a [[lanes]] entry?)")]
+    Unserved {
+        /// The service.
+        service: &'static str,
+        /// The request's msg_type.
+        msg_type: u16,
+        /// Its name.
+        name: &'static str,
+    },
     /// A lane's waker (its eventfd) could not be made.
     #[error("lane '{lane}': cannot create its waker (eventfd): {source}")]
     Waker {
@@ -206,6 +222,7 @@ impl Daemon {
         let config_toml =
             config.to_toml_string().unwrap_or_else(|e| format!("# cannot render: {e}"));
         let mut built: HashMap<&'static str, Box<dyn Agent>> = HashMap::new();
+        let route_slot = RouteSlot::default();
         {
             let mut cx = Build {
                 config,
@@ -216,6 +233,8 @@ impl Daemon {
                 control_socket: socket.path(),
                 wakers: &wakers,
                 statuses: &statuses,
+                routes: crate::control::Routes::new(),
+                route_slot: &route_slot,
             };
             for service in prepared {
                 match service.build(&mut cx) {
@@ -229,6 +248,24 @@ impl Daemon {
             if cx.control_listener.is_some() {
                 tracing::warn!("no control agent was built: the control socket is not served");
             }
+            // Every request a service declared must have a route (the control service's own
+            // ping, status and config are built in).
+            let served = cx.routes.names();
+            for service in services::SERVICES.iter().filter(|s| s.enabled(config)) {
+                for spec in service.requests() {
+                    let builtin = service.name() == "control";
+                    if !builtin && !served.iter().any(|(t, _)| *t == spec.msg_type) {
+                        undo!();
+                        return Err(DaemonError::Unserved {
+                            service: service.name(),
+                            msg_type: spec.msg_type,
+                            name: spec.name,
+                        });
+                    }
+                }
+            }
+            *route_slot.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(std::mem::take(&mut cx.routes));
         }
         let mut specs = Vec::new();
         for (lane, waker) in config.lanes.iter().zip(lane_wakers) {

@@ -28,9 +28,11 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, ConfigError, SectionSpec};
+use crate::control::{ControlPort, LocalRoute, Routes};
 use crate::metrics::{CounterId, CounterSpec, CountersFile, MetricsError, Registry};
 use crate::runtime::{link, Agent, Board, LaneWaker, LinkRx, LinkTx};
 
+use super::control_agent::RouteSlot;
 use super::DaemonError;
 
 /// A service the daemon can host. Implemented by a unit struct in the service's folder and
@@ -50,6 +52,13 @@ pub trait Service: Sync {
 
     /// The agents it provides, by the names `[[lanes]] agents` uses (unique across services).
     fn agents(&self) -> &'static [&'static str];
+
+    /// The control requests it answers: `msg_type`s (unique across services, checked at
+    /// start) and names (for `corelane_control_requests_total{type}`). Each must be served in
+    /// [`Prepared::build`] with [`Build::serve`] or [`Build::serve_local`].
+    fn requests(&self) -> &'static [RequestSpec] {
+        &[]
+    }
 
     /// Whether `config` turns it on. A disabled service builds nothing; its agents may still
     /// be listed in lanes, and are skipped.
@@ -77,6 +86,15 @@ pub trait Service: Sync {
 
 /// The agents a service builds, each with the name a lane lists it by.
 pub type Agents = Vec<(&'static str, Box<dyn Agent>)>;
+
+/// A control request a service answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestSpec {
+    /// Its `msg_type`.
+    pub msg_type: u16,
+    /// Its name in metrics and logs.
+    pub name: &'static str,
+}
 
 /// A service after phase 1: builds its agents in phase 2.
 pub trait Prepared {
@@ -123,6 +141,9 @@ pub struct Build<'a> {
     /// Agent name -> the waker of the lane that hosts it.
     pub(super) wakers: &'a HashMap<String, LaneWaker>,
     pub(super) statuses: &'a Arc<StatusBoard>,
+    /// The services' routes, handed to the control agent once every service is built.
+    pub(super) routes: Routes,
+    pub(super) route_slot: &'a RouteSlot,
 }
 
 impl Build<'_> {
@@ -145,6 +166,33 @@ impl Build<'_> {
     /// Every service's status section (the control service answers status from it).
     pub fn status_board(&self) -> Arc<StatusBoard> {
         self.statuses.clone()
+    }
+
+    /// Serves the control request `msg_type` (one of the service's
+    /// [`requests`](Service::requests)) with the agent `agent`: requests reach it over a link
+    /// to its lane, and it answers (and pushes) through the returned port. `None` if no lane
+    /// hosts `agent` or no lane hosts the control agent.
+    pub fn serve(&mut self, msg_type: u16, name: &'static str, agent: &str) -> Option<ControlPort> {
+        const CAPACITY: usize = 1024;
+        let (to_service, from_control) = self.link(CAPACITY, agent)?;
+        let (to_control, from_service) = self.link(CAPACITY, "control")?;
+        if let Err(e) = self.routes.forward(msg_type, name, to_service, from_service) {
+            tracing::error!("{e}");
+            return None;
+        }
+        Some(ControlPort::new(from_control, to_control))
+    }
+
+    /// Serves the control request `msg_type` on the control lane itself, at once.
+    pub fn serve_local(&mut self, msg_type: u16, name: &'static str, route: Box<dyn LocalRoute>) {
+        if let Err(e) = self.routes.local(msg_type, name, route) {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Where the control agent finds the services' routes when its lane starts.
+    pub fn route_slot(&self) -> RouteSlot {
+        self.route_slot.clone()
     }
 
     /// The control socket's listener (the control service takes it).
