@@ -377,8 +377,9 @@ fn a_half_closed_peer_gets_its_answer_and_the_lane_stays_quiet() {
 fn the_control_agent_keeps_no_large_buffer_after_a_large_reply() {
     use corelane::config::Config;
     use corelane::control::Client;
-    use corelane::daemon::{ControlAgent, ControlCounters, ControlHandler, ControlSettings};
-    use corelane::metrics::{CounterSpec, Registry};
+    use corelane::daemon::{
+        ControlAgent, ControlCounters, ControlHandler, ControlSettings, Service, CONTROL,
+    };
 
     /// Reports the reactor's output memory every pass.
     struct Probe(Arc<AtomicUsize>);
@@ -394,28 +395,7 @@ fn the_control_agent_keeps_no_large_buffer_after_a_large_reply() {
 
     for (name, config) in backends() {
         let dir = TempDir::new(&format!("control-{name}"));
-        let mut registry = Registry::new();
-        let mut ids = Vec::new();
-        for i in 0..(3 + 5 + 2 + 3 + corelane::daemon::ERROR_KINDS.len()) {
-            let label = i.to_string();
-            let labels = [("i", label.as_str())];
-            ids.push(registry.register(CounterSpec::counter("t_total", &labels, "test.")).unwrap());
-        }
-        let file = registry.create_in_memory().unwrap();
-        let mut c = ids.iter().map(|&id| file.counter(id));
-        let mut next = || c.next().unwrap();
-        let counters = ControlCounters {
-            conns: corelane::runtime::ConnCounters {
-                accepted: next(),
-                refused: next(),
-                open: next(),
-                closed: [next(), next(), next(), next(), next()],
-            },
-            accept_errors: next(),
-            buffered: next(),
-            requests: vec![(1, next()), (2, next()), (3, next())],
-            errors: corelane::daemon::ERROR_KINDS.iter().map(|_| next()).collect(),
-        };
+        let counters = ControlCounters::in_memory(CONTROL.requests()).unwrap();
         let mut control = Config::default().control;
         control.max_pending_output_bytes = 16 << 20;
         let board = Board::new();
@@ -451,5 +431,110 @@ fn the_control_agent_keeps_no_large_buffer_after_a_large_reply() {
         client.ping().unwrap();
         runtime.shutdown();
         runtime.join();
+    }
+}
+
+/// With `keep_closed`, the table hands back the state of every connection it closes, on every
+/// path: abort, a graceful close, the peer's end of input, a limit, and `close_all`.
+#[test]
+fn every_close_path_hands_back_the_state() {
+    /// State: the socket's inode. `A` aborts, `C` closes, `B` answers 256 KiB to a peer that
+    /// does not read (over the 64 KiB pending limit).
+    struct Keeper {
+        listener: Option<UnixListener>,
+        conns: ConnTable<u64>,
+        kept: Arc<Mutex<Vec<u64>>>,
+    }
+    impl Keeper {
+        fn drain(&mut self) {
+            while let Some((_, ino)) = self.conns.take_closed() {
+                self.kept.lock().unwrap().push(ino);
+            }
+        }
+    }
+    impl Agent for Keeper {
+        fn name(&self) -> &str {
+            "keeper"
+        }
+        fn on_start(&mut self, ctx: &mut Ctx<'_>) -> std::io::Result<()> {
+            ctx.listen(0, self.listener.take().unwrap())
+        }
+        fn on_completion(&mut self, ctx: &mut Ctx<'_>, completion: Completion) {
+            match self.conns.event(ctx, completion) {
+                ConnEvent::Other(Completion::Accepted { fd, .. }) => {
+                    let ino = rustix::fs::fstat(fd.as_fd()).unwrap().st_ino;
+                    let _ = self.conns.accept(ctx, fd, |_| ino);
+                }
+                ConnEvent::Received { id, buf } => match ctx.reactor().data(&buf).first() {
+                    Some(b'A') => self.conns.abort(ctx, id, CloseReason::Protocol),
+                    Some(b'C') => self.conns.close(ctx, id, CloseReason::Protocol),
+                    Some(b'B') => {
+                        let _ = self.conns.send_owned(ctx, id, vec![7u8; 256 * 1024]);
+                    }
+                    _ => {}
+                },
+                ConnEvent::PeerClosed { id } => self.conns.close(ctx, id, CloseReason::Peer),
+                _ => {}
+            }
+        }
+        fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+            self.drain();
+            0
+        }
+        fn on_close(&mut self, ctx: &mut Ctx<'_>) {
+            self.conns.close_all(ctx);
+            self.drain();
+        }
+    }
+
+    for (name, config) in backends() {
+        let dir = TempDir::new(&format!("kept-{name}"));
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let table = ConnConfig { max_pending_output: 64 * 1024, ..ConnConfig::default() };
+        let agent = Keeper {
+            listener: Some(UnixListener::bind(dir.socket()).unwrap()),
+            conns: ConnTable::new(table).keep_closed(),
+            kept: kept.clone(),
+        };
+        let runtime = Runtime::start(vec![lane(Box::new(agent), backoff())], config).unwrap();
+        let connect = || {
+            let s = UnixStream::connect(dir.socket()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        };
+        // Each state is the server side's inode: counted per path, and all distinct at the end.
+        let mut expect = 0;
+        let waited = |n: usize, what: &str| {
+            wait_for(&format!("{name}: {what}"), Duration::from_secs(10), || {
+                kept.lock().unwrap().len() >= n
+            })
+        };
+        for (what, payload) in [("abort", b'A'), ("close", b'C')] {
+            let mut s = connect();
+            s.write_all(&[payload]).unwrap();
+            expect += 1;
+            waited(expect, what);
+            let mut byte = [0u8; 1];
+            assert_eq!(s.read(&mut byte).unwrap(), 0, "{name}: {what} closes the socket");
+        }
+        let s = connect();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        expect += 1;
+        waited(expect, "end of input");
+        let mut s = connect();
+        s.write_all(b"B").unwrap();
+        expect += 1;
+        waited(expect, "over the pending limit");
+        let _open = connect();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(kept.lock().unwrap().len(), expect, "{name}: the open one is not closed");
+        runtime.shutdown();
+        runtime.join();
+        let kept = kept.lock().unwrap().clone();
+        assert_eq!(kept.len(), expect + 1, "{name}: close_all hands back the last one");
+        let mut unique = kept.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), kept.len(), "{name}: each state once: {kept:?}");
     }
 }

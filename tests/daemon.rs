@@ -961,3 +961,98 @@ fn a_peer_that_stops_reading_is_dropped_at_the_write_timeout() {
         assert!(status.success(), "{reactor}: {err}");
     }
 }
+
+/// The metrics service's subscription: a report at once, one pushed per publish interval,
+/// bounded watchers, bad bodies refused, watchers forgotten when their connection closes; and
+/// `corelane watch` on top of it.
+#[test]
+fn lane_watchers_get_a_report_per_interval_until_they_close() {
+    use corelane::control::proto::LaneReport;
+    use corelane::control::{ClientError, CODE_BAD_REQUEST_BODY, CODE_LIMIT, MSG_WATCH_LANES};
+
+    let daemon = Daemon::start("watch", &[("CORELANE_METRICS_PUBLISH_INTERVAL_MS", "20")]);
+    let watchers = || {
+        let status = daemon.client().status().unwrap();
+        let metrics = status.services.iter().find(|s| s.name == "metrics").unwrap().clone();
+        let detail = metrics.details.iter().find(|d| d.key == "watchers").unwrap().clone();
+        detail.value.parse::<usize>().unwrap()
+    };
+    assert_eq!(watchers(), 0);
+
+    let mut client = daemon.client();
+    let (sub, first) = client.watch_lanes().unwrap();
+    assert_eq!(sub.msg_type, MSG_WATCH_LANES);
+    assert_eq!(first.lanes.len(), 1);
+    assert_eq!(first.lanes[0].name, "main");
+    let mut last = first.uptime_ms;
+    for _ in 0..3 {
+        let push = client.next_push(Duration::from_secs(5)).unwrap();
+        assert_eq!((push.msg_id, push.msg_type), (sub.msg_id, MSG_WATCH_LANES));
+        let report: LaneReport = push.decode().unwrap();
+        assert!(report.uptime_ms > last, "{} after {last}", report.uptime_ms);
+        assert_eq!(report.lanes[0].agents, ["control", "metrics"]);
+        last = report.uptime_ms;
+    }
+    // Calls on the subscribed connection still work between pushes.
+    client.ping().unwrap();
+    assert_eq!(watchers(), 1);
+
+    // A body that is not protobuf (a length-delimited field cut short): refused by the
+    // service, answered with the request's id, the connection kept.
+    let mut raw = UnixStream::connect(daemon.socket()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(&frame_with_id(MSG_WATCH_LANES, 41, &[0x0a, 0x05, 0x01])).unwrap();
+    let (header, body) = read_reply(&mut raw);
+    assert_eq!((header.msg_type, header.msg_id), (MSG_WATCH_LANES, 41));
+    assert_eq!(header.flags, Flags::RESPONSE.union(Flags::ERROR));
+    let (code, text) = wire::decode_error_body(&body).unwrap();
+    assert_eq!(code, CODE_BAD_REQUEST_BODY);
+    assert!(text.starts_with("bad request body: "), "{text}");
+    raw.write_all(&frame_with_id(1, 42, &[])).unwrap();
+    assert_eq!(read_reply(&mut raw).0.msg_id, 42, "the connection is kept");
+    drop(raw);
+    let mut other = daemon.client();
+    // Up to MAX_WATCHERS subscriptions (one connection may hold many); the next is refused.
+    for _ in 1..corelane::daemon::MAX_WATCHERS {
+        other.watch_lanes().unwrap();
+    }
+    assert_eq!(watchers(), corelane::daemon::MAX_WATCHERS);
+    match other.watch_lanes() {
+        Err(ClientError::Remote { code, text }) => {
+            assert_eq!(code, CODE_LIMIT);
+            assert!(text.starts_with("too many watchers: 64 "), "{text}");
+        }
+        other => panic!("expected the limit, got {other:?}"),
+    }
+    other.ping().unwrap();
+
+    // Closing the connections frees their subscriptions.
+    drop(client);
+    drop(other);
+    wait_for("the watchers forgotten", Duration::from_secs(10), || watchers() == 0);
+    let answered = daemon.counter("corelane_control_requests_total{type=\"watch_lanes\"}");
+    assert_eq!(answered, corelane::daemon::MAX_WATCHERS as u64);
+
+    let out = Command::new(BIN)
+        .args(["watch", "-n", "2"])
+        .env("XDG_RUNTIME_DIR", &daemon.dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| l.contains(" main ")).count(), 2, "{text}");
+    assert!(text.starts_with("    uptime lane"), "{text}");
+}
+
+#[test]
+fn watch_without_the_metrics_service_says_so() {
+    let daemon = Daemon::start("watch-off", &[("CORELANE_METRICS_ENABLED", "false")]);
+    let out = Command::new(BIN)
+        .args(["watch", "-n", "1"])
+        .env("XDG_RUNTIME_DIR", &daemon.dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("its metrics service is off (metrics.enabled = false"), "{err}");
+}

@@ -185,9 +185,10 @@ fn the_control_agent_answers_pings_without_allocating() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     use corelane::config::Config;
     use corelane::control::Client;
-    use corelane::daemon::{ControlAgent, ControlCounters, ControlHandler, ControlSettings};
-    use corelane::metrics::{CounterSpec, Registry};
-    use corelane::runtime::{Board, ConnCounters, Shutdown};
+    use corelane::daemon::{
+        ControlAgent, ControlCounters, ControlHandler, ControlSettings, Service, CONTROL,
+    };
+    use corelane::runtime::{Board, Shutdown};
     use std::sync::atomic::AtomicBool;
 
     let mut backends = vec![ReactorConfig::from(ReactorChoice::Poll)];
@@ -201,30 +202,7 @@ fn the_control_agent_answers_pings_without_allocating() {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("control.sock");
-        let mut registry = Registry::new();
-        let count = 3 + 5 + 2 + 3 + corelane::daemon::ERROR_KINDS.len();
-        let ids: Vec<_> = (0..count)
-            .map(|i| {
-                let label = i.to_string();
-                let labels = [("i", label.as_str())];
-                registry.register(CounterSpec::counter("t_total", &labels, "test.")).unwrap()
-            })
-            .collect();
-        let file = registry.create_in_memory().unwrap();
-        let mut counters = ids.iter().map(|&id| file.counter(id));
-        let mut next = || counters.next().unwrap();
-        let counters = ControlCounters {
-            conns: ConnCounters {
-                accepted: next(),
-                refused: next(),
-                open: next(),
-                closed: [next(), next(), next(), next(), next()],
-            },
-            accept_errors: next(),
-            buffered: next(),
-            requests: vec![(1, next()), (2, next()), (3, next())],
-            errors: corelane::daemon::ERROR_KINDS.iter().map(|_| next()).collect(),
-        };
+        let counters = ControlCounters::in_memory(CONTROL.requests()).unwrap();
         let board = Board::new();
         let handler =
             ControlHandler::new(board.clone(), String::new(), Default::default(), counters);

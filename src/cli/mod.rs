@@ -7,9 +7,11 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{self, Config};
-use crate::control::{Client, ConnectionPool, PoolError};
+use crate::control::proto::{LaneReport, LaneStatus};
+use crate::control::{Client, ClientError, ConnectionPool, PoolError};
 use crate::daemon::services::SERVICES;
 use crate::daemon::CliContext;
+use crate::wire::WireError;
 
 /// corelane: a synchronous thread-per-core runtime for accelerator hosts.
 ///
@@ -260,6 +262,73 @@ fn config_show(path: Option<&Path>) -> ExitCode {
             eprintln!("corelane: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `corelane watch`: prints a report per push of the lanes' statistics, `count` of them (or
+/// until the daemon goes away).
+pub fn watch(cx: &CliContext, count: Option<u32>) -> ExitCode {
+    let connected = Client::builder().timeout(cx.timeout).connect(&cx.socket);
+    let subscribed = connected.and_then(|mut client| {
+        let (_, first) = client.watch_lanes()?;
+        Ok((client, first))
+    });
+    let (mut client, mut last) = match subscribed {
+        Ok(s) => s,
+        Err(ClientError::Remote { code, .. }) if code == WireError::UnknownMsgType(0).code() => {
+            eprintln!(
+                "corelane watch: the daemon at {} does not report lanes: its metrics service \
+                 is off (metrics.enabled = false in its config)",
+                cx.socket.display()
+            );
+            return ExitCode::from(1);
+        }
+        Err(e) => return no_answer("watch", cx, &e),
+    };
+    // Pushes come every publish interval (the daemon's; ours is the best guess): allow three
+    // of them, and at least the request timeout, before calling the daemon gone.
+    let interval = Duration::from_millis(cx.config.metrics.publish_interval_ms.max(1));
+    let patience = (interval * 3).max(cx.timeout);
+    println!(
+        "{:>10} {:<12} {:>12} {:>12} {:>6} {:>10} {:>10}",
+        "uptime", "lane", "passes/s", "work/s", "idle", "p99 pass", "max pass"
+    );
+    let mut printed = 0u32;
+    while count.is_none_or(|n| printed < n) {
+        let report = match client.next_push(patience) {
+            Ok(push) => match push.decode::<LaneReport>() {
+                Ok(r) => r,
+                Err(e) => return no_answer("watch", cx, &e),
+            },
+            Err(e) => {
+                eprintln!("corelane watch: the daemon stopped reporting: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        print_lane_report(&last, &report);
+        last = report;
+        printed += 1;
+    }
+    ExitCode::SUCCESS
+}
+
+/// One line per lane: rates since `before`, and the pass quantiles of `now`.
+fn print_lane_report(before: &LaneReport, now: &LaneReport) {
+    let secs = now.uptime_ms.saturating_sub(before.uptime_ms).max(1) as f64 / 1e3;
+    for lane in &now.lanes {
+        let prev = before.lanes.iter().find(|l| l.name == lane.name);
+        let delta = |f: fn(&LaneStatus) -> u64| prev.map_or(0, |p| f(lane).saturating_sub(f(p)));
+        let idle = delta(|l| l.idle_ns) as f64 / (secs * 1e9) * 100.0;
+        println!(
+            "{:>10} {:<12} {:>12.0} {:>12.0} {:>5.1}% {:>8}ns {:>8}ns",
+            uptime(now.uptime_ms),
+            lane.name,
+            delta(|l| l.passes) as f64 / secs,
+            delta(|l| l.work) as f64 / secs,
+            idle.min(100.0),
+            lane.p99_pass_ns,
+            lane.max_pass_ns,
+        );
     }
 }
 

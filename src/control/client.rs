@@ -34,9 +34,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 
-use super::proto::{ConfigReply, ConfigRequest, Ping, Pong, Status, StatusRequest};
+use super::proto::{
+    ConfigReply, ConfigRequest, LaneReport, Ping, Pong, Status, StatusRequest, WatchLanes,
+};
 use super::session::encode_body;
-use super::{MSG_CONFIG, MSG_PING, MSG_STATUS};
+use super::{MSG_CONFIG, MSG_PING, MSG_STATUS, MSG_WATCH_LANES};
 use crate::wire::{
     self, BadErrorBody, Decoder, DecoderConfig, Event, Flags, Frame, ProtocolVersion, WireError,
 };
@@ -339,6 +341,13 @@ impl Client {
         }
     }
 
+    /// Subscribes to the lanes' statistics ([`MSG_WATCH_LANES`]): the report now, and one
+    /// pushed every `metrics.publish_interval_ms` (take them with
+    /// [`next_push`](Self::next_push) and [`Push::decode`] as [`LaneReport`]).
+    pub fn watch_lanes(&mut self) -> Result<(Subscription, LaneReport), ClientError> {
+        self.subscribe(MSG_WATCH_LANES, &WatchLanes {})
+    }
+
     /// The next push of any subscription: one already received, or the first to arrive
     /// within `timeout` ([`ClientError::Timeout`] otherwise).
     pub fn next_push(&mut self, timeout: Duration) -> Result<Push, ClientError> {
@@ -475,9 +484,9 @@ impl Client {
             };
             let inbox = &mut self.inbox;
             let fed = self.decoder.feed(&self.read_buf[..n], |event| {
-                if result.is_some() {
-                    return;
-                }
+                // Frames after the answer, in the same read, are still looked at: pushes among
+                // them are queued (the bytes are consumed either way).
+                let answered = result.is_some();
                 match event {
                     Event::Frame(frame) => {
                         let h = &frame.header;
@@ -491,11 +500,13 @@ impl Client {
                         // whose frame could not be trusted): it answers whatever is in flight.
                         let ours =
                             in_flight.is_some_and(|id| h.msg_id == id || (error && h.msg_id == 0));
-                        if ours && response {
+                        if ours && response && !answered {
                             result = on_seen(Seen::Answer(&frame, error));
                         } else if response && !error && inbox.subscriptions.contains(&h.msg_id) {
                             inbox.queue(h.msg_id, h.msg_type, frame.body);
-                            result = on_seen(Seen::Pushed);
+                            if !answered {
+                                result = on_seen(Seen::Pushed);
+                            }
                         } else {
                             tracing::debug!(
                                 msg_id = h.msg_id,
@@ -506,7 +517,10 @@ impl Client {
                     }
                     // A damaged frame may be the response (its id is not to be trusted), so the
                     // request fails rather than waiting for a response that will not come.
-                    Event::Error { error, .. } => result = Some(Err(ClientError::Wire(error))),
+                    Event::Error { error, .. } if !answered => {
+                        result = Some(Err(ClientError::Wire(error)))
+                    }
+                    Event::Error { .. } => {}
                 }
             });
             if let Err(error) = fed {
@@ -557,6 +571,7 @@ fn past(timeout: Duration, deadline: Instant) -> bool {
 
 /// Whether a v1 response body is an error reply. V1 headers carry no flags, so the body tells:
 /// an error body starts with its u16 little-endian code, and every code in use (wire codes 1-7,
+/// and the daemon's 0x0100-0x0400,
 /// [`CODE_BAD_REQUEST_BODY`](super::CODE_BAD_REQUEST_BODY) = 0x0100) has a low byte below 8, which as a protobuf tag means field
 /// number 0, invalid in every message. A protobuf body never starts that way.
 fn is_legacy_error_body(body: &[u8]) -> bool {
@@ -579,7 +594,9 @@ mod tests {
 
     use super::*;
     use crate::control::test_server::{temp_dir, test_status, TestServer, TEST_TOML};
-    use crate::control::{SessionConfig, CODE_BAD_REQUEST_BODY};
+    use crate::control::{
+        SessionConfig, CODE_BAD_REQUEST_BODY, CODE_BUSY, CODE_LIMIT, CODE_UNAVAILABLE,
+    };
 
     fn legacy_server() -> TestServer {
         let mut config = SessionConfig::default();
@@ -708,7 +725,9 @@ mod tests {
 
     #[test]
     fn legacy_error_bodies_are_never_protobuf() {
-        for code in [1u16, 2, 3, 4, 5, 6, 7, CODE_BAD_REQUEST_BODY] {
+        for code in
+            [1u16, 2, 3, 4, 5, 6, 7, CODE_BAD_REQUEST_BODY, CODE_BUSY, CODE_UNAVAILABLE, CODE_LIMIT]
+        {
             let mut body = code.to_le_bytes().to_vec();
             body.extend_from_slice(b"some text");
             assert!(is_legacy_error_body(&body), "{code}");
@@ -805,6 +824,75 @@ mod tests {
             other => panic!("expected an unexpected type, got {other:?}"),
         }
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A response frame (v2) of `msg_type` with `server_time_ns` = `n`, as a push or answer.
+    fn pong_of(msg_type: u16, msg_id: u64, n: u64, out: &mut Vec<u8>) {
+        let pong = Pong { client_time_ns: 0, server_time_ns: n };
+        wire::encode(
+            ProtocolVersion::V2,
+            msg_type,
+            Flags::RESPONSE,
+            msg_id,
+            &pong.encode_to_vec(),
+            out,
+        );
+    }
+
+    #[test]
+    fn pushes_in_the_same_read_as_the_answer_or_during_a_call_are_kept_in_order() {
+        const SUB: u16 = 21;
+        let (dir, path) = scripted_server(|id| {
+            let mut out = Vec::new();
+            if id == 1 {
+                // The subscription's answer and three pushes, in one write; a stale frame of
+                // an id nobody subscribed to in between.
+                pong_of(SUB, 1, 0, &mut out);
+                pong_of(SUB, 1, 1, &mut out);
+                pong_of(SUB, 77, 99, &mut out);
+                pong_of(SUB, 1, 2, &mut out);
+                pong_of(SUB, 1, 3, &mut out);
+            } else {
+                // A push before the answer to the next request, and one after it.
+                pong_of(SUB, 1, 4, &mut out);
+                pong_of(MSG_CONFIG, id, 9, &mut out);
+                pong_of(SUB, 1, 5, &mut out);
+            }
+            out
+        });
+        let mut client = Client::builder().connect(&path).unwrap();
+        let (sub, first): (_, Pong) = client.subscribe(SUB, &Ping::default()).unwrap();
+        assert_eq!((sub.msg_id, sub.msg_type, first.server_time_ns), (1, SUB, 0));
+        let raw = client.request(MSG_CONFIG, &ConfigRequest {}).unwrap();
+        assert_eq!(Pong::decode(&raw[..]).unwrap().server_time_ns, 9);
+        let got: Vec<u64> = (0..5)
+            .map(|_| {
+                let push = client.next_push(Duration::from_secs(5)).unwrap();
+                assert_eq!((push.msg_id, push.msg_type), (1, SUB));
+                push.decode::<Pong>().unwrap().server_time_ns
+            })
+            .collect();
+        assert_eq!(got, [1, 2, 3, 4, 5]);
+        assert!(matches!(
+            client.next_push(Duration::from_millis(20)),
+            Err(ClientError::Timeout(t)) if t == Duration::from_millis(20)
+        ));
+        assert!(!client.is_broken());
+        assert_eq!(client.dropped_pushes(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn pushes_beyond_the_queue_drop_the_oldest_and_are_counted() {
+        let mut inbox = Inbox::default();
+        let extra = 5;
+        for n in 0..(MAX_QUEUED_PUSHES + extra) as u64 {
+            inbox.queue(1, 21, &n.to_le_bytes());
+        }
+        assert_eq!(inbox.pushes.len(), MAX_QUEUED_PUSHES);
+        assert_eq!(inbox.dropped, extra as u64);
+        let first = u64::from_le_bytes(inbox.pushes[0].body[..].try_into().unwrap());
+        assert_eq!(first, extra as u64, "the oldest went first");
     }
 
     #[test]

@@ -10,10 +10,19 @@
 //! | [`MSG_PING`] = 1 | [`proto::Ping`] | [`proto::Pong`] |
 //! | [`MSG_STATUS`] = 2 | [`proto::StatusRequest`] | [`proto::Status`] |
 //! | [`MSG_CONFIG`] = 3 | [`proto::ConfigRequest`] | [`proto::ConfigReply`] |
+//! | [`MSG_WATCH_LANES`] = 16 | [`proto::WatchLanes`] | [`proto::LaneReport`], then pushes of it |
 //!
 //! A response repeats the request's `msg_type` and `msg_id` and carries
 //! [`Flags::RESPONSE`](crate::wire::Flags::RESPONSE); an error reply carries `RESPONSE | ERROR` and
 //! the wire error body (a numeric code and the spec's text).
+//!
+//! Requests are routed by `msg_type` ([`route`]): ping is built into the session, status and
+//! config are answered on the control lane, and a service's requests are forwarded to its agent
+//! on whatever lane hosts it, which answers later. A **subscription** (such as
+//! [`MSG_WATCH_LANES`]) is a request whose service goes on sending **pushes**: response frames
+//! that repeat the subscribing request's `msg_id`, until the connection closes.
+//! [`Client::subscribe`] and [`Client::next_push`] take them; a client that does not read its
+//! pushes is closed like one that does not read its replies.
 //!
 //! Besides the wire errors of the spec (`crate::wire::WireError`), the daemon answers or
 //! closes as follows (config keys of `[control]`, documented in `config/corelane.toml`):
@@ -25,7 +34,10 @@
 //! | a frame left incomplete for `header_timeout_ms` | connection closed | none |
 //! | no request for `idle_timeout_ms` (default 5 minutes) | connection closed | none |
 //! | replies left unread, with no byte taken, for `write_timeout_ms` (default 5 s) | connection closed, its socket released | none |
-//! | more than `max_pending_output_bytes` of replies unread | connection closed | none |
+//! | more than `max_pending_output_bytes` of replies (or pushes) unread | connection closed | none |
+//! | a request for a service whose queue of forwarded requests is full | error reply, connection kept (retry later) | [`CODE_BUSY`], `service busy: '<name>' has too many requests queued` |
+//! | a request for a service whose lane has stopped | error reply, connection kept | [`CODE_UNAVAILABLE`], `service unavailable: '<name>' has stopped` |
+//! | a subscription beyond the service's limit (64 lane watchers) | error reply, connection kept | [`CODE_LIMIT`], `too many watchers: ...` |
 //! | end of input (the peer shut down its sending side) | the answers owed are written, then the connection is closed | none |
 //!
 //! Layers, bottom up:
@@ -59,6 +71,9 @@ pub const MSG_PING: u16 = 1;
 pub const MSG_STATUS: u16 = 2;
 /// `msg_type` of [`proto::ConfigRequest`] and its answer [`proto::ConfigReply`].
 pub const MSG_CONFIG: u16 = 3;
+/// `msg_type` of [`proto::WatchLanes`], a subscription: answered with a [`proto::LaneReport`],
+/// then one pushed every `metrics.publish_interval_ms` (served by the metrics service).
+pub const MSG_WATCH_LANES: u16 = 16;
 
 /// Error code of the reply to a request whose protobuf body does not decode (text
 /// `bad request body: ...`).
@@ -74,3 +89,12 @@ pub const CODE_BAD_REQUEST_BODY: u16 = 0x0100;
 /// [`session::OverBudget`]); like [`CODE_BAD_REQUEST_BODY`], outside the wire codes with a low
 /// byte below 8. The connection stays open: retry later.
 pub const CODE_BUSY: u16 = 0x0200;
+
+/// Error code of a request whose service has stopped (text `service unavailable: '<name>' has
+/// stopped`): its agent's lane is gone. (A service whose queue of forwarded requests is full
+/// answers [`CODE_BUSY`], `service busy: ...`: retry later.)
+pub const CODE_UNAVAILABLE: u16 = 0x0300;
+
+/// Error code of a request a service refuses because it holds too many of them (for example,
+/// subscriptions: text `too many watchers: ...`). The connection stays open.
+pub const CODE_LIMIT: u16 = 0x0400;

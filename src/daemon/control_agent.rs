@@ -30,7 +30,7 @@ use crate::control::route::{
 };
 use crate::control::{
     Answer, CloseCause, Handler, OverBudget, RequestRef, Session, SessionConfig, Verdict,
-    CODE_BUSY, MSG_CONFIG, MSG_STATUS,
+    CODE_BUSY, CODE_UNAVAILABLE, MSG_CONFIG, MSG_STATUS,
 };
 use crate::metrics::Counter;
 use crate::runtime::{
@@ -113,10 +113,6 @@ impl ControlSettings {
     }
 }
 
-/// Error code of a forwarded request that finds its service's link full (text
-/// `service busy: ...`) or its service stopped (`service unavailable: ...`).
-pub const CODE_UNAVAILABLE: u16 = 0x0300;
-
 /// Routes the daemon fills once every service is built; the control agent takes them when
 /// its lane starts.
 pub type RouteSlot = Arc<Mutex<Option<Routes>>>;
@@ -156,7 +152,9 @@ impl ControlAgent {
         settings: ControlSettings,
         handler: ControlHandler,
     ) -> Self {
-        let conns = ConnTable::new(settings.conns).with_counters(handler.counters.conns.clone());
+        let conns = ConnTable::new(settings.conns)
+            .with_counters(handler.counters.conns.clone())
+            .keep_closed();
         Self { path, listener: Some(listener), settings, conns, handler, slot: None }
     }
 
@@ -289,18 +287,15 @@ impl Agent for ControlAgent {
                 let verdict = conn.session.on_tick(now);
                 self.after(ctx, id, verdict);
             }
-            ConnEvent::Closed { id, .. } => {
-                if let Some(routes) = self.conns.get(id).map(|c| c.routes) {
-                    self.handler.announce_closed(routes, ConnRef(id.local()));
-                }
-            }
             // End of input: what the peer asked for is answered (sessions answer as bytes
             // arrive), so the connection closes once the answers are written.
             ConnEvent::PeerClosed { id } => self.conns.close(ctx, id, CloseReason::Peer),
             ConnEvent::Other(Completion::Accepted { fd, .. }) => self.accept(ctx, fd),
             // The listener never closes on an error: its accept errors are the reactor's to
             // count and retry (see `do_work`); one error must not end the control socket.
+            // Closes are announced to the services from `take_closed`, whatever closed them.
             ConnEvent::Other(_)
+            | ConnEvent::Closed { .. }
             | ConnEvent::Sent { .. }
             | ConnEvent::Handled
             | ConnEvent::Stale => {}
@@ -313,6 +308,13 @@ impl Agent for ControlAgent {
             self.handler.counters.accept_errors.set(ctx.reactor().accept_errors(listener));
         }
         self.handler.counters.buffered.set(self.conns.buffered() as u64);
+        // Tell the services of every connection gone that used their routes (a close notice
+        // is not work: the lane may go on idling).
+        while let Some((id, conn)) = self.conns.take_closed() {
+            if conn.routes != 0 {
+                self.handler.announce_closed(conn.routes, ConnRef(id.local()));
+            }
+        }
         self.deliver_replies(ctx)
     }
 
@@ -497,27 +499,11 @@ impl LocalRoute for StatusRoute {
 
 impl StatusRoute {
     fn status(&self) -> Status {
-        let lanes = self
-            .board
-            .lanes()
-            .into_iter()
-            .map(|l| LaneStatus {
-                name: l.name,
-                core: l.core.map_or(-1, |c| c as i32),
-                idle: l.idle.to_owned(),
-                agents: l.agents,
-                passes: l.passes,
-                work: l.work,
-                idle_ns: l.idle_ns,
-                max_pass_ns: l.max_pass_ns,
-                p99_pass_ns: l.p99_pass_ns,
-            })
-            .collect();
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             reactor: self.board.reactor().map_or("starting", |r| r.name()).to_owned(),
-            lanes,
+            lanes: lane_statuses(&self.board),
             services: self
                 .services
                 .snapshot()
@@ -534,6 +520,25 @@ impl StatusRoute {
             connections: self.open.get() as u32,
         }
     }
+}
+
+/// Every lane's facts and counters, as status and lane reports show them.
+pub(super) fn lane_statuses(board: &Board) -> Vec<LaneStatus> {
+    board
+        .lanes()
+        .into_iter()
+        .map(|l| LaneStatus {
+            name: l.name,
+            core: l.core.map_or(-1, |c| c as i32),
+            idle: l.idle.to_owned(),
+            agents: l.agents,
+            passes: l.passes,
+            work: l.work,
+            idle_ns: l.idle_ns,
+            max_pass_ns: l.max_pass_ns,
+            p99_pass_ns: l.p99_pass_ns,
+        })
+        .collect()
 }
 
 /// `config`: the effective configuration, rendered once at start.

@@ -9,7 +9,8 @@ use super::control_agent::{
 use super::service::{Build, CliContext, Prepare, Prepared, RequestSpec, Service};
 use super::DaemonError;
 use crate::config::{Config, SectionSpec, CONTROL_SECTION};
-use crate::metrics::{CounterId, CounterSpec};
+use crate::control::route::DuplicateRoute;
+use crate::metrics::{CounterId, CounterSpec, CountersFile, MetricsError, Registry};
 use crate::runtime::{Agent, CloseReason, ConnCounters};
 
 /// The control service, as named in the table.
@@ -93,67 +94,77 @@ struct Ids {
 }
 
 impl Ids {
+    /// Registers the control counters, with one request counter per request of every enabled
+    /// service (a `msg_type` two of them claim fails the start).
     fn register(cx: &mut Prepare<'_>) -> Result<Self, DaemonError> {
+        let mut requests: Vec<RequestSpec> = Vec::new();
+        for service in super::services::SERVICES.iter().filter(|s| s.enabled(cx.config)) {
+            for spec in service.requests() {
+                if let Some(first) = requests.iter().find(|r| r.msg_type == spec.msg_type) {
+                    return Err(DaemonError::DuplicateRoute(DuplicateRoute {
+                        msg_type: spec.msg_type,
+                        first: first.name,
+                        second: spec.name,
+                    }));
+                }
+                requests.push(*spec);
+            }
+        }
+        Ok(Self::register_in(cx.registry(), &requests)?)
+    }
+
+    fn register_in(
+        registry: &mut Registry,
+        requests: &[RequestSpec],
+    ) -> Result<Self, MetricsError> {
         const CONN: &str = "Control connections by event.";
-        let conn = |cx: &mut Prepare<'_>, event| {
-            cx.register(CounterSpec::counter(
+        let conn = |registry: &mut Registry, event| {
+            registry.register(CounterSpec::counter(
                 "corelane_control_connections_total",
                 &[("event", event)],
                 CONN,
             ))
         };
-        let accepted = conn(cx, "accepted")?;
-        let refused = conn(cx, "refused")?;
+        let accepted = conn(registry, "accepted")?;
+        let refused = conn(registry, "refused")?;
         const CLOSED: &str = "Control connections closed, by reason.";
         let mut closed = Vec::new();
         for reason in CloseReason::ALL {
-            closed.push(cx.register(CounterSpec::counter(
+            closed.push(registry.register(CounterSpec::counter(
                 "corelane_control_connections_closed_total",
                 &[("reason", reason.name())],
                 CLOSED,
             ))?);
         }
         let closed: [_; 5] = closed.try_into().expect("one counter per CloseReason");
-        let open = cx.register(CounterSpec::gauge(
+        let open = registry.register(CounterSpec::gauge(
             "corelane_control_connections_open",
             &[],
             "Control connections open now.",
         ))?;
-        let buffered = cx.register(CounterSpec::gauge(
+        let buffered = registry.register(CounterSpec::gauge(
             "corelane_control_buffered_bytes",
             &[],
             "Bytes the control connections buffer (unsent replies, partial requests).",
         ))?;
-        let accept_errors = cx.register(CounterSpec::counter(
+        let accept_errors = registry.register(CounterSpec::counter(
             "corelane_control_accept_errors_total",
             &[],
             "Accepts of the control socket that failed (EMFILE, ...); accepting resumes.",
         ))?;
-        // Every enabled service's requests: one msg_type each, counted by name.
         const REQ: &str = "Control requests answered, by type.";
-        let mut requests: Vec<(u16, CounterId)> = Vec::new();
-        let mut names: Vec<(u16, &'static str)> = Vec::new();
-        for service in super::services::SERVICES.iter().filter(|s| s.enabled(cx.config)) {
-            for spec in service.requests() {
-                if let Some(&(_, first)) = names.iter().find(|(t, _)| *t == spec.msg_type) {
-                    return Err(DaemonError::DuplicateRoute(
-                        crate::control::route::DuplicateRoute {
-                            msg_type: spec.msg_type,
-                            first,
-                            second: spec.name,
-                        },
-                    ));
-                }
-                names.push((spec.msg_type, spec.name));
-                let labels = [("type", spec.name)];
+        let requests = requests
+            .iter()
+            .map(|r| {
+                let labels = [("type", r.name)];
                 let spec = CounterSpec::counter("corelane_control_requests_total", &labels, REQ);
-                requests.push((names.last().map_or(0, |n| n.0), cx.register(spec)?));
-            }
-        }
+                Ok((r.msg_type, registry.register(spec)?))
+            })
+            .collect::<Result<_, MetricsError>>()?;
         let errors = ERROR_KINDS
             .iter()
             .map(|kind| {
-                cx.register(CounterSpec::counter(
+                registry.register(CounterSpec::counter(
                     "corelane_control_errors_total",
                     &[("kind", kind)],
                     "Control protocol errors answered, by kind.",
@@ -162,22 +173,37 @@ impl Ids {
             .collect::<Result<_, _>>()?;
         Ok(Self { accepted, refused, closed, open, buffered, accept_errors, requests, errors })
     }
+
+    fn resolve(&self, file: &CountersFile) -> ControlCounters {
+        ControlCounters {
+            conns: ConnCounters {
+                accepted: file.counter(self.accepted),
+                refused: file.counter(self.refused),
+                open: file.counter(self.open),
+                closed: self.closed.map(|id| file.counter(id)),
+            },
+            accept_errors: file.counter(self.accept_errors),
+            buffered: file.counter(self.buffered),
+            requests: self.requests.iter().map(|&(t, id)| (t, file.counter(id))).collect(),
+            errors: self.errors.iter().map(|&id| file.counter(id)).collect(),
+        }
+    }
+}
+
+impl ControlCounters {
+    /// The control counters in a counters file of their own, in memory, with a request
+    /// counter for each of `requests`: for a control agent run outside the daemon (tests,
+    /// embedding). Read them back with [`Counter::get`](crate::metrics::Counter::get).
+    pub fn in_memory(requests: &[RequestSpec]) -> Result<Self, MetricsError> {
+        let mut registry = Registry::new();
+        let ids = Ids::register_in(&mut registry, requests)?;
+        Ok(ids.resolve(&registry.create_in_memory()?))
+    }
 }
 
 impl Prepared for Ids {
     fn build(self: Box<Self>, cx: &mut Build<'_>) -> Result<super::service::Agents, DaemonError> {
-        let counters = ControlCounters {
-            conns: ConnCounters {
-                accepted: cx.counter(self.accepted),
-                refused: cx.counter(self.refused),
-                open: cx.counter(self.open),
-                closed: self.closed.map(|id| cx.counter(id)),
-            },
-            accept_errors: cx.counter(self.accept_errors),
-            buffered: cx.counter(self.buffered),
-            requests: self.requests.iter().map(|&(t, id)| (t, cx.counter(id))).collect(),
-            errors: self.errors.iter().map(|&id| cx.counter(id)).collect(),
-        };
+        let counters = self.resolve(cx.counters);
         let settings = ControlSettings::from_config(&cx.config.control);
         let handler = ControlHandler::new(
             cx.board.clone(),

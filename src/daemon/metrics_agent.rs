@@ -1,14 +1,31 @@
 //! The metrics service: the counters file, lane gauges and the Prometheus endpoint; its agent
-//! publishes lane statistics into the counters file at the configured interval.
+//! publishes lane statistics into the counters file at the configured interval, and pushes
+//! them to the control connections that watch the lanes ([`MSG_WATCH_LANES`], `corelane
+//! watch`).
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::service::{Build, Prepare, Prepared, Service};
+use prost::Message;
+
+use super::control_agent::lane_statuses;
+use super::service::{Build, CliContext, Prepare, Prepared, RequestSpec, Service, StatusCell};
 use super::DaemonError;
 use crate::config::{Config, ConfigError, SectionSpec, METRICS_SECTION};
+use crate::control::proto::{LaneReport, WatchLanes};
+use crate::control::{
+    ConnRef, ControlPort, ToService, CODE_BAD_REQUEST_BODY, CODE_LIMIT, MSG_WATCH_LANES,
+};
 use crate::metrics::{Counter, CounterId, CounterSpec, MetricsError};
 use crate::runtime::{Agent, Board, Ctx, ReactorKind};
+
+/// Most subscriptions to [`MSG_WATCH_LANES`] served at once; more are refused with
+/// [`CODE_LIMIT`] (`too many watchers: ...`).
+pub const MAX_WATCHERS: usize = 64;
+
+/// Most requests the metrics agent takes from its control port per pass.
+const REQUESTS_PER_PASS: usize = 64;
 
 /// The metrics service, as named in the table.
 pub static METRICS: MetricsService = MetricsService;
@@ -31,8 +48,40 @@ impl Service for MetricsService {
         &["metrics"]
     }
 
+    fn requests(&self) -> &'static [RequestSpec] {
+        &[RequestSpec { msg_type: MSG_WATCH_LANES, name: "watch_lanes" }]
+    }
+
     fn enabled(&self, config: &Config) -> bool {
         config.metrics.enabled
+    }
+
+    fn commands(&self) -> Vec<clap::Command> {
+        vec![clap::Command::new("watch")
+            .about("Watch the running daemon's lanes: one report per publish interval.")
+            .long_about(
+                "Subscribe to the running daemon's lane statistics and print one report per \
+                 metrics.publish_interval_ms: for every lane its passes and work per second \
+                 since the last report, the share of time idle, and the p99 and longest pass. \
+                 Runs until --count reports were printed or the daemon stops (exit 0 after \
+                 --count reports, 1 if the daemon does not answer or goes away). Needs the \
+                 metrics service (metrics.enabled = true).",
+            )
+            .arg(
+                clap::Arg::new("count")
+                    .long("count")
+                    .short('n')
+                    .value_name("N")
+                    .value_parser(clap::value_parser!(u32).range(1..))
+                    .help("Stop after N reports (default: until interrupted)."),
+            )]
+    }
+
+    fn run_command(&self, name: &str, matches: &clap::ArgMatches, cli: &CliContext) -> ExitCode {
+        match name {
+            "watch" => crate::cli::watch(cli, matches.get_one::<u32>("count").copied()),
+            _ => ExitCode::FAILURE,
+        }
     }
 
     fn validate(&self, config: &Config) -> Result<(), ConfigError> {
@@ -134,6 +183,8 @@ impl Prepared for MetricIds {
             Duration::from_millis(cx.config.metrics.publish_interval_ms.max(1)),
         );
         agent.reactor = Some(self.reactor.map(|id| cx.counter(id)));
+        let port = cx.serve(MSG_WATCH_LANES, "watch_lanes", "metrics");
+        agent.watch = port.map(|port| Watchers::new(port, cx.status("metrics")));
         Ok(vec![("metrics", Box::new(agent) as Box<dyn Agent>)])
     }
 }
@@ -162,6 +213,8 @@ pub struct MetricsAgent {
     started: Instant,
     interval: Duration,
     next: Instant,
+    /// The lane watchers, if the control route is wired.
+    watch: Option<Watchers>,
 }
 
 impl MetricsAgent {
@@ -173,7 +226,72 @@ impl MetricsAgent {
         interval: Duration,
     ) -> Self {
         let now = Instant::now();
-        Self { board, lanes, uptime, reactor: None, started: now, interval, next: now }
+        Self { board, lanes, uptime, reactor: None, started: now, interval, next: now, watch: None }
+    }
+}
+
+/// The lanes' statistics `now`, for watchers.
+fn lane_report(board: &Board, started: Instant, now: Instant) -> LaneReport {
+    LaneReport {
+        uptime_ms: u64::try_from((now - started).as_millis()).unwrap_or(u64::MAX),
+        lanes: lane_statuses(board),
+    }
+}
+
+/// The subscriptions to [`MSG_WATCH_LANES`]: (connection, subscribing `msg_id`).
+#[derive(Debug)]
+struct Watchers {
+    port: ControlPort,
+    subscribed: Vec<(ConnRef, u64)>,
+    status: StatusCell,
+}
+
+impl Watchers {
+    fn new(port: ControlPort, status: StatusCell) -> Self {
+        status.set("watchers", 0);
+        Self { port, subscribed: Vec::with_capacity(MAX_WATCHERS), status }
+    }
+
+    /// Takes the requests and close notices waiting (a bounded number), answering each
+    /// subscription with `report()`. Returns how many it took.
+    fn serve(&mut self, report: impl Fn() -> LaneReport) -> usize {
+        let before = self.subscribed.len();
+        let mut taken = 0;
+        while taken < REQUESTS_PER_PASS {
+            let Some(message) = self.port.poll() else { break };
+            taken += 1;
+            let request = match message {
+                ToService::Closed(conn) => {
+                    self.subscribed.retain(|(c, _)| *c != conn);
+                    continue;
+                }
+                ToService::Request(request) => request,
+            };
+            if let Err(e) = WatchLanes::decode(request.body.as_slice()) {
+                self.port.error(&request, CODE_BAD_REQUEST_BODY, &format!("bad request body: {e}"));
+            } else if self.subscribed.len() >= MAX_WATCHERS {
+                let text = format!(
+                    "too many watchers: {MAX_WATCHERS} subscriptions watch the lanes already; \
+                     close one and retry"
+                );
+                self.port.error(&request, CODE_LIMIT, &text);
+            } else {
+                self.port.respond(&request, &report());
+                self.subscribed.push((request.conn, request.msg_id));
+            }
+        }
+        if self.subscribed.len() != before {
+            self.status.set("watchers", self.subscribed.len());
+        }
+        taken
+    }
+
+    /// Pushes `report` to every subscription.
+    fn push(&mut self, report: &LaneReport) {
+        for &(conn, msg_id) in &self.subscribed {
+            // A full link drops the push (counted by the port): a watcher misses one report.
+            let _ = self.port.push(conn, msg_id, MSG_WATCH_LANES, report);
+        }
     }
 }
 
@@ -183,8 +301,13 @@ impl Agent for MetricsAgent {
     }
 
     fn do_work(&mut self, ctx: &mut Ctx<'_>) -> usize {
+        let now = ctx.now;
+        let mut work = 0;
+        if let Some(watch) = &mut self.watch {
+            work += watch.serve(|| lane_report(&self.board, self.started, now));
+        }
         if ctx.now < self.next {
-            return 0;
+            return work;
         }
         self.next = ctx.now + self.interval;
         self.uptime.set((ctx.now - self.started).as_secs());
@@ -204,7 +327,10 @@ impl Agent for MetricsAgent {
                 gauge.set(value);
             }
         }
+        if let Some(watch) = self.watch.as_mut().filter(|w| !w.subscribed.is_empty()) {
+            watch.push(&lane_report(&self.board, self.started, now));
+        }
         // Publishing is bookkeeping, not work: let the lane keep idling.
-        0
+        work
     }
 }

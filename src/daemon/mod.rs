@@ -24,11 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use control_agent::{
-    ControlAgent, ControlCounters, ControlHandler, ControlSettings, RouteSlot, CODE_UNAVAILABLE,
-    ERROR_KINDS,
+    ControlAgent, ControlCounters, ControlHandler, ControlSettings, RouteSlot, ERROR_KINDS,
 };
-pub use control_service::ControlService;
-pub use metrics_agent::{LaneGauges, MetricsAgent, MetricsService};
+pub use control_service::{ControlService, CONTROL};
+pub use metrics_agent::{LaneGauges, MetricsAgent, MetricsService, MAX_WATCHERS, METRICS};
 pub use service::{
     Build, CliContext, Prepare, Prepared, RequestSpec, Service, StatusBoard, StatusCell,
 };

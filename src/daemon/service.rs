@@ -123,6 +123,11 @@ impl<'a> Prepare<'a> {
     pub fn register(&mut self, spec: CounterSpec<'_>) -> Result<CounterId, MetricsError> {
         self.registry.register(spec)
     }
+
+    /// The registry itself, for code that registers without a `Prepare` too.
+    pub(super) fn registry(&mut self) -> &mut Registry {
+        self.registry
+    }
 }
 
 /// What a service sees in phase 2.

@@ -321,6 +321,9 @@ pub struct ConnTable<S> {
     buffered: usize,
     stats: ConnStats,
     counters: Option<ConnCounters>,
+    /// With [`keep_closed`](ConnTable::keep_closed): the states of closed connections, until
+    /// taken.
+    closed: Option<Vec<(ConnId, S)>>,
 }
 
 struct Slot<S> {
@@ -376,6 +379,7 @@ impl<S> ConnTable<S> {
             open: 0,
             buffered: 0,
             stats: ConnStats::default(),
+            closed: None,
             counters: None,
         }
     }
@@ -385,6 +389,22 @@ impl<S> ConnTable<S> {
         counters.open.set(self.open as u64);
         self.counters = Some(counters);
         self
+    }
+
+    /// Keeps the state of every connection the table closes, whatever closed it (a limit, a
+    /// failed operation, [`close`](Self::close), [`abort`](Self::abort),
+    /// [`close_all`](Self::close_all)), for [`take_closed`](Self::take_closed): for agents
+    /// that must release something per connection (subscriptions, credits) on every path.
+    /// Take them each pass; they are held until taken.
+    pub fn keep_closed(mut self) -> Self {
+        self.closed = Some(Vec::new());
+        self
+    }
+
+    /// A closed connection's state, kept by [`keep_closed`](Self::keep_closed) (`None` when
+    /// none is left, or without it).
+    pub fn take_closed(&mut self) -> Option<(ConnId, S)> {
+        self.closed.as_mut()?.pop()
     }
 
     /// Registers an accepted connection with the state `make` builds for it, or refuses it
@@ -828,6 +848,9 @@ impl<S> ConnTable<S> {
         ctx.close(id.local());
         if conn.armed.is_some() {
             ctx.cancel_timer(id.local());
+        }
+        if let Some(closed) = &mut self.closed {
+            closed.push((id, conn.state));
         }
     }
 
