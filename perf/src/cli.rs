@@ -161,14 +161,17 @@ HOW A RUN WORKS
        osrelease), clock source, the cost of one Instant::now(), the pinned cpus, idle.
     4. Rounds. Each round measures the floor, then every case, running the implementations in
        an order rotated by one each round so none always goes first or last. Every measurement
-       starts two fresh threads pinned to the two cpus, builds fresh queues, warms up, then
-       measures. Each (implementation, case) accumulates its samples over all rounds into one
-       HDR histogram (1 ns to 60 s, 3 significant digits); each throughput case keeps one rate
+       starts two fresh threads pinned to the two cpus (a cross-process case: one fresh
+       thread and one forked child process), builds fresh queues, warms up, then measures.
+       Each (implementation, case) accumulates its samples over all rounds into one HDR
+       histogram (1 ns to 60 s, 3 significant digits); each throughput case keeps one rate
        per round and reports the median.
     5. Every consumer checks that it received exactly the values sent, in order. A wrong or
        missing item aborts the run with exit status 3 and names the implementation and case.
     6. No allocation inside timed loops: buffers and queues are made before timing starts.
-       Waiting is a busy spin (no pause, no yield), the same loop for every implementation.
+       Waiting is a busy spin (no pause, no yield), the same loop for every implementation
+       (a cross-process case also counts the turns of each wait, to look at the other
+       process after 65,536 of them).
 
 THE FLOOR AND HOW TO READ THE RATIO
     Every round first measures the floor: two threads on the same two cpus, each storing to
@@ -204,8 +207,10 @@ JSON (--json FILE)
 
 EXIT STATUS
     0 done; 1 could not write the JSON file; 2 bad arguments, machine busy (without
-    --allow-busy), or a thread could not be pinned; 3 an item arrived out of order (a bug in
-    the implementation under test or in the harness).
+    --allow-busy), or a thread or child process could not be pinned; 3 an item arrived out of
+    order, or a shared-memory ring reported its peer corrupt (a bug in the implementation
+    under test or in the harness); 4 the child process of a cross-process case failed, died
+    or hung (killed after 60 s), or its shared memory could not be set up.
 "#;
 
 #[cfg(test)]

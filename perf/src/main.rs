@@ -6,13 +6,15 @@
 //! Layout: [`suites`] holds one file per suite (what is measured); the other modules are the
 //! shared harness every suite uses: [`pin`] (the cpu list, taken once, and pinning),
 //! [`idle`] (refuse or flag a busy machine), [`machine`] (the facts printed with every result),
-//! [`pair`] (two pinned threads and the checks they share), [`floor`] (the cross-core round
-//! trip every latency is divided by), [`summary`] (HDR histograms to percentiles) and
-//! [`report`] (the table and the JSON).
-#![forbid(unsafe_code)]
+//! [`pair`] (two pinned threads and the checks they share), [`fork`] (a pinned child process
+//! for the cross-process cases, the only module with unsafe code: `fork` and `_exit`),
+//! [`floor`] (the cross-core round trip every latency is divided by), [`summary`] (HDR
+//! histograms to percentiles) and [`report`] (the table and the JSON).
+#![deny(unsafe_code)]
 
 mod cli;
 mod floor;
+mod fork;
 mod idle;
 mod machine;
 mod pair;

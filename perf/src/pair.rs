@@ -1,8 +1,11 @@
 //! Two pinned threads and the pieces every cross-core measurement shares: the start barrier,
-//! the wait loop, timestamps to samples, and the loud stop on an out-of-order item.
+//! the wait loop and its [`Waiter`] policy, timestamps to samples, and the loud stop on an
+//! out-of-order item.
 
 use std::sync::Barrier;
 use std::time::Instant;
+
+use corelane_rings::spsc::Corruption;
 
 use crate::pin::{pin_current, Pair};
 
@@ -39,6 +42,40 @@ where
 /// would add that to each hand-off. Kept as one function so the policy lives in one place.
 #[inline(always)]
 pub fn relax() {}
+
+/// How a driver's wait loops turn and how its checks stop the run. The drivers are written
+/// once over this, so a thread pair ([`Threads`]) and a process pair
+/// ([`crate::fork::Watch`], which also keeps an eye on the other process) run the same loops.
+pub trait Waiter {
+    /// One turn of a wait loop; `turns` counts this wait's turns so far (start it at 0).
+    fn turn(&self, turns: &mut u32);
+    /// A consumer saw `got` where it expected `expected`: ends the run (exit status 3).
+    fn out_of_order(&self, imp: &str, case: &str, expected: u64, got: u64) -> !;
+    /// A ring end's verdict that the peer's position is impossible: ends the run (exit 3).
+    fn corrupt(&self, imp: &str, case: &str, c: Corruption) -> !;
+}
+
+/// The waiting of two threads of this process: [`relax`] and nothing else, so the turn
+/// counter compiles away.
+#[derive(Clone, Copy, Debug)]
+pub struct Threads;
+
+impl Waiter for Threads {
+    #[inline(always)]
+    fn turn(&self, _turns: &mut u32) {
+        relax();
+    }
+
+    fn out_of_order(&self, imp: &str, case: &str, expected: u64, got: u64) -> ! {
+        out_of_order(imp, case, expected, got)
+    }
+
+    #[cold]
+    fn corrupt(&self, imp: &str, case: &str, c: Corruption) -> ! {
+        eprintln!("error: {imp} {case}: {c}; aborting the run");
+        std::process::exit(3);
+    }
+}
 
 /// Runs `round_trip(i)` for `i` in `0..warmup` untimed, then for `warmup..warmup + samples`
 /// with one `Instant::now()` after each, and returns one sample (ns) per timed round trip: the

@@ -1,23 +1,35 @@
-//! Suite `spsc`: corelane's SPSC ring against rtrb, crossbeam-queue and crossbeam-channel.
+//! Suite `spsc`: corelane's SPSC ring against rtrb, crossbeam-queue and crossbeam-channel,
+//! and corelane's shared-memory ring between two processes next to them.
 //!
 //! Every implementation gets the same capacity, the same items, the same two pinned cpus, the
-//! same wait loop ([`relax`]) and the same order check; only the queue calls differ, and each
-//! result row names them (`api`). The generic drivers ([`rtt`], [`stream`], [`stream_batch`])
-//! see a queue only through the small traits [`Tx`], [`Rx`], [`BatchTx`], [`BatchRx`], which
-//! are implemented once per crate at the bottom of the file.
+//! same wait loop ([`pair::relax`]) and the same order check; only the queue calls differ,
+//! and each result row names them (`api`). Each side of a measurement is one driver function
+//! ([`rtt_lead`] and [`rtt_echo`], [`stream_push`] and [`stream_pop`], [`push_batches`] and
+//! [`pop_batches`]), written once over a [`Waiter`] and over the small traits [`Tx`], [`Rx`],
+//! [`ChunkTx`], [`SliceTx`], [`BatchRx`], which are implemented once per crate at the bottom
+//! of the file. A thread case runs the two sides on two threads ([`pair::run`], waiter
+//! [`Threads`]); `corelane-shm` runs the same functions in two processes ([`fork::run`],
+//! waiter [`fork::Watch`]), so the only differences are the ring and the process boundary.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use corelane::mapping::Mapping;
+use corelane_rings::region::Region;
 use corelane_rings::spsc;
+use corelane_rings::spsc::shm::{
+    region_len, Record, ShmConsumer, ShmPopError, ShmProducer, ShmPushError,
+};
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use serde_json::json;
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::{Plan, Suite};
 use crate::floor::{self, Ratios};
-use crate::pair::{self, out_of_order, relax};
+use crate::fork::{self, Cpus, Failure};
+use crate::pair::{self, Threads, Waiter};
 use crate::pin::Pair;
 use crate::report::{Measure, Report, Row};
 use crate::summary::{accumulate, histogram, histogram_of, median, Summary};
@@ -30,12 +42,18 @@ pub const SUITE: Suite = Suite {
 };
 
 const HELP: &str = "    Implementations, all with capacity 1024:
-      corelane           corelane_rings::spsc::channel
+      corelane           corelane_rings::spsc::channel (two threads, as all but the next)
+      corelane-shm       corelane_rings::spsc::shm between two processes, 64B cases only: the
+                         harness forks; the parent (a thread pinned to one cpu) and the child
+                         (pinned to the other) each attach their own ends of rings laid out in
+                         sealed memfds (corelane::mapping::Mapping::sealed_memfd), made before
+                         the fork and inherited by the child, one memfd per ring
       rtrb               rtrb::RingBuffer (0.3)
       crossbeam-queue    crossbeam_queue::ArrayQueue in an Arc, push/pop (an MPMC queue)
       crossbeam-channel  crossbeam_channel::bounded, try_send/try_recv spinning (MPMC)
-    Items: 8B = a u64; 64B = a Copy struct of [u64; 8]. Item n carries n in every word and
-    the consumer checks every word.
+    Items: 8B = a u64; 64B = a Copy struct of [u64; 8] (plain bytes, so also a shm record,
+    copied through the ring's atomic words). Item n carries n in every word and the consumer
+    checks every word.
 
     Cases:
       rtt-8B, rtt-64B    Round-trip latency. Thread A pushes item n into queue 1; thread B pops
@@ -57,9 +75,22 @@ const HELP: &str = "    Implementations, all with capacity 1024:
                          rtrb: write_chunk_uninit + fill_from_iter / read_chunk, iterated
                          (both free the read slots with one store when the chunk ends).
                          crossbeam has no batch API, so it has no batch rows.
+                         corelane-shm has no in-place claim: push_slice from a buffer filled
+                         once per batch / drain(32, f), which hands each record to f and frees
+                         the slots with one store.
       throughput-8B-slice, throughput-64B-slice
-                         As batch, through the copy-a-slice API: corelane push_slice/pop_slice,
-                         rtrb push_partial_slice/pop_partial_slice; 32 items per call.
+                         As batch, through the copy-a-slice API: corelane and corelane-shm
+                         push_slice/pop_slice, rtrb push_partial_slice/pop_partial_slice; 32
+                         items per call.
+
+    corelane-shm runs the same driver code as the thread cases, in two processes: in rtt the
+    parent is A (it times) and the child B; in the throughput cases the child pushes (on cpu
+    A) and the parent pops and times (on cpu B). The child allocates and prints nothing and
+    leaves with _exit; it dies with the parent (PR_SET_PDEATHSIG) and is always reaped. Its
+    wait loops are the same busy spin plus a turn counter: after 65,536 turns without
+    progress a side looks at the other process (the parent: the child's state and exit; both:
+    a 60 s deadline), and a failure or hang stops the run with exit status 4 (3 for an item
+    out of order), never a hang.
     Per round (default sizes; --quick in brackets): floor and every rtt case 2,000 [500]
     warm-up + 20,000 [3,000] timed round trips; every throughput case 200,000 [10,000] warm-up
     + 2,000,000 [100,000] timed items.
@@ -102,34 +133,48 @@ impl Sizes {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Impl {
     Corelane,
+    CorelaneShm,
     Rtrb,
     CrossbeamQueue,
     CrossbeamChannel,
 }
 
 /// Table order; each round starts one further along this list.
-const IMPLS: [Impl; 4] = [Impl::Corelane, Impl::Rtrb, Impl::CrossbeamQueue, Impl::CrossbeamChannel];
+const IMPLS: [Impl; 5] =
+    [Impl::Corelane, Impl::CorelaneShm, Impl::Rtrb, Impl::CrossbeamQueue, Impl::CrossbeamChannel];
 
 impl Impl {
     fn name(self) -> &'static str {
         match self {
             Impl::Corelane => "corelane",
+            Impl::CorelaneShm => "corelane-shm",
             Impl::Rtrb => "rtrb",
             Impl::CrossbeamQueue => "crossbeam-queue",
             Impl::CrossbeamChannel => "crossbeam-channel",
         }
     }
 
-    fn runs(self, kind: Kind) -> bool {
-        match kind {
-            Kind::Rtt | Kind::Stream => true,
-            Kind::Batch(_) => matches!(self, Impl::Corelane | Impl::Rtrb),
+    fn runs(self, case: Case) -> bool {
+        match self {
+            Impl::Corelane | Impl::Rtrb => true,
+            // The cross-process case is about 64-byte records (issue 6).
+            Impl::CorelaneShm => case.size == Size::B64,
+            Impl::CrossbeamQueue | Impl::CrossbeamChannel => !matches!(case.kind, Kind::Batch(_)),
         }
     }
 
     fn api(self, kind: Kind) -> &'static str {
         match (self, kind) {
             (Impl::Corelane | Impl::Rtrb, Kind::Rtt | Kind::Stream) => "push/pop",
+            (Impl::CorelaneShm, Kind::Rtt | Kind::Stream) => {
+                "push/pop, 2 processes, sealed memfd rings"
+            }
+            (Impl::CorelaneShm, Kind::Batch(Batch::Chunk)) => {
+                "push_slice (buffer filled once per batch) / drain(32, f), 2 processes"
+            }
+            (Impl::CorelaneShm, Kind::Batch(Batch::Slice)) => {
+                "push_slice/pop_slice, 32 per call, 2 processes"
+            }
             (Impl::CrossbeamQueue, _) => "Arc<ArrayQueue> push/pop",
             (Impl::CrossbeamChannel, _) => "bounded try_send/try_recv",
             (Impl::Corelane, Kind::Batch(Batch::Chunk)) => {
@@ -208,7 +253,7 @@ fn run(plan: &Plan) -> Report {
     let mut cells: Vec<Cell> = CASES
         .iter()
         .flat_map(|&case| IMPLS.iter().map(move |&imp| (imp, case)))
-        .filter(|(imp, case)| imp.runs(case.kind) && plan.wants(case.name))
+        .filter(|(imp, case)| imp.runs(*case) && plan.wants(case.name))
         .map(|(imp, case)| Cell {
             imp,
             case,
@@ -284,16 +329,22 @@ fn run(plan: &Plan) -> Report {
             "stream_warmup": sizes.stream_warmup,
             "stream_items_per_round": sizes.stream_items,
             "wait": "busy spin",
+            "shm": "corelane-shm: fork; parent thread and child process pinned to the two cpus; \
+                     one sealed memfd per ring",
+            "shm_check_every_turns": fork::CHECK_EVERY,
+            "shm_limit_s": fork::LIMIT.as_secs(),
         }),
     }
 }
 
-/// One measurement of `imp` on `case`, with fresh queues and fresh pinned threads.
+/// One measurement of `imp` on `case`, with fresh queues and fresh pinned threads (or, for
+/// corelane-shm, a fresh pinned thread and a fresh pinned child process).
 fn measure(imp: Impl, case: Case, pair: &Pair, sizes: Sizes) -> Measured {
     let label = Label { imp: imp.name(), case: case.name };
-    match case.size {
-        Size::B8 => measure_items::<u64>(imp, case.kind, label, pair, sizes),
-        Size::B64 => measure_items::<Msg64>(imp, case.kind, label, pair, sizes),
+    match (imp, case.size) {
+        (Impl::CorelaneShm, _) => measure_shm(case.kind, label, pair, sizes),
+        (_, Size::B8) => measure_items::<u64>(imp, case.kind, label, pair, sizes),
+        (_, Size::B64) => measure_items::<Msg64>(imp, case.kind, label, pair, sizes),
     }
 }
 
@@ -327,6 +378,7 @@ fn measure_items<T: Item>(
                 crossbeam_channel::bounded(cap),
                 crossbeam_channel::bounded(cap),
             ),
+            Impl::CorelaneShm => unreachable!("measure sends corelane-shm to measure_shm"),
         }),
         Kind::Stream => Measured::Rate(match imp {
             Impl::Corelane => stream::<T, _, _>(pair, label, sizes, spsc::channel(cap)),
@@ -335,6 +387,7 @@ fn measure_items<T: Item>(
             Impl::CrossbeamChannel => {
                 stream::<T, _, _>(pair, label, sizes, crossbeam_channel::bounded(cap))
             }
+            Impl::CorelaneShm => unreachable!("measure sends corelane-shm to measure_shm"),
         }),
         Kind::Batch(batch) => Measured::Rate(match imp {
             Impl::Corelane => {
@@ -346,6 +399,7 @@ fn measure_items<T: Item>(
             Impl::CrossbeamQueue | Impl::CrossbeamChannel => {
                 unreachable!("Impl::runs keeps crossbeam out of the batch cases")
             }
+            Impl::CorelaneShm => unreachable!("measure sends corelane-shm to measure_shm"),
         }),
     }
 }
@@ -358,7 +412,7 @@ struct Label {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Drivers
+// Thread pairs: the two sides of each measurement on two pinned threads.
 
 /// Round trips through `there` (A -> B) and `back` (B -> A), one item in flight. Returns one
 /// sample (ns) per timed round trip.
@@ -371,23 +425,10 @@ fn rtt<T: Item, P: Tx<T>, C: Rx<T>>(
 ) -> Vec<u64> {
     let (mut there_tx, mut there_rx) = there;
     let (mut back_tx, mut back_rx) = back;
-    let Sizes { rtt_warmup: warmup, rtt_samples: samples, .. } = sizes;
-    let total = warmup + samples;
     let (samples, ()) = pair::run(
         pair,
-        move || {
-            pair::time_round_trips(warmup, samples, |seq| {
-                push_spin(&mut there_tx, T::from_seq(seq));
-                check(pop_spin(&mut back_rx), seq, label);
-            })
-        },
-        move || {
-            for seq in 0..total {
-                let item = pop_spin(&mut there_rx);
-                check(item, seq, label);
-                push_spin(&mut back_tx, item);
-            }
-        },
+        move || rtt_lead(&Threads, label, sizes, &mut there_tx, &mut back_rx),
+        move || rtt_echo::<T, _>(&Threads, label, sizes, &mut there_rx, &mut back_tx),
     );
     samples
 }
@@ -399,94 +440,306 @@ fn stream<T: Item, P: Tx<T>, C: Rx<T>>(
     sizes: Sizes,
     (mut tx, mut rx): (P, C),
 ) -> f64 {
-    let Sizes { stream_warmup: warmup, stream_items: items, .. } = sizes;
-    let total = warmup + items;
     let ((), elapsed) = pair::run(
         pair,
-        move || {
-            for seq in 0..total {
-                push_spin(&mut tx, T::from_seq(seq));
-            }
-        },
-        move || {
-            for seq in 0..warmup {
-                check(pop_spin(&mut rx), seq, label);
-            }
-            let start = Instant::now();
-            for seq in warmup..total {
-                check(pop_spin(&mut rx), seq, label);
-            }
-            start.elapsed()
-        },
+        move || stream_push::<T, _>(&Threads, sizes, &mut tx),
+        move || stream_pop::<T, _>(&Threads, label, sizes, &mut rx),
     );
-    rate(items, elapsed)
+    rate(sizes.stream_items, elapsed)
 }
 
 /// As [`stream`], up to [`BATCH`] items per call through the chunk or slice API.
-fn stream_batch<T: Item, P: BatchTx<T>, C: BatchRx<T>>(
+fn stream_batch<T: Item, P: ChunkTx<T> + SliceTx<T>, C: BatchRx<T>>(
     pair: &Pair,
     label: Label,
     sizes: Sizes,
     batch: Batch,
     (mut tx, mut rx): (P, C),
 ) -> f64 {
-    let Sizes { stream_warmup: warmup, stream_items: items, .. } = sizes;
-    let total = warmup + items;
     let ((), elapsed) = pair::run(
         pair,
-        move || {
-            let mut buf = [T::from_seq(0); BATCH];
-            let mut filled_from = u64::MAX;
-            let mut seq = 0;
-            while seq < total {
-                let max = BATCH.min((total - seq) as usize);
-                let pushed = match batch {
-                    Batch::Chunk => tx.push_chunk(seq, max),
-                    Batch::Slice => {
-                        if filled_from != seq {
-                            for (i, slot) in buf[..max].iter_mut().enumerate() {
-                                *slot = T::from_seq(seq + i as u64);
-                            }
-                            filled_from = seq;
-                        }
-                        tx.push_copied(&buf[..max])
-                    }
-                };
-                if pushed == 0 {
-                    relax();
-                }
-                seq += pushed as u64;
+        move || match batch {
+            Batch::Chunk => push_batches(&Threads, sizes, |seq, max| tx.push_chunk(seq, max)),
+            Batch::Slice => {
+                push_batches(&Threads, sizes, from_buffer::<T>(|items| tx.push_copied(items)))
             }
         },
-        move || {
-            let mut buf = [T::from_seq(0); BATCH];
-            let mut next = 0;
-            let mut pop_until = |end: u64, next: &mut u64| {
-                while *next < end {
-                    let max = BATCH.min((end - *next) as usize);
-                    let popped = match batch {
-                        Batch::Chunk => rx.pop_chunk(next, max, label),
-                        Batch::Slice => {
-                            let popped = rx.pop_copied(&mut buf[..max]);
-                            for &item in &buf[..popped] {
-                                check(item, *next, label);
-                                *next += 1;
-                            }
-                            popped
-                        }
-                    };
-                    if popped == 0 {
-                        relax();
-                    }
-                }
-            };
-            pop_until(warmup, &mut next);
-            let start = Instant::now();
-            pop_until(total, &mut next);
-            start.elapsed()
+        move || match batch {
+            Batch::Chunk => pop_batches(&Threads, sizes, |next, max| {
+                pop_each_checked(&Threads, label, &mut rx, next, max)
+            }),
+            Batch::Slice => pop_batches(
+                &Threads,
+                sizes,
+                into_buffer::<T, _>(&Threads, label, |out| rx.pop_copied(out)),
+            ),
         },
     );
-    rate(items, elapsed)
+    rate(sizes.stream_items, elapsed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process pairs: corelane-shm, the same sides in a parent and a forked child.
+
+/// One measurement of the shared-memory ring between two processes (64-byte records). A
+/// failure before or after the timed work ends the run here; one during it ends the run
+/// from inside the watch ([`fork`]).
+fn measure_shm(kind: Kind, label: Label, pair: &Pair, sizes: Sizes) -> Measured {
+    let what = format!("{} {}", label.imp, label.case);
+    let measured = match kind {
+        Kind::Rtt => shm_rtt(&what, label, pair, sizes).map(Measured::Latency),
+        Kind::Stream => shm_stream(&what, label, pair, sizes, None),
+        Kind::Batch(batch) => shm_stream(&what, label, pair, sizes, Some(batch)),
+    };
+    measured.unwrap_or_else(|e| {
+        eprintln!("error: {what}: {e}; aborting the run");
+        std::process::exit(e.exit_code())
+    })
+}
+
+/// Round trips as in [`rtt`]: the parent is A (pinned to `pair.a`, it times), the child B
+/// (pinned to `pair.b`). Ring `there` is the parent's to push into, `back` the child's.
+fn shm_rtt(what: &str, label: Label, pair: &Pair, sizes: Sizes) -> Result<Vec<u64>, fork::Error> {
+    let (there, back) = (shm_region("corelane-perf-there")?, shm_region("corelane-perf-back")?);
+    let there_tx = ShmProducer::<Msg64, _>::create(&there, CAPACITY as u64).map_err(setup)?;
+    lay_out(&back)?;
+    let back_rx = ShmConsumer::<Msg64, _>::attach(&back).map_err(setup)?;
+    fork::run(
+        what,
+        Cpus { parent: pair.a, child: pair.b },
+        fork::LIMIT,
+        |w| {
+            let rx = ShmConsumer::<Msg64, _>::attach(&there).map_err(|_| Failure::Attach)?;
+            let tx = ShmProducer::<Msg64, _>::attach(&back).map_err(|_| Failure::Attach)?;
+            let (mut rx, mut tx) = (Watched::new(rx, w, label), Watched::new(tx, w, label));
+            w.start();
+            rtt_echo::<Msg64, _>(w, label, sizes, &mut rx, &mut tx);
+            Ok(())
+        },
+        move |w| {
+            let mut tx = Watched::new(there_tx, w, label);
+            let mut rx = Watched::new(back_rx, w, label);
+            rtt_lead(w, label, sizes, &mut tx, &mut rx)
+        },
+    )
+}
+
+/// A stream as in [`stream`] (`batch` None) or [`stream_batch`]: the child pushes (pinned to
+/// `pair.a`, like thread A), the parent pops and times (pinned to `pair.b`).
+fn shm_stream(
+    what: &str,
+    label: Label,
+    pair: &Pair,
+    sizes: Sizes,
+    batch: Option<Batch>,
+) -> Result<Measured, fork::Error> {
+    let ring = shm_region("corelane-perf-stream")?;
+    lay_out(&ring)?;
+    let rx = ShmConsumer::<Msg64, _>::attach(&ring).map_err(setup)?;
+    let elapsed = fork::run(
+        what,
+        Cpus { parent: pair.b, child: pair.a },
+        fork::LIMIT,
+        |w| {
+            let tx = ShmProducer::<Msg64, _>::attach(&ring).map_err(|_| Failure::Attach)?;
+            let mut tx = Watched::new(tx, w, label);
+            w.start();
+            match batch {
+                None => stream_push::<Msg64, _>(w, sizes, &mut tx),
+                // No in-place claim in the shm API: both batch cases copy a prepared buffer.
+                Some(Batch::Chunk | Batch::Slice) => {
+                    push_batches(w, sizes, from_buffer::<Msg64>(|items| tx.push_copied(items)))
+                }
+            }
+            Ok(())
+        },
+        move |w| {
+            let mut rx = Watched::new(rx, w, label);
+            match batch {
+                None => stream_pop::<Msg64, _>(w, label, sizes, &mut rx),
+                Some(Batch::Chunk) => pop_batches(w, sizes, |next, max| {
+                    pop_each_checked(w, label, &mut rx, next, max)
+                }),
+                Some(Batch::Slice) => pop_batches(
+                    w,
+                    sizes,
+                    into_buffer::<Msg64, _>(w, label, |out| rx.pop_copied(out)),
+                ),
+            }
+        },
+    )?;
+    Ok(Measured::Rate(rate(sizes.stream_items, elapsed)))
+}
+
+/// A sealed memfd, mapped, sized for one ring of [`CAPACITY`] 64-byte records: what the
+/// daemon will hand its clients. The descriptor is closed at once: the child inherits the
+/// mapping itself.
+fn shm_region(name: &str) -> Result<Mapping, fork::Error> {
+    let len = region_len::<Msg64>(CAPACITY).expect("1024 records of 64 bytes fit in a usize");
+    Mapping::sealed_memfd(name, len).map(|(map, _fd)| map).map_err(setup)
+}
+
+/// Lays out a ring whose producer will be the child: created, then the role given back.
+fn lay_out(map: &Mapping) -> Result<(), fork::Error> {
+    ShmProducer::<Msg64, _>::create(map, CAPACITY as u64).map(drop).map_err(setup)
+}
+
+fn setup(e: impl std::fmt::Display) -> fork::Error {
+    fork::Error::Setup(format!("cannot set up a shared-memory ring: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sides: each one loop, the same for threads and processes.
+
+/// A's side of a round trip: push item n into `tx`, wait for it in `rx`. `warmup` untimed
+/// trips, then `samples` timed ones; one sample (ns) per timed trip.
+fn rtt_lead<T: Item, W: Waiter>(
+    w: &W,
+    label: Label,
+    sizes: Sizes,
+    tx: &mut impl Tx<T>,
+    rx: &mut impl Rx<T>,
+) -> Vec<u64> {
+    pair::time_round_trips(sizes.rtt_warmup, sizes.rtt_samples, |seq| {
+        push_spin(w, tx, T::from_seq(seq));
+        check(w, pop_spin(w, rx), seq, label);
+    })
+}
+
+/// B's side of a round trip: take item n from `rx`, check it, push it into `tx`.
+fn rtt_echo<T: Item, W: Waiter>(
+    w: &W,
+    label: Label,
+    sizes: Sizes,
+    rx: &mut impl Rx<T>,
+    tx: &mut impl Tx<T>,
+) {
+    for seq in 0..sizes.rtt_warmup + sizes.rtt_samples {
+        let item = pop_spin(w, rx);
+        check(w, item, seq, label);
+        push_spin(w, tx, item);
+    }
+}
+
+/// The producer of a stream: items `0..warmup + items`, one at a time.
+fn stream_push<T: Item, W: Waiter>(w: &W, sizes: Sizes, tx: &mut impl Tx<T>) {
+    for seq in 0..sizes.stream_warmup + sizes.stream_items {
+        push_spin(w, tx, T::from_seq(seq));
+    }
+}
+
+/// The consumer of a stream: checks every item, and times the last `items` of them.
+fn stream_pop<T: Item, W: Waiter>(
+    w: &W,
+    label: Label,
+    sizes: Sizes,
+    rx: &mut impl Rx<T>,
+) -> Duration {
+    let Sizes { stream_warmup: warmup, stream_items: items, .. } = sizes;
+    let total = warmup + items;
+    for seq in 0..warmup {
+        check(w, pop_spin(w, rx), seq, label);
+    }
+    let start = Instant::now();
+    for seq in warmup..total {
+        check(w, pop_spin(w, rx), seq, label);
+    }
+    start.elapsed()
+}
+
+/// The producer of a batch stream: `push(seq, max)` hands over up to `max` items from item
+/// `seq` on and returns how many went in (0 if full).
+fn push_batches<W: Waiter>(w: &W, sizes: Sizes, mut push: impl FnMut(u64, usize) -> usize) {
+    let total = sizes.stream_warmup + sizes.stream_items;
+    let (mut seq, mut turns) = (0, 0);
+    while seq < total {
+        let max = BATCH.min((total - seq) as usize);
+        let pushed = push(seq, max);
+        if pushed == 0 {
+            w.turn(&mut turns);
+        } else {
+            turns = 0;
+        }
+        seq += pushed as u64;
+    }
+}
+
+/// The consumer of a batch stream: `pop(next, max)` takes up to `max` items, checks each
+/// against `*next` and advances it, and returns how many (0 if empty). Times the last
+/// `items`.
+fn pop_batches<W: Waiter>(
+    w: &W,
+    sizes: Sizes,
+    mut pop: impl FnMut(&mut u64, usize) -> usize,
+) -> Duration {
+    let Sizes { stream_warmup: warmup, stream_items: items, .. } = sizes;
+    let total = warmup + items;
+    let (mut next, mut turns) = (0, 0);
+    let mut pop_until = |end: u64, next: &mut u64| {
+        while *next < end {
+            let max = BATCH.min((end - *next) as usize);
+            if pop(next, max) == 0 {
+                w.turn(&mut turns);
+            } else {
+                turns = 0;
+            }
+        }
+    };
+    pop_until(warmup, &mut next);
+    let start = Instant::now();
+    pop_until(total, &mut next);
+    start.elapsed()
+}
+
+/// A batch producer over `push(items)` that copies a prepared buffer: the buffer is refilled
+/// only when the stream moved on, so a retry after "full" copies the same items again
+/// without rebuilding them.
+fn from_buffer<'a, T: Item>(
+    mut push: impl FnMut(&[T]) -> usize + 'a,
+) -> impl FnMut(u64, usize) -> usize + 'a {
+    let mut buf = [T::from_seq(0); BATCH];
+    let mut filled_from = u64::MAX;
+    move |seq, max| {
+        if filled_from != seq {
+            for (i, slot) in buf[..max].iter_mut().enumerate() {
+                *slot = T::from_seq(seq + i as u64);
+            }
+            filled_from = seq;
+        }
+        push(&buf[..max])
+    }
+}
+
+/// A batch consumer over `pop(out)` that copies items into a buffer, then checks them.
+fn into_buffer<'a, T: Item, W: Waiter>(
+    w: &'a W,
+    label: Label,
+    mut pop: impl FnMut(&mut [T]) -> usize + 'a,
+) -> impl FnMut(&mut u64, usize) -> usize + 'a {
+    let mut buf = [T::from_seq(0); BATCH];
+    move |next, max| {
+        let popped = pop(&mut buf[..max]);
+        for &item in &buf[..popped] {
+            check(w, item, *next, label);
+            *next += 1;
+        }
+        popped
+    }
+}
+
+/// One batch taken in place: each item checked as `rx` hands it over.
+#[inline(always)]
+fn pop_each_checked<T: Item, W: Waiter>(
+    w: &W,
+    label: Label,
+    rx: &mut impl BatchRx<T>,
+    next: &mut u64,
+    max: usize,
+) -> usize {
+    rx.pop_each(max, |item| {
+        check(w, item, *next, label);
+        *next += 1;
+    })
 }
 
 fn rate(items: u64, elapsed: Duration) -> f64 {
@@ -494,33 +747,35 @@ fn rate(items: u64, elapsed: Duration) -> f64 {
 }
 
 #[inline(always)]
-fn push_spin<T, P: Tx<T>>(tx: &mut P, mut item: T) {
+fn push_spin<T, P: Tx<T>, W: Waiter>(w: &W, tx: &mut P, mut item: T) {
+    let mut turns = 0;
     loop {
         match tx.try_push(item) {
             Ok(()) => return,
             Err(back) => item = back,
         }
-        relax();
+        w.turn(&mut turns);
     }
 }
 
 #[inline(always)]
-fn pop_spin<T, C: Rx<T>>(rx: &mut C) -> T {
+fn pop_spin<T, C: Rx<T>, W: Waiter>(w: &W, rx: &mut C) -> T {
+    let mut turns = 0;
     loop {
         if let Some(item) = rx.try_pop() {
             return item;
         }
-        relax();
+        w.turn(&mut turns);
     }
 }
 
 /// Ends the run unless `item` is item number `expected`. `black_box` keeps the compiler from
 /// reasoning about the item's contents, so every word really is loaded and compared.
 #[inline(always)]
-fn check<T: Item>(item: T, expected: u64, label: Label) {
+fn check<T: Item, W: Waiter>(w: &W, item: T, expected: u64, label: Label) {
     let item = black_box(item);
     if !item.carries(expected) {
-        out_of_order(label.imp, label.case, expected, item.seq());
+        w.out_of_order(label.imp, label.case, expected, item.seq());
     }
 }
 
@@ -552,8 +807,10 @@ impl Item for u64 {
     }
 }
 
-/// The 64-byte item: a plain `Copy` struct, alignment 8 like most real messages.
-#[derive(Clone, Copy, Debug)]
+/// The 64-byte item: a plain `Copy` struct, alignment 8 like most real messages; plain bytes
+/// (zerocopy), so it is also a record of the shared-memory ring.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable)]
+#[repr(C)]
 struct Msg64([u64; 8]);
 
 impl Item for Msg64 {
@@ -573,7 +830,7 @@ impl Item for Msg64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The queues, seen through four small traits.
+// The queues, seen through five small traits.
 
 /// A queue's sending end: one item, or the item back if full.
 trait Tx<T>: Send {
@@ -585,18 +842,23 @@ trait Rx<T>: Send {
     fn try_pop(&mut self) -> Option<T>;
 }
 
-/// Batch sending: `push_chunk` writes items `seq..seq + n` in place, `push_copied` copies a
-/// prepared slice. Both publish once and return how many went in (0 if full).
-trait BatchTx<T>: Send {
+/// Batch sending in place: writes items `seq..seq + n` (n <= max) straight into the slots
+/// and publishes them once; returns n (0 if full).
+trait ChunkTx<T>: Send {
     fn push_chunk(&mut self, seq: u64, max: usize) -> usize;
+}
+
+/// Batch sending by copy: copies as many of `items` as fit and publishes them once; returns
+/// how many (0 if full).
+trait SliceTx<T>: Send {
     fn push_copied(&mut self, items: &[T]) -> usize;
 }
 
-/// Batch receiving: `pop_chunk` takes up to `max` items in place, checking each against
-/// `*next` and advancing it; `pop_copied` copies up to `out.len()` items out. Both return how
-/// many (0 if empty).
+/// Batch receiving: `pop_each` hands up to `max` items to `f` in order, in place, and frees
+/// their slots once; `pop_copied` copies up to `out.len()` items out. Both return how many
+/// (0 if empty).
 trait BatchRx<T>: Send {
-    fn pop_chunk(&mut self, next: &mut u64, max: usize, label: Label) -> usize;
+    fn pop_each(&mut self, max: usize, f: impl FnMut(T)) -> usize;
     fn pop_copied(&mut self, out: &mut [T]) -> usize;
 }
 
@@ -614,7 +876,7 @@ impl<T: Send> Rx<T> for spsc::Consumer<T> {
     }
 }
 
-impl<T: Item> BatchTx<T> for spsc::Producer<T> {
+impl<T: Item> ChunkTx<T> for spsc::Producer<T> {
     #[inline(always)]
     fn push_chunk(&mut self, seq: u64, max: usize) -> usize {
         let mut chunk = self.write_chunk(max);
@@ -624,7 +886,9 @@ impl<T: Item> BatchTx<T> for spsc::Producer<T> {
         chunk.fill_from((seq..).map(T::from_seq));
         chunk.commit()
     }
+}
 
+impl<T: Item> SliceTx<T> for spsc::Producer<T> {
     #[inline(always)]
     fn push_copied(&mut self, items: &[T]) -> usize {
         self.push_slice(items)
@@ -633,19 +897,95 @@ impl<T: Item> BatchTx<T> for spsc::Producer<T> {
 
 impl<T: Item> BatchRx<T> for spsc::Consumer<T> {
     #[inline(always)]
-    fn pop_chunk(&mut self, next: &mut u64, max: usize, label: Label) -> usize {
+    fn pop_each(&mut self, max: usize, f: impl FnMut(T)) -> usize {
         let chunk = self.read_chunk(max);
         let taken = chunk.len();
-        for item in chunk {
-            check(item, *next, label);
-            *next += 1;
-        }
+        chunk.for_each(f);
         taken
     }
 
     #[inline(always)]
     fn pop_copied(&mut self, out: &mut [T]) -> usize {
         self.pop_slice(out)
+    }
+}
+
+/// A shared-memory ring end with the waiter that reports its verdicts. Between two honest
+/// processes a `Corrupt` verdict is a bug (in the ring or in the harness): it ends the run
+/// instead of looking like a full or empty ring forever.
+struct Watched<'w, E, W> {
+    end: E,
+    w: &'w W,
+    label: Label,
+}
+
+impl<'w, E, W> Watched<'w, E, W> {
+    fn new(end: E, w: &'w W, label: Label) -> Self {
+        Self { end, w, label }
+    }
+}
+
+impl<T: Item + Record, R: Region + Send, W: Waiter + Sync> Tx<T>
+    for Watched<'_, ShmProducer<T, R>, W>
+{
+    #[inline(always)]
+    fn try_push(&mut self, item: T) -> Result<(), T> {
+        match self.end.push(item) {
+            Ok(()) => Ok(()),
+            Err(ShmPushError::Full(item)) => Err(item),
+            Err(ShmPushError::Corrupt(_, c)) => self.w.corrupt(self.label.imp, self.label.case, c),
+        }
+    }
+}
+
+impl<T: Item + Record, R: Region + Send, W: Waiter + Sync> SliceTx<T>
+    for Watched<'_, ShmProducer<T, R>, W>
+{
+    #[inline(always)]
+    fn push_copied(&mut self, items: &[T]) -> usize {
+        let pushed = self.end.push_slice(items);
+        if pushed == 0 {
+            if let Some(c) = self.end.corruption() {
+                self.w.corrupt(self.label.imp, self.label.case, c);
+            }
+        }
+        pushed
+    }
+}
+
+impl<T: Item + Record, R: Region + Send, W: Waiter + Sync> Rx<T>
+    for Watched<'_, ShmConsumer<T, R>, W>
+{
+    #[inline(always)]
+    fn try_pop(&mut self) -> Option<T> {
+        match self.end.pop() {
+            Ok(item) => Some(item),
+            Err(ShmPopError::Empty) => None,
+            Err(ShmPopError::Corrupt(c)) => self.w.corrupt(self.label.imp, self.label.case, c),
+        }
+    }
+}
+
+impl<T: Item + Record, R: Region + Send, W: Waiter + Sync> BatchRx<T>
+    for Watched<'_, ShmConsumer<T, R>, W>
+{
+    #[inline(always)]
+    fn pop_each(&mut self, max: usize, f: impl FnMut(T)) -> usize {
+        match self.end.drain(max, f) {
+            Ok(taken) => taken,
+            Err(c) => self.w.corrupt(self.label.imp, self.label.case, c),
+        }
+    }
+
+    #[inline(always)]
+    fn pop_copied(&mut self, out: &mut [T]) -> usize {
+        let popped = self.end.pop_slice(out);
+        if popped == 0 {
+            if let Some(c) = self.end.corruption() {
+                self.w.corrupt(self.label.imp, self.label.case, c);
+            }
+        }
+        popped
     }
 }
 
@@ -666,7 +1006,7 @@ impl<T: Send> Rx<T> for rtrb::Consumer<T> {
 /// rtrb's chunk calls ask for exactly `n` slots and fail with the number available if fewer
 /// are; the cheap idiom is to ask for `max` (answered from the cached index when possible) and
 /// on failure ask again for what is there (answered from the index just refreshed).
-impl<T: Item> BatchTx<T> for rtrb::Producer<T> {
+impl<T: Item> ChunkTx<T> for rtrb::Producer<T> {
     #[inline(always)]
     fn push_chunk(&mut self, seq: u64, max: usize) -> usize {
         let chunk = match self.write_chunk_uninit(max) {
@@ -679,7 +1019,9 @@ impl<T: Item> BatchTx<T> for rtrb::Producer<T> {
         };
         chunk.fill_from_iter((seq..).map(T::from_seq))
     }
+}
 
+impl<T: Item> SliceTx<T> for rtrb::Producer<T> {
     #[inline(always)]
     fn push_copied(&mut self, items: &[T]) -> usize {
         self.push_partial_slice(items).0.len()
@@ -688,7 +1030,7 @@ impl<T: Item> BatchTx<T> for rtrb::Producer<T> {
 
 impl<T: Item> BatchRx<T> for rtrb::Consumer<T> {
     #[inline(always)]
-    fn pop_chunk(&mut self, next: &mut u64, max: usize, label: Label) -> usize {
+    fn pop_each(&mut self, max: usize, f: impl FnMut(T)) -> usize {
         let chunk = match self.read_chunk(max) {
             Ok(chunk) => chunk,
             Err(rtrb::chunks::ChunkError::TooFewSlots(0)) => return 0,
@@ -698,10 +1040,7 @@ impl<T: Item> BatchRx<T> for rtrb::Consumer<T> {
             },
         };
         let taken = chunk.len();
-        for item in chunk {
-            check(item, *next, label);
-            *next += 1;
-        }
+        chunk.into_iter().for_each(f);
         taken
     }
 
@@ -750,6 +1089,8 @@ impl<T: Send> Rx<T> for crossbeam_channel::Receiver<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pin::Cores;
+    use corelane_rings::spsc::shm::HeapRegion;
 
     #[test]
     fn items_carry_their_number_in_every_word() {
@@ -758,52 +1099,118 @@ mod tests {
         torn.0[5] = 8;
         assert!(!torn.carries(7), "a torn item must fail the check");
         assert_eq!(std::mem::size_of::<Msg64>(), 64);
+        assert_eq!(std::mem::align_of::<Msg64>(), 8);
+        assert_eq!(Msg64::from_seq(3).as_bytes()[8..16], 3u64.to_ne_bytes());
         assert!(5u64.carries(5) && !5u64.carries(6));
     }
 
     #[test]
-    fn every_case_has_rows_and_crossbeam_has_no_batch() {
+    fn every_case_has_rows_and_the_table_has_the_right_holes() {
         for case in CASES {
-            assert!(IMPLS.iter().filter(|i| i.runs(case.kind)).count() >= 2, "{}", case.name);
+            assert!(IMPLS.iter().filter(|i| i.runs(case)).count() >= 2, "{}", case.name);
         }
-        assert!(!Impl::CrossbeamChannel.runs(Kind::Batch(Batch::Chunk)));
-        assert!(Impl::Rtrb.runs(Kind::Batch(Batch::Slice)));
+        let case = |name: &str| CASES.into_iter().find(|c| c.name == name).unwrap();
+        assert!(!Impl::CrossbeamChannel.runs(case("throughput-8B-batch")));
+        assert!(Impl::Rtrb.runs(case("throughput-8B-slice")));
+        let shm: Vec<&str> =
+            CASES.into_iter().filter(|&c| Impl::CorelaneShm.runs(c)).map(|c| c.name).collect();
+        assert_eq!(
+            shm,
+            ["rtt-64B", "throughput-64B", "throughput-64B-batch", "throughput-64B-slice"],
+            "corelane-shm: every 64-byte case, no 8-byte one"
+        );
     }
 
-    /// The batch adapters move every item exactly once, in order, for every crate (single
-    /// thread, so this checks the adapters, not the timing).
+    /// Alternates `push` and `pop` (the batch drivers' closures) on one thread until 1000
+    /// items went through: the adapters move every item exactly once, in order.
+    fn interleave(
+        mut push: impl FnMut(u64, usize) -> usize,
+        mut pop: impl FnMut(&mut u64, usize) -> usize,
+    ) {
+        let (mut seq, mut next) = (0u64, 0u64);
+        while next < 1000 {
+            let max = BATCH.min((1000 - seq) as usize);
+            seq += push(seq, max) as u64;
+            let before = next;
+            let popped = pop(&mut next, 7);
+            assert_eq!(next - before, popped as u64, "pop reports what it checked");
+        }
+        assert_eq!((seq, next), (1000, 1000));
+    }
+
+    const LABEL: Label = Label { imp: "test", case: "test" };
+
+    fn shm_pair(
+        capacity: usize,
+    ) -> (ShmProducer<u64, Arc<HeapRegion>>, ShmConsumer<u64, Arc<HeapRegion>>) {
+        let region = Arc::new(HeapRegion::new(region_len::<u64>(capacity).unwrap()));
+        let tx = ShmProducer::<u64, _>::create(region.clone(), capacity as u64).unwrap();
+        (tx, ShmConsumer::<u64, _>::attach(region).unwrap())
+    }
+
+    /// The batch adapters and fillers move every item exactly once, in order, for every crate
+    /// (single thread, so this checks the adapters, not the timing).
     #[test]
     fn batch_adapters_move_items_in_order() {
-        fn drive<P: BatchTx<u64>, C: BatchRx<u64>>((mut tx, mut rx): (P, C), batch: Batch) {
-            let label = Label { imp: "test", case: "test" };
-            let (mut seq, mut next, mut buf) = (0u64, 0u64, [0u64; BATCH]);
-            while next < 1000 {
-                let max = BATCH.min((1000 - seq) as usize);
-                seq += match batch {
-                    Batch::Chunk => tx.push_chunk(seq, max),
-                    Batch::Slice => {
-                        let items: Vec<u64> = (seq..seq + max as u64).collect();
-                        tx.push_copied(&items)
-                    }
-                } as u64;
-                match batch {
-                    Batch::Chunk => {
-                        rx.pop_chunk(&mut next, 7, label);
-                    }
-                    Batch::Slice => {
-                        let n = rx.pop_copied(&mut buf[..7]);
-                        for &item in &buf[..n] {
-                            assert_eq!(item, next);
-                            next += 1;
-                        }
-                    }
-                }
-            }
-            assert_eq!(next, 1000);
+        let w = &Threads;
+        // In place, both ends (corelane heap, rtrb).
+        let (mut tx, mut rx) = spsc::channel::<u64>(64);
+        interleave(|s, m| tx.push_chunk(s, m), |n, m| pop_each_checked(w, LABEL, &mut rx, n, m));
+        let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(64);
+        interleave(|s, m| tx.push_chunk(s, m), |n, m| pop_each_checked(w, LABEL, &mut rx, n, m));
+        // By copy, both ends.
+        let (mut tx, mut rx) = spsc::channel::<u64>(64);
+        interleave(from_buffer(|i| tx.push_copied(i)), into_buffer(w, LABEL, |o| rx.pop_copied(o)));
+        let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(64);
+        interleave(from_buffer(|i| tx.push_copied(i)), into_buffer(w, LABEL, |o| rx.pop_copied(o)));
+        // The shared-memory ring: copy in, then drain or copy out.
+        let (tx, rx) = shm_pair(64);
+        let (mut tx, mut rx) = (Watched::new(tx, w, LABEL), Watched::new(rx, w, LABEL));
+        interleave(from_buffer(|i| tx.push_copied(i)), |n, m| {
+            pop_each_checked(w, LABEL, &mut rx, n, m)
+        });
+        let (tx, rx) = shm_pair(64);
+        let (mut tx, mut rx) = (Watched::new(tx, w, LABEL), Watched::new(rx, w, LABEL));
+        interleave(from_buffer(|i| tx.push_copied(i)), into_buffer(w, LABEL, |o| rx.pop_copied(o)));
+    }
+
+    #[test]
+    fn single_item_adapters_of_the_shm_ring_say_full_and_empty() {
+        let (tx, rx) = shm_pair(2);
+        let (mut tx, mut rx) =
+            (Watched::new(tx, &Threads, LABEL), Watched::new(rx, &Threads, LABEL));
+        assert_eq!(rx.try_pop(), None);
+        assert_eq!((tx.try_push(1), tx.try_push(2), tx.try_push(3)), (Ok(()), Ok(()), Err(3)));
+        assert_eq!((rx.try_pop(), rx.try_pop(), rx.try_pop()), (Some(1), Some(2), None));
+    }
+
+    /// The pair to run cross-process tests on, or `None` (and a note) on a one-cpu machine.
+    fn test_pair() -> Option<Pair> {
+        let pair = Cores::discover().ok().and_then(|c| c.pick_pair(None).ok());
+        if pair.is_none() {
+            eprintln!("SKIPPED: fewer than two cpus, no cross-process test");
         }
-        for batch in [Batch::Chunk, Batch::Slice] {
-            drive(spsc::channel::<u64>(64), batch);
-            drive(rtrb::RingBuffer::<u64>::new(64), batch);
+        pair
+    }
+
+    const TINY: Sizes =
+        Sizes { rtt_warmup: 100, rtt_samples: 1_000, stream_warmup: 2_000, stream_items: 20_000 };
+
+    /// The real corelane-shm measurements, forked from the test, at tiny sizes: every item
+    /// arrives in order (a wrong one would end the test binary with status 3) and the child
+    /// is reaped cleanly.
+    #[test]
+    fn shm_measurements_run_across_two_processes() {
+        let Some(pair) = test_pair() else { return };
+        let label = Label { imp: "corelane-shm", case: "test" };
+        let samples = shm_rtt("test", label, &pair, TINY).unwrap();
+        assert_eq!(samples.len(), 1_000);
+        assert!(samples.iter().all(|&ns| ns > 0));
+        for batch in [None, Some(Batch::Chunk), Some(Batch::Slice)] {
+            match shm_stream("test", label, &pair, TINY, batch).unwrap() {
+                Measured::Rate(rate) => assert!(rate > 0.0, "{batch:?}"),
+                Measured::Latency(_) => panic!("a stream measures a rate"),
+            }
         }
     }
 }
