@@ -36,9 +36,10 @@ const HELP: &str = "\
       corelane-poll      the same with the poll (epoll) reactor
       corelane-busy-poll the io_uring daemon with a client that spins on its non-blocking
                          socket instead of sleeping in read (ClientBuilder::busy_poll)
-      corelane-defer     `corelane` with runtime.uring_defer_taskrun = true
+      corelane-defer     `corelane-busy-poll` with runtime.uring_defer_taskrun = true
                          (IORING_SETUP_DEFER_TASKRUN): the other side of that A/B switch
-      corelane-skip-cqe  `corelane` with runtime.uring_skip_send_cqe = true
+                         (busy-polling client, so the daemon's cost is what differs)
+      corelane-skip-cqe  `corelane-busy-poll` with runtime.uring_skip_send_cqe = true
                          (IOSQE_CQE_SKIP_SUCCESS on chained sends)
       unix-echo          a std UnixStream server thread pinned to cpu B that reads the same
                          request bytes and writes the same number of response bytes back with
@@ -112,12 +113,12 @@ fn run(plan: &Plan) -> Report {
                     Impl::CorelanePoll => {
                         daemon(Setup { reactor: ReactorKind::Poll, ..Setup::IO_URING })
                     }
-                    Impl::CorelaneBusyPoll => daemon(Setup { busy_poll: true, ..Setup::IO_URING }),
+                    Impl::CorelaneBusyPoll => daemon(Setup::BUSY_POLL),
                     Impl::CorelaneDeferTaskrun => {
-                        daemon(Setup { defer_taskrun: true, ..Setup::IO_URING })
+                        daemon(Setup { defer_taskrun: true, ..Setup::BUSY_POLL })
                     }
                     Impl::CorelaneSkipSendCqe => {
-                        daemon(Setup { skip_send_cqe: true, ..Setup::IO_URING })
+                        daemon(Setup { skip_send_cqe: true, ..Setup::BUSY_POLL })
                     }
                     Impl::UnixEcho => echo_rtt(&plan.pair, &dir, false, warmup, samples),
                     Impl::UnixEchoBusyPoll => echo_rtt(&plan.pair, &dir, true, warmup, samples),
@@ -162,7 +163,7 @@ fn run(plan: &Plan) -> Report {
         settings: json!({
             "rounds": plan.rounds, "quick": plan.quick,
             "rtt_warmup": warmup, "rtt_samples_per_round": samples,
-            "daemon_lane": "cpu B, idle spin", "client": "cpu A, blocking socket",
+            "daemon_lane": "cpu B, idle spin", "client": "cpu A; blocking socket, or spinning for the busy-poll, defer and skip-cqe rows",
         }),
     }
 }
@@ -187,6 +188,8 @@ impl Setup {
         defer_taskrun: false,
         skip_send_cqe: false,
     };
+    /// The io_uring daemon with the default options and a busy-polling client.
+    const BUSY_POLL: Setup = Setup { busy_poll: true, ..Setup::IO_URING };
 }
 
 /// A daemon with one spinning lane pinned to cpu B hosting the control agent, and a client on
