@@ -56,6 +56,12 @@ impl Spares {
     }
 }
 
+/// Output handed to a backend: bytes to copy into its buffers, or a buffer to take as it is.
+pub(super) enum Bytes<'a> {
+    Copy(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
 /// One connection's queued output.
 #[derive(Debug, Default)]
 pub(super) struct Output {
@@ -87,6 +93,21 @@ impl Output {
     #[inline]
     pub(super) fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Queues `bytes` for a descriptor whose flag `dirty` says whether it is listed for the
+    /// end-of-pass flush; true when it was not (the caller lists it: once per flush).
+    pub(super) fn queue(
+        &mut self,
+        bytes: Bytes<'_>,
+        spares: &mut Spares,
+        dirty: &mut bool,
+    ) -> bool {
+        match bytes {
+            Bytes::Copy(data) => self.copy(data, spares),
+            Bytes::Owned(buf) => self.owned(buf, spares),
+        }
+        !std::mem::replace(dirty, true)
     }
 
     /// Queues a copy of `data`.

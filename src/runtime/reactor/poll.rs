@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rustix::event::epoll;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
-use super::out::{Output, Spares};
+use super::out::{Bytes, Output, Spares};
 use super::slab::{Key, Slab};
 use super::{
     unknown, Completion, ConnectAddr, Incoming, RecvBuf, SocketOptions, Token, ACCEPT_BACKOFF,
@@ -250,20 +250,16 @@ impl PollReactor {
     }
 
     pub(super) fn send(&mut self, token: Token, data: &[u8]) -> io::Result<()> {
-        let (key, socket) = self.slab.by_token_mut(token).ok_or_else(unknown)?;
-        socket.out.copy(data, &mut self.spares);
-        if !socket.dirty {
-            socket.dirty = true;
-            self.dirty.push(key);
-        }
-        Ok(())
+        self.queue(token, Bytes::Copy(data))
     }
 
     pub(super) fn send_owned(&mut self, token: Token, data: Vec<u8>) -> io::Result<()> {
+        self.queue(token, Bytes::Owned(data))
+    }
+
+    fn queue(&mut self, token: Token, bytes: Bytes<'_>) -> io::Result<()> {
         let (key, socket) = self.slab.by_token_mut(token).ok_or_else(unknown)?;
-        socket.out.owned(data, &mut self.spares);
-        if !socket.dirty {
-            socket.dirty = true;
+        if socket.out.queue(bytes, &mut self.spares, &mut socket.dirty) {
             self.dirty.push(key);
         }
         Ok(())

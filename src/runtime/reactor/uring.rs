@@ -32,7 +32,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rustix::net::addr::SocketAddrArg;
 use rustix::net::{AddressFamily, SocketAddrAny, SocketFlags, SocketType};
 
-use super::out::{Output, Spares};
+use super::out::{Bytes, Output, Spares};
 use super::slab::{Key, Slab};
 use super::{
     unknown, Completion, ConnectAddr, Incoming, RecvBuf, SocketOptions, Token, UringOptions,
@@ -256,20 +256,16 @@ impl UringReactor {
     }
 
     pub(super) fn send(&mut self, token: Token, data: &[u8]) -> io::Result<()> {
-        let (key, entry) = self.slab.by_token_mut(token).ok_or_else(unknown)?;
-        entry.out.copy(data, &mut self.spares);
-        if !entry.dirty {
-            entry.dirty = true;
-            self.dirty.push(key);
-        }
-        Ok(())
+        self.queue(token, Bytes::Copy(data))
     }
 
     pub(super) fn send_owned(&mut self, token: Token, data: Vec<u8>) -> io::Result<()> {
+        self.queue(token, Bytes::Owned(data))
+    }
+
+    fn queue(&mut self, token: Token, bytes: Bytes<'_>) -> io::Result<()> {
         let (key, entry) = self.slab.by_token_mut(token).ok_or_else(unknown)?;
-        entry.out.owned(data, &mut self.spares);
-        if !entry.dirty {
-            entry.dirty = true;
+        if entry.out.queue(bytes, &mut self.spares, &mut entry.dirty) {
             self.dirty.push(key);
         }
         Ok(())
