@@ -4,7 +4,7 @@
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,10 @@ struct Knobs {
     stalled: AtomicBool,
     /// Set: the agent drops its port (the service is gone).
     quit: AtomicBool,
+    /// While set, the agent takes requests and holds them unanswered.
+    hold: AtomicBool,
+    /// Requests held so far.
+    held: AtomicUsize,
     /// Set: push one more message to every subscription, then clear.
     push_more: AtomicBool,
     /// Close notices received.
@@ -66,6 +70,8 @@ struct Service {
     knobs: Arc<Knobs>,
     subscriptions: Vec<(ConnRef, u64)>,
     pushed: u64,
+    /// Requests taken while `hold` was set (dropped with the port, never answered).
+    held: Vec<ToService>,
 }
 
 impl Agent for Service {
@@ -76,6 +82,7 @@ impl Agent for Service {
     fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
         if self.knobs.quit.load(Ordering::Acquire) {
             self.port = None;
+            self.held.clear();
             return 0;
         }
         let Some(port) = &mut self.port else { return 0 };
@@ -92,6 +99,11 @@ impl Agent for Service {
         }
         while let Some(message) = port.poll() {
             work += 1;
+            if self.knobs.hold.load(Ordering::Acquire) {
+                self.held.push(message);
+                self.knobs.held.fetch_add(1, Ordering::AcqRel);
+                continue;
+            }
             let request = match message {
                 ToService::Closed(conn) => {
                     self.subscriptions.retain(|(c, _)| *c != conn);
@@ -182,6 +194,7 @@ impl Setup {
             knobs: knobs.clone(),
             subscriptions: Vec::new(),
             pushed: 0,
+            held: Vec::new(),
         };
         let subscribe = Service {
             serves: SUBSCRIBE,
@@ -189,6 +202,7 @@ impl Setup {
             knobs: knobs.clone(),
             subscriptions: Vec::new(),
             pushed: 0,
+            held: Vec::new(),
         };
         let lanes = vec![
             LaneSpec {
@@ -371,5 +385,84 @@ fn a_service_that_is_behind_is_busy_and_one_that_is_gone_is_unavailable() {
             }
         });
         client.ping().unwrap();
+    }
+}
+
+#[test]
+fn a_request_the_service_took_but_never_answered_is_unavailable_once_it_stops() {
+    for (name, reactor) in backends() {
+        let setup = Setup::start(&format!("stopped-{name}"), reactor);
+        let mut client = setup.client(Duration::from_secs(10));
+        client.call::<Pong>(ECHO, &Ping::default()).unwrap();
+
+        // The service takes the next request and holds it; then it stops. The client hears
+        // that the service is gone, at once, not after its 10 s timeout.
+        setup.knobs.hold.store(true, Ordering::Release);
+        let knobs = setup.knobs.clone();
+        let waker = setup.service_waker.clone();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            knobs.quit.store(true, Ordering::Release);
+            waker.wake();
+        });
+        let started = Instant::now();
+        let code = remote_code(client.call::<Pong>(ECHO, &Ping::default()));
+        stopper.join().unwrap();
+        assert_eq!(code, CODE_UNAVAILABLE, "{name}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{name}: answered when it stopped");
+        client.ping().unwrap();
+    }
+}
+
+#[test]
+fn requests_a_service_holds_unanswered_are_bounded_per_route() {
+    use corelane::daemon::MAX_PENDING_PER_ROUTE;
+    use corelane::wire::{encode, Flags, ProtocolVersion};
+    use std::io::Write;
+
+    for (name, reactor) in backends() {
+        let setup = Setup::start(&format!("bound-{name}"), reactor);
+        setup.knobs.hold.store(true, Ordering::Release);
+        // One connection sends requests the service takes and never answers, a link-full at a
+        // time (the link holds CAPACITY), until the route's table of pending requests is full.
+        let mut raw = std::os::unix::net::UnixStream::connect(&setup.socket).unwrap();
+        let body = <Ping as prost::Message>::encode_to_vec(&Ping::default());
+        let mut frames = Vec::new();
+        let mut sent = 0;
+        while sent < MAX_PENDING_PER_ROUTE {
+            frames.clear();
+            let n = CAPACITY.min(MAX_PENDING_PER_ROUTE - sent);
+            for i in 0..n {
+                let id = (sent + i + 1) as u64;
+                encode(ProtocolVersion::V2, ECHO, Flags::EMPTY, id, &body, &mut frames);
+            }
+            raw.write_all(&frames).unwrap();
+            sent += n;
+            wait_for(&format!("{name}: {sent} held"), Duration::from_secs(10), || {
+                setup.knobs.held.load(Ordering::Acquire) == sent
+            });
+        }
+        // The next request, from any connection, is refused at once instead of queued.
+        let mut client = setup.client(Duration::from_secs(10));
+        match client.call::<Pong>(ECHO, &Ping::default()) {
+            Err(ClientError::Remote { code, text }) => {
+                assert_eq!(code, CODE_BUSY, "{name}: {text}");
+                let want =
+                    format!("service busy: 'echo' has {MAX_PENDING_PER_ROUTE} requests unanswered");
+                assert_eq!(text, want, "{name}");
+            }
+            other => panic!("{name}: expected busy, got {other:?}"),
+        }
+        assert_eq!(setup.knobs.held.load(Ordering::Acquire), MAX_PENDING_PER_ROUTE, "{name}");
+        // A connection that closes takes its pending requests with it: room again.
+        drop(raw);
+        let mut client = setup.client(Duration::from_millis(200));
+        wait_for(&format!("{name}: room again"), Duration::from_secs(10), || {
+            match client.call::<Pong>(ECHO, &Ping::default()) {
+                Err(ClientError::Remote { code: CODE_BUSY, .. }) => false,
+                Err(ClientError::Timeout(_)) => true, // taken and held
+                other => panic!("{name}: expected to be held, got {other:?}"),
+            }
+        });
     }
 }

@@ -26,7 +26,7 @@ use crate::control::proto::{
     ConfigReply, ConfigRequest, LaneStatus, ServiceStatus, Status, StatusRequest,
 };
 use crate::control::route::{
-    self, ConnRef, LocalRoute, ReplyKind, Request, Route, RouteError, Routes, ToService,
+    self, ConnRef, LocalRoute, ReplyKind, Request, Route, RouteEntry, RouteError, Routes, ToService,
 };
 use crate::control::{
     Answer, CloseCause, Handler, OverBudget, RequestRef, Session, SessionConfig, Verdict,
@@ -185,6 +185,9 @@ impl ControlAgent {
             for _ in 0..REPLIES_PER_PASS {
                 let Ok(reply) = self.handler.routes.replies[link].pop() else { break };
                 done += 1;
+                if reply.kind != ReplyKind::Push {
+                    self.handler.answered(link, reply.conn, reply.msg_id);
+                }
                 let id = ConnId::from_local(reply.conn.0);
                 let alive = id.filter(|&id| self.conns.contains(id) && !self.conns.is_closing(id));
                 let Some(id) = alive else {
@@ -200,6 +203,43 @@ impl ControlAgent {
                     reply.msg_id,
                     reply.kind,
                     &reply.body,
+                    &mut self.handler,
+                );
+                self.after(ctx, id, verdict);
+            }
+        }
+        done
+    }
+
+    /// Answers `service unavailable` to every request still pending on a route whose service
+    /// has dropped its port (once the replies it sent before are delivered); returns how many.
+    fn fail_stopped(&mut self, ctx: &mut Ctx<'_>) -> usize {
+        let mut done = 0;
+        for link in 0..self.handler.pending.len() {
+            if self.handler.pending[link].is_empty() {
+                continue;
+            }
+            // `is_abandoned` fences with the port's drop: every reply it pushed is visible,
+            // so an empty link means the service answered no more of these.
+            let replies = &mut self.handler.routes.replies[link];
+            if !replies.is_abandoned() || !replies.is_empty() {
+                continue;
+            }
+            let name = self.handler.route_name(link);
+            let text = format!("service unavailable: '{name}' has stopped");
+            for p in std::mem::take(&mut self.handler.pending[link]) {
+                done += 1;
+                let Some(id) = ConnId::from_local(p.conn.0) else { continue };
+                if !self.conns.contains(id) || self.conns.is_closing(id) {
+                    continue;
+                }
+                let Some(conn) = self.conns.get_mut(id) else { continue };
+                let kind = ReplyKind::Error(CODE_UNAVAILABLE);
+                let verdict = conn.session.deliver(
+                    p.msg_type,
+                    p.msg_id,
+                    kind,
+                    text.as_bytes(),
                     &mut self.handler,
                 );
                 self.after(ctx, id, verdict);
@@ -312,10 +352,14 @@ impl Agent for ControlAgent {
         // is not work: the lane may go on idling).
         while let Some((id, conn)) = self.conns.take_closed() {
             if conn.routes != 0 {
-                self.handler.announce_closed(conn.routes, ConnRef(id.local()));
+                let gone = ConnRef(id.local());
+                self.handler.announce_closed(conn.routes, gone);
+                for pending in &mut self.handler.pending {
+                    pending.retain(|p| p.conn != gone);
+                }
             }
         }
-        self.deliver_replies(ctx)
+        self.deliver_replies(ctx) + self.fail_stopped(ctx)
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_>) {
@@ -339,7 +383,25 @@ pub struct ControlHandler {
     current: ConnRef,
     /// Forwarded routes the call in progress used (bit i: route i).
     used: u64,
+    /// Per reply link: the forwarded requests not yet answered. Each gets exactly one answer:
+    /// the service's, or `service unavailable` once the service has dropped its port (a
+    /// request it took, or one still in the link, would otherwise wait for the client's
+    /// timeout).
+    pending: Vec<Vec<Pending>>,
 }
+
+/// A forwarded request waiting for its answer.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    conn: ConnRef,
+    msg_id: u64,
+    msg_type: u16,
+}
+
+/// Most forwarded requests of one route waiting for their answers: past it, requests are
+/// refused as busy (a service that takes requests and never answers cannot grow the table
+/// without bound).
+pub const MAX_PENDING_PER_ROUTE: usize = 4096;
 
 impl std::fmt::Debug for ControlHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -369,7 +431,7 @@ impl ControlHandler {
         // Fresh table: these two cannot collide.
         let _ = routes.local(MSG_STATUS, "status", Box::new(status));
         let _ = routes.local(MSG_CONFIG, "config", Box::new(ConfigRoute { toml: config_toml }));
-        Self { routes, counters, busy: None, current: ConnRef(0), used: 0 }
+        Self { routes, counters, busy: None, current: ConnRef(0), used: 0, pending: Vec::new() }
     }
 
     /// Adds the services' routes.
@@ -380,6 +442,7 @@ impl ControlHandler {
         let base = self.routes.replies.len();
         let Routes { entries, replies } = more;
         self.routes.replies.extend(replies);
+        self.pending.resize_with(self.routes.replies.len(), Vec::new);
         for mut entry in entries {
             if let Route::Forward { replies, .. } = &mut entry.route {
                 *replies += base;
@@ -410,6 +473,21 @@ impl ControlHandler {
         }
     }
 
+    /// The reply to `msg_id` of `conn` came back on `link`: no longer pending.
+    fn answered(&mut self, link: usize, conn: ConnRef, msg_id: u64) {
+        let pending = &mut self.pending[link];
+        if let Some(i) = pending.iter().position(|p| p.conn == conn && p.msg_id == msg_id) {
+            pending.swap_remove(i);
+        }
+    }
+
+    /// The name of the route whose replies come on `link`.
+    fn route_name(&self, link: usize) -> &'static str {
+        let forwarded =
+            |e: &&RouteEntry| matches!(e.route, Route::Forward { replies, .. } if replies == link);
+        self.routes.entries.iter().find(forwarded).map_or("?", |e| e.name)
+    }
+
     /// Tells the route whose replies come on link `link` that `conn` is gone.
     fn notify_closed(&mut self, link: usize, conn: ConnRef) {
         for entry in &mut self.routes.entries {
@@ -438,10 +516,19 @@ impl Handler for ControlHandler {
                 Ok(()) => Answer::Respond,
                 Err(e) => Answer::Error(e),
             },
-            Route::Forward { requests, .. } => {
+            Route::Forward { requests, replies } => {
                 if requests.is_abandoned() {
                     let text = format!("service unavailable: '{}' has stopped", entry.name);
                     return Answer::Error(RouteError::Other { code: CODE_UNAVAILABLE, text });
+                }
+                let pending = &mut self.pending[*replies];
+                if pending.len() >= MAX_PENDING_PER_ROUTE {
+                    let text = format!(
+                        "service busy: '{}' has {} requests unanswered",
+                        entry.name,
+                        pending.len()
+                    );
+                    return Answer::Error(RouteError::Other { code: CODE_BUSY, text });
                 }
                 let forwarded = ToService::Request(Request {
                     conn: self.current,
@@ -454,6 +541,11 @@ impl Handler for ControlHandler {
                         if index < 64 {
                             self.used |= 1 << index;
                         }
+                        pending.push(Pending {
+                            conn: self.current,
+                            msg_id: request.msg_id,
+                            msg_type: request.msg_type,
+                        });
                         Answer::Later
                     }
                     Err(_) => {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 pub use control_agent::{
     ControlAgent, ControlCounters, ControlHandler, ControlSettings, RouteSlot, ERROR_KINDS,
+    MAX_PENDING_PER_ROUTE,
 };
 pub use control_service::{ControlService, CONTROL};
 pub use metrics_agent::{LaneGauges, MetricsAgent, MetricsService, MAX_WATCHERS, METRICS};
