@@ -171,7 +171,8 @@ HOW A RUN WORKS
     6. No allocation inside timed loops: buffers and queues are made before timing starts.
        Waiting is a busy spin (no pause, no yield), the same loop for every implementation
        (a cross-process case also counts the turns of each wait, to look at the other
-       process after 65,536 of them).
+       process after 65,536 of them). The exception is what wake-parked measures: there the
+       consumer sleeps in the kernel on purpose, and only the producer spins.
 
 THE FLOOR AND HOW TO READ THE RATIO
     Every round first measures the floor: two threads on the same two cpus, each storing to
@@ -189,6 +190,10 @@ THE FLOOR AND HOW TO READ THE RATIO
     than one bare cache-line transfer each way). Each extra cache line a queue moves per
     hand-off (index, slot, a shared counter) and each extra instruction on the path shows up
     above it. Both numbers include the cost of one Instant::now(), printed on the facts line.
+
+    Rows whose ratio columns are headed otherwise divide by another row of their case, round
+    by round in the same way: spsc wake-parked divides by its futex row (p50/futex, JSON
+    ratio_to_futex_p50), since a wake-up through the kernel is thousands of floors.
 ";
 
 const HELP_TAIL: &str = r#"
@@ -200,17 +205,23 @@ JSON (--json FILE)
        {"impl": "corelane", "case": "rtt-8B", "unit": "ns", "p50": 0, "p90": 0, "p99": 0,
         "p999": 0, "max": 0, "samples": 0, "ratio_to_floor_p50": 0.0,
         "ratio_to_floor_p99": 0.0, ...},
-       {"impl": "rtrb", "case": "throughput-8B-batch", "unit": "items/s", "value": 0, ...}],
+       {"impl": "eventfd", "case": "wake-parked", "unit": "ns", "p50": 0, ...,
+        "ratio_to_futex_p50": 0.0, "ratio_to_futex_p99": 0.0, ...},
+       {"impl": "rtrb", "case": "throughput-8B-batch", "unit": "items/s", "value": 0, ...},
+       {"impl": "futex", "case": "wake-parked-skipped", "unit": "wakes", "value": 0, ...}],
      "settings": {...}}
     Latencies are in ns. "value" is the median over rounds (items/s); "min"/"max" are the
-    slowest and fastest round. "api" names the calls each row measured.
+    slowest and fastest round; or a count or size in "unit". "api" names the calls each row
+    measured (for a value row: what it counts).
 
 EXIT STATUS
     0 done; 1 could not write the JSON file; 2 bad arguments, machine busy (without
-    --allow-busy), or a thread or child process could not be pinned; 3 an item arrived out of
-    order, or a shared-memory ring reported its peer corrupt (a bug in the implementation
-    under test or in the harness); 4 the child process of a cross-process case failed, died
-    or hung (killed after 60 s), or its shared memory could not be set up.
+    --allow-busy), a thread or child process could not be pinned, or a wake-parked consumer
+    could not be set up (eventfd, lane, /proc/self/task); 3 an item arrived out of order, a
+    shared-memory ring reported its peer corrupt, or (wake-parked) a wake-up was lost or a
+    consumer never went to sleep (a bug in the implementation under test or in the
+    harness); 4 the child process of a cross-process case failed, died or hung (killed after
+    60 s), or its shared memory could not be set up.
 "#;
 
 #[cfg(test)]

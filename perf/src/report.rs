@@ -30,12 +30,40 @@ pub struct Row {
 
 #[derive(Debug)]
 pub enum Measure {
-    /// ns percentiles over all rounds, and the medians of the per-round ratios to the floor.
-    Latency { summary: Summary, ratio_p50: Option<f64>, ratio_p99: Option<f64> },
+    /// ns percentiles over all rounds, and the medians of the per-round ratios to `baseline`.
+    Latency { summary: Summary, ratio_p50: Option<f64>, ratio_p99: Option<f64>, baseline: Baseline },
     /// items/s: median, slowest and fastest round.
     Rate { median: f64, min: f64, max: f64, rounds: usize },
     /// One measured quantity in `unit` (e.g. daemon RSS in kB).
     Value { value: u64, unit: &'static str },
+}
+
+/// What a latency row's ratios divide by, each round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Baseline {
+    /// The floor of the same round (the bare cross-core cache-line round trip).
+    Floor,
+    /// The row of this implementation in the same case and round (e.g. `futex` for a wake-up
+    /// case, where the floor is three orders of magnitude away and says little).
+    Impl(&'static str),
+}
+
+impl Baseline {
+    /// The word in the table's ratio headers (`p50/flr`) and the JSON keys
+    /// (`ratio_to_floor_p50`).
+    fn short(self) -> &'static str {
+        match self {
+            Baseline::Floor => "flr",
+            Baseline::Impl(imp) => imp,
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Baseline::Floor => "floor",
+            Baseline::Impl(imp) => imp,
+        }
+    }
 }
 
 /// One line of machine facts, printed before the results.
@@ -78,38 +106,43 @@ pub fn table(r: &Report) -> String {
     }
     let latencies: Vec<&Row> =
         r.rows.iter().filter(|row| matches!(row.measure, Measure::Latency { .. })).collect();
-    if !latencies.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n{:<18} {:<22} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>8} {:>8}",
-            "latency (ns)",
-            "case",
-            "p50",
-            "p90",
-            "p99",
-            "p99.9",
-            "max",
-            "samples",
-            "p50/flr",
-            "p99/flr"
-        );
-        for row in latencies {
-            if let Measure::Latency { summary: s, ratio_p50, ratio_p99 } = &row.measure {
+    // One header per run of rows with the same baseline, so the ratio columns say what they
+    // divide by.
+    let mut header: Option<Baseline> = None;
+    for row in latencies {
+        if let Measure::Latency { summary: s, ratio_p50, ratio_p99, baseline } = &row.measure {
+            if header != Some(*baseline) {
+                let short = baseline.short();
                 let _ = writeln!(
                     out,
-                    "{:<18} {:<22} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>8} {:>8}",
-                    row.imp,
-                    row.case,
-                    s.p50,
-                    s.p90,
-                    s.p99,
-                    s.p999,
-                    s.max,
-                    s.samples,
-                    ratio_text(*ratio_p50),
-                    ratio_text(*ratio_p99)
+                    "\n{:<18} {:<22} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9}",
+                    "latency (ns)",
+                    "case",
+                    "p50",
+                    "p90",
+                    "p99",
+                    "p99.9",
+                    "max",
+                    "samples",
+                    format!("p50/{short}"),
+                    format!("p99/{short}"),
                 );
+                header = Some(*baseline);
             }
+            let _ = writeln!(
+                out,
+                "{:<18} {:<22} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9}",
+                row.imp,
+                row.case,
+                s.p50,
+                s.p90,
+                s.p99,
+                s.p999,
+                s.max,
+                s.samples,
+                ratio_text(*ratio_p50),
+                ratio_text(*ratio_p99)
+            );
         }
     }
     let rates: Vec<&Row> =
@@ -162,14 +195,20 @@ pub fn to_json(r: &Report, f: &Facts) -> Value {
         .rows
         .iter()
         .map(|row| match &row.measure {
-            Measure::Latency { summary: s, ratio_p50, ratio_p99 } => json!({
-                "impl": row.imp, "case": row.case, "unit": "ns",
-                "p50": s.p50, "p90": s.p90, "p99": s.p99, "p999": s.p999, "max": s.max,
-                "samples": s.samples,
-                "ratio_to_floor_p50": ratio_p50.map(round3),
-                "ratio_to_floor_p99": ratio_p99.map(round3),
-                "api": row.api,
-            }),
+            Measure::Latency { summary: s, ratio_p50, ratio_p99, baseline } => {
+                let mut v = json!({
+                    "impl": row.imp, "case": row.case, "unit": "ns",
+                    "p50": s.p50, "p90": s.p90, "p99": s.p99, "p999": s.p999, "max": s.max,
+                    "samples": s.samples,
+                });
+                // `ratio_to_floor_p50` for most rows; `ratio_to_futex_p50` for a row divided
+                // by the futex row of its case.
+                let key = baseline.key();
+                v[format!("ratio_to_{key}_p50")] = json!(ratio_p50.map(round3));
+                v[format!("ratio_to_{key}_p99")] = json!(ratio_p99.map(round3));
+                v["api"] = json!(row.api);
+                v
+            }
             Measure::Value { value, unit } => json!({
                 "impl": row.imp, "case": row.case, "unit": unit, "value": value, "api": row.api,
             }),
@@ -258,6 +297,18 @@ mod tests {
                         summary: s,
                         ratio_p50: Some(2.0),
                         ratio_p99: Some(2.5),
+                        baseline: Baseline::Floor,
+                    },
+                },
+                Row {
+                    imp: "eventfd",
+                    case: "wake-parked",
+                    api: "write / blocking read",
+                    measure: Measure::Latency {
+                        summary: Summary { p50: 9000, ..s },
+                        ratio_p50: Some(1.5),
+                        ratio_p99: None,
+                        baseline: Baseline::Impl("futex"),
                     },
                 },
                 Row {
@@ -291,10 +342,16 @@ mod tests {
         }
         assert_eq!(lat["ratio_to_floor_p50"], 2.0);
         assert_eq!(lat["ratio_to_floor_p99"], 2.5);
-        let rate = &v["results"][1];
+        let wake = &v["results"][1];
+        assert_eq!(wake["ratio_to_futex_p50"], 1.5);
+        assert!(wake["ratio_to_futex_p99"].is_null());
+        assert!(wake.get("ratio_to_floor_p50").is_none(), "one baseline per row");
+        let keys: Vec<&str> = wake.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys.last(), Some(&"api"), "keys in the order written");
+        let rate = &v["results"][2];
         assert_eq!(rate["unit"], "items/s");
         assert_eq!(rate["value"], 150_000_000);
-        assert_eq!(v["results"].as_array().map(Vec::len), Some(2));
+        assert_eq!(v["results"].as_array().map(Vec::len), Some(3));
     }
 
     #[test]
@@ -302,6 +359,11 @@ mod tests {
         let t = table(&report());
         assert!(t.contains("floor (bare cross-core cache-line round trip): p50 150 ns"));
         assert!(t.contains("corelane") && t.contains("rtt-8B") && t.contains("2.00x"));
+        assert!(t.contains("p50/flr") && t.contains("p99/flr"));
+        // A row with another baseline gets its own header naming it.
+        assert!(t.contains("p50/futex") && t.contains("1.50x"));
+        let futex_header = t.find("p50/futex").unwrap();
+        assert!(t.find("wake-parked").unwrap() > futex_header);
         assert!(t.contains("throughput-8B-batch") && t.contains("150.0"));
         let line = facts_line(&facts());
         assert!(

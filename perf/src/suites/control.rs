@@ -19,7 +19,7 @@ use super::{Plan, Suite};
 use crate::floor::{self, Ratios};
 use crate::pair;
 use crate::pin::{pin_current, Pair};
-use crate::report::{Measure, Report, Row};
+use crate::report::{Baseline, Measure, Report, Row};
 use crate::summary::{accumulate, histogram, histogram_of, Summary};
 
 pub const SUITE: Suite = Suite {
@@ -138,6 +138,7 @@ fn run(plan: &Plan) -> Report {
                     summary: Summary::of(&h),
                     ratio_p50: ratios.p50(),
                     ratio_p99: ratios.p99(),
+                    baseline: Baseline::Floor,
                 },
             });
         }

@@ -10,6 +10,10 @@
 //! of the file. A thread case runs the two sides on two threads ([`pair::run`], waiter
 //! [`Threads`]); `corelane-shm` runs the same functions in two processes ([`fork::run`],
 //! waiter [`fork::Watch`]), so the only differences are the ring and the process boundary.
+//!
+//! Case `wake-parked` is the other kind of hand-off: into a consumer that sleeps in the
+//! kernel, through a corelane link into a parked lane next to a bare futex and eventfd wake
+//! ([`wake`]). Its ratios are to the futex row of the same round.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -26,17 +30,21 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+mod wake;
+
 use super::{Plan, Suite};
 use crate::floor::{self, Ratios};
 use crate::fork::{self, Cpus, Failure};
 use crate::pair::{self, Threads, Waiter};
 use crate::pin::Pair;
-use crate::report::{Measure, Report, Row};
+use crate::report::{Baseline, Measure, Report, Row};
 use crate::summary::{accumulate, histogram, histogram_of, median, Summary};
 
 pub const SUITE: Suite = Suite {
     name: "spsc",
-    summary: "corelane's SPSC ring vs rtrb, crossbeam-queue ArrayQueue, crossbeam-channel bounded",
+    summary:
+        "corelane's SPSC ring vs rtrb, crossbeam-queue ArrayQueue, crossbeam-channel bounded; \
+              waking a parked lane vs futex and eventfd",
     help: HELP,
     run,
 };
@@ -51,6 +59,15 @@ const HELP: &str = "    Implementations, all with capacity 1024:
       rtrb               rtrb::RingBuffer (0.3)
       crossbeam-queue    crossbeam_queue::ArrayQueue in an Arc, push/pop (an MPMC queue)
       crossbeam-channel  crossbeam_channel::bounded, try_send/try_recv spinning (MPMC)
+    and, in case wake-parked only (below), three ways to wake a consumer asleep on cpu B:
+      corelane-link      a real corelane Runtime with one lane pinned to cpu B, idle strategy
+                         Sleep(100 ms) (it parks in its reactor, reactor auto, after every pass
+                         without work), its LaneWaker given in the LaneSpec; its one agent pops
+                         a corelane::runtime::link (LinkRx::pop in do_work). Thread A calls
+                         LinkTx::push, which finds the lane parked and writes its eventfd
+      futex              a thread on cpu B in futex_wait (rustix, FUTEX_PRIVATE) on a u32
+                         word; A stores the next value and calls futex_wake
+      eventfd            a thread on cpu B blocked in read on a blocking eventfd; A writes 1
     Items: 8B = a u64; 64B = a Copy struct of [u64; 8] (plain bytes, so also a shm record,
     copied through the ring's atomic words). Item n carries n in every word and the consumer
     checks every word.
@@ -82,6 +99,23 @@ const HELP: &str = "    Implementations, all with capacity 1024:
                          As batch, through the copy-a-slice API: corelane and corelane-shm
                          push_slice/pop_slice, rtrb push_partial_slice/pop_partial_slice; 32
                          items per call.
+      wake-parked        Wake-up latency into a consumer that sleeps in the kernel (the one
+                         case where the consumer does not spin). One way: A takes
+                         Instant::now() just before the push/wake call; B takes one as soon as
+                         it has the item (corelane-link: right after pop returned it in
+                         do_work; futex: the first load that sees the new value after
+                         futex_wait returned; eventfd: right after read returned) and hands
+                         it back through a cache line A spins on (after its reading, so not
+                         in the sample). Instant is CLOCK_MONOTONIC, one clock for all cpus.
+                         Before each wake A waits 1 ms after the previous answer and then
+                         until /proc/self/task/<tid>/stat shows B's thread sleeping (state
+                         S). After it, A checks the wake was paid: corelane-link:
+                         LaneWaker::wakes() grew by one (the lane was parked, its eventfd was
+                         written); futex: futex_wake woke one waiter; eventfd: no check is
+                         possible, the /proc one applies. Failed checks are dropped and
+                         counted in the row wake-parked-skipped. Ratios are to the futex row
+                         of the same round (p50/futex), not to the floor: a wake-up through
+                         the kernel costs thousands of cache-line round trips.
 
     corelane-shm runs the same driver code as the thread cases, in two processes: in rtt the
     parent is A (it times) and the child B; in the throughput cases the child pushes (on cpu
@@ -93,7 +127,8 @@ const HELP: &str = "    Implementations, all with capacity 1024:
     out of order), never a hang.
     Per round (default sizes; --quick in brackets): floor and every rtt case 2,000 [500]
     warm-up + 20,000 [3,000] timed round trips; every throughput case 200,000 [10,000] warm-up
-    + 2,000,000 [100,000] timed items.
+    + 2,000,000 [100,000] timed items; wake-parked 50 [10] warm-up + 1,000 [100] timed
+    wake-ups per implementation (each at least 1 ms after the last: ~3.5 s per round).
 ";
 
 /// Slots in every queue.
@@ -108,6 +143,7 @@ struct Sizes {
     rtt_samples: u64,
     stream_warmup: u64,
     stream_items: u64,
+    wake: wake::Sizes,
 }
 
 impl Sizes {
@@ -118,6 +154,7 @@ impl Sizes {
                 rtt_samples: 3_000,
                 stream_warmup: 10_000,
                 stream_items: 100_000,
+                wake: wake::Sizes { warmup: 10, samples: 100 },
             }
         } else {
             Self {
@@ -125,6 +162,7 @@ impl Sizes {
                 rtt_samples: 20_000,
                 stream_warmup: 200_000,
                 stream_items: 2_000_000,
+                wake: wake::Sizes { warmup: 50, samples: 1_000 },
             }
         }
     }
@@ -137,11 +175,29 @@ enum Impl {
     Rtrb,
     CrossbeamQueue,
     CrossbeamChannel,
+    /// A link into a parked lane (wake-parked only).
+    CorelaneLink,
+    /// futex_wait / futex_wake (wake-parked only).
+    Futex,
+    /// Blocking eventfd read / write (wake-parked only).
+    Eventfd,
 }
 
-/// Table order; each round starts one further along this list.
-const IMPLS: [Impl; 5] =
-    [Impl::Corelane, Impl::CorelaneShm, Impl::Rtrb, Impl::CrossbeamQueue, Impl::CrossbeamChannel];
+/// Table order; each round, the implementations of a case start one further along their part
+/// of this list.
+const IMPLS: [Impl; 8] = [
+    Impl::Corelane,
+    Impl::CorelaneShm,
+    Impl::Rtrb,
+    Impl::CrossbeamQueue,
+    Impl::CrossbeamChannel,
+    Impl::CorelaneLink,
+    Impl::Futex,
+    Impl::Eventfd,
+];
+
+/// The row the wake-parked ratios divide by.
+const WAKE_BASELINE: Impl = Impl::Futex;
 
 impl Impl {
     fn name(self) -> &'static str {
@@ -151,20 +207,40 @@ impl Impl {
             Impl::Rtrb => "rtrb",
             Impl::CrossbeamQueue => "crossbeam-queue",
             Impl::CrossbeamChannel => "crossbeam-channel",
+            Impl::CorelaneLink => "corelane-link",
+            Impl::Futex => "futex",
+            Impl::Eventfd => "eventfd",
         }
     }
 
+    /// Whether this is one of the wake-ups rather than a queue.
+    fn wakes(self) -> bool {
+        matches!(self, Impl::CorelaneLink | Impl::Futex | Impl::Eventfd)
+    }
+
     fn runs(self, case: Case) -> bool {
+        if case.kind == Kind::Wake || self.wakes() {
+            return case.kind == Kind::Wake && self.wakes();
+        }
         match self {
             Impl::Corelane | Impl::Rtrb => true,
             // The cross-process case is about 64-byte records (issue 6).
             Impl::CorelaneShm => case.size == Size::B64,
             Impl::CrossbeamQueue | Impl::CrossbeamChannel => !matches!(case.kind, Kind::Batch(_)),
+            Impl::CorelaneLink | Impl::Futex | Impl::Eventfd => unreachable!("returned above"),
         }
     }
 
     fn api(self, kind: Kind) -> &'static str {
         match (self, kind) {
+            (Impl::CorelaneLink, _) => {
+                "LinkTx::push -> eventfd -> lane's reactor park ends -> LinkRx::pop in do_work"
+            }
+            (Impl::Futex, _) => "store + futex_wake / futex_wait",
+            (Impl::Eventfd, _) => "write / blocking read",
+            (Impl::Corelane | Impl::CorelaneShm | Impl::Rtrb, Kind::Wake) => {
+                unreachable!("Impl::runs keeps the queues out of wake-parked")
+            }
             (Impl::Corelane | Impl::Rtrb, Kind::Rtt | Kind::Stream) => "push/pop",
             (Impl::CorelaneShm, Kind::Rtt | Kind::Stream) => {
                 "push/pop, 2 processes, sealed memfd rings"
@@ -196,6 +272,8 @@ enum Kind {
     Rtt,
     Stream,
     Batch(Batch),
+    /// Wake a sleeping consumer (one way).
+    Wake,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,7 +295,7 @@ struct Case {
     kind: Kind,
 }
 
-const CASES: [Case; 8] = [
+const CASES: [Case; 9] = [
     Case { name: "rtt-8B", size: Size::B8, kind: Kind::Rtt },
     Case { name: "rtt-64B", size: Size::B64, kind: Kind::Rtt },
     Case { name: "throughput-8B", size: Size::B8, kind: Kind::Stream },
@@ -226,6 +304,7 @@ const CASES: [Case; 8] = [
     Case { name: "throughput-64B-batch", size: Size::B64, kind: Kind::Batch(Batch::Chunk) },
     Case { name: "throughput-8B-slice", size: Size::B8, kind: Kind::Batch(Batch::Slice) },
     Case { name: "throughput-64B-slice", size: Size::B64, kind: Kind::Batch(Batch::Slice) },
+    Case { name: "wake-parked", size: Size::B8, kind: Kind::Wake },
 ];
 
 /// One (implementation, case) accumulated over rounds.
@@ -236,7 +315,13 @@ struct Cell {
 }
 
 enum Acc {
-    Latency { all: Histogram<u64>, ratios: Ratios },
+    /// All rounds' samples, each round's summary (for the per-round ratios), and the wake-ups
+    /// dropped because the consumer was not asleep (wake-parked only).
+    Latency {
+        all: Histogram<u64>,
+        rounds: Vec<Summary>,
+        skipped: u64,
+    },
     Rate(Vec<f64>),
 }
 
@@ -246,6 +331,8 @@ enum Measured {
     Latency(Vec<u64>),
     /// Items per second.
     Rate(f64),
+    /// One-way wake-up samples and the wake-ups dropped.
+    Wake(wake::Woken),
 }
 
 fn run(plan: &Plan) -> Report {
@@ -258,32 +345,46 @@ fn run(plan: &Plan) -> Report {
             imp,
             case,
             acc: match case.kind {
-                Kind::Rtt => Acc::Latency { all: histogram(), ratios: Ratios::default() },
+                Kind::Rtt | Kind::Wake => {
+                    Acc::Latency { all: histogram(), rounds: Vec::new(), skipped: 0 }
+                }
                 Kind::Stream | Kind::Batch(_) => Acc::Rate(Vec::new()),
             },
         })
         .collect();
 
     let mut floor_all = histogram();
+    let mut floor_rounds = Vec::new();
+    let mut lane_reactor = None;
     for round in 0..plan.rounds as usize {
         eprint!("\rspsc: round {}/{} ", round + 1, plan.rounds);
         let floor_round =
             histogram_of(&floor::measure(&plan.pair, sizes.rtt_warmup, sizes.rtt_samples));
         accumulate(&mut floor_all, &floor_round);
-        let floor_round = Summary::of(&floor_round);
+        floor_rounds.push(Summary::of(&floor_round));
         for case in CASES {
-            for k in 0..IMPLS.len() {
-                let imp = IMPLS[(k + round) % IMPLS.len()];
-                let Some(cell) =
-                    cells.iter_mut().find(|c| c.imp == imp && c.case.name == case.name)
-                else {
-                    continue; // this implementation has no such case
-                };
+            // The implementations of this case, started one further along each round, so
+            // none always goes first or last.
+            let imps: Vec<Impl> =
+                cells.iter().filter(|c| c.case.name == case.name).map(|c| c.imp).collect();
+            for k in 0..imps.len() {
+                let imp = imps[(k + round) % imps.len()];
+                let cell = cells
+                    .iter_mut()
+                    .find(|c| c.imp == imp && c.case.name == case.name)
+                    .expect("imps lists this case's cells");
                 match (measure(imp, case, &plan.pair, sizes), &mut cell.acc) {
-                    (Measured::Latency(samples), Acc::Latency { all, ratios }) => {
+                    (Measured::Latency(samples), Acc::Latency { all, rounds, .. }) => {
                         let this_round = histogram_of(&samples);
-                        ratios.push(&Summary::of(&this_round), &floor_round);
+                        rounds.push(Summary::of(&this_round));
                         accumulate(all, &this_round);
+                    }
+                    (Measured::Wake(woken), Acc::Latency { all, rounds, skipped }) => {
+                        let this_round = histogram_of(&woken.samples);
+                        rounds.push(Summary::of(&this_round));
+                        accumulate(all, &this_round);
+                        *skipped += woken.skipped;
+                        lane_reactor = lane_reactor.or(woken.reactor);
                     }
                     (Measured::Rate(rate), Acc::Rate(rates)) => rates.push(rate),
                     _ => unreachable!("measure returns the kind of result its case's Acc holds"),
@@ -293,27 +394,56 @@ fn run(plan: &Plan) -> Report {
     }
     eprintln!();
 
-    let rows = cells
-        .into_iter()
-        .map(|cell| Row {
-            imp: cell.imp.name(),
-            case: cell.case.name,
-            api: cell.imp.api(cell.case.kind),
-            measure: match cell.acc {
-                Acc::Latency { all, ratios } => Measure::Latency {
+    // Each latency cell's rounds divided by its baseline's same rounds: the floor, or for
+    // wake-parked the futex row (measured in the same rounds, in the rotated order).
+    let wake_baseline: Vec<Summary> = cells
+        .iter()
+        .find(|c| c.imp == WAKE_BASELINE && c.case.kind == Kind::Wake)
+        .and_then(|c| match &c.acc {
+            Acc::Latency { rounds, .. } => Some(rounds.clone()),
+            Acc::Rate(_) => None,
+        })
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    let mut skipped_rows = Vec::new();
+    for cell in cells {
+        let api = cell.imp.api(cell.case.kind);
+        let measure = match cell.acc {
+            Acc::Latency { all, rounds, skipped } => {
+                let (baseline, by) = if cell.case.kind == Kind::Wake {
+                    (Baseline::Impl(WAKE_BASELINE.name()), &wake_baseline)
+                } else {
+                    (Baseline::Floor, &floor_rounds)
+                };
+                let mut ratios = Ratios::default();
+                for (round, base) in rounds.iter().zip(by) {
+                    ratios.push(round, base);
+                }
+                if cell.case.kind == Kind::Wake {
+                    skipped_rows.push(Row {
+                        imp: cell.imp.name(),
+                        case: "wake-parked-skipped",
+                        api: skipped_what(cell.imp),
+                        measure: Measure::Value { value: skipped, unit: "wakes" },
+                    });
+                }
+                Measure::Latency {
                     summary: Summary::of(&all),
                     ratio_p50: ratios.p50(),
                     ratio_p99: ratios.p99(),
-                },
-                Acc::Rate(rates) => Measure::Rate {
-                    median: median(&rates).unwrap_or(0.0),
-                    min: rates.iter().copied().fold(f64::INFINITY, f64::min),
-                    max: rates.iter().copied().fold(0.0, f64::max),
-                    rounds: rates.len(),
-                },
+                    baseline,
+                }
+            }
+            Acc::Rate(rates) => Measure::Rate {
+                median: median(&rates).unwrap_or(0.0),
+                min: rates.iter().copied().fold(f64::INFINITY, f64::min),
+                max: rates.iter().copied().fold(0.0, f64::max),
+                rounds: rates.len(),
             },
-        })
-        .collect();
+        };
+        rows.push(Row { imp: cell.imp.name(), case: cell.case.name, api, measure });
+    }
+    rows.extend(skipped_rows);
 
     Report {
         suite: SUITE.name,
@@ -333,7 +463,24 @@ fn run(plan: &Plan) -> Report {
                      one sealed memfd per ring",
             "shm_check_every_turns": fork::CHECK_EVERY,
             "shm_limit_s": fork::LIMIT.as_secs(),
+            "wake_warmup": sizes.wake.warmup,
+            "wake_samples_per_round": sizes.wake.samples,
+            "wake_gap_us": wake::GAP.as_micros() as u64,
+            "wake_lane_idle": format!("sleep({} ms)", wake::PARK.as_millis()),
+            "wake_lane_reactor": lane_reactor,
         }),
+    }
+}
+
+/// What a wake-parked-skipped row counts, per implementation.
+fn skipped_what(imp: Impl) -> &'static str {
+    match imp {
+        Impl::CorelaneLink => {
+            "timed wakes dropped: LaneWaker::wakes() did not grow (lane not parked)"
+        }
+        Impl::Futex => "timed wakes dropped: futex_wake woke no waiter",
+        Impl::Eventfd => "none can be: a write cannot say whether the reader slept (/proc said so)",
+        _ => unreachable!("only wake-parked rows count skipped wakes"),
     }
 }
 
@@ -341,6 +488,14 @@ fn run(plan: &Plan) -> Report {
 /// corelane-shm, a fresh pinned thread and a fresh pinned child process).
 fn measure(imp: Impl, case: Case, pair: &Pair, sizes: Sizes) -> Measured {
     let label = Label { imp: imp.name(), case: case.name };
+    if case.kind == Kind::Wake {
+        return Measured::Wake(match imp {
+            Impl::CorelaneLink => wake::link(pair, label, sizes.wake),
+            Impl::Futex => wake::futex(pair, label, sizes.wake),
+            Impl::Eventfd => wake::eventfd(pair, label, sizes.wake),
+            _ => unreachable!("Impl::runs keeps the queues out of wake-parked"),
+        });
+    }
     match (imp, case.size) {
         (Impl::CorelaneShm, _) => measure_shm(case.kind, label, pair, sizes),
         (_, Size::B8) => measure_items::<u64>(imp, case.kind, label, pair, sizes),
@@ -379,6 +534,9 @@ fn measure_items<T: Item>(
                 crossbeam_channel::bounded(cap),
             ),
             Impl::CorelaneShm => unreachable!("measure sends corelane-shm to measure_shm"),
+            Impl::CorelaneLink | Impl::Futex | Impl::Eventfd => {
+                unreachable!("measure sends the wake-ups to wake")
+            }
         }),
         Kind::Stream => Measured::Rate(match imp {
             Impl::Corelane => stream::<T, _, _>(pair, label, sizes, spsc::channel(cap)),
@@ -388,6 +546,9 @@ fn measure_items<T: Item>(
                 stream::<T, _, _>(pair, label, sizes, crossbeam_channel::bounded(cap))
             }
             Impl::CorelaneShm => unreachable!("measure sends corelane-shm to measure_shm"),
+            Impl::CorelaneLink | Impl::Futex | Impl::Eventfd => {
+                unreachable!("measure sends the wake-ups to wake")
+            }
         }),
         Kind::Batch(batch) => Measured::Rate(match imp {
             Impl::Corelane => {
@@ -400,7 +561,11 @@ fn measure_items<T: Item>(
                 unreachable!("Impl::runs keeps crossbeam out of the batch cases")
             }
             Impl::CorelaneShm => unreachable!("measure sends corelane-shm to measure_shm"),
+            Impl::CorelaneLink | Impl::Futex | Impl::Eventfd => {
+                unreachable!("measure sends the wake-ups to wake")
+            }
         }),
+        Kind::Wake => unreachable!("measure sends wake-parked to wake"),
     }
 }
 
@@ -490,6 +655,7 @@ fn measure_shm(kind: Kind, label: Label, pair: &Pair, sizes: Sizes) -> Measured 
         Kind::Rtt => shm_rtt(&what, label, pair, sizes).map(Measured::Latency),
         Kind::Stream => shm_stream(&what, label, pair, sizes, None),
         Kind::Batch(batch) => shm_stream(&what, label, pair, sizes, Some(batch)),
+        Kind::Wake => unreachable!("Impl::runs keeps corelane-shm out of wake-parked"),
     };
     measured.unwrap_or_else(|e| {
         eprintln!("error: {what}: {e}; aborting the run");
@@ -1121,6 +1287,60 @@ mod tests {
         );
     }
 
+    #[test]
+    fn wake_parked_has_the_three_wake_ups_and_nothing_else() {
+        let wake = CASES.into_iter().find(|c| c.name == "wake-parked").unwrap();
+        assert_eq!(wake.kind, Kind::Wake);
+        let runs: Vec<&str> = IMPLS.into_iter().filter(|i| i.runs(wake)).map(Impl::name).collect();
+        assert_eq!(runs, ["corelane-link", "futex", "eventfd"]);
+        assert!(WAKE_BASELINE.runs(wake));
+        for case in CASES.into_iter().filter(|c| c.kind != Kind::Wake) {
+            assert!(IMPLS.iter().all(|i| !(i.wakes() && i.runs(case))), "{}", case.name);
+        }
+        assert!(HELP.contains("wake-parked") && HELP.contains("corelane-link"));
+    }
+
+    /// `--quick --only wake --rounds 1` through the suite's own `run`: three latency rows
+    /// with plausible percentiles and ratios to the futex row, three skipped counts, and the
+    /// wake settings; no other case measured.
+    #[test]
+    fn quick_wake_parked_reports_three_rows() {
+        let Some(pair) = test_pair() else { return };
+        let plan = Plan { rounds: 1, quick: true, pair, only: Some("wake") };
+        let report = run(&plan);
+        let per_round = Sizes::new(true).wake.samples;
+        let latency: Vec<&Row> =
+            report.rows.iter().filter(|r| matches!(r.measure, Measure::Latency { .. })).collect();
+        let names: Vec<&str> = latency.iter().map(|r| r.imp).collect();
+        assert_eq!(names, ["corelane-link", "futex", "eventfd"]);
+        for row in &latency {
+            assert_eq!(row.case, "wake-parked");
+            let Measure::Latency { summary: s, ratio_p50, ratio_p99, baseline } = &row.measure
+            else {
+                unreachable!("filtered above")
+            };
+            assert_eq!(*baseline, Baseline::Impl("futex"), "{}", row.imp);
+            assert!(s.samples > 0 && s.samples <= per_round, "{}: {s:?}", row.imp);
+            assert!(s.p50 > 100 && s.p50 <= s.p99 && s.p99 <= s.max, "{}: {s:?}", row.imp);
+            assert!(ratio_p50.is_some_and(|r| r > 0.0) && ratio_p99.is_some(), "{}", row.imp);
+            if row.imp == "futex" {
+                assert_eq!((*ratio_p50, *ratio_p99), (Some(1.0), Some(1.0)));
+            }
+            let skipped = report.rows.iter().find_map(|r| match r.measure {
+                Measure::Value { value, .. }
+                    if r.imp == row.imp && r.case == "wake-parked-skipped" =>
+                {
+                    Some(value)
+                }
+                _ => None,
+            });
+            assert_eq!(skipped.map(|n| n + s.samples), Some(per_round), "{}", row.imp);
+        }
+        assert_eq!(report.rows.len(), 6, "only wake-parked was asked for");
+        assert_eq!(report.settings["wake_samples_per_round"], per_round);
+        assert!(report.settings["wake_lane_reactor"].is_string());
+    }
+
     /// Alternates `push` and `pop` (the batch drivers' closures) on one thread until 1000
     /// items went through: the adapters move every item exactly once, in order.
     fn interleave(
@@ -1193,8 +1413,13 @@ mod tests {
         pair
     }
 
-    const TINY: Sizes =
-        Sizes { rtt_warmup: 100, rtt_samples: 1_000, stream_warmup: 2_000, stream_items: 20_000 };
+    const TINY: Sizes = Sizes {
+        rtt_warmup: 100,
+        rtt_samples: 1_000,
+        stream_warmup: 2_000,
+        stream_items: 20_000,
+        wake: wake::Sizes { warmup: 3, samples: 30 },
+    };
 
     /// The real corelane-shm measurements, forked from the test, at tiny sizes: every item
     /// arrives in order (a wrong one would end the test binary with status 3) and the child
@@ -1209,7 +1434,7 @@ mod tests {
         for batch in [None, Some(Batch::Chunk), Some(Batch::Slice)] {
             match shm_stream("test", label, &pair, TINY, batch).unwrap() {
                 Measured::Rate(rate) => assert!(rate > 0.0, "{batch:?}"),
-                Measured::Latency(_) => panic!("a stream measures a rate"),
+                Measured::Latency(_) | Measured::Wake(_) => panic!("a stream measures a rate"),
             }
         }
     }
