@@ -1426,3 +1426,63 @@ fn output_buffers_shrink_after_a_large_message() {
         runtime.join();
     }
 }
+
+/// Soundness (review): `RecvBuf` is `Copy` and `Reactor::recycle` is public and safe, so safe
+/// code can hand a buffer back twice (an agent that recycles in `on_completion`, after which
+/// the lane does too). The provided-buffer ring then lists it twice (and overwrites an entry
+/// the kernel had not taken yet): two receives are handed the same memory, and a chunk that is
+/// still held has its bytes overwritten by the kernel.
+#[test]
+fn a_second_recycle_cannot_alias_two_held_chunks() {
+    if Reactor::probe(ReactorChoice::IoUring).is_err() {
+        eprintln!("SKIPPING: no io_uring");
+        return;
+    }
+    std::thread::spawn(|| {
+        let mut reactor = Reactor::new(ReactorChoice::IoUring).unwrap();
+        let (a, mut peer) = UnixStream::pair().unwrap();
+        reactor.open(OwnedFd::from(a), Token(1)).unwrap();
+        peer.write_all(b"x").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let first = 'first: loop {
+            assert!(Instant::now() < deadline, "nothing received");
+            reactor.park(Duration::from_millis(1)).unwrap();
+            while let Some(c) = reactor.next_completion() {
+                if let Completion::Received { buf, .. } = c {
+                    break 'first buf;
+                }
+            }
+        };
+        reactor.recycle(first);
+        reactor.recycle(first); // safe code
+        let writer = std::thread::spawn(move || {
+            let chunk = [7u8; 64 * 1024];
+            while peer.write_all(&chunk).is_ok() {}
+        });
+        let mut held = Vec::new();
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_millis(500) {
+            reactor.park(Duration::from_millis(1)).unwrap();
+            while let Some(c) = reactor.next_completion() {
+                if let Completion::Received { buf, .. } = c {
+                    held.push(buf); // held, never recycled
+                    quiet_since = Instant::now();
+                }
+            }
+        }
+        let mut ptrs: Vec<usize> = held.iter().map(|b| reactor.data(b).as_ptr() as usize).collect();
+        ptrs.sort_unstable();
+        ptrs.dedup();
+        eprintln!("{} chunks held, {} distinct buffers", held.len(), ptrs.len());
+        let aliased = held.len() - ptrs.len();
+        reactor.close(Token(1));
+        for _ in 0..10 {
+            reactor.park(Duration::from_millis(1)).unwrap();
+            while reactor.next_completion().is_some() {}
+        }
+        writer.join().unwrap();
+        assert_eq!(aliased, 0, "{aliased} held chunks share a buffer with another held chunk");
+    })
+    .join()
+    .unwrap();
+}

@@ -176,6 +176,13 @@ impl<'a> Ctx<'a> {
         self.reactor.pause(token)
     }
 
+    /// Stops receiving on `local` for good, dropping what was not delivered (see
+    /// [`Reactor::discard_input`]).
+    pub fn discard_input(&mut self, local: u64) -> io::Result<()> {
+        let token = self.token(local)?;
+        self.reactor.discard_input(token)
+    }
+
     /// Receives on `local` again, held-back bytes first (see [`Reactor::resume`]).
     pub fn resume(&mut self, local: u64) -> io::Result<()> {
         let token = self.token(local)?;

@@ -645,8 +645,9 @@ impl<S> ConnTable<S> {
         if let Some(conn) = self.conn_mut(id) {
             conn.closing = Some(reason);
         }
-        // A peer that keeps sending is not read (and not woken for) while its replies drain.
-        let _ = ctx.pause(id.local());
+        // A peer that keeps sending is not read (and not woken for) while its replies drain,
+        // and what it sent after the close costs no receive buffer.
+        let _ = ctx.discard_input(id.local());
         self.rearm(ctx, id);
     }
 

@@ -232,7 +232,10 @@ fn pending_output_over_the_limit_closes_on_send_and_is_checked_on_every_event() 
         let token = lane.token(id);
         lane.ctx().send(id.local(), &[0u8; 5000]).unwrap();
         let completion = match event {
-            "received" => Completion::Received { token, buf: RecvBuf { id: 0, offset: 0, len: 0 } },
+            "received" => Completion::Received {
+                token,
+                buf: RecvBuf { id: 0, offset: 0, len: 0, generation: 0 },
+            },
             "sent" => Completion::Sent { token, bytes: 1 },
             _ => Completion::Timer { token },
         };
@@ -280,7 +283,8 @@ fn a_graceful_close_writes_what_is_queued_first() {
     assert!(table.is_closing(id));
     // What the peer says meanwhile goes unread.
     let token = lane.token(id);
-    let received = Completion::Received { token, buf: RecvBuf { id: 0, offset: 0, len: 0 } };
+    let received =
+        Completion::Received { token, buf: RecvBuf { id: 0, offset: 0, len: 0, generation: 0 } };
     assert_eq!(describe(&table.event(&mut lane.ctx(), received)), "handled");
     assert_eq!(lane.flush(&mut table), ["closed protocol"]);
     assert_eq!(table.stats().closed(CloseReason::Protocol), 1);

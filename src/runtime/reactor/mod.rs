@@ -243,11 +243,19 @@ pub struct PeerCred {
 
 /// A received chunk, valid until the lane recycles it after the completion was handled. Read it
 /// with [`Reactor::data`].
+///
+/// A `RecvBuf` is a handle, not a borrow: recycling one twice, or one whose memory was
+/// recycled and received into again, does nothing (the chunk's generation no longer matches),
+/// and reading one that was recycled is a panic, never a read of memory the kernel may be
+/// writing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecvBuf {
     pub(super) id: u32,
     pub(super) offset: u32,
     pub(super) len: u32,
+    /// io_uring: which lending of the buffer this chunk is (0 for the epoll backend, whose
+    /// chunks live in an arena that no kernel writes into).
+    pub(super) generation: u32,
 }
 
 impl RecvBuf {
@@ -500,13 +508,21 @@ impl Reactor {
 
     /// Stops receiving on a connection (credit-based backpressure): once this returns, no
     /// [`Completion::Received`] (nor [`Completion::Closed`]) for `token` is delivered until
-    /// [`resume`](Self::resume). What the kernel had already received is held back, in order
-    /// (io_uring: the chunks completed before the cancelled receive stopped, at most the
-    /// buffers of the socket's group; epoll: at most one read's worth, copied aside); the rest
-    /// stays in the socket's kernel buffer, so flow control slows the peer down. Sending goes
-    /// on. Pausing a paused connection does nothing; only connections can be paused.
+    /// [`resume`](Self::resume). What the kernel had already received is held back, in order,
+    /// copied aside (io_uring: the chunks completed before the cancelled receive stopped, their
+    /// provided buffers given back at once, so paused connections never starve the lane's
+    /// other receives; epoll: at most one read's worth); the rest stays in the socket's kernel
+    /// buffer, so flow control slows the peer down. Sending goes on. Pausing a paused
+    /// connection does nothing; only connections can be paused.
     pub fn pause(&mut self, token: Token) -> io::Result<()> {
         delegate!(self, r => r.pause(token))
+    }
+
+    /// Stops receiving on a connection for good and drops what was received and not yet
+    /// delivered (a connection closing after its last replies: what its peer still sends is
+    /// not read, and costs no buffer). Sending goes on; `resume` does nothing afterwards.
+    pub fn discard_input(&mut self, token: Token) -> io::Result<()> {
+        delegate!(self, r => r.discard_input(token))
     }
 
     /// Receives again after [`pause`](Self::pause): first what was held back, then the rest,

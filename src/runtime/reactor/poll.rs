@@ -68,6 +68,8 @@ struct Socket {
     broken: bool,
     eof: bool,
     paused: bool,
+    /// Input is discarded (`discard_input`).
+    deaf: bool,
     /// Received while paused, delivered on resume.
     held: Vec<u8>,
     held_eof: bool,
@@ -233,6 +235,7 @@ impl PollReactor {
                 broken: false,
                 eof: false,
                 paused: false,
+                deaf: false,
                 held: Vec::new(),
                 held_eof: false,
                 watch_armed: kind == Kind::Watch,
@@ -280,8 +283,8 @@ impl PollReactor {
 
     pub(super) fn resume(&mut self, token: Token) -> io::Result<()> {
         let (key, socket) = self.slab.by_token_mut(token).ok_or_else(unknown)?;
-        if !socket.paused {
-            return Ok(());
+        if !socket.paused || socket.deaf {
+            return Ok(()); // discarded input stays discarded
         }
         socket.paused = false;
         // What was held goes first, ahead of anything still queued for this token.
@@ -297,11 +300,25 @@ impl PollReactor {
             }
             self.arena[offset..end].copy_from_slice(&socket.held);
             self.arena_used = end;
-            let buf = RecvBuf { id: 0, offset: offset as u32, len: socket.held.len() as u32 };
+            let buf = RecvBuf {
+                id: 0,
+                offset: offset as u32,
+                len: socket.held.len() as u32,
+                generation: 0,
+            };
             socket.held.clear();
             self.ready.push_front((key, Completion::Received { token, buf }));
         }
         self.update_interest(key)
+    }
+
+    pub(super) fn discard_input(&mut self, token: Token) -> io::Result<()> {
+        self.pause(token)?;
+        let (_, socket) = self.slab.by_token_mut(token).ok_or_else(unknown)?;
+        socket.deaf = true;
+        socket.held = Vec::new();
+        socket.held_eof = false;
+        Ok(())
     }
 
     pub(super) fn fd(&self, token: Token) -> Option<BorrowedFd<'_>> {
@@ -407,13 +424,15 @@ impl PollReactor {
             if socket.paused {
                 match c {
                     Completion::Received { buf, .. } => {
-                        let bytes =
-                            &self.arena[buf.offset as usize..(buf.offset + buf.len) as usize];
-                        socket.held.extend_from_slice(bytes);
+                        if !socket.deaf {
+                            let bytes =
+                                &self.arena[buf.offset as usize..(buf.offset + buf.len) as usize];
+                            socket.held.extend_from_slice(bytes);
+                        }
                         continue;
                     }
                     Completion::Closed { .. } => {
-                        socket.held_eof = true;
+                        socket.held_eof = !socket.deaf;
                         continue;
                     }
                     _ => {}
@@ -580,7 +599,8 @@ impl PollReactor {
                 Ok((n, _)) => {
                     self.arena_used += n;
                     taken += n;
-                    let buf = RecvBuf { id: 0, offset: offset as u32, len: n as u32 };
+                    let buf =
+                        RecvBuf { id: 0, offset: offset as u32, len: n as u32, generation: 0 };
                     self.ready.push_back((key, Completion::Received { token, buf }));
                     if n < room {
                         return; // drained
