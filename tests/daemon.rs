@@ -1056,3 +1056,63 @@ fn watch_without_the_metrics_service_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("its metrics service is off (metrics.enabled = false"), "{err}");
 }
+
+/// `control.max_buffered_bytes` bounds what peers that never read cost (found by the review
+/// of issue 7: every request was still answered, with the busy error, into the output of a
+/// peer that does not read, until each reached `max_pending_output_bytes`: 48-61 MB held for
+/// a 1 MiB budget). Over budget, a connection with answers waiting is not read until the total
+/// is back under it. 16 such peers, 1 MiB budget: at most twice the budget, and the daemon
+/// answers others once they are gone.
+#[test]
+fn the_buffered_budget_bounds_what_non_readers_hold() {
+    const BUDGET: u64 = 1 << 20;
+    let mut failed = Vec::new();
+    for reactor in reactors() {
+        let env = [
+            ("CORELANE_RUNTIME_REACTOR", reactor),
+            ("CORELANE_CONTROL_MAX_BUFFERED_BYTES", "1048576"),
+            ("CORELANE_CONTROL_WRITE_TIMEOUT_MS", "60000"),
+        ];
+        let daemon = Daemon::start(&format!("review-budget-{reactor}"), &env);
+        let pings = std::sync::Arc::new(requests(corelane::control::MSG_PING, 20_000));
+        let writers: Vec<_> = (0..16)
+            .map(|_| {
+                let mut s = UnixStream::connect(daemon.socket()).unwrap();
+                // Not read, they block: 2 s is enough to fill what the daemon would take.
+                s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+                let pings = pings.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10 {
+                        if s.write_all(&pings).is_err() {
+                            break;
+                        }
+                    }
+                    s
+                })
+            })
+            .collect();
+        let mut peak = 0;
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            peak = peak.max(daemon.counter("corelane_control_buffered_bytes"));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let kept: Vec<UnixStream> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+        drop(kept);
+        // Their closes release what they held: the daemon is back under budget, answering.
+        let mut client = daemon.client();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = client.ping() {
+            assert!(Instant::now() < deadline, "{reactor}: still refused: {e}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "{reactor}: peak buffered {peak} bytes with a budget of {BUDGET}; closed for budget: {}",
+            daemon.closed("budget")
+        );
+        if peak > 2 * BUDGET {
+            failed.push(format!("{reactor}: {peak} bytes buffered, budget {BUDGET}"));
+        }
+    }
+    assert!(failed.is_empty(), "{failed:?}");
+}

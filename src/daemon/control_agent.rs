@@ -133,6 +133,9 @@ pub struct ControlAgent {
     conns: ConnTable<Conn>,
     handler: ControlHandler,
     slot: Option<RouteSlot>,
+    /// Connections not read while the budget is spent (they had output waiting): resumed
+    /// once all connections together are back under it.
+    budget_paused: Vec<ConnId>,
 }
 
 impl std::fmt::Debug for ControlAgent {
@@ -155,7 +158,15 @@ impl ControlAgent {
         let conns = ConnTable::new(settings.conns)
             .with_counters(handler.counters.conns.clone())
             .keep_closed();
-        Self { path, listener: Some(listener), settings, conns, handler, slot: None }
+        Self {
+            path,
+            listener: Some(listener),
+            settings,
+            conns,
+            handler,
+            slot: None,
+            budget_paused: Vec::new(),
+        }
     }
 
     /// Adds, when the lane starts, the routes the daemon puts in `slot` once every service is
@@ -248,6 +259,50 @@ impl ControlAgent {
         done
     }
 
+    /// Over budget, a connection whose answers wait to be written is not read until they are
+    /// (or until all connections are back under the budget): its requests stay in the kernel
+    /// (flow control slows its peer) instead of each getting a busy error that would sit in
+    /// its output too. So what a peer that never reads costs is bounded by the budget plus one
+    /// chunk's answers, while a peer that reads its answers goes on getting them (busy errors
+    /// while the budget is spent).
+    fn hold_back(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        if self.handler.busy.is_none()
+            || self.conns.pending(id) == 0
+            || self.conns.is_closing(id)
+            || !self.conns.contains(id)
+        {
+            return;
+        }
+        if ctx.pause(id.local()).is_ok() {
+            self.budget_paused.push(id);
+        }
+    }
+
+    /// Reads again the connections held back whose answers are written, or all of them once
+    /// the budget allows; returns how many.
+    fn release_held_back(&mut self, ctx: &mut Ctx<'_>) -> usize {
+        if self.budget_paused.is_empty() {
+            return 0;
+        }
+        let under = self.conns.buffered() as u64 <= self.settings.max_buffered_bytes;
+        let mut n = 0;
+        let mut i = 0;
+        while i < self.budget_paused.len() {
+            let id = self.budget_paused[i];
+            let gone = !self.conns.contains(id) || self.conns.is_closing(id);
+            if gone || under || self.conns.pending(id) == 0 {
+                self.budget_paused.swap_remove(i);
+                if !gone {
+                    let _ = ctx.resume(id.local());
+                    n += 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        n
+    }
+
     /// Refuses requests from now on if all connections together buffer more than the budget.
     fn check_budget(&mut self) {
         let (buffered, budget) = (self.conns.buffered() as u64, self.settings.max_buffered_bytes);
@@ -320,6 +375,7 @@ impl Agent for ControlAgent {
                 self.handler.current = ConnRef(id.local());
                 let verdict = conn.session.on_bytes(data, now, &mut self.handler);
                 self.after(ctx, id, verdict);
+                self.hold_back(ctx, id);
             }
             ConnEvent::Deadline { id } => {
                 let now = ctx.now;
@@ -359,7 +415,7 @@ impl Agent for ControlAgent {
                 }
             }
         }
-        self.deliver_replies(ctx) + self.fail_stopped(ctx)
+        self.release_held_back(ctx) + self.deliver_replies(ctx) + self.fail_stopped(ctx)
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_>) {

@@ -674,6 +674,11 @@ impl<S> ConnTable<S> {
         self.conn(id).is_some()
     }
 
+    /// Output of `id` queued and not yet written (0 for an unknown connection).
+    pub fn pending(&self, id: ConnId) -> usize {
+        self.conn(id).map_or(0, |c| c.pending)
+    }
+
     /// Whether `id` is closing gracefully ([`close`](Self::close)).
     pub fn is_closing(&self, id: ConnId) -> bool {
         self.conn(id).is_some_and(|c| c.closing.is_some())

@@ -116,15 +116,34 @@ struct Entry {
     stash: Vec<u8>,
     /// End of input seen while paused, delivered on resume after the stash.
     stash_eof: bool,
-    /// The stash as delivered by the last resume, until its chunks are recycled.
+    /// The stash as delivered by resumes, until its chunks are recycled.
     delivered: Vec<u8>,
-    /// Chunks of `delivered` not yet recycled.
-    delivered_out: u32,
+    /// The chunks of `delivered` not yet recycled: (sequence number, start, length). A
+    /// stashed chunk's `RecvBuf` names its sequence number, so a second recycle finds nothing.
+    chunks: Vec<(u32, u32, u32)>,
+    /// The sequence number of the next stashed chunk delivered.
+    next_chunk: u32,
     /// A connect's address, which the kernel reads until the connect completes.
     addr: Option<Box<SocketAddrAny>>,
     accept_errors: u64,
     /// Accept errors in the current burst (logged when it starts and when it ends).
     burst: u64,
+}
+
+impl Entry {
+    /// Removes the stashed chunk `seq` from the live ones: its bytes' range in `delivered`.
+    fn take_chunk(&mut self, seq: u32) -> Option<std::ops::Range<usize>> {
+        let i = self.chunks.iter().position(|c| c.0 == seq)?;
+        let (_, start, len) = self.chunks.swap_remove(i);
+        Some(start as usize..(start + len) as usize)
+    }
+
+    /// Frees `delivered` once none of its chunks is out.
+    fn forget_delivered(&mut self) {
+        if self.chunks.is_empty() {
+            self.delivered = Vec::new();
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,16 +339,28 @@ impl UringReactor {
             self.ready.push_front((key, Completion::Closed { token }));
         }
         if !entry.stash.is_empty() {
-            let offset = entry.delivered.len() as u32;
-            let len = entry.stash.len() as u32;
+            // In chunks no larger than the group's buffers, as if they had just arrived: an
+            // agent that pauses again after one of them gets no more at once.
+            let chunk = self.groups[usize::from(entry.group)].ring.size;
+            let start = entry.delivered.len();
             if entry.delivered.is_empty() {
                 std::mem::swap(&mut entry.delivered, &mut entry.stash);
             } else {
                 entry.delivered.append(&mut entry.stash);
             }
-            entry.delivered_out += 1;
-            let buf = RecvBuf { id: STASH | key.slot, offset, len, generation: key.generation };
-            self.ready.push_front((key, Completion::Received { token, buf }));
+            let end = entry.delivered.len();
+            let count = (end - start).div_ceil(chunk);
+            // Pushed to the front last to first, so they come first to last.
+            for i in (0..count).rev() {
+                let from = start + i * chunk;
+                let len = (end - from).min(chunk) as u32;
+                let seq = entry.next_chunk.wrapping_add(i as u32);
+                entry.chunks.push((seq, from as u32, len));
+                let buf =
+                    RecvBuf { id: STASH | key.slot, offset: seq, len, generation: key.generation };
+                self.ready.push_front((key, Completion::Received { token, buf }));
+            }
+            entry.next_chunk = entry.next_chunk.wrapping_add(count as u32);
         }
         if !entry.armed && entry.kind == Kind::Stream {
             self.rearm.push(key);
@@ -417,6 +448,17 @@ impl UringReactor {
                     // Paused: the bytes are copied aside and the buffer goes back to the
                     // group at once (discarded if the input is); end of input waits too.
                     match c {
+                        Completion::Received { buf, .. } if buf.id & STASH != 0 => {
+                            // Delivered by a resume, paused again before it was taken: back
+                            // to the stash, in order (it came before what is behind it).
+                            if let Some(range) = entry.take_chunk(buf.offset) {
+                                if !entry.deaf {
+                                    let data = &entry.delivered[range];
+                                    entry.stash.extend_from_slice(data);
+                                }
+                                entry.forget_delivered();
+                            }
+                        }
                         Completion::Received { buf, .. } => {
                             if !entry.deaf {
                                 let (group, bid) = split_buf(buf.id);
@@ -443,10 +485,12 @@ impl UringReactor {
     pub(super) fn data(&self, buf: &RecvBuf) -> &[u8] {
         if buf.id & STASH != 0 {
             let key = Key { slot: buf.id & !STASH, generation: buf.generation };
-            let entry = self.slab.get(key).filter(|e| e.delivered_out > 0);
-            let range = buf.offset as usize..(buf.offset + buf.len) as usize;
+            let entry = self.slab.get(key);
             return entry
-                .and_then(|e| e.delivered.get(range))
+                .and_then(|e| {
+                    let &(_, start, len) = e.chunks.iter().find(|c| c.0 == buf.offset)?;
+                    e.delivered.get(start as usize..(start + len) as usize)
+                })
                 .expect("a received chunk read after it was recycled");
         }
         let (group, bid) = split_buf(buf.id);
@@ -456,10 +500,9 @@ impl UringReactor {
     pub(super) fn recycle(&mut self, buf: RecvBuf) {
         if buf.id & STASH != 0 {
             let key = Key { slot: buf.id & !STASH, generation: buf.generation };
-            if let Some(entry) = self.slab.get_mut(key).filter(|e| e.delivered_out > 0) {
-                entry.delivered_out -= 1;
-                if entry.delivered_out == 0 {
-                    entry.delivered = Vec::new();
+            if let Some(entry) = self.slab.get_mut(key) {
+                if entry.take_chunk(buf.offset).is_some() {
+                    entry.forget_delivered();
                 }
             }
             return;
@@ -512,7 +555,8 @@ impl UringReactor {
                 stash: Vec::new(),
                 stash_eof: false,
                 delivered: Vec::new(),
-                delivered_out: 0,
+                chunks: Vec::new(),
+                next_chunk: 0,
                 addr: None,
                 accept_errors: 0,
                 burst: 0,
@@ -1556,15 +1600,25 @@ mod tests {
                 (peer, all)
             });
             let deadline = Instant::now() + Duration::from_secs(5);
+            let mut chunks = 0;
             while got.len() < 192 * 1024 {
                 assert!(Instant::now() < deadline, "only {} bytes", got.len());
                 r.poll(Duration::from_millis(5)).unwrap();
                 while let Some(c) = r.next() {
                     if let Completion::Received { buf, .. } = c {
+                        assert!(buf.len() <= 16 * 1024, "a chunk of {} bytes", buf.len());
                         got.extend_from_slice(r.data(&buf));
                         r.recycle(buf);
                         // A second recycle of the same chunk does nothing.
                         r.recycle(buf);
+                        chunks += 1;
+                        if chunks == 1 {
+                            // Paused again after the first chunk of the stash: the rest of it
+                            // waits, then comes in order.
+                            r.pause(Token(1)).unwrap();
+                            assert!(r.next().is_none(), "paused, yet delivered");
+                            r.resume(Token(1)).unwrap();
+                        }
                     }
                 }
             }
