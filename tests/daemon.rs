@@ -1061,8 +1061,9 @@ fn watch_without_the_metrics_service_says_so() {
 /// of issue 7: every request was still answered, with the busy error, into the output of a
 /// peer that does not read, until each reached `max_pending_output_bytes`: 48-61 MB held for
 /// a 1 MiB budget). Over budget, a connection with answers waiting is not read until the total
-/// is back under it. 16 such peers, 1 MiB budget: at most twice the budget, and the daemon
-/// answers others once they are gone.
+/// is back under it. 16 such peers, 1 MiB budget: at most the budget plus, per peer, one
+/// received chunk waiting in its backlog and the answers to one chunk (128 KiB allowed), and
+/// the daemon answers others once they are gone.
 #[test]
 fn the_buffered_budget_bounds_what_non_readers_hold() {
     const BUDGET: u64 = 1 << 20;
@@ -1110,8 +1111,88 @@ fn the_buffered_budget_bounds_what_non_readers_hold() {
             "{reactor}: peak buffered {peak} bytes with a budget of {BUDGET}; closed for budget: {}",
             daemon.closed("budget")
         );
-        if peak > 2 * BUDGET {
+        if peak > BUDGET + 16 * (128 << 10) {
             failed.push(format!("{reactor}: {peak} bytes buffered, budget {BUDGET}"));
+        }
+    }
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
+/// Found by the review of issue 7: nothing bounded the work one pass did for a connection.
+/// Each 16 KiB chunk of status requests (about 680 of them) was answered in the pass that
+/// received it, and a lane reaped every chunk the kernel completed: 4 clients that keep their
+/// sockets full (and read their replies, so they are never dropped) stretched the lane's
+/// passes to 1.6 s in a debug build (90 ms in release), and every other agent of the lane and
+/// every other client waited. Now the control agent feeds its sessions at most 4 KiB per pass,
+/// the rest waiting in per-connection backlogs; the p99 of the lane's pass stays under 50 ms
+/// (a few ms in release) and another client's pings are answered meanwhile.
+#[test]
+fn a_status_flood_does_not_hold_the_lane() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut failed = Vec::new();
+    for reactor in reactors() {
+        let env = [("CORELANE_RUNTIME_REACTOR", reactor)];
+        let daemon = Daemon::start(&format!("review-hold-{reactor}"), &env);
+        let mut client = daemon.client();
+        let before = client.status().unwrap().lanes[0].max_pass_ns;
+        let stop = Arc::new(AtomicBool::new(false));
+        let burst = Arc::new(requests(corelane::control::MSG_STATUS, 4000));
+        let mut threads = Vec::new();
+        for _ in 0..4 {
+            let s = UnixStream::connect(daemon.socket()).unwrap();
+            let mut reader = s.try_clone().unwrap();
+            let stop_r = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut sink = vec![0u8; 1 << 16];
+                reader.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                while !stop_r.load(Ordering::Relaxed) {
+                    match reader.read(&mut sink) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => break,
+                    }
+                }
+            }));
+            let (stop_w, burst) = (stop.clone(), burst.clone());
+            let mut writer = s;
+            threads.push(std::thread::spawn(move || {
+                while !stop_w.load(Ordering::Relaxed) {
+                    if writer.write_all(&burst).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let mut worst_ping = Duration::ZERO;
+        for _ in 0..20 {
+            let t = Instant::now();
+            client.ping().unwrap();
+            worst_ping = worst_ping.max(t.elapsed());
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().unwrap();
+        }
+        let status = client.status().unwrap();
+        let lane = &status.lanes[0];
+        eprintln!(
+            "{reactor}: longest pass {} us before the flood, {} us after (p99 {} us); \
+             worst ping during it {worst_ping:?}",
+            before / 1000,
+            lane.max_pass_ns / 1000,
+            lane.p99_pass_ns / 1000
+        );
+        // p99, not the longest: one pass preempted on a busy CI machine is not what this is
+        // about.
+        if lane.p99_pass_ns >= 50_000_000 {
+            failed.push(format!(
+                "{reactor}: p99 pass {} us while 4 clients flooded status requests",
+                lane.p99_pass_ns / 1000
+            ));
         }
     }
     assert!(failed.is_empty(), "{failed:?}");

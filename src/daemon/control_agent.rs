@@ -17,6 +17,7 @@
 //! pass and delivered to the connection if it is still open. A connection that closes is
 //! announced to every service it sent requests to, so their subscriptions end with it.
 
+use std::collections::VecDeque;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -123,6 +124,11 @@ pub type RouteSlot = Arc<Mutex<Option<Routes>>>;
 struct Conn {
     session: Session,
     routes: u64,
+    /// Received bytes not yet fed to the session: the pass's budget was spent (the connection
+    /// is paused while there are any).
+    backlog: Vec<u8>,
+    /// Paused for the buffered-bytes budget (see `hold_back`).
+    held_back: bool,
 }
 
 /// The control agent.
@@ -136,6 +142,10 @@ pub struct ControlAgent {
     /// Connections not read while the budget is spent (they had output waiting): resumed
     /// once all connections together are back under it.
     budget_paused: Vec<ConnId>,
+    /// Connections with a backlog, oldest first.
+    backlogged: VecDeque<ConnId>,
+    /// Request bytes the agent may still feed to sessions before its next `do_work`.
+    pass_bytes: usize,
 }
 
 impl std::fmt::Debug for ControlAgent {
@@ -166,6 +176,8 @@ impl ControlAgent {
             handler,
             slot: None,
             budget_paused: Vec::new(),
+            backlogged: VecDeque::new(),
+            pass_bytes: PASS_BYTES,
         }
     }
 
@@ -178,7 +190,12 @@ impl ControlAgent {
 
     fn accept(&mut self, ctx: &mut Ctx<'_>, fd: crate::runtime::Incoming) {
         let (config, now) = (&self.settings.session, ctx.now);
-        let new = |_| Conn { session: Session::new(config.clone(), now), routes: 0 };
+        let new = |_| Conn {
+            session: Session::new(config.clone(), now),
+            routes: 0,
+            backlog: Vec::new(),
+            held_back: false,
+        };
         match self.conns.accept(ctx, fd, new) {
             Ok(id) => {
                 let deadline = self.conns.get(id).and_then(|c| c.session.poll_timeout());
@@ -273,9 +290,58 @@ impl ControlAgent {
         {
             return;
         }
-        if ctx.pause(id.local()).is_ok() {
-            self.budget_paused.push(id);
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        if conn.held_back {
+            return;
         }
+        conn.held_back = true;
+        let _ = ctx.pause(id.local());
+        self.budget_paused.push(id);
+    }
+
+    /// Feeds the connections' backlogs, oldest first, within a fresh pass budget (what is
+    /// left of it goes to the next pass's receives); resumes those it emptied. Returns how
+    /// many it fed.
+    fn feed_backlogs(&mut self, ctx: &mut Ctx<'_>) -> usize {
+        self.pass_bytes = PASS_BYTES;
+        if self.backlogged.is_empty() {
+            return 0;
+        }
+        // Each gets a share, so one connection's flood does not keep the others waiting.
+        let share = (PASS_BYTES / self.backlogged.len()).max(MIN_SHARE);
+        let mut fed = 0;
+        for _ in 0..self.backlogged.len() {
+            let Some(id) = self.backlogged.pop_front() else { break };
+            if self.conns.is_closing(id) {
+                continue; // its input is discarded; the backlog goes with its state
+            }
+            if self.conns.get(id).is_some_and(|c| c.held_back) {
+                // Its answers wait to be read: its requests wait too (see `hold_back`).
+                self.backlogged.push_back(id);
+                continue;
+            }
+            self.check_budget();
+            let now = ctx.now;
+            let Some(conn) = self.conns.get_mut(id) else { continue };
+            let take = conn.backlog.len().min(share);
+            self.pass_bytes = self.pass_bytes.saturating_sub(take);
+            self.handler.current = ConnRef(id.local());
+            let verdict = conn.session.on_bytes(&conn.backlog[..take], now, &mut self.handler);
+            conn.backlog.drain(..take);
+            let done = conn.backlog.is_empty();
+            if done {
+                conn.backlog = Vec::new();
+                if !conn.held_back {
+                    let _ = ctx.resume(id.local());
+                }
+            } else {
+                self.backlogged.push_back(id);
+            }
+            fed += 1;
+            self.after(ctx, id, verdict);
+            self.hold_back(ctx, id);
+        }
+        fed
     }
 
     /// Reads again the connections held back whose answers are written, or all of them once
@@ -292,8 +358,11 @@ impl ControlAgent {
             let gone = !self.conns.contains(id) || self.conns.is_closing(id);
             if gone || under || self.conns.pending(id) == 0 {
                 self.budget_paused.swap_remove(i);
-                if !gone {
-                    let _ = ctx.resume(id.local());
+                if let Some(conn) = self.conns.get_mut(id).filter(|_| !gone) {
+                    conn.held_back = false;
+                    if conn.backlog.is_empty() {
+                        let _ = ctx.resume(id.local());
+                    }
                     n += 1;
                 }
             } else {
@@ -330,9 +399,13 @@ impl ControlAgent {
                 Err(_) => return,
             }
         }
-        let Some(session) = self.conns.get(id).map(|c| &c.session) else { return };
-        let (held, deadline, cause) =
-            (session.buffered(), session.poll_timeout(), session.close_cause());
+        let Some(conn) = self.conns.get(id) else { return };
+        let session = &conn.session;
+        let (held, deadline, cause) = (
+            session.buffered() + conn.backlog.capacity(),
+            session.poll_timeout(),
+            session.close_cause(),
+        );
         self.conns.set_held(id, held);
         if verdict == Verdict::Close {
             let reason = match cause {
@@ -372,8 +445,21 @@ impl Agent for ControlAgent {
                 let now = ctx.now;
                 let Some(conn) = self.conns.get_mut(id) else { return };
                 let data = ctx.reactor().data(&buf);
+                // What this pass may not take waits in the connection's backlog (paused, so
+                // nothing more arrives), fed first from the next `do_work`: a few clients that
+                // keep their sockets full cannot stretch the lane's pass.
+                let take = data.len().min(self.pass_bytes);
+                self.pass_bytes -= take;
+                let behind = take < data.len();
+                if behind {
+                    conn.backlog.extend_from_slice(&data[take..]);
+                }
                 self.handler.current = ConnRef(id.local());
-                let verdict = conn.session.on_bytes(data, now, &mut self.handler);
+                let verdict = conn.session.on_bytes(&data[..take], now, &mut self.handler);
+                if behind {
+                    let _ = ctx.pause(id.local());
+                    self.backlogged.push_back(id);
+                }
                 self.after(ctx, id, verdict);
                 self.hold_back(ctx, id);
             }
@@ -415,7 +501,10 @@ impl Agent for ControlAgent {
                 }
             }
         }
-        self.release_held_back(ctx) + self.deliver_replies(ctx) + self.fail_stopped(ctx)
+        self.release_held_back(ctx)
+            + self.feed_backlogs(ctx)
+            + self.deliver_replies(ctx)
+            + self.fail_stopped(ctx)
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_>) {
@@ -424,6 +513,13 @@ impl Agent for ControlAgent {
         ctx.close(LISTENER);
     }
 }
+
+/// Request bytes the control agent feeds its sessions per pass, all connections together
+/// (about 170 header-only requests); the rest waits in per-connection backlogs.
+const PASS_BYTES: usize = 4 * 1024;
+
+/// The least a backlogged connection is fed per pass, however many there are.
+const MIN_SHARE: usize = 256;
 
 /// Most replies taken from one service's link per pass.
 const REPLIES_PER_PASS: usize = 256;

@@ -121,6 +121,9 @@ struct Entry {
     /// The chunks of `delivered` not yet recycled: (sequence number, start, length). A
     /// stashed chunk's `RecvBuf` names its sequence number, so a second recycle finds nothing.
     chunks: Vec<(u32, u32, u32)>,
+    /// Stashed chunks delivered by a resume and held again by a pause before they were taken
+    /// (no copy: their bytes stay in `delivered`); they go first at the next resume.
+    held: VecDeque<RecvBuf>,
     /// The sequence number of the next stashed chunk delivered.
     next_chunk: u32,
     /// A connect's address, which the kernel reads until the connect completes.
@@ -362,7 +365,13 @@ impl UringReactor {
             }
             entry.next_chunk = entry.next_chunk.wrapping_add(count as u32);
         }
-        if !entry.armed && entry.kind == Kind::Stream {
+        while let Some(buf) = entry.held.pop_back() {
+            self.ready.push_front((key, Completion::Received { token, buf }));
+        }
+        // Receiving starts again once the stash is taken (see `recycle`): what a connection
+        // holds in the reactor is what arrived before its first pause, however often it
+        // pauses again.
+        if !entry.armed && entry.kind == Kind::Stream && entry.chunks.is_empty() {
             self.rearm.push(key);
         }
         Ok(())
@@ -374,6 +383,7 @@ impl UringReactor {
         entry.deaf = true;
         entry.stash = Vec::new();
         entry.stash_eof = false;
+        entry.held.clear();
         Ok(())
     }
 
@@ -449,14 +459,14 @@ impl UringReactor {
                     // group at once (discarded if the input is); end of input waits too.
                     match c {
                         Completion::Received { buf, .. } if buf.id & STASH != 0 => {
-                            // Delivered by a resume, paused again before it was taken: back
-                            // to the stash, in order (it came before what is behind it).
-                            if let Some(range) = entry.take_chunk(buf.offset) {
-                                if !entry.deaf {
-                                    let data = &entry.delivered[range];
-                                    entry.stash.extend_from_slice(data);
+                            // Delivered by a resume, paused again before it was taken: held
+                            // (its bytes stay where they are), first at the next resume.
+                            if entry.deaf {
+                                if entry.take_chunk(buf.offset).is_some() {
+                                    entry.forget_delivered();
                                 }
-                                entry.forget_delivered();
+                            } else {
+                                entry.held.push_back(buf);
                             }
                         }
                         Completion::Received { buf, .. } => {
@@ -503,6 +513,11 @@ impl UringReactor {
             if let Some(entry) = self.slab.get_mut(key) {
                 if entry.take_chunk(buf.offset).is_some() {
                     entry.forget_delivered();
+                    let stream = entry.kind == Kind::Stream;
+                    let idle = !entry.armed && !entry.paused && !entry.eof && !entry.closing;
+                    if entry.chunks.is_empty() && stream && idle {
+                        self.rearm.push(key); // the stash is taken: receive again
+                    }
                 }
             }
             return;
@@ -556,6 +571,7 @@ impl UringReactor {
                 stash_eof: false,
                 delivered: Vec::new(),
                 chunks: Vec::new(),
+                held: VecDeque::new(),
                 next_chunk: 0,
                 addr: None,
                 accept_errors: 0,
