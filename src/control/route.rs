@@ -19,6 +19,9 @@
 
 use std::fmt;
 
+use std::collections::VecDeque;
+
+use crate::rings::spsc::PushError;
 use crate::runtime::{LinkRx, LinkTx};
 
 /// A control connection as a service sees it: opaque, echoed back in replies. A reply for a
@@ -224,19 +227,45 @@ impl Routes {
 pub struct ControlPort {
     requests: LinkRx<ToService>,
     replies: LinkTx<FromService>,
-    /// Replies refused by a full link (the control agent is behind): counted, dropped.
+    /// Answers (responses and errors) a full link refused, oldest first, sent before anything
+    /// else: every request gets its answer (the control agent waits for it). At most
+    /// [`MAX_UNSENT_ANSWERS`].
+    unsent: VecDeque<FromService>,
+    /// Pushes refused by a full link, or while answers wait (the control agent is behind),
+    /// and answers past the bound: counted, dropped.
     dropped: u64,
 }
+
+/// Answers a [`ControlPort`] keeps while its link back is full: as many as the control agent
+/// keeps requests pending per route, so a service that answers each request once never loses
+/// an answer.
+pub const MAX_UNSENT_ANSWERS: usize = crate::daemon::MAX_PENDING_PER_ROUTE;
 
 impl ControlPort {
     /// The port over the two links of a forwarded route.
     pub fn new(requests: LinkRx<ToService>, replies: LinkTx<FromService>) -> Self {
-        Self { requests, replies, dropped: 0 }
+        Self { requests, replies, unsent: VecDeque::new(), dropped: 0 }
     }
 
-    /// The next request or close notice, if any (call in `do_work`).
+    /// The next request or close notice, if any (call in `do_work`); first sends the answers
+    /// a full link refused earlier.
     pub fn poll(&mut self) -> Option<ToService> {
+        self.flush();
         self.requests.pop().ok()
+    }
+
+    /// Answers waiting for room in the link back.
+    pub fn unsent(&self) -> usize {
+        self.unsent.len()
+    }
+
+    fn flush(&mut self) {
+        while let Some(reply) = self.unsent.pop_front() {
+            if let Err(PushError::Full(reply)) = self.replies.push(reply) {
+                self.unsent.push_front(reply);
+                return;
+            }
+        }
     }
 
     /// Answers `request` with `msg`.
@@ -283,10 +312,68 @@ impl ControlPort {
         body: Vec<u8>,
     ) -> bool {
         let reply = FromService { conn, msg_id, msg_type, kind, body };
-        if self.replies.push(reply).is_err() {
+        self.flush();
+        let answer = kind != ReplyKind::Push;
+        if !self.unsent.is_empty() {
+            // Behind answers that wait: an answer queues after them, a push is dropped (it
+            // must not overtake the answer to its subscription).
+            if answer && self.unsent.len() < MAX_UNSENT_ANSWERS {
+                self.unsent.push_back(reply);
+                return true;
+            }
             self.dropped += 1;
             return false;
         }
-        true
+        match self.replies.push(reply) {
+            Ok(()) => true,
+            Err(PushError::Full(reply)) if answer => {
+                self.unsent.push_back(reply);
+                true
+            }
+            Err(_) => {
+                self.dropped += 1;
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::proto::Pong;
+    use crate::runtime::{link, LaneWaker};
+
+    fn request(msg_id: u64) -> Request {
+        Request { conn: ConnRef(1), msg_id, msg_type: 20, body: Vec::new() }
+    }
+
+    /// Found by the review of issue 7: an answer refused by a full link back was dropped, and
+    /// its request then waited for the client's timeout (the control agent keeps it pending).
+    /// Answers wait in the port and go, in order, as the link drains; pushes never overtake
+    /// them.
+    #[test]
+    fn answers_wait_for_a_full_link_and_keep_their_order() {
+        let waker = LaneWaker::new().unwrap();
+        let (_to_service, requests) = link::<ToService>(2, &waker);
+        let (replies, mut from_service) = link::<FromService>(2, &waker);
+        let mut port = ControlPort::new(requests, replies);
+        for id in 1..=5 {
+            port.respond(&request(id), &Pong::default());
+        }
+        assert_eq!(port.unsent(), 3, "two fit the link, three wait");
+        assert!(!port.push(ConnRef(1), 1, 20, &Pong::default()), "a push must not overtake");
+        assert_eq!(port.dropped(), 1);
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            while let Ok(reply) = from_service.pop() {
+                assert_ne!(reply.kind, ReplyKind::Push);
+                got.push(reply.msg_id);
+            }
+            assert!(port.poll().is_none()); // sends what waits
+        }
+        assert_eq!(got, [1, 2, 3, 4, 5]);
+        assert_eq!(port.unsent(), 0);
+        assert!(port.push(ConnRef(1), 1, 20, &Pong::default()), "pushes go again");
     }
 }
