@@ -124,9 +124,13 @@ pub type RouteSlot = Arc<Mutex<Option<Routes>>>;
 struct Conn {
     session: Session,
     routes: u64,
-    /// Received bytes not yet fed to the session: the pass's budget was spent (the connection
-    /// is paused while there are any).
+    /// Received bytes not yet fed to the session: the pass's budget was spent. Past
+    /// `BACKLOG_PAUSE` the connection is paused until its backlog is fed.
     backlog: Vec<u8>,
+    /// Paused for its backlog.
+    backlog_paused: bool,
+    /// The peer ended its input while a backlog waited: closed once the backlog is fed.
+    eof: bool,
     /// Paused for the buffered-bytes budget (see `hold_back`).
     held_back: bool,
 }
@@ -194,6 +198,8 @@ impl ControlAgent {
             session: Session::new(config.clone(), now),
             routes: 0,
             backlog: Vec::new(),
+            backlog_paused: false,
+            eof: false,
             held_back: false,
         };
         match self.conns.accept(ctx, fd, new) {
@@ -307,10 +313,15 @@ impl ControlAgent {
         if self.backlogged.is_empty() {
             return 0;
         }
-        // Each gets a share, so one connection's flood does not keep the others waiting.
+        // Each gets a share, so one connection's flood does not keep the others waiting; with
+        // more than PASS_BYTES / MIN_SHARE of them, those not fed this pass are first next
+        // pass (the queue turns), and the pass stays within PASS_BYTES.
         let share = (PASS_BYTES / self.backlogged.len()).max(MIN_SHARE);
         let mut fed = 0;
         for _ in 0..self.backlogged.len() {
+            if self.pass_bytes == 0 {
+                break;
+            }
             let Some(id) = self.backlogged.pop_front() else { break };
             if self.conns.is_closing(id) {
                 continue; // its input is discarded; the backlog goes with its state
@@ -323,22 +334,26 @@ impl ControlAgent {
             self.check_budget();
             let now = ctx.now;
             let Some(conn) = self.conns.get_mut(id) else { continue };
-            let take = conn.backlog.len().min(share);
-            self.pass_bytes = self.pass_bytes.saturating_sub(take);
+            let take = conn.backlog.len().min(share).min(self.pass_bytes);
+            self.pass_bytes -= take;
             self.handler.current = ConnRef(id.local());
             let verdict = conn.session.on_bytes(&conn.backlog[..take], now, &mut self.handler);
             conn.backlog.drain(..take);
             let done = conn.backlog.is_empty();
             if done {
                 conn.backlog = Vec::new();
-                if !conn.held_back {
+                if std::mem::take(&mut conn.backlog_paused) && !conn.held_back {
                     let _ = ctx.resume(id.local());
                 }
             } else {
                 self.backlogged.push_back(id);
             }
             fed += 1;
+            let eof = done && conn.eof;
             self.after(ctx, id, verdict);
+            if eof {
+                self.conns.close(ctx, id, CloseReason::Peer);
+            }
             self.hold_back(ctx, id);
         }
         fed
@@ -360,7 +375,7 @@ impl ControlAgent {
                 self.budget_paused.swap_remove(i);
                 if let Some(conn) = self.conns.get_mut(id).filter(|_| !gone) {
                     conn.held_back = false;
-                    if conn.backlog.is_empty() {
+                    if !conn.backlog_paused {
                         let _ = ctx.resume(id.local());
                     }
                     n += 1;
@@ -445,19 +460,29 @@ impl Agent for ControlAgent {
                 let now = ctx.now;
                 let Some(conn) = self.conns.get_mut(id) else { return };
                 let data = ctx.reactor().data(&buf);
-                // What this pass may not take waits in the connection's backlog (paused, so
-                // nothing more arrives), fed first from the next `do_work`: a few clients that
-                // keep their sockets full cannot stretch the lane's pass.
-                let take = data.len().min(self.pass_bytes);
+                // What this pass may not take waits in the connection's backlog, behind what
+                // waits there already, fed from the next `do_work`: a few clients that keep
+                // their sockets full cannot stretch the lane's pass. A backlog past
+                // BACKLOG_PAUSE pauses the connection (nothing more arrives) until it is fed.
+                let was_behind = !conn.backlog.is_empty();
+                let take = if was_behind { 0 } else { data.len().min(self.pass_bytes) };
                 self.pass_bytes -= take;
                 let behind = take < data.len();
                 if behind {
                     conn.backlog.extend_from_slice(&data[take..]);
                 }
+                let pause = conn.backlog.len() > BACKLOG_PAUSE && !conn.backlog_paused;
+                conn.backlog_paused |= pause;
                 self.handler.current = ConnRef(id.local());
-                let verdict = conn.session.on_bytes(&data[..take], now, &mut self.handler);
-                if behind {
+                let verdict = if take > 0 {
+                    conn.session.on_bytes(&data[..take], now, &mut self.handler)
+                } else {
+                    Verdict::Continue
+                };
+                if pause {
                     let _ = ctx.pause(id.local());
+                }
+                if behind && !was_behind {
                     self.backlogged.push_back(id);
                 }
                 self.after(ctx, id, verdict);
@@ -471,7 +496,11 @@ impl Agent for ControlAgent {
             }
             // End of input: what the peer asked for is answered (sessions answer as bytes
             // arrive), so the connection closes once the answers are written.
-            ConnEvent::PeerClosed { id } => self.conns.close(ctx, id, CloseReason::Peer),
+            // (After the backlog, if one waits: what the peer sent is answered first.)
+            ConnEvent::PeerClosed { id } => match self.conns.get_mut(id) {
+                Some(conn) if !conn.backlog.is_empty() => conn.eof = true,
+                _ => self.conns.close(ctx, id, CloseReason::Peer),
+            },
             ConnEvent::Other(Completion::Accepted { fd, .. }) => self.accept(ctx, fd),
             // The listener never closes on an error: its accept errors are the reactor's to
             // count and retry (see `do_work`); one error must not end the control socket.
@@ -517,6 +546,10 @@ impl Agent for ControlAgent {
 /// Request bytes the control agent feeds its sessions per pass, all connections together
 /// (about 170 header-only requests); the rest waits in per-connection backlogs.
 const PASS_BYTES: usize = 4 * 1024;
+
+/// Backlog bytes past which a connection is paused until its backlog is fed (four receive
+/// buffers: a burst is absorbed without pausing, a flood is stopped in the kernel).
+const BACKLOG_PAUSE: usize = 64 * 1024;
 
 /// The least a backlogged connection is fed per pass, however many there are.
 const MIN_SHARE: usize = 256;

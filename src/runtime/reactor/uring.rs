@@ -124,6 +124,9 @@ struct Entry {
     /// Stashed chunks delivered by a resume and held again by a pause before they were taken
     /// (no copy: their bytes stay in `delivered`); they go first at the next resume.
     held: VecDeque<RecvBuf>,
+    /// Chunks that arrived while paused once the stash was full (`STASH_LIMIT`): held in their
+    /// provided buffers, in order after the stash, until resume.
+    pinned: VecDeque<RecvBuf>,
     /// The sequence number of the next stashed chunk delivered.
     next_chunk: u32,
     /// A connect's address, which the kernel reads until the connect completes.
@@ -322,6 +325,9 @@ impl UringReactor {
                 .user_data(user_data(key, OP_CANCEL, 0));
             entry.ops += 1;
             self.push(cancel);
+            // At once, not at the end of the pass: until the kernel has it, the receive goes
+            // on draining the socket into buffers that a paused connection only copies aside.
+            let _ = self.submit(None);
         }
         Ok(())
     }
@@ -340,6 +346,9 @@ impl UringReactor {
         let token = entry.token;
         if std::mem::take(&mut entry.stash_eof) {
             self.ready.push_front((key, Completion::Closed { token }));
+        }
+        while let Some(buf) = entry.pinned.pop_back() {
+            self.ready.push_front((key, Completion::Received { token, buf }));
         }
         if !entry.stash.is_empty() {
             // In chunks no larger than the group's buffers, as if they had just arrived: an
@@ -383,7 +392,13 @@ impl UringReactor {
         entry.deaf = true;
         entry.stash = Vec::new();
         entry.stash_eof = false;
-        entry.held.clear();
+        for buf in std::mem::take(&mut entry.held) {
+            entry.take_chunk(buf.offset);
+        }
+        entry.forget_delivered();
+        for buf in std::mem::take(&mut entry.pinned) {
+            recycle(&mut self.groups, &mut self.rearm, buf);
+        }
         Ok(())
     }
 
@@ -396,9 +411,20 @@ impl UringReactor {
         let Some(entry) = self.slab.get_mut(key) else { return };
         entry.closing = true;
         entry.stash = Vec::new();
+        for buf in std::mem::take(&mut entry.held) {
+            entry.take_chunk(buf.offset);
+        }
+        entry.forget_delivered();
+        for buf in std::mem::take(&mut entry.pinned) {
+            recycle(&mut self.groups, &mut self.rearm, buf);
+        }
         entry.out.discard(&mut self.spares);
+        // A stash chunk the lane holds stays readable until it is recycled: the slot (and the
+        // stash) goes only when its last operation has completed and no chunk is out.
         if entry.ops == 0 {
-            self.release(key);
+            if entry.chunks.is_empty() {
+                self.release(key);
+            }
             return;
         }
         if matches!(entry.kind, Kind::Stream | Kind::Connecting) {
@@ -470,12 +496,20 @@ impl UringReactor {
                             }
                         }
                         Completion::Received { buf, .. } => {
-                            if !entry.deaf {
+                            if entry.deaf {
+                                recycle(&mut self.groups, &mut self.rearm, buf);
+                            } else if !entry.pinned.is_empty()
+                                || entry.stash.len() + buf.len() > STASH_LIMIT
+                            {
+                                // The stash is full: what the receive completed before its
+                                // cancel landed waits in its buffers (bounded by the group).
+                                entry.pinned.push_back(buf);
+                            } else {
                                 let (group, bid) = split_buf(buf.id);
                                 let data = self.groups[group].ring.data(bid, &buf);
                                 entry.stash.extend_from_slice(data);
+                                recycle(&mut self.groups, &mut self.rearm, buf);
                             }
-                            recycle(&mut self.groups, &mut self.rearm, buf);
                         }
                         Completion::Closed { .. } => entry.stash_eof = !entry.deaf,
                         c => return Some(c),
@@ -484,7 +518,7 @@ impl UringReactor {
                 // Closed since it was collected: nobody gets it.
                 _ => {
                     if let Completion::Received { buf, .. } = c {
-                        recycle(&mut self.groups, &mut self.rearm, buf);
+                        self.recycle(buf);
                     }
                 }
             }
@@ -517,6 +551,9 @@ impl UringReactor {
                     let idle = !entry.armed && !entry.paused && !entry.eof && !entry.closing;
                     if entry.chunks.is_empty() && stream && idle {
                         self.rearm.push(key); // the stash is taken: receive again
+                    }
+                    if entry.closing && entry.ops == 0 && entry.chunks.is_empty() {
+                        self.release(key); // closed while this chunk was out
                     }
                 }
             }
@@ -572,6 +609,7 @@ impl UringReactor {
                 delivered: Vec::new(),
                 chunks: Vec::new(),
                 held: VecDeque::new(),
+                pinned: VecDeque::new(),
                 next_chunk: 0,
                 addr: None,
                 accept_errors: 0,
@@ -601,6 +639,9 @@ impl UringReactor {
         };
         if let Some(mut entry) = self.slab.remove(key, token) {
             entry.out.discard(&mut self.spares);
+            for buf in entry.pinned.drain(..) {
+                recycle(&mut self.groups, &mut self.rearm, buf);
+            }
         }
     }
 
@@ -620,9 +661,14 @@ impl UringReactor {
                     .build()
                     .user_data(user_data(key, OP_ACCEPT, 0))
             }
-            Kind::Stream if !entry.paused => opcode::RecvMulti::new(fd, entry.group)
-                .build()
-                .user_data(user_data(key, OP_RECV, entry.group as u8)),
+            // Not while paused, nor while chunks of a stash are out (receiving again before
+            // they are taken would let the peer's bytes pile up in the stash without bound).
+            Kind::Stream if !entry.paused && entry.chunks.is_empty() => opcode::RecvMulti::new(
+                fd,
+                entry.group,
+            )
+            .build()
+            .user_data(user_data(key, OP_RECV, entry.group as u8)),
             Kind::Watch => {
                 let events = rustix::event::PollFlags::IN.bits() as u32;
                 opcode::PollAdd::new(fd, events).build().user_data(user_data(key, OP_POLL, 0))
@@ -952,7 +998,7 @@ impl UringReactor {
             _ => {} // OP_CANCEL: only counted
         }
         if let Some(entry) = self.slab.get(key) {
-            if entry.closing && entry.ops == 0 {
+            if entry.closing && entry.ops == 0 && entry.chunks.is_empty() {
                 self.release(key);
             }
         }
@@ -1232,6 +1278,10 @@ fn split(data: u64) -> (Key, u8, u8) {
 fn buf_id(group: u16, bid: u16) -> u32 {
     (u32::from(group) << 16) | u32::from(bid)
 }
+
+/// Bytes a paused connection copies aside; what arrives past them stays in its buffers. So a
+/// connection holds at most this much of the lane's heap, whatever it pauses for.
+const STASH_LIMIT: usize = 64 * 1024;
 
 /// Marks a [`RecvBuf`] of bytes stashed while paused: the rest of `id` is the slot, the
 /// generation the slot's (buffer groups are numbered far below it).
@@ -1684,5 +1734,304 @@ mod tests {
         let message = outcome.expect_err("read after recycle");
         let text = message.downcast_ref::<String>().cloned().unwrap_or_default();
         assert!(text.contains("read after it was recycled"), "{text}");
+    }
+
+    // ---- second review: the stash ----------------------------------------------------------
+
+    /// Helper: a connection whose first 64 KiB arrived while it was paused, resumed with the
+    /// cancel long completed (so its stash comes back as chunks and nothing is armed).
+    fn stashed_connection(r: &mut UringReactor) -> UnixStream {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        peer.write_all(&[b's'; 64 * 1024]).unwrap();
+        r.open(OwnedFd::from(ours), Token(1), SocketOptions::default()).unwrap();
+        r.pause(Token(1)).unwrap();
+        for _ in 0..20 {
+            r.poll(Duration::from_millis(5)).unwrap();
+            assert!(r.next().is_none());
+        }
+        peer
+    }
+
+    /// `RecvBuf` is documented as "valid until the lane recycles it after the completion was
+    /// handled". A regular chunk stays readable when the agent closes its connection inside
+    /// the completion's handler; a stash chunk does not: `close` releases the slot at once
+    /// (no operation in flight: the receive was cancelled and not re-armed while the stash is
+    /// out), and `data` finds no slot, so reading it panics (on the lane: the lane dies).
+    #[test]
+    fn a_stash_chunk_is_readable_until_recycled_even_if_its_connection_closed() {
+        let outcome = std::thread::spawn(|| {
+            let mut r = UringReactor::new(UringOptions::default()).unwrap();
+            let _peer = stashed_connection(&mut r);
+            r.resume(Token(1)).unwrap();
+            let Some(Completion::Received { buf, .. }) = r.next() else {
+                panic!("no stash chunk");
+            };
+            assert_ne!(buf.id & STASH, 0, "a stash chunk");
+            // The agent's handler: it decides to close, then looks at what it got.
+            r.close(Token(1));
+            let n = r.data(&buf).len();
+            r.recycle(buf);
+            n
+        })
+        .join();
+        match outcome {
+            Ok(n) => assert_eq!(n, 16 * 1024),
+            Err(e) => {
+                let text = e.downcast_ref::<String>().cloned().unwrap_or_default();
+                panic!("data() of a chunk not yet recycled panicked: {text}");
+            }
+        }
+    }
+
+    /// The same, for comparison: a regular chunk read after its connection closed, before
+    /// the lane recycles it, reads fine.
+    #[test]
+    fn a_regular_chunk_is_readable_until_recycled_even_if_its_connection_closed() {
+        std::thread::spawn(|| {
+            let mut r = UringReactor::new(UringOptions::default()).unwrap();
+            let (ours, mut peer) = UnixStream::pair().unwrap();
+            r.open(OwnedFd::from(ours), Token(1), SocketOptions::default()).unwrap();
+            peer.write_all(b"hello").unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let buf = 'got: loop {
+                assert!(Instant::now() < deadline);
+                r.poll(Duration::from_millis(5)).unwrap();
+                while let Some(c) = r.next() {
+                    if let Completion::Received { buf, .. } = c {
+                        break 'got buf;
+                    }
+                }
+            };
+            r.close(Token(1));
+            assert_eq!(r.data(&buf), b"hello");
+            r.recycle(buf);
+            for _ in 0..10 {
+                r.poll(Duration::from_millis(1)).unwrap();
+                while r.next().is_some() {}
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// `discard_input` (every graceful close) drops the held stash chunks from `held` but
+    /// leaves them in `chunks`, so `delivered` (the whole stash) is never freed until the slot
+    /// is released: for up to the write timeout of a peer that does not read.
+    #[test]
+    fn discard_input_frees_the_delivered_stash() {
+        std::thread::spawn(|| {
+            let mut r = UringReactor::new(UringOptions::default()).unwrap();
+            let _peer = stashed_connection(&mut r);
+            r.send(Token(1), &[b'o'; 1024]).unwrap(); // a reply pending, as in a graceful close
+            r.resume(Token(1)).unwrap();
+            let Some(Completion::Received { buf, .. }) = r.next() else { panic!() };
+            r.pause(Token(1)).unwrap(); // the agent's budget: the rest is held
+            r.recycle(buf);
+            assert!(r.next().is_none());
+            r.discard_input(Token(1)).unwrap(); // ConnTable::close
+            for _ in 0..10 {
+                r.poll(Duration::from_millis(1)).unwrap();
+                while r.next().is_some() {}
+                r.flush().unwrap();
+            }
+            let (_, e) = r.slab.by_token(Token(1)).unwrap();
+            eprintln!(
+                "after discard_input: {} chunks live, delivered {} bytes (capacity {})",
+                e.chunks.len(),
+                e.delivered.len(),
+                e.delivered.capacity()
+            );
+            assert_eq!(e.delivered.capacity(), 0, "a closing connection keeps its stash");
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// "Receiving starts again once the stash is taken": not when a resume comes before the
+    /// pause's cancel completed. The receive's -ECANCELED completion re-arms it (the entry is
+    /// no longer paused) while stash chunks are still out, and an agent that pauses after one
+    /// chunk each pass and resumes at the end of the pass (pause/resume within one pass) has
+    /// every new arrival copied into the stash and appended to `delivered`, which is never
+    /// freed while a chunk is out. Flow control is gone: the socket is drained into the heap
+    /// as fast as the peer writes, while the agent takes one chunk a pass.
+    #[test]
+    fn a_pause_resume_per_pass_agent_cannot_grow_the_stash_without_bound() {
+        std::thread::spawn(|| {
+            let mut r = UringReactor::new(UringOptions::default()).unwrap();
+            let (ours, mut peer) = UnixStream::pair().unwrap();
+            r.open(OwnedFd::from(ours), Token(1), SocketOptions::default()).unwrap();
+            let total: usize = 48 << 20;
+            let writer = std::thread::spawn(move || {
+                let block: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+                let mut sent = 0;
+                while sent < total {
+                    if peer.write_all(&block).is_err() {
+                        break;
+                    }
+                    sent += block.len();
+                }
+                peer
+            });
+            let (mut got, mut peak, mut passes) = (0usize, 0usize, 0u32);
+            let mut in_order = true;
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(4) && got < total {
+                passes += 1;
+                r.poll(Duration::from_millis(1)).unwrap();
+                // One chunk a pass: take it, pause (the agent's budget is spent).
+                if let Some(Completion::Received { buf, .. }) = r.next() {
+                    let data = r.data(&buf);
+                    in_order &= data
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &b)| b == ((got + i) % (64 * 1024) % 251) as u8);
+                    got += data.len();
+                    r.pause(Token(1)).unwrap();
+                    r.recycle(buf);
+                }
+                assert!(r.next().is_none(), "paused, yet delivered");
+                // do_work: the backlog fed, the connection resumed.
+                r.resume(Token(1)).unwrap();
+                r.flush().unwrap();
+                let (_, e) = r.slab.by_token(Token(1)).unwrap();
+                peak = peak.max(e.delivered.capacity() + e.stash.capacity());
+            }
+            eprintln!(
+                "{passes} passes, {got} bytes taken, peak stash+delivered {peak} bytes, in order: \
+                 {in_order}"
+            );
+            assert!(in_order, "bytes reordered");
+            r.close(Token(1));
+            for _ in 0..10 {
+                r.poll(Duration::from_millis(1)).unwrap();
+                while let Some(c) = r.next() {
+                    if let Completion::Received { buf, .. } = c {
+                        r.recycle(buf);
+                    }
+                }
+            }
+            drop(writer.join().unwrap());
+            assert!(
+                // The group's 128 buffers of 16 KiB (what may arrive before one pause), with
+                // room for a Vec's doubling: 4 MiB.
+                peak <= 4 << 20,
+                "one connection's stash grew to {peak} bytes while its agent took {got}"
+            );
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The mechanism of the growth above, deterministically: pause while the receive is
+    /// armed (its cancel queued), resume before the cancel completed with a stash to deliver;
+    /// the -ECANCELED completion then re-arms the receive (`complete`, OP_RECV: `rearm &&
+    /// !entry.paused && !entry.eof`) although the stash chunks are still out.
+    #[test]
+    fn no_receive_is_armed_while_stash_chunks_are_out() {
+        std::thread::spawn(|| {
+            let mut r = UringReactor::new(UringOptions::default()).unwrap();
+            let (ours, mut peer) = UnixStream::pair().unwrap();
+            peer.write_all(&[b'a'; 64 * 1024]).unwrap();
+            r.open(OwnedFd::from(ours), Token(1), SocketOptions::default()).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let first = 'got: loop {
+                assert!(Instant::now() < deadline);
+                r.poll(Duration::from_millis(5)).unwrap();
+                if let Some(Completion::Received { buf, .. }) = r.next() {
+                    break 'got buf;
+                }
+            };
+            r.pause(Token(1)).unwrap(); // armed: a cancel is queued
+            r.recycle(first);
+            assert!(r.next().is_none(), "paused");
+            let (_, e) = r.slab.by_token(Token(1)).unwrap();
+            assert!(e.armed && !e.stash.is_empty(), "the rest of the 64 KiB is stashed");
+            r.resume(Token(1)).unwrap(); // same pass: the cancel is not even submitted
+            r.flush().unwrap();
+            // The stash chunks are out (in `ready`); the lane has not taken them yet.
+            for _ in 0..5 {
+                r.poll(Duration::from_millis(5)).unwrap();
+            }
+            let (_, e) = r.slab.by_token(Token(1)).unwrap();
+            eprintln!("armed {}, stash chunks out {}", e.armed, e.chunks.len());
+            assert!(
+                !e.armed || e.chunks.is_empty(),
+                "receive re-armed while {} stash chunks are out",
+                e.chunks.len()
+            );
+            r.close(Token(1));
+            for _ in 0..10 {
+                r.poll(Duration::from_millis(1)).unwrap();
+                while let Some(c) = r.next() {
+                    if let Completion::Received { buf, .. } = c {
+                        r.recycle(buf);
+                    }
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The control agent's pattern on one connection (4 KiB a pass; the rest of a chunk in a
+    /// backlog, the connection paused; resumed once the backlog is fed): what the reactor
+    /// holds for it aside (stash and delivered), uncounted by any budget of the agent.
+    #[test]
+    fn control_agent_pattern_stash_stays_within_the_group() {
+        std::thread::spawn(|| {
+            let mut r = UringReactor::new(UringOptions::default()).unwrap();
+            let (ours, mut peer) = UnixStream::pair().unwrap();
+            r.open(OwnedFd::from(ours), Token(1), SocketOptions::default()).unwrap();
+            let writer = std::thread::spawn(move || {
+                let block = vec![7u8; 64 * 1024];
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(4) && peer.write_all(&block).is_ok() {}
+                peer
+            });
+            let (mut backlog, mut peak, mut got, mut resumes) = (0usize, 0usize, 0usize, 0u32);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(3) {
+                r.poll(Duration::from_millis(1)).unwrap();
+                let mut budget = 4096usize;
+                while let Some(c) = r.next() {
+                    if let Completion::Received { buf, .. } = c {
+                        let n = r.data(&buf).len();
+                        got += n;
+                        let take = n.min(budget);
+                        budget -= take;
+                        if take < n {
+                            backlog += n - take;
+                            r.pause(Token(1)).unwrap();
+                        }
+                        r.recycle(buf);
+                    }
+                }
+                // do_work: feed the backlog (a fresh 4 KiB), resume once it is empty.
+                if backlog > 0 {
+                    backlog = backlog.saturating_sub(4096);
+                    if backlog == 0 {
+                        r.resume(Token(1)).unwrap();
+                        resumes += 1;
+                    }
+                }
+                r.flush().unwrap();
+                let (_, e) = r.slab.by_token(Token(1)).unwrap();
+                peak = peak.max(e.stash.capacity() + e.delivered.capacity());
+            }
+            eprintln!("{got} bytes in 3 s, {resumes} resumes, peak stash+delivered {peak} bytes");
+            r.close(Token(1));
+            for _ in 0..10 {
+                r.poll(Duration::from_millis(1)).unwrap();
+                while let Some(c) = r.next() {
+                    if let Completion::Received { buf, .. } = c {
+                        r.recycle(buf);
+                    }
+                }
+            }
+            drop(writer.join().unwrap());
+            assert!(peak <= 4 << 20, "one connection's stash grew to {peak} bytes");
+        })
+        .join()
+        .unwrap();
     }
 }
