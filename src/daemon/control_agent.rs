@@ -36,7 +36,7 @@ use crate::control::{
 use crate::metrics::Counter;
 use crate::runtime::{
     Agent, Board, CloseReason, Completion, ConnConfig, ConnCounters, ConnEvent, ConnId, ConnTable,
-    Ctx,
+    Ctx, RecvRing,
 };
 use crate::wire::DecoderConfig;
 
@@ -125,8 +125,9 @@ struct Conn {
     session: Session,
     routes: u64,
     /// Received bytes not yet fed to the session: the pass's budget was spent. Past
-    /// `BACKLOG_PAUSE` the connection is paused until its backlog is fed.
-    backlog: Vec<u8>,
+    /// `BACKLOG_PAUSE` the connection is paused until its backlog is fed. A ring: feeding
+    /// from its front moves no bytes.
+    backlog: RecvRing,
     /// Paused for its backlog.
     backlog_paused: bool,
     /// The peer ended its input while a backlog waited: closed once the backlog is fed.
@@ -197,7 +198,7 @@ impl ControlAgent {
         let new = |_| Conn {
             session: Session::new(config.clone(), now),
             routes: 0,
-            backlog: Vec::new(),
+            backlog: RecvRing::new(BACKLOG_LIMIT),
             backlog_paused: false,
             eof: false,
             held_back: false,
@@ -289,11 +290,7 @@ impl ControlAgent {
     /// chunk's answers, while a peer that reads its answers goes on getting them (busy errors
     /// while the budget is spent).
     fn hold_back(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
-        if self.handler.busy.is_none()
-            || self.conns.pending(id) == 0
-            || self.conns.is_closing(id)
-            || !self.conns.contains(id)
-        {
+        if self.handler.busy.is_none() || self.conns.pending(id) == 0 || self.conns.is_closing(id) {
             return;
         }
         let Some(conn) = self.conns.get_mut(id) else { return };
@@ -334,14 +331,16 @@ impl ControlAgent {
             self.check_budget();
             let now = ctx.now;
             let Some(conn) = self.conns.get_mut(id) else { continue };
-            let take = conn.backlog.len().min(share).min(self.pass_bytes);
+            // From the part before the ring wraps (the rest next time: sessions take frames
+            // in pieces).
+            let front = conn.backlog.as_slices().0;
+            let take = front.len().min(share).min(self.pass_bytes);
             self.pass_bytes -= take;
             self.handler.current = ConnRef(id.local());
-            let verdict = conn.session.on_bytes(&conn.backlog[..take], now, &mut self.handler);
-            conn.backlog.drain(..take);
+            let verdict = conn.session.on_bytes(&front[..take], now, &mut self.handler);
+            conn.backlog.consume(take);
             let done = conn.backlog.is_empty();
             if done {
-                conn.backlog = Vec::new();
                 if std::mem::take(&mut conn.backlog_paused) && !conn.held_back {
                     let _ = ctx.resume(id.local());
                 }
@@ -468,8 +467,12 @@ impl Agent for ControlAgent {
                 let take = if was_behind { 0 } else { data.len().min(self.pass_bytes) };
                 self.pass_bytes -= take;
                 let behind = take < data.len();
-                if behind {
-                    conn.backlog.extend_from_slice(&data[take..]);
+                // Cannot fail: a backlog past BACKLOG_PAUSE stops the connection's receives,
+                // so it ends at most one chunk past it (BACKLOG_LIMIT has room for the largest).
+                if behind && conn.backlog.push(&data[take..]).is_err() {
+                    tracing::error!("control backlog over its limit; closing the connection");
+                    self.conns.close(ctx, id, CloseReason::Budget);
+                    return;
                 }
                 let pause = conn.backlog.len() > BACKLOG_PAUSE && !conn.backlog_paused;
                 conn.backlog_paused |= pause;
@@ -550,6 +553,10 @@ const PASS_BYTES: usize = 4 * 1024;
 /// Backlog bytes past which a connection is paused until its backlog is fed (four receive
 /// buffers: a burst is absorbed without pausing, a flood is stopped in the kernel).
 const BACKLOG_PAUSE: usize = 64 * 1024;
+
+/// The most a backlog holds: `BACKLOG_PAUSE` and one more received chunk of the largest size
+/// a reactor delivers (1 MiB: the epoll backend's read budget).
+const BACKLOG_LIMIT: usize = BACKLOG_PAUSE + (1 << 20);
 
 /// The least a backlogged connection is fed per pass, however many there are.
 const MIN_SHARE: usize = 256;
