@@ -44,16 +44,28 @@ mod std_region {
     /// A byte region shared with another thread or process: typically a shared file mapping.
     ///
     /// # Safety
-    /// `as_ptr()` must return the same pointer for as long as the value lives, valid for reads and
-    /// writes of `len()` bytes, and that memory must be accessed only through the protocol of
-    /// the structure laid out in it ([`crate::spsc::shm`], [`crate::seqlock`]), in this or other
-    /// processes. Values that share memory must either start at the same address (the crate
-    /// then keeps them to one layout) or never be given different layouts.
+    /// `as_ptr()` must return the same pointer for as long as the value lives, valid for reads
+    /// of `len()` bytes, and for writes too unless [`read_only`](Self::read_only) says `true`;
+    /// that memory must be accessed only through the protocol of the structure laid out in it
+    /// ([`crate::spsc::shm`], [`crate::seqlock`]), in this or other processes. Values that
+    /// share memory must either start at the same address (the crate then keeps them to one
+    /// layout) or never be given different layouts.
     pub unsafe trait Region {
         /// First byte of the region.
         fn as_ptr(&self) -> *mut u8;
         /// Size of the region in bytes.
         fn len(&self) -> usize;
+        /// Whether the memory may only be read (a `PROT_READ` mapping, as tensor-pool
+        /// consumers map the driver's files). On such a region the crate only ever makes
+        /// `Relaxed` atomic loads of 8-byte words and byte copies out (the accesses Rust
+        /// documents as sound on read-only memory), ordering them with fences; everything
+        /// that would write ([`crate::seqlock::Stream::create`],
+        /// [`Stream::touch`](crate::seqlock::Stream::touch),
+        /// [`Publisher`](crate::seqlock::Publisher), either end of a [`crate::spsc::shm`]
+        /// ring) refuses it. Default `false`.
+        fn read_only(&self) -> bool {
+            false
+        }
         /// Whether the region has no bytes.
         fn is_empty(&self) -> bool {
             self.len() == 0
@@ -67,6 +79,9 @@ mod std_region {
         }
         fn len(&self) -> usize {
             (**self).len()
+        }
+        fn read_only(&self) -> bool {
+            (**self).read_only()
         }
     }
 
@@ -189,6 +204,9 @@ mod std_region {
         }
         fn len(&self) -> usize {
             (**self).len()
+        }
+        fn read_only(&self) -> bool {
+            (**self).read_only()
         }
     }
 }

@@ -123,6 +123,110 @@ fn wake_parked(word: &AtomicU64) -> bool {
     true
 }
 
+/// Many waiters on one word: a consumer of a tensor-pool stream parks until the next commit,
+/// however many consumers (in any processes) wait on the same stream.
+///
+/// [`park`]'s word holds one waiter. A [`Doorbell`] is two words: `waiters`, how many are
+/// parked or about to be, and `bell`, a counter whose low half is the futex. A waker that
+/// sees no waiter pays a fence and a load, nothing more; one that sees any bumps the bell
+/// and wakes everyone parked on it (`FUTEX_WAKE` of all).
+///
+/// ```text
+/// waiter (park)                                   waker (after publishing)
+/// if ready() { return }                           publish (Release)
+/// waiters += 1               (Relaxed)            fence(SeqCst)                        (D)
+/// fence(SeqCst)                         (C)       if waiters (Relaxed) > 0
+/// v = bell                   (Acquire)              bell += 1 (Release)
+/// if ready() { waiters -= 1; return }               futex_wake_all(bell)
+/// futex_wait(bell, v, timeout)
+/// waiters -= 1               (Relaxed)
+/// ```
+///
+/// Either the waiter's re-check sees the publication, or the waker's load sees the waiter
+/// (the fences C and D order each side's store before its load, as in [`park`]). In the second
+/// case the bell moves after the publication: if the waiter read `v` after the bump, that
+/// Acquire read synchronises with the bump's Release and its re-check sees the publication;
+/// if it read `v` before, `futex_wait(bell, v)` finds the bell changed and returns, or is
+/// asleep and woken. (The futex compares 32 bits: 2^32 bumps between the waiter's read and
+/// its sleep would be needed to lose a wake.)
+///
+/// The words may live in memory any peer maps. A peer can only make wakers wake for nothing
+/// (a crashed waiter leaves `waiters` counted for good, so every later publication pays a
+/// `futex` call) or make waiters wake early (they re-check and sleep again): costs, never
+/// a lost or invented publication, because `ready()` is the truth.
+#[derive(Debug)]
+pub struct Doorbell<'a> {
+    waiters: &'a AtomicU64,
+    bell: &'a AtomicU64,
+}
+
+impl<'a> Doorbell<'a> {
+    /// The doorbell over two words (typically adjacent in shared memory, zero-initialised).
+    pub fn new(waiters: &'a AtomicU64, bell: &'a AtomicU64) -> Self {
+        Self { waiters, bell }
+    }
+
+    /// Waiter side: returns once `ready()` holds, sleeping while it does not (at most
+    /// `timeout`, `None` for no limit). `ready` must read what the waker publishes with at
+    /// least Acquire ordering.
+    pub fn park(&self, mut ready: impl FnMut() -> bool, timeout: Option<Duration>) -> Parked {
+        if ready() {
+            return Parked::Ready;
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            self.waiters.fetch_add(1, Ordering::Relaxed);
+            // SYNC: (C) orders the waiters increment before the bell read and the re-check;
+            // pairs with the waker's fence (D) in `ring`.
+            fence(Ordering::SeqCst);
+            // SYNC: Acquire pairs with the Release bump in `ring_waiters`: a bell read after
+            // the bump sees the publication that came before it.
+            let seen = self.bell.load(Ordering::Acquire);
+            if ready() {
+                self.waiters.fetch_sub(1, Ordering::Relaxed);
+                return Parked::Ready;
+            }
+            let left = match deadline {
+                None => None,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => {
+                        self.waiters.fetch_sub(1, Ordering::Relaxed);
+                        return Parked::TimedOut;
+                    }
+                },
+            };
+            futex_wait(self.bell, seen, left);
+            self.waiters.fetch_sub(1, Ordering::Relaxed);
+            if ready() {
+                return Parked::Ready;
+            }
+        }
+    }
+
+    /// Waker side: call after publishing what the waiters' `ready()` reads. Wakes every
+    /// parked waiter; returns whether any was counted (and a syscall was made).
+    #[inline]
+    pub fn ring(&self) -> bool {
+        // SYNC: (D) orders the caller's publication before the load of `waiters`; pairs with
+        // the waiter's fence (C) in `park`.
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.ring_waiters();
+        true
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn ring_waiters(&self) {
+        // SYNC: Release pairs with the waiter's Acquire bell read in `park`.
+        self.bell.fetch_add(1, Ordering::Release);
+        futex_wake_all(self.bell);
+    }
+}
+
 /// The futex of `word`: its low 32 bits, as the kernel sees them. Only ever handed to the
 /// futex syscall, which reads it; Rust code never loads or stores through it.
 #[cfg(all(not(loom), not(miri)))]
@@ -152,6 +256,14 @@ fn futex_wake(word: &AtomicU64) {
     let _ = rustix::thread::futex::wake(futex_of(word), rustix::thread::futex::Flags::empty(), 1);
 }
 
+#[cfg(all(not(loom), not(miri)))]
+fn futex_wake_all(word: &AtomicU64) {
+    // Fails only for a bad address, which a reference is not.
+    let flags = rustix::thread::futex::Flags::empty();
+    // The kernel reads the count as an `int`: `i32::MAX` is "all" (`u32::MAX` would be -1).
+    let _ = rustix::thread::futex::wake(futex_of(word), flags, i32::MAX as u32);
+}
+
 // Under Miri: a wait is a yield (the caller re-checks, as after any early return of the real
 // wait), a wake is nothing. See the module doc for why.
 #[cfg(all(not(loom), miri))]
@@ -161,6 +273,9 @@ fn futex_wait(_word: &AtomicU64, _expected: u64, _timeout: Option<Duration>) {
 
 #[cfg(all(not(loom), miri))]
 fn futex_wake(_word: &AtomicU64) {}
+
+#[cfg(all(not(loom), miri))]
+fn futex_wake_all(_word: &AtomicU64) {}
 
 // The loom model of the kernel's futex: its hash-bucket lock is a mutex, its wait queue a
 // condition variable. Timeouts are not modelled (a wait lasts until woken), so a lost
@@ -186,6 +301,11 @@ fn futex_wake(_word: &AtomicU64) {
     let (lock, queue) = &*BUCKET;
     let _guard = lock.lock().unwrap();
     queue.notify_all();
+}
+
+#[cfg(loom)]
+fn futex_wake_all(word: &AtomicU64) {
+    futex_wake(word);
 }
 
 #[cfg(all(test, not(loom)))]
@@ -228,6 +348,48 @@ mod tests {
         let got = park(&word, || flag.load(Ordering::Acquire), Some(Duration::from_secs(10)));
         assert_eq!(got, Parked::Ready);
         let _ = waker.join().unwrap();
+    }
+
+    #[test]
+    fn a_doorbell_with_no_waiter_makes_no_syscall_and_parks_return_when_ready() {
+        let words = [AtomicU64::new(0), AtomicU64::new(0)];
+        let bell = Doorbell::new(&words[0], &words[1]);
+        assert!(!bell.ring(), "nobody waits: no wake");
+        assert_eq!(words[1].load(Ordering::Relaxed), 0, "the bell did not move");
+        assert_eq!(bell.park(|| true, None), Parked::Ready);
+        let start = Instant::now();
+        assert_eq!(bell.park(|| false, Some(Duration::from_millis(20))), Parked::TimedOut);
+        assert!(start.elapsed() >= Duration::from_millis(15), "it slept, it did not spin out");
+        assert_eq!(words[0].load(Ordering::Relaxed), 0, "a timed-out waiter is uncounted");
+    }
+
+    #[test]
+    fn one_ring_wakes_every_parked_waiter() {
+        let words = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let flag = Arc::new(AtomicBool::new(false));
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let (words, flag) = (words.clone(), flag.clone());
+                std::thread::spawn(move || {
+                    let bell = Doorbell::new(&words[0], &words[1]);
+                    // SYNC: pairs with the test's Release store below.
+                    bell.park(|| flag.load(Ordering::Acquire), Some(Duration::from_secs(10)))
+                })
+            })
+            .collect();
+        while words[0].load(Ordering::Relaxed) < 3 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(20)); // let them reach the futex
+                                                       // SYNC: test publication, read by the Acquire in `ready` above.
+        flag.store(true, Ordering::Release);
+        let start = Instant::now();
+        assert!(Doorbell::new(&words[0], &words[1]).ring(), "three waited: a wake");
+        for waiter in waiters {
+            assert_eq!(waiter.join().unwrap(), Parked::Ready);
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "woken, not timed out");
+        assert_eq!(words[0].load(Ordering::Relaxed), 0);
     }
 
     /// A wake-up that brings nothing (a stray futex wake) does not end a park without a

@@ -283,6 +283,37 @@ fn park_and_wake_never_lose_a_wake_up() {
     });
 }
 
+/// The doorbell (many waiters on one word): two waiters and a waker publishing once. A lost
+/// wake-up would leave a waiter asleep: a deadlock loom reports.
+#[test]
+fn doorbell_wakes_every_waiter() {
+    use corelane_rings::wait::{Doorbell, Parked};
+    use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use loom::sync::Arc;
+    loom::model(|| {
+        let words = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let flag = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (words, flag) = (words.clone(), flag.clone());
+            thread::spawn(move || {
+                let bell = Doorbell::new(&words[0], &words[1]);
+                assert_eq!(bell.park(|| flag.load(Ordering::Acquire), None), Parked::Ready);
+            })
+        };
+        let waker = {
+            let (words, flag) = (words.clone(), flag.clone());
+            thread::spawn(move || {
+                flag.store(true, Ordering::Release);
+                Doorbell::new(&words[0], &words[1]).ring();
+            })
+        };
+        let bell = Doorbell::new(&words[0], &words[1]);
+        assert_eq!(bell.park(|| flag.load(Ordering::Acquire), None), Parked::Ready);
+        waiter.join().unwrap();
+        waker.join().unwrap();
+    });
+}
+
 /// A writer commits seq 1 then seq 2 into the same one-slot "ring" (a seq word and two data
 /// words); a reader asks for each. Whatever interleaving, an accepted copy holds both data
 /// words of the frame it asked for: never one old and one new.

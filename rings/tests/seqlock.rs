@@ -752,7 +752,7 @@ fn liveness_follows_the_heartbeat_and_the_owner() {
     assert_eq!(stream.activity_timestamp_ns(), 1_000);
     assert_eq!(stream.liveness(2_000, 5_000), Liveness::Live);
     assert_eq!(stream.liveness(10_000, 5_000), Liveness::Stale { age_ns: 9_000 });
-    stream.touch(9_000);
+    assert!(stream.touch(9_000));
     assert_eq!(stream.superblock().activity_timestamp_ns.get(), 9_000);
     assert_eq!(stream.liveness(10_000, 5_000), Liveness::Live);
     // Another process re-creates the file for itself: pid changes.
@@ -766,4 +766,49 @@ fn liveness_follows_the_heartbeat_and_the_owner() {
         stream.liveness(10_000, 5_000),
         Liveness::Replaced(SuperblockError::Mismatch { field: SuperblockField::Epoch, .. })
     ));
+}
+
+/// A region that says it is read-only (as a consumer's `PROT_READ` mapping does); its memory
+/// here is a heap region, so a write the crate made anyway would not crash the test, but the
+/// refusal is what is checked.
+struct ReadOnly<'a>(&'a HeapRegion);
+
+// SAFETY: forwards to a HeapRegion, which is valid for reads and writes of its length.
+unsafe impl Region for ReadOnly<'_> {
+    fn as_ptr(&self) -> *mut u8 {
+        self.0.as_ptr()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_read_only_mapping_reads_frames_and_refuses_every_write() {
+    let files = Files::new(4, &[(1, STRIDE)]);
+    let mut publisher = files.publisher();
+    publish(&mut publisher, 16);
+    let before = files.header_bytes().to_vec();
+    let ro = || ReadOnly(&files.header);
+    let stream =
+        Stream::open(&files.spec, ro(), files.pools.iter().map(ReadOnly).collect()).unwrap();
+    assert!(!stream.touch(99), "touch writes nothing on a read-only mapping");
+    let mut subscriber = Subscriber::new(stream);
+    assert!(subscriber.ready());
+    let mut out = [0u8; STRIDE as usize];
+    let Poll::Frame(frame) = subscriber.poll(&mut out) else { panic!("the frame") };
+    assert_eq!((frame.seq, frame.payload_len), (0, 16));
+    assert!(!subscriber.ready(), "nothing more committed");
+    let stream =
+        Stream::open(&files.spec, ro(), files.pools.iter().map(ReadOnly).collect()).unwrap();
+    assert!(matches!(Publisher::new(stream), Err(StreamError::ReadOnly { .. })));
+    let created =
+        Stream::create(&files.spec, ro(), files.pools.iter().map(ReadOnly).collect(), 1, 1);
+    assert!(matches!(created, Err(StreamError::ReadOnly { .. })));
+    assert_eq!(files.header_bytes(), &before[..], "no byte of the ring changed");
+    let ring = corelane_rings::spsc::shm::ShmProducer::<u64, _>::create(ro(), 4);
+    assert_eq!(ring.err(), Some(corelane_rings::spsc::shm::RegionError::ReadOnly));
 }

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{ConfigError, Origin};
 pub use schema::{
     key, placeholder_section, uint, KeySpec, Kind, SectionSpec, StrRule, CONTROL_SECTION,
-    METRICS_SECTION,
+    METRICS_SECTION, POOL_SECTION,
 };
 
 use schema::{Doc, DocName};
@@ -221,6 +221,59 @@ pub struct LogConfig {
 pub struct ServicePlaceholder {
     /// `enabled`: start the service. Must be false in this build. Default false.
     pub enabled: bool,
+}
+
+/// `[pool]`: the tensor pool driver. Its driver configuration is a tp_driver-style config
+/// (`crate::pool::config`): the file `config_file` (or `corelane run --pool-config FILE`) if
+/// set, else the sub-tables here (`[pool.driver]`, `[pool.shm]`, `[pool.policies]`,
+/// `[pool.profiles.<name>]`, `[pool.streams.<name>]`, `[pool.supervisor]`), merged key by key
+/// over the embedded default's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// `enabled`: start the driver. Default true.
+    pub enabled: bool,
+    /// `config_file`: an absolute path to a tp_driver config file used instead of the
+    /// sub-tables; `""` for none. Default `""`.
+    pub config_file: String,
+    /// `[pool.driver]`.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub driver: toml::Table,
+    /// `[pool.shm]`.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub shm: toml::Table,
+    /// `[pool.policies]`.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub policies: toml::Table,
+    /// `[pool.profiles.<name>]`.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub profiles: toml::Table,
+    /// `[pool.streams.<name>]`.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub streams: toml::Table,
+    /// `[pool.supervisor]`.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub supervisor: toml::Table,
+}
+
+impl PoolSection {
+    /// The sub-tables as one tp_driver-style document (`[driver]`, `[shm]`, ...).
+    pub fn driver_tables(&self) -> toml::Table {
+        let mut doc = toml::Table::new();
+        for (name, table) in [
+            ("driver", &self.driver),
+            ("shm", &self.shm),
+            ("policies", &self.policies),
+            ("profiles", &self.profiles),
+            ("streams", &self.streams),
+            ("supervisor", &self.supervisor),
+        ] {
+            if !table.is_empty() {
+                doc.insert(name.to_owned(), toml::Value::Table(table.clone()));
+            }
+        }
+        doc
+    }
 }
 
 /// One environment variable the loader reads, for `corelane run --help`.

@@ -25,6 +25,10 @@ pub enum Kind {
     Str(StrRule),
     /// An array of strings (lane agents; not settable from the environment).
     StrList,
+    /// A table the service checks itself ([`Service::validate`](crate::daemon::Service)):
+    /// the tensor pool's tp_driver-style sections (`[pool.shm]`, `[pool.profiles.<name>]`,
+    /// ...). Merged key by key over the embedded default, not settable from the environment.
+    Table,
 }
 
 /// Rules for string keys.
@@ -119,6 +123,22 @@ pub const METRICS_SECTION: SectionSpec = SectionSpec {
 
 const PLACEHOLDER_KEYS: &[KeySpec] = &[key("enabled", Kind::Bool)];
 
+/// `[pool]`, the tensor pool driver's keys: its own two, then the sections of a tp_driver
+/// config file as sub-tables (checked by the pool service, `crate::pool::config`).
+pub const POOL_SECTION: SectionSpec = SectionSpec {
+    name: "pool",
+    keys: &[
+        key("enabled", Kind::Bool),
+        key("config_file", Kind::Str(StrRule::AbsPathOrEmpty)),
+        key("driver", Kind::Table),
+        key("shm", Kind::Table),
+        key("policies", Kind::Table),
+        key("profiles", Kind::Table),
+        key("streams", Kind::Table),
+        key("supervisor", Kind::Table),
+    ],
+};
+
 /// The section of a service reserved for a later build: only `enabled`.
 pub const fn placeholder_section(name: &'static str) -> SectionSpec {
     SectionSpec { name, keys: PLACEHOLDER_KEYS }
@@ -190,6 +210,7 @@ impl Kind {
                 "a log filter like \"info\" or \"warn,corelane=debug\"".to_owned()
             }
             Kind::StrList => "an array of strings".to_owned(),
+            Kind::Table => "a table".to_owned(),
         }
     }
 
@@ -214,6 +235,7 @@ impl Kind {
             (Kind::OneOf(options), Value::String(s)) => options.contains(&s.as_str()),
             (Kind::Str(rule), Value::String(s)) => rule.accepts(s),
             (Kind::StrList, Value::Array(items)) => items.iter().all(Value::is_str),
+            (Kind::Table, Value::Table(_)) => true,
             _ => false,
         }
     }
@@ -228,7 +250,7 @@ impl Kind {
             },
             Kind::UInt { .. } => Value::Integer(raw.parse::<i64>().ok()?),
             Kind::OneOf(_) | Kind::Str(_) => Value::String(raw.to_owned()),
-            Kind::StrList => return None,
+            Kind::StrList | Kind::Table => return None,
         };
         self.accepts(&value).then_some(value)
     }
@@ -468,8 +490,21 @@ pub(super) fn merge(base: &mut Table, layer: Table) {
     for (name, value) in layer {
         match (base.get_mut(&name), value) {
             (Some(Value::Table(base_keys)), Value::Table(keys)) if name != LANES => {
-                base_keys.extend(keys);
+                merge_tables(base_keys, keys);
             }
+            (_, value) => {
+                base.insert(name, value);
+            }
+        }
+    }
+}
+
+/// Key by key, into tables at any depth (`[pool.profiles.camera]` changes one profile's keys
+/// and keeps the others); any other value replaces.
+fn merge_tables(base: &mut Table, layer: Table) {
+    for (name, value) in layer {
+        match (base.get_mut(&name), value) {
+            (Some(Value::Table(base_keys)), Value::Table(keys)) => merge_tables(base_keys, keys),
             (_, value) => {
                 base.insert(name, value);
             }

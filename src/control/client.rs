@@ -373,6 +373,31 @@ impl Client {
         self.inbox.pushes.pop_front().ok_or(ClientError::Timeout(timeout))
     }
 
+    /// A push already received, or one that has arrived on the socket, without waiting: a
+    /// non-blocking read of what the socket holds (for loops that poll their control
+    /// connection between other work, such as the tensor pool's `Producer::do_work`).
+    pub fn try_next_push(&mut self) -> Result<Option<Push>, ClientError> {
+        if let Some(push) = self.inbox.pushes.pop_front() {
+            return Ok(Some(push));
+        }
+        if self.broken {
+            return Err(ClientError::Closed);
+        }
+        if !self.settings.busy_poll {
+            self.stream.set_nonblocking(true)?;
+        }
+        // A deadline already past: `read_until` reads what is there and stops at the first
+        // `WouldBlock` (a timeout, which leaves the stream in sync).
+        let result = self.read_pushes(Instant::now(), Duration::from_nanos(1));
+        if !self.settings.busy_poll {
+            self.stream.set_nonblocking(false)?;
+        }
+        match result {
+            Ok(()) | Err(ClientError::Timeout(_)) => Ok(self.inbox.pushes.pop_front()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Pushes dropped because more than [`MAX_QUEUED_PUSHES`] waited.
     pub fn dropped_pushes(&self) -> u64 {
         self.inbox.dropped

@@ -42,7 +42,11 @@ use crate::sync::{fence, AtomicU64, Ordering};
 #[cfg(not(loom))]
 mod stream;
 #[cfg(not(loom))]
+mod wake;
+#[cfg(not(loom))]
 pub use stream::*;
+#[cfg(not(loom))]
+pub use wake::*;
 
 /// One seqlock-protected slot: word 0 is `seq_commit` (`seq << 1 | committed`), the others data.
 ///
@@ -92,12 +96,15 @@ impl<'a> SeqSlot<'a> {
     /// them for anything that could fail.
     #[inline]
     pub fn read<R>(&self, seq: u64, copy: impl FnOnce(&[AtomicU64]) -> R) -> Result<R, Late> {
-        // SYNC: pairs with the Release store in `Claimed::commit`: the committed claim's data
-        // stores are visible to `copy`.
-        let a = self.words[0].load(Ordering::Acquire);
+        // A Relaxed load and an Acquire fence rather than an Acquire load: the same ordering,
+        // and sound on a read-only mapping (Region::read_only).
+        let a = self.words[0].load(Ordering::Relaxed);
         if a != shm::seq_commit(seq, true) {
             return Err(Late::classify(a, seq));
         }
+        // SYNC: with the load above, pairs with the Release store in `Claimed::commit`: the
+        // committed claim's data stores are visible to `copy`.
+        fence(Ordering::Acquire);
         let value = copy(&self.words[1..]);
         // SYNC: pairs with the writer's fence(Release) in `claim` (see the module doc).
         fence(Ordering::Acquire);
@@ -115,8 +122,12 @@ impl<'a> SeqSlot<'a> {
 
     /// The current `seq_commit` word.
     pub fn seq_commit(&self) -> u64 {
-        // SYNC: Acquire, like the first load of `read`; callers only compare it.
-        self.words[0].load(Ordering::Acquire)
+        let word = self.words[0].load(Ordering::Relaxed);
+        // SYNC: with the load above, an Acquire read, like the first load of `read` (a fence,
+        // so that read-only mappings need only Relaxed loads); pairs with the Release store
+        // in `Claimed::commit`.
+        fence(Ordering::Acquire);
+        word
     }
 }
 

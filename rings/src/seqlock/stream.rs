@@ -133,6 +133,11 @@ pub enum StreamError {
         /// What it holds.
         found: LayoutKind,
     },
+    /// Writing needs a writable region; this one is read-only ([`Region::read_only`]).
+    ReadOnly {
+        /// Which region.
+        region: RegionName,
+    },
 }
 
 impl fmt::Display for StreamError {
@@ -149,6 +154,9 @@ impl fmt::Display for StreamError {
             }
             Self::OtherLayout { region, found } => {
                 write!(f, "{region}: the region already holds a {found:?} in this process")
+            }
+            Self::ReadOnly { region } => {
+                write!(f, "{region}: writing needs a writable mapping, this one is read-only")
             }
         }
     }
@@ -217,6 +225,10 @@ impl<R: Region> Stream<R> {
         now_ns: u64,
     ) -> Result<Self, StreamError> {
         check_spec(spec, pools.len())?;
+        writable(&header, RegionName::HeaderRing)?;
+        for (p, region) in spec.pools.iter().zip(&pools) {
+            writable(region, RegionName::Pool(p.pool_id))?;
+        }
         let layout = claim(&header, LayoutKind::HeaderRing, RegionName::HeaderRing)?;
         let ring = Superblock::header_ring(spec.epoch, spec.stream_id, spec.nslots, pid, now_ns);
         write_superblock(&header, &ring, RegionName::HeaderRing)?;
@@ -317,8 +329,14 @@ impl<R: Region> Stream<R> {
     }
 
     /// Refreshes the heartbeat (the superblock owner, once per announce period).
-    pub fn touch(&self, now_ns: u64) {
+    ///
+    /// Returns `false`, writing nothing, on a read-only mapping (a consumer's).
+    pub fn touch(&self, now_ns: u64) -> bool {
+        if self.header.read_only() {
+            return false;
+        }
         self.activity_word().store(now_ns, Ordering::Relaxed);
+        true
     }
 
     /// Whether this mapping is still the stream to read at `now_ns`: the superblock still
@@ -396,6 +414,13 @@ fn check_spec(spec: &StreamSpec, given: usize) -> Result<(), StreamError> {
 }
 
 /// Claims `region` for `layout` (one layout per region in a process).
+fn writable<R: Region + ?Sized>(region: &R, name: RegionName) -> Result<(), StreamError> {
+    if region.read_only() {
+        return Err(StreamError::ReadOnly { region: name });
+    }
+    Ok(())
+}
+
 fn claim<R: Region>(
     region: &R,
     layout: LayoutKind,
@@ -469,6 +494,10 @@ impl Drop for WriterGuard {
 impl<R: Region> Publisher<R> {
     /// A publisher starting at seq 0 (a new epoch).
     pub fn new(stream: Stream<R>) -> Result<Self, StreamError> {
+        writable(&stream.header, RegionName::HeaderRing)?;
+        for p in &stream.pools {
+            writable(&p.region, RegionName::Pool(p.pool_id))?;
+        }
         let writer = WriterGuard::take(stream.header.as_ptr() as usize, stream.stream_id)?;
         Ok(Self { stream, next_seq: 0, _writer: writer })
     }
@@ -796,6 +825,20 @@ impl<R: Region> Subscriber<R> {
     /// Makes [`poll`](Self::poll) continue at `seq`, counting nothing.
     pub fn seek(&mut self, seq: u64) {
         self.next_seq = seq;
+    }
+
+    /// Whether [`poll`](Self::poll) has something other than `Empty` to say: the slot of the
+    /// next seq holds that seq committed, or a later seq (the writer lapped us). One Acquire
+    /// load: the `ready()` test of a consumer that parks on a
+    /// [`Doorbell`](crate::wait::Doorbell) until the next commit.
+    pub fn ready(&self) -> bool {
+        let seq = self.next_seq;
+        if seq > MAX_SEQ {
+            return false;
+        }
+        let word = self.stream.ring().slot(seq).seq_commit();
+        let found = word >> 1;
+        found > seq || (found == seq && word & 1 == 1)
     }
 
     /// Joins a running stream: the next poll returns the newest committed frame, and the

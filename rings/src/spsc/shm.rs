@@ -193,6 +193,8 @@ pub enum RegionError {
     ReclaimSelf,
     /// The region holds another structure in this process (one layout per region).
     OtherLayout(LayoutKind),
+    /// Both ends write the ring; this region is read-only ([`Region::read_only`]).
+    ReadOnly,
 }
 
 /// One end of a ring.
@@ -290,6 +292,7 @@ impl fmt::Display for RegionError {
                 write!(f, "ring {role} role is not available: held by {holder}")
             }
             Self::ReclaimSelf => f.write_str("cannot reclaim a ring role from this process itself"),
+            Self::ReadOnly => write!(f, "a ring needs a writable mapping, this one is read-only"),
             Self::OtherLayout(kind) => {
                 write!(f, "the region already holds a {kind:?} in this process")
             }
@@ -756,6 +759,9 @@ struct Mem {
 #[cfg(not(loom))]
 impl Mem {
     fn of(region: &impl Region) -> Result<Self, RegionError> {
+        if region.read_only() {
+            return Err(RegionError::ReadOnly);
+        }
         let base = core::ptr::NonNull::new(region.as_ptr()).ok_or(RegionError::Misaligned(0))?;
         if !(base.as_ptr() as usize).is_multiple_of(REGION_ALIGN) {
             return Err(RegionError::Misaligned(base.as_ptr() as usize));
