@@ -1,0 +1,99 @@
+//! The tensor pool: shared-memory header rings and payload pools byte-compatible with the SHM
+//! Tensor Pool spec v1.2 (`shared/specs/tensor-pool.md`), the driver that owns them (leases,
+//! epochs, announces) as a daemon service, and the producer and consumer libraries.
+//!
+//! - [`Producer`] / [`Consumer`]: the client libraries (attach over the control socket, map
+//!   the regions, claim -> write -> commit / poll, keepalives, reattach, remap).
+//! - `link` / `keeper`: their control plane (the client state machine of spec §5.9).
+//! - `proto`: the control messages (msg_types [`MSG_POOL_ATTACH`]..[`MSG_POOL_STATUS`]).
+
+pub mod consumer;
+pub mod keeper;
+pub mod link;
+pub mod producer;
+pub mod proto;
+pub mod regions;
+
+pub use consumer::{Consumer, ConsumerPoll, ConsumerStats, RecvError, Wait};
+pub use link::{Grant, Lease, LinkState, LinkStats, PoolOptions, Role};
+pub use producer::{Claim, ClaimError, Producer, ProducerStats};
+
+/// `AttachRequest` / `AttachResponse`.
+pub const MSG_POOL_ATTACH: u16 = 32;
+/// `LeaseKeepalive` / `KeepaliveAck`.
+pub const MSG_POOL_KEEPALIVE: u16 = 33;
+/// `DetachRequest` / `DetachResponse`.
+pub const MSG_POOL_DETACH: u16 = 34;
+/// `Subscribe` / `SubscribeReply`, then `PoolEvent` pushes.
+pub const MSG_POOL_SUBSCRIBE: u16 = 35;
+/// `ConsumerHello` / `ConsumerConfig`.
+pub const MSG_POOL_HELLO: u16 = 36;
+/// `QosReport` / `QosAck`.
+pub const MSG_POOL_QOS: u16 = 37;
+/// `PoolStatusRequest` / `PoolStatus`.
+pub const MSG_POOL_STATUS: u16 = 38;
+
+/// Role PRODUCER.
+pub const ROLE_PRODUCER: u32 = 1;
+/// Role CONSUMER.
+pub const ROLE_CONSUMER: u32 = 2;
+/// ResponseCode OK.
+pub const CODE_OK: i32 = 0;
+/// ResponseCode REJECTED.
+pub const CODE_REJECTED: i32 = 3;
+/// LeaseRevokeReason DETACHED.
+pub const REVOKE_DETACHED: u32 = 1;
+/// ClockDomain MONOTONIC.
+pub const CLOCK_MONOTONIC: u32 = 1;
+/// Mode STREAM.
+pub const MODE_STREAM: u32 = 1;
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of leases, epochs, announces and slot
+/// timestamps on this host (the same clock in every process).
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
+}
+
+/// Errors of the pool client libraries.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The control socket failed.
+    #[error("control socket: {0}")]
+    Control(#[from] crate::control::ClientError),
+    /// The driver refused the request.
+    #[error("driver refused (code {code}): {message}")]
+    Refused {
+        /// The spec's response code.
+        code: i32,
+        /// Its text.
+        message: String,
+    },
+    /// The driver's answer breaks the spec's rules (treated as a failure: fail closed).
+    #[error("bad grant from the driver: {0}")]
+    BadGrant(String),
+    /// A region URI or file was refused.
+    #[error("region refused: {0}")]
+    Uri(#[from] uri::UriError),
+    /// A region could not be mapped.
+    #[error("cannot map region: {0}")]
+    Map(#[from] crate::mapping::MapError),
+    /// A region's superblock or layout does not match the grant.
+    #[error("region does not match the grant: {0}")]
+    Stream(#[from] crate::rings::seqlock::StreamError),
+}
+
+impl PoolError {
+    /// Whether the control connection is gone (reconnect before retrying).
+    pub fn is_connection(&self) -> bool {
+        matches!(
+            self,
+            PoolError::Control(
+                crate::control::ClientError::Closed
+                    | crate::control::ClientError::Connect { .. }
+                    | crate::control::ClientError::Io(_)
+                    | crate::control::ClientError::Wire(_)
+            )
+        )
+    }
+}
