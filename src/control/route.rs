@@ -186,6 +186,13 @@ impl Routes {
         Ok(())
     }
 
+    /// Adds a link replies come back on, for routes added with [`forward_to`](Self::forward_to);
+    /// returns its index.
+    pub(crate) fn add_replies(&mut self, replies: LinkRx<FromService>) -> usize {
+        self.replies.push(replies);
+        self.replies.len() - 1
+    }
+
     /// A forwarded route whose replies come on the existing link `replies` (merging tables).
     pub(crate) fn forward_to(
         &mut self,
@@ -225,7 +232,9 @@ impl Routes {
 /// A service agent's end of its forwarded routes: requests in, replies and pushes out.
 #[derive(Debug)]
 pub struct ControlPort {
-    requests: LinkRx<ToService>,
+    /// One link per `msg_type` served (one for most ports); polled round-robin.
+    requests: Vec<LinkRx<ToService>>,
+    next: usize,
     replies: LinkTx<FromService>,
     /// Answers (responses and errors) a full link refused, oldest first, sent before anything
     /// else: every request gets its answer (the control agent waits for it). At most
@@ -244,14 +253,29 @@ pub const MAX_UNSENT_ANSWERS: usize = crate::daemon::MAX_PENDING_PER_ROUTE;
 impl ControlPort {
     /// The port over the two links of a forwarded route.
     pub fn new(requests: LinkRx<ToService>, replies: LinkTx<FromService>) -> Self {
-        Self { requests, replies, unsent: VecDeque::new(), dropped: 0 }
+        Self::serving(vec![requests], replies)
+    }
+
+    /// The port of several forwarded routes that share one link back: every answer and push
+    /// of the service goes back in the order it made them, whichever `msg_type` they answer
+    /// (the tensor pool's announce before the attach response it causes).
+    pub fn serving(requests: Vec<LinkRx<ToService>>, replies: LinkTx<FromService>) -> Self {
+        Self { requests, next: 0, replies, unsent: VecDeque::new(), dropped: 0 }
     }
 
     /// The next request or close notice, if any (call in `do_work`); first sends the answers
-    /// a full link refused earlier.
+    /// a full link refused earlier. Several request links are taken from in turn.
     pub fn poll(&mut self) -> Option<ToService> {
         self.flush();
-        self.requests.pop().ok()
+        let n = self.requests.len();
+        for i in 0..n {
+            let at = (self.next + i) % n;
+            if let Ok(message) = self.requests[at].pop() {
+                self.next = (at + 1) % n;
+                return Some(message);
+            }
+        }
+        None
     }
 
     /// Answers waiting for room in the link back.

@@ -188,6 +188,33 @@ impl Build<'_> {
         Some(ControlPort::new(from_control, to_control))
     }
 
+    /// Serves several control requests with the agent `agent` through one port whose answers
+    /// and pushes share one link back, so they reach the control agent in the order the
+    /// agent made them. `None` as for [`serve`](Self::serve).
+    pub fn serve_all(
+        &mut self,
+        requests: &[(u16, &'static str)],
+        agent: &str,
+    ) -> Option<ControlPort> {
+        const CAPACITY: usize = 1024;
+        let (to_control, from_service) = self.link(CAPACITY, "control")?;
+        let mut ends = Vec::with_capacity(requests.len());
+        let mut senders = Vec::with_capacity(requests.len());
+        for _ in requests {
+            let (to_service, from_control) = self.link(CAPACITY, agent)?;
+            senders.push(to_service);
+            ends.push(from_control);
+        }
+        let replies = self.routes.add_replies(from_service);
+        for (&(msg_type, name), to_service) in requests.iter().zip(senders) {
+            if let Err(e) = self.routes.forward_to(msg_type, name, to_service, replies) {
+                tracing::error!("{e}");
+                return None;
+            }
+        }
+        Some(ControlPort::serving(ends, to_control))
+    }
+
     /// Serves the control request `msg_type` on the control lane itself, at once.
     pub fn serve_local(&mut self, msg_type: u16, name: &'static str, route: Box<dyn LocalRoute>) {
         if let Err(e) = self.routes.local(msg_type, name, route) {
