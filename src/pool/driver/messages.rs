@@ -23,7 +23,7 @@ pub struct UnknownValue {
 
 macro_rules! wire_enum {
     (
-        $(#[$doc:meta])* $name:ident : $repr:ty, $expected:literal {
+        $(#[$doc:meta])* $name:ident : $repr:ty, $label:literal, $expected:literal {
             $($(#[$vdoc:meta])* $variant:ident = $value:literal,)*
         }
     ) => {
@@ -54,7 +54,7 @@ macro_rules! wire_enum {
 
             fn try_from(value: $repr) -> Result<Self, UnknownValue> {
                 Self::from_wire(value).ok_or(UnknownValue {
-                    name: stringify!($name),
+                    name: $label,
                     expected: $expected,
                     value: value as i64,
                 })
@@ -65,7 +65,7 @@ macro_rules! wire_enum {
 
 wire_enum! {
     /// A lease's role (driver schema `Role`).
-    Role: u8, "1 (PRODUCER), 2 (CONSUMER)" {
+    Role: u8, "role", "1 (PRODUCER), 2 (CONSUMER)" {
         /// Writes the stream; at most one per stream.
         Producer = 1,
         /// Reads the stream; any number.
@@ -75,7 +75,7 @@ wire_enum! {
 
 wire_enum! {
     /// What an attach to an unknown stream may do (`PublishMode`).
-    PublishMode: u8, "1 (REQUIRE_EXISTING), 2 (EXISTING_OR_CREATE)" {
+    PublishMode: u8, "publish mode", "1 (REQUIRE_EXISTING), 2 (EXISTING_OR_CREATE)" {
         /// Only provisioned streams.
         RequireExisting = 1,
         /// Create the stream when dynamic streams are allowed (also what null means).
@@ -85,7 +85,7 @@ wire_enum! {
 
 wire_enum! {
     /// The page kind an attach asks for (`HugepagesPolicy`).
-    HugepagesPolicy: u8, "0 (UNSPECIFIED), 1 (STANDARD), 2 (HUGEPAGES)" {
+    HugepagesPolicy: u8, "hugepages policy", "0 (UNSPECIFIED), 1 (STANDARD), 2 (HUGEPAGES)" {
         /// The driver's `shm.require_hugepages` decides.
         Unspecified = 0,
         /// Standard pages; refused when the base directory is hugetlbfs.
@@ -97,7 +97,7 @@ wire_enum! {
 
 wire_enum! {
     /// Why a lease ended (`LeaseRevokeReason`).
-    RevokeReason: u8, "1 (DETACHED), 2 (EXPIRED), 3 (REVOKED)" {
+    RevokeReason: u8, "revoke reason", "1 (DETACHED), 2 (EXPIRED), 3 (REVOKED)" {
         /// The client detached.
         Detached = 1,
         /// No keepalive for interval × grace.
@@ -109,7 +109,7 @@ wire_enum! {
 
 wire_enum! {
     /// Why the driver is going away (`ShutdownReason`).
-    ShutdownReason: u8, "0 (NORMAL), 1 (ADMIN), 2 (ERROR)" {
+    ShutdownReason: u8, "shutdown reason", "0 (NORMAL), 1 (ADMIN), 2 (ERROR)" {
         /// Orderly stop.
         Normal = 0,
         /// An administrator's request.
@@ -121,7 +121,7 @@ wire_enum! {
 
 wire_enum! {
     /// The outcome of a request (`ResponseCode`).
-    ResponseCode: i32, "0 (OK), 1 (UNSUPPORTED), 2 (INVALID_PARAMS), 3 (REJECTED), 4 (INTERNAL_ERROR)" {
+    ResponseCode: i32, "response code", "0 (OK), 1 (UNSUPPORTED), 2 (INVALID_PARAMS), 3 (REJECTED), 4 (INTERNAL_ERROR)" {
         /// Granted.
         Ok = 0,
         /// Not supported by this driver.
@@ -137,7 +137,7 @@ wire_enum! {
 
 wire_enum! {
     /// The clock of a timestamp (`ClockDomain`).
-    ClockDomain: u8, "1 (MONOTONIC), 2 (REALTIME_SYNCED)" {
+    ClockDomain: u8, "clock domain", "1 (MONOTONIC), 2 (REALTIME_SYNCED)" {
         /// CLOCK_MONOTONIC of the driver's host.
         Monotonic = 1,
         /// Synchronised realtime.
@@ -147,7 +147,7 @@ wire_enum! {
 
 wire_enum! {
     /// How a consumer receives frames (`Mode`).
-    Mode: u8, "1 (STREAM), 2 (RATE_LIMITED)" {
+    Mode: u8, "mode", "1 (STREAM), 2 (RATE_LIMITED)" {
         /// Every frame.
         Stream = 1,
         /// At most max_rate_hz.
