@@ -702,7 +702,7 @@ fn read_profile(name: &str, t: &mut Section<'_>) -> Result<Profile> {
         // Both in range by the checks, so the casts are exact.
         let pool_id = e.required_int("pool_id", 1, i64::from(u16::MAX))? as u16;
         let stride_bytes = e.required_int("stride_bytes", 0, i64::from(u32::MAX))? as u32;
-        if stride_bytes == 0 || stride_bytes % 64 != 0 {
+        if stride_bytes == 0 || !stride_bytes.is_multiple_of(64) {
             return Err(bad(
                 e.key("stride_bytes"),
                 "a non-zero multiple of 64",
@@ -1054,5 +1054,351 @@ impl<'a> Section<'a> {
             }
         }
         unknown.extend(self.extra_unknown);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../config/pool-example.toml");
+
+    /// The example config with `old` replaced by `new` (which must change it).
+    fn example_with(old: &str, new: &str) -> String {
+        assert!(EXAMPLE.contains(old), "{old:?} is not in the example");
+        EXAMPLE.replacen(old, new, 1)
+    }
+
+    /// Loading fails, and the error names `key`.
+    fn fails(text: &str, key: &str) -> PoolConfigError {
+        let err = PoolConfig::from_toml_str(text).expect_err("config should be refused");
+        assert_eq!(err.key(), Some(key), "{err}");
+        assert!(err.to_string().contains(key), "message names the key: {err}");
+        err
+    }
+
+    #[test]
+    fn c57_bad_configs_fail_to_load() {
+        let pools = "payload_pools = [ { pool_id = 1, stride_bytes = 1048576 } ]";
+        let cases: Vec<(String, &str, &str)> = vec![
+            // (text, key named, a word the message must hold)
+            (example_with("header_nslots = 64", "header_nslots = 48"), "profiles.camera.header_nslots", "power of two"),
+            (example_with("header_nslots = 64", "header_nslots = 0"), "profiles.camera.header_nslots", "power of two"),
+            (example_with("stride_bytes = 1048576", "stride_bytes = 100"), "profiles.camera.payload_pools[0].stride_bytes", "multiple of 64"),
+            (example_with("stride_bytes = 1048576", "stride_bytes = 0"), "profiles.camera.payload_pools[0].stride_bytes", "multiple of 64"),
+            (example_with("pool_id = 1,", "pool_id = 0,"), "profiles.camera.payload_pools[0].pool_id", "1..=65535"),
+            (example_with("pool_id = 1,", "pool_id = 70000,"), "profiles.camera.payload_pools[0].pool_id", "1..=65535"),
+            (
+                example_with(pools, "payload_pools = [ { pool_id = 1, stride_bytes = 64 }, { pool_id = 1, stride_bytes = 128 } ]"),
+                "profiles.camera.payload_pools[1].pool_id",
+                "duplicate pool id 1",
+            ),
+            (example_with("stream_id = 10000", "stream_id = 0"), "streams.cam1.stream_id", "1..=4294967295"),
+            (
+                format!("{EXAMPLE}[streams.cam2]\nstream_id = 10000\nprofile = \"camera\"\n"),
+                "streams.cam2.stream_id",
+                "duplicate stream id 10000",
+            ),
+            (example_with("10000\nprofile = \"camera\"", "10000\nprofile = \"lidar\""), "streams.cam1.profile", "unknown profile \"lidar\""),
+            (example_with(pools, "payload_pools = []"), "profiles.camera.payload_pools", "at least one"),
+            (example_with(pools, ""), "profiles.camera.payload_pools", "missing"),
+            (example_with("permissions_mode = \"660\"", "permissions_mode = \"999\""), "shm.permissions_mode", "octal"),
+            (example_with("permissions_mode = \"660\"", "permissions_mode = \"1000\""), "shm.permissions_mode", "octal"),
+            (example_with("permissions_mode = \"660\"", "permissions_mode = 660"), "shm.permissions_mode", "a string"),
+            (example_with("\"20000-29999\"", "\"0-5\""), "driver.stream_id_range", "0 < A <= B"),
+            (example_with("\"20000-29999\"", "\"9-3\""), "driver.stream_id_range", "0 < A <= B"),
+            (example_with("\"20000-29999\"", "\"20000-\""), "driver.stream_id_range", "0 < A <= B"),
+            (example_with("\"20000-29999\"", "\"twenty\""), "driver.stream_id_range", "0 < A <= B"),
+            (example_with("\"20000-29999\"", "[\"20000-20999\", \"x\"]"), "driver.stream_id_range[1]", "0 < A <= B"),
+            (example_with("\"20000-29999\"", "20000"), "driver.stream_id_range", "0 < A <= B"),
+            (
+                example_with("allow_dynamic_streams = false\ndefault_profile = \"camera\"", "allow_dynamic_streams = true"),
+                "policies.default_profile",
+                "allow_dynamic_streams",
+            ),
+            (
+                example_with("allow_dynamic_streams = false", "allow_dynamic_streams = true")
+                    .replacen("stream_id_range = \"20000-29999\"\n", "", 1),
+                "driver.stream_id_range",
+                "allow_dynamic_streams",
+            ),
+            // Overlaps (spec 5.8): with each other, static stream IDs, control/announce/QoS IDs.
+            (example_with("\"20000-29999\"", "\"20000-31500\""), "driver.descriptor_stream_id_range", "overlap driver.stream_id_range"),
+            (example_with("\"20000-29999\"", "[\"20000-20999\", \"20500-21000\"]"), "driver.stream_id_range[1]", "overlap driver.stream_id_range[0]"),
+            (example_with("\"20000-29999\"", "\"9000-29999\""), "driver.stream_id_range", "overlap streams.cam1.stream_id"),
+            (example_with("\"20000-29999\"", "\"1-1999\""), "driver.stream_id_range", "overlap driver.control_stream_id"),
+            (example_with("qos_stream_id = 1200\nstream_id_range", "qos_stream_id = 20001\nstream_id_range"), "driver.stream_id_range", "overlap driver.qos_stream_id"),
+            (example_with("stream_id = 10000", "stream_id = 1001"), "streams.cam1.stream_id", "overlap driver.announce_stream_id"),
+            (example_with("per_consumer_control_base = 32000", "per_consumer_control_base = 25000"), "supervisor.per_consumer_control_base", "overlap driver.stream_id_range"),
+            (example_with("per_consumer_descriptor_base = 31000", "per_consumer_descriptor_base = 32500"), "supervisor.per_consumer_descriptor_base", "overlap driver.control_stream_id_range"),
+            // The other checks of the loader.
+            (example_with("namespace = \"default\"", "namespace = \"a/b\""), "shm.namespace", "[A-Za-z0-9_-]+"),
+            (example_with("namespace = \"default\"", "namespace = \"\""), "shm.namespace", "[A-Za-z0-9_-]+"),
+            (example_with("base_dir = \"/dev/shm\"", "base_dir = \"dev/shm\""), "shm.base_dir", "absolute"),
+            (example_with("allowed_base_dirs = [\"/dev/shm\"]", "allowed_base_dirs = [\"/dev/shm\", \"tmp\"]"), "shm.allowed_base_dirs[1]", "absolute"),
+            (example_with("control_channel = \"aeron:ipc?term-length=4m\"", "control_channel = \"udp://host:1\""), "driver.control_channel", "aeron:"),
+            (
+                example_with("per_consumer_descriptor_channel = \"aeron:ipc?term-length=4m\"", "per_consumer_descriptor_channel = \"tcp:x\""),
+                "supervisor.per_consumer_descriptor_channel",
+                "aeron:",
+            ),
+            (example_with("per_consumer_control_range = 1000", "per_consumer_control_range = 0"), "supervisor.per_consumer_control_range", "non-zero range"),
+            (example_with("force_mode = 0", "force_mode = 3"), "supervisor.force_mode", "RATE_LIMITED"),
+            (example_with("consumer_capacity = 256", "consumer_capacity = 0"), "supervisor.consumer_capacity", "1..="),
+            (example_with("payload_fallback_uri = \"\"", "payload_fallback_uri = \"http://x\""), "supervisor.payload_fallback_uri", "bridge://"),
+            (example_with("lease_keepalive_interval_ms = 1000", "lease_keepalive_interval_ms = 0"), "policies.lease_keepalive_interval_ms", "1..="),
+            (example_with("lease_expiry_grace_intervals = 3", "lease_expiry_grace_intervals = -1"), "policies.lease_expiry_grace_intervals", "1..="),
+            (example_with("control_stream_id = 1000\nannounce_channel", "control_stream_id = 4294967296\nannounce_channel"), "driver.control_stream_id", "0..=4294967295"),
+            (example_with("require_hugepages = false", "require_hugepages = \"no\""), "shm.require_hugepages", "true or false"),
+            (example_with("default_profile = \"camera\"", "default_profile = \"none\""), "policies.default_profile", "unknown profile"),
+            (example_with("[profiles.camera]", "[profiles.other]\nheader_nslots = 8\n[profiles.camera]").replacen(pools, "payload_pools = 5", 1), "profiles.camera.payload_pools", "an array"),
+            // The keys move into a nested table: camera itself has no pools then.
+            (EXAMPLE.replacen("[profiles.camera]", "[profiles.camera.x]", 1), "profiles.camera.payload_pools", "missing"),
+        ];
+        for (text, key, word) in &cases {
+            let err = fails(text, key);
+            assert!(err.to_string().contains(word), "{key}: {err:?} should mention {word:?}");
+        }
+        // No profile at all.
+        let text = "[shm]\nbase_dir = \"/dev/shm\"\n";
+        fails(text, "profiles");
+        // Not TOML.
+        let err = PoolConfig::from_toml_str("[driver\n").unwrap_err();
+        assert!(matches!(err, PoolConfigError::Syntax { .. }) && err.key().is_none());
+    }
+
+    #[test]
+    fn c57_errors_say_expected_and_got() {
+        let err = fails(
+            &example_with("header_nslots = 64", "header_nslots = 48"),
+            "profiles.camera.header_nslots",
+        );
+        assert_eq!(
+            err.to_string(),
+            "bad value for 'profiles.camera.header_nslots': expected a power of two, got 48"
+        );
+        let err = fails(
+            &example_with("permissions_mode = \"660\"", "permissions_mode = \"999\""),
+            "shm.permissions_mode",
+        );
+        assert_eq!(
+            err.to_string(),
+            "bad value for 'shm.permissions_mode': expected an octal mode string at most \"777\", got \"999\""
+        );
+        let err = fails(&example_with("\"20000-29999\"", "\"9-3\""), "driver.stream_id_range");
+        assert!(err.to_string().ends_with("got \"9-3\""), "{err}");
+    }
+
+    #[test]
+    fn c58_example_config_loads() {
+        let c = PoolConfig::from_toml_str(EXAMPLE).unwrap();
+        assert_eq!(c.driver.instance_id, "driver-example");
+        assert_eq!(c.driver.control_stream_id, 1000);
+        assert_eq!(c.driver.announce_stream_id, 1001);
+        assert_eq!(c.driver.qos_stream_id, 1200);
+        assert_eq!(c.driver.control_channel, "aeron:ipc?term-length=4m");
+        assert_eq!(c.driver.stream_id_ranges, vec![IdRange { start: 20000, end: 29999 }]);
+        assert_eq!(
+            c.driver.descriptor_stream_id_ranges,
+            vec![IdRange { start: 31000, end: 31999 }]
+        );
+        assert_eq!(c.driver.control_stream_id_ranges, vec![IdRange { start: 32000, end: 32999 }]);
+        assert_eq!(c.shm.base_dir, "/dev/shm");
+        assert_eq!(c.shm.namespace, "default");
+        assert_eq!(c.shm.permissions_mode, 0o660);
+        assert_eq!(c.shm.allowed_base_dirs, vec!["/dev/shm".to_owned()]);
+        assert!(!c.policies.allow_dynamic_streams);
+        assert_eq!(c.policies.default_profile.as_deref(), Some("camera"));
+        assert_eq!(c.policies.node_id_reuse_cooldown_ms, 1000);
+        assert_eq!(c.lease_ttl_ns(), 3_000_000_000);
+        let camera = c.profile("camera").unwrap();
+        assert_eq!(camera.header_nslots, 64);
+        assert_eq!(camera.payload_pools, vec![PoolSpec { pool_id: 1, stride_bytes: 1 << 20 }]);
+        assert_eq!(
+            c.streams,
+            vec![StaticStream { name: "cam1".into(), stream_id: 10000, profile: "camera".into() }]
+        );
+        let s = c.supervisor.as_ref().unwrap();
+        assert_eq!(
+            (s.metadata_stream_id, s.consumer_capacity, s.consumer_stale_ms),
+            (1300, 256, 5000)
+        );
+        assert!(s.per_consumer_enabled);
+        assert_eq!(
+            (s.per_consumer_descriptor_base, s.per_consumer_descriptor_range),
+            (31000, 1000)
+        );
+        assert_eq!((s.per_consumer_control_base, s.per_consumer_control_range), (32000, 1000));
+        assert_eq!((s.force_no_shm, s.force_mode, s.payload_fallback_uri.as_str()), (false, 0, ""));
+        assert!(c.unknown_keys().is_empty(), "{:?}", c.unknown_keys());
+    }
+
+    #[test]
+    fn embedded_default_has_the_documented_values() {
+        let c = PoolConfig::embedded_default().unwrap();
+        assert_eq!((c.shm.base_dir.as_str(), c.shm.namespace.as_str()), ("/dev/shm", "default"));
+        let camera = c.profile("camera").unwrap();
+        assert_eq!(camera.header_nslots, 32);
+        assert_eq!(
+            camera.payload_pools,
+            vec![PoolSpec { pool_id: 1, stride_bytes: 640 * 480 * 3 }]
+        );
+        assert_eq!(921_600 % 64, 0);
+        let small = c.profile("small").unwrap();
+        assert_eq!((small.header_nslots, small.payload_pools[0].stride_bytes), (64, 4096));
+        assert_eq!(
+            c.streams,
+            vec![StaticStream { name: "cam".into(), stream_id: 10000, profile: "camera".into() }]
+        );
+        let p = &c.policies;
+        assert!(p.allow_dynamic_streams);
+        assert_eq!(p.default_profile.as_deref(), Some("small"));
+        assert_eq!(c.driver.stream_id_ranges, vec![IdRange { start: 20000, end: 29999 }]);
+        assert_eq!(
+            (p.announce_period_ms, p.lease_keepalive_interval_ms, p.lease_expiry_grace_intervals),
+            (1000, 1000, 3)
+        );
+        assert_eq!(p.node_id_reuse_cooldown_ms, 1000);
+        assert!(p.prefault_shm && p.epoch_gc_enabled);
+        assert_eq!(p.epoch_gc_keep, 2);
+        let s = c.supervisor.as_ref().unwrap();
+        assert!(!s.per_consumer_enabled);
+        // Empty supervisor channels take the driver's endpoints.
+        assert_eq!(
+            (s.control_channel.as_str(), s.control_stream_id),
+            ("aeron:ipc?term-length=4m", 1000)
+        );
+        assert_eq!(s.announce_stream_id, 1001);
+        assert!(c.unknown_keys().is_empty(), "{:?}", c.unknown_keys());
+    }
+
+    #[test]
+    fn every_key_takes_the_spec_default_when_absent() {
+        let c = PoolConfig::from_toml_str(
+            "[profiles.p]\npayload_pools = [{ pool_id = 7, stride_bytes = 64 }]\n",
+        )
+        .unwrap();
+        let d = &c.driver;
+        assert_eq!((d.instance_id.as_str(), d.aeron_dir.as_str()), ("driver-01", ""));
+        assert_eq!(
+            (d.control_channel.as_str(), d.control_stream_id),
+            ("aeron:ipc?term-length=4m", 1000)
+        );
+        assert_eq!(
+            (d.announce_channel.as_str(), d.announce_stream_id),
+            ("aeron:ipc?term-length=4m", 1000)
+        );
+        assert_eq!((d.qos_channel.as_str(), d.qos_stream_id), ("aeron:ipc?term-length=4m", 1200));
+        assert!(d.stream_id_ranges.is_empty() && d.descriptor_stream_id_ranges.is_empty());
+        let s = &c.shm;
+        assert_eq!(
+            (s.base_dir.as_str(), s.namespace.as_str(), s.require_hugepages),
+            ("/dev/shm", "default", false)
+        );
+        assert_eq!((s.page_size_bytes, s.permissions_mode), (4096, 0o660));
+        assert_eq!(s.allowed_base_dirs, vec!["/dev/shm".to_owned()]);
+        let p = &c.policies;
+        assert!(!p.allow_dynamic_streams && p.default_profile.is_none());
+        assert_eq!(
+            (p.announce_period_ms, p.lease_keepalive_interval_ms, p.lease_expiry_grace_intervals),
+            (1000, 1000, 3)
+        );
+        assert_eq!(p.node_id_reuse_cooldown_ms, 1000);
+        assert!(p.prefault_shm && !p.mlock_shm && p.epoch_gc_enabled && !p.epoch_gc_on_startup);
+        assert_eq!((p.epoch_gc_keep, p.epoch_gc_min_age_ns), (2, 3_000_000_000));
+        assert_eq!((p.shutdown_timeout_ms, p.shutdown_token.as_str()), (2000, ""));
+        assert_eq!(c.profiles[0].header_nslots, 1024);
+        assert!(c.streams.is_empty() && c.supervisor.is_none());
+
+        // announce_period_ms 0 means 1000; the GC age follows the period.
+        let c = PoolConfig::from_toml_str(
+            "[policies]\nannounce_period_ms = 0\n[profiles.p]\npayload_pools = [{ pool_id = 7, stride_bytes = 64 }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.announce_period_ns(), 1_000_000_000);
+        let c = PoolConfig::from_toml_str(
+            "[policies]\nannounce_period_ms = 250\n[profiles.p]\npayload_pools = [{ pool_id = 7, stride_bytes = 64 }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.policies.epoch_gc_min_age_ns, 750_000_000);
+
+        // An empty [supervisor] table enables it with the driver's endpoints and defaults.
+        let c = PoolConfig::from_toml_str(&EXAMPLE.replacen(
+            &EXAMPLE[EXAMPLE.find("[supervisor]").unwrap()..],
+            "[supervisor]\n",
+            1,
+        ))
+        .unwrap();
+        let s = c.supervisor.unwrap();
+        assert_eq!(
+            (s.control_stream_id, s.announce_stream_id, s.qos_stream_id),
+            (1000, 1001, 1200)
+        );
+        assert_eq!((s.metadata_channel.as_str(), s.metadata_stream_id), ("", 0));
+        assert_eq!(
+            (s.consumer_capacity, s.consumer_stale_ms, s.per_consumer_enabled),
+            (256, 5000, false)
+        );
+    }
+
+    #[test]
+    fn channels_accept_aeron_and_empty() {
+        for value in ["", "aeron:ipc", "aeron:udp?endpoint=localhost:40123"] {
+            let text = example_with(
+                "control_channel = \"aeron:ipc?term-length=4m\"",
+                &format!("control_channel = \"{value}\""),
+            );
+            assert_eq!(PoolConfig::from_toml_str(&text).unwrap().driver.control_channel, value);
+        }
+    }
+
+    #[test]
+    fn ranges_take_single_ids_and_arrays() {
+        let text = example_with("\"20000-29999\"", "[\"20000-20009\", \"20100\"]");
+        let c = PoolConfig::from_toml_str(&text).unwrap();
+        assert_eq!(
+            c.driver.stream_id_ranges,
+            vec![IdRange { start: 20000, end: 20009 }, IdRange { start: 20100, end: 20100 }]
+        );
+        assert_eq!(c.driver.stream_id_ranges[0].len(), 10);
+        // The supervisor's per-consumer ranges may coincide with the driver's (as in the example).
+        assert!(PoolConfig::from_toml_str(EXAMPLE).is_ok());
+        // Announce may equal control.
+        assert!(PoolConfig::from_toml_str(&example_with(
+            "announce_stream_id = 1001",
+            "announce_stream_id = 1000"
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_and_listed() {
+        let text = example_with("[shm]", "colour = \"blue\"\n[shm]")
+            .replacen("header_nslots = 64", "header_nslots = 64\nlayout = 2", 1)
+            .replacen("pool_id = 1,", "pool_id = 1, numa = 0,", 1)
+            + "[bridge]\nenabled = true\n";
+        let c = PoolConfig::from_toml_str(&text).unwrap();
+        let mut keys = c.unknown_keys().to_vec();
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![
+                "bridge",
+                "driver.colour",
+                "profiles.camera.layout",
+                "profiles.camera.payload_pools[0].numa"
+            ]
+        );
+        assert_eq!(c.profile("camera").unwrap().header_nslots, 64);
+    }
+
+    #[test]
+    fn permission_modes_parse_as_octal() {
+        assert_eq!(parse_mode("660"), Some(0o660));
+        assert_eq!(parse_mode("0660"), Some(0o660));
+        assert_eq!(parse_mode("777"), Some(0o777));
+        for bad in ["", "999", "1000", "2770", "-660", " 660", "0x1ff", "66o"] {
+            assert_eq!(parse_mode(bad), None, "{bad:?}");
+        }
     }
 }

@@ -866,7 +866,7 @@ fn announce_cadence_is_one_per_stream_per_period() {
     // Ten periods in 1 ms steps, keepalives every 500 ms.
     while now < T0 + 10 * S {
         now += MS;
-        if (now - T0) % (500 * MS) == 0 {
+        if (now - T0).is_multiple_of(500 * MS) {
             assert!(d.keepalive(key(1), &keepalive_of(&cam, 1, PRODUCER), now));
             assert!(d.keepalive(key(2), &keepalive_of(&aux, 2, CONSUMER), now));
         }
