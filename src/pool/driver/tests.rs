@@ -1120,3 +1120,29 @@ fn enums_decode_only_spec_values() {
     assert_eq!(err.to_string(), "invalid role: expected one of 1 (PRODUCER), 2 (CONSUMER), got 9");
     assert_eq!(ResponseCode::InvalidParams.to_wire(), 2);
 }
+
+#[test]
+fn random_node_ids_skip_ids_in_use_or_cooling() {
+    // Drivers with one seed draw the same node IDs: learn the first one, then make it busy.
+    let first = attach_ok(&mut driver(), 1, CAM, CONSUMER, T0).node_id.unwrap();
+
+    // In use (asked for explicitly, which draws nothing).
+    let mut d = driver();
+    let mut req = request(1, CAM, CONSUMER);
+    req.desired_node_id = Some(first);
+    assert_eq!(attach_req(&mut d, &req, T0).1.node_id, Some(first));
+    let auto = attach_ok(&mut d, 2, CAM, CONSUMER, T0).node_id.unwrap();
+    assert_ne!(auto, first);
+
+    // Cooling down.
+    let mut d = driver();
+    let r = attach_req(&mut d, &req, T0).1;
+    detach(&mut d, &detach_of(&r, 1, CONSUMER), T0);
+    let auto = attach_ok(&mut d, 2, CAM, CONSUMER, T0).node_id.unwrap();
+    assert_ne!(auto, first);
+    // After the cooldown the same draw is allowed again.
+    let mut d = driver();
+    let r = attach_req(&mut d, &req, T0).1;
+    detach(&mut d, &detach_of(&r, 1, CONSUMER), T0);
+    assert_eq!(attach_ok(&mut d, 2, CAM, CONSUMER, T0 + S).node_id, Some(first));
+}
