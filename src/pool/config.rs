@@ -444,7 +444,7 @@ impl PoolConfig {
             let mut profiles = Vec::new();
             for name in t.table_names() {
                 let mut p = t.section(name)?;
-                profiles.push(read_profile(name, &mut p)?);
+                profiles.push(read_profile(name, &mut p, &mut unknown)?);
                 p.finish(&mut unknown);
             }
             if profiles.is_empty() {
@@ -543,8 +543,9 @@ impl PoolConfig {
         Ok(config)
     }
 
-    /// Dotted paths of the keys and tables the loader did not know, in document order per
-    /// table. They were ignored, as the C driver ignores them.
+    /// Dotted paths of the keys and tables the loader did not know (a pool entry's keys look
+    /// like `profiles.camera.payload_pools[0].numa`). They were ignored, as the C driver
+    /// ignores them.
     pub fn unknown_keys(&self) -> &[String] {
         &self.unknown_keys
     }
@@ -674,7 +675,7 @@ impl PoolConfig {
     }
 }
 
-fn read_profile(name: &str, t: &mut Section<'_>) -> Result<Profile> {
+fn read_profile(name: &str, t: &mut Section<'_>, unknown: &mut Vec<String>) -> Result<Profile> {
     let header_nslots = t.u32("header_nslots", 1024)?;
     if !header_nslots.is_power_of_two() {
         return Err(bad(t.key("header_nslots"), "a power of two", header_nslots.to_string()));
@@ -716,10 +717,7 @@ fn read_profile(name: &str, t: &mut Section<'_>) -> Result<Profile> {
             ));
         }
         payload_pools.push(PoolSpec { pool_id, stride_bytes });
-        // Unknown keys inside a pool entry are reported like any other.
-        let mut ignored = Vec::new();
-        e.finish(&mut ignored);
-        t.extra_unknown.extend(ignored);
+        e.finish(unknown);
     }
     Ok(Profile { name: name.to_owned(), header_nslots, payload_pools })
 }
@@ -887,8 +885,6 @@ struct Section<'a> {
     path: String,
     table: &'a Table,
     used: BTreeSet<String>,
-    /// Unknown keys found in nested values read through this section (pool entries).
-    extra_unknown: Vec<String>,
 }
 
 /// The table an absent section reads as.
@@ -896,7 +892,7 @@ static EMPTY: std::sync::LazyLock<Table> = std::sync::LazyLock::new(Table::new);
 
 impl<'a> Section<'a> {
     fn new(path: String, table: &'a Table) -> Self {
-        Section { path, table, used: BTreeSet::new(), extra_unknown: Vec::new() }
+        Section { path, table, used: BTreeSet::new() }
     }
 
     fn key(&self, key: &str) -> String {
@@ -1053,7 +1049,6 @@ impl<'a> Section<'a> {
                 unknown.push(self.key(key));
             }
         }
-        unknown.extend(self.extra_unknown);
     }
 }
 
