@@ -2,17 +2,31 @@
 //! Tensor Pool spec v1.2 (`shared/specs/tensor-pool.md`), the driver that owns them (leases,
 //! epochs, announces) as a daemon service, and the producer and consumer libraries.
 //!
+//! - [`config`]: the driver's tp_driver-style TOML (the `[pool.*]` tables of
+//!   `config/corelane.toml`, or a file: `config/pool.toml` is a complete one);
+//! - [`driver`]: the sans-IO driver state machine (attach, keepalive, detach, expiry, epochs,
+//!   announces, shutdown), with the filesystem behind [`driver::ShmBackend`];
+//! - [`supervisor`]: ConsumerHello -> ConsumerConfig and the consumer registry;
+//! - [`service`]: the driver on a daemon lane, its files ([`service::FsBackend`]), its control
+//!   requests and CLI;
 //! - [`Producer`] / [`Consumer`]: the client libraries (attach over the control socket, map
-//!   the regions, claim -> write -> commit / poll, keepalives, reattach, remap).
-//! - `link` / `keeper`: their control plane (the client state machine of spec §5.9).
-//! - `proto`: the control messages (msg_types [`MSG_POOL_ATTACH`]..[`MSG_POOL_STATUS`]).
+//!   the regions, claim -> write -> commit / poll, keepalives, reattach, remap), with their
+//!   control plane in [`link`] and [`keeper`] (the client state machine of spec §5.9);
+//! - [`proto`]: the control messages (msg_types [`MSG_POOL_ATTACH`]..[`MSG_POOL_STATUS`]).
+//!
+//! The rules are those of `specs/tensor-pool.md` §5–§8; where the C reference differs, the
+//! module docs say which way corelane goes.
 
+pub mod config;
 pub mod consumer;
+pub mod driver;
 pub mod keeper;
 pub mod link;
 pub mod producer;
 pub mod proto;
 pub mod regions;
+pub mod service;
+pub mod supervisor;
 
 pub use consumer::{Consumer, ConsumerPoll, ConsumerStats, RecvError, Wait};
 pub use link::{Grant, Lease, LinkState, LinkStats, PoolOptions, Role};
