@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod files;
 pub mod mapping;
 pub mod metrics;
+pub mod pool;
 pub mod runtime;
 pub mod wire;
 
