@@ -17,12 +17,22 @@
 //!
 //! A [`Mapping`] is a [`Region`]: the ring and seqlock layouts
 //! check their own lengths against it before the first access.
+//!
+//! A [`ReadOnlyMapping`] (`PROT_READ`, `MAP_SHARED`) is what the spec has tensor-pool
+//! consumers map. It is deliberately *not* a [`Region`]: that contract promises memory valid
+//! for writes, and a store into a read-only page is a `SIGSEGV`, so a `Region` impl would make
+//! a safe call (`Stream::touch`, or any layout's writer) a crash. It offers loads only: relaxed
+//! 64-bit atomic loads, the one kind of atomic access Rust documents as sound on read-only
+//! memory ("sufficiently small" `Relaxed` loads; `Acquire` loads and read-modify-writes are
+//! not covered), with ordering made by the caller's fences.
 #![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -111,6 +121,12 @@ impl Mapping {
         Self::from_fd(file.as_fd(), SizePolicy::AtLeast(needed))
     }
 
+    /// Locks the mapped pages in memory (`mlock`), faulting them in first; the lock lasts
+    /// until the mapping is dropped.
+    pub fn lock(&self) -> io::Result<()> {
+        self.raw.lock()
+    }
+
     fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
         // memmap2 maps from a `File`; lend it the descriptor without taking ownership.
         let file = File::from(fd.try_clone_to_owned()?);
@@ -134,6 +150,81 @@ unsafe impl Region for Mapping {
 impl std::fmt::Debug for Mapping {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mapping").field("len", &self.raw.len()).finish()
+    }
+}
+
+/// A shared, read-only mapping (`PROT_READ`, `MAP_SHARED`) of the first `len` bytes of a file:
+/// what a tensor-pool consumer or a diagnostic tool maps. Not a [`Region`] (see the module doc):
+/// its bytes are read with [`load_u64`](Self::load_u64) and [`load_words`](Self::load_words).
+///
+/// A file another process shrinks below `len` faults (`SIGBUS`) on the next load past its new
+/// end, as for [`Mapping::open`]: map only files whose owner is trusted with their size.
+pub struct ReadOnlyMapping {
+    raw: MmapRaw,
+}
+
+impl ReadOnlyMapping {
+    /// Maps the first `len` bytes of `file` read-only, if the file holds at least `len` (and
+    /// `len` is not zero). `file` may be opened read-only.
+    pub fn map(file: &File, len: usize) -> Result<Self, MapError> {
+        let size = rustix::fs::fstat(file).map_err(io::Error::from)?.st_size as u64;
+        if len == 0 || size < len as u64 {
+            return Err(MapError::TooSmall { needed: len, len: size });
+        }
+        let raw = MmapOptions::new().len(len).map_raw_read_only(file)?;
+        Ok(Self { raw })
+    }
+
+    /// Mapped bytes.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether nothing is mapped (never: a mapping has at least one byte).
+    pub fn is_empty(&self) -> bool {
+        self.raw.len() == 0
+    }
+
+    /// The 8-byte-aligned word at byte `offset`, loaded atomically (`Relaxed`); `None` if the
+    /// word is out of bounds or `offset` is not a multiple of 8. For memory that every writer
+    /// accesses as 64-bit words (superblocks, header-ring slots), never payload bytes.
+    pub fn load_u64(&self, offset: usize) -> Option<u64> {
+        if !offset.is_multiple_of(8) || offset.checked_add(8)? > self.raw.len() {
+            return None;
+        }
+        // SAFETY: `offset + 8 <= len` (checked above), so the word lies inside the mapping,
+        // which lives as long as `self`; the mapping is page-aligned and `offset` a multiple
+        // of 8, so the pointer is aligned for AtomicU64. The word is only ever loaded through
+        // this shared reference, and a Relaxed AtomicU64 load on a 64-bit target is a plain
+        // load that never writes, which Rust documents as sound on read-only memory.
+        let word = unsafe { &*self.raw.as_ptr().add(offset).cast::<AtomicU64>() };
+        Some(word.load(Ordering::Relaxed))
+    }
+
+    /// Copies `out.len()` bytes starting at byte `offset` (a multiple of 8) out of the mapping,
+    /// one relaxed atomic word at a time (the last word may be partly used). Returns `false`,
+    /// copying nothing, if the range is not inside the mapping or `offset` is not aligned.
+    /// Word-granular memory only, as [`load_u64`](Self::load_u64).
+    pub fn load_words(&self, offset: usize, out: &mut [u8]) -> bool {
+        // Whole words are loaded, so a partial last chunk needs its whole word mapped: a
+        // range whose last word runs past the mapping is refused rather than over-read (every
+        // layout read this way is a whole number of words).
+        let Some(words_end) = offset.checked_add(out.len().div_ceil(8) * 8) else { return false };
+        if !offset.is_multiple_of(8) || words_end > self.raw.len() {
+            return false;
+        }
+        for (i, chunk) in out.chunks_mut(8).enumerate() {
+            // In bounds and aligned (checked above), so this is always `Some`.
+            let Some(word) = self.load_u64(offset + i * 8) else { return false };
+            chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
+        }
+        true
+    }
+}
+
+impl std::fmt::Debug for ReadOnlyMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadOnlyMapping").field("len", &self.raw.len()).finish()
     }
 }
 

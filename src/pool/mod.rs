@@ -12,7 +12,10 @@
 //! - [`Producer`] / [`Consumer`]: the client libraries (attach over the control socket, map
 //!   the regions, claim -> write -> commit / poll, keepalives, reattach, remap), with their
 //!   control plane in [`link`] and [`keeper`] (the client state machine of spec §5.9);
-//! - [`proto`]: the control messages (msg_types [`MSG_POOL_ATTACH`]..[`MSG_POOL_STATUS`]).
+//! - [`proto`]: the control messages (msg_types [`MSG_POOL_ATTACH`]..[`MSG_POOL_STATUS`]);
+//! - [`layout`], [`files`]: the canonical file layout, epoch creation (nothing half-created is
+//!   left behind) and epoch GC; [`uri`]: `shm:file?` URIs and every mapping check of spec §4;
+//!   [`inspect`]: decoding any region file (`corelane inspect`).
 //!
 //! The rules are those of `specs/tensor-pool.md` §5–§8; where the C reference differs, the
 //! module docs say which way corelane goes.
@@ -20,13 +23,17 @@
 pub mod config;
 pub mod consumer;
 pub mod driver;
+pub mod files;
+pub mod inspect;
 pub mod keeper;
+pub mod layout;
 pub mod link;
 pub mod producer;
 pub mod proto;
 pub mod regions;
 pub mod service;
 pub mod supervisor;
+pub mod uri;
 
 pub use consumer::{Consumer, ConsumerPoll, ConsumerStats, RecvError, Wait};
 pub use link::{Grant, Lease, LinkState, LinkStats, PoolOptions, Role};
