@@ -19,12 +19,13 @@
 //! check their own lengths against it before the first access.
 //!
 //! A [`ReadOnlyMapping`] (`PROT_READ`, `MAP_SHARED`) is what the spec has tensor-pool
-//! consumers map. It is deliberately *not* a [`Region`]: that contract promises memory valid
-//! for writes, and a store into a read-only page is a `SIGSEGV`, so a `Region` impl would make
-//! a safe call (`Stream::touch`, or any layout's writer) a crash. It offers loads only: relaxed
-//! 64-bit atomic loads, the one kind of atomic access Rust documents as sound on read-only
-//! memory ("sufficiently small" `Relaxed` loads; `Acquire` loads and read-modify-writes are
-//! not covered), with ordering made by the caller's fences.
+//! consumers map. It is a [`Region`] that says [`read_only`](Region::read_only): the rings
+//! crate then only makes Relaxed 64-bit atomic loads (the one kind of atomic access Rust
+//! documents as sound on read-only memory: "sufficiently small" `Relaxed` loads; `Acquire`
+//! loads and read-modify-writes are not covered) and byte copies out, ordered with fences, and
+//! every writer (`Stream::create`, `Stream::touch`, `Publisher`, the SPSC ring ends) refuses
+//! the region, so a safe call cannot store into a read-only page. It also offers loads of
+//! its own ([`ReadOnlyMapping::load_u64`]) for the inspector.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -218,6 +219,22 @@ impl ReadOnlyMapping {
             let Some(word) = self.load_u64(offset + i * 8) else { return false };
             chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
         }
+        true
+    }
+}
+
+// SAFETY: the pointer is the start of a mapping of `len` bytes that lives, unmoved, as long
+// as `self`. It is valid for reads only, which `read_only` says: on such a region the rings
+// crate makes only Relaxed 8-byte atomic loads and byte copies out, and every layout that
+// would write refuses it (`Region::read_only`).
+unsafe impl Region for ReadOnlyMapping {
+    fn as_ptr(&self) -> *mut u8 {
+        self.raw.as_mut_ptr()
+    }
+    fn len(&self) -> usize {
+        self.raw.len()
+    }
+    fn read_only(&self) -> bool {
         true
     }
 }

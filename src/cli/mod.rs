@@ -1,5 +1,7 @@
 //! The `corelane` command line: one function per subcommand.
 
+pub mod pool;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,6 +40,10 @@ enum Command {
         /// TOML file with keys to override (unknown keys are an error).
         #[arg(long, short, value_name = "PATH")]
         config: Option<PathBuf>,
+        /// A tp_driver-style tensor pool config (the C driver's TOML, `aeron:` channels
+        /// accepted) used instead of the [pool.*] tables: sets pool.config_file.
+        #[arg(long, value_name = "PATH")]
+        pool_config: Option<PathBuf>,
     },
     /// Configuration commands.
     Config {
@@ -85,7 +91,7 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
-        Command::Run { config } => run(config.as_deref()),
+        Command::Run { config, pool_config } => run(config.as_deref(), pool_config.as_deref()),
         Command::Config { action: ConfigAction::Show { config } } => config_show(config.as_deref()),
     }
 }
@@ -99,6 +105,7 @@ fn with_daemon_args(cmd: clap::Command) -> clap::Command {
             .short('c')
             .value_name("PATH")
             .value_parser(value_parser!(PathBuf))
+            .global(true)
             .help("Config file of the daemon, to find its control socket."),
     )
     .arg(
@@ -106,6 +113,7 @@ fn with_daemon_args(cmd: clap::Command) -> clap::Command {
             .long("socket")
             .value_name("PATH")
             .value_parser(value_parser!(PathBuf))
+            .global(true)
             .help("The control socket, instead of the one the config names."),
     )
     .arg(
@@ -114,6 +122,7 @@ fn with_daemon_args(cmd: clap::Command) -> clap::Command {
             .value_name("MS")
             .value_parser(value_parser!(u64))
             .default_value("1000")
+            .global(true)
             .help("How long to wait for each answer."),
     )
 }
@@ -152,11 +161,25 @@ fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
     })
 }
 
-fn run(path: Option<&Path>) -> ExitCode {
-    let config = match load(path) {
+fn run(path: Option<&Path>, pool_config: Option<&Path>) -> ExitCode {
+    let mut config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Some(file) = pool_config {
+        let file = match std::fs::canonicalize(file) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("corelane: --pool-config {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        };
+        config.pool.config_file = file.display().to_string();
+        if let Err(e) = config.validate() {
+            eprintln!("corelane: config error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     if let Err(e) = crate::metrics::init_logging(&config.log.filter) {
         eprintln!("corelane: {e}");
         return ExitCode::from(2);

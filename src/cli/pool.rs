@@ -8,8 +8,7 @@ use clap::{value_parser, Arg, ArgAction, ArgMatches, Command};
 use crate::daemon::CliContext;
 use crate::pool::proto::{PoolStatus, PoolStatusRequest};
 use crate::pool::{
-    monotonic_ns, ClaimError, Consumer, ConsumerPoll, PoolOptions, Producer, Wait,
-    MSG_POOL_STATUS,
+    monotonic_ns, ClaimError, Consumer, PoolOptions, Producer, Wait, MSG_POOL_STATUS,
 };
 use crate::rings::shm::{Dtype, MajorOrder, ProgressUnit, TensorHeader};
 
@@ -47,7 +46,9 @@ pub fn commands() -> Vec<Command> {
                     .long("dtype")
                     .value_name("TYPE")
                     .default_value("u8")
-                    .value_parser(["u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64"])
+                    .value_parser([
+                        "u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64",
+                    ])
                     .help("Element type."),
             )
             .arg(
@@ -120,9 +121,10 @@ pub fn commands() -> Vec<Command> {
         Command::new("pool")
             .about("Tensor pool commands of the running daemon.")
             .subcommand_required(true)
-            .subcommand(Command::new("status").about(
-                "Streams (epoch, producer lease, consumers, frames, drops) and leases.",
-            )),
+            .subcommand(
+                Command::new("status")
+                    .about("Streams (epoch, producer lease, consumers, frames, drops) and leases."),
+            ),
     ]
 }
 
@@ -165,7 +167,7 @@ fn options(cx: &CliContext, stream_id: u32) -> Result<PoolOptions, ExitCode> {
         ExitCode::from(2)
     })?;
     let mut opts = PoolOptions::new(&cx.socket, stream_id);
-    opts.allowed_dirs = pool.shm.allowed_base_dirs.clone();
+    opts.allowed_dirs = pool.shm.allowed_base_dirs.iter().map(Into::into).collect();
     opts.announce_period = Duration::from_millis(u64::from(pool.policies.announce_period_ms));
     opts.keepalive_interval =
         Duration::from_millis(u64::from(pool.policies.lease_keepalive_interval_ms));

@@ -62,7 +62,7 @@ fn embedded_default_loads_and_validates() {
                 yield_iterations: 10,
                 max_park_us: 1000,
             },
-            agents: vec!["control".into(), "metrics".into()],
+            agents: vec!["control".into(), "metrics".into(), "pool".into()],
         }],
         control: ControlConfig {
             socket: "control.sock".into(),
@@ -83,12 +83,51 @@ fn embedded_default_loads_and_validates() {
             publish_interval_ms: 1000,
         },
         log: LogConfig { filter: "info".into() },
-        pool: ServicePlaceholder { enabled: false },
+        pool: config.pool.clone(),
         alloc: ServicePlaceholder { enabled: false },
         frames: ServicePlaceholder { enabled: false },
     };
     assert_eq!(config, expected);
     assert_eq!(IdleStrategy::default(), expected.lanes[0].idle);
+    // The pool's tables are the driver's config: stream 10000 (640x480x3 frames) and a
+    // dynamic range, so `corelane produce/consume --stream 10000` work with no file.
+    assert!(config.pool.enabled && config.pool.config_file.is_empty());
+    let pool = crate::pool::service::pool_config(&config).unwrap();
+    let cam = pool.streams.iter().find(|s| s.stream_id == 10_000).unwrap();
+    let camera = pool.profile(&cam.profile).unwrap();
+    assert_eq!(camera.payload_pools[0].stride_bytes, 640 * 480 * 3);
+    assert!(pool.policies.allow_dynamic_streams);
+    assert_eq!(pool.driver.stream_id_ranges.len(), 1);
+}
+
+#[test]
+fn pool_tables_merge_key_by_key_and_a_pool_config_file_replaces_them() {
+    let config = Config::from_toml_str(
+        "[pool.shm]\nnamespace = \"test\"\n[pool.profiles.camera]\nheader_nslots = 8\n",
+    )
+    .unwrap();
+    let pool = crate::pool::service::pool_config(&config).unwrap();
+    assert_eq!(pool.shm.namespace, "test");
+    assert_eq!(pool.shm.base_dir, "/dev/shm", "the other [pool.shm] keys keep their defaults");
+    let camera = pool.profile("camera").unwrap();
+    assert_eq!(camera.header_nslots, 8);
+    assert_eq!(camera.payload_pools[0].stride_bytes, 921_600, "and the profile's pools");
+    assert!(pool.profile("small").is_some(), "other profiles stay");
+
+    let err = err_text("[pool.profiles.camera]\nheader_nslots = 48\n");
+    assert!(err.contains("header_nslots"), "{err}");
+    assert!(err_text("[pool]\ndriver = 3\n").contains("pool.driver"));
+
+    let dir = std::env::temp_dir().join(format!("corelane-poolcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("driver.toml");
+    std::fs::write(&file, include_str!("../../config/pool-example.toml")).unwrap();
+    let text = format!("[pool]\nconfig_file = \"{}\"\n", file.display());
+    let config = Config::from_toml_str(&text).unwrap();
+    let pool = crate::pool::service::pool_config(&config).unwrap();
+    assert_eq!(pool.driver.control_stream_id, 1000);
+    assert_eq!(pool.profile("camera").unwrap().header_nslots, 64, "the file's, not the tables'");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Each `key = value` line of the embedded file, with the comment block right above it.
@@ -132,6 +171,12 @@ fn the_embedded_file_documents_every_key_of_the_schema_with_its_range() {
     for (section, specs) in all.chain([("lanes", LANE_KEYS)]) {
         for spec in specs {
             let found = keys.iter().find(|(s, k, _)| s == section && k == spec.name);
+            if matches!(spec.kind, Kind::Table) {
+                // A table key is documented as its own sections ([pool.shm], ...).
+                let header = format!("[{section}.{}", spec.name);
+                assert!(EMBEDDED_DEFAULT.contains(&header), "{header}] is missing");
+                continue;
+            }
             let Some((_, _, comments)) = found else {
                 // A key without a default (core) or for another idle kind (idle_sleep_us) is
                 // shown as a commented example.
@@ -154,6 +199,12 @@ fn the_embedded_file_documents_every_key_of_the_schema_with_its_range() {
     // And the other way round: no key in the file that the schema does not know (the loader
     // would fail anyway, this names it).
     for (section, key, _) in &keys {
+        if let Some(table) = section.strip_prefix("pool.") {
+            // Keys of the pool's tables are the driver config's (checked by its loader).
+            let table = table.split('.').next().unwrap_or_default();
+            assert!(POOL_SECTION.keys.iter().any(|k| k.name == table), "[{section}] unknown");
+            continue;
+        }
         let known = sections()
             .iter()
             .find(|s| s.name == section)
@@ -192,7 +243,7 @@ fn a_file_with_lanes_replaces_the_list() {
 
         [[lanes]]
         name = "obs"
-        agents = ["metrics"]
+        agents = ["metrics", "pool"]
         "#,
     )
     .unwrap();
@@ -209,7 +260,7 @@ fn a_file_with_lanes_replaces_the_list() {
                 name: "obs".into(),
                 core: None,
                 idle: IdleStrategy::BACKOFF,
-                agents: vec!["metrics".into()],
+                agents: vec!["metrics".into(), "pool".into()],
             },
         ]
     );
@@ -219,12 +270,12 @@ fn a_file_with_lanes_replaces_the_list() {
 #[test]
 fn idle_parameters_default_per_kind_and_belong_to_their_kind() {
     let config = Config::from_toml_str(
-        "[[lanes]]\nname = \"a\"\nidle = \"sleep\"\nagents = [\"control\", \"metrics\"]\n",
+        "[[lanes]]\nname = \"a\"\nidle = \"sleep\"\nagents = [\"control\", \"metrics\", \"pool\"]\n",
     )
     .unwrap();
     assert_eq!(config.lanes[0].idle, IdleStrategy::SLEEP);
     let config = Config::from_toml_str(
-        "[[lanes]]\nname = \"a\"\nidle_max_park_us = 50\nagents = [\"control\", \"metrics\"]\n",
+        "[[lanes]]\nname = \"a\"\nidle_max_park_us = 50\nagents = [\"control\", \"metrics\", \"pool\"]\n",
     )
     .unwrap();
     assert_eq!(
@@ -468,11 +519,11 @@ fn lane_validation() {
     );
     assert_eq!(
         err_text("[[lanes]]\nname = \"a\"\nagents = [\"control\", \"ledger\"]\n"),
-        "lanes[0].agents: unknown agent 'ledger'; expected one of: control, metrics"
+        "lanes[0].agents: unknown agent 'ledger'; expected one of: control, metrics, pool"
     );
     assert_eq!(
-        err_text("[[lanes]]\nname = \"a\"\nagents = [\"control\", \"pool\"]\n"),
-        "lanes[0].agents: agent 'pool' is not in this build yet"
+        err_text("[[lanes]]\nname = \"a\"\nagents = [\"control\", \"alloc\"]\n"),
+        "lanes[0].agents: agent 'alloc' is not in this build yet"
     );
     assert_eq!(
         err_text("[[lanes]]\nname = \"a\"\nagents = [\"metrics\"]\n"),
@@ -491,7 +542,8 @@ fn lane_validation() {
     );
     // Metrics disabled: its agent need not be hosted, and the default lane may still list it.
     let config = Config::from_toml_str(
-        "[metrics]\nenabled = false\n[[lanes]]\nname = \"a\"\nagents = [\"control\"]\n",
+        "[metrics]\nenabled = false\n[pool]\nenabled = false\n[[lanes]]\nname = \"a\"\n\
+         agents = [\"control\"]\n",
     )
     .unwrap();
     assert!(!config.metrics.enabled);
@@ -500,7 +552,7 @@ fn lane_validation() {
 
 #[test]
 fn reserved_services_cannot_be_enabled() {
-    assert_eq!(err_text("[pool]\nenabled = true\n"), "service 'pool' is not in this build yet");
+    assert_eq!(err_text("[alloc]\nenabled = true\n"), "service 'alloc' is not in this build yet");
     assert_eq!(
         err_env(&[("CORELANE_FRAMES_ENABLED", "true")]),
         "service 'frames' is not in this build yet"
@@ -576,7 +628,7 @@ fn to_toml_string_round_trips() {
             name: "spin".into(),
             core: Some(1),
             idle: IdleStrategy::Spin,
-            agents: vec!["metrics".into()],
+            agents: vec!["metrics".into(), "pool".into()],
         },
         LaneConfig { name: "spare".into(), core: None, idle: IdleStrategy::Yield, agents: vec![] },
     ];

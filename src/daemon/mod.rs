@@ -113,6 +113,14 @@ pub enum DaemonError {
     /// stopped every lane and exits non-zero.
     #[error(transparent)]
     LaneDied(#[from] crate::runtime::LaneFailure),
+    /// A service could not start (its own checks: config it validates itself, files).
+    #[error("service '{service}': {message}")]
+    Service {
+        /// The service.
+        service: &'static str,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// A running daemon.

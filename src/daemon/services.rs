@@ -17,9 +17,8 @@ macro_rules! for_each_service {
             control: crate::config::ControlConfig => crate::daemon::control_service::CONTROL,
             /// `[metrics]`: the counters file, lane gauges and the Prometheus endpoint.
             metrics: crate::config::MetricsConfig => crate::daemon::metrics_agent::METRICS,
-            /// `[pool]`: reserved for the tensor pool driver.
-            pool: crate::config::ServicePlaceholder => crate::daemon::service::Reserved::new(
-                "pool", &["pool"], |c| c.pool.enabled),
+            /// `[pool]`: the tensor pool driver.
+            pool: crate::config::PoolSection => crate::pool::service::POOL,
             /// `[alloc]`: reserved for the allocation ledger server.
             alloc: crate::config::ServicePlaceholder => crate::daemon::service::Reserved::new(
                 "alloc", &["alloc"], |c| c.alloc.enabled),

@@ -31,9 +31,7 @@ use super::link::{Grant, Link, LinkShared, LinkState, LinkStats, PoolOptions, Ro
 use super::regions::MapPolicy;
 use super::{monotonic_ns, PoolError};
 use crate::mapping::{Mapping, ReadOnlyMapping};
-use crate::rings::seqlock::{
-    DropReason, Frame, PayloadView, Poll, Polled, Subscriber, WakeRegion,
-};
+use crate::rings::seqlock::{DropReason, Frame, PayloadView, Poll, Polled, Subscriber, WakeRegion};
 
 /// How a consumer waits for the next frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,9 +138,7 @@ impl Consumer {
         };
         consumer.take_grants();
         if consumer.mapped.is_none() {
-            if let Err(e) = consumer.map_next() {
-                return Err(e);
-            }
+            consumer.map_next()?;
         }
         Ok(consumer)
     }

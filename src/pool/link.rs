@@ -27,7 +27,8 @@ use super::{
     monotonic_ns, PoolError, CODE_OK, MSG_POOL_ATTACH, MSG_POOL_DETACH, MSG_POOL_KEEPALIVE,
     MSG_POOL_QOS, MSG_POOL_SUBSCRIBE, REVOKE_DETACHED, ROLE_CONSUMER, ROLE_PRODUCER,
 };
-use crate::control::{Client, Subscription};
+use crate::control::client::Subscription;
+use crate::control::Client;
 use crate::rings::shm::{LAYOUT_VERSION, SLOT_BYTES};
 
 /// How often a link reads the driver's events from its socket (at most).
@@ -181,7 +182,10 @@ fn check_layout(
                 ));
             }
             if p.stride_bytes == 0 || p.stride_bytes % 64 != 0 {
-                return Err(format!("pool {pool_id} stride {} is not a multiple of 64", p.stride_bytes));
+                return Err(format!(
+                    "pool {pool_id} stride {} is not a multiple of 64",
+                    p.stride_bytes
+                ));
             }
             if p.region_uri.is_empty() {
                 return Err(format!("pool {pool_id} has an empty region uri"));
@@ -209,14 +213,16 @@ pub fn check_attach(
         });
     }
     let missing = |field: &str| PoolError::BadGrant(format!("OK response without {field}"));
-    let lease_id = response.lease_id.filter(|&v| v != u64::MAX).ok_or_else(|| missing("lease_id"))?;
+    let lease_id =
+        response.lease_id.filter(|&v| v != u64::MAX).ok_or_else(|| missing("lease_id"))?;
     let expiry_ns = response
         .lease_expiry_timestamp_ns
         .filter(|&v| v != u64::MAX)
         .ok_or_else(|| missing("lease_expiry_timestamp_ns"))?;
     let stream_id =
         response.stream_id.filter(|&v| v != u32::MAX).ok_or_else(|| missing("stream_id"))?;
-    let epoch = response.epoch.filter(|&v| v != u64::MAX && v != 0).ok_or_else(|| missing("epoch"))?;
+    let epoch =
+        response.epoch.filter(|&v| v != u64::MAX && v != 0).ok_or_else(|| missing("epoch"))?;
     let layout_version = response.layout_version.ok_or_else(|| missing("layout_version"))?;
     let nslots = response.header_nslots.ok_or_else(|| missing("header_nslots"))?;
     let slot_bytes = response.header_slot_bytes.ok_or_else(|| missing("header_slot_bytes"))?;
@@ -521,8 +527,9 @@ impl Link {
             Err(e) => {
                 self.stats.attach_failures += 1;
                 self.failures = self.failures.saturating_add(1);
-                let backoff = BACKOFF_BASE.as_nanos() as u64 * (1 << self.failures.min(6) - 1);
-                self.state = LinkState::Backoff { retry_ns: now_ns.saturating_add(backoff) };
+                self.state = LinkState::Backoff {
+                    retry_ns: now_ns.saturating_add(backoff_ns(self.failures)),
+                };
                 self.last_error = Some(e.to_string());
                 if e.is_connection() {
                     self.client = None;
@@ -598,8 +605,8 @@ impl Link {
         self.lease = None;
         self.shared.publish(None);
         self.failures = self.failures.saturating_add(1);
-        let backoff = BACKOFF_BASE.as_nanos() as u64 * (1 << (self.failures.min(6) - 1));
-        self.state = LinkState::Backoff { retry_ns: now_ns.saturating_add(backoff) };
+        self.state =
+            LinkState::Backoff { retry_ns: now_ns.saturating_add(backoff_ns(self.failures)) };
     }
 
     fn keepalive(&mut self, now_ns: u64) {
@@ -666,8 +673,10 @@ impl Link {
                     let ours = self.lease.is_some_and(|l| l.lease_id == r.lease_id);
                     if ours {
                         self.stats.revoked += 1;
-                        self.last_error =
-                            Some(format!("lease revoked (reason {}): {}", r.reason, r.error_message));
+                        self.last_error = Some(format!(
+                            "lease revoked (reason {}): {}",
+                            r.reason, r.error_message
+                        ));
                         self.lease = None;
                         if r.reason == REVOKE_DETACHED {
                             continue; // our own detach
@@ -738,6 +747,11 @@ impl Drop for Link {
             self.close();
         }
     }
+}
+
+/// The back-off after `failures` (at least 1) failures in a row: 100 ms doubling to 3.2 s.
+fn backoff_ns(failures: u32) -> u64 {
+    (BACKOFF_BASE.as_nanos() as u64) << (failures.clamp(1, 6) - 1)
 }
 
 /// A random non-zero u32 (client ids, correlation seeds), from the clock and the pid: ids

@@ -26,12 +26,7 @@ impl MapPolicy {
         Ok(Self { allowlist, permissions })
     }
 
-    fn open(
-        &self,
-        uri: &str,
-        access: Access,
-        len: u64,
-    ) -> Result<std::fs::File, PoolError> {
+    fn open(&self, uri: &str, access: Access, len: u64) -> Result<std::fs::File, PoolError> {
         let uri = ShmUri::parse(uri)?;
         let (file, _info) = open_region(&uri, &self.allowlist, &self.permissions, access, len)?;
         Ok(file)
@@ -39,14 +34,16 @@ impl MapPolicy {
 
     fn read_write(&self, uri: &str, len: u64) -> Result<Arc<Mapping>, PoolError> {
         let file = self.open(uri, Access::ReadWrite, len)?;
-        let len = usize::try_from(len).map_err(|_| PoolError::BadGrant(format!("{uri}: too large")))?;
+        let len =
+            usize::try_from(len).map_err(|_| PoolError::BadGrant(format!("{uri}: too large")))?;
         use std::os::fd::AsFd;
         Ok(Arc::new(Mapping::from_fd(file.as_fd(), SizePolicy::AtLeast(len))?))
     }
 
     fn read_only(&self, uri: &str, len: u64) -> Result<Arc<ReadOnlyMapping>, PoolError> {
         let file = self.open(uri, Access::ReadOnly, len)?;
-        let len = usize::try_from(len).map_err(|_| PoolError::BadGrant(format!("{uri}: too large")))?;
+        let len =
+            usize::try_from(len).map_err(|_| PoolError::BadGrant(format!("{uri}: too large")))?;
         Ok(Arc::new(ReadOnlyMapping::map(&file, len)?))
     }
 
