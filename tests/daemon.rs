@@ -212,7 +212,7 @@ fn status_round_trip_and_sigterm_shutdown_on_every_reactor() {
         assert_eq!(status.reactor, reactor);
         assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(status.lanes.len(), 1);
-        assert_eq!(status.lanes[0].agents, ["control", "metrics"]);
+        assert_eq!(status.lanes[0].agents, ["control", "metrics", "pool"]);
         assert!(client.ping().is_ok());
         let toml = client.config_toml().unwrap();
         assert!(toml.contains(&format!("reactor = \"{reactor}\"")), "{toml}");
@@ -539,7 +539,7 @@ fn a_failed_start_leaves_nothing_behind_and_stale_temporaries_are_swept() {
     let name = "l".repeat(70);
     std::fs::write(
         &config,
-        format!("[[lanes]]\nname = \"{name}\"\nagents = [\"control\", \"metrics\"]\n"),
+        format!("[[lanes]]\nname = \"{name}\"\nagents = [\"control\", \"metrics\", \"pool\"]\n"),
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -843,7 +843,7 @@ fn a_half_closed_peer_gets_its_reply_and_costs_no_cpu() {
     // (a half-closed socket reported again and again, a timer re-armed in the past) keeps it
     // busy.
     let config = "[[lanes]]\nname = \"main\"\nidle = \"sleep\"\nidle_sleep_us = 1000000\n\
-                  agents = [\"control\", \"metrics\"]\n";
+                  agents = [\"control\", \"metrics\", \"pool\"]\n";
     for reactor in reactors() {
         let env = [("CORELANE_RUNTIME_REACTOR", reactor)];
         let daemon = Daemon::start_config(&format!("half-{reactor}"), &env, config);
@@ -990,7 +990,7 @@ fn lane_watchers_get_a_report_per_interval_until_they_close() {
         assert_eq!((push.msg_id, push.msg_type), (sub.msg_id, MSG_WATCH_LANES));
         let report: LaneReport = push.decode().unwrap();
         assert!(report.uptime_ms > last, "{} after {last}", report.uptime_ms);
-        assert_eq!(report.lanes[0].agents, ["control", "metrics"]);
+        assert_eq!(report.lanes[0].agents, ["control", "metrics", "pool"]);
         last = report.uptime_ms;
     }
     // Calls on the subscribed connection still work between pushes.
