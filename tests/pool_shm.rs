@@ -184,11 +184,16 @@ fn c7_driver_created_files_have_exact_sizes_and_superblocks() {
 fn c7_modes_are_exact_whatever_the_umask() {
     let dir = TempDir::new("modes");
     let layout = layout(&dir);
-    // The umask is 022 or stricter in this process (it is never 0 in a test run): 0660 and
-    // 0770 survive only if the modes are set explicitly.
-    let umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
-    rustix::process::umask(umask);
-    assert_ne!(umask.bits() & 0o020, 0, "the test needs a umask that clears group write");
+    // Read (not set: it is process-wide) the umask. With one that clears group write, 0660
+    // and 0770 come out only if the modes are set explicitly after creation.
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let umask = status.lines().find_map(|l| l.strip_prefix("Umask:")).unwrap().trim();
+    let umask = u32::from_str_radix(umask, 8).unwrap();
+    if umask & 0o020 == 0 {
+        eprintln!(
+            "SKIPPED in part: umask {umask:o} keeps group write, so it cannot show a mode restored"
+        );
+    }
     let files = create(&layout, 5).unwrap();
     for name in ["header.ring", "1.pool", "7.pool", "corelane.wake"] {
         let mode = fs::metadata(files.epoch_dir.join(name)).unwrap().mode() & 0o7777;

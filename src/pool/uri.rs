@@ -461,7 +461,7 @@ pub enum Access {
 pub struct RegionFile {
     /// The canonical (resolved) path.
     pub canonical: PathBuf,
-    /// Device and inode.
+    /// Device.
     pub dev: u64,
     /// Inode.
     pub ino: u64,
