@@ -289,6 +289,34 @@ mod tests {
     }
 
     #[test]
+    fn a_read_only_mapping_loads_words_and_refuses_out_of_range() {
+        let dir = std::env::temp_dir().join(format!("corelane-romap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("words");
+        let bytes: Vec<u8> = (0u8..100).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap(); // read-only descriptor
+        let map = ReadOnlyMapping::map(&file, 100).unwrap();
+        assert_eq!(map.len(), 100);
+        assert_eq!(map.load_u64(8), Some(u64::from_le_bytes(bytes[8..16].try_into().unwrap())));
+        assert_eq!(map.load_u64(4), None, "unaligned");
+        assert_eq!(map.load_u64(96), None, "the word runs past the end");
+        let mut out = [0u8; 13];
+        assert!(map.load_words(16, &mut out));
+        assert_eq!(out, bytes[16..29]);
+        let mut out = [0u8; 5];
+        assert!(!map.load_words(96, &mut out), "its word would run past the end");
+        assert!(!map.load_words(3, &mut out), "unaligned");
+        assert!(!map.load_words(usize::MAX - 7, &mut out));
+        assert!(matches!(
+            ReadOnlyMapping::map(&file, 101),
+            Err(MapError::TooSmall { needed: 101, len: 100 })
+        ));
+        assert!(matches!(ReadOnlyMapping::map(&file, 0), Err(MapError::TooSmall { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_file_shorter_than_its_layout_is_an_error_not_a_fault() {
         let dir = std::env::temp_dir().join(format!("corelane-mapping-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

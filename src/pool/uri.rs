@@ -265,14 +265,17 @@ impl ShmUri {
             return Err(UriError::RelativePath { path: text.to_owned() });
         }
         let uri = Self { path: text.to_owned(), require_hugepages };
-        let len = uri.to_string().len();
+        let len = uri.display_len();
         if len > MAX_URI_BYTES {
             return Err(UriError::TooLong { len });
         }
         Ok(uri)
     }
 
-    /// Parses a URI exactly per spec §4 (see the module doc).
+    /// Parses a URI exactly per spec §4 (see the module doc). At most [`MAX_URI_BYTES`] bytes,
+    /// counted on the canonical form (`require_hugepages` spelled out, as [`Display`](fmt::Display)
+    /// writes it): a 4096-byte URI that omits the flag is refused, so that everything
+    /// accepted can be written back within the limit.
     pub fn parse(text: &str) -> Result<Self, UriError> {
         if text.len() > MAX_URI_BYTES {
             return Err(UriError::TooLong { len: text.len() });
@@ -321,7 +324,15 @@ impl ShmUri {
         if path.contains('\0') {
             return Err(UriError::InvalidPath { path: shorten(path) });
         }
-        Ok(Self { path: path.to_owned(), require_hugepages: require_hugepages.unwrap_or(false) })
+        let uri =
+            Self { path: path.to_owned(), require_hugepages: require_hugepages.unwrap_or(false) };
+        // The canonical form spells require_hugepages out; refuse a URI whose canonical form
+        // would pass the limit, so that every URI accepted can be written back and re-read.
+        let canonical_len = uri.display_len();
+        if canonical_len > MAX_URI_BYTES {
+            return Err(UriError::TooLong { len: canonical_len });
+        }
+        Ok(uri)
     }
 
     /// The absolute path, as written in the URI (not yet resolved).
@@ -332,6 +343,16 @@ impl ShmUri {
     /// Whether the region must live on hugetlbfs.
     pub fn require_hugepages(&self) -> bool {
         self.require_hugepages
+    }
+
+    /// Bytes of the [`Display`](fmt::Display) form.
+    fn display_len(&self) -> usize {
+        let flag = if self.require_hugepages { "true" } else { "false" };
+        URI_PREFIX.len()
+            + "path=".len()
+            + self.path.len()
+            + "|require_hugepages=".len()
+            + flag.len()
     }
 }
 
@@ -440,7 +461,7 @@ pub enum Access {
 pub struct RegionFile {
     /// The canonical (resolved) path.
     pub canonical: PathBuf,
-    /// Device and inode.
+    /// Device.
     pub dev: u64,
     /// Inode.
     pub ino: u64,
@@ -740,14 +761,28 @@ mod tests {
 
     #[test]
     fn length_is_capped_at_4096_bytes() {
-        let path = format!("/{}", "a".repeat(MAX_URI_BYTES - URI_PREFIX.len() - "path=/".len()));
-        let text = format!("{URI_PREFIX}path={path}");
+        let fixed = URI_PREFIX.len() + "path=/".len() + "|require_hugepages=false".len();
+        let path = format!("/{}", "a".repeat(MAX_URI_BYTES - fixed));
+        let text = format!("{URI_PREFIX}path={path}|require_hugepages=false");
         assert_eq!(text.len(), MAX_URI_BYTES);
-        assert!(ShmUri::parse(&text).is_ok());
-        let text = format!("{text}a");
-        assert!(matches!(parse_err(&text), UriError::TooLong { len: 4097 }));
-        // new() refuses what Display could not parse back.
-        assert!(matches!(ShmUri::new(Path::new(&path), false), Err(UriError::TooLong { .. })));
+        let uri = ShmUri::parse(&text).unwrap();
+        assert_eq!(uri.to_string(), text);
+        let longer = format!("{URI_PREFIX}path={path}a|require_hugepages=false");
+        assert!(matches!(parse_err(&longer), UriError::TooLong { len: 4097 }));
+        // The same path with `true` needs one byte less.
+        let truthy = format!("{URI_PREFIX}path={path}|require_hugepages=true");
+        assert_eq!(ShmUri::parse(&truthy).unwrap().to_string(), truthy);
+        // Omitting the flag does not buy room: the canonical form is what counts.
+        let bare = format!("{URI_PREFIX}path={path}aaaa");
+        assert!(bare.len() < MAX_URI_BYTES);
+        assert!(matches!(parse_err(&bare), UriError::TooLong { .. }));
+        assert!(matches!(parse_err(&"x".repeat(5000)), UriError::TooLong { len: 5000 }));
+        // new() refuses what Display could not write within the limit.
+        assert!(ShmUri::new(Path::new(&path), false).is_ok());
+        assert!(matches!(
+            ShmUri::new(Path::new(&format!("{path}a")), false),
+            Err(UriError::TooLong { .. })
+        ));
     }
 
     #[test]
