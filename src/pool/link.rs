@@ -715,17 +715,15 @@ impl Link {
         if announce.stream_id != self.stream_id || self.role != Role::Consumer {
             return;
         }
-        let fresh = announce.announce_clock_domain == super::CLOCK_MONOTONIC
-            && announce.announce_timestamp_ns >= self.join_ns
-            && now_ns.saturating_sub(announce.announce_timestamp_ns) <= self.freshness_ns();
-        if !fresh || announce.epoch <= self.epoch {
-            if announce.epoch != self.epoch {
+        let verdict =
+            judge_announce(announce, self.join_ns, now_ns, self.epoch, self.freshness_ns());
+        match verdict {
+            AnnounceVerdict::Current => {}
+            AnnounceVerdict::Ignored(why) => {
                 self.stats.announces_ignored += 1;
+                self.last_error = Some(format!("announce ignored: {why}"));
             }
-            return;
-        }
-        match check_announce(announce) {
-            Ok(grant) => {
+            AnnounceVerdict::Remap(grant) => {
                 self.epoch = grant.epoch;
                 self.stats.remaps += 1;
                 if self.lease.is_some() {
@@ -733,11 +731,50 @@ impl Link {
                 }
                 self.shared.publish(Some(grant));
             }
-            Err(why) => {
-                self.stats.announces_ignored += 1;
-                self.last_error = Some(format!("announce ignored: {why}"));
-            }
         }
+    }
+}
+
+/// What a consumer does with an announce of its stream (spec §5.6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnnounceVerdict {
+    /// The epoch mapped now: nothing to do.
+    Current,
+    /// Not to be used, and why.
+    Ignored(&'static str),
+    /// A higher epoch with a valid layout: map it.
+    Remap(Grant),
+}
+
+/// The freshness rules of spec §5.6 for an announce received at `now_ns` by a consumer that
+/// joined at `join_ns` and maps `mapped_epoch`: only MONOTONIC announces (realtime is never
+/// trusted), none stamped before the join (a replay), none older than `freshness_ns` (3
+/// announce periods), only a higher epoch, and only a layout the spec allows.
+pub fn judge_announce(
+    announce: &PoolAnnounce,
+    join_ns: u64,
+    now_ns: u64,
+    mapped_epoch: u64,
+    freshness_ns: u64,
+) -> AnnounceVerdict {
+    if announce.epoch == mapped_epoch {
+        return AnnounceVerdict::Current;
+    }
+    if announce.announce_clock_domain != super::CLOCK_MONOTONIC {
+        return AnnounceVerdict::Ignored("not stamped with the monotonic clock");
+    }
+    if announce.announce_timestamp_ns < join_ns {
+        return AnnounceVerdict::Ignored("stamped before this consumer joined");
+    }
+    if now_ns.saturating_sub(announce.announce_timestamp_ns) > freshness_ns {
+        return AnnounceVerdict::Ignored("older than three announce periods");
+    }
+    if announce.epoch < mapped_epoch {
+        return AnnounceVerdict::Ignored("a lower epoch than the one mapped");
+    }
+    match check_announce(announce) {
+        Ok(grant) => AnnounceVerdict::Remap(grant),
+        Err(_) => AnnounceVerdict::Ignored("its layout breaks the spec"),
     }
 }
 
@@ -770,5 +807,118 @@ fn random_nonzero() -> u32 {
         1
     } else {
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::proto::PayloadPool;
+
+    fn pool(nslots: u32) -> PayloadPool {
+        PayloadPool {
+            pool_id: 1,
+            pool_nslots: nslots,
+            stride_bytes: 4096,
+            region_uri: "shm:file?path=/dev/shm/x/1.pool|require_hugepages=false".into(),
+        }
+    }
+
+    fn ok_response() -> AttachResponse {
+        AttachResponse {
+            correlation_id: 7,
+            code: CODE_OK,
+            lease_id: Some(11),
+            lease_expiry_timestamp_ns: Some(3_000),
+            stream_id: Some(10_000),
+            epoch: Some(5),
+            layout_version: Some(1),
+            header_nslots: Some(8),
+            header_slot_bytes: Some(256),
+            node_id: Some(9),
+            payload_pools: vec![pool(8)],
+            header_region_uri: "shm:file?path=/dev/shm/x/header.ring|require_hugepages=false"
+                .into(),
+            error_message: String::new(),
+            wake_region_uri: String::new(),
+        }
+    }
+
+    /// Conformance 44: an OK response with a null required field, an empty URI, a slot size
+    /// other than 256, no pools or a pool whose nslots differ is a failure (fail closed).
+    #[test]
+    fn c44_an_ok_response_that_breaks_the_rules_is_a_failure() {
+        let (lease, grant) = check_attach(&ok_response(), 7).unwrap();
+        assert_eq!((lease.lease_id, lease.node_id, grant.epoch, grant.nslots), (11, 9, 5, 8));
+        assert!(check_attach(&ok_response(), 8).is_err(), "another correlation id");
+        let broken: [fn(&mut AttachResponse); 10] = [
+            |r| r.lease_id = None,
+            |r| r.lease_id = Some(u64::MAX),
+            |r| r.epoch = None,
+            |r| r.stream_id = None,
+            |r| r.header_nslots = None,
+            |r| r.header_slot_bytes = Some(128),
+            |r| r.header_region_uri.clear(),
+            |r| r.payload_pools.clear(),
+            |r| r.payload_pools[0].pool_nslots = 4,
+            |r| r.payload_pools[0].region_uri.clear(),
+        ];
+        for (i, breaks) in broken.iter().enumerate() {
+            let mut r = ok_response();
+            breaks(&mut r);
+            assert!(
+                matches!(check_attach(&r, 7), Err(PoolError::BadGrant(_))),
+                "case {i} was accepted"
+            );
+        }
+        let mut refused = ok_response();
+        refused.code = 3;
+        refused.error_message = "producer already attached".into();
+        assert!(matches!(check_attach(&refused, 7), Err(PoolError::Refused { code: 3, .. })));
+    }
+
+    fn announce(epoch: u64, at: u64) -> PoolAnnounce {
+        let r = ok_response();
+        PoolAnnounce {
+            stream_id: 10_000,
+            producer_id: 1,
+            epoch,
+            announce_timestamp_ns: at,
+            announce_clock_domain: crate::pool::CLOCK_MONOTONIC,
+            layout_version: 1,
+            header_nslots: 8,
+            header_slot_bytes: 256,
+            payload_pools: r.payload_pools,
+            header_region_uri: r.header_region_uri,
+            wake_region_uri: String::new(),
+        }
+    }
+
+    /// Conformance 54: an announce older than 3 periods, stamped before the join, of a lower
+    /// epoch or with a bad layout is ignored; a higher epoch remaps.
+    #[test]
+    fn c54_consumer_freshness_rules() {
+        let (join, now, fresh) = (1_000, 10_000, 3_000);
+        let judge = |a: &PoolAnnounce| judge_announce(a, join, now, 5, fresh);
+        assert!(matches!(judge(&announce(6, 9_000)), AnnounceVerdict::Remap(g) if g.epoch == 6));
+        assert_eq!(judge(&announce(5, 9_000)), AnnounceVerdict::Current);
+        assert!(matches!(judge(&announce(4, 9_000)), AnnounceVerdict::Ignored(_)), "lower");
+        assert!(matches!(judge(&announce(6, 6_000)), AnnounceVerdict::Ignored(_)), "stale");
+        assert!(matches!(judge(&announce(6, 500)), AnnounceVerdict::Ignored(_)), "replayed");
+        let mut realtime = announce(6, 9_000);
+        realtime.announce_clock_domain = 2;
+        assert!(matches!(judge(&realtime), AnnounceVerdict::Ignored(_)), "realtime");
+        let mut bad = announce(6, 9_000);
+        bad.header_slot_bytes = 255;
+        assert!(matches!(judge(&bad), AnnounceVerdict::Ignored(_)), "layout");
+        let mut bad = announce(6, 9_000);
+        bad.header_nslots = 6;
+        assert!(matches!(judge(&bad), AnnounceVerdict::Ignored(_)), "nslots");
+    }
+
+    #[test]
+    fn backoff_doubles_from_100_ms_to_3_2_s() {
+        let ms = |f| backoff_ns(f) / 1_000_000;
+        assert_eq!([ms(1), ms(2), ms(3), ms(6), ms(60)], [100, 200, 400, 3_200, 3_200]);
     }
 }
