@@ -31,6 +31,7 @@ pub mod link;
 pub mod producer;
 pub mod proto;
 pub mod regions;
+pub mod requests;
 pub mod service;
 pub mod supervisor;
 pub mod uri;

@@ -24,6 +24,7 @@ use super::driver::{
 use super::files::{self, CreateOptions, EpochFiles};
 use super::layout::ShmLayout;
 use super::proto;
+use super::requests::{decode_request, PoolRequest, QosReport};
 use super::supervisor::Supervisor;
 use super::{
     monotonic_ns, MSG_POOL_ATTACH, MSG_POOL_DETACH, MSG_POOL_HELLO, MSG_POOL_KEEPALIVE,
@@ -395,12 +396,6 @@ impl std::fmt::Debug for PoolAgent {
     }
 }
 
-fn to_u8(v: u32) -> u8 {
-    // A value that does not fit a u8 is not a valid enum value; 254 is none of the spec's
-    // values and not its u8 null (255), so the driver refuses it as invalid.
-    u8::try_from(v).unwrap_or(254)
-}
-
 impl PoolAgent {
     fn new(
         pool: &PoolConfig,
@@ -439,128 +434,74 @@ impl PoolAgent {
 
     fn handle(&mut self, request: Request, now_ns: u64) {
         let key = ClientKey(request.conn.0);
-        let body = request.body.as_slice();
-        match request.msg_type {
-            MSG_POOL_ATTACH => match proto::AttachRequest::decode(body) {
-                Ok(r) => {
-                    let req = driver::AttachRequest {
-                        correlation_id: r.correlation_id,
-                        stream_id: r.stream_id,
-                        client_id: r.client_id,
-                        role: to_u8(r.role),
-                        expected_layout_version: r.expected_layout_version,
-                        publish_mode: r.publish_mode.map(to_u8).filter(|&m| m != u8::MAX),
-                        require_hugepages: to_u8(r.require_hugepages),
-                        desired_node_id: r.desired_node_id.filter(|&n| n != u32::MAX),
-                    };
-                    self.driver.attach(key, &req, now_ns);
-                    self.apply(Some(&request));
+        let decoded = match decode_request(request.msg_type, &request.body) {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(port) = &mut self.port {
+                    port.error(&request, CODE_BAD_REQUEST_BODY, &e.to_string());
                 }
-                Err(e) => self.bad_body(&request, e),
-            },
-            MSG_POOL_DETACH => match proto::DetachRequest::decode(body) {
-                Ok(r) => {
-                    let req = driver::DetachRequest {
-                        correlation_id: r.correlation_id,
-                        lease_id: r.lease_id,
-                        stream_id: r.stream_id,
-                        client_id: r.client_id,
-                        role: to_u8(r.role),
-                    };
-                    self.driver.detach(key, &req, now_ns);
-                    self.apply(Some(&request));
+                return;
+            }
+        };
+        match decoded {
+            PoolRequest::Attach(req) => {
+                self.driver.attach(key, &req, now_ns);
+                self.apply(Some(&request));
+            }
+            PoolRequest::Detach(req) => {
+                self.driver.detach(key, &req, now_ns);
+                self.apply(Some(&request));
+            }
+            PoolRequest::Keepalive(keepalive) => {
+                let extended = self.driver.keepalive(key, &keepalive, now_ns);
+                let ack = proto::KeepaliveAck {
+                    extended,
+                    lease_expiry_timestamp_ns: if extended {
+                        now_ns.saturating_add(self.lease_ttl_ns)
+                    } else {
+                        0
+                    },
+                };
+                self.respond(&request, &ack);
+                self.apply(None);
+            }
+            PoolRequest::Subscribe if self.subscribers.len() >= MAX_SUBSCRIBERS => {
+                let text = format!(
+                    "too many subscribers: {MAX_SUBSCRIBERS} connections follow the pool \
+                     driver already"
+                );
+                if let Some(port) = &mut self.port {
+                    port.error(&request, CODE_LIMIT, &text);
                 }
-                Err(e) => self.bad_body(&request, e),
-            },
-            MSG_POOL_KEEPALIVE => match proto::LeaseKeepalive::decode(body) {
-                Ok(k) => {
-                    let keepalive = driver::Keepalive {
-                        lease_id: k.lease_id,
-                        stream_id: k.stream_id,
-                        client_id: k.client_id,
-                        role: to_u8(k.role),
-                        client_timestamp_ns: k.client_timestamp_ns,
-                    };
-                    let extended = self.driver.keepalive(key, &keepalive, now_ns);
-                    let ack = proto::KeepaliveAck {
-                        extended,
-                        lease_expiry_timestamp_ns: if extended {
-                            now_ns.saturating_add(self.lease_ttl_ns)
-                        } else {
-                            0
-                        },
-                    };
-                    self.respond(&request, &ack);
-                    self.apply(None);
+            }
+            PoolRequest::Subscribe => {
+                let mut announces: Vec<_> = self.announces.values().cloned().collect();
+                announces.sort_by_key(|a| a.stream_id);
+                self.respond(&request, &proto::SubscribeReply { announces });
+                if !self.subscribers.contains(&(request.conn, request.msg_id)) {
+                    self.subscribers.push((request.conn, request.msg_id));
+                    self.counters.subscribers.set(self.subscribers.len() as u64);
                 }
-                Err(e) => self.bad_body(&request, e),
-            },
-            MSG_POOL_SUBSCRIBE => match proto::Subscribe::decode(body) {
-                Ok(_) if self.subscribers.len() >= MAX_SUBSCRIBERS => {
-                    let text = format!(
-                        "too many subscribers: {MAX_SUBSCRIBERS} connections follow the pool \
-                         driver already"
-                    );
-                    if let Some(port) = &mut self.port {
-                        port.error(&request, CODE_LIMIT, &text);
-                    }
-                }
-                Ok(_) => {
-                    let mut announces: Vec<_> = self.announces.values().cloned().collect();
-                    announces.sort_by_key(|a| a.stream_id);
-                    self.respond(&request, &proto::SubscribeReply { announces });
-                    if !self.subscribers.contains(&(request.conn, request.msg_id)) {
-                        self.subscribers.push((request.conn, request.msg_id));
-                        self.counters.subscribers.set(self.subscribers.len() as u64);
-                    }
-                }
-                Err(e) => self.bad_body(&request, e),
-            },
-            MSG_POOL_HELLO => match proto::ConsumerHello::decode(body) {
-                Ok(h) => self.hello(&request, h, now_ns),
-                Err(e) => self.bad_body(&request, e),
-            },
-            MSG_POOL_QOS => match proto::QosReport::decode(body) {
-                Ok(q) => {
-                    self.qos_report(q, now_ns);
-                    self.respond(&request, &proto::QosAck {});
-                }
-                Err(e) => self.bad_body(&request, e),
-            },
-            MSG_POOL_STATUS => match proto::PoolStatusRequest::decode(body) {
-                Ok(_) => {
-                    let status = self.pool_status(now_ns);
-                    self.respond(&request, &status);
-                }
-                Err(e) => self.bad_body(&request, e),
-            },
-            _ => {}
+            }
+            PoolRequest::Hello(hello) => self.hello(&request, hello, now_ns),
+            PoolRequest::Qos(q) => {
+                self.qos_report(q, now_ns);
+                self.respond(&request, &proto::QosAck {});
+            }
+            PoolRequest::Status => {
+                let status = self.pool_status(now_ns);
+                self.respond(&request, &status);
+            }
         }
     }
 
-    fn hello(&mut self, request: &Request, h: proto::ConsumerHello, now_ns: u64) {
+    fn hello(&mut self, request: &Request, hello: driver::ConsumerHello, now_ns: u64) {
         let Some(supervisor) = &mut self.supervisor else {
             let text = "no supervisor: the pool config has no [supervisor] section";
             if let Some(port) = &mut self.port {
                 port.error(request, CODE_POOL_REFUSED, text);
             }
             return;
-        };
-        let hello = driver::ConsumerHello {
-            stream_id: h.stream_id,
-            consumer_id: h.consumer_id,
-            supports_shm: h.supports_shm,
-            supports_progress: h.supports_progress,
-            mode: to_u8(h.mode),
-            max_rate_hz: h.max_rate_hz,
-            expected_layout_version: h.expected_layout_version,
-            progress_interval_us: h.progress_interval_us,
-            progress_bytes_delta: h.progress_bytes_delta,
-            progress_major_delta_units: h.progress_major_delta_units,
-            descriptor_stream_id: h.descriptor_stream_id,
-            control_stream_id: h.control_stream_id,
-            descriptor_channel: h.descriptor_channel,
-            control_channel: h.control_channel,
         };
         match supervisor.hello(&hello, now_ns) {
             Ok(c) => {
@@ -585,28 +526,17 @@ impl PoolAgent {
         }
     }
 
-    fn qos_report(&mut self, q: proto::QosReport, now_ns: u64) {
-        match q.report {
-            Some(proto::qos_report::Report::Producer(p)) => {
-                if let Some(s) = self.stream_qos(p.stream_id) {
-                    if p.epoch != s.epoch {
-                        s.epoch = p.epoch;
-                    }
-                    s.frames = p.current_seq;
+    fn qos_report(&mut self, q: QosReport, now_ns: u64) {
+        match q {
+            QosReport::Producer { stream_id, epoch, current_seq } => {
+                if let Some(s) = self.stream_qos(stream_id) {
+                    s.epoch = epoch;
+                    s.frames = current_seq;
                 }
             }
-            Some(proto::qos_report::Report::Consumer(c)) => {
+            QosReport::Consumer(c) => {
                 if let Some(supervisor) = &mut self.supervisor {
-                    let qos = driver::QosConsumer {
-                        stream_id: c.stream_id,
-                        consumer_id: c.consumer_id,
-                        epoch: c.epoch,
-                        last_seq_seen: c.last_seq_seen,
-                        drops_gap: c.drops_gap,
-                        drops_late: c.drops_late,
-                        mode: to_u8(c.mode),
-                    };
-                    supervisor.qos(&qos, now_ns);
+                    supervisor.qos(&c, now_ns);
                 }
                 if let Some(s) = self.stream_qos(c.stream_id) {
                     if s.drops.len() < MAX_QOS_CONSUMERS || s.drops.contains_key(&c.consumer_id) {
@@ -614,7 +544,7 @@ impl PoolAgent {
                     }
                 }
             }
-            None => {}
+            QosReport::Empty => {}
         }
     }
 
@@ -662,12 +592,6 @@ impl PoolAgent {
     fn respond(&mut self, request: &Request, msg: &impl Message) {
         if let Some(port) = &mut self.port {
             port.respond(request, msg);
-        }
-    }
-
-    fn bad_body(&mut self, request: &Request, e: prost::DecodeError) {
-        if let Some(port) = &mut self.port {
-            port.error(request, CODE_BAD_REQUEST_BODY, &format!("bad request body: {e}"));
         }
     }
 
@@ -854,6 +778,10 @@ impl Agent for PoolAgent {
             self.publish_status();
         }
         work
+    }
+
+    fn on_stopping(&mut self, ctx: &mut Ctx<'_>) {
+        self.on_close(ctx);
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_>) {

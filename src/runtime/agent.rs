@@ -12,7 +12,7 @@ use super::timer::Timers;
 /// A lane calls [`on_start`](Agent::on_start) once on its own thread (pinned), then in every
 /// pass hands the agent its reactor completions and expired timers
 /// ([`on_completion`](Agent::on_completion)) and calls [`do_work`](Agent::do_work), and finally
-/// [`on_close`](Agent::on_close) at shutdown. None of these may block: an agent that waits on
+/// [`on_stopping`](Agent::on_stopping) and [`on_close`](Agent::on_close) at shutdown. None of these may block: an agent that waits on
 /// anything stalls every agent of its lane.
 pub trait Agent: Send {
     /// Short name, for logs, status and metrics.
@@ -29,6 +29,11 @@ pub trait Agent: Send {
 
     /// One pass of work; returns how much was done (0 = nothing, which lets the lane idle).
     fn do_work(&mut self, ctx: &mut Ctx<'_>) -> usize;
+
+    /// Called once when the lane stops, before a short drain (a few passes over every agent
+    /// of every lane, `STOP_DRAIN`) and then `on_close`: queue last messages here (a
+    /// driver's shutdown notice), so they cross links and reach the kernel.
+    fn on_stopping(&mut self, _ctx: &mut Ctx<'_>) {}
 
     /// Called once at shutdown on the lane's thread: flush, close, unlink.
     fn on_close(&mut self, _ctx: &mut Ctx<'_>) {}

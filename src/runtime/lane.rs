@@ -23,6 +23,11 @@ const WAKER_TOKEN: Token = Token((LANE_AGENT as u64) << 56);
 /// How often a lane publishes its pass-duration quantiles to its [`LaneStats`].
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
+/// How long a stopping lane keeps passing after its agents' `on_stopping`, so their last
+/// messages go out (see `Lane::drain`). Every lane drains at once, so a stop takes this long
+/// more, not this long per lane.
+pub const STOP_DRAIN: Duration = Duration::from_millis(10);
+
 /// What to run on one lane.
 pub struct LaneSpec {
     /// Name for logs, status and metrics.
@@ -644,7 +649,33 @@ impl Lane {
                 next_publish = now + PUBLISH_EVERY;
             }
         }
+        self.drain(reactor, timers)?;
         self.publish(&passes, pass_count, work_total, idle_total, max_pass);
+        Ok(())
+    }
+
+    /// After the stop was asked for: every agent's `on_stopping` (last messages, such as a
+    /// driver's shutdown notice), then passes for [`STOP_DRAIN`] so those messages cross the
+    /// links to the agents that send them (on this lane or on another lane, which drains at
+    /// the same time) and reach the kernel before `on_close`.
+    fn drain(&mut self, reactor: &mut Reactor, timers: &mut Timers) -> std::io::Result<()> {
+        let start = Instant::now();
+        for (index, agent) in self.spec.agents.iter_mut().enumerate() {
+            self.current = Some(index);
+            let mut ctx = Ctx { now: start, reactor, timers, agent: index as u8 };
+            agent.on_stopping(&mut ctx);
+        }
+        self.current = None;
+        while start.elapsed() < STOP_DRAIN {
+            let now = Instant::now();
+            reactor.poll()?;
+            while let Some(completion) = reactor.next_completion() {
+                self.dispatch(reactor, timers, now, completion);
+            }
+            self.work(reactor, timers, now);
+            reactor.flush()?;
+            std::thread::yield_now();
+        }
         Ok(())
     }
 
