@@ -194,6 +194,8 @@ impl Consumer {
         let shared = self.shared.clone();
         match &self.mapped {
             Some(Mapped { subscriber, wake: Some(wake), .. }) => {
+                // SYNC: the generation Acquire pairs with LinkShared::publish's Release;
+                // `ready` is the subscriber's Relaxed load + Acquire fence (its SeqSlot).
                 let ready = || {
                     subscriber.ready() || shared.generation.load(Ordering::Acquire) != generation
                 };
@@ -316,6 +318,8 @@ impl Consumer {
 
     #[cold]
     fn take_grants(&mut self) {
+        // SYNC: Acquire pairs with LinkShared::publish's Release: the grants queued up to
+        // this generation are in `take()`.
         self.generation = self.shared.generation.load(Ordering::Acquire);
         for grant in self.shared.take() {
             if grant.is_none() {

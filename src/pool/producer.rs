@@ -136,8 +136,9 @@ impl Producer {
     /// Claims the next slot for a payload of `values_len` bytes (the smallest pool that holds
     /// it). Write the payload, then [`Claim::commit`].
     pub fn claim(&mut self, values_len: u32) -> Result<Claim<'_>, ClaimError> {
+        // SYNC: Acquire pairs with LinkShared::publish's Release: a moved generation comes
+        // with its queued grant.
         if self.shared.generation.load(Ordering::Acquire) != self.generation {
-            // SYNC: the Acquire above pairs with LinkShared::publish's Release.
             let _ = self.refresh();
         }
         let Some(mapped) = self.mapped.as_mut() else {
@@ -226,6 +227,7 @@ impl Producer {
 
     /// Maps the grant the control plane published, if it moved.
     fn refresh(&mut self) -> Result<(), PoolError> {
+        // SYNC: Acquire pairs with LinkShared::publish's Release (as in `claim`).
         let generation = self.shared.generation.load(Ordering::Acquire);
         if generation == self.generation {
             return Ok(());
