@@ -8,9 +8,8 @@
 //! Periods are short (announce 100 ms, keepalive 50 ms) so leases expire quickly; waits poll a
 //! condition with a 10 s deadline, and timings are only asserted as lower bounds.
 //!
-//! `helper_process_producer_holding_a_claim` is not a test of its own: it is the child process
-//! of `kill_9_of_a_producer_mid_write` (this test binary run again with an environment
-//! variable), ignored otherwise.
+//! The producer that dies holding a claim is the example `examples/pool_claim_holder.rs`,
+//! which `cargo test` builds beside this binary.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs;
@@ -637,41 +636,26 @@ fn two_consumer_processes_each_get_every_frame_of_a_200_frame_producer_intact() 
 // 3. A producer killed with SIGKILL while it holds a slot claimed but not committed.
 // ---------------------------------------------------------------------------------------------
 
-/// Environment of the helper process: the socket, the allowed directory.
-const HELPER_SOCKET: &str = "CORELANE_POOL_IT_HELPER_SOCKET";
-const HELPER_ALLOWED: &str = "CORELANE_POOL_IT_HELPER_ALLOWED";
 /// Frames the helper commits before it claims the one it never finishes.
 const HELPER_COMMITTED: u64 = 5;
 const HELPER_LEN: usize = 4096;
 
-/// The child of [`kill_9_of_a_producer_mid_write`]: attaches as the producer of [`CAM`],
-/// commits [`HELPER_COMMITTED`] frames, claims the next slot, writes half its payload, says
-/// so on stdout and waits to be killed (its keeper thread keeps the lease alive meanwhile).
-#[test]
-#[ignore = "the child process of kill_9_of_a_producer_mid_write, which runs it"]
-fn helper_process_producer_holding_a_claim() {
-    let Ok(socket) = std::env::var(HELPER_SOCKET) else { return };
-    let mut opts = PoolOptions::new(socket, CAM);
-    opts.allowed_dirs = vec![std::env::var(HELPER_ALLOWED).unwrap().into()];
-    opts.announce_period = Duration::from_millis(ANNOUNCE_MS);
-    opts.keepalive_interval = Duration::from_millis(KEEPALIVE_MS);
-    let mut producer = Producer::attach(opts).unwrap();
-    producer.spawn_keeper().unwrap();
-    for _ in 0..HELPER_COMMITTED {
-        publish(&mut producer, HELPER_LEN).unwrap();
+/// The example `pool_claim_holder` (built by `cargo test` beside this test binary): the
+/// producer that dies holding a claim.
+fn claim_holder() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<this test> -> target/<profile>/examples/pool_claim_holder
+    let path = exe.parent().unwrap().parent().unwrap().join("examples").join("pool_claim_holder");
+    if !path.exists() {
+        // `cargo test --test pool` alone does not build examples (`cargo test` does).
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "-p", "corelane", "--example", "pool_claim_holder"]);
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        assert!(build.status().unwrap().success(), "cannot build the pool_claim_holder example");
     }
-    let epoch = producer.epoch().unwrap();
-    let client_id = producer.client_id();
-    let mut claim = producer.claim(HELPER_LEN as u32).unwrap();
-    let seq = claim.seq();
-    // Half the payload is this seq's pattern, the rest the bytes of no seq.
-    claim.write_at(0, &vec![seq as u8; HELPER_LEN / 2]);
-    claim.write_at(HELPER_LEN / 2, &vec![0xEE; HELPER_LEN / 2]);
-    println!("claimed seq {seq} epoch {epoch} client {client_id}");
-    std::io::stdout().flush().unwrap();
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    path
 }
 
 #[test]
@@ -683,13 +667,15 @@ fn kill_9_of_a_producer_mid_write() {
     let mut consumer = Consumer::attach(rig.options(CAM)).unwrap();
     consumer.spawn_keeper().unwrap();
 
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "helper_process_producer_holding_a_claim", "--ignored", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .env(HELPER_SOCKET, rig.socket())
-        .env(HELPER_ALLOWED, &rig.base);
+    let mut cmd = Command::new(claim_holder());
+    cmd.arg(rig.socket()).arg(&rig.base).args([
+        CAM.to_string(),
+        ANNOUNCE_MS.to_string(),
+        KEEPALIVE_MS.to_string(),
+        HELPER_COMMITTED.to_string(),
+        HELPER_LEN.to_string(),
+    ]);
     let mut helper = Proc::spawn(cmd, "helper producer");
-    // (libtest's "test ... " precedes the helper's line on the same line)
     let line = helper.wait_line(|l| l.contains("claimed seq "));
     let words: Vec<&str> = line[line.find("claimed seq ").unwrap()..].split_whitespace().collect();
     let claimed: u64 = words[2].parse().unwrap();

@@ -314,6 +314,12 @@ fn consume(m: &ArgMatches, cx: &CliContext) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Keepalives and announces on their own thread: printing a line per frame must not
+    // starve the lease.
+    if let Err(e) = consumer.spawn_keeper() {
+        eprintln!("corelane consume: cannot start the keeper thread: {e}");
+        return ExitCode::from(1);
+    }
     if !quiet {
         println!(
             "attached: stream {} epoch {}",

@@ -33,6 +33,10 @@ use super::{monotonic_ns, PoolError};
 use crate::mapping::{Mapping, ReadOnlyMapping};
 use crate::rings::seqlock::{DropReason, Frame, PayloadView, Poll, Polled, Subscriber, WakeRegion};
 
+/// Frames [`Consumer::recv`] hands out between runs of the control plane when no keeper
+/// thread runs it.
+const UPKEEP_FRAMES: u32 = 64;
+
 /// How a consumer waits for the next frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wait {
@@ -101,7 +105,12 @@ pub struct Consumer {
     stats: ConsumerStats,
     qos: Arc<QosCell>,
     stream_id: u32,
-    joined: bool,
+    /// The epoch read last and where reading stopped: a grant of that epoch again (after a
+    /// reattach) continues there, a lower one is ignored. `None` until the first mapping,
+    /// which joins at the newest frame.
+    last: Option<(u64, u64)>,
+    /// Frames since the control plane last ran (`recv` without a keeper).
+    since_upkeep: u32,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -134,7 +143,8 @@ impl Consumer {
             stats: ConsumerStats::default(),
             qos,
             stream_id,
-            joined: false,
+            last: None,
+            since_upkeep: 0,
         };
         consumer.take_grants();
         if consumer.mapped.is_none() {
@@ -231,15 +241,24 @@ impl Consumer {
         let start = monotonic_ns();
         let deadline = start.saturating_add(timeout.as_nanos() as u64);
         loop {
-            match self.poll(payload) {
+            let polled = self.poll(payload);
+            let busy = matches!(polled, ConsumerPoll::Frame(_) | ConsumerPoll::Dropped(_));
+            if self.keeper.is_none() {
+                // The control plane runs when nothing is ready, and every UPKEEP_FRAMES frames
+                // while frames keep coming (a consumer working through a backlog still sends
+                // its keepalives).
+                self.since_upkeep += 1;
+                if !busy || self.since_upkeep >= UPKEEP_FRAMES {
+                    self.since_upkeep = 0;
+                    self.do_work(monotonic_ns());
+                }
+            }
+            match polled {
                 ConsumerPoll::Frame(frame) => return Ok(frame),
                 ConsumerPoll::Dropped(_) => continue,
                 ConsumerPoll::Empty | ConsumerPoll::Unmapped => {}
             }
             let now = monotonic_ns();
-            if self.keeper.is_none() {
-                self.do_work(now);
-            }
             if now >= deadline {
                 return Err(RecvError::Timeout(timeout));
             }
@@ -336,6 +355,7 @@ impl Consumer {
     fn unmap(&mut self) {
         if let Some(mapped) = self.mapped.take() {
             self.stats = self.totals(&mapped);
+            self.last = Some((mapped.epoch, mapped.subscriber.next_seq()));
         }
         self.upkeep.lock().unwrap_or_else(|e| e.into_inner()).set_watch(None);
     }
@@ -345,6 +365,9 @@ impl Consumer {
     fn map_next(&mut self) -> Result<(), PoolError> {
         let Some(Some(grant)) = self.queue.pop_front() else { return Ok(()) };
         self.unmap();
+        if self.last.is_some_and(|(epoch, _)| grant.epoch < epoch) {
+            return Ok(()); // an epoch older than one already read
+        }
         let mapped = (|| {
             let (stream, watch) = self.policy.readable_streams(&grant)?;
             let wake = self.policy.wake(&grant)?;
@@ -353,10 +376,15 @@ impl Consumer {
         let mut upkeep = self.upkeep.lock().unwrap_or_else(|e| e.into_inner());
         match mapped {
             Ok((mut subscriber, watch, wake)) => {
-                if !self.joined {
+                match self.last {
                     // First mapping: join a running stream at its newest frame.
-                    subscriber.join_newest();
-                    self.joined = true;
+                    None => {
+                        subscriber.join_newest();
+                    }
+                    // The epoch read before (a reattach): go on where reading stopped.
+                    Some((epoch, next_seq)) if epoch == grant.epoch => subscriber.seek(next_seq),
+                    // A new epoch: from its start.
+                    Some(_) => {}
                 }
                 upkeep.set_watch(Some(watch));
                 self.stats.mapped += 1;

@@ -462,7 +462,9 @@ impl Link {
                     deadline_ns: now_ns.saturating_add(self.freshness_ns()),
                 };
             }
-            Role::Producer => self.drop_lease(now_ns),
+            // The driver still holds the lease: give it back, so the stream is not blocked
+            // for every producer (this one's reattach included) until it expires.
+            Role::Producer => self.release_lease(now_ns),
         }
     }
 
@@ -479,7 +481,7 @@ impl Link {
             LinkState::Backoff { .. } => return false,
             LinkState::AwaitingEpoch { deadline_ns, .. } if now_ns >= deadline_ns => {
                 self.last_error = Some("no announce with a higher epoch in time".to_owned());
-                self.drop_lease(now_ns);
+                self.release_lease(now_ns);
                 return true;
             }
             LinkState::Attached | LinkState::AwaitingEpoch { .. } => {}
@@ -600,7 +602,25 @@ impl Link {
         })
     }
 
-    /// Drops the lease and its regions; the next attach after the back-off.
+    /// Detaches (best effort: the driver may be gone) a lease the driver still holds, then
+    /// drops it as [`drop_lease`](Self::drop_lease) does.
+    fn release_lease(&mut self, now_ns: u64) {
+        if let (Some(lease), Some(client)) = (self.lease, self.client.as_mut()) {
+            self.correlation = self.correlation.wrapping_add(1);
+            let request = DetachRequest {
+                correlation_id: self.correlation,
+                lease_id: lease.lease_id,
+                stream_id: self.stream_id,
+                client_id: self.client_id,
+                role: self.role.code(),
+            };
+            let _: Result<DetachResponse, _> = client.call(MSG_POOL_DETACH, &request);
+        }
+        self.drop_lease(now_ns);
+    }
+
+    /// Drops the lease (one the driver no longer holds, or gave up) and its regions; the next
+    /// attach after the back-off.
     fn drop_lease(&mut self, now_ns: u64) {
         self.lease = None;
         self.shared.publish(None);
