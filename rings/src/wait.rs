@@ -150,10 +150,18 @@ fn wake_parked(word: &AtomicU64) -> bool {
 /// asleep and woken. (The futex compares 32 bits: 2^32 bumps between the waiter's read and
 /// its sleep would be needed to lose a wake.)
 ///
-/// The words may live in memory any peer maps. A peer can only make wakers wake for nothing
-/// (a crashed waiter leaves `waiters` counted for good, so every later publication pays a
-/// `futex` call) or make waiters wake early (they re-check and sleep again): costs, never
-/// a lost or invented publication, because `ready()` is the truth.
+/// The words may live in memory any peer maps, and a peer can write anything into them:
+/// - make wakers wake for nothing (a non-zero `waiters`; a crashed waiter leaves itself
+///   counted for good, so every later publication pays a `futex` call);
+/// - make waiters wake early (they re-check and sleep again);
+/// - make a waker skip the wake (a zero stored into `waiters`), so a parked waiter sleeps
+///   until its timeout although the publication happened.
+///
+/// `ready()` is the truth, so a publication is never invented, and never lost for good: it
+/// is seen at the latest when the park times out. A waiter that shares the words with peers
+/// it does not trust parks with a bounded timeout and re-checks (the tensor pool's consumer
+/// parks in slices of at most 10 ms), which bounds what a hostile peer can add to its
+/// latency.
 #[derive(Debug)]
 pub struct Doorbell<'a> {
     waiters: &'a AtomicU64,

@@ -37,6 +37,10 @@ use crate::rings::seqlock::{DropReason, Frame, PayloadView, Poll, Polled, Subscr
 /// thread runs it.
 const UPKEEP_FRAMES: u32 = 64;
 
+/// The longest a consumer sleeps on the stream's futex before it looks again (bounds what a
+/// peer that suppresses wakes, or a missed remap, adds to its latency).
+pub const PARK_SLICE: Duration = Duration::from_millis(10);
+
 /// How a consumer waits for the next frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wait {
@@ -209,7 +213,20 @@ impl Consumer {
                 let ready = || {
                     subscriber.ready() || shared.generation.load(Ordering::Acquire) != generation
                 };
-                wake.doorbell().park(ready, Some(timeout)) == crate::rings::wait::Parked::Ready
+                // In slices: a peer can suppress a wake (a zero stored into the shared
+                // waiter count) or the control plane may have a new grant; each slice ends
+                // in a re-check, so neither costs more than PARK_SLICE.
+                let deadline = std::time::Instant::now() + timeout;
+                loop {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return ready();
+                    }
+                    let parked = wake.doorbell().park(ready, Some(left.min(PARK_SLICE)));
+                    if parked == crate::rings::wait::Parked::Ready {
+                        return true;
+                    }
+                }
             }
             Some(Mapped { subscriber, wake: None, .. }) => {
                 let deadline = std::time::Instant::now() + timeout;

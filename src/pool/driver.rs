@@ -109,6 +109,14 @@ pub trait ShmBackend {
     /// The highest epoch directory of `stream_id` on disk, so that epochs keep rising across a
     /// driver restart.
     fn max_epoch_on_disk(&self, stream_id: u32) -> Option<u64>;
+
+    /// 64 unpredictable bits, for lease ids: knowing a lease id is what authorises its
+    /// keepalive and detach, so ids must not be guessable from one's own (the daemon's
+    /// backend reads the OS's random source; the fake one counts). The default derives
+    /// them from the driver's seeded generator instead.
+    fn entropy(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// A reply to one connection.
@@ -997,11 +1005,20 @@ impl<B: ShmBackend> Driver<B> {
         None
     }
 
+    /// A lease id: 63 random bits from the backend's entropy (never 0, never an id in use;
+    /// a repeat of an id used before has odds of 2^-63 per grant), or, from a backend without
+    /// entropy, the seeded counter.
     fn next_lease_id(&mut self) -> u64 {
         loop {
-            self.last_lease_id = self.last_lease_id.wrapping_add(1);
-            if self.last_lease_id != 0 && !self.leases.contains_key(&self.last_lease_id) {
-                return self.last_lease_id;
+            let id = match self.backend.entropy() {
+                Some(bits) => bits >> 1,
+                None => {
+                    self.last_lease_id = self.last_lease_id.wrapping_add(1);
+                    self.last_lease_id
+                }
+            };
+            if id != 0 && !self.leases.contains_key(&id) {
+                return id;
             }
         }
     }

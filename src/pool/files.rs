@@ -31,8 +31,9 @@ use super::layout::{
 };
 use super::uri::{ShmUri, UriError};
 use crate::mapping::{MapError, Mapping, SizePolicy};
-use crate::rings::seqlock::{PoolSpec, Stream, StreamError, StreamSpec};
-use crate::rings::shm::{self, POOL_STRIDE_ALIGN, SUPERBLOCK_BYTES};
+use crate::rings::seqlock::{PoolSpec, StreamError};
+use crate::rings::shm::{self, Superblock, POOL_STRIDE_ALIGN, SUPERBLOCK_BYTES};
+use zerocopy::IntoBytes;
 
 /// `statfs.f_type` of hugetlbfs.
 pub const HUGETLBFS_MAGIC: u32 = 0x9584_58f6;
@@ -335,30 +336,40 @@ pub fn create_epoch(
         fds.push(fd);
     }
 
-    // Map the header ring and pools (not the wake file) and write the superblocks.
-    let mut maps = Vec::with_capacity(pools.len() + 1);
-    for (file, fd) in files.iter().zip(&fds).take(pools.len() + 1) {
+    // The superblocks go in with pwrite, never through a mapping: a peer that can open the
+    // files (consumers of the same group) could truncate one under a mapping, and the
+    // daemon's next store into it would be SIGBUS for every service. The header slots need
+    // no write: a fresh file reads zero, `seq_commit` 0 is "seq 0 in progress".
+    let header_sb = Superblock::header_ring(epoch, stream_id, nslots, pid, now_ns);
+    let pool_sbs = pools.iter().map(|p| {
+        Superblock::payload_pool(epoch, stream_id, p.pool_id, nslots, p.stride_bytes, pid, now_ns)
+    });
+    for ((file, fd), sb) in files.iter().zip(&fds).zip(std::iter::once(header_sb).chain(pool_sbs)) {
         let path = epoch_dir.join(&file.name);
-        let len = usize::try_from(file.len).map_err(|_| ShmError::Map {
-            path: path.clone(),
-            source: MapError::TooSmall { needed: usize::MAX, len: file.len },
-        })?;
-        let map = Mapping::from_fd(fd.as_fd(), SizePolicy::AtLeast(len))
-            .map_err(|source| ShmError::Map { path, source })?;
-        maps.push(map);
+        let bytes = sb.as_bytes();
+        let written = rustix::io::pwrite(fd, bytes, 0).map_err(|e| io_err(&path, "pwrite", e))?;
+        if written != bytes.len() {
+            return Err(ShmError::Io {
+                path,
+                op: "pwrite",
+                source: io::Error::new(io::ErrorKind::WriteZero, "short superblock write"),
+            });
+        }
     }
-    let spec = StreamSpec { epoch, stream_id, nslots, pools: pools.to_vec() };
-    let (header_map, pool_maps) = maps.split_first().ok_or(ShmError::NoPools)?;
-    Stream::create(&spec, header_map, pool_maps.iter().collect(), pid, now_ns)
-        .map_err(|source| ShmError::Superblocks { path: epoch_dir.clone(), source })?;
-
+    // mlock needs mappings; they are never read or written here (the lock faults the pages
+    // in; a file truncated meanwhile fails the lock, it cannot fault the daemon).
+    let mut maps = Vec::new();
     if opts.mlock {
-        for (file, map) in files.iter().zip(&maps) {
-            map.lock().map_err(|source| ShmError::Mlock {
-                path: epoch_dir.join(&file.name),
-                len: file.len,
-                source,
+        for (file, fd) in files.iter().zip(&fds) {
+            let path = epoch_dir.join(&file.name);
+            let len = usize::try_from(file.len).map_err(|_| ShmError::Map {
+                path: path.clone(),
+                source: MapError::TooSmall { needed: usize::MAX, len: file.len },
             })?;
+            let map = Mapping::from_fd(fd.as_fd(), SizePolicy::AtLeast(len))
+                .map_err(|source| ShmError::Map { path: path.clone(), source })?;
+            map.lock().map_err(|source| ShmError::Mlock { path, len: file.len, source })?;
+            maps.push(map);
         }
     }
     for (file, fd) in files.iter().zip(&fds) {
@@ -383,7 +394,7 @@ pub fn create_epoch(
                 uri,
             })
             .collect(),
-        locked: if opts.mlock { maps } else { Vec::new() },
+        locked: maps,
     })
 }
 

@@ -113,6 +113,9 @@ impl Upkeep {
             let dead = match verdict {
                 Some(Liveness::Live) | None => None,
                 Some(Liveness::Stale { .. }) if grace => None,
+                // Only a producer refreshes the heartbeat: a stream without one is idle, not
+                // dead (the driver never writes the files it made, see FsBackend).
+                Some(Liveness::Stale { .. }) if !self.link.producer_present() => None,
                 Some(Liveness::Stale { age_ns }) => {
                     Some(format!("stale heartbeat: {} ms old", age_ns / 1_000_000))
                 }

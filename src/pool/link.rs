@@ -25,7 +25,7 @@ use super::proto::{
 };
 use super::{
     monotonic_ns, PoolError, CODE_OK, MSG_POOL_ATTACH, MSG_POOL_DETACH, MSG_POOL_KEEPALIVE,
-    MSG_POOL_QOS, MSG_POOL_SUBSCRIBE, REVOKE_DETACHED, ROLE_CONSUMER, ROLE_PRODUCER,
+    MSG_POOL_QOS, MSG_POOL_SUBSCRIBE, ROLE_CONSUMER, ROLE_PRODUCER,
 };
 use crate::control::client::Subscription;
 use crate::control::Client;
@@ -285,7 +285,10 @@ pub const MAX_QUEUED_GRANTS: usize = 8;
 impl LinkShared {
     fn publish(&self, grant: Option<Grant>) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.len() >= MAX_QUEUED_GRANTS {
+        if grant.is_none() {
+            // An unmap supersedes every grant before it (and is never evicted behind them).
+            pending.clear();
+        } else if pending.len() >= MAX_QUEUED_GRANTS {
             pending.pop_front();
         }
         pending.push_back(grant);
@@ -367,6 +370,9 @@ pub struct Link {
     last_error: Option<String>,
     /// A QoS report to send with the next keepalive.
     qos: Option<QosReport>,
+    /// Whether the stream has a producer, as the driver's announces (producer_id) and
+    /// revokes say: a consumer judges the heartbeat only while one should be writing it.
+    producer_present: bool,
 }
 
 impl Link {
@@ -394,6 +400,7 @@ impl Link {
             stats: LinkStats::default(),
             last_error: None,
             qos: None,
+            producer_present: false,
         };
         link.try_attach(now)?;
         Ok(link)
@@ -437,6 +444,11 @@ impl Link {
     /// The last failure, for logs.
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
+    }
+
+    /// Whether the stream has a producer now, as far as the driver's events tell.
+    pub fn producer_present(&self) -> bool {
+        self.producer_present
     }
 
     /// The options.
@@ -554,9 +566,12 @@ impl Link {
         }
         let client = self.client.as_mut().expect("connected above");
         if self.subscription.is_none() {
-            let (subscription, _current): (Subscription, SubscribeReply) =
+            let (subscription, current): (Subscription, SubscribeReply) =
                 client.subscribe(MSG_POOL_SUBSCRIBE, &Subscribe {})?;
             self.subscription = Some(subscription);
+            if let Some(a) = current.announces.iter().find(|a| a.stream_id == self.stream_id) {
+                self.producer_present = a.producer_id != 0;
+            }
         }
         // A client id the driver says is taken (ours from a lease it still holds, or
         // another client's) gets one more try with a new random id if it was ours to pick.
@@ -564,7 +579,8 @@ impl Link {
             self.correlation = self.correlation.wrapping_add(1);
             let request = AttachRequest {
                 correlation_id: self.correlation,
-                stream_id: self.opts.stream_id,
+                // The stream granted before (a dynamic stream's id after the first attach).
+                stream_id: self.stream_id,
                 client_id: self.client_id,
                 role: self.role.code(),
                 expected_layout_version: LAYOUT_VERSION,
@@ -697,16 +713,16 @@ impl Link {
                             "lease revoked (reason {}): {}",
                             r.reason, r.error_message
                         ));
+                        // Whatever the reason (a DETACHED revoke of a lease this link still
+                        // holds came from someone else's detach): the lease is gone.
                         self.lease = None;
-                        if r.reason == REVOKE_DETACHED {
-                            continue; // our own detach
-                        }
                         self.drop_lease(now_ns);
                     } else if self.role == Role::Consumer
                         && r.role == ROLE_PRODUCER
                         && r.stream_id == self.stream_id
                         && self.state == LinkState::Attached
                     {
+                        self.producer_present = false;
                         // Spec §5.5: the producer of our stream went; wait for the
                         // higher-epoch announce (it follows the revoke), else reattach.
                         self.state = LinkState::AwaitingEpoch {
@@ -735,6 +751,7 @@ impl Link {
         if announce.stream_id != self.stream_id || self.role != Role::Consumer {
             return;
         }
+        self.producer_present = announce.producer_id != 0;
         let verdict =
             judge_announce(announce, self.join_ns, now_ns, self.epoch, self.freshness_ns());
         match verdict {

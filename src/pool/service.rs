@@ -36,9 +36,8 @@ use crate::daemon::service::Agents;
 use crate::daemon::{
     Build, CliContext, DaemonError, Prepare, Prepared, RequestSpec, Service, StatusCell,
 };
-use crate::mapping::Mapping;
 use crate::metrics::{Counter, CounterId, CounterSpec};
-use crate::rings::seqlock::{PoolSpec, Stream, StreamSpec};
+use crate::rings::seqlock::PoolSpec;
 use crate::runtime::{Agent, Ctx};
 
 /// The pool service, as named in the table of services.
@@ -210,9 +209,10 @@ pub struct FsBackend {
     create: CreateOptions,
     pid: u64,
     hugetlbfs: bool,
-    /// The current epoch's files of each stream (holding an mlock, when asked) and its
-    /// header ring, mapped to refresh the heartbeat while no producer does.
-    current: HashMap<u32, (EpochFiles, Option<Stream<Mapping>>)>,
+    /// The current epoch's files of each stream (holding an mlock, when asked). The driver
+    /// never maps them for reading or writing: a peer that can open them could truncate one
+    /// under the mapping (SIGBUS in the daemon); superblocks are written with `pwrite`.
+    current: HashMap<u32, EpochFiles>,
 }
 
 impl FsBackend {
@@ -244,51 +244,12 @@ impl FsBackend {
     /// The wake sidecar's URI of `stream_id`'s current epoch, if it is `epoch`.
     fn wake_uri(&self, stream_id: u32, epoch: u64) -> String {
         match self.current.get(&stream_id) {
-            Some((files, _)) if files.epoch == epoch => {
-                super::uri::ShmUri::new(&files.wake_path, false)
-                    .map(|u| u.to_string())
-                    .unwrap_or_default()
-            }
+            Some(files) if files.epoch == epoch => super::uri::ShmUri::new(&files.wake_path, false)
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
             _ => String::new(),
         }
     }
-
-    /// Refreshes the heartbeat of `stream_id`'s current header ring (no producer does now).
-    fn touch(&mut self, stream_id: u32, now_ns: u64) {
-        let Some((files, stream)) = self.current.get_mut(&stream_id) else { return };
-        if stream.is_none() {
-            *stream = heartbeat_stream(stream_id, files);
-        }
-        if let Some(stream) = stream {
-            stream.touch(now_ns);
-        }
-    }
-}
-
-/// The driver's own view of an epoch it made, to refresh its heartbeat; `None` if the files
-/// cannot be mapped (then the heartbeat goes stale, as with the reference driver).
-fn heartbeat_stream(stream_id: u32, files: &EpochFiles) -> Option<Stream<Mapping>> {
-    let spec = StreamSpec {
-        epoch: files.epoch,
-        stream_id,
-        nslots: files.nslots,
-        pools: files
-            .pools
-            .iter()
-            .map(|p| PoolSpec { pool_id: p.pool_id, stride_bytes: p.stride_bytes })
-            .collect(),
-    };
-    let len = crate::rings::shm::header_ring_len(files.nslots) as usize;
-    let header = Mapping::open(files.header_uri.path(), len).ok()?;
-    let pools = files
-        .pools
-        .iter()
-        .map(|p| {
-            let len = crate::rings::shm::payload_pool_len(files.nslots, p.stride_bytes) as usize;
-            Mapping::open(p.uri.path(), len).ok()
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Stream::open(&spec, header, pools).ok()
 }
 
 impl ShmBackend for FsBackend {
@@ -320,7 +281,7 @@ impl ShmBackend for FsBackend {
             header_uri: made.header_uri.to_string(),
             pool_uris: made.pools.iter().map(|p| p.uri.to_string()).collect(),
         };
-        self.current.insert(stream_id, (made, None));
+        self.current.insert(stream_id, made);
         Ok(uris)
     }
 
@@ -348,6 +309,14 @@ impl ShmBackend for FsBackend {
 
     fn max_epoch_on_disk(&self, stream_id: u32) -> Option<u64> {
         files::max_epoch_on_disk(&self.layout, stream_id).ok().flatten()
+    }
+
+    fn entropy(&mut self) -> Option<u64> {
+        let mut bytes = [0u8; 8];
+        match rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty()) {
+            Ok(8) => Some(u64::from_le_bytes(bytes)),
+            _ => None,
+        }
     }
 }
 
@@ -382,7 +351,7 @@ pub struct PoolAgent {
     /// `Instant` of the lane and CLOCK_MONOTONIC ns at one moment (both are CLOCK_MONOTONIC
     /// on Linux; this spares a clock read per pass).
     clock: (Instant, u64),
-    next_touch_ns: u64,
+    next_status_ns: u64,
     status: StatusCell,
     counters: PoolCounters,
     shut_down: bool,
@@ -420,7 +389,7 @@ impl PoolAgent {
             lease_ttl_ns: pool.lease_ttl_ns(),
             announce_period_ns: pool.announce_period_ns().max(1),
             clock: (Instant::now(), now),
-            next_touch_ns: 0,
+            next_status_ns: 0,
             status,
             counters,
             shut_down: false,
@@ -758,20 +727,8 @@ impl Agent for PoolAgent {
             self.apply(None);
             work += 1;
         }
-        if now_ns >= self.next_touch_ns {
-            // Streams without a producer: the driver keeps their heartbeat, so consumers of
-            // an idle stream do not take it for dead (the reference leaves it stale, T13).
-            self.next_touch_ns = now_ns.saturating_add(self.announce_period_ns / 4);
-            let idle: Vec<u32> = self
-                .driver
-                .stream_status()
-                .iter()
-                .filter(|s| s.epoch != 0 && s.producer.is_none())
-                .map(|s| s.stream_id)
-                .collect();
-            for stream_id in idle {
-                self.driver.backend_mut().touch(stream_id, now_ns);
-            }
+        if now_ns >= self.next_status_ns {
+            self.next_status_ns = now_ns.saturating_add(self.announce_period_ns / 4);
             if let Some(supervisor) = &mut self.supervisor {
                 supervisor.tick(now_ns);
             }

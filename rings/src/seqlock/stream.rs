@@ -89,6 +89,8 @@ pub enum RegionName {
     HeaderRing,
     /// A payload pool, by id.
     Pool(u16),
+    /// The `corelane.wake` sidecar.
+    Wake,
 }
 
 impl fmt::Display for RegionName {
@@ -96,6 +98,7 @@ impl fmt::Display for RegionName {
         match self {
             RegionName::HeaderRing => f.write_str("header ring"),
             RegionName::Pool(id) => write!(f, "pool {id}"),
+            RegionName::Wake => f.write_str("wake sidecar"),
         }
     }
 }

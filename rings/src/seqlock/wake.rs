@@ -31,8 +31,11 @@ pub struct WakeRegion<R: Region> {
 }
 
 impl<R: Region> WakeRegion<R> {
-    /// Checks the region holds the two words.
+    /// Checks the region holds the two words, writable (both sides write them).
     pub fn open(region: R) -> Result<Self, StreamError> {
+        if region.read_only() {
+            return Err(StreamError::ReadOnly { region: super::RegionName::Wake });
+        }
         if region_words(&region, WAKE_WAITERS_OFFSET, 16).is_none() {
             return Err(StreamError::Layout(super::LayoutError::TooShort {
                 needed: WAKE_FILE_BYTES as u64,

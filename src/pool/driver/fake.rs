@@ -46,6 +46,9 @@ pub struct FakeBackend {
     /// Epoch directories per stream: created ones are added, GC removes per its policy. Seed it
     /// to model the files a previous driver left.
     pub disk: BTreeMap<u32, BTreeSet<u64>>,
+    /// The state of [`ShmBackend::entropy`]: a splitmix64 sequence, so lease ids are not
+    /// consecutive (and tests stay deterministic).
+    pub entropy_state: u64,
 }
 
 impl FakeBackend {
@@ -80,6 +83,14 @@ impl FakeBackend {
 }
 
 impl ShmBackend for FakeBackend {
+    fn entropy(&mut self) -> Option<u64> {
+        self.entropy_state = self.entropy_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.entropy_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Some(z ^ (z >> 31))
+    }
+
     fn create_epoch(
         &mut self,
         stream_id: u32,

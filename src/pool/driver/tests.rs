@@ -779,8 +779,9 @@ fn lease_ids_never_zero_never_repeat() {
             now,
         );
     }
-    // Two drivers with different seeds start their counters apart.
-    let mut other = Driver::new(&config_with(""), FakeBackend::default(), 8, T0).unwrap();
+    // Lease ids come from the backend's entropy: another source, other ids.
+    let backend = FakeBackend { entropy_state: 8, ..FakeBackend::default() };
+    let mut other = Driver::new(&config_with(""), backend, 8, T0).unwrap();
     let a = attach_ok(&mut other, 1, CAM, CONSUMER, T0).lease_id.unwrap();
     assert!(!seen.contains(&a));
 }
