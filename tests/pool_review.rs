@@ -385,10 +385,13 @@ fn review8_a_dynamic_stream_producer_reattaches_to_its_stream() {
 fn review8_one_connection_cannot_take_every_subscriber_slot() {
     let d = Daemon::start("subs");
     let mut hostile = d.client();
+    let mut held = 0;
     for _ in 0..1024 {
-        let _: (_, proto::SubscribeReply) =
-            hostile.subscribe(MSG_POOL_SUBSCRIBE, &proto::Subscribe {}).unwrap();
+        let r: Result<(_, proto::SubscribeReply), _> =
+            hostile.subscribe(MSG_POOL_SUBSCRIBE, &proto::Subscribe {});
+        held += usize::from(r.is_ok());
     }
+    assert!(held <= 4, "one connection holds {held} subscriptions");
     let attached = Consumer::attach(d.opts(CAM));
     assert!(
         attached.is_ok(),
@@ -440,4 +443,53 @@ fn review8_an_attach_detach_loop_does_not_pile_up_epochs() {
         epochs <= 8,
         "{epochs} epoch directories of stream {stream_id} on disk after 30 attach/detach pairs"
     );
+}
+
+/// Review 8, finding 9: any consumer maps `corelane.wake` read-write, and a zero stored into
+/// its waiter count makes the producer skip the wake. A parked consumer must still see the
+/// frame within one park slice (10 ms), not sleep out the caller's whole timeout.
+#[test]
+fn review8_a_peer_zeroing_the_wake_word_delays_a_parked_consumer_one_slice_at_most() {
+    use std::os::unix::fs::FileExt;
+    let d = Daemon::start("wake");
+    let mut producer = Producer::attach(d.opts(CAM)).unwrap();
+    producer.spawn_keeper().unwrap();
+    let mut consumer = Consumer::attach(d.opts(CAM)).unwrap();
+    consumer.spawn_keeper().unwrap();
+    let epoch = producer.epoch().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while consumer.epoch() != Some(epoch) {
+        let _ = consumer.poll(&mut buf);
+        assert!(Instant::now() < deadline, "the consumer never mapped the producer's epoch");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let user_dir = std::fs::read_dir(&d.base).unwrap().next().unwrap().unwrap().path();
+    let wake = user_dir.join("default").join(CAM.to_string()).join(epoch.to_string());
+    let wake = std::fs::OpenOptions::new().write(true).open(wake.join("corelane.wake")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hostile = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                wake.write_all_at(&[0u8; 8], 0).unwrap(); // waiters = 0
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    let waiter = std::thread::spawn(move || {
+        let woke = consumer.wait(Duration::from_secs(3));
+        (woke, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(100)); // parked now
+    let mut claim = producer.claim(16).unwrap();
+    claim.write_payload(&[7; 16]);
+    claim.commit(tensor(16), corelane::pool::monotonic_ns(), 0);
+    let published = Instant::now();
+    let (woke, at) = waiter.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hostile.join().unwrap();
+    assert!(woke, "the wait saw the frame");
+    let late = at.saturating_duration_since(published);
+    assert!(late < Duration::from_millis(500), "the consumer slept {late:?} past the commit");
 }

@@ -149,6 +149,11 @@ pub enum DriverEvent {
         /// Its profile.
         profile: String,
     },
+    /// A dynamic stream without leases was forgotten.
+    StreamRemoved {
+        /// The stream.
+        stream_id: u32,
+    },
     /// A stream got a new epoch and files.
     EpochChanged {
         /// The stream.
@@ -295,7 +300,15 @@ struct Stream {
     consumers: usize,
     /// The stream's entry in `Driver::announces`, once it has an epoch.
     announce_due: Option<u64>,
+    /// Since when a dynamic stream has had no lease (it is removed after
+    /// [`DYNAMIC_STREAM_IDLE_PERIODS`] announce periods of that).
+    idle_since: Option<u64>,
 }
+
+/// Announce periods a dynamic stream may stay without any lease before the driver forgets
+/// it (its id can then be created again; its files go with the epoch GC of a later use). A
+/// client cycling attach/detach over new ids cannot exhaust `max_dynamic_streams` for good.
+pub const DYNAMIC_STREAM_IDLE_PERIODS: u64 = 5;
 
 /// A refused request: its code and message.
 struct Refusal {
@@ -559,6 +572,7 @@ impl<B: ShmBackend> Driver<B> {
             self.end_lease(lease_id, RevokeReason::Expired, "lease expired", now_ns);
         }
         self.prune_cooldowns(now_ns);
+        self.reclaim_idle_streams(now_ns);
         while let Some(&(due_ns, stream_id)) = self.announces.first() {
             if due_ns > now_ns {
                 break;
@@ -811,6 +825,7 @@ impl<B: ShmBackend> Driver<B> {
             Role::Producer => stream.producer = Some(lease_id),
             Role::Consumer => stream.consumers += 1,
         }
+        stream.idle_since = None;
         self.actions.push_back(Action::Log(DriverEvent::LeaseGranted {
             lease_id,
             stream_id,
@@ -875,11 +890,45 @@ impl<B: ShmBackend> Driver<B> {
                 if stream.producer == Some(lease_id) {
                     stream.producer = None;
                 }
+            }
+        }
+        if stream.dynamic && stream.producer.is_none() && stream.consumers == 0 {
+            stream.idle_since = Some(now_ns);
+        }
+        match lease.role {
+            Role::Consumer => {}
+            Role::Producer => {
                 let require_hugepages = stream.require_hugepages;
                 // A failure was logged by new_epoch; the stream keeps its previous epoch.
                 if self.new_epoch(lease.stream_id, require_hugepages, now_ns).is_ok() {
                     self.announce(lease.stream_id, now_ns);
                 }
+            }
+        }
+    }
+
+    /// Forgets the dynamic streams that have had no lease for
+    /// [`DYNAMIC_STREAM_IDLE_PERIODS`] announce periods.
+    fn reclaim_idle_streams(&mut self, now_ns: u64) {
+        let grace = self.announce_period_ns.saturating_mul(DYNAMIC_STREAM_IDLE_PERIODS);
+        let idle: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| {
+                s.dynamic
+                    && s.producer.is_none()
+                    && s.consumers == 0
+                    && s.idle_since.is_some_and(|t| now_ns.saturating_sub(t) >= grace)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for stream_id in idle {
+            if let Some(stream) = self.streams.remove(&stream_id) {
+                if let Some(due) = stream.announce_due {
+                    self.announces.remove(&(due, stream_id));
+                }
+                self.dynamic_streams = self.dynamic_streams.saturating_sub(1);
+                self.actions.push_back(Action::Log(DriverEvent::StreamRemoved { stream_id }));
             }
         }
     }
@@ -1067,6 +1116,7 @@ impl Stream {
             producer: None,
             consumers: 0,
             announce_due: None,
+            idle_since: None,
         }
     }
 }

@@ -46,6 +46,13 @@ pub static POOL: PoolService = PoolService;
 /// Most connections subscribed to the driver's events; more are refused ([`CODE_LIMIT`]).
 pub const MAX_SUBSCRIBERS: usize = 1024;
 
+/// Most epoch directories a stream keeps on disk (the current one included), whatever the
+/// epoch GC policy says.
+pub const MAX_EPOCHS_ON_DISK: u32 = 8;
+
+/// Most subscriptions one connection may hold (a client needs one).
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 4;
+
 /// Most requests the pool agent takes per pass.
 const REQUESTS_PER_PASS: usize = 64;
 
@@ -277,6 +284,14 @@ impl ShmBackend for FsBackend {
             monotonic_ns(),
         )
         .map_err(|e| e.to_string())?;
+        // However fast epochs come (a client cycling attach/detach), a stream keeps at most
+        // MAX_EPOCHS_ON_DISK epoch directories, whatever their age: the oldest go first (a
+        // consumer that had not mapped one yet reattaches).
+        let now = monotonic_ns();
+        if let Err(e) = files::gc_epochs(&self.layout, stream_id, epoch, MAX_EPOCHS_ON_DISK, 0, now)
+        {
+            tracing::warn!(stream_id, "pool: epoch cap: {e}");
+        }
         let uris = EpochUris {
             header_uri: made.header_uri.to_string(),
             pool_uris: made.pools.iter().map(|p| p.uri.to_string()).collect(),
@@ -438,6 +453,18 @@ impl PoolAgent {
                 let text = format!(
                     "too many subscribers: {MAX_SUBSCRIBERS} connections follow the pool \
                      driver already"
+                );
+                if let Some(port) = &mut self.port {
+                    port.error(&request, CODE_LIMIT, &text);
+                }
+            }
+            PoolRequest::Subscribe
+                if self.subscribers.iter().filter(|(c, _)| *c == request.conn).count()
+                    >= MAX_SUBSCRIPTIONS_PER_CONNECTION =>
+            {
+                let text = format!(
+                    "too many subscriptions: a connection may hold \
+                     {MAX_SUBSCRIPTIONS_PER_CONNECTION}"
                 );
                 if let Some(port) = &mut self.port {
                     port.error(&request, CODE_LIMIT, &text);
