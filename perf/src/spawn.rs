@@ -380,14 +380,40 @@ impl Link {
         self.expect(w, ACK | seq);
     }
 
+    /// The next acknowledgement if one is waiting: the sequence number it acknowledges.
+    pub fn take_ack(&mut self, w: &Watch) -> Option<u64> {
+        match self.rx.pop() {
+            Ok(got) if got & !((1 << KIND_SHIFT) - 1) == ACK => Some(got & ((1 << KIND_SHIFT) - 1)),
+            Ok(got) => w.fail(
+                EXIT_FAILED,
+                &format!("the link said {} where an ack was expected", Said(got)),
+            ),
+            Err(ShmPopError::Empty) => None,
+            Err(ShmPopError::Corrupt(c)) => w.corrupt("link", "take_ack", c),
+        }
+    }
+
     /// Parent: the measurement is over; the child may drop its endpoints and exit.
     pub fn bye(&mut self, w: &Watch) {
         self.say(w, BYE);
     }
 
     /// Child: waits for the parent's bye, so its endpoints live until the parent is done.
+    /// Acknowledgements sent after the last one the child waited for are passed over.
     pub fn wait_bye(&mut self, w: &Watch) {
-        self.expect(w, BYE);
+        let mut turns = 0;
+        loop {
+            match self.rx.pop() {
+                Ok(BYE) => return,
+                Ok(got) if got & !((1 << KIND_SHIFT) - 1) == ACK => {}
+                Ok(got) => w.fail(
+                    EXIT_FAILED,
+                    &format!("the link said {} where bye was expected", Said(got)),
+                ),
+                Err(ShmPopError::Empty) => w.turn(&mut turns),
+                Err(ShmPopError::Corrupt(c)) => w.corrupt("link", "wait_bye", c),
+            }
+        }
     }
 
     fn say(&mut self, w: &Watch, message: u64) {
@@ -457,6 +483,10 @@ mod tests {
         child.expect(&w, GO);
         parent.ack(&w, 7);
         child.wait_ack(&w, 7);
+        assert_eq!(child.take_ack(&w), None);
+        parent.ack(&w, 9);
+        assert_eq!(child.take_ack(&w), Some(9));
+        parent.ack(&w, 10);
         parent.bye(&w);
         child.wait_bye(&w);
         drop((parent, child));
