@@ -162,7 +162,8 @@ HOW A RUN WORKS
     4. Rounds. Each round measures the floor, then every case, running the implementations in
        an order rotated by one each round so none always goes first or last. Every measurement
        starts two fresh threads pinned to the two cpus (a cross-process case: one fresh
-       thread and one forked child process), builds fresh queues, warms up, then measures.
+       thread and one child process, forked, or for handoff started afresh from this binary
+       with `__child`), builds fresh queues, warms up, then measures.
        Each (implementation, case) accumulates its samples over all rounds into one HDR
        histogram (1 ns to 60 s, 3 significant digits); each throughput case keeps one rate
        per round and reports the median.

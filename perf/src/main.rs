@@ -8,6 +8,8 @@
 //! [`idle`] (refuse or flag a busy machine), [`machine`] (the facts printed with every result),
 //! [`pair`] (two pinned threads and the checks they share), [`fork`] (a pinned child process
 //! for the cross-process cases, the only module with unsafe code: `fork` and `_exit`),
+//! [`spawn`] (a pinned child process started afresh from this binary, for cross-process cases
+//! whose child maps files or starts a library: `__child <suite> ...` on the command line),
 //! [`floor`] (the cross-core round trip every latency is divided by), [`summary`] (HDR
 //! histograms to percentiles) and [`report`] (the table and the JSON).
 #![deny(unsafe_code)]
@@ -20,6 +22,7 @@ mod machine;
 mod pair;
 mod pin;
 mod report;
+mod spawn;
 mod suites;
 mod summary;
 
@@ -29,6 +32,10 @@ use std::time::{Duration, Instant};
 use cli::Command;
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some(spawn::CHILD_ARG) {
+        return spawn::child_main(&argv[1..], suites::child);
+    }
     let args = match cli::parse(std::env::args().skip(1)) {
         Ok(Command::Help) => {
             print!("{}", cli::help());

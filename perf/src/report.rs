@@ -15,6 +15,8 @@ pub struct Report {
     /// The cross-core round trip over all rounds.
     pub floor: Option<Summary>,
     pub rows: Vec<Row>,
+    /// Targets the suite judges its rows against (empty for most suites).
+    pub goals: Vec<Goal>,
     /// What the suite ran with (rounds, sizes, capacity...), echoed in the table and the JSON.
     pub settings: Value,
 }
@@ -30,12 +32,57 @@ pub struct Row {
 
 #[derive(Debug)]
 pub enum Measure {
-    /// ns percentiles over all rounds, and the medians of the per-round ratios to `baseline`.
-    Latency { summary: Summary, ratio_p50: Option<f64>, ratio_p99: Option<f64>, baseline: Baseline },
-    /// items/s: median, slowest and fastest round.
-    Rate { median: f64, min: f64, max: f64, rounds: usize },
+    /// ns percentiles over all rounds, and the medians of the per-round ratios to `baseline`;
+    /// `peers`: the same medians of this row's ratio to each peer's row of the case.
+    Latency {
+        summary: Summary,
+        ratio_p50: Option<f64>,
+        ratio_p99: Option<f64>,
+        baseline: Baseline,
+        peers: Vec<Peer>,
+    },
+    /// items/s: median, slowest and fastest round; with `bytes_per_item`, also bytes/s.
+    Rate { median: f64, min: f64, max: f64, rounds: usize, bytes_per_item: Option<u64> },
     /// One measured quantity in `unit` (e.g. daemon RSS in kB).
     Value { value: u64, unit: &'static str },
+}
+
+/// A latency row's ratios to another implementation's row of the same case, round by round
+/// (median over rounds of this row's p50 / the peer's p50 of the same round; same for p99).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Peer {
+    pub imp: &'static str,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// A target a suite checks its result against: what, the value seen, and whether it was met.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Goal {
+    pub what: String,
+    pub seen: String,
+    pub met: bool,
+}
+
+impl Goal {
+    /// Met if `value` is at most `limit`; an unmeasured value is not met.
+    pub fn at_most(what: &str, value: Option<f64>, limit: f64, unit: &str) -> Self {
+        let (seen, met) = match value {
+            Some(v) => {
+                (format!("{} (goal <= {})", number(v, unit), number(limit, unit)), v <= limit)
+            }
+            None => ("not measured".into(), false),
+        };
+        Self { what: what.into(), seen, met }
+    }
+}
+
+fn number(v: f64, unit: &str) -> String {
+    if unit == "x" {
+        format!("{v:.2}x")
+    } else {
+        format!("{v:.0}{unit}")
+    }
 }
 
 /// What a latency row's ratios divide by, each round.
@@ -110,7 +157,7 @@ pub fn table(r: &Report) -> String {
     // divide by.
     let mut header: Option<Baseline> = None;
     for row in latencies {
-        if let Measure::Latency { summary: s, ratio_p50, ratio_p99, baseline } = &row.measure {
+        if let Measure::Latency { summary: s, ratio_p50, ratio_p99, baseline, .. } = &row.measure {
             if header != Some(*baseline) {
                 let short = baseline.short();
                 let _ = writeln!(
@@ -145,24 +192,61 @@ pub fn table(r: &Report) -> String {
             );
         }
     }
+    let mut peers_header = false;
+    for row in &r.rows {
+        if let Measure::Latency { peers, .. } = &row.measure {
+            for peer in peers {
+                if !peers_header {
+                    let _ = writeln!(
+                        out,
+                        "\n{:<18} {:<22} {:<18} {:>9} {:>9}",
+                        "against peers", "case", "peer", "p50/peer", "p99/peer"
+                    );
+                    peers_header = true;
+                }
+                let _ = writeln!(
+                    out,
+                    "{:<18} {:<22} {:<18} {:>9} {:>9}",
+                    row.imp,
+                    row.case,
+                    peer.imp,
+                    ratio_text(peer.p50),
+                    ratio_text(peer.p99)
+                );
+            }
+        }
+    }
     let rates: Vec<&Row> =
         r.rows.iter().filter(|row| matches!(row.measure, Measure::Rate { .. })).collect();
     if !rates.is_empty() {
+        let bytes = rates
+            .iter()
+            .any(|row| matches!(row.measure, Measure::Rate { bytes_per_item: Some(_), .. }));
         let _ = writeln!(
             out,
-            "\n{:<18} {:<22} {:>9} {:>9} {:>9}   api",
-            "throughput", "case", "Mitems/s", "slowest", "fastest"
+            "\n{:<18} {:<22} {:>9} {:>9} {:>9}{}   api",
+            "throughput",
+            "case",
+            "Mitems/s",
+            "slowest",
+            "fastest",
+            if bytes { format!(" {:>8}", "GB/s") } else { String::new() }
         );
         for row in rates {
-            if let Measure::Rate { median, min, max, .. } = &row.measure {
+            if let Measure::Rate { median, min, max, bytes_per_item, .. } = &row.measure {
+                let gbps = match bytes_per_item {
+                    Some(b) => format!(" {:>8.2}", median * *b as f64 / 1e9),
+                    None if bytes => format!(" {:>8}", "-"),
+                    None => String::new(),
+                };
                 let _ = writeln!(
                     out,
-                    "{:<18} {:<22} {:>9.1} {:>9.1} {:>9.1}   {}",
+                    "{:<18} {:<22} {:>9} {:>9} {:>9}{gbps}   {}",
                     row.imp,
                     row.case,
-                    median / 1e6,
-                    min / 1e6,
-                    max / 1e6,
+                    millions(*median),
+                    millions(*min),
+                    millions(*max),
                     row.api
                 );
             }
@@ -182,7 +266,26 @@ pub fn table(r: &Report) -> String {
             }
         }
     }
+    if !r.goals.is_empty() {
+        let _ = writeln!(out, "\ngoals");
+        for g in &r.goals {
+            let verdict = if g.met { "met   " } else { "MISSED" };
+            let _ = writeln!(out, "  {verdict} {}: {}", g.what, g.seen);
+        }
+    }
     out
+}
+
+/// A rate in millions: one decimal from 10 M on, more below (a 1 MiB stream moves thousands).
+fn millions(rate: f64) -> String {
+    let m = rate / 1e6;
+    if m >= 10.0 {
+        format!("{m:.1}")
+    } else if m >= 0.1 {
+        format!("{m:.3}")
+    } else {
+        format!("{m:.5}")
+    }
 }
 
 fn ratio_text(ratio: Option<f64>) -> String {
@@ -195,7 +298,7 @@ pub fn to_json(r: &Report, f: &Facts) -> Value {
         .rows
         .iter()
         .map(|row| match &row.measure {
-            Measure::Latency { summary: s, ratio_p50, ratio_p99, baseline } => {
+            Measure::Latency { summary: s, ratio_p50, ratio_p99, baseline, peers } => {
                 let mut v = json!({
                     "impl": row.imp, "case": row.case, "unit": "ns",
                     "p50": s.p50, "p90": s.p90, "p99": s.p99, "p999": s.p999, "max": s.max,
@@ -206,21 +309,32 @@ pub fn to_json(r: &Report, f: &Facts) -> Value {
                 let key = baseline.key();
                 v[format!("ratio_to_{key}_p50")] = json!(ratio_p50.map(round3));
                 v[format!("ratio_to_{key}_p99")] = json!(ratio_p99.map(round3));
+                for peer in peers {
+                    v[format!("ratio_to_{}_p50", peer.imp)] = json!(peer.p50.map(round3));
+                    v[format!("ratio_to_{}_p99", peer.imp)] = json!(peer.p99.map(round3));
+                }
                 v["api"] = json!(row.api);
                 v
             }
             Measure::Value { value, unit } => json!({
                 "impl": row.imp, "case": row.case, "unit": unit, "value": value, "api": row.api,
             }),
-            Measure::Rate { median, min, max, rounds } => json!({
-                "impl": row.imp, "case": row.case, "unit": "items/s",
-                "value": median.round() as u64,
-                "min": min.round() as u64, "max": max.round() as u64, "rounds": rounds,
-                "api": row.api,
-            }),
+            Measure::Rate { median, min, max, rounds, bytes_per_item } => {
+                let mut v = json!({
+                    "impl": row.imp, "case": row.case, "unit": "items/s",
+                    "value": median.round() as u64,
+                    "min": min.round() as u64, "max": max.round() as u64, "rounds": rounds,
+                });
+                if let Some(b) = bytes_per_item {
+                    v["bytes_per_item"] = json!(b);
+                    v["bytes_per_s"] = json!((median * *b as f64).round() as u64);
+                }
+                v["api"] = json!(row.api);
+                v
+            }
         })
         .collect();
-    json!({
+    let mut doc = json!({
         "suite": r.suite,
         "machine": {
             "cpu": f.cpu,
@@ -242,7 +356,13 @@ pub fn to_json(r: &Report, f: &Facts) -> Value {
         })),
         "results": results,
         "settings": r.settings,
-    })
+    });
+    // Only suites with goals get the key, so the others' documents keep their shape.
+    if !r.goals.is_empty() {
+        doc["goals"] =
+            r.goals.iter().map(|g| json!({"what": g.what, "seen": g.seen, "met": g.met})).collect();
+    }
+    doc
 }
 
 fn round3(x: f64) -> f64 {
@@ -298,6 +418,7 @@ mod tests {
                         ratio_p50: Some(2.0),
                         ratio_p99: Some(2.5),
                         baseline: Baseline::Floor,
+                        peers: vec![Peer { imp: "rtrb", p50: Some(0.5), p99: None }],
                     },
                 },
                 Row {
@@ -309,15 +430,23 @@ mod tests {
                         ratio_p50: Some(1.5),
                         ratio_p99: None,
                         baseline: Baseline::Impl("futex"),
+                        peers: Vec::new(),
                     },
                 },
                 Row {
                     imp: "rtrb",
                     case: "throughput-8B-batch",
                     api: "chunks",
-                    measure: Measure::Rate { median: 1.5e8, min: 1e8, max: 2e8, rounds: 3 },
+                    measure: Measure::Rate {
+                        median: 1.5e8,
+                        min: 1e8,
+                        max: 2e8,
+                        rounds: 3,
+                        bytes_per_item: Some(8),
+                    },
                 },
             ],
+            goals: vec![Goal::at_most("p99 of rtt-8B (ns)", Some(500.0), 1999.0, " ns")],
             settings: json!({"rounds": 3}),
         }
     }
@@ -342,6 +471,8 @@ mod tests {
         }
         assert_eq!(lat["ratio_to_floor_p50"], 2.0);
         assert_eq!(lat["ratio_to_floor_p99"], 2.5);
+        assert_eq!(lat["ratio_to_rtrb_p50"], 0.5);
+        assert!(lat["ratio_to_rtrb_p99"].is_null());
         let wake = &v["results"][1];
         assert_eq!(wake["ratio_to_futex_p50"], 1.5);
         assert!(wake["ratio_to_futex_p99"].is_null());
@@ -351,6 +482,8 @@ mod tests {
         let rate = &v["results"][2];
         assert_eq!(rate["unit"], "items/s");
         assert_eq!(rate["value"], 150_000_000);
+        assert_eq!(rate["bytes_per_s"], 1_200_000_000u64);
+        assert_eq!(v["goals"][0]["met"], true);
         assert_eq!(v["results"].as_array().map(Vec::len), Some(3));
     }
 
@@ -364,7 +497,9 @@ mod tests {
         assert!(t.contains("p50/futex") && t.contains("1.50x"));
         let futex_header = t.find("p50/futex").unwrap();
         assert!(t.find("wake-parked").unwrap() > futex_header);
-        assert!(t.contains("throughput-8B-batch") && t.contains("150.0"));
+        assert!(t.contains("throughput-8B-batch") && t.contains("150.0") && t.contains("1.20"));
+        assert!(t.contains("against peers") && t.contains("0.50x"));
+        assert!(t.contains("met    p99 of rtt-8B (ns): 500 ns (goal <= 1999 ns)"));
         let line = facts_line(&facts());
         assert!(
             line.contains("Test CPU")

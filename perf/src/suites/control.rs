@@ -27,6 +27,7 @@ pub const SUITE: Suite = Suite {
     summary: "ping over the daemon's control socket (io_uring and poll) vs a blocking Unix echo; idle RSS",
     help: HELP,
     run,
+    child: None,
 };
 
 const HELP: &str = "\
@@ -139,6 +140,7 @@ fn run(plan: &Plan) -> Report {
                     ratio_p50: ratios.p50(),
                     ratio_p99: ratios.p99(),
                     baseline: Baseline::Floor,
+                    peers: Vec::new(),
                 },
             });
         }
@@ -161,6 +163,7 @@ fn run(plan: &Plan) -> Report {
         suite: SUITE.name,
         floor: (!floor_all.is_empty()).then(|| Summary::of(&floor_all)),
         rows,
+        goals: Vec::new(),
         settings: json!({
             "rounds": plan.rounds, "quick": plan.quick,
             "rtt_warmup": warmup, "rtt_samples_per_round": samples,

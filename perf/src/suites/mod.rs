@@ -11,12 +11,14 @@
 
 use crate::pin::Pair;
 use crate::report::Report;
+use crate::spawn::ChildFn;
 
 mod control;
+mod handoff;
 mod spsc;
 
 /// Every suite, in `--help` order.
-pub const ALL: &[Suite] = &[spsc::SUITE, control::SUITE];
+pub const ALL: &[Suite] = &[spsc::SUITE, control::SUITE, handoff::SUITE];
 
 #[derive(Debug)]
 pub struct Suite {
@@ -26,6 +28,9 @@ pub struct Suite {
     /// The suite's section of `--help`: implementations, cases and what each measures.
     pub help: &'static str,
     pub run: fn(&Plan) -> Report,
+    /// The child process's side of the suite's cross-process measurements, for suites that
+    /// start their children with [`crate::spawn`] (run by `main` for `__child <suite> ...`).
+    pub child: Option<ChildFn>,
 }
 
 /// What `main` hands a suite.
@@ -50,6 +55,11 @@ impl Plan {
 
 pub fn find(name: &str) -> Option<&'static Suite> {
     ALL.iter().find(|s| s.name == name)
+}
+
+/// The child side of suite `name`, if it has one.
+pub fn child(name: &str) -> Option<ChildFn> {
+    find(name).and_then(|s| s.child)
 }
 
 /// The suite names, comma-separated, for messages.

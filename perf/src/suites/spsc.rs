@@ -47,6 +47,7 @@ pub const SUITE: Suite = Suite {
               waking a parked lane vs futex and eventfd",
     help: HELP,
     run,
+    child: None,
 };
 
 const HELP: &str = "    Implementations, all with capacity 1024:
@@ -432,6 +433,7 @@ fn run(plan: &Plan) -> Report {
                     ratio_p50: ratios.p50(),
                     ratio_p99: ratios.p99(),
                     baseline,
+                    peers: Vec::new(),
                 }
             }
             Acc::Rate(rates) => Measure::Rate {
@@ -439,6 +441,7 @@ fn run(plan: &Plan) -> Report {
                 min: rates.iter().copied().fold(f64::INFINITY, f64::min),
                 max: rates.iter().copied().fold(0.0, f64::max),
                 rounds: rates.len(),
+                bytes_per_item: None,
             },
         };
         rows.push(Row { imp: cell.imp.name(), case: cell.case.name, api, measure });
@@ -449,6 +452,7 @@ fn run(plan: &Plan) -> Report {
         suite: SUITE.name,
         floor: Some(Summary::of(&floor_all)),
         rows,
+        goals: Vec::new(),
         settings: json!({
             "rounds": plan.rounds,
             "quick": plan.quick,
@@ -1315,7 +1319,7 @@ mod tests {
         assert_eq!(names, ["corelane-link", "futex", "eventfd"]);
         for row in &latency {
             assert_eq!(row.case, "wake-parked");
-            let Measure::Latency { summary: s, ratio_p50, ratio_p99, baseline } = &row.measure
+            let Measure::Latency { summary: s, ratio_p50, ratio_p99, baseline, .. } = &row.measure
             else {
                 unreachable!("filtered above")
             };

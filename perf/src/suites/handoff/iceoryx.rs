@@ -1,0 +1,134 @@
+//! iceoryx2's endpoints: publish-subscribe on an `ipc::Service` (zero-copy shared memory
+//! between processes) with a `[u8]` slice payload of the channel's length.
+//!
+//! Every process makes its own node (signal handling off: the harness keeps the default
+//! signal behaviour) with a config of its own: root path in the measurement's directory and a
+//! file prefix naming this run and measurement, so nothing of one measurement meets another's
+//! and the run's clean-up finds every file iceoryx2 made. The service keeps `ch.depth`
+//! samples per subscriber, no history, and overflows safely (a full subscriber queue drops
+//! its oldest sample, as corelane's ring overwrites its oldest slot).
+
+use std::os::unix::ffi::OsStrExt;
+
+use iceoryx2::port::publisher::Publisher;
+use iceoryx2::port::subscriber::Subscriber;
+use iceoryx2::prelude::*;
+use iceoryx2::service::port_factory::publish_subscribe::PortFactory;
+
+use super::Channel;
+
+/// The producer: `loan_slice_uninit`, `write_from_slice`, `send`.
+#[derive(Debug)]
+pub struct IceoryxTx {
+    // Dropped in this order: port, service, node.
+    publisher: Publisher<ipc::Service, [u8], ()>,
+    _service: PortFactory<ipc::Service, [u8], ()>,
+    _node: Node<ipc::Service>,
+}
+
+impl IceoryxTx {
+    pub fn new(ch: &Channel) -> Result<Self, String> {
+        let node = node(ch)?;
+        let service = service(ch, &node)?;
+        let publisher = service
+            .publisher_builder()
+            .initial_max_slice_len(ch.len)
+            .create()
+            .map_err(|e| format!("iceoryx2: cannot create the publisher: {e}"))?;
+        Ok(Self { publisher, _service: service, _node: node })
+    }
+
+    /// Loans a sample of `payload.len()` bytes, copies `payload` in, sends it. Returns how
+    /// many subscribers it reached.
+    #[inline]
+    pub fn send(&mut self, payload: &[u8]) -> Result<usize, String> {
+        let sample = self
+            .publisher
+            .loan_slice_uninit(payload.len())
+            .map_err(|e| format!("iceoryx2: loan failed: {e}"))?;
+        sample.write_from_slice(payload).send().map_err(|e| format!("iceoryx2: send failed: {e}"))
+    }
+}
+
+/// The consumer: `receive`, and the payload copied out into the caller's buffer (as
+/// corelane's copy-out read does) before the sample is released.
+#[derive(Debug)]
+pub struct IceoryxRx {
+    subscriber: Subscriber<ipc::Service, [u8], ()>,
+    _service: PortFactory<ipc::Service, [u8], ()>,
+    _node: Node<ipc::Service>,
+}
+
+impl IceoryxRx {
+    pub fn new(ch: &Channel) -> Result<Self, String> {
+        let node = node(ch)?;
+        let service = service(ch, &node)?;
+        let subscriber = service
+            .subscriber_builder()
+            .buffer_size(ch.depth as usize)
+            .create()
+            .map_err(|e| format!("iceoryx2: cannot create the subscriber: {e}"))?;
+        Ok(Self { subscriber, _service: service, _node: node })
+    }
+
+    /// The next sample's length, its payload copied into `buf`; `None` if none is waiting.
+    #[inline]
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, String> {
+        match self.subscriber.receive() {
+            Ok(Some(sample)) => {
+                let payload = sample.payload();
+                let Some(out) = buf.get_mut(..payload.len()) else {
+                    return Err(format!(
+                        "iceoryx2: a {}-byte sample does not fit the {}-byte buffer",
+                        payload.len(),
+                        buf.len()
+                    ));
+                };
+                out.copy_from_slice(payload);
+                Ok(Some(payload.len()))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("iceoryx2: receive failed: {e}")),
+        }
+    }
+}
+
+/// This measurement's config: root path and prefix of its own (module doc).
+fn config(ch: &Channel) -> Result<Config, String> {
+    let mut config = Config::default();
+    let mut root = ch.dir.join("iceoryx2").into_os_string();
+    root.push("/");
+    let root = Path::new(root.as_bytes())
+        .map_err(|e| format!("iceoryx2: bad root path {root:?}: {e:?}"))?;
+    config.global.set_root_path(&root);
+    config.global.prefix = FileName::new(ch.iceoryx_prefix.as_bytes())
+        .map_err(|e| format!("iceoryx2: bad prefix {:?}: {e:?}", ch.iceoryx_prefix))?;
+    Ok(config)
+}
+
+fn node(ch: &Channel) -> Result<Node<ipc::Service>, String> {
+    NodeBuilder::new()
+        .config(&config(ch)?)
+        .signal_handling_mode(SignalHandlingMode::Disabled)
+        .create::<ipc::Service>()
+        .map_err(|e| format!("iceoryx2: cannot create a node: {e}"))
+}
+
+fn service(
+    ch: &Channel,
+    node: &Node<ipc::Service>,
+) -> Result<PortFactory<ipc::Service, [u8], ()>, String> {
+    let name = format!("corelane-perf/handoff/stream{}", ch.index);
+    let name: ServiceName =
+        name.as_str().try_into().map_err(|e| format!("iceoryx2: bad service name: {e:?}"))?;
+    node.service_builder(&name)
+        .publish_subscribe::<[u8]>()
+        .subscriber_max_buffer_size(ch.depth as usize)
+        .history_size(0)
+        .enable_safe_overflow(true)
+        .max_publishers(1)
+        .max_subscribers(1)
+        .max_nodes(2)
+        .open_or_create()
+        .map_err(|e| format!("iceoryx2: cannot open or create service {name}: {e}"))
+}
