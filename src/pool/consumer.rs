@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::keeper::{Keeper, QosCell, Upkeep};
+use super::keeper::{DataSide, Keeper, QosCell, Upkeep};
 use super::link::{Grant, Link, LinkShared, LinkState, LinkStats, PoolOptions, Role};
 use super::regions::MapPolicy;
 use super::{monotonic_ns, PoolError};
@@ -108,6 +108,7 @@ pub struct Consumer {
     keeper: Option<Keeper>,
     stats: ConsumerStats,
     qos: Arc<QosCell>,
+    data: Arc<DataSide>,
     stream_id: u32,
     /// The epoch read last and where reading stopped: a grant of that epoch again (after a
     /// reattach) continues there, a lower one is ignored. `None` until the first mapping,
@@ -136,7 +137,9 @@ impl Consumer {
         let stream_id = link.stream_id();
         let upkeep = Upkeep::new(link);
         let qos = upkeep.qos_cell();
+        let data = upkeep.data_side();
         let mut consumer = Self {
+            data,
             upkeep: Arc::new(Mutex::new(upkeep)),
             shared,
             generation: 0,
@@ -332,9 +335,8 @@ impl Consumer {
             keeper.stop();
         }
         self.mapped = None;
-        let mut upkeep = self.upkeep.lock().unwrap_or_else(|e| e.into_inner());
-        upkeep.set_watch(None);
-        upkeep.link_mut().close();
+        self.data.set_watch(None);
+        self.upkeep.lock().unwrap_or_else(|e| e.into_inner()).link_mut().close();
     }
 
     /// Takes new grants, and moves to the next one once the mapped epoch is read out.
@@ -374,7 +376,7 @@ impl Consumer {
             self.stats = self.totals(&mapped);
             self.last = Some((mapped.epoch, mapped.subscriber.next_seq()));
         }
-        self.upkeep.lock().unwrap_or_else(|e| e.into_inner()).set_watch(None);
+        self.data.set_watch(None);
     }
 
     /// Maps the next queued grant (the previous epoch's regions are dropped).
@@ -390,7 +392,6 @@ impl Consumer {
             let wake = self.policy.wake(&grant)?;
             Ok::<_, PoolError>((Subscriber::new(stream), watch, wake))
         })();
-        let mut upkeep = self.upkeep.lock().unwrap_or_else(|e| e.into_inner());
         match mapped {
             Ok((mut subscriber, watch, wake)) => {
                 match self.last {
@@ -403,7 +404,7 @@ impl Consumer {
                     // A new epoch: from its start.
                     Some(_) => {}
                 }
-                upkeep.set_watch(Some(watch));
+                self.data.set_watch(Some(watch));
                 self.stats.mapped += 1;
                 self.stream_id = grant.stream_id;
                 self.qos.epoch.store(grant.epoch, Ordering::Relaxed);
@@ -413,7 +414,7 @@ impl Consumer {
             }
             Err(e) => {
                 self.stats.map_failures += 1;
-                upkeep.link_mut().regions_lost(monotonic_ns(), format!("cannot map: {e}"));
+                self.data.lost(format!("cannot map: {e}"));
                 Err(e)
             }
         }

@@ -37,18 +37,48 @@ pub struct QosCell {
     pub drops_late: AtomicU64,
 }
 
+/// What the data plane hands the control plane without waiting for it: the streams it
+/// mapped (for the heartbeat and the liveness check) and a mapping failure. Each is a short
+/// lock that no one holds across I/O, so a claim or a poll never waits for a keepalive's
+/// round trip (the [`Upkeep`] lock, which the keeper holds across those, is never taken by
+/// the data plane).
+#[derive(Debug, Default)]
+pub struct DataSide {
+    /// Producer: the stream whose superblock heartbeat it refreshes.
+    heartbeat: Mutex<Option<Stream<Arc<Mapping>>>>,
+    /// Consumer: the stream whose liveness it checks, and when it was mapped.
+    watch: Mutex<Option<(Stream<Arc<ReadOnlyMapping>>, u64)>>,
+    /// A grant that could not be mapped: why.
+    lost: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DataSide {
+    /// The producer's mapped stream (`None` when unmapped).
+    pub fn set_heartbeat(&self, stream: Option<Stream<Arc<Mapping>>>) {
+        *lock(&self.heartbeat) = stream;
+    }
+
+    /// The consumer's mapped stream (`None` when unmapped).
+    pub fn set_watch(&self, stream: Option<Stream<Arc<ReadOnlyMapping>>>) {
+        *lock(&self.watch) = stream.map(|s| (s, monotonic_ns()));
+    }
+
+    /// The grant could not be mapped; the control plane gives the lease back and reattaches.
+    pub fn lost(&self, why: String) {
+        *lock(&self.lost) = Some(why);
+    }
+}
+
 /// The control plane of one client.
 #[derive(Debug)]
 pub struct Upkeep {
     link: Link,
     qos: Arc<QosCell>,
-    /// Producer: the stream whose superblock it refreshes.
-    heartbeat: Option<Stream<Arc<Mapping>>>,
-    /// Consumer: the stream whose liveness it checks.
-    watch: Option<Stream<Arc<ReadOnlyMapping>>>,
-    /// When the mapping being watched was mapped (liveness is not judged for 3 announce
-    /// periods after, as the reference consumer does).
-    watch_since_ns: u64,
+    data: Arc<DataSide>,
     next_touch_ns: u64,
     next_watch_ns: u64,
     next_qos_ns: u64,
@@ -60,9 +90,7 @@ impl Upkeep {
         Self {
             link,
             qos: Arc::new(QosCell::default()),
-            heartbeat: None,
-            watch: None,
-            watch_since_ns: 0,
+            data: Arc::new(DataSide::default()),
             next_touch_ns: 0,
             next_watch_ns: 0,
             next_qos_ns: 0,
@@ -84,48 +112,49 @@ impl Upkeep {
         self.qos.clone()
     }
 
-    /// The producer's mapped stream, for the heartbeat (`None` when unmapped).
-    pub fn set_heartbeat(&mut self, stream: Option<Stream<Arc<Mapping>>>) {
-        self.heartbeat = stream;
-        self.next_touch_ns = 0;
-    }
-
-    /// The consumer's mapped stream, for the liveness check (`None` when unmapped).
-    pub fn set_watch(&mut self, stream: Option<Stream<Arc<ReadOnlyMapping>>>) {
-        self.watch = stream;
-        self.watch_since_ns = monotonic_ns();
+    /// What the data plane hands over.
+    pub fn data_side(&self) -> Arc<DataSide> {
+        self.data.clone()
     }
 
     /// One round at `now_ns`. Returns whether anything was done.
     pub fn run(&mut self, now_ns: u64) -> bool {
-        let mut work = self.link.do_work(now_ns);
-        let period_ns = self.link.options().announce_period.as_nanos() as u64;
-        if let Some(stream) = &self.heartbeat {
-            if now_ns >= self.next_touch_ns {
-                stream.touch(now_ns);
-                self.next_touch_ns = now_ns.saturating_add(period_ns / 4);
-            }
+        let mut work = false;
+        if let Some(why) = lock(&self.data.lost).take() {
+            self.link.regions_lost(now_ns, why);
+            work = true;
         }
-        if self.watch.is_some() && now_ns >= self.next_watch_ns {
+        work |= self.link.do_work(now_ns);
+        let period_ns = self.link.options().announce_period.as_nanos() as u64;
+        if now_ns >= self.next_touch_ns {
+            if let Some(stream) = lock(&self.data.heartbeat).as_ref() {
+                stream.touch(now_ns);
+            }
+            self.next_touch_ns = now_ns.saturating_add(period_ns / 4);
+        }
+        if now_ns >= self.next_watch_ns {
             self.next_watch_ns = now_ns.saturating_add(LIVENESS_CHECK.as_nanos() as u64);
-            let grace = now_ns.saturating_sub(self.watch_since_ns) < 3 * period_ns;
-            let verdict = self.watch.as_ref().map(|s| s.liveness(now_ns, 3 * period_ns));
-            let dead = match verdict {
-                Some(Liveness::Live) | None => None,
-                Some(Liveness::Stale { .. }) if grace => None,
-                // Only a producer refreshes the heartbeat: a stream without one is idle, not
-                // dead (the driver never writes the files it made, see FsBackend).
-                Some(Liveness::Stale { .. }) if !self.link.producer_present() => None,
-                Some(Liveness::Stale { age_ns }) => {
-                    Some(format!("stale heartbeat: {} ms old", age_ns / 1_000_000))
+            let mut watch = lock(&self.data.watch);
+            let dead = watch.as_ref().and_then(|(stream, since)| {
+                let grace = now_ns.saturating_sub(*since) < 3 * period_ns;
+                match stream.liveness(now_ns, 3 * period_ns) {
+                    Liveness::Live => None,
+                    Liveness::Stale { .. } if grace => None,
+                    // Only a producer refreshes the heartbeat: a stream without one is idle,
+                    // not dead (the driver never writes the files it made, see FsBackend).
+                    Liveness::Stale { .. } if !self.link.producer_present() => None,
+                    Liveness::Stale { age_ns } => {
+                        Some(format!("stale heartbeat: {} ms old", age_ns / 1_000_000))
+                    }
+                    Liveness::PidChanged { was, now } => {
+                        Some(format!("region owner changed: pid {was} -> {now}"))
+                    }
+                    Liveness::Replaced(e) => Some(format!("region replaced: {e}")),
                 }
-                Some(Liveness::PidChanged { was, now }) => {
-                    Some(format!("region owner changed: pid {was} -> {now}"))
-                }
-                Some(Liveness::Replaced(e)) => Some(format!("region replaced: {e}")),
-            };
+            });
             if let Some(why) = dead {
-                self.watch = None;
+                *watch = None;
+                drop(watch);
                 self.link.regions_lost(now_ns, why);
                 work = true;
             }

@@ -24,7 +24,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use super::keeper::{Keeper, QosCell, Upkeep};
+use super::keeper::{DataSide, Keeper, QosCell, Upkeep};
 use super::link::{Link, LinkShared, LinkState, LinkStats, PoolOptions, Role};
 use super::regions::MapPolicy;
 use super::{monotonic_ns, PoolError};
@@ -76,6 +76,7 @@ pub struct Producer {
     stream_id: u32,
     client_id: u32,
     qos: Arc<QosCell>,
+    data: Arc<DataSide>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -98,8 +99,10 @@ impl Producer {
         let (stream_id, client_id) = (link.stream_id(), link.client_id());
         let upkeep = Upkeep::new(link);
         let qos = upkeep.qos_cell();
+        let data = upkeep.data_side();
         let mut producer = Self {
             qos,
+            data,
             upkeep: Arc::new(Mutex::new(upkeep)),
             shared,
             generation: 0,
@@ -220,9 +223,8 @@ impl Producer {
             keeper.stop();
         }
         self.mapped = None;
-        let mut upkeep = self.upkeep.lock().unwrap_or_else(|e| e.into_inner());
-        upkeep.set_heartbeat(None);
-        upkeep.link_mut().close();
+        self.data.set_heartbeat(None);
+        self.upkeep.lock().unwrap_or_else(|e| e.into_inner()).link_mut().close();
     }
 
     /// Maps the grant the control plane published, if it moved.
@@ -238,7 +240,7 @@ impl Producer {
         let Some(grant) = self.shared.take().pop_back() else { return Ok(()) };
         self.mapped = None;
         let Some(grant) = grant else {
-            self.upkeep.lock().unwrap_or_else(|e| e.into_inner()).set_heartbeat(None);
+            self.data.set_heartbeat(None);
             return Ok(());
         };
         let mapped = (|| {
@@ -247,11 +249,10 @@ impl Producer {
             let publisher = Publisher::new(stream)?;
             Ok::<_, PoolError>((publisher, heartbeat, wake))
         })();
-        let mut upkeep = self.upkeep.lock().unwrap_or_else(|e| e.into_inner());
         match mapped {
             Ok((publisher, heartbeat, wake)) => {
                 heartbeat.touch(monotonic_ns());
-                upkeep.set_heartbeat(Some(heartbeat));
+                self.data.set_heartbeat(Some(heartbeat));
                 self.stats.mapped += 1;
                 self.stream_id = grant.stream_id;
                 self.qos.epoch.store(grant.epoch, Ordering::Relaxed);
@@ -261,8 +262,8 @@ impl Producer {
             }
             Err(e) => {
                 self.stats.map_failures += 1;
-                upkeep.set_heartbeat(None);
-                upkeep.link_mut().regions_lost(monotonic_ns(), format!("cannot map: {e}"));
+                self.data.set_heartbeat(None);
+                self.data.lost(format!("cannot map: {e}"));
                 Err(e)
             }
         }
