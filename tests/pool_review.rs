@@ -493,3 +493,42 @@ fn review8_a_peer_zeroing_the_wake_word_delays_a_parked_consumer_one_slice_at_mo
     let late = at.saturating_duration_since(published);
     assert!(late < Duration::from_millis(500), "the consumer slept {late:?} past the commit");
 }
+
+/// Review 8, finding 13: any client could set a stream's frame count in `pool status` with
+/// a QosProducer of its own. Only the stream's producer, for its current epoch, counts.
+#[test]
+fn review8_a_qos_report_from_anyone_but_the_producer_is_ignored() {
+    let d = Daemon::start("qos");
+    let producer = Producer::attach(d.opts(CAM)).unwrap();
+    let epoch = producer.epoch().unwrap();
+    let mut hostile = d.client();
+    let forged = proto::QosReport {
+        report: Some(proto::qos_report::Report::Producer(proto::QosProducer {
+            stream_id: CAM,
+            producer_id: producer.client_id() ^ 1,
+            epoch,
+            current_seq: 999_999,
+            watermark: None,
+        })),
+    };
+    let _: proto::QosAck = hostile.call(corelane::pool::MSG_POOL_QOS, &forged).unwrap();
+    let status: proto::PoolStatus =
+        hostile.call(MSG_POOL_STATUS, &proto::PoolStatusRequest {}).unwrap();
+    let cam = status.streams.iter().find(|s| s.stream_id == CAM).unwrap();
+    assert_ne!(cam.frames, 999_999, "a forged QoS report set the stream's frame count");
+    // The producer's own report counts.
+    let own = proto::QosReport {
+        report: Some(proto::qos_report::Report::Producer(proto::QosProducer {
+            stream_id: CAM,
+            producer_id: producer.client_id(),
+            epoch,
+            current_seq: 42,
+            watermark: None,
+        })),
+    };
+    let _: proto::QosAck = hostile.call(corelane::pool::MSG_POOL_QOS, &own).unwrap();
+    let status: proto::PoolStatus =
+        hostile.call(MSG_POOL_STATUS, &proto::PoolStatusRequest {}).unwrap();
+    let cam = status.streams.iter().find(|s| s.stream_id == CAM).unwrap();
+    assert_eq!(cam.frames, 42);
+}

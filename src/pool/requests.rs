@@ -35,10 +35,12 @@ pub enum PoolRequest {
 pub enum QosReport {
     /// QosConsumer.
     Consumer(driver::QosConsumer),
-    /// QosProducer: the stream, its epoch and the producer's next seq.
+    /// QosProducer: the stream, its producer, its epoch and the producer's next seq.
     Producer {
         /// `streamId`.
         stream_id: u32,
+        /// `producerId` (the producer's client id).
+        producer_id: u32,
         /// `epoch`.
         epoch: u64,
         /// `currentSeq`.
@@ -142,6 +144,7 @@ pub fn decode_request(msg_type: u16, body: &[u8]) -> Result<PoolRequest, Request
                 }
                 Some(proto::qos_report::Report::Producer(p)) => QosReport::Producer {
                     stream_id: p.stream_id,
+                    producer_id: p.producer_id,
                     epoch: p.epoch,
                     current_seq: p.current_seq,
                 },

@@ -524,8 +524,19 @@ impl PoolAgent {
 
     fn qos_report(&mut self, q: QosReport, now_ns: u64) {
         match q {
-            QosReport::Producer { stream_id, epoch, current_seq } => {
+            QosReport::Producer { stream_id, producer_id, epoch, current_seq } => {
+                // Only the stream's producer, for its current epoch, says how many frames
+                // there are (a client cannot set another stream's numbers).
+                let current = self.driver.stream(stream_id).filter(|s| {
+                    s.epoch == epoch && s.producer.is_some_and(|p| p.client_id == producer_id)
+                });
+                if current.is_none() {
+                    return;
+                }
                 if let Some(s) = self.stream_qos(stream_id) {
+                    if s.epoch != epoch {
+                        s.drops.clear(); // a new epoch starts the counts again
+                    }
                     s.epoch = epoch;
                     s.frames = current_seq;
                 }
