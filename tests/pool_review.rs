@@ -148,6 +148,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(name: &str) -> Daemon {
+        Self::start_with(name, "")
+    }
+
+    fn start_with(name: &str, extra: &str) -> Daemon {
         let tag = format!("corelane-review8-{}-{name}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
         let base = PathBuf::from("/dev/shm").join(&tag);
@@ -158,7 +162,7 @@ impl Daemon {
         let config = format!(
             "[pool.shm]\nbase_dir = \"{b}\"\nallowed_base_dirs = [\"{b}\"]\n\
              [pool.policies]\nannounce_period_ms = 200\nlease_keepalive_interval_ms = 200\n\
-             lease_expiry_grace_intervals = 3\n",
+             lease_expiry_grace_intervals = 3\n{extra}",
             b = base.display()
         );
         let file = dir.join("test.toml");
@@ -531,4 +535,27 @@ fn review8_a_qos_report_from_anyone_but_the_producer_is_ignored() {
         hostile.call(MSG_POOL_STATUS, &proto::PoolStatusRequest {}).unwrap();
     let cam = status.streams.iter().find(|s| s.stream_id == CAM).unwrap();
     assert_eq!(cam.frames, 42);
+}
+
+/// Review 8: the consumer library never said hello, so the supervisor's `force_no_shm` had no
+/// effect on corelane consumers. Now a consumer refused shared memory fails to attach, with
+/// the supervisor's fallback URI in the error, and takes no lease.
+#[test]
+fn review8_a_consumer_told_no_shm_by_the_supervisor_does_not_attach() {
+    let d = Daemon::start_with(
+        "noshm",
+        "[pool.supervisor]\nforce_no_shm = true\npayload_fallback_uri = \"bridge://x\"\n",
+    );
+    match Consumer::attach(d.opts(CAM)) {
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains("force_no_shm") && text.contains("bridge://x"), "{text}");
+        }
+        Ok(_) => panic!("a consumer told use_shm = false attached"),
+    }
+    let mut c = d.client();
+    let status: proto::PoolStatus = c.call(MSG_POOL_STATUS, &proto::PoolStatusRequest {}).unwrap();
+    assert_eq!(status.leases, 0, "no lease was taken");
+    // The producer side is not the supervisor's: it attaches.
+    assert!(Producer::attach(d.opts(CAM)).is_ok());
 }

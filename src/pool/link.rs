@@ -20,12 +20,13 @@ use std::time::Duration;
 use prost::Message;
 
 use super::proto::{
-    pool_event, AttachRequest, AttachResponse, DetachRequest, DetachResponse, KeepaliveAck,
-    LeaseKeepalive, PoolAnnounce, PoolEvent, QosAck, QosReport, Subscribe, SubscribeReply,
+    pool_event, AttachRequest, AttachResponse, ConsumerConfig, ConsumerHello, DetachRequest,
+    DetachResponse, KeepaliveAck, LeaseKeepalive, PoolAnnounce, PoolEvent, QosAck, QosReport,
+    Subscribe, SubscribeReply,
 };
 use super::{
-    monotonic_ns, PoolError, CODE_OK, MSG_POOL_ATTACH, MSG_POOL_DETACH, MSG_POOL_KEEPALIVE,
-    MSG_POOL_QOS, MSG_POOL_SUBSCRIBE, ROLE_CONSUMER, ROLE_PRODUCER,
+    monotonic_ns, PoolError, CODE_OK, MSG_POOL_ATTACH, MSG_POOL_DETACH, MSG_POOL_HELLO,
+    MSG_POOL_KEEPALIVE, MSG_POOL_QOS, MSG_POOL_SUBSCRIBE, ROLE_CONSUMER, ROLE_PRODUCER,
 };
 use crate::control::client::Subscription;
 use crate::control::Client;
@@ -573,6 +574,9 @@ impl Link {
                 self.producer_present = a.producer_id != 0;
             }
         }
+        if self.role == Role::Consumer {
+            self.hello()?;
+        }
         // A client id the driver says is taken (ours from a lease it still holds, or
         // another client's) gets one more try with a new random id if it was ours to pick.
         for attempt in 0..2 {
@@ -616,6 +620,37 @@ impl Link {
             code: super::CODE_REJECTED,
             message: "client_id already attached".to_owned(),
         })
+    }
+
+    /// ConsumerHello to the supervisor, before a consumer's attach: a supervisor that answers
+    /// `use_shm = false` (`force_no_shm`) refuses this consumer, which reads shared memory
+    /// only (the reply's fallback URI is in the error). A driver without a supervisor
+    /// answers with an error, and the attach goes on.
+    fn hello(&mut self) -> Result<(), PoolError> {
+        let Some(client) = self.client.as_mut() else { return Ok(()) };
+        let hello = ConsumerHello {
+            stream_id: self.stream_id,
+            consumer_id: self.client_id,
+            supports_shm: true,
+            supports_progress: false,
+            mode: super::MODE_STREAM,
+            max_rate_hz: 0,
+            expected_layout_version: LAYOUT_VERSION,
+            progress_interval_us: None,
+            progress_bytes_delta: None,
+            progress_major_delta_units: None,
+            descriptor_stream_id: 0,
+            control_stream_id: 0,
+            descriptor_channel: String::new(),
+            control_channel: String::new(),
+        };
+        match client.call::<ConsumerConfig>(MSG_POOL_HELLO, &hello) {
+            Ok(config) if !config.use_shm => {
+                Err(PoolError::NoShm { fallback: config.payload_fallback_uri })
+            }
+            Ok(_) | Err(crate::control::ClientError::Remote { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Detaches (best effort: the driver may be gone) a lease the driver still holds, then

@@ -100,6 +100,13 @@ pub enum PoolError {
     /// A region could not be mapped.
     #[error("cannot map region: {0}")]
     Map(#[from] crate::mapping::MapError),
+    /// The supervisor answered the consumer's hello with `use_shm = false`
+    /// (`supervisor.force_no_shm`); this consumer reads shared memory only.
+    #[error("the supervisor refuses shared memory to this consumer (force_no_shm); fallback uri: '{fallback}'")]
+    NoShm {
+        /// The supervisor's `payload_fallback_uri` ("" if none).
+        fallback: String,
+    },
     /// A region's superblock or layout does not match the grant.
     #[error("region does not match the grant: {0}")]
     Stream(#[from] crate::rings::seqlock::StreamError),
