@@ -155,8 +155,9 @@ impl std::fmt::Debug for Mapping {
 }
 
 /// A shared, read-only mapping (`PROT_READ`, `MAP_SHARED`) of the first `len` bytes of a file:
-/// what a tensor-pool consumer or a diagnostic tool maps. Not a [`Region`] (see the module doc):
-/// its bytes are read with [`load_u64`](Self::load_u64) and [`load_words`](Self::load_words).
+/// what a tensor-pool consumer or a diagnostic tool maps. A read-only [`Region`] (see the
+/// module doc), and its bytes can be read with [`load_u64`](Self::load_u64) and
+/// [`load_words`](Self::load_words).
 ///
 /// A file another process shrinks below `len` faults (`SIGBUS`) on the next load past its new
 /// end, as for [`Mapping::open`]: map only files whose owner is trusted with their size.

@@ -6,8 +6,9 @@
 //!
 //! ```text
 //! writer                                    reader
-//! store seq_commit = seq<<1   (Relaxed)     a = load seq_commit        (Acquire)
+//! store seq_commit = seq<<1   (Relaxed)     a = load seq_commit        (Relaxed)
 //! fence(Release)                            a == seq<<1|1 ?  else drop (late / not yet)
+//!                                           fence(Acquire)    (with the load: an Acquire read)
 //! store payload + header words (Relaxed)    copy header (+ payload) words (Relaxed)
 //! store seq_commit = seq<<1|1 (Release)     fence(Acquire)
 //!                                           b = load seq_commit        (Relaxed)
@@ -20,7 +21,9 @@
 //! is visible to the reader's second load: `b != a`, and the copy is thrown away. If every word
 //! came from the claim the reader acquired in `a` (or earlier), the copy is that frame's. The
 //! spec's plain release-store recipe lacks the writer's fence and is not enough on weak
-//! memory models (trap T5).
+//! memory models (trap T5). The reader's first load is Relaxed and followed by a fence
+//! rather than an Acquire load, the same ordering, so that a reader on a read-only mapping
+//! makes only Relaxed loads (`Region::read_only`).
 //!
 //! Why words and not `memcpy`: readers copy while the writer may be writing, so every shared
 //! byte is read and written as a relaxed `AtomicU64`. On x86_64 and aarch64 those are plain
