@@ -238,8 +238,10 @@ pub enum ShmError {
 ///    the umask does not change it), `ftruncate` to `64 + nslots * 256` / `64 + nslots *
 ///    stride` (computed in `u64`, trap T6), then reserved with `fallocate` (see the module
 ///    doc; every page with `prefault`, otherwise the pages this call writes);
-/// 4. the superblocks written by [`Stream::create`] over shared mappings (pid `pid`, start
-///    and activity timestamps `now_ns`; every header slot reset);
+/// 4. the superblocks written with `pwrite` (pid `pid`, start and activity timestamps
+///    `now_ns`), never through a mapping: a peer that can open the files could truncate one
+///    under it and fault the daemon. The header slots stay zero, which reads as "seq 0 in
+///    progress";
 /// 5. `mlock` when asked (failure is fatal), then `fsync` of every file.
 ///
 /// `corelane.wake` is created alongside: [`WAKE_FILE_BYTES`] zero bytes.
