@@ -512,17 +512,8 @@ impl Link {
 
     /// Detaches (best effort) and closes the link.
     pub fn close(&mut self) {
-        if let (Some(lease), Some(client)) = (self.lease.take(), self.client.as_mut()) {
-            self.correlation = self.correlation.wrapping_add(1);
-            let request = DetachRequest {
-                correlation_id: self.correlation,
-                lease_id: lease.lease_id,
-                stream_id: self.stream_id,
-                client_id: self.client_id,
-                role: self.role.code(),
-            };
-            let _: Result<DetachResponse, _> = client.call(MSG_POOL_DETACH, &request);
-        }
+        self.detach();
+        self.lease = None;
         self.state = LinkState::Closed;
         self.shared.publish(None);
     }
@@ -656,6 +647,13 @@ impl Link {
     /// Detaches (best effort: the driver may be gone) a lease the driver still holds, then
     /// drops it as [`drop_lease`](Self::drop_lease) does.
     fn release_lease(&mut self, now_ns: u64) {
+        self.detach();
+        self.drop_lease(now_ns);
+    }
+
+    /// A DetachRequest for the lease held, if there is one and a connection (best effort:
+    /// the answer is not needed, the lease is given up either way).
+    fn detach(&mut self) {
         if let (Some(lease), Some(client)) = (self.lease, self.client.as_mut()) {
             self.correlation = self.correlation.wrapping_add(1);
             let request = DetachRequest {
@@ -667,7 +665,6 @@ impl Link {
             };
             let _: Result<DetachResponse, _> = client.call(MSG_POOL_DETACH, &request);
         }
-        self.drop_lease(now_ns);
     }
 
     /// Drops the lease (one the driver no longer holds, or gave up) and its regions; the next
