@@ -3,6 +3,11 @@
 //! the payload, written with one `writev` (no staging copy) and read back exactly: the
 //! length, then the payload, straight into the caller's buffer.
 //!
+//! A `wake` channel's consumer reads in blocking mode instead (the ordinary way to sleep
+//! until data), with a read timeout of [`super::PARK_SLICE`] so that it still looks after the
+//! other process between messages; the producer's end stays non-blocking (its writes never
+//! fill the buffer there).
+//!
 //! The child is a fresh process, so it cannot inherit one end of a `socketpair` without
 //! descriptor passing; the consumer binds a socket file in the measurement's directory and
 //! the producer connects to it, which makes the same kernel object (a connected pair of
@@ -103,15 +108,25 @@ impl UnixRx {
             }
         };
         let _ = std::fs::remove_file(&path);
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| format!("cannot make a socket non-blocking: {e}"))?;
+        if ch.wake {
+            // Blocking reads that time out with EAGAIN (WouldBlock), which `recv` returns as
+            // `Ok(None)`.
+            stream
+                .set_nonblocking(false)
+                .and_then(|()| stream.set_read_timeout(Some(super::PARK_SLICE)))
+                .map_err(|e| format!("cannot make a socket blocking with a timeout: {e}"))?;
+        } else {
+            stream
+                .set_nonblocking(true)
+                .map_err(|e| format!("cannot make a socket non-blocking: {e}"))?;
+        }
         Ok(Self { stream, prefix: [0; 4], have: 0 })
     }
 
     /// Reads on: `Ok(Some(len))` once a whole message is in `buf`, `Ok(None)` when the socket
     /// has nothing more now (`EAGAIN`; a part already read stays in `buf`, so pass the same
-    /// buffer until a message completes).
+    /// buffer until a message completes). On a `wake` channel a read blocks, and `Ok(None)`
+    /// means the read timed out.
     #[inline]
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, String> {
         loop {
