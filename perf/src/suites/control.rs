@@ -207,6 +207,7 @@ fn corelane_rtt(pair: &Pair, dir: &Path, setup: Setup, warmup: u64, samples: u64
     config.runtime.uring_skip_send_cqe = skip_send_cqe;
     config.metrics.enabled = false;
     config.metrics.listen = String::new();
+    config.pool.enabled = false; // the control socket alone is measured
     config.lanes = vec![LaneConfig {
         name: "control".into(),
         core: Some(pair.b),
