@@ -1123,7 +1123,9 @@ impl Stream {
 
 /// SplitMix64: a small, well-mixed generator for node IDs and the lease-ID seed. Not for
 /// secrets: node IDs only need to be hard to collide with.
-fn splitmix64(state: &mut u64) -> u64 {
+/// splitmix64: the next value of a small, fast generator (not a secret: ids that must not be
+/// guessed come from [`ShmBackend::entropy`]).
+pub(crate) fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -31,7 +31,7 @@ use super::layout::{
 };
 use super::uri::{ShmUri, UriError};
 use crate::mapping::{MapError, Mapping, SizePolicy};
-use crate::rings::seqlock::{PoolSpec, StreamError};
+use crate::rings::seqlock::PoolSpec;
 use crate::rings::shm::{self, Superblock, POOL_STRIDE_ALIGN, SUPERBLOCK_BYTES};
 use zerocopy::IntoBytes;
 
@@ -81,6 +81,8 @@ pub struct EpochFiles {
     pub pools: Vec<PoolFile>,
     /// The wake sidecar's path.
     pub wake_path: PathBuf,
+    /// The wake sidecar's URI (what attach responses and announces carry).
+    pub wake_uri: ShmUri,
     /// The mappings that hold the mlock, when [`CreateOptions::mlock`] was set.
     locked: Vec<Mapping>,
 }
@@ -207,14 +209,6 @@ pub enum ShmError {
         /// Why.
         source: MapError,
     },
-    /// Writing the superblocks failed.
-    #[error("{path}: writing superblocks failed: {source}")]
-    Superblocks {
-        /// The epoch directory.
-        path: PathBuf,
-        /// Why.
-        source: StreamError,
-    },
     /// A system call failed.
     #[error("{path}: {op} failed: {source}")]
     Io {
@@ -278,6 +272,10 @@ pub fn create_epoch(
             .map_err(|source| ShmError::UriPath { path, source })
     };
     let header_uri = uri(HEADER_FILE)?;
+    // The wake sidecar is a plain 64-byte file whatever the pages of the regions.
+    let wake_path = epoch_dir.join(WAKE_FILE);
+    let wake_uri = ShmUri::new(&wake_path, false)
+        .map_err(|source| ShmError::UriPath { path: wake_path.clone(), source })?;
     let pool_uris =
         pools.iter().map(|p| uri(&pool_file_name(p.pool_id))).collect::<Result<Vec<_>, _>>()?;
 
@@ -380,7 +378,8 @@ pub fn create_epoch(
     undo.disarm();
 
     Ok(EpochFiles {
-        wake_path: epoch_dir.join(WAKE_FILE),
+        wake_path,
+        wake_uri,
         epoch_dir,
         stream_id,
         epoch,

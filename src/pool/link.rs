@@ -863,15 +863,11 @@ fn backoff_ns(failures: u32) -> u64 {
 /// A random non-zero u32 (client ids, correlation seeds), from the clock and the pid: ids
 /// need to differ between processes, not to be secret.
 fn random_nonzero() -> u32 {
-    let seed = monotonic_ns() ^ (u64::from(std::process::id()) << 32) ^ {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-    };
-    // splitmix64 finaliser
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    let v = (z ^ (z >> 31)) as u32;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut state = monotonic_ns()
+        ^ (u64::from(std::process::id()) << 32)
+        ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    let v = super::driver::splitmix64(&mut state) as u32;
     if v == 0 || v == u32::MAX {
         1
     } else {

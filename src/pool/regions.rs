@@ -62,15 +62,7 @@ impl MapPolicy {
         &self,
         grant: &Grant,
     ) -> Result<(Stream<Arc<Mapping>>, Stream<Arc<Mapping>>), PoolError> {
-        let spec = spec_of(grant);
-        let header = self.read_write(&grant.header_uri, shm::header_ring_len(grant.nslots))?;
-        let pools = grant
-            .pools
-            .iter()
-            .map(|p| self.read_write(&p.uri, shm::payload_pool_len(grant.nslots, p.stride_bytes)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let first = Stream::open(&spec, header.clone(), pools.clone())?;
-        Ok((first, Stream::open(&spec, header, pools)?))
+        Self::two_streams(grant, |uri, len| self.read_write(uri, len))
     }
 
     /// A consumer's view of a grant, twice over the same mappings (one stream to read, one
@@ -81,12 +73,21 @@ impl MapPolicy {
         &self,
         grant: &Grant,
     ) -> Result<(Stream<Arc<ReadOnlyMapping>>, Stream<Arc<ReadOnlyMapping>>), PoolError> {
+        Self::two_streams(grant, |uri, len| self.read_only(uri, len))
+    }
+
+    /// Maps every region of `grant` once with `map` (URI, exact length) and opens two
+    /// streams over the mappings, superblocks checked.
+    fn two_streams<R: crate::rings::region::Region + Clone>(
+        grant: &Grant,
+        map: impl Fn(&str, u64) -> Result<R, PoolError>,
+    ) -> Result<(Stream<R>, Stream<R>), PoolError> {
         let spec = spec_of(grant);
-        let header = self.read_only(&grant.header_uri, shm::header_ring_len(grant.nslots))?;
+        let header = map(&grant.header_uri, shm::header_ring_len(grant.nslots))?;
         let pools = grant
             .pools
             .iter()
-            .map(|p| self.read_only(&p.uri, shm::payload_pool_len(grant.nslots, p.stride_bytes)))
+            .map(|p| map(&p.uri, shm::payload_pool_len(grant.nslots, p.stride_bytes)))
             .collect::<Result<Vec<_>, _>>()?;
         let first = Stream::open(&spec, header.clone(), pools.clone())?;
         Ok((first, Stream::open(&spec, header, pools)?))

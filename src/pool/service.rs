@@ -251,9 +251,7 @@ impl FsBackend {
     /// The wake sidecar's URI of `stream_id`'s current epoch, if it is `epoch`.
     fn wake_uri(&self, stream_id: u32, epoch: u64) -> String {
         match self.current.get(&stream_id) {
-            Some(files) if files.epoch == epoch => super::uri::ShmUri::new(&files.wake_path, false)
-                .map(|u| u.to_string())
-                .unwrap_or_default(),
+            Some(files) if files.epoch == epoch => files.wake_uri.to_string(),
             _ => String::new(),
         }
     }

@@ -84,11 +84,7 @@ impl FakeBackend {
 
 impl ShmBackend for FakeBackend {
     fn entropy(&mut self) -> Option<u64> {
-        self.entropy_state = self.entropy_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.entropy_state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Some(z ^ (z >> 31))
+        Some(super::splitmix64(&mut self.entropy_state))
     }
 
     fn create_epoch(
