@@ -8,6 +8,7 @@
 
 pub use corelane_rings as rings;
 
+pub mod alloc;
 pub mod cli;
 pub mod config;
 pub mod control;
