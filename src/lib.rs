@@ -9,6 +9,7 @@
 pub use corelane_rings as rings;
 
 pub mod alloc;
+pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -539,7 +539,7 @@ fn a_failed_start_leaves_nothing_behind_and_stale_temporaries_are_swept() {
     let name = "l".repeat(70);
     std::fs::write(
         &config,
-        format!("[[lanes]]\nname = \"{name}\"\nagents = [\"control\", \"metrics\", \"pool\"]\n"),
+        format!("[[lanes]]\nname = \"{name}\"\nagents = [\"control\", \"metrics\", \"pool\", \"alloc\"]\n"),
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -843,7 +843,7 @@ fn a_half_closed_peer_gets_its_reply_and_costs_no_cpu() {
     // (a half-closed socket reported again and again, a timer re-armed in the past) keeps it
     // busy.
     let config = "[[lanes]]\nname = \"main\"\nidle = \"sleep\"\nidle_sleep_us = 1000000\n\
-                  agents = [\"control\", \"metrics\", \"pool\"]\n";
+                  agents = [\"control\", \"metrics\", \"pool\", \"alloc\"]\n";
     for reactor in reactors() {
         let env = [("CORELANE_RUNTIME_REACTOR", reactor)];
         let daemon = Daemon::start_config(&format!("half-{reactor}"), &env, config);

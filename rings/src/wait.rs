@@ -41,6 +41,41 @@
 //! nightly 2026-05 even crashes reporting it). There a wait is a `yield_now` and a wake does
 //! nothing, so Miri checks the Rust half of the protocol (every access to the word and the
 //! re-check loop) and loom checks that no wake-up is lost.
+//!
+//! # Out-of-band wake-ups (a doorbell rung by the caller)
+//!
+//! The waiter sleeps somewhere else (a lane parks in its io_uring or epoll, not on this
+//! word), and the waker, instead of a `futex` call, is told to ring a doorbell of the
+//! waiter's choosing: a byte on a socket the waiter's reactor watches, say. (One waiter per
+//! word, as for [`park`]; not to be confused with [`Doorbell`], many waiters on a futex.)
+//!
+//! Same word, same Dekker pair as [`park`] and [`wake`], with the kernel's futex replaced by
+//! the caller's doorbell:
+//!
+//! ```text
+//! waiter (arm, then sleep elsewhere)               waker (after publishing)
+//! store word = PARKED        (Relaxed)             publish (Release)
+//! fence(SeqCst)                        (E)         fence(SeqCst)                        (F)
+//! if ready() { word = IDLE; return false }         if load word (Relaxed) == PARKED
+//! sleep until the doorbell rings (or anything)       && swap word = IDLE (Relaxed) == PARKED
+//! disarm: word = IDLE (if it is not)                   ring the doorbell
+//! ```
+//!
+//! Either the waiter's re-check sees the publication (it does not sleep), or the waker's
+//! load sees `PARKED` (it rings), or both. The swap hands the ring to exactly one waker per
+//! arming, so a burst of publications costs one doorbell. A doorbell rung for a sleep that
+//! already ended (the waiter woke for another reason and disarmed after the waker's swap)
+//! costs the waiter one spurious wake-up, never a lost one: the doorbell stays rung (the byte
+//! stays readable) until the waiter consumes it.
+//!
+//! The word may be one a peer can write (a ring's wait word in shared memory): a peer that
+//! stores `IDLE` over an armed word only stops its own doorbells (its records wait until the
+//! waiter wakes for another reason); one that stores `PARKED` only makes itself ring for
+//! nothing. `ready()` is the truth either way.
+//!
+//! A word is used with [`park`]/[`wake`] or with [`arm`]/[`take`], not both: a [`wake`]
+//! that finds the word armed takes it (and wakes nobody on the futex), so the doorbell is not
+//! rung.
 #![allow(unsafe_code)]
 
 use std::time::{Duration, Instant};
@@ -121,6 +156,52 @@ fn wake_parked(word: &AtomicU64) -> bool {
     }
     futex_wake(word);
     true
+}
+
+/// Waiter side: announces that the caller is about to sleep elsewhere, then checks `ready()`
+/// once more. Returns `true` if the caller may sleep (a waker that publishes from now on is
+/// told to ring), `false` (and the word back to [`IDLE`]) if `ready()` already holds. `ready`
+/// must read what the waker publishes with at least Acquire ordering.
+#[inline]
+pub fn arm(word: &AtomicU64, ready: impl FnOnce() -> bool) -> bool {
+    word.store(PARKED, Ordering::Relaxed);
+    // SYNC: (E) orders the PARKED store before the re-check of `ready()`; pairs with the
+    // waker's fence (F) in `take`.
+    fence(Ordering::SeqCst);
+    if ready() {
+        word.store(IDLE, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+/// Waiter side, after waking (or instead of sleeping): no doorbell wanted any more. A load
+/// first: when a waker already took the word, nothing is stored (the line stays shared).
+#[inline]
+pub fn disarm(word: &AtomicU64) {
+    if word.load(Ordering::Relaxed) != IDLE {
+        word.store(IDLE, Ordering::Relaxed);
+    }
+}
+
+/// Waker side: call after publishing what the waiter's `ready()` reads. Returns `true` if
+/// the waiter armed and sleeps elsewhere: the caller must now ring its doorbell. At most one
+/// caller per arming gets `true`. No syscall: a fence and a load when nobody is armed.
+#[inline]
+pub fn take(word: &AtomicU64) -> bool {
+    // SYNC: (F) orders the caller's publication before the load of the word; pairs with the
+    // waiter's fence (E) in `arm`.
+    fence(Ordering::SeqCst);
+    if word.load(Ordering::Relaxed) != PARKED {
+        return false;
+    }
+    take_armed(word)
+}
+
+#[cold]
+#[inline(never)]
+fn take_armed(word: &AtomicU64) -> bool {
+    word.swap(IDLE, Ordering::Relaxed) == PARKED
 }
 
 /// Many waiters on one word: a consumer of a tensor-pool stream parks until the next commit,
@@ -398,6 +479,85 @@ mod tests {
         }
         assert!(start.elapsed() < Duration::from_secs(5), "woken, not timed out");
         assert_eq!(words[0].load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn take_is_false_unless_armed_and_true_once_per_arming() {
+        let word = AtomicU64::new(IDLE);
+        assert!(!take(&word), "nobody armed");
+        assert!(arm(&word, || false), "nothing ready: armed");
+        assert_eq!(word.load(Ordering::Relaxed), PARKED);
+        assert!(take(&word), "armed: ring");
+        assert!(!take(&word), "one ring per arming");
+        assert_eq!(word.load(Ordering::Relaxed), IDLE);
+        disarm(&word); // already IDLE: nothing to do
+        assert_eq!(word.load(Ordering::Relaxed), IDLE);
+    }
+
+    #[test]
+    fn arm_refuses_when_ready_and_disarm_resets() {
+        let word = AtomicU64::new(IDLE);
+        assert!(!arm(&word, || true), "ready: do not sleep");
+        assert_eq!(word.load(Ordering::Relaxed), IDLE, "and the word is back to IDLE");
+        assert!(!take(&word));
+        assert!(arm(&word, || false));
+        disarm(&word);
+        assert_eq!(word.load(Ordering::Relaxed), IDLE);
+        assert!(!take(&word), "disarmed: no ring");
+    }
+
+    /// Many rounds between two threads: every publication is seen by the waiter's re-check
+    /// or rung by the waker (the "sleep" is a spin on the doorbell flag, bounded by time so
+    /// a lost wake-up fails instead of hanging).
+    #[test]
+    fn arm_and_take_never_lose_a_wake_up_across_threads() {
+        let rounds = if cfg!(miri) { 20 } else { 20_000 };
+        let word = Arc::new(AtomicU64::new(IDLE));
+        let published = Arc::new(AtomicU64::new(0));
+        let bell = Arc::new(AtomicU64::new(0));
+        let (w, p, b) = (word.clone(), published.clone(), bell.clone());
+        let waker = std::thread::spawn(move || {
+            let mut rings = 0u64;
+            for i in 1..=rounds {
+                // SYNC: test publication, read by the Acquire in the waiter's `ready`.
+                p.store(i, Ordering::Release);
+                if take(&w) {
+                    rings += 1;
+                    // SYNC: test doorbell, read by the waiter's Acquire below.
+                    b.fetch_add(1, Ordering::Release);
+                }
+                // Wait for the waiter to consume round i before publishing i + 1.
+                while p.load(Ordering::Relaxed) != 0 {
+                    std::hint::spin_loop();
+                }
+            }
+            rings
+        });
+        let (mut seen_bell, mut sleeps) = (0u64, 0u64);
+        for i in 1..=rounds {
+            // SYNC: pairs with the waker's Release store of `published`.
+            let ready = || published.load(Ordering::Acquire) == i;
+            // As a lane would: look, arm, look again, sleep until rung, disarm, repeat. A
+            // ring meant for an earlier sleep (the waker took the word just before our
+            // re-check reset it) ends a sleep early: a spurious wake-up, and we look again.
+            while !ready() {
+                if arm(&word, ready) {
+                    sleeps += 1;
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    // SYNC: pairs with the waker's Release doorbell.
+                    while bell.load(Ordering::Acquire) == seen_bell {
+                        assert!(Instant::now() < deadline, "round {i}: lost wake-up");
+                        std::hint::spin_loop();
+                    }
+                    seen_bell = bell.load(Ordering::Relaxed);
+                }
+                disarm(&word);
+            }
+            published.store(0, Ordering::Relaxed);
+        }
+        let rings = waker.join().unwrap();
+        assert!(rings <= rounds && sleeps <= rings, "{sleeps} sleeps, {rings} rings");
+        assert_eq!(word.load(Ordering::Relaxed), IDLE);
     }
 
     /// A wake-up that brings nothing (a stray futex wake) does not end a park without a

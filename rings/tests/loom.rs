@@ -263,6 +263,56 @@ fn shm_wait_never_loses_a_wake_up() {
     });
 }
 
+/// The doorbell variant of the park (the consumer sleeps elsewhere, as a lane in its
+/// reactor): the producer pushes and, if `take_doorbell` says so, rings a doorbell modelled
+/// as a mutex and condition variable (a socket byte and the reactor's wait); the consumer
+/// drains, arms, and if armed sleeps until the doorbell rings. A lost wake-up leaves it
+/// asleep: a deadlock loom reports.
+#[test]
+fn shm_doorbell_never_loses_a_wake_up() {
+    use corelane_rings::region::HeapRegion;
+    use corelane_rings::spsc::shm::{region_len, ShmConsumer, ShmProducer};
+    use loom::sync::{Arc, Condvar, Mutex};
+    loom::model(|| {
+        let region = HeapRegion::new(region_len::<u64>(2).unwrap());
+        let mut rx = ShmConsumer::<u64, _>::create(region.clone(), 2).unwrap();
+        let mut tx = ShmProducer::<u64, _>::attach(region).unwrap();
+        let bell = Arc::new((Mutex::new(0u32), Condvar::new()));
+        let writer = {
+            let bell = bell.clone();
+            thread::spawn(move || {
+                tx.push(7).unwrap();
+                let rang = tx.take_doorbell();
+                if rang {
+                    *bell.0.lock().unwrap() += 1;
+                    bell.1.notify_one();
+                }
+                (tx, rang)
+            })
+        };
+        let mut got = Vec::new();
+        let mut slept = 0;
+        while got.is_empty() {
+            if rx.drain(2, |v| got.push(v)).unwrap() > 0 {
+                break;
+            }
+            if rx.arm_doorbell().unwrap() {
+                let mut rung = bell.0.lock().unwrap();
+                while *rung == slept {
+                    rung = bell.1.wait(rung).unwrap();
+                }
+                slept = *rung;
+                drop(rung);
+                rx.disarm_doorbell();
+            }
+        }
+        assert_eq!(got, [7]);
+        let (tx, rang) = writer.join().unwrap();
+        assert!(slept <= u32::from(rang), "woken only by a ring");
+        assert!(!tx.take_doorbell(), "the consumer is not armed any more");
+    });
+}
+
 /// The bare wait/wake protocol with a flag as the publication.
 #[test]
 fn park_and_wake_never_lose_a_wake_up() {

@@ -3,8 +3,27 @@
 //! `specs/alloc-server-reference.md`).
 //!
 //! - [`wire`]: every layout that crosses a process boundary (native event body, ring record,
-//!   legacy TT-Metal v4/v5 and compact-v2 records), with size and offset tests.
+//!   legacy TT-Metal v4/v5 and compact-v2 records), with size and offset tests;
+//! - [`devices`]: the simulated device table (architectures, board presets, capacities);
+//! - [`ledger`]: the sans-IO ledger of buffers, CBs and kernels, with totals per device and per
+//!   process, process release and the DUMP_REMAINING report;
+//! - [`order`]: the per-client reorder window that applies events in sequence order;
+//! - [`legacy`]: the sans-IO parser of legacy records (TT-Metal v4/v5 detected per connection,
+//!   compact-v2), resync and the 10-error close, and the same-size replies;
+//! - [`ingest`]: the sans-IO core: connections' bytes and ring records in, the ledger in
+//!   each client's sequence order, replies out; process exit;
+//! - [`service`]: the `alloc` service and its agent (listeners, rings, pidfds);
+//! - [`query`]: a blocking query client (usage, device info, processes, dumps, pushes);
+//! - [`proto`]: the native queries' protobuf bodies (`proto/alloc.proto`).
 
+pub mod devices;
+pub mod ingest;
+pub mod ledger;
+pub mod legacy;
+pub mod order;
+pub mod proto;
+pub mod query;
+pub mod service;
 pub mod wire;
 
 pub use wire::{BufferType, Event, EventError, KernelKind, Layout, MsgType};

@@ -336,22 +336,17 @@ impl Event {
         if !(0..MAX_DEVICES as i64).contains(&device) {
             return Err(EventError::Device(device));
         }
-        match kind {
-            MsgType::Alloc | MsgType::CbAlloc | MsgType::KernelLoad => {
-                if size == 0 || size > MAX_ALLOC_SIZE {
-                    return Err(EventError::Size(size));
-                }
-            }
-            _ => {}
+        let allocates = matches!(kind, MsgType::Alloc | MsgType::CbAlloc | MsgType::KernelLoad);
+        if allocates && (size == 0 || size > MAX_ALLOC_SIZE) {
+            return Err(EventError::Size(size));
         }
-        match kind {
-            MsgType::Alloc if BufferType::from_code(buffer_type).is_none() => {
-                return Err(EventError::BufferType(buffer_type))
-            }
-            MsgType::KernelLoad if KernelKind::from_code(buffer_type).is_none() => {
-                return Err(EventError::BufferType(buffer_type))
-            }
-            _ => {}
+        let bad_type = match kind {
+            MsgType::Alloc => BufferType::from_code(buffer_type).is_none(),
+            MsgType::KernelLoad => KernelKind::from_code(buffer_type).is_none(),
+            _ => false,
+        };
+        if bad_type {
+            return Err(EventError::BufferType(buffer_type));
         }
         Ok(Event { kind, device: device as u8, buffer_type, buffer_id, size })
     }

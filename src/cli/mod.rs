@@ -1,5 +1,6 @@
 //! The `corelane` command line: one function per subcommand.
 
+pub mod alloc;
 pub mod pool;
 
 use std::path::{Path, PathBuf};

@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Origin};
 pub use schema::{
-    key, placeholder_section, uint, KeySpec, Kind, SectionSpec, StrRule, CONTROL_SECTION,
-    METRICS_SECTION, POOL_SECTION,
+    key, placeholder_section, uint, KeySpec, Kind, SectionSpec, StrRule, ALLOC_SECTION,
+    CONTROL_SECTION, METRICS_SECTION, POOL_SECTION,
 };
 
 use schema::{Doc, DocName};
@@ -274,6 +274,48 @@ impl PoolSection {
         }
         doc
     }
+}
+
+/// `[alloc]`: the alloc server (`crate::alloc`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocConfig {
+    /// `enabled`: start the alloc server. Default true.
+    pub enabled: bool,
+    /// `listeners`: Unix stream sockets to listen on, each `"<layout>:<path>"`; a relative
+    /// path is inside the runtime dir. Layouts: `native` (corelane clients only),
+    /// `tt-metal` (legacy v4 or v5, detected per connection), `tt-metal-v4`, `tt-metal-v5`,
+    /// `compact-v2`. A connection whose first bytes are the canonical magic is native on any
+    /// listener. Default `["native:alloc.sock", "tt-metal:/tmp/tt_allocation_server.sock"]`.
+    pub listeners: Vec<String>,
+    /// `devices`: the simulated device table, one board preset per device id
+    /// (`n150`, `n300`, `p150`, `e150`), at most 8. Default `["n300", "n300"]`.
+    pub devices: Vec<String>,
+    /// `max_connections`: most client connections open at once. Default 4096.
+    pub max_connections: u32,
+    /// `reorder_window`: most early events held per client while a gap fills. Default 4096.
+    pub reorder_window: u32,
+    /// `gap_timeout_ms`: how long a gap in a client's sequence may wait before it is skipped.
+    /// Default 100.
+    pub gap_timeout_ms: u64,
+    /// `release_on_disconnect`: release a process's entries when its last connection closes,
+    /// not only when it exits. Default false.
+    pub release_on_disconnect: bool,
+    /// `exit_grace_ms`: after a client process exits, how long its sockets may take to
+    /// deliver what it sent before its entries are released anyway. Default 1000.
+    pub exit_grace_ms: u64,
+    /// `ring_capacity`: records per shared-memory ring (a power of two). Default 8192.
+    pub ring_capacity: u32,
+    /// `max_rings_per_client`: shared-memory rings one connection may register; 0 offers
+    /// none. Default 64.
+    pub max_rings_per_client: u32,
+    /// `max_rings`: shared-memory rings of all clients together. Default 1024.
+    pub max_rings: u32,
+    /// `drain_batch`: most records taken from one ring per pass. Default 256.
+    pub drain_batch: u32,
+    /// `legacy_detect_timeout_ms`: how long a `tt-metal` connection with one 128-byte record
+    /// and nothing more waits before it is read as v4. Default 5.
+    pub legacy_detect_timeout_ms: u64,
 }
 
 /// One environment variable the loader reads, for `corelane run --help`.

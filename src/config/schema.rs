@@ -139,6 +139,26 @@ pub const POOL_SECTION: SectionSpec = SectionSpec {
     ],
 };
 
+/// `[alloc]`, the alloc server's keys.
+pub const ALLOC_SECTION: SectionSpec = SectionSpec {
+    name: "alloc",
+    keys: &[
+        key("enabled", Kind::Bool),
+        key("listeners", Kind::StrList),
+        key("devices", Kind::StrList),
+        key("max_connections", uint(1, 1 << 20)),
+        key("reorder_window", uint(1, 1 << 20)),
+        key("gap_timeout_ms", uint(1, 60_000)),
+        key("release_on_disconnect", Kind::Bool),
+        key("exit_grace_ms", uint(0, 60_000)),
+        key("ring_capacity", uint(64, 1 << 20)),
+        key("max_rings_per_client", uint(0, 1024)),
+        key("max_rings", uint(0, 1 << 16)),
+        key("drain_batch", uint(1, 1 << 16)),
+        key("legacy_detect_timeout_ms", uint(1, 10_000)),
+    ],
+};
+
 /// The section of a service reserved for a later build: only `enabled`.
 pub const fn placeholder_section(name: &'static str) -> SectionSpec {
     SectionSpec { name, keys: PLACEHOLDER_KEYS }

@@ -62,7 +62,7 @@ fn embedded_default_loads_and_validates() {
                 yield_iterations: 10,
                 max_park_us: 1000,
             },
-            agents: vec!["control".into(), "metrics".into(), "pool".into()],
+            agents: vec!["control".into(), "metrics".into(), "pool".into(), "alloc".into()],
         }],
         control: ControlConfig {
             socket: "control.sock".into(),
@@ -84,7 +84,7 @@ fn embedded_default_loads_and_validates() {
         },
         log: LogConfig { filter: "info".into() },
         pool: config.pool.clone(),
-        alloc: ServicePlaceholder { enabled: false },
+        alloc: config.alloc.clone(),
         frames: ServicePlaceholder { enabled: false },
     };
     assert_eq!(config, expected);
@@ -243,7 +243,7 @@ fn a_file_with_lanes_replaces_the_list() {
 
         [[lanes]]
         name = "obs"
-        agents = ["metrics", "pool"]
+        agents = ["metrics", "pool", "alloc"]
         "#,
     )
     .unwrap();
@@ -260,7 +260,7 @@ fn a_file_with_lanes_replaces_the_list() {
                 name: "obs".into(),
                 core: None,
                 idle: IdleStrategy::BACKOFF,
-                agents: vec!["metrics".into(), "pool".into()],
+                agents: vec!["metrics".into(), "pool".into(), "alloc".into()],
             },
         ]
     );
@@ -270,12 +270,12 @@ fn a_file_with_lanes_replaces_the_list() {
 #[test]
 fn idle_parameters_default_per_kind_and_belong_to_their_kind() {
     let config = Config::from_toml_str(
-        "[[lanes]]\nname = \"a\"\nidle = \"sleep\"\nagents = [\"control\", \"metrics\", \"pool\"]\n",
+        "[[lanes]]\nname = \"a\"\nidle = \"sleep\"\nagents = [\"control\", \"metrics\", \"pool\", \"alloc\"]\n",
     )
     .unwrap();
     assert_eq!(config.lanes[0].idle, IdleStrategy::SLEEP);
     let config = Config::from_toml_str(
-        "[[lanes]]\nname = \"a\"\nidle_max_park_us = 50\nagents = [\"control\", \"metrics\", \"pool\"]\n",
+        "[[lanes]]\nname = \"a\"\nidle_max_park_us = 50\nagents = [\"control\", \"metrics\", \"pool\", \"alloc\"]\n",
     )
     .unwrap();
     assert_eq!(
@@ -519,11 +519,11 @@ fn lane_validation() {
     );
     assert_eq!(
         err_text("[[lanes]]\nname = \"a\"\nagents = [\"control\", \"ledger\"]\n"),
-        "lanes[0].agents: unknown agent 'ledger'; expected one of: control, metrics, pool"
+        "lanes[0].agents: unknown agent 'ledger'; expected one of: control, metrics, pool, alloc"
     );
     assert_eq!(
-        err_text("[[lanes]]\nname = \"a\"\nagents = [\"control\", \"alloc\"]\n"),
-        "lanes[0].agents: agent 'alloc' is not in this build yet"
+        err_text("[[lanes]]\nname = \"a\"\nagents = [\"control\", \"frames\"]\n"),
+        "lanes[0].agents: agent 'frames' is not in this build yet"
     );
     assert_eq!(
         err_text("[[lanes]]\nname = \"a\"\nagents = [\"metrics\"]\n"),
@@ -542,7 +542,7 @@ fn lane_validation() {
     );
     // Metrics disabled: its agent need not be hosted, and the default lane may still list it.
     let config = Config::from_toml_str(
-        "[metrics]\nenabled = false\n[pool]\nenabled = false\n[[lanes]]\nname = \"a\"\n\
+        "[metrics]\nenabled = false\n[pool]\nenabled = false\n[alloc]\nenabled = false\n[[lanes]]\nname = \"a\"\n\
          agents = [\"control\"]\n",
     )
     .unwrap();
@@ -552,16 +552,16 @@ fn lane_validation() {
 
 #[test]
 fn reserved_services_cannot_be_enabled() {
-    assert_eq!(err_text("[alloc]\nenabled = true\n"), "service 'alloc' is not in this build yet");
+    assert_eq!(err_text("[frames]\nenabled = true\n"), "service 'frames' is not in this build yet");
     assert_eq!(
         err_env(&[("CORELANE_FRAMES_ENABLED", "true")]),
         "service 'frames' is not in this build yet"
     );
     let mut config = Config::default();
-    config.alloc.enabled = true;
+    config.frames.enabled = true;
     assert_eq!(
         config.validate().unwrap_err().to_string(),
-        "service 'alloc' is not in this build yet"
+        "service 'frames' is not in this build yet"
     );
 }
 
@@ -628,7 +628,7 @@ fn to_toml_string_round_trips() {
             name: "spin".into(),
             core: Some(1),
             idle: IdleStrategy::Spin,
-            agents: vec!["metrics".into(), "pool".into()],
+            agents: vec!["metrics".into(), "pool".into(), "alloc".into()],
         },
         LaneConfig { name: "spare".into(), core: None, idle: IdleStrategy::Yield, agents: vec![] },
     ];

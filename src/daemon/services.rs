@@ -19,9 +19,8 @@ macro_rules! for_each_service {
             metrics: crate::config::MetricsConfig => crate::daemon::metrics_agent::METRICS,
             /// `[pool]`: the tensor pool driver.
             pool: crate::config::PoolSection => crate::pool::service::POOL,
-            /// `[alloc]`: reserved for the allocation ledger server.
-            alloc: crate::config::ServicePlaceholder => crate::daemon::service::Reserved::new(
-                "alloc", &["alloc"], |c| c.alloc.enabled),
+            /// `[alloc]`: the alloc server (exact ledger of device-memory allocations).
+            alloc: crate::config::AllocConfig => crate::alloc::service::ALLOC,
             /// `[frames]`: reserved for the frame worker.
             frames: crate::config::ServicePlaceholder => crate::daemon::service::Reserved::new(
                 "frames", &["frames"], |c| c.frames.enabled),

@@ -60,6 +60,8 @@ pub struct Ctx<'a> {
     pub(super) reactor: &'a mut Reactor,
     pub(super) timers: &'a mut Timers,
     pub(super) agent: u8,
+    /// This `do_work` is the lane's last look before it parks.
+    pub(super) last_look: bool,
 }
 
 impl std::fmt::Debug for Ctx<'_> {
@@ -69,6 +71,14 @@ impl std::fmt::Debug for Ctx<'_> {
 }
 
 impl<'a> Ctx<'a> {
+    /// Whether this `do_work` is the lane's last look before it parks (in the reactor, until
+    /// I/O, a timer or a link's wake-up): an agent that polls memory no reactor watches (a
+    /// shared-memory ring) arms that memory's doorbell here, and returns non-zero if it found
+    /// work after arming (then the lane does not park). Every other pass says `false`.
+    pub fn is_last_look(&self) -> bool {
+        self.last_look
+    }
+
     /// The lane's reactor.
     pub fn reactor(&mut self) -> &mut Reactor {
         self.reactor

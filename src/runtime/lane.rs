@@ -525,6 +525,7 @@ impl Lane {
                 reactor: &mut reactor,
                 timers: &mut timers,
                 agent: index as u8,
+                last_look: false,
             };
             if let Err(source) = agent.on_start(&mut ctx) {
                 let agent = agent.name().to_owned();
@@ -574,6 +575,7 @@ impl Lane {
                 reactor: &mut reactor,
                 timers: &mut timers,
                 agent: index as u8,
+                last_look: false,
             };
             if catch_unwind(AssertUnwindSafe(|| agent.on_close(&mut ctx))).is_err() {
                 tracing::error!(lane = %name, agent = agent.name(), "agent panicked while closing");
@@ -662,7 +664,7 @@ impl Lane {
         let start = Instant::now();
         for (index, agent) in self.spec.agents.iter_mut().enumerate() {
             self.current = Some(index);
-            let mut ctx = Ctx { now: start, reactor, timers, agent: index as u8 };
+            let mut ctx = Ctx { now: start, reactor, timers, agent: index as u8, last_look: false };
             agent.on_stopping(&mut ctx);
         }
         self.current = None;
@@ -681,6 +683,18 @@ impl Lane {
 
     /// Every agent's `do_work`; returns the work they did.
     fn work(&mut self, reactor: &mut Reactor, timers: &mut Timers, now: Instant) -> usize {
+        self.work_with(reactor, timers, now, false)
+    }
+
+    /// Every agent's `do_work`; `last_look`: this is the pass before a park
+    /// ([`Ctx::is_last_look`]).
+    fn work_with(
+        &mut self,
+        reactor: &mut Reactor,
+        timers: &mut Timers,
+        now: Instant,
+        last_look: bool,
+    ) -> usize {
         #[cfg(debug_assertions)]
         if let Some((agent, at)) = self.fault {
             if now >= at {
@@ -691,7 +705,7 @@ impl Lane {
         let mut work = 0;
         for (index, agent) in self.spec.agents.iter_mut().enumerate() {
             self.current = Some(index);
-            let mut ctx = Ctx { now, reactor, timers, agent: index as u8 };
+            let mut ctx = Ctx { now, reactor, timers, agent: index as u8, last_look };
             work += agent.do_work(&mut ctx);
         }
         self.current = None;
@@ -717,21 +731,28 @@ impl Lane {
                     reactor.poll()?;
                     return Ok(0);
                 }
-                let Some(waker) = self.spec.waker.clone() else {
-                    reactor.park(timeout)?;
-                    return Ok(0);
-                };
-                waker.arm();
-                // The last look: the agents (links), and the shutdown flag, which
-                // `Runtime::shutdown` sets before waking us.
-                let found = self.work(reactor, timers, now);
+                let waker = self.spec.waker.clone();
+                if let Some(waker) = &waker {
+                    waker.arm();
+                }
+                // The last look: the agents (links, and rings whose doorbells they arm: see
+                // `Ctx::is_last_look`), and the shutdown flag, which `Runtime::shutdown` sets
+                // before waking us.
+                let found = self.work_with(reactor, timers, now, true);
                 if found > 0 || self.shutdown.is_requested() {
-                    waker.disarm();
+                    if let Some(waker) = &waker {
+                        waker.disarm();
+                    }
                     reactor.flush()?;
                     return Ok(found);
                 }
+                // What the last look queued (a doorbell armed needs nothing, but replies may
+                // have been) goes out before the park.
+                reactor.flush()?;
                 let parked = reactor.park(timeout);
-                waker.disarm();
+                if let Some(waker) = &waker {
+                    waker.disarm();
+                }
                 parked?;
             }
         }
@@ -772,7 +793,7 @@ impl Lane {
         match self.spec.agents.get_mut(owner) {
             Some(agent) => {
                 self.current = Some(owner);
-                let mut ctx = Ctx { now, reactor, timers, agent: owner as u8 };
+                let mut ctx = Ctx { now, reactor, timers, agent: owner as u8, last_look: false };
                 agent.on_completion(&mut ctx, completion);
                 self.current = None;
             }

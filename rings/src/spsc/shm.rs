@@ -45,11 +45,21 @@
 //! the role over with [`ShmProducer::reclaim`] / [`ShmConsumer::reclaim`], which succeed only
 //! from the exact attached word of that pid. The positions survive: a new producer continues
 //! at the last published `tail`, and a record half-written by the dead one is overwritten.
-//! [`ShmProducer::create`] refuses a region whose ring has a role attached, and bumps the
-//! header's `generation`, so an end that outlived a re-layout sees it in
-//! [`ShmConsumer::relaid`] (and, if its position no longer fits, as a corruption). Pids are
-//! those of the process's own pid namespace: a survivor in another namespace (a container)
-//! learns the holder's pid there, not from `SO_PEERCRED`, before it reclaims.
+//! Either end can lay the ring out: [`ShmProducer::create`], or [`ShmConsumer::create`] for
+//! a daemon that owns the memory and leaves the producer role free for a client. Both refuse
+//! a region whose ring has a role attached, and bump the header's `generation`, so an end
+//! that outlived a re-layout sees it in [`ShmConsumer::relaid`] (and, if its position no
+//! longer fits, as a corruption). Pids are those of the process's own pid namespace: a
+//! survivor in another namespace (a container) learns the holder's pid there, not from
+//! `SO_PEERCRED`, before it reclaims.
+//!
+//! # Waiting
+//!
+//! A consumer that found the ring empty either parks on the ring's futex
+//! ([`ShmConsumer::wait`], woken by [`ShmProducer::notify`]), or, when it sleeps somewhere
+//! else (a lane in its io_uring), arms a doorbell ([`ShmConsumer::arm_doorbell`]): the
+//! producer's [`ShmProducer::take_doorbell`] then says when to ring it out of band, with no
+//! syscall on the ring's side. Both are [`crate::wait`]'s protocol on the one wait word.
 //!
 //! ```
 //! use corelane_rings::spsc::shm::{region_len, HeapRegion, ShmConsumer, ShmProducer};
@@ -103,7 +113,8 @@ pub const ROLE_FREE: u64 = 0;
 pub const ROLE_ATTACHED: u64 = 1;
 /// Role word state: given back by the pid in bits 32-63.
 pub const ROLE_DETACHED: u64 = 2;
-/// Role word state: the pid in bits 32-63 is laying the ring out ([`ShmProducer::create`]);
+/// Role word state: the pid in bits 32-63 is laying the ring out ([`ShmProducer::create`],
+/// [`ShmConsumer::create`]);
 /// nobody can attach until it is done.
 pub const ROLE_LAYING_OUT: u64 = 3;
 
@@ -411,46 +422,9 @@ impl<T: Record, R: Region> ShmProducer<T, R> {
         let ring = RegionRing::<T>::check(&region, capacity)?;
         let layout =
             LayoutClaim::take(&region, LayoutKind::SpscRing).map_err(RegionError::OtherLayout)?;
-        let words = ring.header_words();
-        // SYNC: pairs with the Release store of the magic below in a previous `create`.
-        let live = words[0].load(Ordering::Acquire) == RING_MAGIC;
-        let previous = if live { ring.header().generation.get() } else { 0 };
-        let laying = (u64::from(std::process::id()) << 32) | ROLE_LAYING_OUT;
-        let producer_was = ring.lock_role(Role::Producer, laying)?;
-        if let Err(e) = ring.lock_role(Role::Consumer, laying) {
-            ring.unlock_role(Role::Producer, laying, producer_was);
-            return Err(e);
-        }
-        let header = RingHeader {
-            magic: U64::new(0),
-            version: U32::new(RING_LAYOUT_VERSION),
-            record_size: U32::new(core::mem::size_of::<T>() as u32),
-            capacity: U64::new(capacity),
-            record_align: U32::new(core::mem::align_of::<T>() as u32),
-            record_stride: U32::new(record_stride::<T>() as u32),
-            generation: U64::new(previous.wrapping_add(1)),
-            reserved: [0; 24],
-        };
-        words[0].store(0, Ordering::Relaxed);
-        store_bytes(&words[1..], &header.as_bytes()[8..]);
-        ring.tail().store(0, Ordering::Relaxed);
-        ring.head().store(0, Ordering::Relaxed);
-        ring.wait_word().store(crate::wait::IDLE, Ordering::Relaxed);
-        ring.role(Role::Consumer).store(0, Ordering::Relaxed);
-        let role_word = attached_word(producer_was, std::process::id());
-        ring.role(Role::Producer).store(role_word, Ordering::Relaxed);
-        // SYNC: publishes the header, positions and roles above -> Acquire load of the magic
-        // in `RegionRing::open`.
-        words[0].store(RING_MAGIC, Ordering::Release);
+        let (generation, role_word) = ring.lay_out(Role::Producer)?;
         let core = ProducerCore::new(0, 0u64.wrapping_sub(capacity));
-        Ok(Self {
-            ring,
-            core,
-            generation: header.generation.get(),
-            role_word,
-            _layout: layout,
-            _region: region,
-        })
+        Ok(Self { ring, core, generation, role_word, _layout: layout, _region: region })
     }
 
     /// Attaches as the producer of a ring already laid out in `region`.
@@ -502,6 +476,18 @@ impl<T: Record, R: Region> ShmProducer<T, R> {
         crate::wait::wake(self.ring.wait_word())
     }
 
+    /// For a consumer that sleeps somewhere else ([`ShmConsumer::arm_doorbell`]): call after
+    /// a push or a batch of them. Returns `true` when the consumer armed its doorbell and may
+    /// be asleep: the caller must then ring it out of band (a byte on a socket the consumer
+    /// watches). At most one call per arming returns `true`. No syscall: a fence and a load
+    /// of a line nobody writes in steady state. A ring's consumer uses the doorbell or
+    /// [`wait`](ShmConsumer::wait), not both; so does its producer ([`notify`](Self::notify)
+    /// would take an armed doorbell without ringing it).
+    #[inline]
+    pub fn take_doorbell(&self) -> bool {
+        crate::wait::take(self.ring.wait_word())
+    }
+
     /// Free slots right now.
     pub fn slots(&mut self) -> usize {
         self.core.free(&self.ring, u64::MAX) as usize
@@ -535,6 +521,31 @@ impl<T: Record, R: Region> ShmProducer<T, R> {
 }
 
 impl<T: Record, R: Region> ShmConsumer<T, R> {
+    /// Lays out a new ring of `capacity` slots in `region` and attaches as its consumer,
+    /// leaving the producer role free for a peer to [`attach`](ShmProducer::attach): what a
+    /// daemon does that owns the memory and reads what a client writes. Refuses and re-lays
+    /// out exactly as [`ShmProducer::create`] does. Until a producer attaches, the ring is
+    /// empty and not [abandoned](Self::is_abandoned): its [`peer`](Self::peer) is
+    /// [`Holder::Free`].
+    pub fn create(region: R, capacity: u64) -> Result<Self, RegionError> {
+        if !capacity.is_power_of_two() {
+            return Err(RegionError::Capacity(capacity));
+        }
+        let ring = RegionRing::<T>::check(&region, capacity)?;
+        let layout =
+            LayoutClaim::take(&region, LayoutKind::SpscRing).map_err(RegionError::OtherLayout)?;
+        let (generation, role_word) = ring.lay_out(Role::Consumer)?;
+        Ok(Self {
+            ring,
+            core: ConsumerCore::new(0, 0),
+            generation,
+            role_word,
+            stats: ConsumerStats::default(),
+            _layout: layout,
+            _region: region,
+        })
+    }
+
     /// Validates the ring layout in `region` and attaches as its consumer.
     pub fn attach(region: R) -> Result<Self, RegionError> {
         Self::take(region, None)
@@ -643,6 +654,32 @@ impl<T: Record, R: Region> ShmConsumer<T, R> {
             Some(c) => Err(c),
             None => Ok(parked),
         }
+    }
+
+    /// Before sleeping somewhere else (a lane parking in its reactor, not on this ring's
+    /// futex): asks the producer to ring a doorbell ([`ShmProducer::take_doorbell`]) once it
+    /// publishes, then looks at the ring once more. `Ok(true)`: armed and still empty, the
+    /// caller may sleep until the doorbell rings; `Ok(false)`: records are ready (the word
+    /// is reset: no doorbell will ring for them), drain instead of sleeping. Call
+    /// [`disarm_doorbell`](Self::disarm_doorbell) after waking. The protocol is
+    /// [`crate::wait::arm`]'s (no lost wake-up: either this look sees a record, or the
+    /// producer's `take_doorbell` after it sees the arming).
+    pub fn arm_doorbell(&mut self) -> Result<bool, Corruption> {
+        let Self { ring, core, .. } = self;
+        let armed = crate::wait::arm(ring.wait_word(), || {
+            core.available(ring, 1) > 0 || core.corruption().is_some()
+        });
+        match core.corruption() {
+            Some(c) => Err(c),
+            None => Ok(armed),
+        }
+    }
+
+    /// After waking (or deciding not to sleep): no doorbell wanted. Costs a load when the
+    /// producer already took it.
+    #[inline]
+    pub fn disarm_doorbell(&self) {
+        crate::wait::disarm(self.ring.wait_word());
     }
 
     /// Records ready right now.
@@ -826,6 +863,54 @@ impl<T: Record> RegionRing<T> {
         Ok(Self { mem: Mem::of(region)?, capacity, _records: PhantomData })
     }
 
+    /// Lays a new ring out in the region this view was [checked](Self::check) against, and
+    /// attaches as `mine`, leaving the other role free. Refuses ([`RegionError::RoleTaken`]) if the region holds a ring
+    /// with either role attached (or being laid out by another creator); otherwise whatever
+    /// it held is overwritten and the generation goes up by one. Both role words are taken
+    /// first, by compare-and-swap from the values checked, so an attach or another create
+    /// that comes in between is refused rather than wiped. Returns the generation and the
+    /// role word written.
+    fn lay_out(&self, mine: Role) -> Result<(u64, u64), RegionError> {
+        debug_assert!(self.capacity.is_power_of_two());
+        let capacity = self.capacity;
+        let words = self.header_words();
+        // SYNC: pairs with the Release store of the magic below in a previous `lay_out`.
+        let live = words[0].load(Ordering::Acquire) == RING_MAGIC;
+        let previous = if live { self.header().generation.get() } else { 0 };
+        let laying = (u64::from(std::process::id()) << 32) | ROLE_LAYING_OUT;
+        let other = match mine {
+            Role::Producer => Role::Consumer,
+            Role::Consumer => Role::Producer,
+        };
+        let mine_was = self.lock_role(mine, laying)?;
+        if let Err(e) = self.lock_role(other, laying) {
+            self.unlock_role(mine, laying, mine_was);
+            return Err(e);
+        }
+        let header = RingHeader {
+            magic: U64::new(0),
+            version: U32::new(RING_LAYOUT_VERSION),
+            record_size: U32::new(core::mem::size_of::<T>() as u32),
+            capacity: U64::new(capacity),
+            record_align: U32::new(core::mem::align_of::<T>() as u32),
+            record_stride: U32::new(record_stride::<T>() as u32),
+            generation: U64::new(previous.wrapping_add(1)),
+            reserved: [0; 24],
+        };
+        words[0].store(0, Ordering::Relaxed);
+        store_bytes(&words[1..], &header.as_bytes()[8..]);
+        self.tail().store(0, Ordering::Relaxed);
+        self.head().store(0, Ordering::Relaxed);
+        self.wait_word().store(crate::wait::IDLE, Ordering::Relaxed);
+        self.role(other).store(ROLE_FREE, Ordering::Relaxed);
+        let role_word = attached_word(mine_was, std::process::id());
+        self.role(mine).store(role_word, Ordering::Relaxed);
+        // SYNC: publishes the header, positions and roles above -> Acquire load of the magic
+        // in `RegionRing::open`.
+        words[0].store(RING_MAGIC, Ordering::Release);
+        Ok((header.generation.get(), role_word))
+    }
+
     /// Validates the header and takes `role`: if it is free or detached (`from` None), or
     /// from the dead process `from`.
     /// Returns the ring, its generation, and the role word written.
@@ -836,7 +921,7 @@ impl<T: Record> RegionRing<T> {
     ) -> Result<(Self, u64, u64), RegionError> {
         // The header alone must fit before we read it.
         let probe = Self::check(region, 0)?;
-        // SYNC: pairs with the Release store of the magic in `ShmProducer::create`.
+        // SYNC: pairs with the Release store of the magic in `lay_out`.
         let magic = probe.header_words()[0].load(Ordering::Acquire);
         if magic == 0 {
             return Err(RegionError::Uninitialised);
@@ -1055,6 +1140,10 @@ mod tests {
         // SAFETY: the region is 64-aligned and a multiple of 8 long; tests only touch it
         // atomically.
         unsafe { crate::sync::atomic_words(r.as_ptr(), SLOTS_OFFSET) }
+    }
+
+    fn words_at(r: &HeapRegion, offset: usize) -> &AtomicU64 {
+        &words(r)[offset / 8]
     }
 
     #[test]
@@ -1340,6 +1429,99 @@ mod tests {
         let mut out = [0; 8];
         assert_eq!(rx.pop_slice(&mut out), 4, "positions survive re-attachment");
         assert_eq!(&out[..4], &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_consumer_created_ring_leaves_the_producer_role_free() {
+        let r = region(8);
+        let mut rx = ShmConsumer::<u64, _>::create(r.clone(), 8).unwrap();
+        assert_eq!(rx.peer(), Holder::Free);
+        assert!(!rx.is_abandoned(), "a producer that never attached did not abandon the ring");
+        assert_eq!(rx.pop(), Err(ShmPopError::Empty));
+        assert_eq!(rx.ring.header().generation.get(), 1);
+        let me = Holder::Attached { pid: std::process::id() };
+        assert_eq!(
+            ShmConsumer::<u64, _>::attach(r.clone()).unwrap_err(),
+            RegionError::RoleTaken { role: Role::Consumer, holder: me }
+        );
+        let mut tx = ShmProducer::<u64, _>::attach(r.clone()).unwrap();
+        assert_eq!(rx.peer(), me);
+        assert!(!rx.is_abandoned() && !tx.is_abandoned());
+        assert_eq!(tx.push_slice(&[1, 2, 3]), 3);
+        let mut got = Vec::new();
+        assert_eq!(rx.drain(8, |v| got.push(v)), Ok(3));
+        assert_eq!(got, [1, 2, 3]);
+        assert_eq!(tx.slots(), 8);
+        // Re-laid out while held: refused either way.
+        assert!(matches!(
+            ShmConsumer::<u64, _>::create(r.clone(), 8).unwrap_err(),
+            RegionError::RoleTaken { .. }
+        ));
+        drop(tx);
+        assert!(rx.is_abandoned(), "attached, then detached: abandoned");
+        assert!(matches!(
+            ShmProducer::<u64, _>::create(r.clone(), 8).unwrap_err(),
+            RegionError::RoleTaken { role: Role::Consumer, .. }
+        ));
+        drop(rx);
+        let rx = ShmConsumer::<u64, _>::create(r.clone(), 8).unwrap();
+        assert_eq!(rx.ring.header().generation.get(), 2);
+        assert_eq!(rx.peer(), Holder::Free, "the new layout frees the producer role");
+        assert_eq!(
+            ShmConsumer::<u64, _>::create(r.clone(), 6).unwrap_err(),
+            RegionError::Capacity(6)
+        );
+    }
+
+    #[test]
+    fn a_consumer_created_ring_has_the_documented_role_words() {
+        let r = region(4);
+        let _rx = ShmConsumer::<u64, _>::create(r.clone(), 4).unwrap();
+        let w = words(&r);
+        assert_eq!(w[PRODUCER_ROLE_OFFSET / 8].load(Ordering::Relaxed), ROLE_FREE);
+        let role = w[CONSUMER_ROLE_OFFSET / 8].load(Ordering::Relaxed);
+        assert_eq!(role & 0b11, ROLE_ATTACHED);
+        assert_eq!((role >> 32) as u32, std::process::id());
+        assert_eq!(w[0].load(Ordering::Relaxed), RING_MAGIC);
+        assert_eq!(w[WAIT_OFFSET / 8].load(Ordering::Relaxed), crate::wait::IDLE);
+    }
+
+    #[test]
+    fn the_doorbell_rings_once_per_arming_and_only_when_armed() {
+        let r = region(8);
+        let mut rx = ShmConsumer::<u64, _>::create(r.clone(), 8).unwrap();
+        let mut tx = ShmProducer::<u64, _>::attach(r.clone()).unwrap();
+        let wait_word = || words_at(&r, WAIT_OFFSET).load(Ordering::Relaxed);
+        tx.push(1).unwrap();
+        assert!(!tx.take_doorbell(), "not armed: no ring");
+        assert_eq!(rx.arm_doorbell(), Ok(false), "a record is ready: do not sleep");
+        assert_eq!(wait_word(), crate::wait::IDLE, "and the arming is undone");
+        assert_eq!(rx.pop(), Ok(1));
+        assert_eq!(rx.arm_doorbell(), Ok(true), "empty: armed");
+        assert_eq!(wait_word(), crate::wait::PARKED);
+        tx.push(2).unwrap();
+        assert!(tx.take_doorbell(), "armed: ring");
+        tx.push(3).unwrap();
+        assert!(!tx.take_doorbell(), "one ring per arming");
+        rx.disarm_doorbell();
+        assert_eq!(rx.drain(8, |_| {}), Ok(2));
+        assert_eq!(rx.arm_doorbell(), Ok(true));
+        rx.disarm_doorbell();
+        assert_eq!(wait_word(), crate::wait::IDLE);
+        tx.push(4).unwrap();
+        assert!(!tx.take_doorbell(), "disarmed: no ring");
+        assert!(!tx.notify(), "and no futex wake either");
+    }
+
+    #[test]
+    fn arming_a_corrupt_ring_is_the_verdict() {
+        let r = region(4);
+        let mut rx = ShmConsumer::<u64, _>::create(r.clone(), 4).unwrap();
+        words_at(&r, TAIL_OFFSET).store(1 << 40, Ordering::Relaxed);
+        let c = rx.arm_doorbell().unwrap_err();
+        assert_eq!(c.seen, 1 << 40);
+        assert_eq!(words_at(&r, WAIT_OFFSET).load(Ordering::Relaxed), crate::wait::IDLE);
+        assert_eq!(rx.arm_doorbell(), Err(c), "poisoned for good");
     }
 
     #[test]

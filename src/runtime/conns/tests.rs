@@ -33,7 +33,13 @@ impl Lane {
     }
 
     fn ctx(&mut self) -> Ctx<'_> {
-        Ctx { now: self.now, reactor: &mut self.reactor, timers: &mut self.timers, agent: 0 }
+        Ctx {
+            now: self.now,
+            reactor: &mut self.reactor,
+            timers: &mut self.timers,
+            agent: 0,
+            last_look: false,
+        }
     }
 
     fn at(&mut self, ms: u64) -> &mut Self {

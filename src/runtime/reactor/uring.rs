@@ -1457,6 +1457,7 @@ mod tests {
                 reactor: &mut self.reactor,
                 timers: &mut self.timers,
                 agent: 0,
+                last_look: false,
             }
         }
 

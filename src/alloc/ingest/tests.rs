@@ -1,0 +1,367 @@
+//! The core driven with a fake clock: native and legacy connections, ordering, process exit.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use super::*;
+use crate::alloc::devices::DeviceTable;
+use crate::alloc::wire::{V4Record, V5Record};
+use crate::wire::{Decoder, DecoderConfig, Event as WireEvent};
+
+#[derive(Default)]
+struct FakeIo {
+    sent: HashMap<u64, Vec<u8>>,
+    closed: Vec<u64>,
+    rings: Vec<(u64, u64)>,
+}
+
+impl Io for FakeIo {
+    fn send(&mut self, client: u64, bytes: &[u8]) {
+        self.sent.entry(client).or_default().extend_from_slice(bytes);
+    }
+    fn close(&mut self, client: u64) {
+        self.closed.push(client);
+    }
+    fn register_ring(&mut self, client: u64, msg_id: u64) {
+        self.rings.push((client, msg_id));
+    }
+}
+
+impl FakeIo {
+    /// The frames sent to `client` so far (taken).
+    fn frames(&mut self, client: u64) -> Vec<(u16, u64, Flags, Vec<u8>)> {
+        let bytes = self.sent.remove(&client).unwrap_or_default();
+        let mut d = Decoder::new(DecoderConfig::default());
+        let mut out = Vec::new();
+        d.feed(&bytes, |e| {
+            if let WireEvent::Frame(f) = e {
+                out.push((f.header.msg_type, f.header.msg_id, f.header.flags, f.body.to_vec()));
+            }
+        })
+        .unwrap();
+        out
+    }
+}
+
+fn core() -> Ingest {
+    Ingest::new(IngestConfig::default(), DeviceTable::default_table())
+}
+
+fn ev(kind: MsgType, device: u8, id: u64, size: u64, t: u8) -> Event {
+    Event { kind, device, buffer_type: t, buffer_id: id, size }
+}
+
+fn frame(kind: MsgType, seq: u64, e: &Event) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(ProtocolVersion::V2, kind.code(), Flags::EMPTY, seq, e.body(0).as_bytes(), &mut out);
+    out
+}
+
+fn request(kind: MsgType, id: u64, body: &impl Message) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(ProtocolVersion::V2, kind.code(), Flags::EMPTY, id, &body.encode_to_vec(), &mut out);
+    out
+}
+
+fn v4(kind: MsgType, device: i32, id: u64, size: u64, t: u8) -> Vec<u8> {
+    let mut r = V4Record::new_zeroed();
+    r.head.msg_type = kind.code() as u8;
+    r.head.device_id.set(device);
+    r.head.buffer_id.set(id);
+    r.head.size.set(size);
+    r.head.buffer_type = t;
+    r.head.process_id.set(999_999); // never trusted
+    r.as_bytes().to_vec()
+}
+
+fn dram(core: &Ingest, device: u8) -> u64 {
+    core.ledger().usage(device).totals.bytes(BufferType::Dram)
+}
+
+#[test]
+fn native_events_apply_and_a_query_answers_with_capacities() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 4242, ListenerKind::Native, t0);
+    let mut bytes = frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 0, 0x1000, 4096, 0));
+    bytes.extend(frame(MsgType::Alloc, 1, &ev(MsgType::Alloc, 1, 0x1000, 8192, 0)));
+    bytes.extend(request(MsgType::Query, 77, &proto::UsageRequest { device: Some(0) }));
+    // Split at every byte boundary of the first frame: one message in pieces is one message.
+    c.bytes(1, &bytes[..5], t0, &mut io);
+    c.bytes(1, &bytes[5..], t0, &mut io);
+    assert_eq!(dram(&c, 0), 4096);
+    assert_eq!(dram(&c, 1), 8192);
+    let frames = io.frames(1);
+    assert_eq!(frames.len(), 1);
+    let (t, id, flags, body) = &frames[0];
+    assert_eq!((*t, *id), (MsgType::Query.code(), 77));
+    assert!(flags.contains(Flags::RESPONSE));
+    let reply = proto::UsageReply::decode(body.as_slice()).unwrap();
+    assert_eq!(reply.devices.len(), 1);
+    assert_eq!(reply.devices[0].dram, 4096);
+    assert_eq!(reply.devices[0].dram_capacity, 12 << 30);
+    assert_eq!(reply.devices[0].arch, "Wormhole_B0");
+    assert_eq!(reply.counters.unwrap().events, 2);
+}
+
+#[test]
+fn the_race_of_seed_001_is_exact_with_sequence_numbers() {
+    // A allocates X (seq 0) and is preempted; B frees X (seq 1) and allocates X again (seq 2);
+    // A's report arrives last.
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 10, ListenerKind::Native, t0);
+    let first = request(MsgType::Hello, 1, &proto::Hello { name: "race".into(), first_seq: 0 });
+    c.bytes(1, &first, t0, &mut io);
+    let x = 0x2000;
+    c.bytes(1, &frame(MsgType::Free, 1, &ev(MsgType::Free, 0, x, 0, 0)), t0, &mut io);
+    c.bytes(1, &frame(MsgType::Alloc, 2, &ev(MsgType::Alloc, 0, x, 64, 0)), t0, &mut io);
+    assert_eq!(dram(&c, 0), 0, "held: seq 0 has not come");
+    c.bytes(1, &frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 0, x, 64, 0)), t0, &mut io);
+    // Applied 0 (alloc), 1 (free), 2 (alloc): one live entry, no unknown free.
+    assert_eq!(dram(&c, 0), 64);
+    let k = c.counters();
+    assert_eq!(k.unknown_frees, 0);
+    assert_eq!(k.duplicate_allocs, 0);
+    assert_eq!(k.reordered, 2);
+    assert_eq!(c.ledger().remaining().count(), 1);
+}
+
+#[test]
+fn the_race_in_arrival_order_shows_the_seeds_errors() {
+    // The legacy path applies in arrival order: FREE(X) unknown, then a duplicate ALLOC.
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 10, ListenerKind::Legacy(LayoutChoice::Pinned(Layout::TtMetalV4)), t0);
+    let x = 0x2000;
+    let mut bytes = v4(MsgType::Free, 0, x, 0, 0);
+    bytes.extend(v4(MsgType::Alloc, 0, x, 64, 0));
+    bytes.extend(v4(MsgType::Alloc, 0, x, 64, 0));
+    c.bytes(1, &bytes, t0, &mut io);
+    let k = c.counters();
+    assert_eq!(k.unknown_frees, 1);
+    assert_eq!(k.duplicate_allocs, 1);
+}
+
+#[test]
+fn a_gap_that_does_not_fill_is_skipped_on_the_tick() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 10, ListenerKind::Native, t0);
+    c.bytes(
+        1,
+        &request(MsgType::Hello, 1, &proto::Hello { name: String::new(), first_seq: 5 }),
+        t0,
+        &mut io,
+    );
+    c.bytes(1, &frame(MsgType::Alloc, 7, &ev(MsgType::Alloc, 0, 1, 10, 0)), t0, &mut io);
+    assert_eq!(dram(&c, 0), 0);
+    let due = c.next_tick(t0).expect("a gap waits on time");
+    assert!(due <= t0 + Duration::from_millis(100));
+    let mut released = Vec::new();
+    c.tick(t0 + Duration::from_millis(50), &mut io, &mut released);
+    assert_eq!(dram(&c, 0), 0, "not yet");
+    c.tick(t0 + Duration::from_millis(101), &mut io, &mut released);
+    assert_eq!(dram(&c, 0), 10);
+    assert_eq!(c.counters().gaps_skipped, 1);
+    assert_eq!(c.counters().seqs_skipped, 2);
+    // A late arrival of a skipped seq applies in arrival order, counted.
+    c.bytes(1, &frame(MsgType::Alloc, 5, &ev(MsgType::Alloc, 0, 2, 1, 0)), t0, &mut io);
+    assert_eq!(dram(&c, 0), 11);
+    assert_eq!(c.counters().late, 1);
+}
+
+#[test]
+fn a_dead_process_is_released_once_its_connections_end_and_nothing_applies_after() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    assert!(c.connect(1, 50, ListenerKind::Native, t0).new_process);
+    assert!(!c.connect(2, 50, ListenerKind::Native, t0).new_process);
+    let mut bytes = Vec::new();
+    for i in 0..3 {
+        bytes.extend(frame(MsgType::Alloc, i, &ev(MsgType::Alloc, 0, 0x100 * (i + 1), 1000, 0)));
+    }
+    bytes.extend(frame(MsgType::CbAlloc, 3, &ev(MsgType::CbAlloc, 0, 1, 500, 0)));
+    bytes.extend(frame(MsgType::CbAlloc, 4, &ev(MsgType::CbAlloc, 0, 2, 500, 0)));
+    bytes.extend(frame(MsgType::KernelLoad, 5, &ev(MsgType::KernelLoad, 0, 9, 56_000, 1)));
+    c.bytes(1, &bytes, t0, &mut io);
+    assert_eq!(dram(&c, 0), 3000);
+    // The pidfd fires while both sockets are open: nothing is released yet.
+    assert!(!c.process_exited(50, t0));
+    assert_eq!(dram(&c, 0), 3000);
+    // What the dead process sent before dying still arrives, then its sockets end.
+    c.bytes(2, &frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 1, 0x500, 7, 0)), t0, &mut io);
+    assert!(!c.disconnect(1, t0));
+    assert!(c.disconnect(2, t0), "the last connection ended: released, pidfd may close");
+    for d in 0..2 {
+        let u = c.ledger().usage(d);
+        assert!(u.totals.is_zero(), "device {d}");
+    }
+    assert_eq!(c.counters().processes_released, 1);
+    assert_eq!(c.counters().entries_released, 7);
+}
+
+#[test]
+fn a_process_that_only_disconnects_keeps_its_entries() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 60, ListenerKind::Native, t0);
+    c.bytes(1, &frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 0, 1, 100, 0)), t0, &mut io);
+    assert!(!c.disconnect(1, t0));
+    assert_eq!(dram(&c, 0), 100);
+    // It exits later: released then.
+    assert!(c.process_exited(60, t0));
+    assert_eq!(dram(&c, 0), 0);
+}
+
+#[test]
+fn release_on_disconnect_releases_at_the_last_close() {
+    let config = IngestConfig { release_on_disconnect: true, ..IngestConfig::default() };
+    let (mut c, mut io, t0) =
+        (Ingest::new(config, DeviceTable::default_table()), FakeIo::default(), Instant::now());
+    c.connect(1, 61, ListenerKind::Native, t0);
+    c.bytes(1, &frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 0, 1, 100, 0)), t0, &mut io);
+    assert!(c.disconnect(1, t0));
+    assert_eq!(dram(&c, 0), 0);
+}
+
+#[test]
+fn a_socket_kept_open_by_a_child_is_released_after_the_grace_and_then_dropped() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 70, ListenerKind::Native, t0);
+    c.bytes(1, &frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 0, 1, 100, 0)), t0, &mut io);
+    assert!(!c.process_exited(70, t0));
+    let mut released = Vec::new();
+    let grace = IngestConfig::default().exit_grace;
+    assert!(c.next_tick(t0).unwrap() <= t0 + grace);
+    c.tick(t0 + grace, &mut io, &mut released);
+    assert_eq!(released, [70]);
+    assert_eq!(dram(&c, 0), 0);
+    // The inherited socket keeps talking: nothing of the dead process applies any more.
+    c.bytes(1, &frame(MsgType::Alloc, 1, &ev(MsgType::Alloc, 0, 2, 100, 0)), t0, &mut io);
+    assert_eq!(dram(&c, 0), 0);
+    assert_eq!(c.counters().after_release, 1);
+    // A new process that reuses the pid is a new owner.
+    c.disconnect(1, t0);
+    assert!(c.connect(3, 70, ListenerKind::Native, t0).new_process);
+    c.bytes(3, &frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 0, 3, 5, 0)), t0, &mut io);
+    assert_eq!(dram(&c, 0), 5);
+}
+
+#[test]
+fn ring_records_share_the_connections_sequence() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 80, ListenerKind::Native, t0);
+    c.bytes(
+        1,
+        &request(MsgType::Hello, 1, &proto::Hello { name: String::new(), first_seq: 0 }),
+        t0,
+        &mut io,
+    );
+    // Seq 1 over the socket, seq 0 and 2 from a ring: applied 0, 1, 2.
+    c.bytes(1, &frame(MsgType::Free, 1, &ev(MsgType::Free, 0, 9, 0, 0)), t0, &mut io);
+    let recs = [
+        RingRecord::new(0, &ev(MsgType::Alloc, 0, 9, 10, 0), 0),
+        RingRecord::new(2, &ev(MsgType::Alloc, 0, 9, 20, 0), 0),
+    ];
+    c.records(1, &recs, t0);
+    assert_eq!(dram(&c, 0), 20);
+    assert_eq!(c.counters().unknown_frees, 0);
+    // A corrupt record is invalid, counted, not applied.
+    let mut bad = RingRecord::new(3, &ev(MsgType::Alloc, 0, 10, 10, 0), 0);
+    bad.body.device_id.set(2_657_333);
+    c.records(1, &[bad], t0);
+    assert_eq!(c.counters().invalid, 1);
+}
+
+#[test]
+fn hello_and_register_ring() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 81, ListenerKind::Native, t0);
+    c.bytes(
+        1,
+        &request(MsgType::Hello, 3, &proto::Hello { name: "x".into(), first_seq: 0 }),
+        t0,
+        &mut io,
+    );
+    let frames = io.frames(1);
+    let hello = proto::HelloReply::decode(frames[0].3.as_slice()).unwrap();
+    assert_eq!(hello.pid, 81);
+    assert_eq!(hello.max_rings, 64);
+    c.bytes(1, &request(MsgType::RegisterRing, 4, &proto::RegisterRing {}), t0, &mut io);
+    assert_eq!(io.rings, [(1, 4)]);
+    assert!(c.may_register(1));
+}
+
+#[test]
+fn unknown_native_requests_get_the_specs_error_text() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 82, ListenerKind::Native, t0);
+    let mut out = Vec::new();
+    encode(ProtocolVersion::V2, 999, Flags::EMPTY, 5, &[], &mut out);
+    c.bytes(1, &out, t0, &mut io);
+    let frames = io.frames(1);
+    assert!(frames[0].2.contains(Flags::ERROR));
+    let (_, text) = crate::wire::decode_error_body(&frames[0].3).unwrap();
+    assert_eq!(text, "unknown message type 999");
+    assert!(io.closed.is_empty());
+}
+
+#[test]
+fn a_native_only_listener_closes_a_legacy_client() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 83, ListenerKind::Native, t0);
+    c.bytes(1, &v4(MsgType::Alloc, 0, 1, 1, 0), t0, &mut io);
+    assert_eq!(io.closed, [1]);
+    assert_eq!(dram(&c, 0), 0);
+}
+
+#[test]
+fn legacy_query_gets_a_same_size_reply_and_device_info_counts_devices() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 84, ListenerKind::Legacy(LayoutChoice::Auto), t0);
+    // v5 client: 144-byte records.
+    let mut alloc = V5Record::new_zeroed();
+    alloc.v4.head.msg_type = 1;
+    alloc.v4.head.size.set(4096);
+    alloc.v4.head.buffer_id.set(0x10);
+    let mut query = V5Record::new_zeroed();
+    query.v4.head.msg_type = 3;
+    let mut info = V5Record::new_zeroed();
+    info.v4.head.msg_type = 6;
+    info.v4.head.device_id.set(-1);
+    let mut bytes = alloc.as_bytes().to_vec();
+    bytes.extend_from_slice(query.as_bytes());
+    bytes.extend_from_slice(info.as_bytes());
+    c.bytes(1, &bytes, t0, &mut io);
+    let sent = io.sent.remove(&1).unwrap();
+    assert_eq!(sent.len(), 288, "two 144-byte replies");
+    let reply = V5Record::read_from_bytes(&sent[..144]).unwrap();
+    assert_eq!(reply.v4.head.msg_type, 4);
+    assert_eq!(reply.v4.dram_allocated.get(), 4096);
+    let reply = V5Record::read_from_bytes(&sent[144..]).unwrap();
+    assert_eq!(reply.v4.head.msg_type, 7);
+    assert_eq!(reply.v4.num_devices.get(), 2);
+    assert_eq!(reply.v4.is_available.get(), 1);
+}
+
+#[test]
+fn subscribers_get_a_push_when_usage_changes() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 85, ListenerKind::Native, t0);
+    c.connect(2, 86, ListenerKind::Native, t0);
+    c.bytes(
+        1,
+        &request(MsgType::Subscribe, 1, &proto::SubscribeRequest { min_interval_ms: 10 }),
+        t0,
+        &mut io,
+    );
+    assert_eq!(io.frames(1).len(), 1, "the subscribe reply");
+    let mut released = Vec::new();
+    c.tick(t0 + Duration::from_millis(20), &mut io, &mut released);
+    assert!(io.frames(1).is_empty(), "nothing changed: no push");
+    c.bytes(2, &frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 0, 1, 100, 0)), t0, &mut io);
+    c.tick(t0 + Duration::from_millis(40), &mut io, &mut released);
+    let frames = io.frames(1);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].0, MsgType::UsagePush.code());
+    let push = proto::UsagePush::decode(frames[0].3.as_slice()).unwrap();
+    assert_eq!(push.usage.unwrap().devices[0].dram, 100);
+}
