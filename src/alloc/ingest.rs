@@ -98,8 +98,13 @@ pub struct IngestConfig {
     pub ring_capacity: u32,
     /// How long an undecided `tt-metal` connection waits before it is read as v4.
     pub legacy_detect_timeout: Duration,
-    /// Largest native body accepted.
+    /// Largest native body accepted (events are 32 bytes, queries small: a hostile client
+    /// cannot make a connection buffer more than this).
     pub max_body_bytes: u32,
+    /// Most early events held by all clients' windows together; a client that would hold
+    /// more while the total is at the budget has its window flushed first (its gaps skipped,
+    /// counted), so memory stays bounded whatever the clients send.
+    pub held_budget: usize,
 }
 
 impl Default for IngestConfig {
@@ -112,7 +117,8 @@ impl Default for IngestConfig {
             max_rings_per_client: 64,
             ring_capacity: 8192,
             legacy_detect_timeout: Duration::from_millis(5),
-            max_body_bytes: 1 << 20,
+            max_body_bytes: MAX_BODY_BYTES,
+            held_budget: 1 << 20,
         }
     }
 }
@@ -170,6 +176,10 @@ pub struct IngestCounters {
     pub connections: u64,
     /// Queries answered.
     pub queries: u64,
+    /// Windows flushed because all clients together held `held_budget` events.
+    pub budget_flushes: u64,
+    /// Early events held by all windows now.
+    pub held: u64,
 }
 
 /// The alloc server's core. See the [module docs](self).
@@ -189,6 +199,42 @@ pub struct Ingest {
     body: Vec<u8>,
     /// Legacy items of one feed (kept: no allocation per feed once warm).
     items: Vec<Item>,
+    /// Events held by all windows, against the budget.
+    held: Held,
+}
+
+/// The windows' shared budget of held events.
+#[derive(Debug)]
+struct Held {
+    total: usize,
+    budget: usize,
+    flushes: u64,
+}
+
+impl Held {
+    /// Pushes `seq` into `window`, first flushing the window if the budget is spent.
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        window: &mut Reorder<Option<Event>>,
+        seq: u64,
+        event: Option<Event>,
+        now: Instant,
+        mut apply: impl FnMut(Option<Event>),
+    ) {
+        let before = window.held();
+        if self.total >= self.budget && before > 0 {
+            window.flush(&mut apply);
+            self.flushes += 1;
+        }
+        window.push(seq, event, now, apply);
+        self.total = (self.total + window.held()).saturating_sub(before);
+    }
+
+    /// Accounts for `window` going from `before` held events to what it holds now.
+    fn settle(&mut self, before: usize, window: &Reorder<Option<Event>>) {
+        self.total = (self.total + window.held()).saturating_sub(before);
+    }
 }
 
 struct Client {
@@ -212,7 +258,8 @@ enum Kind {
 
 struct Native {
     decoder: Decoder,
-    window: Reorder<Event>,
+    /// `None` holds the place of an invalid event, so its sequence number is not a gap.
+    window: Reorder<Option<Event>>,
     name: String,
     /// Invalid events since the last log line (one line per burst).
     invalid_burst: u64,
@@ -247,6 +294,9 @@ pub struct Connected {
     pub new_process: bool,
 }
 
+/// The default [`IngestConfig::max_body_bytes`]: 64 KiB.
+pub const MAX_BODY_BYTES: u32 = 64 << 10;
+
 /// The default and the smallest subscription interval.
 pub const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_millis(100);
 const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(10);
@@ -270,6 +320,7 @@ impl Ingest {
             scratch: Vec::with_capacity(4096),
             body: Vec::with_capacity(4096),
             items: Vec::with_capacity(256),
+            held: Held { total: 0, budget: config.held_budget, flushes: 0 },
         }
     }
 
@@ -282,6 +333,8 @@ impl Ingest {
     pub fn counters(&self) -> IngestCounters {
         let mut c = self.counters;
         c.connections = self.clients.len() as u64;
+        c.budget_flushes = self.held.flushes;
+        c.held = self.held.total as u64;
         c
     }
 
@@ -360,18 +413,21 @@ impl Ingest {
                 self.counters.after_release += 1;
                 continue;
             }
-            match rec.event() {
+            let event = match rec.event() {
                 Ok(event) => {
-                    let (ledger, counters) = (&mut self.ledger, &mut self.counters);
-                    native
-                        .window
-                        .push(rec.seq.get(), event, now, |e| apply(ledger, counters, pid, &e));
+                    native.invalid_burst = 0;
+                    Some(event)
                 }
                 Err(e) => {
                     self.counters.invalid += 1;
                     native.note_invalid(pid, &e);
+                    None
                 }
-            }
+            };
+            let (ledger, counters) = (&mut self.ledger, &mut self.counters);
+            self.held.push(&mut native.window, rec.seq.get(), event, now, |e| {
+                apply(ledger, counters, pid, e)
+            });
         }
         native.sync_counters(&mut self.counters);
         if native.window.held() > 0 && !self.gapped.contains(&client) {
@@ -416,13 +472,15 @@ impl Ingest {
         if let Kind::Native(native) = &mut c.kind {
             let (ledger, counters) = (&mut self.ledger, &mut self.counters);
             let pid = c.pid;
+            let before = native.window.held();
             native.window.flush(|e| {
                 if released {
                     counters.after_release += 1;
                 } else {
-                    apply(ledger, counters, pid, &e)
+                    apply(ledger, counters, pid, e)
                 }
             });
+            self.held.settle(before, &native.window);
             native.sync_counters(&mut self.counters);
         }
         self.counters.rings = self.counters.rings.saturating_sub(u64::from(c.rings));
@@ -511,13 +569,15 @@ impl Ingest {
             let pid = c.pid;
             if let Kind::Native(native) = &mut c.kind {
                 let (ledger, counters) = (&mut self.ledger, &mut self.counters);
+                let before = native.window.held();
                 native.window.poll(now, |e| {
                     if gone {
                         counters.after_release += 1;
                     } else {
-                        apply(ledger, counters, pid, &e)
+                        apply(ledger, counters, pid, e)
                     }
                 });
+                self.held.settle(before, &native.window);
                 native.sync_counters(&mut self.counters);
                 if native.window.held() == 0 {
                     self.gapped.swap_remove(i);
@@ -601,8 +661,8 @@ impl Ingest {
             Kind::Undecided { .. } => {}
             Kind::Native(native) => {
                 let mut requests: Vec<(u16, u64, Vec<u8>)> = Vec::new();
-                let (ledger, counters, scratch) =
-                    (&mut self.ledger, &mut self.counters, &mut self.scratch);
+                let (ledger, counters, scratch, held) =
+                    (&mut self.ledger, &mut self.counters, &mut self.scratch, &mut self.held);
                 scratch.clear();
                 let Native { decoder, window, invalid_burst, .. } = &mut **native;
                 let result = decoder.feed(input, |event| match event {
@@ -617,10 +677,11 @@ impl Ingest {
                                 let event = EventBody::read_from_bytes(frame.body)
                                     .map_err(|_| None)
                                     .and_then(|b| Event::from_native(msg_type, &b).map_err(Some));
-                                match event {
-                                    Ok(event) => window.push(frame.header.msg_id, event, now, |e| {
-                                        apply(ledger, counters, pid, &e)
-                                    }),
+                                let event = match event {
+                                    Ok(event) => {
+                                        *invalid_burst = 0;
+                                        Some(event)
+                                    }
                                     Err(e) => {
                                         counters.invalid += 1;
                                         *invalid_burst += 1;
@@ -630,8 +691,12 @@ impl Ingest {
                                                 None => tracing::warn!(pid, "alloc: event body of {} bytes from pid {pid}, expected {EVENT_BODY_LEN}", frame.body.len()),
                                             }
                                         }
+                                        None
                                     }
-                                }
+                                };
+                                held.push(window, frame.header.msg_id, event, now, |e| {
+                                    apply(ledger, counters, pid, e)
+                                });
                             }
                             Some(MsgType::Doorbell) => {}
                             _ => requests.push((msg_type, frame.header.msg_id, frame.body.to_vec())),
@@ -707,7 +772,7 @@ impl Ingest {
                 if released {
                     self.counters.after_release += 1;
                 } else {
-                    apply(&mut self.ledger, &mut self.counters, pid, &event);
+                    apply(&mut self.ledger, &mut self.counters, pid, Some(event));
                 }
             }
             Item::Invalid { .. } => self.counters.invalid += 1,
@@ -1185,7 +1250,10 @@ fn is_released(procs: &HashMap<u32, Proc>, pid: u32, generation: u64) -> bool {
     procs.get(&pid).is_some_and(|p| p.generation == generation && p.released)
 }
 
-fn apply(ledger: &mut Ledger, counters: &mut IngestCounters, pid: u32, event: &Event) {
+/// Applies one event (`None`: the place of an invalid one, counted when it arrived).
+fn apply(ledger: &mut Ledger, counters: &mut IngestCounters, pid: u32, event: Option<Event>) {
+    let Some(event) = event else { return };
+    let event = &event;
     counters.events += 1;
     match ledger.apply(pid, event) {
         Outcome::UnknownFree => counters.unknown_frees += 1,

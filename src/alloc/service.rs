@@ -316,7 +316,7 @@ impl Prepared for AllocPrepared {
             max_rings_per_client: a.max_rings_per_client,
             ring_capacity: a.ring_capacity,
             legacy_detect_timeout: Duration::from_millis(a.legacy_detect_timeout_ms),
-            max_body_bytes: cx.config.control.max_body_bytes,
+            ..IngestConfig::default()
         };
         let status = cx.status("alloc");
         status.set("devices", self.devices.len());

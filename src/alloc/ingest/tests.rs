@@ -365,3 +365,55 @@ fn subscribers_get_a_push_when_usage_changes() {
     let push = proto::UsagePush::decode(frames[0].3.as_slice()).unwrap();
     assert_eq!(push.usage.unwrap().devices[0].dram, 100);
 }
+
+#[test]
+fn held_events_of_all_clients_stay_within_the_budget() {
+    let config = IngestConfig { held_budget: 8, ..IngestConfig::default() };
+    let (mut c, mut io, t0) =
+        (Ingest::new(config, DeviceTable::default_table()), FakeIo::default(), Instant::now());
+    for client in 1..=4u64 {
+        c.connect(client, 100 + client as u32, ListenerKind::Native, t0);
+        let hello = proto::Hello { name: String::new(), first_seq: 0 };
+        c.bytes(client, &request(MsgType::Hello, 1, &hello), t0, &mut io);
+    }
+    // Every client skips seq 0 and sends 1..=10: everything is held until the budget bites.
+    for client in 1..=4u64 {
+        for seq in 1..=10 {
+            let e = ev(MsgType::Alloc, 0, client * 1000 + seq, 1, 0);
+            c.bytes(client, &frame(MsgType::Alloc, seq, &e), t0, &mut io);
+            assert!(c.counters().held <= 8 + 1, "held {}", c.counters().held);
+        }
+    }
+    let k = c.counters();
+    assert!(k.budget_flushes > 0);
+    // Nothing was lost: held, or applied (gaps skipped) in order.
+    assert_eq!(dram(&c, 0) + k.held, 40);
+    for client in 1..=4u64 {
+        c.disconnect(client, t0);
+    }
+    assert_eq!(c.counters().held, 0);
+    assert_eq!(dram(&c, 0), 40);
+}
+
+#[test]
+fn invalid_native_events_are_counted_and_hold_their_place_in_the_sequence() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 90, ListenerKind::Native, t0);
+    let bad = ev(MsgType::Alloc, 0, 1, 0, 0); // size 0
+    for seq in 0..5 {
+        c.bytes(1, &frame(MsgType::Alloc, seq, &bad), t0, &mut io);
+    }
+    assert_eq!(c.counters().invalid, 5);
+    assert_eq!(dram(&c, 0), 0);
+    // A body of the wrong size is invalid too, and the connection stays.
+    let mut out = Vec::new();
+    encode(ProtocolVersion::V2, MsgType::Alloc.code(), Flags::EMPTY, 5, &[0u8; 7], &mut out);
+    c.bytes(1, &out, t0, &mut io);
+    assert_eq!(c.counters().invalid, 6);
+    assert!(io.closed.is_empty());
+    // Seq 6 applies at once: 0..=5 were invalid, not missing.
+    c.bytes(1, &frame(MsgType::Alloc, 6, &ev(MsgType::Alloc, 0, 1, 10, 0)), t0, &mut io);
+    assert_eq!(dram(&c, 0), 10);
+    assert_eq!(c.counters().held, 0);
+    assert_eq!(c.counters().gaps_skipped, 0);
+}
