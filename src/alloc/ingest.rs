@@ -281,7 +281,11 @@ struct Subscription {
 }
 
 struct Proc {
+    /// Open connections of the current generation.
     conns: u32,
+    /// Open connections of earlier generations (a dead process's sockets a child kept):
+    /// their events are dropped, and the entry stays until they end too.
+    stale_conns: u32,
     generation: u64,
     exited_at: Option<Instant>,
     released: bool,
@@ -348,18 +352,34 @@ impl Ingest {
     ) -> Connected {
         let proc = self.procs.entry(pid).or_insert(Proc {
             conns: 0,
+            stale_conns: 0,
             generation: 0,
             exited_at: None,
             released: false,
         });
         let mut new_process = proc.conns == 0 && proc.exited_at.is_none() && !proc.released;
         if proc.released || proc.exited_at.is_some() {
-            // A pid seen dead before: this is a new process that reuses it.
+            // A pid seen dead before: this is a new process that reuses it. What the dead one
+            // held goes now (its grace is over: a new process has its pid), and its sockets
+            // still open are of an earlier generation from here on.
+            if !proc.released {
+                self.release(pid, _now);
+            }
+            let proc = self.procs.entry(pid).or_insert(Proc {
+                conns: 0,
+                stale_conns: 0,
+                generation: 0,
+                exited_at: None,
+                released: false,
+            });
+            proc.stale_conns += proc.conns;
+            proc.conns = 0;
             proc.generation += 1;
             proc.released = false;
             proc.exited_at = None;
             new_process = true;
         }
+        let proc = self.procs.get_mut(&pid).expect("inserted above");
         proc.conns += 1;
         let generation = proc.generation;
         let kind = Kind::Undecided { listener, head: Vec::new() };
@@ -488,7 +508,12 @@ impl Ingest {
         self.subscribers.retain(|&s| s != client);
         let Some(proc) = self.procs.get_mut(&c.pid) else { return false };
         if proc.generation != c.generation {
-            return false; // a connection of an earlier process with this pid
+            // A connection of an earlier process with this pid.
+            proc.stale_conns = proc.stale_conns.saturating_sub(1);
+            if proc.stale_conns == 0 && proc.conns == 0 && proc.released {
+                self.procs.remove(&c.pid);
+            }
+            return false;
         }
         proc.conns = proc.conns.saturating_sub(1);
         if proc.conns > 0 {
@@ -496,7 +521,9 @@ impl Ingest {
         }
         if proc.released {
             // Released at the end of its grace; its last connection is gone now.
-            self.procs.remove(&c.pid);
+            if proc.stale_conns == 0 {
+                self.procs.remove(&c.pid);
+            }
             return false;
         }
         if proc.exited_at.is_some() || self.config.release_on_disconnect {
@@ -936,7 +963,7 @@ impl Ingest {
             return;
         }
         proc.released = true;
-        if proc.conns == 0 {
+        if proc.conns == 0 && proc.stale_conns == 0 {
             // Nothing of it can arrive any more: forget it (a new process may reuse the pid).
             self.procs.remove(&pid);
         }
@@ -1246,8 +1273,11 @@ impl Native {
     }
 }
 
+/// Whether events of a connection of `pid`'s `generation` are to be dropped: its process was
+/// released, or a newer process has the pid. (A connection always has its pid's entry: it is
+/// removed only when no connection of any generation is open.)
 fn is_released(procs: &HashMap<u32, Proc>, pid: u32, generation: u64) -> bool {
-    procs.get(&pid).is_some_and(|p| p.generation == generation && p.released)
+    procs.get(&pid).is_none_or(|p| p.generation != generation || p.released)
 }
 
 /// Applies one event (`None`: the place of an invalid one, counted when it arrived).

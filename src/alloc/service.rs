@@ -470,7 +470,11 @@ impl AllocAgent {
         };
         self.kinds.insert(client, kind);
         let connected = self.core.connect(client, pid, kind, ctx.now);
-        if connected.new_process || !self.pidfds.contains_key(&pid) {
+        if connected.new_process {
+            // A reused pid: the dead process's pidfd goes, the new one's is watched.
+            self.unwatch(ctx, pid);
+        }
+        if !self.pidfds.contains_key(&pid) {
             self.watch_process(ctx, pid);
         }
     }

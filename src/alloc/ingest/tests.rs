@@ -417,3 +417,25 @@ fn invalid_native_events_are_counted_and_hold_their_place_in_the_sequence() {
     assert_eq!(c.counters().held, 0);
     assert_eq!(c.counters().gaps_skipped, 0);
 }
+
+#[test]
+fn a_reused_pid_while_the_dead_process_socket_is_open_is_a_new_owner() {
+    // Found by the alloc_ingest fuzzer: the old generation's open socket kept the count of
+    // connections up forever, so the new process was never released.
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 70, ListenerKind::Native, t0);
+    c.bytes(1, &frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 0, 1, 100, 0)), t0, &mut io);
+    assert!(!c.process_exited(70, t0), "its socket is open (a child kept it)");
+    // A new process gets pid 70 before the grace ends: the dead one's entries go now.
+    assert!(c.connect(2, 70, ListenerKind::Native, t0).new_process);
+    assert_eq!(dram(&c, 0), 0);
+    c.bytes(2, &frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 0, 2, 5, 0)), t0, &mut io);
+    // The old socket's events are the dead process's: dropped, not the new owner's.
+    c.bytes(1, &frame(MsgType::Alloc, 1, &ev(MsgType::Alloc, 0, 3, 7, 0)), t0, &mut io);
+    assert_eq!(dram(&c, 0), 5);
+    assert_eq!(c.counters().after_release, 1);
+    assert!(!c.disconnect(1, t0));
+    assert!(!c.disconnect(2, t0), "the new process only disconnected");
+    assert!(c.process_exited(70, t0));
+    assert!(c.ledger().is_empty());
+}
