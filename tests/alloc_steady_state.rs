@@ -99,7 +99,14 @@ fn native_ring_and_legacy_ingest_allocate_nothing_in_steady_state() {
     // A ring client said hello over its socket first (as it must, to register a ring).
     let mut hello = Vec::new();
     let body = corelane::alloc::proto::Hello { name: String::new(), first_seq: 0 };
-    encode(ProtocolVersion::V2, MsgType::Hello.code(), Flags::EMPTY, 1, &prost::Message::encode_to_vec(&body), &mut hello);
+    encode(
+        ProtocolVersion::V2,
+        MsgType::Hello.code(),
+        Flags::EMPTY,
+        1,
+        &prost::Message::encode_to_vec(&body),
+        &mut hello,
+    );
     core.bytes(2, &hello, t0, &mut NullIo);
     let mut frames = Vec::with_capacity(1 << 16);
     let mut records = Vec::with_capacity(2 * ADDRESSES as usize);

@@ -44,7 +44,8 @@ use prost::Message;
 use zerocopy::FromBytes;
 
 use super::devices::DeviceTable;
-use super::ledger::{EntryKind, Ledger, Outcome};
+use super::ledger::{EntryKind, Outcome};
+use super::ledgers::{Applied, DeviceAgent, LedgerOp, Ledgers};
 use super::legacy::{self, Item, LayoutChoice, LegacyParser, ReplyDeviceInfo, ReplyUsage, Verdict};
 use super::order::{Reorder, ReorderStats};
 use super::proto;
@@ -52,6 +53,7 @@ use super::wire::{
     BufferType, Event, EventBody, KernelKind, Layout, MsgType, RingRecord, EVENT_BODY_LEN,
     MAX_DEVICES,
 };
+use crate::runtime::{LinkRx, LinkTx};
 use crate::wire::{
     encode, encode_error, Decoder, DecoderConfig, Event as WireEvent, Flags, ProtocolVersion,
     WireError, MAGIC,
@@ -185,7 +187,7 @@ pub struct IngestCounters {
 /// The alloc server's core. See the [module docs](self).
 pub struct Ingest {
     config: IngestConfig,
-    ledger: Ledger,
+    ledger: Ledgers,
     devices: DeviceTable,
     clients: HashMap<u64, Client>,
     procs: HashMap<u32, Proc>,
@@ -314,7 +316,7 @@ impl Ingest {
     pub fn new(config: IngestConfig, devices: DeviceTable) -> Self {
         Ingest {
             config,
-            ledger: Ledger::new(devices.clone()),
+            ledger: Ledgers::new(devices.clone()),
             devices,
             clients: HashMap::new(),
             procs: HashMap::new(),
@@ -328,9 +330,26 @@ impl Ingest {
         }
     }
 
-    /// The ledger.
-    pub fn ledger(&self) -> &Ledger {
+    /// The ledgers of every device.
+    pub fn ledger(&self) -> &Ledgers {
         &self.ledger
+    }
+
+    /// Moves device `device`'s ledger to the lane of the agent that consumes `tx` (see
+    /// [`super::ledgers`]); returns that agent. Call before the first connection.
+    pub fn place_device(
+        &mut self,
+        device: u8,
+        tx: LinkTx<LedgerOp>,
+        rx: LinkRx<LedgerOp>,
+    ) -> DeviceAgent {
+        self.ledger.place(device, tx, rx)
+    }
+
+    /// Pushes events that wait for room in a device lane's link; returns whether some still
+    /// wait (the agent keeps its lane busy until they are through).
+    pub fn flush_ledgers(&mut self) -> bool {
+        self.ledger.flush()
     }
 
     /// The counters so far.
@@ -338,6 +357,10 @@ impl Ingest {
         let mut c = self.counters;
         c.connections = self.clients.len() as u64;
         c.budget_flushes = self.held.flushes;
+        let (unknown, duplicate, rejected) = self.ledger.remote_outcomes();
+        c.unknown_frees += unknown;
+        c.duplicate_allocs += duplicate;
+        c.invalid += rejected;
         c.held = self.held.total as u64;
         c
     }
@@ -726,6 +749,14 @@ impl Ingest {
                                 });
                             }
                             Some(MsgType::Doorbell) => {}
+                            Some(MsgType::Hello) => {
+                                // The window's start, before any event after it in this read
+                                // (the reply is sent with the other requests', below).
+                                if let Ok(hello) = proto::Hello::decode(frame.body) {
+                                    window.start(hello.first_seq);
+                                }
+                                requests.push((msg_type, frame.header.msg_id, frame.body.to_vec()));
+                            }
                             _ => requests.push((msg_type, frame.header.msg_id, frame.body.to_vec())),
                         }
                     }
@@ -898,8 +929,8 @@ impl Ingest {
                 let Ok(hello) = proto::Hello::decode(body) else {
                     return self.refuse(client, msg_type, msg_id, "bad Hello body", io);
                 };
+                // (The window started at `first_seq` as the frame was read, in order.)
                 if let Some(Kind::Native(n)) = self.clients.get_mut(&client).map(|c| &mut c.kind) {
-                    n.window.start(hello.first_seq);
                     n.name = hello.name.chars().take(64).collect();
                 }
                 proto::HelloReply {
@@ -1281,15 +1312,16 @@ fn is_released(procs: &HashMap<u32, Proc>, pid: u32, generation: u64) -> bool {
 }
 
 /// Applies one event (`None`: the place of an invalid one, counted when it arrived).
-fn apply(ledger: &mut Ledger, counters: &mut IngestCounters, pid: u32, event: Option<Event>) {
+fn apply(ledger: &mut Ledgers, counters: &mut IngestCounters, pid: u32, event: Option<Event>) {
     let Some(event) = event else { return };
     let event = &event;
     counters.events += 1;
     match ledger.apply(pid, event) {
-        Outcome::UnknownFree => counters.unknown_frees += 1,
-        Outcome::RefBumped => counters.duplicate_allocs += 1,
-        Outcome::Rejected => counters.invalid += 1,
-        Outcome::Added | Outcome::Decremented | Outcome::Removed => {}
+        Applied::Here(Outcome::UnknownFree) => counters.unknown_frees += 1,
+        Applied::Here(Outcome::RefBumped) => counters.duplicate_allocs += 1,
+        Applied::Here(Outcome::Rejected) => counters.invalid += 1,
+        Applied::Here(Outcome::Added | Outcome::Decremented | Outcome::Removed)
+        | Applied::Forwarded => {}
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`devices`]: the simulated device table (architectures, board presets, capacities);
 //! - [`ledger`]: the sans-IO ledger of buffers, CBs and kernels, with totals per device and per
 //!   process, process release and the DUMP_REMAINING report;
+//! - [`ledgers`]: every device's ledger, on the ingest lane or on the lane that owns the
+//!   device (agent `alloc-device-<N>`), fed through a link;
 //! - [`order`]: the per-client reorder window that applies events in sequence order;
 //! - [`legacy`]: the sans-IO parser of legacy records (TT-Metal v4/v5 detected per connection,
 //!   compact-v2), resync and the 10-error close, and the same-size replies;
@@ -19,6 +21,7 @@
 pub mod devices;
 pub mod ingest;
 pub mod ledger;
+pub mod ledgers;
 pub mod legacy;
 pub mod order;
 pub mod proto;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::devices::DeviceTable;
 use super::ingest::{Ingest, IngestConfig, IngestCounters, Io, ListenerKind};
-use super::wire::{MsgType, RingRecord};
+use super::wire::{MsgType, RingRecord, MAX_DEVICES};
 use crate::channel::ServerRx;
 use crate::config::{AllocConfig, Config, ConfigError, SectionSpec, ALLOC_SECTION};
 use crate::daemon::service::Agents;
@@ -39,6 +39,23 @@ pub static ALLOC: AllocService = AllocService;
 /// The alloc server. See the [module docs](self).
 #[derive(Debug)]
 pub struct AllocService;
+
+/// The ingest agent, then the agents that own one device's ledger each (a lane that lists
+/// `alloc-device-<N>` owns device N's ledger; otherwise it lives in the ingest agent).
+pub const AGENTS: [&str; 1 + MAX_DEVICES] = [
+    "alloc",
+    "alloc-device-0",
+    "alloc-device-1",
+    "alloc-device-2",
+    "alloc-device-3",
+    "alloc-device-4",
+    "alloc-device-5",
+    "alloc-device-6",
+    "alloc-device-7",
+];
+
+/// Capacity of the link to a device's lane, in events.
+const DEVICE_LINK: usize = 1 << 16;
 
 /// A listener from `[alloc] listeners`: where, and what it accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +104,11 @@ impl Service for AllocService {
     }
 
     fn agents(&self) -> &'static [&'static str] {
-        &["alloc"]
+        &AGENTS
+    }
+
+    fn optional_agents(&self) -> &'static [&'static str] {
+        &AGENTS[1..]
     }
 
     fn enabled(&self, config: &Config) -> bool {
@@ -328,8 +349,20 @@ impl Prepared for AllocPrepared {
                 .collect::<Vec<_>>()
                 .join(", "),
         );
+        let mut core = Ingest::new(config, self.devices);
+        let mut agents: Agents = Vec::new();
+        for (device, name) in AGENTS[1..].iter().enumerate() {
+            if let Some((tx, rx)) = cx.link(DEVICE_LINK, name) {
+                tracing::info!(
+                    device,
+                    agent = name,
+                    "alloc: device {device}'s ledger is on the lane of {name}"
+                );
+                agents.push((name, Box::new(core.place_device(device as u8, tx, rx))));
+            }
+        }
         let agent = AllocAgent {
-            core: Ingest::new(config, self.devices),
+            core,
             listeners: bound,
             conns: ConnTable::new(ConnConfig {
                 max_connections: a.max_connections as usize,
@@ -352,7 +385,8 @@ impl Prepared for AllocPrepared {
             rx: Vec::with_capacity(64 * 1024),
             released: Vec::new(),
         };
-        Ok(vec![("alloc", Box::new(agent) as Box<dyn Agent>)])
+        agents.insert(0, ("alloc", Box::new(agent) as Box<dyn Agent>));
+        Ok(agents)
     }
 }
 
@@ -770,6 +804,9 @@ impl Agent for AllocAgent {
         }
         let mut work = self.drain_rings(ctx);
         work += self.grant_rings(ctx);
+        if self.core.flush_ledgers() {
+            work += 1; // a device lane is behind: come back next pass
+        }
         self.closed(ctx);
         if work == 0 && ctx.is_last_look() && !self.rings.is_empty() {
             // The lane parks unless a ring has records: from now on a push rings the bell.

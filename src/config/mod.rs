@@ -470,9 +470,12 @@ impl Config {
                 hosted.push((agent, index));
             }
         }
-        // Every agent of an enabled service must be placed.
+        // Every agent of an enabled service must be placed (but those it can do without).
         for service in SERVICES.iter().filter(|s| s.enabled(self)) {
             for agent in service.agents() {
+                if service.optional_agents().contains(agent) {
+                    continue;
+                }
                 if !hosted.iter().any(|(a, _)| a == agent) {
                     let switch = service.section().keys.iter().any(|k| k.name == "enabled");
                     let because = if switch {

@@ -519,7 +519,9 @@ fn lane_validation() {
     );
     assert_eq!(
         err_text("[[lanes]]\nname = \"a\"\nagents = [\"control\", \"ledger\"]\n"),
-        "lanes[0].agents: unknown agent 'ledger'; expected one of: control, metrics, pool, alloc"
+        "lanes[0].agents: unknown agent 'ledger'; expected one of: control, metrics, pool, alloc, \
+         alloc-device-0, alloc-device-1, alloc-device-2, alloc-device-3, alloc-device-4, \
+         alloc-device-5, alloc-device-6, alloc-device-7"
     );
     assert_eq!(
         err_text("[[lanes]]\nname = \"a\"\nagents = [\"control\", \"frames\"]\n"),

@@ -53,6 +53,13 @@ pub trait Service: Sync {
     /// The agents it provides, by the names `[[lanes]] agents` uses (unique across services).
     fn agents(&self) -> &'static [&'static str];
 
+    /// Those of its [`agents`](Self::agents) that no lane needs to host: placing one moves
+    /// work to that lane (the alloc server's `alloc-device-<N>`), leaving it out keeps the
+    /// work where it is. Every other agent of an enabled service must be hosted.
+    fn optional_agents(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// The control requests it answers: `msg_type`s (unique across services, checked at
     /// start) and names (for `corelane_control_requests_total{type}`). Each must be served in
     /// [`Prepared::build`] with [`Build::serve`] or [`Build::serve_local`].

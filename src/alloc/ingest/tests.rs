@@ -129,6 +129,20 @@ fn the_race_of_seed_001_is_exact_with_sequence_numbers() {
 }
 
 #[test]
+fn a_hello_in_the_same_read_as_the_events_after_it_starts_their_window() {
+    // Hello (first_seq 0), then FREE seq 1 before ALLOC seq 0, all in one read.
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 11, ListenerKind::Native, t0);
+    let mut bytes = request(MsgType::Hello, 1, &proto::Hello { name: String::new(), first_seq: 0 });
+    bytes.extend(frame(MsgType::Free, 1, &ev(MsgType::Free, 0, 0x77, 0, 0)));
+    bytes.extend(frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 0, 0x77, 64, 0)));
+    c.bytes(1, &bytes, t0, &mut io);
+    assert_eq!(c.counters().unknown_frees, 0);
+    assert_eq!(dram(&c, 0), 0);
+    assert_eq!(io.frames(1).len(), 1, "the hello reply");
+}
+
+#[test]
 fn the_race_in_arrival_order_shows_the_seeds_errors() {
     // The legacy path applies in arrival order: FREE(X) unknown, then a duplicate ALLOC.
     let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
