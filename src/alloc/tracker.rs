@@ -114,6 +114,16 @@
 //! dropped (and counted). Once the daemon answers, the buffer is written and later reports
 //! get through; after a daemon restart it reconnects the same way.
 //!
+//! # Limits
+//!
+//! Exactness needs the daemon to keep up within its reorder bounds. A ring that is full sends
+//! its thread's next reports over the socket, ahead of what the ring still holds, and the
+//! daemon drains rings round-robin (`drain_batch` per ring per pass), so under a backlog one
+//! source runs up to a ring's capacity (8192 by default) ahead of another: more than the
+//! default `reorder_window` (4096), and a backlog older than `gap_timeout` (100 ms) has its
+//! gaps skipped too. Then events arrive `late` and a reused address can be seen out of order.
+//! A tight loop of reports against a debug daemon gets there; the tests raise both bounds.
+//!
 //! # Cost on the application thread
 //!
 //! [`seq`](AllocTracker::seq): one `fetch_add`. A report: a thread-local lookup, one atomic
