@@ -44,6 +44,7 @@ use prost::Message;
 use zerocopy::FromBytes;
 
 use super::devices::DeviceTable;
+use super::latency::LatencyProbe;
 use super::ledger::{EntryKind, Ledger, Outcome};
 use super::legacy::{self, Item, LayoutChoice, LegacyParser, ReplyDeviceInfo, ReplyUsage, Verdict};
 use super::order::{Reorder, ReorderStats};
@@ -100,6 +101,8 @@ pub struct IngestConfig {
     pub legacy_detect_timeout: Duration,
     /// Largest native body accepted.
     pub max_body_bytes: u32,
+    /// Record report-to-applied latencies ([`super::latency`]).
+    pub latency_probe: bool,
 }
 
 impl Default for IngestConfig {
@@ -113,6 +116,7 @@ impl Default for IngestConfig {
             ring_capacity: 8192,
             legacy_detect_timeout: Duration::from_millis(5),
             max_body_bytes: 1 << 20,
+            latency_probe: false,
         }
     }
 }
@@ -189,6 +193,8 @@ pub struct Ingest {
     body: Vec<u8>,
     /// Legacy items of one feed (kept: no allocation per feed once warm).
     items: Vec<Item>,
+    /// `Some` with `[alloc] latency_probe` on.
+    latency: Option<Box<LatencyProbe>>,
 }
 
 struct Client {
@@ -270,6 +276,7 @@ impl Ingest {
             scratch: Vec::with_capacity(4096),
             body: Vec::with_capacity(4096),
             items: Vec::with_capacity(256),
+            latency: config.latency_probe.then(LatencyProbe::new),
         }
     }
 
@@ -363,9 +370,12 @@ impl Ingest {
             match rec.event() {
                 Ok(event) => {
                     let (ledger, counters) = (&mut self.ledger, &mut self.counters);
-                    native
-                        .window
-                        .push(rec.seq.get(), event, now, |e| apply(ledger, counters, pid, &e));
+                    let seq = rec.seq.get();
+                    let probe = probe_due(&mut self.latency, &native.window, seq);
+                    native.window.push(seq, event, now, |e| apply(ledger, counters, pid, &e));
+                    if let Some(p) = probe {
+                        p.applied(rec.body.timestamp_ns.get());
+                    }
                 }
                 Err(e) => {
                     self.counters.invalid += 1;
@@ -601,8 +611,8 @@ impl Ingest {
             Kind::Undecided { .. } => {}
             Kind::Native(native) => {
                 let mut requests: Vec<(u16, u64, Vec<u8>)> = Vec::new();
-                let (ledger, counters, scratch) =
-                    (&mut self.ledger, &mut self.counters, &mut self.scratch);
+                let (ledger, counters, scratch, latency) =
+                    (&mut self.ledger, &mut self.counters, &mut self.scratch, &mut self.latency);
                 scratch.clear();
                 let Native { decoder, window, invalid_burst, .. } = &mut **native;
                 let result = decoder.feed(input, |event| match event {
@@ -615,12 +625,22 @@ impl Ingest {
                                     return;
                                 }
                                 let event = EventBody::read_from_bytes(frame.body)
-                                    .map_err(|_| None)
-                                    .and_then(|b| Event::from_native(msg_type, &b).map_err(Some));
+                                    .map_err(|_| None::<super::wire::EventError>)
+                                    .and_then(|b| {
+                                        let e = Event::from_native(msg_type, &b).map_err(Some)?;
+                                        Ok((e, b.timestamp_ns.get()))
+                                    });
                                 match event {
-                                    Ok(event) => window.push(frame.header.msg_id, event, now, |e| {
-                                        apply(ledger, counters, pid, &e)
-                                    }),
+                                    Ok((event, stamp)) => {
+                                        let seq = frame.header.msg_id;
+                                        let probe = probe_due(latency, window, seq);
+                                        window.push(seq, event, now, |e| {
+                                            apply(ledger, counters, pid, &e)
+                                        });
+                                        if let Some(p) = probe {
+                                            p.applied(stamp);
+                                        }
+                                    }
                                     Err(e) => {
                                         counters.invalid += 1;
                                         *invalid_burst += 1;
@@ -819,6 +839,15 @@ impl Ingest {
                 .ok();
             }
             Some(MsgType::RegisterRing) => return io.register_ring(client, msg_id),
+            Some(MsgType::LatencyReport) => match self.latency.as_deref_mut() {
+                Some(probe) => {
+                    probe.take().encode(&mut self.body).ok();
+                }
+                None => {
+                    let text = "the latency probe is off ([alloc] latency_probe = false)";
+                    return self.refuse(client, msg_type, msg_id, text, io);
+                }
+            },
             Some(MsgType::Dropped) => {
                 if let Ok(report) = proto::DroppedReport::decode(body) {
                     self.counters.client_dropped =
@@ -1183,6 +1212,17 @@ impl Native {
 
 fn is_released(procs: &HashMap<u32, Proc>, pid: u32, generation: u64) -> bool {
     procs.get(&pid).is_some_and(|p| p.generation == generation && p.released)
+}
+
+/// The probe, when it is on and event `seq` applies as it arrives (not held by the window).
+#[inline]
+fn probe_due<'a>(
+    probe: &'a mut Option<Box<LatencyProbe>>,
+    window: &Reorder<Event>,
+    seq: u64,
+) -> Option<&'a mut LatencyProbe> {
+    let probe = probe.as_deref_mut()?;
+    window.expected().is_none_or(|e| seq <= e).then_some(probe)
 }
 
 fn apply(ledger: &mut Ledger, counters: &mut IngestCounters, pid: u32, event: &Event) {

@@ -317,6 +317,7 @@ impl Prepared for AllocPrepared {
             ring_capacity: a.ring_capacity,
             legacy_detect_timeout: Duration::from_millis(a.legacy_detect_timeout_ms),
             max_body_bytes: cx.config.control.max_body_bytes,
+            latency_probe: a.latency_probe,
         };
         let status = cx.status("alloc");
         status.set("devices", self.devices.len());
