@@ -77,9 +77,24 @@ impl Goal {
     }
 }
 
+impl Goal {
+    /// Met if `value` is at least `limit`; an unmeasured value is not met.
+    pub fn at_least(what: &str, value: Option<f64>, limit: f64, unit: &str) -> Self {
+        let (seen, met) = match value {
+            Some(v) => {
+                (format!("{} (goal >= {})", number(v, unit), number(limit, unit)), v >= limit)
+            }
+            None => ("not measured".into(), false),
+        };
+        Self { what: what.into(), seen, met }
+    }
+}
+
 fn number(v: f64, unit: &str) -> String {
     if unit == "x" {
         format!("{v:.2}x")
+    } else if unit == " M/s" {
+        format!("{v:.1} M/s")
     } else {
         format!("{v:.0}{unit}")
     }

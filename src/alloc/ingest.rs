@@ -44,6 +44,7 @@ use prost::Message;
 use zerocopy::FromBytes;
 
 use super::devices::DeviceTable;
+use super::latency::LatencyProbe;
 use super::ledger::{EntryKind, Outcome};
 use super::ledgers::{Applied, DeviceAgent, LedgerOp, Ledgers};
 use super::legacy::{self, Item, LayoutChoice, LegacyParser, ReplyDeviceInfo, ReplyUsage, Verdict};
@@ -107,6 +108,8 @@ pub struct IngestConfig {
     /// more while the total is at the budget has its window flushed first (its gaps skipped,
     /// counted), so memory stays bounded whatever the clients send.
     pub held_budget: usize,
+    /// Record report-to-applied latencies ([`super::latency`]).
+    pub latency_probe: bool,
 }
 
 impl Default for IngestConfig {
@@ -121,6 +124,7 @@ impl Default for IngestConfig {
             legacy_detect_timeout: Duration::from_millis(5),
             max_body_bytes: MAX_BODY_BYTES,
             held_budget: 1 << 20,
+            latency_probe: false,
         }
     }
 }
@@ -203,6 +207,8 @@ pub struct Ingest {
     items: Vec<Item>,
     /// Events held by all windows, against the budget.
     held: Held,
+    /// `Some` with `[alloc] latency_probe` on.
+    latency: Option<Box<LatencyProbe>>,
 }
 
 /// The windows' shared budget of held events.
@@ -327,6 +333,7 @@ impl Ingest {
             body: Vec::with_capacity(4096),
             items: Vec::with_capacity(256),
             held: Held { total: 0, budget: config.held_budget, flushes: 0 },
+            latency: config.latency_probe.then(LatencyProbe::new),
         }
     }
 
@@ -468,9 +475,13 @@ impl Ingest {
                 }
             };
             let (ledger, counters) = (&mut self.ledger, &mut self.counters);
-            self.held.push(&mut native.window, rec.seq.get(), event, now, |e| {
-                apply(ledger, counters, pid, e)
-            });
+            let seq = rec.seq.get();
+            let probe = probe_due(&mut self.latency, &native.window, seq);
+            self.held
+                .push(&mut native.window, seq, event, now, |e| apply(ledger, counters, pid, e));
+            if let (Some(p), Some(_)) = (probe, event) {
+                p.applied(rec.body.timestamp_ns.get());
+            }
         }
         native.sync_counters(&mut self.counters);
         if native.window.held() > 0 && !self.gapped.contains(&client) {
@@ -711,8 +722,13 @@ impl Ingest {
             Kind::Undecided { .. } => {}
             Kind::Native(native) => {
                 let mut requests: Vec<(u16, u64, Vec<u8>)> = Vec::new();
-                let (ledger, counters, scratch, held) =
-                    (&mut self.ledger, &mut self.counters, &mut self.scratch, &mut self.held);
+                let (ledger, counters, scratch, held, latency) = (
+                    &mut self.ledger,
+                    &mut self.counters,
+                    &mut self.scratch,
+                    &mut self.held,
+                    &mut self.latency,
+                );
                 scratch.clear();
                 let Native { decoder, window, invalid_burst, .. } = &mut **native;
                 let result = decoder.feed(input, |event| match event {
@@ -744,9 +760,17 @@ impl Ingest {
                                         None
                                     }
                                 };
-                                held.push(window, frame.header.msg_id, event, now, |e| {
+                                let seq = frame.header.msg_id;
+                                let probe = probe_due(latency, window, seq);
+                                held.push(window, seq, event, now, |e| {
                                     apply(ledger, counters, pid, e)
                                 });
+                                if let (Some(p), Some(_)) = (probe, event) {
+                                    // The body's timestamp: the event decoded from it.
+                                    let stamp = EventBody::read_from_bytes(frame.body)
+                                        .map_or(0, |b| b.timestamp_ns.get());
+                                    p.applied(stamp);
+                                }
                             }
                             Some(MsgType::Doorbell) => {}
                             Some(MsgType::Hello) => {
@@ -942,6 +966,15 @@ impl Ingest {
                 .ok();
             }
             Some(MsgType::RegisterRing) => return io.register_ring(client, msg_id),
+            Some(MsgType::LatencyReport) => match self.latency.as_deref_mut() {
+                Some(probe) => {
+                    probe.take().encode(&mut self.body).ok();
+                }
+                None => {
+                    let text = "the latency probe is off ([alloc] latency_probe = false)";
+                    return self.refuse(client, msg_type, msg_id, text, io);
+                }
+            },
             Some(MsgType::Dropped) => {
                 if let Ok(report) = proto::DroppedReport::decode(body) {
                     self.counters.client_dropped =
@@ -1309,6 +1342,17 @@ impl Native {
 /// removed only when no connection of any generation is open.)
 fn is_released(procs: &HashMap<u32, Proc>, pid: u32, generation: u64) -> bool {
     procs.get(&pid).is_none_or(|p| p.generation != generation || p.released)
+}
+
+/// The probe, if it is on and `seq` applies on arrival (a held event's wait is the gap's,
+/// not the path's: it is not sampled).
+fn probe_due<'a>(
+    probe: &'a mut Option<Box<LatencyProbe>>,
+    window: &Reorder<Option<Event>>,
+    seq: u64,
+) -> Option<&'a mut LatencyProbe> {
+    let probe = probe.as_deref_mut()?;
+    window.expected().is_none_or(|e| seq <= e).then_some(probe)
 }
 
 /// Applies one event (`None`: the place of an invalid one, counted when it arrived).

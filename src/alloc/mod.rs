@@ -14,6 +14,7 @@
 //!   compact-v2), resync and the 10-error close, and the same-size replies;
 //! - [`ingest`]: the sans-IO core: connections' bytes and ring records in, the ledger in
 //!   each client's sequence order, replies out; process exit;
+//! - [`latency`]: the optional report-to-applied latency probe (`[alloc] latency_probe`);
 //! - [`service`]: the `alloc` service and its agent (listeners, rings, pidfds);
 //! - [`query`]: a blocking query client (usage, device info, processes, dumps, pushes);
 //! - [`tracker`]: the client library ([`AllocTracker`](tracker::AllocTracker)): reports over
@@ -22,6 +23,7 @@
 
 pub mod devices;
 pub mod ingest;
+pub mod latency;
 pub mod ledger;
 pub mod ledgers;
 pub mod legacy;

@@ -86,6 +86,12 @@ impl QueryClient {
         self.call(MsgType::DumpRemaining, &proto::DumpRequest {})
     }
 
+    /// The latency probe's report since the previous one (and resets it); refused when the
+    /// daemon runs with `[alloc] latency_probe = false`.
+    pub fn latency(&mut self) -> Result<proto::LatencyReply, QueryError> {
+        self.call(MsgType::LatencyReport, &proto::LatencyRequest {})
+    }
+
     /// Subscribes to usage changes; then read them with [`next_push`](Self::next_push).
     pub fn subscribe(&mut self, min_interval_ms: u32) -> Result<proto::UsageReply, QueryError> {
         self.call(MsgType::Subscribe, &proto::SubscribeRequest { min_interval_ms })

@@ -337,6 +337,7 @@ impl Prepared for AllocPrepared {
             max_rings_per_client: a.max_rings_per_client,
             ring_capacity: a.ring_capacity,
             legacy_detect_timeout: Duration::from_millis(a.legacy_detect_timeout_ms),
+            latency_probe: a.latency_probe,
             ..IngestConfig::default()
         };
         let status = cx.status("alloc");

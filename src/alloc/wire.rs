@@ -63,6 +63,9 @@ pub enum MsgType {
     /// Native only: "a ring has records" (empty body), sent only when the daemon's lane is
     /// parked (see `crate::channel`).
     Doorbell = 19,
+    /// Native only: read and reset the latency probe (protobuf `LatencyReply`; refused when
+    /// `[alloc] latency_probe` is off).
+    LatencyReport = 20,
 }
 
 impl MsgType {
@@ -92,6 +95,7 @@ impl MsgType {
             17 => RegisterRing,
             18 => Dropped,
             19 => Doorbell,
+            20 => LatencyReport,
             _ => return None,
         })
     }
@@ -136,6 +140,7 @@ impl MsgType {
             MsgType::RegisterRing => "register_ring",
             MsgType::Dropped => "dropped",
             MsgType::Doorbell => "doorbell",
+            MsgType::LatencyReport => "latency_report",
         }
     }
 }
@@ -647,7 +652,7 @@ mod tests {
             }
         }
         assert_eq!(MsgType::from_code(0), None);
-        assert_eq!(MsgType::from_code(20), None);
+        assert_eq!(MsgType::from_code(21), None);
         assert_eq!(BufferType::from_code(5), None);
         assert_eq!(KernelKind::from_code(3), None);
     }

@@ -316,6 +316,10 @@ pub struct AllocConfig {
     /// `legacy_detect_timeout_ms`: how long a `tt-metal` connection with one 128-byte record
     /// and nothing more waits before it is read as v4. Default 5.
     pub legacy_detect_timeout_ms: u64,
+    /// `latency_probe`: record, for every event applied on arrival, `CLOCK_MONOTONIC` now minus
+    /// its `timestamp_ns` into a histogram on the lane, read (and reset) with the native
+    /// `LatencyReport` query. For benchmarks; off costs nothing. Default false.
+    pub latency_probe: bool,
 }
 
 /// One environment variable the loader reads, for `corelane run --help`.

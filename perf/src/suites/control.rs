@@ -371,7 +371,7 @@ fn idle_rss(dir: &Path, reactor: &str) -> Result<u64, String> {
 }
 
 /// `target/release/corelane` next to this binary, built if missing.
-fn daemon_binary() -> Result<PathBuf, String> {
+pub(super) fn daemon_binary() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let bin = exe.with_file_name("corelane");
     if !bin.exists() {

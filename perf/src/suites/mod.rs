@@ -15,10 +15,11 @@ use crate::spawn::ChildFn;
 
 mod control;
 mod handoff;
+mod ingest;
 mod spsc;
 
 /// Every suite, in `--help` order.
-pub const ALL: &[Suite] = &[spsc::SUITE, control::SUITE, handoff::SUITE];
+pub const ALL: &[Suite] = &[spsc::SUITE, control::SUITE, handoff::SUITE, ingest::SUITE];
 
 #[derive(Debug)]
 pub struct Suite {

@@ -453,3 +453,46 @@ fn a_reused_pid_while_the_dead_process_socket_is_open_is_a_new_owner() {
     assert!(c.process_exited(70, t0));
     assert!(c.ledger().is_empty());
 }
+
+#[test]
+fn the_latency_probe_samples_events_applied_on_arrival_and_is_refused_when_off() {
+    use crate::alloc::latency::monotonic_ns;
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 81, ListenerKind::Native, t0);
+    // Off (the default): refused with an error reply.
+    c.bytes(1, &request(MsgType::LatencyReport, 5, &proto::LatencyRequest {}), t0, &mut io);
+    let frames = io.frames(1);
+    assert!(frames[0].2.contains(Flags::ERROR), "refused while off");
+
+    let config = IngestConfig { latency_probe: true, ..IngestConfig::default() };
+    let mut c = Ingest::new(config, DeviceTable::default_table());
+    c.connect(1, 82, ListenerKind::Native, t0);
+    let stamp = monotonic_ns();
+    // Seq 0 over the socket, seq 2 from a ring (held: not sampled), seq 1 from a ring.
+    let e = ev(MsgType::Alloc, 0, 0x40, 64, 0);
+    let mut f = Vec::new();
+    encode(
+        ProtocolVersion::V2,
+        MsgType::Alloc.code(),
+        Flags::EMPTY,
+        0,
+        e.body(stamp).as_bytes(),
+        &mut f,
+    );
+    c.bytes(1, &f, t0, &mut io);
+    c.records(1, &[RingRecord::new(2, &ev(MsgType::Alloc, 0, 0x80, 64, 0), stamp)], t0);
+    c.records(1, &[RingRecord::new(1, &ev(MsgType::Free, 0, 0x40, 0, 0), stamp)], t0);
+    assert_eq!(c.counters().events, 3);
+    c.bytes(1, &request(MsgType::LatencyReport, 6, &proto::LatencyRequest {}), t0, &mut io);
+    let frames = io.frames(1);
+    let (t, id, flags, body) = &frames[0];
+    assert_eq!((*t, *id), (MsgType::LatencyReport.code(), 6));
+    assert!(!flags.contains(Flags::ERROR));
+    let r = proto::LatencyReply::decode(body.as_slice()).unwrap();
+    assert_eq!(r.count, 2, "the held event is not sampled");
+    assert!(r.p50_ns <= r.max_ns && r.max_ns < 60_000_000_000);
+    // Read and reset.
+    c.bytes(1, &request(MsgType::LatencyReport, 7, &proto::LatencyRequest {}), t0, &mut io);
+    let r = proto::LatencyReply::decode(io.frames(1)[0].3.as_slice()).unwrap();
+    assert_eq!(r.count, 0);
+}
