@@ -212,7 +212,9 @@ enum Kind {
 
 struct Native {
     decoder: Decoder,
-    window: Reorder<Event>,
+    /// Each sequence number's event; `None` for one refused by validation, which still takes
+    /// its turn (the events after it are not held behind a gap that can never fill).
+    window: Reorder<Option<Event>>,
     name: String,
     /// Invalid events since the last log line (one line per burst).
     invalid_burst: u64,
@@ -365,11 +367,15 @@ impl Ingest {
                     let (ledger, counters) = (&mut self.ledger, &mut self.counters);
                     native
                         .window
-                        .push(rec.seq.get(), event, now, |e| apply(ledger, counters, pid, &e));
+                        .push(rec.seq.get(), Some(event), now, |e| apply(ledger, counters, pid, e));
                 }
                 Err(e) => {
                     self.counters.invalid += 1;
                     native.note_invalid(pid, &e);
+                    let (ledger, counters) = (&mut self.ledger, &mut self.counters);
+                    native
+                        .window
+                        .push(rec.seq.get(), None, now, |e| apply(ledger, counters, pid, e));
                 }
             }
         }
@@ -418,9 +424,9 @@ impl Ingest {
             let pid = c.pid;
             native.window.flush(|e| {
                 if released {
-                    counters.after_release += 1;
+                    counters.after_release += u64::from(e.is_some());
                 } else {
-                    apply(ledger, counters, pid, &e)
+                    apply(ledger, counters, pid, e)
                 }
             });
             native.sync_counters(&mut self.counters);
@@ -513,9 +519,9 @@ impl Ingest {
                 let (ledger, counters) = (&mut self.ledger, &mut self.counters);
                 native.window.poll(now, |e| {
                     if gone {
-                        counters.after_release += 1;
+                        counters.after_release += u64::from(e.is_some());
                     } else {
-                        apply(ledger, counters, pid, &e)
+                        apply(ledger, counters, pid, e)
                     }
                 });
                 native.sync_counters(&mut self.counters);
@@ -618,10 +624,14 @@ impl Ingest {
                                     .map_err(|_| None)
                                     .and_then(|b| Event::from_native(msg_type, &b).map_err(Some));
                                 match event {
-                                    Ok(event) => window.push(frame.header.msg_id, event, now, |e| {
-                                        apply(ledger, counters, pid, &e)
+                                    Ok(event) => window.push(frame.header.msg_id, Some(event), now, |e| {
+                                        apply(ledger, counters, pid, e)
                                     }),
                                     Err(e) => {
+                                        // Its sequence number takes its turn, applying nothing.
+                                        window.push(frame.header.msg_id, None, now, |e| {
+                                            apply(ledger, counters, pid, e)
+                                        });
                                         counters.invalid += 1;
                                         *invalid_burst += 1;
                                         if *invalid_burst == 1 {
@@ -707,7 +717,7 @@ impl Ingest {
                 if released {
                     self.counters.after_release += 1;
                 } else {
-                    apply(&mut self.ledger, &mut self.counters, pid, &event);
+                    apply(&mut self.ledger, &mut self.counters, pid, Some(event));
                 }
             }
             Item::Invalid { .. } => self.counters.invalid += 1,
@@ -1185,7 +1195,9 @@ fn is_released(procs: &HashMap<u32, Proc>, pid: u32, generation: u64) -> bool {
     procs.get(&pid).is_some_and(|p| p.generation == generation && p.released)
 }
 
-fn apply(ledger: &mut Ledger, counters: &mut IngestCounters, pid: u32, event: &Event) {
+/// Applies one sequence number's event (`None`: one refused by validation, nothing to apply).
+fn apply(ledger: &mut Ledger, counters: &mut IngestCounters, pid: u32, event: Option<Event>) {
+    let Some(event) = &event else { return };
     counters.events += 1;
     match ledger.apply(pid, event) {
         Outcome::UnknownFree => counters.unknown_frees += 1,

@@ -469,8 +469,10 @@ impl AllocAgent {
             }
         };
         self.kinds.insert(client, kind);
-        let connected = self.core.connect(client, pid, kind, ctx.now);
-        if connected.new_process || !self.pidfds.contains_key(&pid) {
+        self.core.connect(client, pid, kind, ctx.now);
+        // One watch per pid: a process that reconnects after its connections all closed is
+        // still watched (a dead process's watch is removed when it is released).
+        if !self.pidfds.contains_key(&pid) {
             self.watch_process(ctx, pid);
         }
     }

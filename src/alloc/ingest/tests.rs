@@ -365,3 +365,32 @@ fn subscribers_get_a_push_when_usage_changes() {
     let push = proto::UsagePush::decode(frames[0].3.as_slice()).unwrap();
     assert_eq!(push.usage.unwrap().devices[0].dram, 100);
 }
+
+/// Defect (found by `tests/alloc.rs` s4/s5 native): an event refused by validation did not
+/// take its sequence number's turn, so every later event of that client waited behind a gap
+/// that could never fill (until the gap timeout skipped it, counted as a lost event).
+#[test]
+fn an_invalid_event_takes_its_turn_and_holds_nothing_back() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 81, ListenerKind::Native, t0);
+    c.bytes(
+        1,
+        &request(MsgType::Hello, 1, &proto::Hello { name: String::new(), first_seq: 0 }),
+        t0,
+        &mut io,
+    );
+    let mut bytes = frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 9, 0x1, 4096, 0)); // device 9
+    bytes.extend(frame(MsgType::Alloc, 1, &ev(MsgType::Alloc, 0, 0x2, 0, 0))); // size 0
+    bytes.extend(frame(MsgType::Alloc, 2, &ev(MsgType::Alloc, 0, 0x3, 512, 0)));
+    c.bytes(1, &bytes, t0, &mut io);
+    assert_eq!(dram(&c, 0), 512, "applied at once, not held");
+    // The same through a ring.
+    let mut bad = RingRecord::new(3, &ev(MsgType::Alloc, 0, 0x4, 10, 0), 0);
+    bad.body.device_id.set(2_657_333);
+    let good = RingRecord::new(4, &ev(MsgType::Alloc, 0, 0x5, 100, 0), 0);
+    c.records(1, &[bad, good], t0);
+    assert_eq!(dram(&c, 0), 612);
+    let k = c.counters();
+    assert_eq!((k.invalid, k.events, k.reordered, k.gaps_skipped), (3, 2, 0, 0));
+    assert_eq!(c.next_tick(t0), None, "no gap waits for the tick");
+}
