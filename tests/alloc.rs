@@ -651,7 +651,6 @@ fn a_listener_pinned_to_the_wrong_layout_logs_one_line_naming_the_pid_and_closes
 /// connection ended. Does nothing in a normal run.
 fn garbage_child(dir: &std::path::Path) {
     let rig_path = |f: &str| dir.join(f);
-    let mut out = std::io::stdout();
     std::thread::scope(|s| {
         // Seed 000's compact layout (48 B) sent to a v4 listener: old-protocol records.
         s.spawn(|| {
@@ -664,7 +663,7 @@ fn garbage_child(dir: &std::path::Path) {
                     break;
                 }
             }
-            writeln!(std::io::stdout(), "compact-sent closed={closed}").unwrap();
+            println!("compact-sent closed={closed}");
         });
         // Random bytes (a fixed seed) to the tt-metal listener.
         s.spawn(|| {
@@ -680,7 +679,7 @@ fn garbage_child(dir: &std::path::Path) {
                 .collect();
             let _ = c.stream.write_all(&bytes);
             let (closed, _) = c.closed_within(DEADLINE);
-            writeln!(std::io::stdout(), "random closed={closed}").unwrap();
+            println!("random closed={closed}");
         });
         // RESPONSE / DEVICE_INFO_RESPONSE records from a client: unknown, connection stays.
         s.spawn(|| {
@@ -690,10 +689,10 @@ fn garbage_child(dir: &std::path::Path) {
                 c.send(MsgType::DeviceInfoResponse, 0, 4096, 0, 0x1000);
             }
             let r = c.device_info(-1);
-            writeln!(std::io::stdout(), "type47 answered={}", r.num_devices.get() == 2).unwrap();
+            println!("type47 answered={}", r.num_devices.get() == 2);
         });
     });
-    out.flush().unwrap();
+    std::io::stdout().flush().unwrap();
 }
 
 #[test]
