@@ -14,6 +14,8 @@
 //!   each client's sequence order, replies out; process exit;
 //! - [`service`]: the `alloc` service and its agent (listeners, rings, pidfds);
 //! - [`query`]: a blocking query client (usage, device info, processes, dumps, pushes);
+//! - [`tracker`]: the client library ([`AllocTracker`](tracker::AllocTracker)): reports over
+//!   shared-memory rings or the socket, lazy connect, batching, drops counted;
 //! - [`proto`]: the native queries' protobuf bodies (`proto/alloc.proto`).
 
 pub mod devices;
@@ -24,6 +26,7 @@ pub mod order;
 pub mod proto;
 pub mod query;
 pub mod service;
+pub mod tracker;
 pub mod wire;
 
 pub use wire::{BufferType, Event, EventError, KernelKind, Layout, MsgType};
