@@ -488,8 +488,16 @@ impl Ingest {
                 at(t + self.config.exit_grace);
             }
         }
-        if !self.subscribers.is_empty() {
-            at(now + MIN_PUSH_INTERVAL);
+        // A push is due once the ledger changed since a subscriber's last push, at the end
+        // of its interval (not `now + interval`: a deadline that moves with every pass of a
+        // busy lane never comes).
+        let version = self.ledger.version();
+        for client in &self.subscribers {
+            if let Some(sub) = self.clients.get(client).and_then(|c| c.subscription.as_ref()) {
+                if sub.last_version != version {
+                    at(sub.last_sent.map_or(now, |t| t + sub.interval));
+                }
+            }
         }
         for c in self.clients.values() {
             match &c.kind {

@@ -394,3 +394,24 @@ fn an_invalid_event_takes_its_turn_and_holds_nothing_back() {
     assert_eq!((k.invalid, k.events, k.reordered, k.gaps_skipped), (3, 2, 0, 0));
     assert_eq!(c.next_tick(t0), None, "no gap waits for the tick");
 }
+
+/// Defect (found by `tests/alloc.rs` a_subscriber_gets_a_usage_push_after_a_change, which
+/// failed intermittently): the push deadline was `now + 10 ms` on every call, so a lane that
+/// passes more often than every 10 ms moved its timer forward for ever and never pushed.
+#[test]
+fn the_push_deadline_is_fixed_by_the_last_push_and_only_after_a_change() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 87, ListenerKind::Native, t0);
+    c.bytes(
+        1,
+        &request(MsgType::Subscribe, 1, &proto::SubscribeRequest { min_interval_ms: 10 }),
+        t0,
+        &mut io,
+    );
+    assert_eq!(c.next_tick(t0 + Duration::from_millis(1)), None, "no change, no deadline");
+    c.bytes(1, &frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 0, 1, 100, 0)), t0, &mut io);
+    let due = t0 + Duration::from_millis(10);
+    for later in [1, 3, 7, 9] {
+        assert_eq!(c.next_tick(t0 + Duration::from_millis(later)), Some(due), "a fixed deadline");
+    }
+}
