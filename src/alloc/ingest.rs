@@ -300,6 +300,10 @@ struct Proc {
 }
 
 /// What [`Ingest::connect`] tells the agent.
+///
+/// `new_process` is true for the first connection of a pid the core does not know, or of a
+/// pid it saw die (a new process reuses it): watch its exit (a fresh pidfd). A live process
+/// that reconnects after closing every connection is not new.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Connected {
     /// The first connection of this process: watch its exit (a pidfd).
@@ -380,6 +384,7 @@ impl Ingest {
         listener: ListenerKind,
         _now: Instant,
     ) -> Connected {
+        let mut new_process = !self.procs.contains_key(&pid);
         let proc = self.procs.entry(pid).or_insert(Proc {
             conns: 0,
             stale_conns: 0,
@@ -387,7 +392,6 @@ impl Ingest {
             exited_at: None,
             released: false,
         });
-        let mut new_process = proc.conns == 0 && proc.exited_at.is_none() && !proc.released;
         if proc.released || proc.exited_at.is_some() {
             // A pid seen dead before: this is a new process that reuses it. What the dead one
             // held goes now (its grace is over: a new process has its pid), and its sockets
@@ -529,7 +533,7 @@ impl Ingest {
             let before = native.window.held();
             native.window.flush(|e| {
                 if released {
-                    counters.after_release += 1;
+                    counters.after_release += u64::from(e.is_some());
                 } else {
                     apply(ledger, counters, pid, e)
                 }
@@ -601,8 +605,16 @@ impl Ingest {
                 at(t + self.config.exit_grace);
             }
         }
-        if !self.subscribers.is_empty() {
-            at(now + MIN_PUSH_INTERVAL);
+        // A push is due once the ledger changed since a subscriber's last push, at the end
+        // of its interval (not `now + interval`: a deadline that moves with every pass of a
+        // busy lane never comes).
+        let version = self.ledger.version();
+        for client in &self.subscribers {
+            if let Some(sub) = self.clients.get(client).and_then(|c| c.subscription.as_ref()) {
+                if sub.last_version != version {
+                    at(sub.last_sent.map_or(now, |t| t + sub.interval));
+                }
+            }
         }
         for c in self.clients.values() {
             match &c.kind {
@@ -633,7 +645,7 @@ impl Ingest {
                 let before = native.window.held();
                 native.window.poll(now, |e| {
                     if gone {
-                        counters.after_release += 1;
+                        counters.after_release += u64::from(e.is_some());
                     } else {
                         apply(ledger, counters, pid, e)
                     }

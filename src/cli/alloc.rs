@@ -11,6 +11,8 @@ use crate::alloc::query::QueryClient;
 use crate::alloc::service::parse_listener;
 use crate::daemon::CliContext;
 
+mod load;
+
 /// The subcommands, for the service's `commands()`.
 pub fn commands() -> Vec<Command> {
     vec![Command::new("alloc")
@@ -48,7 +50,8 @@ pub fn commands() -> Vec<Command> {
             Command::new("dump")
                 .about("Every allocation still in the ledger (buffers, CBs, kernels).")
                 .arg(Arg::new("json").long("json").action(ArgAction::SetTrue).help("Print JSON.")),
-        )]
+        )
+        .subcommand(load::command())]
 }
 
 /// Runs `alloc <sub>`.
@@ -75,6 +78,14 @@ pub fn run(name: &str, matches: &ArgMatches, cx: &CliContext) -> ExitCode {
     let result = match matches.subcommand() {
         Some(("query", m)) => query(&mut client, m),
         Some(("dump", m)) => dump(&mut client, m),
+        Some(("load", m)) => {
+            let target = load::LoadTarget { native: &socket, legacy: legacy_socket(cx) };
+            match load::run(&mut client, &target, m) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::FAILURE, // the report says why
+                Err(e) => Err(e),
+            }
+        }
         _ => Err("unknown alloc subcommand".to_owned()),
     };
     match result {
@@ -93,6 +104,25 @@ pub fn native_socket(cx: &CliContext) -> Option<PathBuf> {
     let specs: Vec<_> =
         cx.config.alloc.listeners.iter().filter_map(|l| parse_listener(l, &dir).ok()).collect();
     specs.iter().find(|s| s.kind == ListenerKind::Native).or(specs.first()).map(|s| s.path.clone())
+}
+
+/// The first listener that reads TT-Metal v4 records (`tt-metal` or `tt-metal-v4`).
+pub fn legacy_socket(cx: &CliContext) -> Option<PathBuf> {
+    use crate::alloc::legacy::LayoutChoice;
+    use crate::alloc::Layout;
+    let dir = cx.socket.parent()?.to_owned();
+    cx.config
+        .alloc
+        .listeners
+        .iter()
+        .filter_map(|l| parse_listener(l, &dir).ok())
+        .find(|s| {
+            matches!(
+                s.kind,
+                ListenerKind::Legacy(LayoutChoice::Auto | LayoutChoice::Pinned(Layout::TtMetalV4))
+            )
+        })
+        .map(|s| s.path)
 }
 
 fn query(client: &mut QueryClient, m: &ArgMatches) -> Result<(), String> {

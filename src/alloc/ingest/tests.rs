@@ -496,3 +496,53 @@ fn the_latency_probe_samples_events_applied_on_arrival_and_is_refused_when_off()
     let r = proto::LatencyReply::decode(io.frames(1)[0].3.as_slice()).unwrap();
     assert_eq!(r.count, 0);
 }
+
+/// Defect (found by `tests/alloc.rs` s4/s5 native): an event refused by validation did not
+/// take its sequence number's turn, so every later event of that client waited behind a gap
+/// that could never fill (until the gap timeout skipped it, counted as a lost event).
+#[test]
+fn an_invalid_event_takes_its_turn_and_holds_nothing_back() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 81, ListenerKind::Native, t0);
+    c.bytes(
+        1,
+        &request(MsgType::Hello, 1, &proto::Hello { name: String::new(), first_seq: 0 }),
+        t0,
+        &mut io,
+    );
+    let mut bytes = frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 9, 0x1, 4096, 0)); // device 9
+    bytes.extend(frame(MsgType::Alloc, 1, &ev(MsgType::Alloc, 0, 0x2, 0, 0))); // size 0
+    bytes.extend(frame(MsgType::Alloc, 2, &ev(MsgType::Alloc, 0, 0x3, 512, 0)));
+    c.bytes(1, &bytes, t0, &mut io);
+    assert_eq!(dram(&c, 0), 512, "applied at once, not held");
+    // The same through a ring.
+    let mut bad = RingRecord::new(3, &ev(MsgType::Alloc, 0, 0x4, 10, 0), 0);
+    bad.body.device_id.set(2_657_333);
+    let good = RingRecord::new(4, &ev(MsgType::Alloc, 0, 0x5, 100, 0), 0);
+    c.records(1, &[bad, good], t0);
+    assert_eq!(dram(&c, 0), 612);
+    let k = c.counters();
+    assert_eq!((k.invalid, k.events, k.reordered, k.gaps_skipped), (3, 2, 0, 0));
+    assert_eq!(c.next_tick(t0), None, "no gap waits for the tick");
+}
+
+/// Defect (found by `tests/alloc.rs` a_subscriber_gets_a_usage_push_after_a_change, which
+/// failed intermittently): the push deadline was `now + 10 ms` on every call, so a lane that
+/// passes more often than every 10 ms moved its timer forward for ever and never pushed.
+#[test]
+fn the_push_deadline_is_fixed_by_the_last_push_and_only_after_a_change() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 87, ListenerKind::Native, t0);
+    c.bytes(
+        1,
+        &request(MsgType::Subscribe, 1, &proto::SubscribeRequest { min_interval_ms: 10 }),
+        t0,
+        &mut io,
+    );
+    assert_eq!(c.next_tick(t0 + Duration::from_millis(1)), None, "no change, no deadline");
+    c.bytes(1, &frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 0, 1, 100, 0)), t0, &mut io);
+    let due = t0 + Duration::from_millis(10);
+    for later in [1, 3, 7, 9] {
+        assert_eq!(c.next_tick(t0 + Duration::from_millis(later)), Some(due), "a fixed deadline");
+    }
+}
