@@ -273,12 +273,12 @@ fn alloc_load_over_legacy_v4_with_one_thread_per_client_reports_no_mismatch() {
     assert_eq!(number(&out, "mismatches:"), 0);
 }
 
-/// Known defect (reported, not fixed): clients that run ahead of the daemon through their
-/// rings, with nothing dropped (rings big enough for the whole run), still get a wrong ledger.
-/// The agent drains a connection's rings 256 records each per pass, round-robin; when one
-/// thread's ring holds a backlog that another thread's did not, the reorder window (4096)
-/// fills with the second ring's later numbers and skips gaps whose events are sitting in the
-/// first ring, which then apply "late", out of order.
+/// Defect (fixed: `alloc::rings` merges a client's rings in sequence order): clients that
+/// run ahead of the daemon through their rings, with nothing dropped (rings big enough for
+/// the whole run), got a wrong ledger. The agent drained a connection's rings 256 records
+/// each per pass, round-robin; when one thread's ring held a backlog that another thread's
+/// did not, the reorder window filled with the second ring's later numbers and skipped gaps
+/// whose events were sitting in the first ring, which then applied "late", out of order.
 #[test]
 fn alloc_load_unpaced_over_rings_with_nothing_dropped_keeps_the_ledger_exact() {
     let setup = Setup {

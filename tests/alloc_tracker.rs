@@ -16,12 +16,6 @@ use corelane::alloc::BufferType;
 
 const BIN: &str = env!("CARGO_BIN_EXE_corelane");
 
-/// The daemon's reorder window in these tests. It must cover what can be in flight out of
-/// order: the daemon drains rings round-robin (`drain_batch` at a time), so with a backlog
-/// one ring's records run up to its whole capacity (8192) ahead of another's, more than the
-/// default window (4096) — a debug daemon on a loaded machine gets there. See the report in
-/// `src/alloc/tracker.rs` ("Limits").
-const WINDOW: u32 = 1 << 18;
 /// The daemon's gap timeout in these tests. A gap must not time out while the events that
 /// fill it wait in a backlog: the workloads below report in a tight loop, faster than a debug
 /// daemon applies them, so a backlog of a second or more builds up in the rings and the socket
@@ -60,7 +54,7 @@ impl Daemon {
         assert!(self.child.is_none());
         let config = self.dir.join("test.toml");
         let text = format!(
-            "[metrics]\nlisten = \"\"\n\n[alloc]\nreorder_window = {WINDOW}\ngap_timeout_ms = {GAP_MS}\nlisteners = [\"native:alloc.sock\", \
+            "[metrics]\nlisten = \"\"\n\n[alloc]\ngap_timeout_ms = {GAP_MS}\nlisteners = [\"native:alloc.sock\", \
              \"tt-metal:{}/tt.sock\"]\n{}\n",
             self.dir.display(),
             self.alloc
@@ -327,9 +321,19 @@ fn at_send_numbers_in_queue_order() {
 // ---------------------------------------------------------------------------------------------
 // Behaviour 29, in child processes (their own environment and stderr).
 
+/// Set (to the child's test name) in a child process: a `child_*` test runs only there, and
+/// returns at once in a normal run of this file.
+const CHILD_ENV: &str = "ALLOC_TRACKER_TEST_CHILD"; // not CORELANE_*: a daemon refuses unknown ones
+
+/// Whether this process is the child that runs `name`.
+fn is_child(name: &str) -> bool {
+    std::env::var(CHILD_ENV).is_ok_and(|v| v == name)
+}
+
 fn run_child(test: &str, env: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, test)
         .env_remove("TT_ALLOC_TRACKING_ENABLED")
         .env_remove("CORELANE_ALLOC_SOCKET");
     for (k, v) in env {
@@ -355,8 +359,10 @@ fn no_daemon_one_warning_then_reports_get_through() {
 }
 
 #[test]
-#[ignore = "run by no_daemon_one_warning_then_reports_get_through"]
 fn child_no_daemon_then_daemon() {
+    if !is_child("child_no_daemon_then_daemon") {
+        return; // run in a child process by its parent test
+    }
     let mut daemon = Daemon::prepare("child-b29", "");
     let socket = daemon.socket();
     let tracker = AllocTracker::builder().socket(&socket).transport(Transport::Socket).build();
@@ -404,8 +410,10 @@ fn disabled_global_is_none_and_connects_nowhere() {
 }
 
 #[test]
-#[ignore = "run by disabled_global_is_none_and_connects_nowhere"]
 fn child_global_disabled() {
+    if !is_child("child_global_disabled") {
+        return; // run in a child process by its parent test
+    }
     let path = PathBuf::from(std::env::var("CORELANE_ALLOC_SOCKET").unwrap());
     let _ = std::fs::remove_file(&path);
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
@@ -433,8 +441,10 @@ fn enabled_global_reports_to_the_socket_of_the_environment() {
 }
 
 #[test]
-#[ignore = "run by enabled_global_reports_to_the_socket_of_the_environment"]
 fn child_global_enabled() {
+    if !is_child("child_global_enabled") {
+        return; // run in a child process by its parent test
+    }
     let tracker = AllocTracker::global().expect("enabled");
     assert!(std::ptr::eq(tracker, AllocTracker::global().unwrap()), "one per process");
     let socket = PathBuf::from(std::env::var("CORELANE_ALLOC_SOCKET").unwrap());

@@ -115,7 +115,7 @@ pub struct IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
-            reorder_window: 4096,
+            reorder_window: 65536,
             gap_timeout: Duration::from_millis(100),
             release_on_disconnect: false,
             exit_grace: Duration::from_secs(1),
@@ -487,7 +487,7 @@ impl Ingest {
                 p.applied(rec.body.timestamp_ns.get());
             }
         }
-        native.sync_counters(&mut self.counters);
+        native.sync_counters(&mut self.counters, pid);
         if native.window.held() > 0 && !self.gapped.contains(&client) {
             self.gapped.push(client);
         }
@@ -539,7 +539,7 @@ impl Ingest {
                 }
             });
             self.held.settle(before, &native.window);
-            native.sync_counters(&mut self.counters);
+            native.sync_counters(&mut self.counters, pid);
         }
         self.counters.rings = self.counters.rings.saturating_sub(u64::from(c.rings));
         self.gapped.retain(|&g| g != client);
@@ -651,7 +651,7 @@ impl Ingest {
                     }
                 });
                 self.held.settle(before, &native.window);
-                native.sync_counters(&mut self.counters);
+                native.sync_counters(&mut self.counters, pid);
                 if native.window.held() == 0 {
                     self.gapped.swap_remove(i);
                     continue;
@@ -800,7 +800,7 @@ impl Ingest {
                         encode_error(ProtocolVersion::V2, msg_type, msg_id, &error, scratch);
                     }
                 });
-                native.sync_counters(&mut self.counters);
+                native.sync_counters(&mut self.counters, pid);
                 if native.window.held() > 0 && !self.gapped.contains(&client) {
                     self.gapped.push(client);
                 }
@@ -1337,9 +1337,23 @@ impl Native {
 
     /// Folds the window's counts into the core's (the window counts since it was made; the
     /// core keeps the running totals of every window, closed ones included).
-    fn sync_counters(&mut self, counters: &mut IngestCounters) {
+    /// A skipped gap is logged, at 1, 2, 4, 8, ... gaps of the connection (its count is on
+    /// `/metrics`): a client that loses events says so without flooding the log.
+    fn sync_counters(&mut self, counters: &mut IngestCounters, pid: u32) {
         let now = self.window.stats();
         let was = self.synced;
+        if now.gaps_skipped > was.gaps_skipped
+            && (was.gaps_skipped + 1..=now.gaps_skipped).any(u64::is_power_of_two)
+        {
+            tracing::warn!(
+                pid,
+                "alloc: pid {pid}: {} sequence gaps skipped so far ({} numbers never arrived \
+                 within gap_timeout_ms or the reorder window); {} events came late",
+                now.gaps_skipped,
+                now.seqs_skipped,
+                now.late
+            );
+        }
         counters.reordered += now.reordered - was.reordered;
         counters.late += now.late - was.late;
         counters.duplicates += now.duplicates - was.duplicates;

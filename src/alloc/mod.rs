@@ -15,6 +15,7 @@
 //! - [`ingest`]: the sans-IO core: connections' bytes and ring records in, the ledger in
 //!   each client's sequence order, replies out; process exit;
 //! - [`latency`]: the optional report-to-applied latency probe (`[alloc] latency_probe`);
+//! - [`rings`]: every client's shared-memory rings, merged in sequence order;
 //! - [`service`]: the `alloc` service and its agent (listeners, rings, pidfds);
 //! - [`query`]: a blocking query client (usage, device info, processes, dumps, pushes);
 //! - [`tracker`]: the client library ([`AllocTracker`](tracker::AllocTracker)): reports over
@@ -30,6 +31,7 @@ pub mod legacy;
 pub mod order;
 pub mod proto;
 pub mod query;
+pub mod rings;
 pub mod service;
 pub mod tracker;
 pub mod wire;

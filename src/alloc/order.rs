@@ -20,9 +20,10 @@
 //! held, but their seqs can lie up to `2 * window - 3` past the expected one, so a ring of
 //! `window` slots would skip gaps that were about to fill.
 //!
-//! Memory: nothing is allocated while events arrive in order; the ring of held items
-//! (`2 * window` slots, seq `s` at `s % (2 * window)`) is allocated on the first early
-//! arrival and kept. A seq absurdly far ahead skips to it in O(window), never O(distance).
+//! Memory: nothing is allocated while events arrive in order; the ring of held items (seq `s`
+//! at `s % len`) is allocated on the first early arrival with a few slots and doubles, up to
+//! `2 * window`, as far as the displacement seen needs, and is kept. A seq absurdly far
+//! ahead skips to it in O(window), never O(distance).
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,9 @@ pub struct ReorderStats {
     pub seqs_skipped: u64,
 }
 
+/// Slots of the ring when it is first needed (it doubles from there).
+const INITIAL_SLOTS: usize = 64;
+
 /// One client's reorder window over items `T` (an event, or an index into one).
 #[derive(Debug)]
 pub struct Reorder<T: Copy> {
@@ -50,8 +54,8 @@ pub struct Reorder<T: Copy> {
     gap_timeout: Duration,
     /// The next seq to apply; `None` until the first push or [`Reorder::start`].
     expected: Option<u64>,
-    /// Held items: seq `s` lives at `s % ring.len()` (`2 * window` slots). Empty until the
-    /// first early arrival.
+    /// Held items: seq `s` lives at `s % ring.len()` (at most `2 * window` slots, grown as
+    /// needed). Empty until the first early arrival.
     ring: Vec<Option<Held<T>>>,
     held: usize,
     /// Arrival of the oldest held item (the start of the oldest gap).
@@ -156,11 +160,9 @@ impl<T: Copy> Reorder<T> {
     /// Holds `seq > expected`, first making room if the window is full or `seq` is beyond
     /// the ring's span.
     fn hold(&mut self, seq: u64, item: T, now: Instant, apply: &mut impl FnMut(T)) {
-        if self.ring.is_empty() {
-            self.ring = vec![None; self.window.saturating_mul(2)];
-        }
-        let span = self.ring.len() as u64;
         let e = self.expected_or(seq);
+        self.grow_for(seq - e + 1);
+        let span = self.ring.len() as u64;
         if seq - e <= span && self.ring[self.index(seq)].is_some_and(|h| h.seq == seq) {
             self.stats.duplicates += 1;
             return;
@@ -192,6 +194,27 @@ impl<T: Copy> Reorder<T> {
         self.ring[i] = Some(Held { seq, item, at: now });
         self.held += 1;
         self.oldest = Some(self.oldest.map_or(now, |o| o.min(now)));
+    }
+
+    /// Grows the ring (doubling, up to `2 * window` slots) until it spans `need` seqs from the
+    /// expected one: the ring is as large as the displacement seen, not as the window, so a
+    /// client whose events are only slightly out of order costs a few slots (and the scans
+    /// of `next_held` and `recompute_oldest` stay short).
+    fn grow_for(&mut self, need: u64) {
+        let max = self.window.saturating_mul(2);
+        let len = self.ring.len();
+        if len >= max || (len as u64) >= need {
+            return;
+        }
+        let want = usize::try_from(need).unwrap_or(usize::MAX).next_power_of_two();
+        let new_len = want.max(len * 2).max(INITIAL_SLOTS).min(max);
+        let mut ring = vec![None; new_len];
+        for h in self.ring.iter().flatten() {
+            // Every held seq lies within one old span of the expected seq, so within the new
+            // one too: distinct slots.
+            ring[(h.seq % new_len as u64) as usize] = Some(*h);
+        }
+        self.ring = ring;
     }
 
     /// The lowest held seq (`held > 0`): within one span of the expected seq.

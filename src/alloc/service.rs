@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::devices::DeviceTable;
 use super::ingest::{Ingest, IngestConfig, IngestCounters, Io, ListenerKind};
+use super::rings::ClientRings;
 use super::wire::{MsgType, RingRecord, MAX_DEVICES};
 use crate::channel::ServerRx;
 use crate::config::{AllocConfig, Config, ConfigError, SectionSpec, ALLOC_SECTION};
@@ -376,7 +377,9 @@ impl Prepared for AllocPrepared {
             pidfds: HashMap::new(),
             max_rings: a.max_rings as usize,
             armed: false,
-            next_ring: 0,
+            next_client: 0,
+            ring_count: 0,
+            drain_batch: a.drain_batch as usize,
             timer_at: None,
             counters,
             published: None,
@@ -422,12 +425,6 @@ const TICK_TIMER: u64 = 1;
 /// How often the counters file mirror is refreshed.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
-struct RingSlot {
-    client: u64,
-    pid: u32,
-    ring: ServerRx<RingRecord>,
-}
-
 /// The agent: see the [module docs](self).
 pub struct AllocAgent {
     core: Ingest,
@@ -435,7 +432,12 @@ pub struct AllocAgent {
     conns: ConnTable<u64>,
     /// Listener kind of each connection, by local id (set at accept).
     kinds: HashMap<u64, ListenerKind>,
-    rings: Vec<RingSlot>,
+    /// Every client with rings (drained merged in sequence order, see [`super::rings`]).
+    rings: Vec<ClientRings>,
+    /// Rings of all clients.
+    ring_count: usize,
+    /// Records one ring may hand on per pass.
+    drain_batch: usize,
     /// Ring requests waiting for their connection's output queue to empty (client, msg_id).
     grants: Vec<(u64, u64)>,
     /// pid -> whether its pidfd is watched.
@@ -443,7 +445,7 @@ pub struct AllocAgent {
     max_rings: usize,
     /// Whether the rings' doorbells were armed in a last look.
     armed: bool,
-    next_ring: usize,
+    next_client: usize,
     timer_at: Option<Instant>,
     counters: Vec<Counter>,
     published: Option<Instant>,
@@ -460,7 +462,7 @@ impl std::fmt::Debug for AllocAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AllocAgent")
             .field("core", &self.core)
-            .field("rings", &self.rings.len())
+            .field("rings", &self.ring_count)
             .finish_non_exhaustive()
     }
 }
@@ -535,8 +537,8 @@ impl AllocAgent {
         let mut i = 0;
         while i < self.rings.len() {
             if self.rings[i].pid == pid {
-                let slot = self.rings.swap_remove(i);
-                self.finish_ring(slot, ctx.now);
+                let client = self.rings.swap_remove(i);
+                self.finish_client(client, ctx.now);
                 continue;
             }
             i += 1;
@@ -546,24 +548,14 @@ impl AllocAgent {
         }
     }
 
-    /// Drains a ring that is going away to its end (at most one capacity: its producer is
-    /// gone or cut off) into the core, and drops it.
-    fn finish_ring(&mut self, slot: RingSlot, now: Instant) {
-        let client = slot.client;
-        let mut batch = std::mem::take(&mut self.records);
-        let mut n = 0;
-        let core = &mut self.core;
-        let result = slot.ring.finish(|r| {
-            batch[n] = r;
-            n += 1;
-            if n == batch.len() {
-                core.records(client, &batch, now);
-                n = 0;
-            }
-        });
-        core.records(client, &batch[..n], now);
-        self.records = batch;
-        core.ring_removed(client, result.is_err());
+    /// Hands what a client's rings still hold to the core, in order (at most their
+    /// capacity: the producers are gone or cut off), and drops them.
+    fn finish_client(&mut self, mut rings: ClientRings, now: Instant) {
+        let corrupt = rings.finish(&mut self.core, &mut self.records, now).is_err();
+        for _ in 0..rings.len() {
+            self.core.ring_removed(rings.client, corrupt);
+        }
+        self.ring_count -= rings.len();
     }
 
     fn unwatch(&mut self, ctx: &mut Ctx<'_>, pid: u32) {
@@ -572,38 +564,35 @@ impl AllocAgent {
         }
     }
 
-    /// Drains every ring (bounded per ring); returns the records taken.
+    /// Drains every client's rings (bounded per ring, merged in sequence order per client);
+    /// returns the records taken.
     fn drain_rings(&mut self, ctx: &mut Ctx<'_>) -> usize {
         let mut total = 0;
         let count = self.rings.len();
         let mut corrupt = Vec::new();
         for k in 0..count {
-            let i = (self.next_ring + k) % count;
-            let slot = &mut self.rings[i];
-            let mut n = 0;
-            let records = &mut self.records;
-            match slot.ring.drain(records.len(), |r| {
-                records[n] = r;
-                n += 1;
-            }) {
-                Ok(0) => {}
-                Ok(_) => {
-                    total += n;
-                    self.core.records(slot.client, &self.records[..n], ctx.now);
-                }
+            let i = (self.next_client + k) % count;
+            let rings = &mut self.rings[i];
+            match rings.drain(&mut self.core, &mut self.records, self.drain_batch, ctx.now) {
+                Ok(n) => total += n,
                 Err(e) => {
-                    tracing::warn!(pid = slot.pid, "alloc: the shared-memory ring of pid {} is corrupt ({e}); closing that client", slot.pid);
+                    let pid = rings.pid;
+                    tracing::warn!(pid, "alloc: a shared-memory ring of pid {pid} is corrupt ({e}); closing that client");
                     corrupt.push(i);
                 }
             }
         }
         if count > 0 {
-            self.next_ring = (self.next_ring + 1) % count;
+            self.next_client = (self.next_client + 1) % count;
         }
+        corrupt.sort_unstable();
         for &i in corrupt.iter().rev() {
-            let slot = self.rings.swap_remove(i);
-            self.core.ring_removed(slot.client, true);
-            if let Some(id) = ConnId::from_local(slot.client) {
+            let rings = self.rings.swap_remove(i);
+            for _ in 0..rings.len() {
+                self.core.ring_removed(rings.client, true);
+            }
+            self.ring_count -= rings.len();
+            if let Some(id) = ConnId::from_local(rings.client) {
                 self.conns.close(ctx, id, CloseReason::Protocol);
             }
         }
@@ -637,7 +626,7 @@ impl AllocAgent {
         self.scratch.clear();
         let refusal = if !self.core.may_register(client) {
             Some("no more rings for this connection (max_rings_per_client)")
-        } else if self.rings.len() >= self.max_rings {
+        } else if self.ring_count >= self.max_rings {
             Some("no more rings on this server (max_rings); report over the socket")
         } else {
             None
@@ -681,7 +670,15 @@ impl AllocAgent {
         match sent {
             Ok(_) => {
                 self.core.ring_added(client);
-                self.rings.push(RingSlot { client, pid, ring });
+                self.ring_count += 1;
+                match self.rings.iter_mut().find(|r| r.client == client) {
+                    Some(rings) => rings.add(ring),
+                    None => {
+                        let mut rings = ClientRings::new(client, pid);
+                        rings.add(ring);
+                        self.rings.push(rings);
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(
@@ -698,14 +695,9 @@ impl AllocAgent {
             let _ = id;
             let pid = self.core.pid_of(client);
             // Its rings: what was pushed before the close, then they go.
-            let mut i = 0;
-            while i < self.rings.len() {
-                if self.rings[i].client == client {
-                    let slot = self.rings.swap_remove(i);
-                    self.finish_ring(slot, ctx.now);
-                    continue;
-                }
-                i += 1;
+            if let Some(i) = self.rings.iter().position(|r| r.client == client) {
+                let rings = self.rings.swap_remove(i);
+                self.finish_client(rings, ctx.now);
             }
             self.kinds.remove(&client);
             if self.core.disconnect(client, ctx.now) {
@@ -798,8 +790,8 @@ impl Agent for AllocAgent {
 
     fn do_work(&mut self, ctx: &mut Ctx<'_>) -> usize {
         if self.armed && !ctx.is_last_look() {
-            for slot in &self.rings {
-                slot.ring.disarm_doorbell();
+            for rings in &self.rings {
+                rings.disarm();
             }
             self.armed = false;
         }
@@ -812,8 +804,8 @@ impl Agent for AllocAgent {
         if work == 0 && ctx.is_last_look() && !self.rings.is_empty() {
             // The lane parks unless a ring has records: from now on a push rings the bell.
             self.armed = true;
-            for slot in &mut self.rings {
-                if let Ok(false) = slot.ring.arm_doorbell() {
+            for rings in &mut self.rings {
+                if rings.arm() {
                     work += 1;
                 }
             }

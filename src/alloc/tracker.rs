@@ -116,13 +116,14 @@
 //!
 //! # Limits
 //!
-//! Exactness needs the daemon to keep up within its reorder bounds. A ring that is full sends
-//! its thread's next reports over the socket, ahead of what the ring still holds, and the
-//! daemon drains rings round-robin (`drain_batch` per ring per pass), so under a backlog one
-//! source runs up to a ring's capacity (8192 by default) ahead of another: more than the
-//! default `reorder_window` (4096), and a backlog older than `gap_timeout` (100 ms) has its
-//! gaps skipped too. Then events arrive `late` and a reused address can be seen out of order.
-//! A tight loop of reports against a debug daemon gets there; the tests raise both bounds.
+//! Exactness needs the daemon to keep up within its reorder bounds. The daemon merges a
+//! client's rings in sequence order (`alloc::rings`), so rings never overtake each other; but
+//! a ring that is full sends its thread's next reports over the socket, ahead of what the
+//! ring still holds (at most `ring_capacity`, 8192 by default, per ring: well inside the
+//! default `reorder_window` of 65536), and a backlog older than `gap_timeout` (100 ms) has
+//! its gaps skipped. Then events arrive `late` and a reused address can be seen out of order.
+//! Only a client that reports much faster than the daemon applies gets there (a tight loop of
+//! reports against a debug daemon); the tests that run one raise `gap_timeout_ms`.
 //!
 //! # Cost on the application thread
 //!
@@ -265,8 +266,13 @@ impl AllocTracker {
 
     /// The next sequence number: ONE atomic increment. Call it inside the allocator's lock, at
     /// the moment the address is decided (and, for a free, before the address can be reused).
+    /// With [`Sequence::AtSend`] it takes nothing (returns 0): the number is taken when the
+    /// report is queued, so a caller written for `AtEvent` leaves no gap.
     #[inline]
     pub fn seq(&self) -> u64 {
+        if self.inner.sequence == Sequence::AtSend {
+            return 0;
+        }
         // SYNC: Relaxed is enough: the caller's lock orders the increments, and the counter's
         // modification order (one atomic) gives every caller a distinct, increasing number.
         self.inner.seq.fetch_add(1, Ordering::Relaxed)

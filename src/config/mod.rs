@@ -293,7 +293,7 @@ pub struct AllocConfig {
     pub devices: Vec<String>,
     /// `max_connections`: most client connections open at once. Default 4096.
     pub max_connections: u32,
-    /// `reorder_window`: most early events held per client while a gap fills. Default 4096.
+    /// `reorder_window`: most early events held per client while a gap fills. Default 65536.
     pub reorder_window: u32,
     /// `gap_timeout_ms`: how long a gap in a client's sequence may wait before it is skipped.
     /// Default 100.
