@@ -285,6 +285,9 @@ impl AllocTracker {
         let inner = &*self.inner;
         let record = RingRecord::new(seq, event, timestamp_ns());
         if inner.transport != Transport::Socket {
+            // SYNC: Acquire pairs with the background thread's Release stores of `ring_epoch` in
+            // `connect`/`disconnect`: a reporter that sees a connection's epoch uses rings of
+            // that connection only (the pool itself is taken under its mutex).
             let epoch = inner.ring_epoch.load(Ordering::Acquire);
             if epoch != 0 {
                 let pushed = LOCALS
@@ -351,8 +354,13 @@ impl AllocTracker {
             let p = inner.pending();
             (p.appended, p.dropped)
         };
+        // SYNC: Release pairs with the background thread's AcqRel swap of `flush_wanted` in
+        // `Flusher::fill`: it sees the pending snapshot taken above.
         inner.flush_wanted.store(true, Ordering::Release);
         loop {
+            // SYNC: Acquire pairs with the background thread's AcqRel `fetch_add` of `written`
+            // after a write, and of `drops_reported` after the DroppedReport went out: what they
+            // count is on the socket.
             let written = inner.written.load(Ordering::Acquire);
             let reported = inner.drops_reported.load(Ordering::Acquire);
             if written >= target && reported >= drops {
@@ -531,6 +539,8 @@ impl AllocTrackerBuilder {
 impl Drop for AllocTracker {
     /// Stops the background thread after it wrote what it could (at most ~1 s when connected).
     fn drop(&mut self) {
+        // SYNC: Release pairs with the Acquire load of `shutdown` at the top of the background
+        // loop (`run`): it sees everything this thread did before dropping the tracker.
         self.inner.shutdown.store(true, Ordering::Release);
         self.inner.wake_flusher();
         if let Some(handle) = self.flusher.take() {
@@ -743,6 +753,10 @@ impl Inner {
         match self.writer.try_lock() {
             Ok(mut w) => w.ring_doorbell(),
             Err(_) => {
+                // SYNC: SeqCst store pairs with the background thread's SeqCst swap of
+                // `doorbell_owed` after it releases the writer lock (`run`): either this thread's
+                // try_lock sees the lock free, or the background thread's swap sees the flag and
+                // rings (no doorbell is lost).
                 self.doorbell_owed.store(true, Ordering::SeqCst);
                 self.wake_flusher();
             }
@@ -795,9 +809,9 @@ impl Local {
         }
         match &self.ring {
             RingState::Ready { .. } | RingState::Refused => {}
+            // SYNC: Acquire pairs with the background thread's Release store of `grant.state`
+            // after it put the ring in `grant.ring` (or refused it).
             RingState::Waiting(grant) => match grant.state.load(Ordering::Acquire) {
-                // SYNC: Acquire pairs with the background thread's Release store after it
-                // put the ring in `grant.ring`.
                 GRANT_READY => {
                     let ring = lock(&grant.ring).take();
                     self.ring = match ring {
@@ -833,6 +847,8 @@ impl Drop for Local {
         let ring = std::mem::replace(&mut self.ring, RingState::None);
         let RingState::Ready { tx, count } = ring else { return };
         let Some(inner) = self.inner.upgrade() else { return };
+        // SYNC: Acquire pairs with the Release stores of `ring_epoch` in `connect`/`disconnect`:
+        // a ring of a connection that ended is not given back to the pool.
         if inner.ring_epoch.load(Ordering::Acquire) == self.epoch {
             lock(&inner.pool).push(PooledRing { epoch: self.epoch, tx, count });
         }
@@ -903,6 +919,7 @@ impl Flusher {
         let mut stop_by: Option<Instant> = None;
         loop {
             let now = Instant::now();
+            // SYNC: Acquire pairs with the Release store of `shutdown` in `AllocTracker::drop`.
             let shutdown = self.inner.shutdown.load(Ordering::Acquire);
             if now.duration_since(self.marks.2) >= SEQ_MARK_EVERY {
                 let seq = self.inner.seq.load(Ordering::Relaxed);
@@ -929,6 +946,8 @@ impl Flusher {
                     self.wait_writable(BATCH_AGE);
                     continue;
                 }
+                // SYNC: SeqCst swap pairs with the SeqCst store of `doorbell_owed` in
+                // `Inner::doorbell` (see there).
                 if self.inner.doorbell_owed.swap(false, Ordering::SeqCst) {
                     lock(&self.inner.writer).ring_doorbell();
                 }
@@ -1018,6 +1037,9 @@ impl Flusher {
             w.stream = Some(Arc::clone(&stream));
         }
         self.stream = Some(stream);
+        // SYNC: Release pairs with the loads of `connected` (stats, Relaxed) and orders the
+        // writer's stream before `ring_epoch` below; `ring_epoch`'s Release pairs with the
+        // reporters' Acquire loads in `report` and `Local::drop`.
         self.inner.connected.store(true, Ordering::Release);
         let ring_epoch = if self.max_rings > 0 { self.epoch } else { 0 };
         self.inner.ring_epoch.store(ring_epoch, Ordering::Release);
@@ -1088,6 +1110,9 @@ impl Flusher {
 
     fn disconnect(&mut self) {
         let Some(_stream) = self.stream.take() else { return };
+        // SYNC: Release pairs with the reporters' Acquire loads of `ring_epoch` (`report`,
+        // `Local::drop`): no ring of the ended connection is used or pooled after they see
+        // 0.
         self.inner.connected.store(false, Ordering::Release);
         self.inner.ring_epoch.store(0, Ordering::Release);
         self.inner.rings_held.store(0, Ordering::Relaxed);
@@ -1105,10 +1130,15 @@ impl Flusher {
         }
         for (_, grant) in self.in_flight.drain(..) {
             if let Some(g) = grant {
+                // SYNC: Release pairs with the reporter's Acquire load of `grant.state`
+                // (`Local::refresh`): a refused grant is seen with whatever was set before
+                // it.
                 g.state.store(GRANT_REFUSED, Ordering::Release);
             }
         }
         for g in self.waiting.drain(..) {
+            // SYNC: Release pairs with the reporter's Acquire load of `grant.state`
+            // (`Local::refresh`).
             g.state.store(GRANT_REFUSED, Ordering::Release);
         }
         self.fds.clear();
@@ -1141,6 +1171,8 @@ impl Flusher {
         self.waiting.extend(new);
         while let Some(grant) = self.waiting.pop_front() {
             if grant.epoch != self.epoch || Arc::strong_count(&grant) == 1 {
+                // SYNC: Release pairs with the reporter's Acquire load of `grant.state`
+                // (`Local::refresh`).
                 grant.state.store(GRANT_REFUSED, Ordering::Release);
                 continue;
             }
@@ -1154,6 +1186,8 @@ impl Flusher {
                 self.waiting.push_front(grant); // a pool ring is on its way
                 break;
             } else {
+                // SYNC: Release pairs with the reporter's Acquire load of `grant.state`
+                // (`Local::refresh`).
                 grant.state.store(GRANT_REFUSED, Ordering::Release);
             }
         }
@@ -1167,6 +1201,8 @@ impl Flusher {
 
     fn refuse_requests(&mut self) {
         for grant in std::mem::take(&mut *lock(&self.inner.requests)) {
+            // SYNC: Release pairs with the reporter's Acquire load of `grant.state`
+            // (`Local::refresh`).
             grant.state.store(GRANT_REFUSED, Ordering::Release);
         }
     }
@@ -1190,6 +1226,8 @@ impl Flusher {
                 return true; // the batch is still being written
             }
         }
+        // SYNC: AcqRel swap pairs with the Release store of `flush_wanted` in
+        // `AllocTracker::flush`: the flush sees the reports appended before the request.
         let flush = self.inner.flush_wanted.swap(false, Ordering::AcqRel);
         {
             let mut p = self.inner.pending();
@@ -1251,6 +1289,9 @@ impl Flusher {
                             w.ctl.clear();
                             w.ctl_pos = 0;
                             let d = std::mem::take(&mut self.ctl_drops);
+                            // SYNC: AcqRel pairs with the Acquire load of `drops_reported` in
+                            // `AllocTracker::flush`: the DroppedReport is on the socket when the
+                            // count moves.
                             self.inner.drops_reported.fetch_add(d, Ordering::AcqRel);
                         }
                     }
@@ -1328,6 +1369,8 @@ impl Flusher {
             // Refused (max_rings of the server, say): no more asking on this connection.
             self.asked = self.max_rings;
             if let Some(g) = grant {
+                // SYNC: Release pairs with the reporter's Acquire load of `grant.state`
+                // (`Local::refresh`).
                 g.state.store(GRANT_REFUSED, Ordering::Release);
             }
             return;

@@ -35,6 +35,9 @@ use crate::pin::{pin_current, Pair};
 use crate::report::{Baseline, Goal, Measure, Report, Row};
 use crate::summary::{accumulate, histogram, median, Summary};
 
+/// Two histograms of one case and implementation (see where they are filled).
+type Histograms = (Histogram<u64>, Histogram<u64>);
+
 pub const SUITE: Suite = Suite {
     name: "ingest",
     summary: "alloc reports into the daemon's ledger (shm rings, native socket) vs a thread-per-client mutex server",
@@ -160,7 +163,7 @@ fn run(plan: &Plan) -> Report {
     let lat_cases: Vec<_> = LATENCY.iter().filter(|c| plan.wants(c.0) || plan.wants(c.1)).collect();
     // rates[case][impl]: one per round.
     let mut rates: HashMap<(&str, Impl), Vec<f64>> = HashMap::new();
-    let mut lat: HashMap<(&str, Impl), (Histogram<u64>, Histogram<u64>)> = HashMap::new();
+    let mut lat: HashMap<(&str, Impl), Histograms> = HashMap::new();
     let mut lat_ratios: HashMap<(&str, Impl), (Ratios, Ratios)> = HashMap::new();
     let mut poll_rtt = histogram();
     let mut samples_seen: HashMap<(&str, Impl), u64> = HashMap::new();
@@ -357,7 +360,7 @@ impl Env {
 #[inline]
 fn event(k: usize, i: u64) -> Event {
     Event {
-        kind: if i % 2 == 0 { MsgType::Alloc } else { MsgType::Free },
+        kind: if i.is_multiple_of(2) { MsgType::Alloc } else { MsgType::Free },
         device: (k % 2) as u8,
         buffer_type: 0,
         buffer_id: ((k as u64) << 40) | ((i / 2) << 6),
@@ -453,7 +456,7 @@ impl Sender {
                     }
                     // The ring is full: the daemon is behind. Wait for room.
                     spins += 1;
-                    if spins % 1024 == 0 {
+                    if spins.is_multiple_of(1024) {
                         std::thread::yield_now();
                     }
                     if let Some(c) = tx.corruption() {

@@ -315,6 +315,8 @@ pub fn run(
                     match q.usage(None) {
                         Ok(u) => {
                             let events = u.counters.unwrap_or_default().events;
+                            // SYNC: Release pairs with the reporting threads' Acquire load of
+                            // `applied` (the credit check in the report loop).
                             pace.applied
                                 .store(events.saturating_sub(base.events), Ordering::Release);
                         }
