@@ -258,7 +258,7 @@ impl std::fmt::Debug for DeviceAgent {
 const OPS_PER_PASS: usize = 4096;
 
 impl DeviceAgent {
-    /// Applies what the link holds (at most [`OPS_PER_PASS`]) under one lock; returns how many.
+    /// Applies what the link holds (at most 4096 ops) under one lock; returns how many.
     pub fn apply_pending(&mut self) -> usize {
         if self.rx.is_empty() {
             return 0;
