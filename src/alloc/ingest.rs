@@ -1354,11 +1354,13 @@ impl Native {
                 now.late
             );
         }
-        counters.reordered += now.reordered - was.reordered;
-        counters.late += now.late - was.late;
-        counters.duplicates += now.duplicates - was.duplicates;
-        counters.gaps_skipped += now.gaps_skipped - was.gaps_skipped;
-        counters.seqs_skipped += now.seqs_skipped - was.seqs_skipped;
+        counters.reordered = counters.reordered.saturating_add(now.reordered - was.reordered);
+        counters.late = counters.late.saturating_add(now.late - was.late);
+        counters.duplicates = counters.duplicates.saturating_add(now.duplicates - was.duplicates);
+        counters.gaps_skipped =
+            counters.gaps_skipped.saturating_add(now.gaps_skipped - was.gaps_skipped);
+        counters.seqs_skipped =
+            counters.seqs_skipped.saturating_add(now.seqs_skipped - was.seqs_skipped);
         self.synced = now;
     }
 }

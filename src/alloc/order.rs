@@ -161,7 +161,7 @@ impl<T: Copy> Reorder<T> {
     /// the ring's span.
     fn hold(&mut self, seq: u64, item: T, now: Instant, apply: &mut impl FnMut(T)) {
         let e = self.expected_or(seq);
-        self.grow_for(seq - e + 1);
+        self.grow_for((seq - e).saturating_add(1));
         let span = self.ring.len() as u64;
         if seq - e <= span && self.ring[self.index(seq)].is_some_and(|h| h.seq == seq) {
             self.stats.duplicates += 1;
@@ -206,7 +206,8 @@ impl<T: Copy> Reorder<T> {
         if len >= max || (len as u64) >= need {
             return;
         }
-        let want = usize::try_from(need).unwrap_or(usize::MAX).next_power_of_two();
+        // `need` is capped first: a seq absurdly far ahead must not overflow the rounding.
+        let want = usize::try_from(need.min(max as u64)).unwrap_or(max).next_power_of_two();
         let new_len = want.max(len * 2).max(INITIAL_SLOTS).min(max);
         let mut ring = vec![None; new_len];
         for h in self.ring.iter().flatten() {
@@ -261,7 +262,7 @@ impl<T: Copy> Reorder<T> {
         let e = self.next_held();
         if e != start {
             self.stats.gaps_skipped += 1;
-            self.stats.seqs_skipped += e - start;
+            self.stats.seqs_skipped = self.stats.seqs_skipped.saturating_add(e - start);
         }
         self.expected = Some(e);
         self.release_ready(apply);
@@ -288,7 +289,7 @@ impl<T: Copy> Reorder<T> {
                         self.stats.gaps_skipped += 1;
                         in_gap = true;
                     }
-                    self.stats.seqs_skipped += 1;
+                    self.stats.seqs_skipped = self.stats.seqs_skipped.saturating_add(1);
                 }
             }
             e += 1;
@@ -298,7 +299,7 @@ impl<T: Copy> Reorder<T> {
             if !in_gap {
                 self.stats.gaps_skipped += 1;
             }
-            self.stats.seqs_skipped += target - e;
+            self.stats.seqs_skipped = self.stats.seqs_skipped.saturating_add(target - e);
             e = target;
         }
         self.expected = Some(e);
@@ -324,6 +325,30 @@ impl<T: Copy> Reorder<T> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_seq_at_the_end_of_the_number_space_neither_overflows_nor_allocates_past_the_window() {
+        // Found by fuzz alloc_ingest: the ring's growth rounded a distance of u64::MAX up to a
+        // power of two (overflow), and `seq - expected + 1` overflowed for seq = u64::MAX.
+        let t0 = Instant::now();
+        let mut r = Reorder::new(16, Duration::from_millis(100));
+        let mut seen = Vec::new();
+        r.push(0, 0u64, t0, |v| seen.push(v));
+        r.push(u64::MAX, 1, t0, |v| seen.push(v));
+        r.push(u64::MAX - 1, 2, t0, |v| seen.push(v));
+        assert!(r.ring.len() <= 32);
+        r.flush(|v| seen.push(v));
+        assert_eq!(seen.len(), 3);
+        // Jumps that skip nearly the whole number space, twice: the count saturates.
+        let mut r = Reorder::new(4, Duration::from_millis(100));
+        for (i, seq) in [0, u64::MAX - 10, 1, u64::MAX - 3, u64::MAX].into_iter().enumerate() {
+            r.push(seq, i as u64, t0, |_| {});
+            for k in 0..8 {
+                r.push(seq.wrapping_add(k * 7), 0, t0, |_| {});
+            }
+        }
+        assert!(r.stats().seqs_skipped > 0);
+    }
 
     const TIMEOUT: Duration = Duration::from_millis(100);
 
