@@ -241,6 +241,9 @@ fn more_threads_than_rings_is_still_exact() {
             .build(),
     );
     connected(&tracker);
+    // The pool holds the connection's two rings before the threads start (on a loaded
+    // machine the threads could otherwise all finish on the socket before they arrive).
+    wait_for("the two rings", Duration::from_secs(10), || tracker.stats().rings == 2);
     exact(&daemon, &tracker, 6, 3000);
     let s = tracker.stats();
     assert_eq!(s.rings, 2, "{s:?}");
