@@ -477,10 +477,7 @@ fn a_ring_push_wakes_a_lane_that_sleeps() {
     let lanes = "\n[[lanes]]\nname = \"main\"\nidle = \"sleep\"\nidle_sleep_us = 1000000\n\
                  agents = [\"control\", \"metrics\", \"pool\", \"alloc\"]\n";
     let daemon = Daemon::start("doorbell", lanes);
-    let tracker = AllocTracker::builder()
-        .socket(daemon.socket())
-        .transport(Transport::Shm)
-        .build();
+    let tracker = AllocTracker::builder().socket(daemon.socket()).transport(Transport::Shm).build();
     connected(&tracker);
     wait_for("a ring", Duration::from_secs(10), || tracker.stats().rings >= 1);
     let mut sub = QueryClient::connect(&daemon.socket(), Duration::from_secs(3)).unwrap();
