@@ -197,6 +197,42 @@ mod tests {
         fn register_ring(&mut self, _: u64, _: u64) {}
     }
 
+    /// Review (h-review1): `alloc.drain_batch` is documented as the most records taken from
+    /// one ring in one pass ("so one busy client cannot stretch the pass"), but the merge's
+    /// budget is `batch x rings` for the client, all of which one busy ring may supply: a
+    /// client with 64 rings (the default `max_rings_per_client`), one of them busy, hands on
+    /// 64 x 256 records per pass, and each record costs a look at every ring.
+    #[test]
+    fn one_pass_takes_at_most_batch_records_from_one_ring() {
+        let mut core = Ingest::new(IngestConfig::default(), DeviceTable::default_table());
+        let t0 = Instant::now();
+        core.connect(1, 5, ListenerKind::Native, t0);
+        let mut rings = ClientRings::new(1, 5);
+        let mut busy = None;
+        for i in 0..8 {
+            let (rx, fd) = ServerRx::<RingRecord>::create("t-budget", 1024).unwrap();
+            rings.add(rx);
+            let tx = ClientTx::<RingRecord>::attach(fd).unwrap();
+            if i == 0 {
+                busy = Some(tx);
+            }
+        }
+        let mut busy = busy.unwrap();
+        for seq in 0..1000u64 {
+            let e = Event {
+                kind: MsgType::Alloc,
+                device: 0,
+                buffer_type: 0,
+                buffer_id: seq + 1,
+                size: 64,
+            };
+            busy.push(RingRecord::new(seq, &e, 0)).unwrap();
+        }
+        let mut scratch = vec![RingRecord::new_zeroed(); 16];
+        let n = rings.drain(&mut core, &mut scratch, 16, t0).unwrap();
+        assert!(n <= 16, "one pass took {n} records from one ring (drain_batch 16)");
+    }
+
     #[test]
     fn a_busy_ring_and_a_quiet_one_merge_in_sequence_order_within_a_small_window() {
         // Defect (bug 4 of the integration tests): drained one after the other, a quiet
