@@ -90,7 +90,9 @@ pub unsafe extern "C" fn cl_alloc_tracker_free(t: *mut ClAllocTracker) {
     if t.is_null() {
         return;
     }
-    let global = AllocTracker::global().map_or(std::ptr::null(), |g| g as *const AllocTracker);
+    // Without creating the global tracker: only one that exists can be `t`.
+    let global =
+        AllocTracker::global_if_made().map_or(std::ptr::null(), |g| g as *const AllocTracker);
     if std::ptr::eq(t, global) {
         return;
     }

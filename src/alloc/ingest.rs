@@ -251,6 +251,10 @@ struct Client {
     generation: u64,
     kind: Kind,
     rings: u32,
+    /// Ring requests handed to the agent and not answered yet: with `rings`, at most
+    /// `max_rings_per_client` (more are refused at once, so a flood of requests costs the
+    /// agent nothing).
+    ring_requests: u32,
     subscription: Option<Subscription>,
 }
 
@@ -417,7 +421,8 @@ impl Ingest {
         proc.conns += 1;
         let generation = proc.generation;
         let kind = Kind::Undecided { listener, head: Vec::new() };
-        self.clients.insert(client, Client { pid, generation, kind, rings: 0, subscription: None });
+        let c = Client { pid, generation, kind, rings: 0, ring_requests: 0, subscription: None };
+        self.clients.insert(client, c);
         Connected { new_process }
     }
 
@@ -490,6 +495,13 @@ impl Ingest {
         native.sync_counters(&mut self.counters, pid);
         if native.window.held() > 0 && !self.gapped.contains(&client) {
             self.gapped.push(client);
+        }
+    }
+
+    /// The agent answered a ring request of `client` (granted or refused): one more may come.
+    pub fn ring_request_done(&mut self, client: u64) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.ring_requests = c.ring_requests.saturating_sub(1);
         }
     }
 
@@ -716,7 +728,7 @@ impl Ingest {
         );
     }
 
-    /// Whether `client` may register one more ring.
+    /// Whether `client` may register one more ring (its pending request counted).
     pub fn may_register(&self, client: u64) -> bool {
         self.clients.get(&client).is_some_and(|c| c.rings < self.config.max_rings_per_client)
     }
@@ -977,7 +989,16 @@ impl Ingest {
                 .encode(&mut self.body)
                 .ok();
             }
-            Some(MsgType::RegisterRing) => return io.register_ring(client, msg_id),
+            Some(MsgType::RegisterRing) => {
+                let max = self.config.max_rings_per_client;
+                let Some(c) = self.clients.get_mut(&client) else { return };
+                if c.rings + c.ring_requests >= max {
+                    let text = "no more rings for this connection (max_rings_per_client)";
+                    return self.refuse(client, msg_type, msg_id, text, io);
+                }
+                c.ring_requests += 1;
+                return io.register_ring(client, msg_id);
+            }
             Some(MsgType::LatencyReport) => match self.latency.as_deref_mut() {
                 Some(probe) => {
                     probe.take().encode(&mut self.body).ok();

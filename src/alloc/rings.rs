@@ -29,6 +29,12 @@ struct Lane {
     ring: ServerRx<RingRecord>,
     ahead: Vec<RingRecord>,
     at: usize,
+    /// Records handed on in the current call (each ring's bound).
+    taken: usize,
+    /// The ring was found empty in the current call: not looked at again until the next.
+    dry: bool,
+    /// The ring's verdict was given: it is never read again.
+    dead: bool,
 }
 
 impl Lane {
@@ -36,15 +42,17 @@ impl Lane {
         self.ahead.get(self.at).map(|r| r.seq.get())
     }
 
-    /// Refills an empty lookahead from the ring.
+    /// Refills an empty lookahead from the ring (once per call if the ring is empty).
     fn refill(&mut self) -> Result<(), Corruption> {
-        if self.at < self.ahead.len() {
+        if self.at < self.ahead.len() || self.dry || self.dead {
             return Ok(());
         }
         self.ahead.clear();
         self.at = 0;
         let ahead = &mut self.ahead;
-        self.ring.drain(LOOKAHEAD, |r| ahead.push(r)).map(drop)
+        let got = self.ring.drain(LOOKAHEAD, |r| ahead.push(r))?;
+        self.dry = got == 0;
+        Ok(())
     }
 }
 
@@ -75,7 +83,8 @@ impl ClientRings {
 
     /// Adds a ring.
     pub fn add(&mut self, ring: ServerRx<RingRecord>) {
-        self.lanes.push(Lane { ring, ahead: Vec::with_capacity(LOOKAHEAD), at: 0 });
+        let ahead = Vec::with_capacity(LOOKAHEAD);
+        self.lanes.push(Lane { ring, ahead, at: 0, taken: 0, dry: false, dead: false });
     }
 
     /// How many rings.
@@ -88,9 +97,10 @@ impl ClientRings {
         self.lanes.is_empty()
     }
 
-    /// Hands at most `batch` records per ring to the core, lowest sequence number first,
-    /// through `scratch` (at least one record long). Returns how many, or the verdict of a
-    /// ring found corrupt (the client is to be cut off).
+    /// Hands at most `batch` records of each ring to the core, lowest sequence number first,
+    /// through `scratch` (at least one record long); an empty ring is looked at once. Returns
+    /// how many, or the verdict of a ring found corrupt (the client is to be cut off; what the
+    /// other rings held was handed on first).
     pub fn drain(
         &mut self,
         core: &mut Ingest,
@@ -98,7 +108,7 @@ impl ClientRings {
         batch: usize,
         now: Instant,
     ) -> Result<usize, Corruption> {
-        self.merge(core, scratch, Some(batch.saturating_mul(self.lanes.len())), now)
+        self.merge(core, scratch, Some(batch), now)
     }
 
     /// Hands everything the rings hold to the core, in order (the client ended: its rings are
@@ -131,40 +141,56 @@ impl ClientRings {
         }
     }
 
+    /// The merge. `per_ring`: at most that many records of each ring (`None`: everything, at
+    /// most capacity + lookahead per ring, so it ends even if a cut-off producer keeps
+    /// pushing). A corrupt ring is dead from its verdict on; the others go on.
     fn merge(
         &mut self,
         core: &mut Ingest,
         scratch: &mut [RingRecord],
-        budget: Option<usize>,
+        per_ring: Option<usize>,
         now: Instant,
     ) -> Result<usize, Corruption> {
         let (mut total, mut n) = (0usize, 0usize);
         let mut verdict = Ok(());
-        // A ring at most `capacity + LOOKAHEAD` records ahead of being empty: `finish`
-        // terminates even if a (cut off, but still running) producer keeps pushing.
-        let limit = budget.unwrap_or_else(|| {
-            self.lanes.iter().map(|l| l.ring.capacity() + LOOKAHEAD).sum::<usize>()
-        });
-        while total < limit {
+        for lane in &mut self.lanes {
+            lane.taken = 0;
+            lane.dry = false;
+        }
+        loop {
             let mut best: Option<(u64, usize)> = None;
+            // The lowest head of a ring that reached its bound: nothing after it may go first
+            // (the merge would hand the window what that ring's next records precede).
+            let mut barrier: Option<u64> = None;
             for (i, lane) in self.lanes.iter_mut().enumerate() {
+                let bound = per_ring.unwrap_or_else(|| lane.ring.capacity() + LOOKAHEAD);
+                let capped = lane.taken >= bound;
+                if capped && lane.at == lane.ahead.len() {
+                    // Its next record is unknown without taking more from it: stop here.
+                    barrier = Some(0);
+                    continue;
+                }
                 if let Err(e) = lane.refill() {
+                    lane.dead = true;
                     verdict = Err(e);
                     continue;
                 }
                 if let Some(seq) = lane.head() {
-                    if best.is_none_or(|(s, _)| seq < s) {
+                    if capped {
+                        barrier = Some(barrier.map_or(seq, |b| b.min(seq)));
+                    } else if best.is_none_or(|(s, _)| seq < s) {
                         best = Some((seq, i));
                     }
                 }
             }
-            if verdict.is_err() {
+            let Some((seq, i)) = best else { break };
+            if barrier.is_some_and(|b| seq > b) {
                 break;
             }
-            let Some((_, i)) = best else { break };
             let lane = &mut self.lanes[i];
             scratch[n] = lane.ahead[lane.at];
             lane.at += 1;
+            lane.taken += 1;
             n += 1;
             total += 1;
             if n == scratch.len() {

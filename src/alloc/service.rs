@@ -603,6 +603,7 @@ impl AllocAgent {
     /// overtake earlier replies: it goes out with `sendmsg`, beside the reactor's queue).
     fn grant_rings(&mut self, ctx: &mut Ctx<'_>) -> usize {
         let mut done = 0;
+        let mut retry = Vec::new();
         let mut i = 0;
         while i < self.grants.len() {
             let (client, msg_id) = self.grants[i];
@@ -615,13 +616,23 @@ impl AllocAgent {
                 continue;
             }
             self.grants.swap_remove(i);
-            done += 1;
-            self.grant(ctx, id, client, msg_id);
+            if self.grant(ctx, id, client, msg_id) {
+                self.core.ring_request_done(client);
+                done += 1;
+            } else {
+                // The socket's buffer is full: the same request again on a later pass (not
+                // counted as work: the lane may park until the peer reads).
+                retry.push((client, msg_id));
+            }
         }
+        self.grants.append(&mut retry);
         done
     }
 
-    fn grant(&mut self, ctx: &mut Ctx<'_>, id: ConnId, client: u64, msg_id: u64) {
+    /// Answers one ring request: a ring granted (its memfd sent with the reply), or refused.
+    /// Returns false if the socket could take nothing now (`WouldBlock`): nothing was sent,
+    /// the ring is dropped, and the request is to be tried again.
+    fn grant(&mut self, ctx: &mut Ctx<'_>, id: ConnId, client: u64, msg_id: u64) -> bool {
         let code = MsgType::RegisterRing.code();
         self.scratch.clear();
         let refusal = if !self.core.may_register(client) {
@@ -634,9 +645,9 @@ impl AllocAgent {
         if let Some(text) = refusal {
             Ingest::encode_refusal(code, msg_id, text, &mut self.scratch);
             let _ = self.conns.send(ctx, id, &self.scratch);
-            return;
+            return true;
         }
-        let Some(pid) = self.core.pid_of(client) else { return };
+        let Some(pid) = self.core.pid_of(client) else { return true };
         let capacity = self.core.ring_capacity();
         let index = self.core.rings_of(client);
         let made =
@@ -652,7 +663,7 @@ impl AllocAgent {
                     &mut self.scratch,
                 );
                 let _ = self.conns.send(ctx, id, &self.scratch);
-                return;
+                return true;
             }
         };
         Ingest::encode_grant(
@@ -680,6 +691,7 @@ impl AllocAgent {
                     }
                 }
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) => {
                 tracing::warn!(
                     pid,
@@ -688,6 +700,7 @@ impl AllocAgent {
                 self.conns.close(ctx, id, CloseReason::Peer);
             }
         }
+        true
     }
 
     fn closed(&mut self, ctx: &mut Ctx<'_>) {

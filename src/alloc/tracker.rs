@@ -231,12 +231,14 @@ pub struct AllocTrackerBuilder {
     name: String,
 }
 
+/// The process-wide tracker of [`AllocTracker::global`].
+static GLOBAL: OnceLock<Option<AllocTracker>> = OnceLock::new();
+
 impl AllocTracker {
     /// The process-wide tracker: `Some` only if `TT_ALLOC_TRACKING_ENABLED` is exactly `"1"`
     /// (else no connection is ever attempted). Its socket is `CORELANE_ALLOC_SOCKET`, else the
     /// daemon's default native socket ([`default_socket`]). Made on the first call.
     pub fn global() -> Option<&'static AllocTracker> {
-        static GLOBAL: OnceLock<Option<AllocTracker>> = OnceLock::new();
         GLOBAL
             .get_or_init(|| {
                 if std::env::var_os(ENABLED_VAR).is_none_or(|v| v != "1") {
@@ -250,6 +252,12 @@ impl AllocTracker {
             .as_ref()
     }
 
+    /// The process-wide tracker if [`global`](Self::global) made it already: never creates it
+    /// (the C ABI's `cl_alloc_tracker_free` compares with it).
+    pub fn global_if_made() -> Option<&'static AllocTracker> {
+        GLOBAL.get().and_then(Option::as_ref)
+    }
+
     /// A builder with the defaults: the default socket, [`Transport::Auto`],
     /// [`DEFAULT_BUFFER_RECORDS`], [`Sequence::AtEvent`], the process's name.
     pub fn builder() -> AllocTrackerBuilder {
@@ -258,8 +266,10 @@ impl AllocTracker {
             transport: Transport::Auto,
             buffer_records: DEFAULT_BUFFER_RECORDS,
             sequence: Sequence::AtEvent,
-            name: std::env::args().next().map_or_else(String::new, |a| {
-                Path::new(&a).file_name().map_or(a.clone(), |f| f.to_string_lossy().into_owned())
+            // `args_os`: a non-UTF-8 argv[0] must not panic (`args` would).
+            name: std::env::args_os().next().map_or_else(String::new, |a| {
+                let path = Path::new(&a);
+                path.file_name().unwrap_or(path.as_os_str()).to_string_lossy().into_owned()
             }),
         }
     }
@@ -1358,7 +1368,14 @@ impl Flusher {
     }
 
     fn granted(&mut self, msg_id: u64, error: bool, _grant: Option<proto::RingGrant>) {
-        let Some(pos) = self.in_flight.iter().position(|(id, _)| *id == msg_id) else { return };
+        let Some(pos) = self.in_flight.iter().position(|(id, _)| *id == msg_id) else {
+            // A grant nobody asked for: its descriptor (if it came with one) must not be
+            // paired with the next real grant.
+            if !error {
+                self.fds.pop_front();
+            }
+            return;
+        };
         let Some((_, grant)) = self.in_flight.remove(pos) else { return };
         let ring = if error {
             None

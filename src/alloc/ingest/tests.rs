@@ -546,3 +546,31 @@ fn the_push_deadline_is_fixed_by_the_last_push_and_only_after_a_change() {
         assert_eq!(c.next_tick(t0 + Duration::from_millis(later)), Some(due), "a fixed deadline");
     }
 }
+
+/// Defect (review): a client could queue any number of RegisterRing requests; the agent kept
+/// each and scanned them all every pass. Now at most `max_rings_per_client` wait (with the
+/// rings held); the rest are refused at once.
+#[test]
+fn a_flood_of_ring_requests_is_refused_beyond_the_rings_a_connection_may_hold() {
+    let config = IngestConfig { max_rings_per_client: 3, ..IngestConfig::default() };
+    let (mut c, mut io, t0) =
+        (Ingest::new(config, DeviceTable::default_table()), FakeIo::default(), Instant::now());
+    c.connect(1, 91, ListenerKind::Native, t0);
+    let mut bytes = Vec::new();
+    for id in 0..100 {
+        bytes.extend(request(MsgType::RegisterRing, id, &proto::RegisterRing {}));
+    }
+    c.bytes(1, &bytes, t0, &mut io);
+    assert_eq!(io.rings.len(), 3, "handed to the agent");
+    let refusals = io.frames(1);
+    assert_eq!(refusals.len(), 97);
+    assert!(refusals.iter().all(|f| f.2.contains(Flags::ERROR)));
+    // One answered (granted): one more may wait.
+    c.ring_added(1);
+    c.ring_request_done(1);
+    c.bytes(1, &request(MsgType::RegisterRing, 200, &proto::RegisterRing {}), t0, &mut io);
+    assert_eq!(io.rings.len(), 3, "3 rings + requests already: refused");
+    c.ring_request_done(1);
+    c.bytes(1, &request(MsgType::RegisterRing, 201, &proto::RegisterRing {}), t0, &mut io);
+    assert_eq!(io.rings.len(), 4);
+}
