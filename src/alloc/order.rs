@@ -675,3 +675,68 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod review_tests {
+    //! Adversarial review (h-review2): defects found in the reorder window.
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_millis(100);
+
+    /// A client's first event at seq 0, then one with msg_id u64::MAX: `seq - e + 1` in
+    /// `hold` overflows (a panic with overflow checks: tests, fuzzing, debug builds).
+    #[test]
+    fn review_a_seq_of_u64_max_after_zero_does_not_panic() {
+        let t0 = Instant::now();
+        let mut r = Reorder::new(8, TIMEOUT);
+        r.start(0);
+        let mut out = Vec::new();
+        r.push(u64::MAX, 1u32, t0, |x| out.push(x));
+        r.flush(|x| out.push(x));
+        assert_eq!(out, [1]);
+    }
+
+    /// One event far ahead allocates the whole span (2 x window slots; 48 bytes each for the
+    /// ingest's `Option<Event>`, 32 here), and the
+    /// ring is kept: with the default window (65536) that is 6 MiB per connection for one
+    /// held event, so 4096 connections of two messages each pin 24 GiB although the held
+    /// budget counts one event per connection.
+    #[test]
+    fn review_one_early_event_does_not_pin_the_whole_span() {
+        let t0 = Instant::now();
+        let mut r = Reorder::new(65536, TIMEOUT);
+        r.start(0);
+        r.push(131_000, 1u32, t0, |_| {});
+        assert_eq!(r.held(), 1);
+        r.poll(t0 + TIMEOUT, |_| {});
+        assert_eq!(r.held(), 0);
+        let bytes = r.ring.len() * std::mem::size_of::<Option<Held<u32>>>();
+        assert!(bytes <= 64 << 10, "{bytes} bytes kept for one early event");
+    }
+
+    /// Every release recomputes the oldest arrival by scanning the whole ring, so once the
+    /// ring has grown (one far seq is enough), each skipped gap costs O(2 x window): a
+    /// client holding every other seq makes one `poll` do ~65536 x 131072 slot reads: 100 s
+    /// in a debug build, seconds in release, on the lane every other client shares. (Here a
+    /// quarter of the default window: ~3 s instead of a few ms.)
+    #[test]
+    fn review_poll_of_many_small_gaps_is_not_quadratic() {
+        let t0 = Instant::now();
+        let mut r = Reorder::new(16384, TIMEOUT);
+        r.start(0);
+        let mut n = 0u64;
+        let mut s = 1u64;
+        while s < 32_000 {
+            r.push(s, 0u32, t0, |_| {});
+            s += 2;
+            n += 1;
+        }
+        assert_eq!(r.held() as u64, n);
+        let started = std::time::Instant::now();
+        let mut applied = 0u64;
+        r.poll(t0 + TIMEOUT, |_| applied += 1);
+        let took = started.elapsed();
+        assert_eq!(applied, n);
+        assert!(took < Duration::from_millis(300), "one poll took {took:?}");
+    }
+}
