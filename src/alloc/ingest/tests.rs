@@ -573,4 +573,80 @@ fn a_flood_of_ring_requests_is_refused_beyond_the_rings_a_connection_may_hold() 
     c.ring_request_done(1);
     c.bytes(1, &request(MsgType::RegisterRing, 201, &proto::RegisterRing {}), t0, &mut io);
     assert_eq!(io.rings.len(), 4);
+
+// ---------------------------------------------------------------------------------------------
+// Adversarial review (h-review2): each test below fails on the code under review.
+// ---------------------------------------------------------------------------------------------
+
+fn v5(kind: MsgType, device: i32, id: u64, size: u64) -> Vec<u8> {
+    let mut r = V5Record::new_zeroed();
+    r.v4.head.msg_type = kind.code() as u8;
+    r.v4.head.device_id.set(device);
+    r.v4.head.buffer_id.set(id);
+    r.v4.head.size.set(size);
+    r.as_bytes().to_vec()
+}
+
+/// `Legacy::since` is set when the connection's first bytes arrive and never again, so the
+/// 5 ms wait of `settle` is measured from then, not from the bytes that left 128..=131
+/// buffered: on a listener pinned to v5, a v5 client whose record arrives in two pieces
+/// (128 + 16; a stream splits wherever the sender's buffer was full) more than 5 ms after its
+/// first bytes is closed as "a v4 client" by the very next tick (`next_tick` is already past).
+#[test]
+fn review_pinned_v5_does_not_close_a_v5_client_whose_record_is_split_at_128() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 4301, ListenerKind::Legacy(LayoutChoice::Pinned(Layout::TtMetalV5)), t0);
+    c.bytes(1, &v5(MsgType::Alloc, 0, 0x40, 64), t0, &mut io);
+    let rec = v5(MsgType::Alloc, 0, 0x80, 64);
+    let t1 = t0 + Duration::from_secs(1);
+    c.bytes(1, &rec[..128], t1, &mut io);
+    let mut released = Vec::new();
+    c.tick(t1, &mut io, &mut released);
+    c.bytes(1, &rec[128..], t1 + Duration::from_millis(1), &mut io);
+    assert!(io.closed.is_empty(), "a v5 client closed as wrong-layout");
+    assert_eq!(dram(&c, 0), 128);
+}
+
+/// Discards what it is given (a connection the table already closed for its output budget
+/// still costs the core everything it computes for it).
+struct NullIo;
+
+impl Io for NullIo {
+    fn send(&mut self, _: u64, _: &[u8]) {}
+    fn close(&mut self, _: u64) {}
+    fn register_ring(&mut self, _: u64, _: u64) {}
+}
+
+/// One read of 24-byte DUMP_REMAINING frames (1 MiB, the receive buffer, holds ~43,000) makes
+/// the core build, sort and encode a dump of the whole ledger for each, all within one
+/// `bytes` call on the lane: a hostile client stalls every other client for as long as it
+/// likes (here 200 dumps of a 10,000-entry ledger, 4.8 KB of input: ~6 s in a debug build). The reply queue's
+/// budget closes the connection after a few replies, but the core answers them all.
+#[test]
+fn review_a_flood_of_dump_requests_in_one_read_is_bounded_work() {
+    let (mut c, t0) = (core(), Instant::now());
+    let mut io = NullIo;
+    c.connect(1, 4400, ListenerKind::Native, t0);
+    let mut bytes = Vec::new();
+    for i in 0..10_000u64 {
+        bytes.extend(frame(MsgType::Alloc, i, &ev(MsgType::Alloc, 0, 0x1000 + i * 64, 64, 0)));
+    }
+    c.bytes(1, &bytes, t0, &mut io);
+    assert_eq!(c.ledger().remaining().count(), 10_000);
+    c.connect(2, 4401, ListenerKind::Native, t0);
+    let mut flood = Vec::new();
+    for i in 0..200u64 {
+        encode(
+            ProtocolVersion::V2,
+            MsgType::DumpRemaining.code(),
+            Flags::EMPTY,
+            i,
+            &[],
+            &mut flood,
+        );
+    }
+    let started = std::time::Instant::now();
+    c.bytes(2, &flood, t0, &mut io);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "one read of {} bytes took {took:?}", flood.len());
 }
