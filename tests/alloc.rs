@@ -348,9 +348,10 @@ fn s15_dump_remaining_sends_no_bytes_and_the_next_query_gets_exactly_its_reply(v
     let mut extra = [0u8; 1];
     let e = l.stream.read(&mut extra).expect_err("no byte after the reply");
     assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
-    // The report went to the log.
+    // The report went to the log, once: dump reports are logged at most once a second, so a
+    // flood of them cannot flood the log.
     rig.wait_log(&["DUMP_REMAINING from pid"]);
-    assert_eq!(rig.log_lines(&["DUMP_REMAINING from pid"]).len(), 2);
+    assert_eq!(rig.log_lines(&["DUMP_REMAINING from pid"]).len(), 1);
 }
 over!(s15_dump_remaining_sends_no_bytes_and_the_next_query_gets_exactly_its_reply: V4, V5);
 

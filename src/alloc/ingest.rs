@@ -209,13 +209,22 @@ pub struct Ingest {
     held: Held,
     /// `Some` with `[alloc] latency_probe` on.
     latency: Option<Box<LatencyProbe>>,
+    /// When a legacy dump report last went to the log.
+    dump_logged: Option<Instant>,
+    /// Processes in their exit grace (dead, a socket still open): the tick's to release.
+    exiting: Vec<u32>,
+    /// Legacy connections waiting to settle their v4/v5 detection.
+    settling: Vec<u64>,
 }
 
-/// The windows' shared budget of held events.
+/// The windows' shared budget of held events, and of the ring slots they take.
 #[derive(Debug)]
 struct Held {
     total: usize,
     budget: usize,
+    /// Ring slots of all windows (a window's ring grows with the displacement it sees, so
+    /// one far-ahead event can take many slots: they are budgeted too, at 4 per event).
+    slots: usize,
     flushes: u64,
 }
 
@@ -230,18 +239,21 @@ impl Held {
         now: Instant,
         mut apply: impl FnMut(Option<Event>),
     ) {
-        let before = window.held();
-        if self.total >= self.budget && before > 0 {
+        let (before, slots) = (window.held(), window.slots());
+        let spent = self.total >= self.budget || self.slots >= self.budget.saturating_mul(4);
+        if spent && before > 0 {
             window.flush(&mut apply);
             self.flushes += 1;
         }
         window.push(seq, event, now, apply);
         self.total = (self.total + window.held()).saturating_sub(before);
+        self.slots = (self.slots + window.slots()).saturating_sub(slots);
     }
 
-    /// Accounts for `window` going from `before` held events to what it holds now.
-    fn settle(&mut self, before: usize, window: &Reorder<Option<Event>>) {
-        self.total = (self.total + window.held()).saturating_sub(before);
+    /// Accounts for `window` going from `before` (held events, ring slots) to what it holds.
+    fn settle(&mut self, before: (usize, usize), window: &Reorder<Option<Event>>) {
+        self.total = (self.total + window.held()).saturating_sub(before.0);
+        self.slots = (self.slots + window.slots()).saturating_sub(before.1);
     }
 }
 
@@ -322,6 +334,8 @@ pub const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_millis(100);
 const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(10);
 /// Most allocations listed in a native dump reply (the rest are counted).
 pub const DUMP_MAX_ENTRIES: usize = 10_000;
+/// At most one legacy dump report in the log per this long.
+const DUMP_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Error code of alloc-level error replies (refusals that are not framing errors).
 pub const ERROR_REFUSED: u16 = 100;
 
@@ -340,8 +354,11 @@ impl Ingest {
             scratch: Vec::with_capacity(4096),
             body: Vec::with_capacity(4096),
             items: Vec::with_capacity(256),
-            held: Held { total: 0, budget: config.held_budget, flushes: 0 },
+            held: Held { total: 0, budget: config.held_budget, slots: 0, flushes: 0 },
             latency: config.latency_probe.then(LatencyProbe::new),
+            dump_logged: None,
+            exiting: Vec::new(),
+            settling: Vec::new(),
         }
     }
 
@@ -542,7 +559,7 @@ impl Ingest {
         if let Kind::Native(native) = &mut c.kind {
             let (ledger, counters) = (&mut self.ledger, &mut self.counters);
             let pid = c.pid;
-            let before = native.window.held();
+            let before = (native.window.held(), native.window.slots());
             native.window.flush(|e| {
                 if released {
                     counters.after_release += u64::from(e.is_some());
@@ -551,6 +568,8 @@ impl Ingest {
                 }
             });
             self.held.settle(before, &native.window);
+            // The window goes with the connection: its ring's slots too.
+            self.held.slots = self.held.slots.saturating_sub(native.window.slots());
             native.sync_counters(&mut self.counters, pid);
         }
         self.counters.rings = self.counters.rings.saturating_sub(u64::from(c.rings));
@@ -593,6 +612,9 @@ impl Ingest {
         }
         if proc.exited_at.is_none() {
             proc.exited_at = Some(now);
+            if !self.exiting.contains(&pid) {
+                self.exiting.push(pid);
+            }
         }
         if proc.conns == 0 {
             self.release(pid, now);
@@ -612,15 +634,16 @@ impl Ingest {
                 }
             }
         }
-        for p in self.procs.values() {
-            if let (Some(t), false) = (p.exited_at, p.released) {
+        for pid in &self.exiting {
+            if let Some(&Proc { exited_at: Some(t), released: false, .. }) = self.procs.get(pid) {
                 at(t + self.config.exit_grace);
             }
         }
         // A push is due once the ledger changed since a subscriber's last push, at the end
         // of its interval (not `now + interval`: a deadline that moves with every pass of a
-        // busy lane never comes).
-        let version = self.ledger.version();
+        // busy lane never comes). The version is read only with subscribers (it takes the
+        // lock of every device ledger on another lane).
+        let version = if self.subscribers.is_empty() { 0 } else { self.ledger.version() };
         for client in &self.subscribers {
             if let Some(sub) = self.clients.get(client).and_then(|c| c.subscription.as_ref()) {
                 if sub.last_version != version {
@@ -628,12 +651,11 @@ impl Ingest {
                 }
             }
         }
-        for c in self.clients.values() {
-            match &c.kind {
-                Kind::Legacy(l) if l.parser.needs_settle() => {
-                    at(l.since + self.config.legacy_detect_timeout)
+        for client in &self.settling {
+            if let Some(Kind::Legacy(l)) = self.clients.get(client).map(|c| &c.kind) {
+                if l.parser.needs_settle() {
+                    at(l.since + self.config.legacy_detect_timeout);
                 }
-                _ => {}
             }
         }
         next
@@ -654,7 +676,7 @@ impl Ingest {
             let pid = c.pid;
             if let Kind::Native(native) = &mut c.kind {
                 let (ledger, counters) = (&mut self.ledger, &mut self.counters);
-                let before = native.window.held();
+                let before = (native.window.held(), native.window.slots());
                 native.window.poll(now, |e| {
                     if gone {
                         counters.after_release += u64::from(e.is_some());
@@ -671,24 +693,35 @@ impl Ingest {
             }
             i += 1;
         }
+        // The exiting and settling lists: small (processes in their exit grace, legacy
+        // connections in their detection wait), never a scan of every process or client.
+        let grace = self.config.exit_grace;
+        let procs = &self.procs;
+        self.exiting
+            .retain(|pid| procs.get(pid).is_some_and(|p| !p.released && p.exited_at.is_some()));
         let due: Vec<u32> = self
-            .procs
+            .exiting
             .iter()
-            .filter(|(_, p)| {
-                !p.released && p.exited_at.is_some_and(|t| now >= t + self.config.exit_grace)
+            .copied()
+            .filter(|pid| {
+                procs.get(pid).and_then(|p| p.exited_at).is_some_and(|t| now >= t + grace)
             })
-            .map(|(&pid, _)| pid)
             .collect();
         for pid in due {
             tracing::warn!(pid, "alloc: process exited but a socket of it is still open after the grace period; releasing its entries");
             self.release(pid, now);
             released.push(pid);
         }
+        let clients = &self.clients;
+        self.settling.retain(|id| {
+            matches!(clients.get(id).map(|c| &c.kind), Some(Kind::Legacy(l)) if l.parser.needs_settle())
+        });
+        let wait = self.config.legacy_detect_timeout;
         let undecided: Vec<u64> = self
-            .clients
+            .settling
             .iter()
-            .filter(|(_, c)| matches!(&c.kind, Kind::Legacy(l) if l.parser.needs_settle() && now >= l.since + self.config.legacy_detect_timeout))
-            .map(|(&id, _)| id)
+            .copied()
+            .filter(|id| matches!(clients.get(id).map(|c| &c.kind), Some(Kind::Legacy(l)) if now >= l.since + wait))
             .collect();
         for client in undecided {
             if let Some(Kind::Legacy(l)) = self.clients.get_mut(&client).map(|c| &mut c.kind) {
@@ -819,7 +852,22 @@ impl Ingest {
                 if !self.scratch.is_empty() {
                     io.send(client, &self.scratch);
                 }
+                // A read may carry many requests; dumps (a walk of the whole ledger) are
+                // answered one per read, the rest refused, so a flood costs bounded work.
+                let mut dumps = 0;
                 for (msg_type, msg_id, body) in requests {
+                    let dump = matches!(
+                        MsgType::from_code(msg_type),
+                        Some(MsgType::DumpRemaining | MsgType::DumpKernels | MsgType::ProcessQuery)
+                    );
+                    if dump {
+                        dumps += 1;
+                        if dumps > 1 {
+                            let text = "one dump per read: ask again after the reply";
+                            self.refuse(client, msg_type, msg_id, text, io);
+                            continue;
+                        }
+                    }
                     self.request(client, msg_type, msg_id, &body, now, io);
                 }
                 if let Err(fatal) = result {
@@ -834,7 +882,8 @@ impl Ingest {
             Kind::Legacy(legacy) => {
                 let mut items = std::mem::take(&mut self.items);
                 items.clear();
-                let Legacy { parser, partial, .. } = &mut **legacy;
+                let Legacy { parser, partial, since } = &mut **legacy;
+                let was_settling = parser.needs_settle();
                 let parsed = if partial.is_empty() {
                     let parsed = parser.parse(input, &mut |item| items.push(item));
                     partial.extend_from_slice(&input[parsed.consumed..]);
@@ -845,6 +894,14 @@ impl Ingest {
                     partial.drain(..parsed.consumed);
                     parsed
                 };
+                if parser.needs_settle() && !was_settling {
+                    // The detection wait counts from the bytes that left it undecided, not
+                    // from the connection's first bytes.
+                    *since = now;
+                    if !self.settling.contains(&client) {
+                        self.settling.push(client);
+                    }
+                }
                 let before = self.counters.resync_bytes;
                 self.counters.resync_bytes = before.max(parser.stats().resync_bytes);
                 if let Some(burst) = parser.take_burst() {
@@ -852,7 +909,7 @@ impl Ingest {
                 }
                 let layout = parser.layout();
                 for &item in &items {
-                    self.legacy_item(client, pid, released, layout, item, io);
+                    self.legacy_item(client, pid, released, layout, item, now, io);
                 }
                 self.items = items;
                 if let Verdict::Close(close) = parsed.verdict {
@@ -871,6 +928,7 @@ impl Ingest {
         released: bool,
         layout: Option<Layout>,
         item: Item,
+        now: Instant,
         io: &mut impl Io,
     ) {
         match item {
@@ -900,7 +958,14 @@ impl Ingest {
                     io.send(client, &self.scratch);
                 }
             }
+            Item::DumpRemaining | Item::DumpKernels
+                if self.dump_logged.is_some_and(|t| now < t + DUMP_LOG_EVERY) =>
+            {
+                // The report goes to the log: at most one a second, whoever floods it.
+                self.counters.queries += 1;
+            }
             Item::DumpRemaining => {
+                self.dump_logged = Some(now);
                 self.counters.queries += 1;
                 tracing::info!(
                     "alloc: DUMP_REMAINING from pid {pid}\n{}",
@@ -908,6 +973,7 @@ impl Ingest {
                 );
             }
             Item::DumpKernels => {
+                self.dump_logged = Some(now);
                 self.counters.queries += 1;
                 tracing::info!("alloc: DUMP_KERNELS from pid {pid}\n{}", self.kernel_report());
             }

@@ -25,6 +25,7 @@
 //! `2 * window`, as far as the displacement seen needs, and is kept. A seq absurdly far
 //! ahead skips to it in O(window), never O(distance).
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Counters of one reorder window.
@@ -46,6 +47,8 @@ pub struct ReorderStats {
 
 /// Slots of the ring when it is first needed (it doubles from there).
 const INITIAL_SLOTS: usize = 64;
+/// The most slots an empty ring keeps (a larger one shrinks back to `INITIAL_SLOTS`).
+const KEEP_SLOTS: usize = 1024;
 
 /// One client's reorder window over items `T` (an event, or an index into one).
 #[derive(Debug)]
@@ -60,6 +63,10 @@ pub struct Reorder<T: Copy> {
     held: usize,
     /// Arrival of the oldest held item (the start of the oldest gap).
     oldest: Option<Instant>,
+    /// Held items in arrival order, `(arrival, seq)`: the front is the oldest still held
+    /// once entries of items released since are dropped from it (lazily, so finding the
+    /// oldest costs O(1) amortised instead of a scan of the ring per release).
+    arrivals: VecDeque<(Instant, u64)>,
     stats: ReorderStats,
 }
 
@@ -81,6 +88,7 @@ impl<T: Copy> Reorder<T> {
             ring: Vec::new(),
             held: 0,
             oldest: None,
+            arrivals: VecDeque::new(),
             stats: ReorderStats::default(),
         }
     }
@@ -142,6 +150,12 @@ impl<T: Copy> Reorder<T> {
         self.stats
     }
 
+    /// Slots of the ring now (the memory a window holds: it grows with the displacement seen
+    /// and shrinks when it empties).
+    pub fn slots(&self) -> usize {
+        self.ring.len()
+    }
+
     /// Items held now (at most the window).
     pub fn held(&self) -> usize {
         self.held
@@ -194,6 +208,14 @@ impl<T: Copy> Reorder<T> {
         self.ring[i] = Some(Held { seq, item, at: now });
         self.held += 1;
         self.oldest = Some(self.oldest.map_or(now, |o| o.min(now)));
+        self.arrivals.push_back((now, seq));
+        if self.arrivals.len() > 2 * self.held + INITIAL_SLOTS {
+            // Entries of released items that are not at the front: dropped in one sweep,
+            // amortised over the pushes that made them.
+            let ring = &self.ring;
+            let len = ring.len() as u64;
+            self.arrivals.retain(|&(_, s)| ring[(s % len) as usize].is_some_and(|h| h.seq == s));
+        }
     }
 
     /// Grows the ring (doubling, up to `2 * window` slots) until it spans `need` seqs from the
@@ -307,9 +329,30 @@ impl<T: Copy> Reorder<T> {
         self.recompute_oldest();
     }
 
+    /// Updates `oldest` from the arrivals (dropping the entries of items released since), and
+    /// gives back a ring that grew for a far seq once nothing is held.
     fn recompute_oldest(&mut self) {
-        self.oldest =
-            if self.held == 0 { None } else { self.ring.iter().flatten().map(|h| h.at).min() };
+        if self.held == 0 {
+            self.oldest = None;
+            self.arrivals.clear();
+            if self.ring.len() > KEEP_SLOTS {
+                // A far seq made it grow: its memory is not kept for nothing (a ring of a
+                // client that is only a little out of order is kept: no allocation churn).
+                self.ring = vec![None; INITIAL_SLOTS];
+                self.arrivals.shrink_to(INITIAL_SLOTS);
+            }
+            return;
+        }
+        let len = self.ring.len() as u64;
+        while let Some(&(at, seq)) = self.arrivals.front() {
+            if self.ring[(seq % len) as usize].is_some_and(|h| h.seq == seq) {
+                self.oldest = Some(at);
+                return;
+            }
+            self.arrivals.pop_front();
+        }
+        // Unreachable while held > 0 (every held item has its arrival); recover anyway.
+        self.oldest = self.ring.iter().flatten().map(|h| h.at).min();
     }
 
     fn expected_or(&self, seq: u64) -> u64 {

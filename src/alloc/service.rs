@@ -67,6 +67,9 @@ pub struct ListenerSpec {
     pub kind: ListenerKind,
     /// The layout name as configured.
     pub layout: String,
+    /// Whether the path is in the runtime dir (configured relative): a failure to listen
+    /// there fails the start; a path elsewhere (a shared `/tmp`) is skipped with a warning.
+    pub in_runtime_dir: bool,
 }
 
 /// Parses `"<layout>:<path>"`.
@@ -86,8 +89,9 @@ pub fn parse_listener(entry: &str, dir: &Path) -> Result<ListenerSpec, String> {
         return Err(format!("listener {entry:?}: empty path"));
     }
     let path = Path::new(path);
+    let in_runtime_dir = !path.is_absolute();
     let path = if path.is_absolute() { path.to_owned() } else { dir.join(path) };
-    Ok(ListenerSpec { path, kind, layout: layout.to_owned() })
+    Ok(ListenerSpec { path, kind, layout: layout.to_owned(), in_runtime_dir })
 }
 
 fn devices_of(config: &AllocConfig) -> Result<DeviceTable, String> {
@@ -320,12 +324,19 @@ impl Prepared for AllocPrepared {
                     path = %spec.path.display(),
                     "alloc: another server is live on this socket; this listener is skipped"
                 ),
-                Err(e) => {
+                Err(e) if spec.in_runtime_dir => {
                     return Err(DaemonError::Service {
                         service: "alloc",
                         message: format!("cannot listen on {}: {e}", spec.path.display()),
                     })
                 }
+                // A path outside the runtime dir is anyone's (a file someone left in /tmp,
+                // another user's server): that listener is skipped, the daemon runs.
+                Err(e) => tracing::warn!(
+                    path = %spec.path.display(),
+                    "alloc: cannot listen on {}: {e}; this listener is skipped",
+                    spec.path.display()
+                ),
             }
         }
         let counters = self.counters.iter().map(|&id| cx.counter(id)).collect();
@@ -399,10 +410,20 @@ impl Prepared for AllocPrepared {
 fn bind_listener(path: &Path) -> io::Result<Option<(UnixListener, OwnedFile)>> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Ok(None);
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Ok(None),
+                // Nobody listens: a crashed server's socket file, replaced.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)?;
+                }
+                // EACCES (another user's server), or anything else: not ours to remove.
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("a socket is there that this daemon cannot judge ({e})"),
+                    ))
+                }
             }
-            std::fs::remove_file(path)?;
         }
         Ok(_) => return Err(io::Error::other("the path exists and is not a socket")),
         Err(_) => {}

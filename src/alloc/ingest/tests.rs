@@ -573,6 +573,7 @@ fn a_flood_of_ring_requests_is_refused_beyond_the_rings_a_connection_may_hold() 
     c.ring_request_done(1);
     c.bytes(1, &request(MsgType::RegisterRing, 201, &proto::RegisterRing {}), t0, &mut io);
     assert_eq!(io.rings.len(), 4);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Adversarial review (h-review2): each test below fails on the code under review.
