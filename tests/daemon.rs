@@ -212,7 +212,7 @@ fn status_round_trip_and_sigterm_shutdown_on_every_reactor() {
         assert_eq!(status.reactor, reactor);
         assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(status.lanes.len(), 1);
-        assert_eq!(status.lanes[0].agents, ["control", "metrics", "pool"]);
+        assert_eq!(status.lanes[0].agents, ["control", "metrics", "pool", "alloc"]);
         assert!(client.ping().is_ok());
         let toml = client.config_toml().unwrap();
         assert!(toml.contains(&format!("reactor = \"{reactor}\"")), "{toml}");
@@ -990,7 +990,7 @@ fn lane_watchers_get_a_report_per_interval_until_they_close() {
         assert_eq!((push.msg_id, push.msg_type), (sub.msg_id, MSG_WATCH_LANES));
         let report: LaneReport = push.decode().unwrap();
         assert!(report.uptime_ms > last, "{} after {last}", report.uptime_ms);
-        assert_eq!(report.lanes[0].agents, ["control", "metrics", "pool"]);
+        assert_eq!(report.lanes[0].agents, ["control", "metrics", "pool", "alloc"]);
         last = report.uptime_ms;
     }
     // Calls on the subscribed connection still work between pushes.

@@ -532,9 +532,8 @@ impl AllocAgent {
             // A reused pid: the dead process's pidfd goes, the new one's is watched.
             self.unwatch(ctx, pid);
         }
-        if !self.pidfds.contains_key(&pid) {
-            self.watch_process(ctx, pid);
-        }
+        // Its exit is watched from its first bytes on (a connection that sends nothing, a
+        // liveness probe of another server, owns nothing and costs no pidfd).
     }
 
     fn watch_process(&mut self, ctx: &mut Ctx<'_>, pid: u32) {
@@ -791,6 +790,11 @@ impl Agent for AllocAgent {
                 let client = id.local();
                 let now = ctx.now;
                 // The core reads the chunk; its output goes through the table afterwards.
+                if let Some(pid) = self.core.pid_of(client) {
+                    if !self.pidfds.contains_key(&pid) {
+                        self.watch_process(ctx, pid);
+                    }
+                }
                 self.rx.clear();
                 self.rx.extend_from_slice(ctx.reactor().data(&buf));
                 let mut shim = Shim { conns: &mut self.conns, ctx, grants: &mut self.grants };
