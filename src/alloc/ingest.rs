@@ -110,6 +110,9 @@ pub struct IngestConfig {
     pub held_budget: usize,
     /// Record report-to-applied latencies ([`super::latency`]).
     pub latency_probe: bool,
+    /// Most live entries of the ledger (all processes): an allocation past it is refused and
+    /// counted (`ledger_full`), so a client inventing addresses costs bounded memory.
+    pub max_entries: usize,
 }
 
 impl Default for IngestConfig {
@@ -125,6 +128,7 @@ impl Default for IngestConfig {
             max_body_bytes: MAX_BODY_BYTES,
             held_budget: 1 << 20,
             latency_probe: false,
+            max_entries: 1 << 22,
         }
     }
 }
@@ -186,6 +190,9 @@ pub struct IngestCounters {
     pub budget_flushes: u64,
     /// Early events held by all windows now.
     pub held: u64,
+    /// Allocations refused because the ledger held `max_entries` (or a device lane's
+    /// backlog was full).
+    pub ledger_full: u64,
 }
 
 /// The alloc server's core. See the [module docs](self).
@@ -344,7 +351,7 @@ impl Ingest {
     pub fn new(config: IngestConfig, devices: DeviceTable) -> Self {
         Ingest {
             config,
-            ledger: Ledgers::new(devices.clone()),
+            ledger: Ledgers::new(devices.clone()).with_max_entries(config.max_entries),
             devices,
             clients: HashMap::new(),
             procs: HashMap::new(),
@@ -389,10 +396,11 @@ impl Ingest {
         let mut c = self.counters;
         c.connections = self.clients.len() as u64;
         c.budget_flushes = self.held.flushes;
-        let (unknown, duplicate, rejected) = self.ledger.remote_outcomes();
+        let (unknown, duplicate, rejected, dropped) = self.ledger.remote_outcomes();
         c.unknown_frees += unknown;
         c.duplicate_allocs += duplicate;
         c.invalid += rejected;
+        c.ledger_full += dropped;
         c.held = self.held.total as u64;
         c
     }
@@ -1205,6 +1213,7 @@ impl Ingest {
                 rings: c.rings,
                 ring_corruptions: c.ring_corruptions,
                 connections: c.connections,
+                ledger_full: c.ledger_full,
             }),
         }
     }
@@ -1479,6 +1488,7 @@ fn apply(ledger: &mut Ledgers, counters: &mut IngestCounters, pid: u32, event: O
         Applied::Here(Outcome::UnknownFree) => counters.unknown_frees += 1,
         Applied::Here(Outcome::RefBumped) => counters.duplicate_allocs += 1,
         Applied::Here(Outcome::Rejected) => counters.invalid += 1,
+        Applied::Full => counters.ledger_full += 1,
         Applied::Here(Outcome::Added | Outcome::Decremented | Outcome::Removed)
         | Applied::Forwarded => {}
     }

@@ -76,7 +76,12 @@ struct Remote {
     shard: Arc<Shard>,
     /// Ops the link had no room for, in order: pushed before any newer op.
     backlog: VecDeque<LedgerOp>,
+    /// Events dropped because the backlog was full.
+    dropped: u64,
 }
+
+/// The most ops kept for a device lane that is behind (beyond the link's capacity).
+const MAX_BACKLOG: usize = 1 << 20;
 
 /// How an event went: applied here, or handed to its device's lane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,11 +90,15 @@ pub enum Applied {
     Here(Outcome),
     /// Handed to the device's lane (its outcome is counted there).
     Forwarded,
+    /// Refused: an allocation while this lane's ledger holds its most entries.
+    Full,
 }
 
 /// Every device's ledger. See the [module docs](self).
 pub struct Ledgers {
     local: Ledger,
+    /// The most live entries of `local`.
+    max_entries: usize,
     remote: [Option<Remote>; MAX_DEVICES],
     devices: DeviceTable,
 }
@@ -104,7 +113,15 @@ impl std::fmt::Debug for Ledgers {
 impl Ledgers {
     /// Every device on this lane.
     pub fn new(devices: DeviceTable) -> Self {
-        Ledgers { local: Ledger::new(devices.clone()), remote: Default::default(), devices }
+        let local = Ledger::new(devices.clone());
+        Ledgers { local, max_entries: usize::MAX, remote: Default::default(), devices }
+    }
+
+    /// At most `max` live entries on this lane: an allocation past it is refused
+    /// ([`Applied::Full`]), so a client that invents addresses costs bounded memory.
+    pub fn with_max_entries(mut self, max: usize) -> Self {
+        self.max_entries = max;
+        self
     }
 
     /// Moves device `device`'s ledger to the lane whose agent consumes `tx`; returns that
@@ -112,7 +129,7 @@ impl Ledgers {
     pub fn place(&mut self, device: u8, tx: LinkTx<LedgerOp>, rx: LinkRx<LedgerOp>) -> DeviceAgent {
         let shard = Arc::new(Shard::new(self.devices.clone()));
         self.remote[device as usize] =
-            Some(Remote { tx, shard: shard.clone(), backlog: VecDeque::new() });
+            Some(Remote { tx, shard: shard.clone(), backlog: VecDeque::new(), dropped: 0 });
         DeviceAgent { name: format!("alloc-device-{device}"), rx, shard }
     }
 
@@ -124,6 +141,7 @@ impl Ledgers {
     /// Applies (or hands on) one event of `pid`.
     pub fn apply(&mut self, pid: u32, event: &Event) -> Applied {
         match self.remote.get_mut(event.device as usize).and_then(Option::as_mut) {
+            None if self.local.len() >= self.max_entries && event.kind.allocates() => Applied::Full,
             None => Applied::Here(self.local.apply(pid, event)),
             Some(remote) => {
                 remote.send(LedgerOp::Apply { pid, event: *event });
@@ -207,13 +225,15 @@ impl Ledgers {
         out
     }
 
-    /// Outcomes counted on other lanes: (unknown frees, duplicate allocs, rejected).
-    pub fn remote_outcomes(&self) -> (u64, u64, u64) {
-        let mut sum = (0, 0, 0);
+    /// Outcomes counted on other lanes: (unknown frees, duplicate allocs, rejected, and the
+    /// events dropped because a device lane was too far behind).
+    pub fn remote_outcomes(&self) -> (u64, u64, u64, u64) {
+        let mut sum = (0, 0, 0, 0);
         for r in self.remote.iter().flatten() {
             sum.0 += r.shard.unknown_frees.load(Ordering::Relaxed);
             sum.1 += r.shard.duplicate_allocs.load(Ordering::Relaxed);
             sum.2 += r.shard.rejected.load(Ordering::Relaxed);
+            sum.3 += r.dropped;
         }
         sum
     }
@@ -223,12 +243,26 @@ impl Remote {
     fn send(&mut self, op: LedgerOp) {
         self.drain_backlog();
         if !self.backlog.is_empty() {
-            self.backlog.push_back(op);
+            self.queue(op);
             return;
         }
         if let Err(e) = self.tx.push(op) {
-            self.backlog.push_back(e.into_inner());
+            self.queue(e.into_inner());
         }
+    }
+
+    /// Keeps `op` for the next push, unless the device lane is so far behind that the
+    /// backlog is full: then the event is dropped and counted (a release always waits: it
+    /// is what frees the device's memory of a dead process).
+    fn queue(&mut self, op: LedgerOp) {
+        if self.backlog.len() >= MAX_BACKLOG && matches!(op, LedgerOp::Apply { .. }) {
+            if self.dropped == 0 {
+                tracing::error!("alloc: a device lane is {MAX_BACKLOG} events behind; its events are dropped (counted) until it catches up");
+            }
+            self.dropped += 1;
+            return;
+        }
+        self.backlog.push_back(op);
     }
 
     fn drain_backlog(&mut self) {

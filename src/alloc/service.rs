@@ -289,6 +289,13 @@ const COUNTERS: &[CounterDef] = &[
         read: |c| c.ring_corruptions,
     },
     CounterDef {
+        name: "corelane_alloc_ledger_full_total",
+        labels: &[],
+        help: "Alloc server: allocations refused because the ledger held max_entries.",
+        gauge: false,
+        read: |c| c.ledger_full,
+    },
+    CounterDef {
         name: "corelane_alloc_rings",
         labels: &[],
         help: "Alloc server: shared-memory rings open now.",
@@ -350,6 +357,7 @@ impl Prepared for AllocPrepared {
             ring_capacity: a.ring_capacity,
             legacy_detect_timeout: Duration::from_millis(a.legacy_detect_timeout_ms),
             latency_probe: a.latency_probe,
+            max_entries: usize::try_from(a.max_entries).unwrap_or(usize::MAX),
             ..IngestConfig::default()
         };
         let status = cx.status("alloc");

@@ -118,6 +118,11 @@ impl MsgType {
         )
     }
 
+    /// Whether this event makes a ledger entry (ALLOC, CB_ALLOC, KERNEL_LOAD).
+    pub const fn allocates(self) -> bool {
+        matches!(self, MsgType::Alloc | MsgType::CbAlloc | MsgType::KernelLoad)
+    }
+
     /// Its name in logs and metrics.
     pub const fn name(self) -> &'static str {
         match self {

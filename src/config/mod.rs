@@ -316,6 +316,9 @@ pub struct AllocConfig {
     /// `legacy_detect_timeout_ms`: how long a `tt-metal` connection with one 128-byte record
     /// and nothing more waits before it is read as v4. Default 5.
     pub legacy_detect_timeout_ms: u64,
+    /// `max_entries`: most live ledger entries (buffers, CBs, kernels of all processes) on
+    /// the ingest lane; an allocation past it is refused and counted. Default 4194304.
+    pub max_entries: u64,
     /// `latency_probe`: record, for every event applied on arrival, `CLOCK_MONOTONIC` now minus
     /// its `timestamp_ns` into a histogram on the lane, read (and reset) with the native
     /// `LatencyReport` query. For benchmarks; off costs nothing. Default false.

@@ -156,6 +156,7 @@ pub const ALLOC_SECTION: SectionSpec = SectionSpec {
         key("max_rings", uint(0, 1 << 16)),
         key("drain_batch", uint(1, 1 << 16)),
         key("legacy_detect_timeout_ms", uint(1, 10_000)),
+        key("max_entries", uint(1, 1 << 30)),
         key("latency_probe", Kind::Bool),
     ],
 };

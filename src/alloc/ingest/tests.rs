@@ -651,3 +651,23 @@ fn review_a_flood_of_dump_requests_in_one_read_is_bounded_work() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(1), "one read of {} bytes took {took:?}", flood.len());
 }
+
+/// Defect (review): the ledger had no bound; a client inventing addresses grew it without
+/// limit. Past `max_entries`, allocations are refused and counted; frees still apply.
+#[test]
+fn allocations_past_max_entries_are_refused_and_counted() {
+    let config = IngestConfig { max_entries: 3, ..IngestConfig::default() };
+    let (mut c, mut io, t0) =
+        (Ingest::new(config, DeviceTable::default_table()), FakeIo::default(), Instant::now());
+    c.connect(1, 92, ListenerKind::Native, t0);
+    let mut bytes = Vec::new();
+    for i in 0..5 {
+        bytes.extend(frame(MsgType::Alloc, i, &ev(MsgType::Alloc, 0, 0x100 + i, 10, 0)));
+    }
+    bytes.extend(frame(MsgType::Free, 5, &ev(MsgType::Free, 0, 0x100, 0, 0)));
+    bytes.extend(frame(MsgType::Alloc, 6, &ev(MsgType::Alloc, 0, 0x900, 10, 0)));
+    c.bytes(1, &bytes, t0, &mut io);
+    assert_eq!(c.counters().ledger_full, 2);
+    assert_eq!(c.ledger().remaining().count(), 3);
+    assert_eq!(dram(&c, 0), 30);
+}
