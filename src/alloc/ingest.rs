@@ -322,6 +322,17 @@ struct Proc {
     released: bool,
 }
 
+/// Where a legacy item came from.
+#[derive(Clone, Copy)]
+struct LegacyFrom {
+    client: u64,
+    pid: u32,
+    /// Its process was released (its events are dropped).
+    released: bool,
+    /// The connection's record layout, once detected.
+    layout: Option<Layout>,
+}
+
 /// What [`Ingest::connect`] tells the agent.
 ///
 /// `new_process` is true for the first connection of a pid the core does not know, or of a
@@ -917,7 +928,8 @@ impl Ingest {
                 }
                 let layout = parser.layout();
                 for &item in &items {
-                    self.legacy_item(client, pid, released, layout, item, now, io);
+                    let from = LegacyFrom { client, pid, released, layout };
+                    self.legacy_item(from, item, now, io);
                 }
                 self.items = items;
                 if let Verdict::Close(close) = parsed.verdict {
@@ -929,16 +941,8 @@ impl Ingest {
         }
     }
 
-    fn legacy_item(
-        &mut self,
-        client: u64,
-        pid: u32,
-        released: bool,
-        layout: Option<Layout>,
-        item: Item,
-        now: Instant,
-        io: &mut impl Io,
-    ) {
+    fn legacy_item(&mut self, from: LegacyFrom, item: Item, now: Instant, io: &mut impl Io) {
+        let LegacyFrom { client, pid, released, layout } = from;
         match item {
             Item::Event(event) => {
                 if released {
