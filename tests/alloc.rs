@@ -1062,6 +1062,9 @@ fn per_process_usage_names_the_reporting_pid_per_device() {
     p.sort_by_key(|p| p.device);
     assert_eq!(p.len(), 2, "{procs:?}");
     assert!(p.iter().all(|p| p.pid == me()));
+    // The uid too comes from the socket's credentials.
+    let uid = rustix::process::geteuid().as_raw();
+    assert!(p.iter().all(|p| p.uid == Some(uid)), "{p:?}");
     assert_eq!((p[0].device, p[0].dram, p[0].buffers), (0, 4096, 1));
     assert_eq!((p[1].device, p[1].l1, p[1].cb, p[1].kernel), (1, 2048, 512, 256));
     assert_eq!((p[1].buffers, p[1].cbs, p[1].kernels), (1, 1, 1));

@@ -312,6 +312,8 @@ struct Subscription {
 }
 
 struct Proc {
+    /// The process's effective uid, from its socket's credentials.
+    uid: Option<u32>,
     /// Open connections of the current generation.
     conns: u32,
     /// Open connections of earlier generations (a dead process's sockets a child kept):
@@ -426,6 +428,7 @@ impl Ingest {
     ) -> Connected {
         let mut new_process = !self.procs.contains_key(&pid);
         let proc = self.procs.entry(pid).or_insert(Proc {
+            uid: None,
             conns: 0,
             stale_conns: 0,
             generation: 0,
@@ -440,6 +443,7 @@ impl Ingest {
                 self.release(pid, _now);
             }
             let proc = self.procs.entry(pid).or_insert(Proc {
+                uid: None,
                 conns: 0,
                 stale_conns: 0,
                 generation: 0,
@@ -460,6 +464,15 @@ impl Ingest {
         let c = Client { pid, generation, kind, rings: 0, ring_requests: 0, subscription: None };
         self.clients.insert(client, c);
         Connected { new_process }
+    }
+
+    /// The uid of `client`'s process, from its socket's credentials (as the pid: never from
+    /// a message); shown with its usage.
+    pub fn set_uid(&mut self, client: u64, uid: u32) {
+        let Some(pid) = self.clients.get(&client).map(|c| c.pid) else { return };
+        if let Some(proc) = self.procs.get_mut(&pid) {
+            proc.uid = Some(uid);
+        }
     }
 
     /// Bytes arrived on `client`.
@@ -1302,6 +1315,7 @@ impl Ingest {
                     cbs: t.cbs,
                     kernels: t.kernels,
                     name: process_name(p.pid),
+                    uid: self.procs.get(&p.pid).and_then(|proc| proc.uid),
                 }
             })
             .collect();

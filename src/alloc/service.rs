@@ -526,8 +526,8 @@ impl AllocAgent {
         let Some(kind) = self.listeners.get(listener).map(|l| l.2.kind) else { return };
         let Ok(id) = self.conns.accept(ctx, fd, |id| id.local()) else { return };
         let client = id.local();
-        let pid = match ctx.peer_credentials(client) {
-            Ok(cred) => cred.pid,
+        let (pid, uid) = match ctx.peer_credentials(client) {
+            Ok(cred) => (cred.pid, cred.uid),
             Err(e) => {
                 tracing::warn!("alloc: no peer credentials for a connection ({e}); refusing it");
                 self.conns.abort(ctx, id, CloseReason::Protocol);
@@ -536,6 +536,7 @@ impl AllocAgent {
         };
         self.kinds.insert(client, kind);
         let connected = self.core.connect(client, pid, kind, ctx.now);
+        self.core.set_uid(client, uid);
         if connected.new_process {
             // A reused pid: the dead process's pidfd goes, the new one's is watched.
             self.unwatch(ctx, pid);

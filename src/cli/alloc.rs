@@ -235,7 +235,7 @@ fn usage_json(usage: &proto::UsageReply, procs: &proto::ProcessUsageReply) -> se
         .iter()
         .map(|p| {
             serde_json::json!({
-                "pid": p.pid, "name": p.name, "device": p.device, "dram": p.dram, "l1": p.l1,
+                "pid": p.pid, "uid": p.uid, "name": p.name, "device": p.device, "dram": p.dram, "l1": p.l1,
                 "system_memory": p.system_memory, "l1_small": p.l1_small, "trace": p.trace,
                 "cb": p.cb, "kernel": p.kernel, "buffers": p.buffers, "cbs": p.cbs,
                 "kernels": p.kernels,

@@ -671,3 +671,16 @@ fn allocations_past_max_entries_are_refused_and_counted() {
     assert_eq!(c.ledger().remaining().count(), 3);
     assert_eq!(dram(&c, 0), 30);
 }
+
+#[test]
+fn per_process_usage_carries_the_uid_of_the_socket_credentials() {
+    let (mut c, mut io, t0) = (core(), FakeIo::default(), Instant::now());
+    c.connect(1, 93, ListenerKind::Native, t0);
+    c.set_uid(1, 1234);
+    c.bytes(1, &frame(MsgType::Alloc, 0, &ev(MsgType::Alloc, 1, 0x10, 64, 0)), t0, &mut io);
+    c.bytes(1, &request(MsgType::ProcessQuery, 9, &proto::ProcessUsageRequest {}), t0, &mut io);
+    let frames = io.frames(1);
+    let reply = proto::ProcessUsageReply::decode(frames[0].3.as_slice()).unwrap();
+    let p = reply.processes.iter().find(|p| p.pid == 93).expect("pid 93");
+    assert_eq!((p.device, p.dram, p.uid), (1, 64, Some(1234)));
+}
