@@ -625,13 +625,13 @@ fn a_listener_pinned_to_the_wrong_layout_logs_one_line_naming_the_pid_and_closes
     // v5 records to a v4 listener.
     let mut c = Legacy::connect(&rig.path(Listener::V4), Layout::TtMetalV5);
     c.send(MsgType::Alloc, 0, 4096, 0, 0x1000);
-    c.send(MsgType::Alloc, 0, 4096, 0, 0x2000);
+    c.send_maybe_closed(MsgType::Alloc, 0, 4096, 0, 0x2000);
     let (closed, got) = c.closed_within(DEADLINE);
     assert!(closed && got.is_empty());
     // v4 records to a v5 listener.
     let mut c = Legacy::connect(&rig.path(Listener::V5), Layout::TtMetalV4);
     c.send(MsgType::Alloc, 0, 4096, 0, 0x3000);
-    c.send(MsgType::Alloc, 0, 4096, 0, 0x4000);
+    c.send_maybe_closed(MsgType::Alloc, 0, 4096, 0, 0x4000);
     let (closed, got) = c.closed_within(DEADLINE);
     assert!(closed && got.is_empty());
     // One v4 QUERY to a v5 listener, waiting for its reply: decided after the timeout.
