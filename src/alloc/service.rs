@@ -390,7 +390,6 @@ impl Prepared for AllocPrepared {
                 ..ConnConfig::default()
             })
             .keep_closed(),
-            kinds: HashMap::new(),
             rings: Vec::new(),
             grants: Vec::new(),
             pidfds: HashMap::new(),
@@ -459,8 +458,6 @@ pub struct AllocAgent {
     core: Ingest,
     listeners: Vec<(UnixListener, OwnedFile, ListenerSpec)>,
     conns: ConnTable<u64>,
-    /// Listener kind of each connection, by local id (set at accept).
-    kinds: HashMap<u64, ListenerKind>,
     /// Every client with rings (drained merged in sequence order, see [`super::rings`]).
     rings: Vec<ClientRings>,
     /// Rings of all clients.
@@ -534,7 +531,6 @@ impl AllocAgent {
                 return;
             }
         };
-        self.kinds.insert(client, kind);
         let connected = self.core.connect(client, pid, kind, ctx.now);
         self.core.set_uid(client, uid);
         if connected.new_process {
@@ -741,7 +737,6 @@ impl AllocAgent {
                 let rings = self.rings.swap_remove(i);
                 self.finish_client(rings, ctx.now);
             }
-            self.kinds.remove(&client);
             if self.core.disconnect(client, ctx.now) {
                 if let Some(pid) = pid {
                     self.unwatch(ctx, pid);
