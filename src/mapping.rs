@@ -148,6 +148,60 @@ unsafe impl Region for Mapping {
     }
 }
 
+impl Mapping {
+    /// The 8-byte word at byte `offset` as an atomic, or `None` if it is out of bounds or
+    /// `offset` is not a multiple of 8. For the words of a layout header that every process
+    /// accesses only atomically (a channel segment's header, see `channel::duplex`).
+    pub fn word(&self, offset: usize) -> Option<&AtomicU64> {
+        if !offset.is_multiple_of(8) || offset.checked_add(8)? > self.raw.len() {
+            return None;
+        }
+        // SAFETY: `offset + 8 <= len` (checked above), so the word lies inside the mapping,
+        // which lives as long as the borrow of `self`; the mapping is page-aligned and
+        // `offset` a multiple of 8, so the pointer is aligned for AtomicU64. The mapping is
+        // read-write and shared; words handed out here are only ever accessed atomically.
+        Some(unsafe { &*self.raw.as_ptr().add(offset).cast::<AtomicU64>() })
+    }
+}
+
+/// A part of a shared [`Mapping`], `offset..offset + len`, as a [`Region`] of its own: one of
+/// several layouts in one memfd (the two rings of a channel segment).
+pub struct MappingPart {
+    mapping: std::sync::Arc<Mapping>,
+    offset: usize,
+    len: usize,
+}
+
+impl MappingPart {
+    /// The part `offset..offset + len` of `mapping`, or `None` if it does not lie inside it or
+    /// `offset` is not a multiple of [`REGION_ALIGN`](crate::rings::region::REGION_ALIGN).
+    pub fn new(mapping: &std::sync::Arc<Mapping>, offset: usize, len: usize) -> Option<Self> {
+        let end = offset.checked_add(len)?;
+        (end <= mapping.len() && offset.is_multiple_of(crate::rings::region::REGION_ALIGN))
+            .then(|| MappingPart { mapping: mapping.clone(), offset, len })
+    }
+}
+
+// SAFETY: the mapping lives (in the Arc) as long as the part, at one address; the part is
+// `offset..offset + len` inside it (checked in `new`) and starts REGION_ALIGN-aligned (the
+// mapping is page-aligned). Callers give the parts of one mapping disjoint ranges (each is laid
+// out as its own structure at its own start address), accessed through the ring protocols.
+unsafe impl Region for MappingPart {
+    fn as_ptr(&self) -> *mut u8 {
+        // SAFETY: offset + len <= mapping.len() (checked in `new`): in bounds of the mapping.
+        unsafe { self.mapping.raw.as_mut_ptr().add(self.offset) }
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl std::fmt::Debug for MappingPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappingPart").field("offset", &self.offset).field("len", &self.len).finish()
+    }
+}
+
 impl std::fmt::Debug for Mapping {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mapping").field("len", &self.raw.len()).finish()
