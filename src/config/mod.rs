@@ -188,6 +188,17 @@ pub struct ControlConfig {
     /// (unsent replies, partial requests); past it requests get a `daemon busy` error reply,
     /// `65536..=1099511627776`. Default 64 MiB.
     pub max_buffered_bytes: u64,
+    /// `shm_channels`: offer shared-memory channels to clients that ask (msg_type 4).
+    /// Default true.
+    pub shm_channels: bool,
+    /// `max_shm_channels`: most shared-memory channels open at once, `0..=65536`. Default 256.
+    pub max_shm_channels: u32,
+    /// `shm_request_records`: records of a channel's request ring (128 bytes each, rounded up
+    /// to a power of two), `16..=65536`. Default 64.
+    pub shm_request_records: u32,
+    /// `shm_response_records`: records of a channel's response ring (128 bytes each, rounded
+    /// up to a power of two), `16..=65536`. Default 256.
+    pub shm_response_records: u32,
 }
 
 /// `[metrics]`: the counters file and the Prometheus endpoint.

@@ -107,6 +107,10 @@ pub const CONTROL_SECTION: SectionSpec = SectionSpec {
         key("max_pending_output_bytes", uint(4096, 1 << 30)),
         key("write_timeout_ms", uint(1, 600_000)),
         key("max_buffered_bytes", uint(65_536, 1 << 40)),
+        key("shm_channels", Kind::Bool),
+        key("max_shm_channels", uint(0, 65_536)),
+        key("shm_request_records", uint(16, 65_536)),
+        key("shm_response_records", uint(16, 65_536)),
     ],
 };
 

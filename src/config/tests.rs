@@ -75,6 +75,10 @@ fn embedded_default_loads_and_validates() {
             max_pending_output_bytes: 4 << 20,
             write_timeout_ms: 5000,
             max_buffered_bytes: 64 << 20,
+            shm_channels: true,
+            max_shm_channels: 256,
+            shm_request_records: 64,
+            shm_response_records: 256,
         },
         metrics: MetricsConfig {
             enabled: true,
@@ -347,7 +351,8 @@ fn unknown_key_in_a_file_names_the_file_line_and_the_keys() {
             "unknown key 'control.max_bodybytes' in {}:3; expected one of: socket, \
              max_body_bytes, enable_legacy_support, max_connections, crc_error_limit, \
              header_timeout_ms, idle_timeout_ms, max_pending_output_bytes, write_timeout_ms, \
-             max_buffered_bytes",
+             max_buffered_bytes, shm_channels, max_shm_channels, shm_request_records, \
+             shm_response_records",
             file.0.display()
         )
     );

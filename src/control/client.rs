@@ -21,6 +21,33 @@
 //! request in flight. The frame, body and read
 //! buffers are reused, so a [`Client::ping`] allocates nothing after the first.
 //!
+//! # Transports
+//!
+//! [`Transport::Socket`] (the default) sends frames on the Unix socket.
+//! [`Transport::SharedMemory`] upgrades the connection at connect time to a shared-memory
+//! channel (control msg_type 4): the daemon passes a sealed memfd, `corelane_ipc_v2_<pid>`,
+//! holding a request ring and a response ring, and from then on the same frames go through
+//! them. A call then makes no syscall while the daemon's lane is busy: it pushes its request,
+//! and waits for the answer by spinning ([`ClientBuilder::busy_poll`]) or on the response
+//! ring's futex (the default; the daemon's wake costs a syscall only while the client sleeps).
+//! The socket stays open: a byte on it wakes the daemon's lane when it was parked, and its
+//! hang-up tells either side the other is gone. [`Transport::Auto`] takes the channel when the
+//! daemon offers it and stays on the socket otherwise (channels off or all taken, an older
+//! daemon, a v1 client). Errors: `protocol version mismatch: expected 2, got N` (a v1 client,
+//! or another segment version), `failed to open shared memory: <name>: <why>` (the segment
+//! did not come or does not map).
+//!
+//! ```no_run
+//! use corelane::control::{Client, Transport};
+//! let mut client = Client::builder()
+//!     .transport(Transport::SharedMemory)
+//!     .busy_poll(true)
+//!     .connect("/run/corelane/control.sock")?;
+//! assert!(client.is_shared_memory());
+//! client.ping()?;
+//! # Ok::<(), corelane::control::ClientError>(())
+//! ```
+//!
 //! [`ProtocolVersion::V1`] speaks the legacy 19-byte big-endian header, to exercise the daemon's
 //! `enable_legacy_support` mode during a rolling upgrade. V1 headers have no flags: every frame
 //! is taken as a response, and an error reply is recognised by its body (see
@@ -28,6 +55,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,10 +63,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prost::Message;
 
 use super::proto::{
-    ConfigReply, ConfigRequest, LaneReport, Ping, Pong, Status, StatusRequest, WatchLanes,
+    ChannelGranted, ConfigReply, ConfigRequest, LaneReport, OpenChannel, Ping, Pong, Status,
+    StatusRequest, WatchLanes,
 };
 use super::session::encode_body;
-use super::{MSG_CONFIG, MSG_PING, MSG_STATUS, MSG_WATCH_LANES};
+use super::{MSG_CONFIG, MSG_OPEN_CHANNEL, MSG_PING, MSG_STATUS, MSG_WATCH_LANES};
+use crate::channel::duplex::{ClientDuplex, OpenError, RECORD_DATA, SEGMENT_VERSION};
 use crate::wire::{
     self, BadErrorBody, Decoder, DecoderConfig, Event, Flags, Frame, ProtocolVersion, WireError,
 };
@@ -100,6 +130,14 @@ pub enum ClientError {
         /// The pong's `client_time_ns`.
         got: u64,
     },
+    /// The shared-memory channel could not be opened: seed 002's texts,
+    /// `failed to open shared memory: ...` and `protocol version mismatch: expected 2, got N`.
+    #[error("{0}")]
+    SharedMemory(#[from] OpenError),
+    /// The daemon's side of the shared-memory channel is impossible (a bad record, a corrupt
+    /// ring): the client is broken.
+    #[error("shared-memory channel: {0}")]
+    Channel(crate::channel::duplex::ChannelFault),
     /// The request body is over the wire's size limit.
     #[error("request too large: expected at most {limit} body bytes, got {length}")]
     RequestTooLarge {
@@ -120,16 +158,43 @@ pub struct ClientBuilder {
     timeout: Duration,
     max_body_bytes: u32,
     busy_poll: bool,
+    transport: Transport,
+}
+
+/// How a [`Client`] carries its frames (see the [module docs](self#transports)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// The Unix socket (default).
+    #[default]
+    Socket,
+    /// A shared-memory channel the daemon grants at connect time; connecting fails if it
+    /// does not.
+    SharedMemory,
+    /// A shared-memory channel if the daemon grants one, the socket otherwise.
+    Auto,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "socket" => Ok(Transport::Socket),
+            "shared-memory" | "shm" => Ok(Transport::SharedMemory),
+            "auto" => Ok(Transport::Auto),
+            _ => Err(format!("unknown transport '{s}': expected socket, shared-memory or auto")),
+        }
+    }
 }
 
 impl Default for ClientBuilder {
-    /// Protocol v2, 5 s timeout, [`wire::DEFAULT_MAX_BODY_BYTES`].
+    /// Protocol v2, 5 s timeout, [`wire::DEFAULT_MAX_BODY_BYTES`], the socket transport.
     fn default() -> Self {
         Self {
             version: ProtocolVersion::V2,
             timeout: Duration::from_secs(5),
             max_body_bytes: wire::DEFAULT_MAX_BODY_BYTES,
             busy_poll: false,
+            transport: Transport::Socket,
         }
     }
 }
@@ -164,7 +229,16 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects to the daemon's control socket at `path`.
+    /// How frames travel: [`Transport::Socket`] (default), [`Transport::SharedMemory`] or
+    /// [`Transport::Auto`]. With shared memory, [`busy_poll`](Self::busy_poll) spins on the
+    /// response ring instead of sleeping on its futex.
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Connects to the daemon's control socket at `path` (and upgrades to a shared-memory
+    /// channel, as [`transport`](Self::transport) says).
     pub fn connect(&self, path: impl AsRef<Path>) -> Result<Client, ClientError> {
         let path = path.as_ref();
         let connect_err = |source| ClientError::Connect { path: path.to_owned(), source };
@@ -172,13 +246,12 @@ impl ClientBuilder {
         let timeout = (!self.timeout.is_zero()).then_some(self.timeout);
         stream.set_read_timeout(timeout).map_err(connect_err)?;
         stream.set_write_timeout(timeout).map_err(connect_err)?;
-        stream.set_nonblocking(self.busy_poll).map_err(connect_err)?;
         let decoder = Decoder::new(DecoderConfig {
             max_body_bytes: self.max_body_bytes,
             enable_legacy_support: matches!(self.version, ProtocolVersion::V1),
             ..DecoderConfig::default()
         });
-        Ok(Client {
+        let mut client = Client {
             stream,
             settings: self.clone(),
             decoder,
@@ -188,9 +261,33 @@ impl ClientBuilder {
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             broken: false,
             inbox: Inbox::default(),
-        })
+            shm: None,
+            shm_in: Vec::new(),
+        };
+        let wanted = match self.transport {
+            Transport::Socket => false,
+            Transport::SharedMemory => true,
+            // A v1 daemon (or a v1 client) has no channels: do not ask.
+            Transport::Auto => self.version == ProtocolVersion::V2,
+        };
+        if wanted {
+            match client.open_channel() {
+                Ok(duplex) => client.shm = Some(duplex),
+                Err(e) if self.transport == Transport::Auto && !client.broken => {
+                    tracing::debug!("control client: no shared-memory channel ({e}); on the socket");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        client.stream.set_nonblocking(self.busy_poll).map_err(connect_err)?;
+        Ok(client)
     }
 }
+
+/// Spins between looks at the socket while a busy-polling shared-memory client waits.
+const SPINS_PER_SOCKET_LOOK: u32 = 4096;
+/// Longest sleep on the response ring's futex between looks at the socket.
+const FUTEX_SLICE: Duration = Duration::from_millis(20);
 
 /// A blocking connection to the daemon's control socket.
 #[derive(Debug)]
@@ -208,6 +305,10 @@ pub struct Client {
     broken: bool,
     /// Subscriptions and the pushes they brought.
     inbox: Inbox,
+    /// The shared-memory channel, once granted: frames go through it, the socket only rings.
+    shm: Option<ClientDuplex>,
+    /// Scratch: bytes taken from the response ring.
+    shm_in: Vec<u8>,
 }
 
 /// The subscriptions of a [`Client`] and their pushes not yet taken.
@@ -360,11 +461,12 @@ impl Client {
         // A zero timeout is a poll: at least one read, bounded by a 1 ms socket timeout.
         let timeout = timeout.max(Duration::from_micros(1));
         let deadline = Instant::now() + timeout;
-        if !self.settings.busy_poll {
+        let sleeps_in_read = !self.settings.busy_poll && self.shm.is_none();
+        if sleeps_in_read {
             self.stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         }
         let result = self.read_pushes(deadline, timeout);
-        if !self.settings.busy_poll {
+        if sleeps_in_read {
             // Back to the builder's timeout for calls.
             let normal = (!self.settings.timeout.is_zero()).then_some(self.settings.timeout);
             self.stream.set_read_timeout(normal)?;
@@ -383,13 +485,14 @@ impl Client {
         if self.broken {
             return Err(ClientError::Closed);
         }
-        if !self.settings.busy_poll {
+        let sleeps_in_read = !self.settings.busy_poll && self.shm.is_none();
+        if sleeps_in_read {
             self.stream.set_nonblocking(true)?;
         }
         // A deadline already past: `read_until` reads what is there and stops at the first
         // `WouldBlock` (a timeout, which leaves the stream in sync).
         let result = self.read_pushes(Instant::now(), Duration::from_nanos(1));
-        if !self.settings.busy_poll {
+        if sleeps_in_read {
             self.stream.set_nonblocking(false)?;
         }
         match result {
@@ -406,6 +509,236 @@ impl Client {
     /// The protocol version this client speaks.
     pub fn protocol_version(&self) -> ProtocolVersion {
         self.settings.version
+    }
+
+    /// Whether frames go through a shared-memory channel.
+    pub fn is_shared_memory(&self) -> bool {
+        self.shm.is_some()
+    }
+
+    /// The shared-memory segment's name (`corelane_ipc_v2_<pid>`), if frames go through one.
+    pub fn channel_name(&self) -> Option<&str> {
+        self.shm.as_ref().map(ClientDuplex::name)
+    }
+
+    /// Asks the daemon for a shared-memory channel and maps it. The socket is still
+    /// blocking (with the builder's timeout).
+    fn open_channel(&mut self) -> Result<ClientDuplex, ClientError> {
+        encode_body(&OpenChannel { segment_version: SEGMENT_VERSION }, &mut self.body);
+        let msg_id = self.next_id;
+        self.next_id += 1;
+        self.frame.clear();
+        wire::encode(
+            self.settings.version,
+            MSG_OPEN_CHANNEL,
+            Flags(0),
+            msg_id,
+            &self.body,
+            &mut self.frame,
+        );
+        if let Err(e) = self.stream.write_all(&self.frame) {
+            let error = self.io_failure(e, self.settings.timeout);
+            self.broken = true;
+            return Err(error);
+        }
+        let deadline = Instant::now() + self.settings.timeout;
+        let mut descriptor = None;
+        loop {
+            let got = crate::channel::recv_with_fd(self.stream.as_fd(), &mut self.read_buf);
+            let n = match got {
+                Ok((0, _)) => {
+                    self.broken = true;
+                    return Err(ClientError::Closed);
+                }
+                Ok((n, fd)) => {
+                    if fd.is_some() {
+                        descriptor = fd;
+                    }
+                    n
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io_failure(e, self.settings.timeout)),
+            };
+            let mut result: Option<Result<ChannelGranted, ClientError>> = None;
+            let fed = self.decoder.feed(&self.read_buf[..n], |event| match event {
+                Event::Frame(frame) if result.is_none() => {
+                    let h = &frame.header;
+                    let error = match h.version {
+                        ProtocolVersion::V2 => h.flags.contains(Flags::ERROR),
+                        ProtocolVersion::V1 => is_legacy_error_body(frame.body),
+                    };
+                    if h.msg_id == msg_id || (error && h.msg_id == 0) {
+                        result = Some(if error {
+                            Err(remote_error(frame.body))
+                        } else {
+                            ChannelGranted::decode(frame.body).map_err(ClientError::from)
+                        });
+                    }
+                }
+                Event::Error { error, .. } if result.is_none() => {
+                    result = Some(Err(ClientError::Wire(error)))
+                }
+                _ => {}
+            });
+            if let Err(error) = fed {
+                self.broken = true;
+                return Err(ClientError::Wire(error));
+            }
+            match result {
+                Some(Ok(granted)) => {
+                    let name = granted.name;
+                    if granted.segment_version != SEGMENT_VERSION {
+                        self.broken = true;
+                        return Err(OpenError::Version(granted.segment_version).into());
+                    }
+                    let Some(fd) = descriptor else {
+                        self.broken = true;
+                        let reason = "no descriptor came with the grant".to_owned();
+                        return Err(OpenError::Open { name, reason }.into());
+                    };
+                    return ClientDuplex::attach(fd, &name).map_err(|e| {
+                        self.broken = true;
+                        e.into()
+                    });
+                }
+                Some(Err(e)) => return Err(e),
+                None if past(self.settings.timeout, deadline) => {
+                    self.broken = true;
+                    return Err(ClientError::Timeout(self.settings.timeout));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Writes the request frame: on the socket, or into the request ring (waiting for room
+    /// while the daemon takes it), ringing the doorbell if the daemon's lane sleeps.
+    fn send_frame(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        let Some(duplex) = &mut self.shm else { return self.send_frame_socket(deadline) };
+        let mut written = 0;
+        let mut spins = 0u32;
+        while written < self.frame.len() {
+            match duplex.push(&self.frame[written..]) {
+                Ok(n) => written += n,
+                Err(c) => {
+                    self.broken = true;
+                    return Err(ClientError::Channel(c.into()));
+                }
+            }
+            if duplex.take_doorbell() {
+                ring_doorbell(&self.stream);
+            }
+            if written < self.frame.len() {
+                // The ring is full: the daemon is behind (or gone).
+                if past(self.settings.timeout, deadline) {
+                    self.broken = true; // part of the frame is out
+                    return Err(ClientError::Timeout(self.settings.timeout));
+                }
+                spins += 1;
+                if spins % SPINS_PER_SOCKET_LOOK == 0 && socket_hung_up(&self.stream) {
+                    self.broken = true;
+                    return Err(ClientError::Closed);
+                }
+                std::thread::yield_now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes bytes from the daemon into `read_buf`: a socket read, or the records the
+    /// response ring holds (spinning or sleeping on its futex until some come). Returns how
+    /// many; `Ok(0)` is the end of the stream.
+    fn fill(&mut self, deadline: Instant, timeout: Duration) -> Result<usize, ClientError> {
+        let Some(duplex) = &mut self.shm else {
+            loop {
+                return match self.stream.read(&mut self.read_buf) {
+                    Ok(n) => Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.settings.busy_poll => {
+                        if past(timeout, deadline) {
+                            return Err(ClientError::Timeout(timeout));
+                        }
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    Err(e) => Err(self.io_failure(e, timeout)),
+                };
+            }
+        };
+        let max_records = self.read_buf.len() / RECORD_DATA;
+        let mut spins = 0u32;
+        loop {
+            self.shm_in.clear();
+            match duplex.pop(max_records, &mut self.shm_in) {
+                Ok(0) => {}
+                Ok(_) => {
+                    let n = self.shm_in.len();
+                    self.read_buf[..n].copy_from_slice(&self.shm_in);
+                    return Ok(n);
+                }
+                Err(fault) => {
+                    self.broken = true;
+                    return Err(ClientError::Channel(fault));
+                }
+            }
+            if past(timeout, deadline) {
+                return Err(ClientError::Timeout(timeout));
+            }
+            let look = if self.settings.busy_poll {
+                spins += 1;
+                std::hint::spin_loop();
+                spins % SPINS_PER_SOCKET_LOOK == 0
+            } else {
+                let left = if timeout.is_zero() {
+                    FUTEX_SLICE
+                } else {
+                    deadline.saturating_duration_since(Instant::now()).min(FUTEX_SLICE)
+                };
+                match duplex.wait(left) {
+                    Ok(crate::rings::wait::Parked::Ready) => false,
+                    Ok(crate::rings::wait::Parked::TimedOut) => true,
+                    Err(c) => {
+                        self.broken = true;
+                        return Err(ClientError::Channel(c.into()));
+                    }
+                }
+            };
+            if (look || duplex.is_abandoned()) && socket_hung_up(&self.stream) {
+                // What the daemon wrote before it went is still read first.
+                self.shm_in.clear();
+                if duplex.pop(max_records, &mut self.shm_in).unwrap_or(0) > 0 {
+                    let n = self.shm_in.len();
+                    self.read_buf[..n].copy_from_slice(&self.shm_in);
+                    return Ok(n);
+                }
+                return Ok(0);
+            }
+        }
+    }
+
+    fn send_frame_socket(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        let mut written = 0;
+        while written < self.frame.len() {
+            match self.stream.write(&self.frame[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.settings.busy_poll => {
+                    if past(self.settings.timeout, deadline) {
+                        // Part of the frame may be out: the stream is out of sync.
+                        self.broken = true;
+                        return Err(ClientError::Timeout(self.settings.timeout));
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(e) => {
+                    // Part of the frame may be out: the stream is out of sync whatever the error.
+                    let error = self.io_failure(e, self.settings.timeout);
+                    self.broken = true;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether the connection is unusable (closed by the peer, or a fatal framing error); a
@@ -442,27 +775,7 @@ impl Client {
             &mut self.frame,
         );
         let deadline = Instant::now() + self.settings.timeout;
-        let mut written = 0;
-        while written < self.frame.len() {
-            match self.stream.write(&self.frame[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.settings.busy_poll => {
-                    if past(self.settings.timeout, deadline) {
-                        // Part of the frame may be out: the stream is out of sync.
-                        self.broken = true;
-                        return Err(ClientError::Timeout(self.settings.timeout));
-                    }
-                    std::hint::spin_loop();
-                }
-                Err(e) => {
-                    // Part of the frame may be out: the stream is out of sync whatever the error.
-                    let error = self.io_failure(e, self.settings.timeout);
-                    self.broken = true;
-                    return Err(error);
-                }
-            }
-        }
+        self.send_frame(deadline)?;
 
         let timeout = self.settings.timeout;
         self.read_until(deadline, timeout, Some(msg_id), |seen| match seen {
@@ -491,21 +804,12 @@ impl Client {
     ) -> Result<T, ClientError> {
         let mut result: Option<Result<T, ClientError>> = None;
         loop {
-            let n = match self.stream.read(&mut self.read_buf) {
-                Ok(0) => {
+            let n = match self.fill(deadline, timeout)? {
+                0 => {
                     self.broken = true;
                     return Err(ClientError::Closed);
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.settings.busy_poll => {
-                    if past(timeout, deadline) {
-                        return Err(ClientError::Timeout(timeout));
-                    }
-                    std::hint::spin_loop();
-                    continue;
-                }
-                Err(e) => return Err(self.io_failure(e, timeout)),
+                n => n,
             };
             let inbox = &mut self.inbox;
             let fed = self.decoder.feed(&self.read_buf[..n], |event| {
@@ -586,6 +890,24 @@ impl Client {
                 ClientError::Io(e)
             }
         }
+    }
+}
+
+/// Rings the daemon's doorbell: one byte on the socket, never blocking (a full socket buffer
+/// holds doorbells enough).
+fn ring_doorbell(stream: &UnixStream) {
+    let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+    let _ = rustix::net::send(stream, &[1], flags);
+}
+
+/// Whether the daemon hung up the socket (after an upgrade it writes nothing on it).
+fn socket_hung_up(stream: &UnixStream) -> bool {
+    let mut byte = [0u8; 1];
+    let flags = rustix::net::RecvFlags::DONTWAIT | rustix::net::RecvFlags::PEEK;
+    match rustix::net::recv(stream, &mut byte, flags) {
+        Ok((0, _)) => true,
+        Ok(_) => false,
+        Err(e) => e != rustix::io::Errno::AGAIN && e != rustix::io::Errno::INTR,
     }
 }
 

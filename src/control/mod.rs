@@ -10,6 +10,7 @@
 //! | [`MSG_PING`] = 1 | [`proto::Ping`] | [`proto::Pong`] |
 //! | [`MSG_STATUS`] = 2 | [`proto::StatusRequest`] | [`proto::Status`] |
 //! | [`MSG_CONFIG`] = 3 | [`proto::ConfigRequest`] | [`proto::ConfigReply`] |
+//! | [`MSG_OPEN_CHANNEL`] = 4 | [`proto::OpenChannel`] | [`proto::ChannelGranted`], with the segment's descriptor |
 //! | [`MSG_WATCH_LANES`] = 16 | [`proto::WatchLanes`] | [`proto::LaneReport`], then pushes of it |
 //!
 //! A response repeats the request's `msg_type` and `msg_id` and carries
@@ -54,7 +55,7 @@ pub mod session;
 #[cfg(test)]
 mod test_server;
 
-pub use client::{Client, ClientBuilder, ClientError};
+pub use client::{Client, ClientBuilder, ClientError, Transport};
 pub use pool::{ConnectionPool, ConnectionPoolBuilder, PoolError, PoolStats, PooledClient};
 pub use route::{
     ConnRef, ControlPort, FromService, LocalRoute, ReplyKind, Request, RouteError, Routes,
@@ -71,6 +72,10 @@ pub const MSG_PING: u16 = 1;
 pub const MSG_STATUS: u16 = 2;
 /// `msg_type` of [`proto::ConfigRequest`] and its answer [`proto::ConfigReply`].
 pub const MSG_CONFIG: u16 = 3;
+/// `msg_type` of [`proto::OpenChannel`]: upgrades the connection to a shared-memory channel
+/// (see [`Transport`](client::Transport)); answered with a [`proto::ChannelGranted`] that
+/// carries the segment's descriptor (`SCM_RIGHTS`).
+pub const MSG_OPEN_CHANNEL: u16 = 4;
 /// `msg_type` of [`proto::WatchLanes`], a subscription: answered with a [`proto::LaneReport`],
 /// then one pushed every `metrics.publish_interval_ms` (served by the metrics service).
 pub const MSG_WATCH_LANES: u16 = 16;

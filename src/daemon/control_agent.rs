@@ -18,27 +18,30 @@
 //! announced to every service it sent requests to, so their subscriptions end with it.
 
 use std::collections::VecDeque;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::channel::duplex::{ServerDuplex, SEGMENT_VERSION};
 use crate::control::proto::{
-    ConfigReply, ConfigRequest, LaneStatus, ServiceStatus, Status, StatusRequest,
+    ChannelGranted, ConfigReply, ConfigRequest, LaneStatus, OpenChannel, ServiceStatus, Status,
+    StatusRequest,
 };
 use crate::control::route::{
     self, ConnRef, LocalRoute, ReplyKind, Request, Route, RouteEntry, RouteError, Routes, ToService,
 };
 use crate::control::{
     Answer, CloseCause, Handler, OverBudget, RequestRef, Session, SessionConfig, Verdict,
-    CODE_BUSY, CODE_UNAVAILABLE, MSG_CONFIG, MSG_STATUS,
+    CODE_BUSY, CODE_LIMIT, CODE_UNAVAILABLE, MSG_CONFIG, MSG_OPEN_CHANNEL, MSG_STATUS,
 };
 use crate::metrics::Counter;
 use crate::runtime::{
     Agent, Board, CloseReason, Completion, ConnConfig, ConnCounters, ConnEvent, ConnId, ConnTable,
     Ctx, RecvRing,
 };
-use crate::wire::DecoderConfig;
+use crate::wire::{DecoderConfig, Flags, ProtocolVersion};
 
 /// The listener's agent-local id.
 const LISTENER: u64 = 0;
@@ -60,6 +63,14 @@ pub struct ControlCounters {
     pub requests: Vec<(u16, Counter)>,
     /// Errors answered, by wire error kind (same order as [`ERROR_KINDS`]).
     pub errors: Vec<Counter>,
+    /// Shared-memory channels open now (gauge).
+    pub shm_open: Counter,
+    /// Shared-memory channels granted.
+    pub shm_opened: Counter,
+    /// Shared-memory channel requests refused (off, too many, wrong version, no memory).
+    pub shm_refused: Counter,
+    /// Shared-memory channels closed because the client corrupted them.
+    pub shm_faulted: Counter,
 }
 
 /// Error kinds counted, in the order of [`ControlCounters::errors`].
@@ -84,6 +95,21 @@ pub struct ControlSettings {
     pub conns: ConnConfig,
     /// Bytes all connections may buffer before requests are refused.
     pub max_buffered_bytes: u64,
+    /// Shared-memory channels: offered at all, how many at once, ring sizes.
+    pub shm: ShmSettings,
+}
+
+/// `[control]`'s shared-memory channel keys.
+#[derive(Clone, Copy, Debug)]
+pub struct ShmSettings {
+    /// `shm_channels`.
+    pub enabled: bool,
+    /// `max_shm_channels`.
+    pub max_channels: usize,
+    /// `shm_request_records`, a power of two.
+    pub request_records: usize,
+    /// `shm_response_records`, a power of two.
+    pub response_records: usize,
 }
 
 impl ControlSettings {
@@ -110,6 +136,12 @@ impl ControlSettings {
                 max_recv_buffer: 0,
             },
             max_buffered_bytes: c.max_buffered_bytes,
+            shm: ShmSettings {
+                enabled: c.shm_channels,
+                max_channels: c.max_shm_channels as usize,
+                request_records: (c.shm_request_records as usize).next_power_of_two(),
+                response_records: (c.shm_response_records as usize).next_power_of_two(),
+            },
         }
     }
 }
@@ -134,6 +166,20 @@ struct Conn {
     eof: bool,
     /// Paused for the buffered-bytes budget (see `hold_back`).
     held_back: bool,
+    /// The shared-memory channel this connection was upgraded to: its requests come from
+    /// the request ring and its answers go to the response ring; bytes on its socket are
+    /// doorbells.
+    shm: Option<ShmChannel>,
+}
+
+/// The daemon's end of a connection's shared-memory channel.
+#[derive(Debug)]
+struct ShmChannel {
+    duplex: ServerDuplex,
+    /// The client's pid (`SO_PEERCRED`), for logs.
+    pid: u32,
+    /// Since when answers wait for room in the response ring (the client does not read).
+    blocked_since: Option<Instant>,
 }
 
 /// The control agent.
@@ -151,6 +197,16 @@ pub struct ControlAgent {
     backlogged: VecDeque<ConnId>,
     /// Request bytes the agent may still feed to sessions before its next `do_work`.
     pass_bytes: usize,
+    /// Connections with a shared-memory channel, drained in turn.
+    channels: Vec<ConnId>,
+    /// Where the next pass starts in `channels`.
+    next_channel: usize,
+    /// The channels' doorbells are armed (the lane's last look found them empty).
+    armed: bool,
+    /// Scratch: request bytes drained from a channel.
+    drained: Vec<u8>,
+    /// Scratch: a grant frame.
+    grant: Vec<u8>,
 }
 
 impl std::fmt::Debug for ControlAgent {
@@ -183,6 +239,11 @@ impl ControlAgent {
             budget_paused: Vec::new(),
             backlogged: VecDeque::new(),
             pass_bytes: PASS_BYTES,
+            channels: Vec::new(),
+            next_channel: 0,
+            armed: false,
+            drained: Vec::new(),
+            grant: Vec::new(),
         }
     }
 
@@ -202,6 +263,7 @@ impl ControlAgent {
             backlog_paused: false,
             eof: false,
             held_back: false,
+            shm: None,
         };
         match self.conns.accept(ctx, fd, new) {
             Ok(id) => {
@@ -386,6 +448,231 @@ impl ControlAgent {
         n
     }
 
+    /// Closes a connection whose client corrupted its shared-memory channel: counted and
+    /// logged with its pid; nobody else is affected.
+    fn fault(&mut self, ctx: &mut Ctx<'_>, id: ConnId, pid: u32, why: &str) {
+        tracing::warn!(pid, "control: pid {pid} corrupted its shared-memory channel ({why}); closing it");
+        self.handler.counters.shm_faulted.inc();
+        self.conns.close(ctx, id, CloseReason::Protocol);
+    }
+
+    /// Answers the channel requests whose connection has nothing queued before them (the
+    /// grant goes out with `sendmsg`, beside the reactor's queue); returns how many.
+    fn open_channels(&mut self, ctx: &mut Ctx<'_>) -> usize {
+        let mut done = 0;
+        let mut i = 0;
+        while i < self.handler.opens.len() {
+            let open = self.handler.opens[i];
+            let Some(id) = ConnId::from_local(open.conn.0)
+                .filter(|&id| self.conns.contains(id) && !self.conns.is_closing(id))
+            else {
+                self.handler.opens.swap_remove(i);
+                continue;
+            };
+            let queued = self.conns.pending(id) > 0
+                || self.conns.get(id).is_some_and(|c| !c.session.output().is_empty());
+            if queued {
+                i += 1;
+                continue;
+            }
+            match self.open_channel(ctx, id, open) {
+                Some(()) => {
+                    self.handler.opens.swap_remove(i);
+                    done += 1;
+                }
+                None => i += 1, // the socket's buffer is full: again next pass
+            }
+        }
+        done
+    }
+
+    /// Grants or refuses one channel request. `None`: the socket took nothing (`WouldBlock`),
+    /// try again later.
+    fn open_channel(&mut self, ctx: &mut Ctx<'_>, id: ConnId, open: Open) -> Option<()> {
+        let shm = self.settings.shm;
+        let conn = self.conns.get(id)?;
+        let refusal = if conn.session.version() == ProtocolVersion::V1 {
+            Some((WIRE_VERSION_MISMATCH, "protocol version mismatch: expected 2, got 1".to_owned()))
+        } else if open.segment_version != SEGMENT_VERSION {
+            Some((
+                WIRE_VERSION_MISMATCH,
+                format!(
+                    "protocol version mismatch: expected {SEGMENT_VERSION}, got {}",
+                    open.segment_version
+                ),
+            ))
+        } else if !shm.enabled {
+            Some((
+                CODE_UNAVAILABLE,
+                "shared-memory channels are off (control.shm_channels = false)".to_owned(),
+            ))
+        } else if conn.shm.is_some() {
+            Some((CODE_LIMIT, "this connection has a shared-memory channel already".to_owned()))
+        } else if self.channels.len() >= shm.max_channels {
+            Some((
+                CODE_LIMIT,
+                format!(
+                    "too many shared-memory channels: {} open, control.max_shm_channels = {}",
+                    self.channels.len(),
+                    shm.max_channels
+                ),
+            ))
+        } else {
+            None
+        };
+        let refuse = |agent: &mut Self, ctx: &mut Ctx<'_>, code: u16, text: &str| {
+            agent.handler.counters.shm_refused.inc();
+            let Some(conn) = agent.conns.get_mut(id) else { return };
+            let kind = ReplyKind::Error(code);
+            let verdict =
+                conn.session.deliver(MSG_OPEN_CHANNEL, open.msg_id, kind, text.as_bytes(), &mut agent.handler);
+            agent.after(ctx, id, verdict);
+        };
+        if let Some((code, text)) = refusal {
+            refuse(self, ctx, code, &text);
+            return Some(());
+        }
+        let pid = ctx
+            .fd(id.local())
+            .and_then(|fd| rustix::net::sockopt::socket_peercred(fd).ok())
+            .map_or(0, |cred| cred.pid.as_raw_nonzero().get() as u32);
+        let name = format!("corelane_ipc_v2_{pid}");
+        let (duplex, fd) =
+            match ServerDuplex::create(&name, shm.request_records, shm.response_records) {
+                Ok(made) => made,
+                Err(e) => {
+                    tracing::warn!(pid, "control: cannot create a shared-memory channel for pid {pid}: {e}");
+                    refuse(self, ctx, CODE_UNAVAILABLE, &format!("failed to create shared memory: {name}: {e}"));
+                    return Some(());
+                }
+            };
+        let segment_bytes = crate::channel::duplex::segment_layout(
+            shm.request_records,
+            shm.response_records,
+        )
+        .map_or(0, |(_, total)| total as u64);
+        let granted = ChannelGranted {
+            segment_version: SEGMENT_VERSION,
+            name,
+            request_records: shm.request_records as u32,
+            response_records: shm.response_records as u32,
+            segment_bytes,
+        };
+        let mut body = Vec::new();
+        crate::control::session::encode_body(&granted, &mut body);
+        self.grant.clear();
+        crate::wire::encode(
+            ProtocolVersion::V2,
+            MSG_OPEN_CHANNEL,
+            Flags::RESPONSE,
+            open.msg_id,
+            &body,
+            &mut self.grant,
+        );
+        let sent = match ctx.fd(id.local()) {
+            Some(socket) => crate::channel::send_with_fd(socket, &self.grant, fd.as_fd()),
+            None => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),
+        };
+        match sent {
+            Ok(_) => {
+                self.handler.on_answered(MSG_OPEN_CHANNEL);
+                self.handler.counters.shm_opened.inc();
+                let conn = self.conns.get_mut(id)?;
+                conn.shm = Some(ShmChannel { duplex, pid, blocked_since: None });
+                self.channels.push(id);
+                self.handler.counters.shm_open.set(self.channels.len() as u64);
+                Some(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e) => {
+                tracing::debug!(pid, "control: cannot pass the channel to pid {pid}: {e}");
+                self.conns.close(ctx, id, CloseReason::Peer);
+                Some(())
+            }
+        }
+    }
+
+    /// Feeds the requests waiting in the channels to their sessions, in turn, within the
+    /// pass's byte budget; returns how many records it took.
+    fn drain_channels(&mut self, ctx: &mut Ctx<'_>) -> usize {
+        self.channels.retain(|&id| self.conns.contains(id) && !self.conns.is_closing(id));
+        self.handler.counters.shm_open.set(self.channels.len() as u64);
+        let count = self.channels.len();
+        let mut work = 0;
+        let write_timeout = self.settings.conns.write_timeout;
+        for k in 0..count {
+            let id = self.channels[(self.next_channel + k) % count];
+            let now = ctx.now;
+            let Some(conn) = self.conns.get_mut(id) else { continue };
+            let Some(channel) = &mut conn.shm else { continue };
+            if let Some(since) = channel.blocked_since {
+                // Answers wait for room: retry them; the requests wait behind them.
+                if now.duration_since(since) >= write_timeout {
+                    tracing::debug!(pid = channel.pid, "control: channel answers unread; closing");
+                    self.conns.close(ctx, id, CloseReason::WriteTimeout);
+                    continue;
+                }
+                self.after(ctx, id, Verdict::Continue);
+                continue;
+            }
+            if self.pass_bytes == 0 {
+                break;
+            }
+            let max = self.pass_bytes.div_ceil(crate::channel::duplex::RECORD_DATA).min(64);
+            self.drained.clear();
+            let pid = channel.pid;
+            match channel.duplex.drain(max, &mut self.drained) {
+                Ok(0) => continue,
+                Ok(n) => work += n,
+                Err(e) => {
+                    self.fault(ctx, id, pid, &e.to_string());
+                    continue;
+                }
+            }
+            self.pass_bytes = self.pass_bytes.saturating_sub(self.drained.len());
+            self.check_budget();
+            self.handler.current = ConnRef(id.local());
+            let Some(conn) = self.conns.get_mut(id) else { continue };
+            let verdict = conn.session.on_bytes(&self.drained, now, &mut self.handler);
+            self.after(ctx, id, verdict);
+        }
+        if count > 0 {
+            self.next_channel = (self.next_channel + 1) % count;
+        }
+        work
+    }
+
+    /// The lane's last look before it parks: arms every channel's doorbell; returns how many
+    /// have requests after all (then the lane does not park).
+    fn arm_channels(&mut self, ctx: &mut Ctx<'_>) -> usize {
+        self.armed = true;
+        let mut ready = 0;
+        for i in 0..self.channels.len() {
+            let id = self.channels[i];
+            let Some(channel) = self.conns.get_mut(id).and_then(|c| c.shm.as_mut()) else {
+                continue;
+            };
+            match channel.duplex.arm_doorbell() {
+                Ok(true) => {}
+                Ok(false) => ready += 1,
+                Err(e) => {
+                    let pid = channel.pid;
+                    self.fault(ctx, id, pid, &format!("ring corrupt: {e}"));
+                }
+            }
+        }
+        ready
+    }
+
+    fn disarm_channels(&mut self) {
+        self.armed = false;
+        for &id in &self.channels {
+            if let Some(channel) = self.conns.get(id).and_then(|c| c.shm.as_ref()) {
+                channel.duplex.disarm_doorbell();
+            }
+        }
+    }
+
     /// Refuses requests from now on if all connections together buffer more than the budget.
     fn check_budget(&mut self) {
         let (buffered, budget) = (self.conns.buffered() as u64, self.settings.max_buffered_bytes);
@@ -398,7 +685,28 @@ impl ControlAgent {
         let Some(conn) = self.conns.get_mut(id) else { return };
         conn.routes |= std::mem::take(&mut self.handler.used);
         let out = conn.session.output().len();
-        if out >= OWNED_OUTPUT_BYTES {
+        if let Some(channel) = &mut conn.shm {
+            if out > 0 {
+                match channel.duplex.push(conn.session.output()) {
+                    Ok(n) => {
+                        conn.session.consume_output(n);
+                        if n > 0 {
+                            channel.duplex.notify();
+                        }
+                        channel.blocked_since = if n < out {
+                            Some(channel.blocked_since.unwrap_or(ctx.now))
+                        } else {
+                            None
+                        };
+                    }
+                    Err(e) => {
+                        let pid = channel.pid;
+                        self.fault(ctx, id, pid, &format!("ring corrupt: {e}"));
+                        return;
+                    }
+                }
+            }
+        } else if out >= OWNED_OUTPUT_BYTES {
             let output = conn.session.take_output();
             if self.conns.send_owned(ctx, id, output).is_err() {
                 return; // closed: over its limit, or the reactor refused
@@ -458,6 +766,10 @@ impl Agent for ControlAgent {
                 self.check_budget();
                 let now = ctx.now;
                 let Some(conn) = self.conns.get_mut(id) else { return };
+                if conn.shm.is_some() {
+                    // A doorbell: the requests are in the ring (drained from `do_work`).
+                    return;
+                }
                 let data = ctx.reactor().data(&buf);
                 // What this pass may not take waits in the connection's backlog, behind what
                 // waits there already, fed from the next `do_work`: a few clients that keep
@@ -517,6 +829,9 @@ impl Agent for ControlAgent {
     }
 
     fn do_work(&mut self, ctx: &mut Ctx<'_>) -> usize {
+        if self.armed && !ctx.is_last_look() {
+            self.disarm_channels();
+        }
         // Two relaxed stores and a token lookup: bookkeeping, not work.
         if let Ok(listener) = ctx.token(LISTENER) {
             self.handler.counters.accept_errors.set(ctx.reactor().accept_errors(listener));
@@ -533,10 +848,16 @@ impl Agent for ControlAgent {
                 }
             }
         }
-        self.release_held_back(ctx)
+        let mut work = self.release_held_back(ctx)
             + self.feed_backlogs(ctx)
+            + self.drain_channels(ctx)
             + self.deliver_replies(ctx)
             + self.fail_stopped(ctx)
+            + self.open_channels(ctx);
+        if work == 0 && ctx.is_last_look() && !self.channels.is_empty() {
+            work += self.arm_channels(ctx);
+        }
+        work
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_>) {
@@ -580,7 +901,23 @@ pub struct ControlHandler {
     /// request it took, or one still in the link, would otherwise wait for the client's
     /// timeout).
     pending: Vec<Vec<Pending>>,
+    /// Channel requests (msg_type 4) to answer from `do_work`, where the socket is at hand.
+    opens: Vec<Open>,
 }
+
+/// A request for a shared-memory channel.
+#[derive(Clone, Copy, Debug)]
+struct Open {
+    conn: ConnRef,
+    msg_id: u64,
+    segment_version: u32,
+}
+
+/// The wire code of a version mismatch (`WireError::VersionMismatch`).
+const WIRE_VERSION_MISMATCH: u16 = 2;
+
+/// Most channel requests waiting to be answered; past it they are refused as busy.
+const MAX_OPENS: usize = 1024;
 
 /// A forwarded request waiting for its answer.
 #[derive(Clone, Copy, Debug)]
@@ -623,7 +960,15 @@ impl ControlHandler {
         // Fresh table: these two cannot collide.
         let _ = routes.local(MSG_STATUS, "status", Box::new(status));
         let _ = routes.local(MSG_CONFIG, "config", Box::new(ConfigRoute { toml: config_toml }));
-        Self { routes, counters, busy: None, current: ConnRef(0), used: 0, pending: Vec::new() }
+        Self {
+            routes,
+            counters,
+            busy: None,
+            current: ConnRef(0),
+            used: 0,
+            pending: Vec::new(),
+            opens: Vec::new(),
+        }
     }
 
     /// Adds the services' routes.
@@ -700,6 +1045,22 @@ impl Handler for ControlHandler {
     }
 
     fn request(&mut self, request: RequestRef<'_>, reply: &mut Vec<u8>) -> Answer {
+        if request.msg_type == MSG_OPEN_CHANNEL {
+            let open = match <OpenChannel as prost::Message>::decode(request.body) {
+                Ok(open) => open,
+                Err(e) => return Answer::Error(RouteError::BadBody(e)),
+            };
+            if self.opens.len() >= MAX_OPENS {
+                let text = "daemon busy: too many channel requests waiting".to_owned();
+                return Answer::Error(RouteError::Other { code: CODE_BUSY, text });
+            }
+            self.opens.push(Open {
+                conn: self.current,
+                msg_id: request.msg_id,
+                segment_version: open.segment_version,
+            });
+            return Answer::Later;
+        }
         let Some((index, entry)) = self.routes.find(request.msg_type) else {
             return Answer::Unknown;
         };

@@ -34,11 +34,12 @@ impl Service for ControlService {
     }
 
     fn requests(&self) -> &'static [RequestSpec] {
-        use crate::control::{MSG_CONFIG, MSG_PING, MSG_STATUS};
+        use crate::control::{MSG_CONFIG, MSG_OPEN_CHANNEL, MSG_PING, MSG_STATUS};
         &[
             RequestSpec { msg_type: MSG_PING, name: "ping" },
             RequestSpec { msg_type: MSG_STATUS, name: "status" },
             RequestSpec { msg_type: MSG_CONFIG, name: "config" },
+            RequestSpec { msg_type: MSG_OPEN_CHANNEL, name: "open_channel" },
         ]
     }
 
@@ -91,6 +92,8 @@ struct Ids {
     accept_errors: CounterId,
     requests: Vec<(u16, CounterId)>,
     errors: Vec<CounterId>,
+    shm_open: CounterId,
+    shm: [CounterId; 3],
 }
 
 impl Ids {
@@ -171,7 +174,34 @@ impl Ids {
                 ))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { accepted, refused, closed, open, buffered, accept_errors, requests, errors })
+        let shm_open = registry.register(CounterSpec::gauge(
+            "corelane_control_shm_channels_open",
+            &[],
+            "Shared-memory control channels open now.",
+        ))?;
+        const SHM: &str = "Shared-memory control channels, by event (opened, refused, faulted: \
+                           closed because the client corrupted it).";
+        let mut shm = Vec::new();
+        for event in ["opened", "refused", "faulted"] {
+            shm.push(registry.register(CounterSpec::counter(
+                "corelane_control_shm_channels_total",
+                &[("event", event)],
+                SHM,
+            ))?);
+        }
+        let shm: [_; 3] = shm.try_into().expect("three events");
+        Ok(Self {
+            accepted,
+            refused,
+            closed,
+            open,
+            buffered,
+            accept_errors,
+            requests,
+            errors,
+            shm_open,
+            shm,
+        })
     }
 
     fn resolve(&self, file: &CountersFile) -> ControlCounters {
@@ -186,6 +216,10 @@ impl Ids {
             buffered: file.counter(self.buffered),
             requests: self.requests.iter().map(|&(t, id)| (t, file.counter(id))).collect(),
             errors: self.errors.iter().map(|&id| file.counter(id)).collect(),
+            shm_open: file.counter(self.shm_open),
+            shm_opened: file.counter(self.shm[0]),
+            shm_refused: file.counter(self.shm[1]),
+            shm_faulted: file.counter(self.shm[2]),
         }
     }
 }

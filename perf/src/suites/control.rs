@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corelane::config::{Config, IdleStrategy, LaneConfig, ReactorKind};
-use corelane::control::Client;
+use corelane::control::{Client, Transport};
 use corelane::daemon::Daemon;
 use corelane::runtime::Shutdown;
 use corelane::wire::{self, Flags, ProtocolVersion};
@@ -42,6 +42,12 @@ const HELP: &str = "\
                          (busy-polling client, so the daemon's cost is what differs)
       corelane-skip-cqe  `corelane-busy-poll` with runtime.uring_skip_send_cqe = true
                          (IOSQE_CQE_SKIP_SUCCESS on chained sends)
+      corelane-shm-busy  the io_uring daemon's lane spinning, and a client on a shared-memory
+                         channel (Transport::SharedMemory, busy_poll): both sides spin on the
+                         rings, no syscall per round trip
+      corelane-shm-futex the same channel with the daemon lane idle = backoff (it parks in its
+                         reactor between requests: each request rings the doorbell byte on the
+                         socket) and the client sleeping on the response ring's futex
       unix-echo          a std UnixStream server thread pinned to cpu B that reads the same
                          request bytes and writes the same number of response bytes back with
                          blocking read/write: what a plain socket server costs
@@ -66,16 +72,20 @@ enum Impl {
     CorelaneBusyPoll,
     CorelaneDeferTaskrun,
     CorelaneSkipSendCqe,
+    CorelaneShmBusy,
+    CorelaneShmFutex,
     UnixEcho,
     UnixEchoBusyPoll,
 }
 
-const IMPLS: [Impl; 7] = [
+const IMPLS: [Impl; 9] = [
     Impl::Corelane,
     Impl::CorelanePoll,
     Impl::CorelaneBusyPoll,
     Impl::CorelaneDeferTaskrun,
     Impl::CorelaneSkipSendCqe,
+    Impl::CorelaneShmBusy,
+    Impl::CorelaneShmFutex,
     Impl::UnixEcho,
     Impl::UnixEchoBusyPoll,
 ];
@@ -88,6 +98,8 @@ impl Impl {
             Impl::CorelaneBusyPoll => "corelane-busy-poll",
             Impl::CorelaneDeferTaskrun => "corelane-defer",
             Impl::CorelaneSkipSendCqe => "corelane-skip-cqe",
+            Impl::CorelaneShmBusy => "corelane-shm-busy",
+            Impl::CorelaneShmFutex => "corelane-shm-futex",
             Impl::UnixEcho => "unix-echo",
             Impl::UnixEchoBusyPoll => "unix-echo-busy-poll",
         }
@@ -121,6 +133,14 @@ fn run(plan: &Plan) -> Report {
                     Impl::CorelaneSkipSendCqe => {
                         daemon(Setup { skip_send_cqe: true, ..Setup::BUSY_POLL })
                     }
+                    Impl::CorelaneShmBusy => {
+                        daemon(Setup { shm: true, ..Setup::BUSY_POLL })
+                    }
+                    Impl::CorelaneShmFutex => daemon(Setup {
+                        shm: true,
+                        lane_parks: true,
+                        ..Setup::IO_URING
+                    }),
                     Impl::UnixEcho => echo_rtt(&plan.pair, &dir, false, warmup, samples),
                     Impl::UnixEchoBusyPoll => echo_rtt(&plan.pair, &dir, true, warmup, samples),
                 };
@@ -167,7 +187,7 @@ fn run(plan: &Plan) -> Report {
         settings: json!({
             "rounds": plan.rounds, "quick": plan.quick,
             "rtt_warmup": warmup, "rtt_samples_per_round": samples,
-            "daemon_lane": "cpu B, idle spin", "client": "cpu A; blocking socket, or spinning for the busy-poll, defer and skip-cqe rows",
+            "daemon_lane": "cpu B, idle spin (backoff for corelane-shm-futex)", "client": "cpu A; blocking socket, or spinning for the busy-poll, defer and skip-cqe rows",
         }),
     }
 }
@@ -182,6 +202,10 @@ struct Setup {
     defer_taskrun: bool,
     /// `runtime.uring_skip_send_cqe`.
     skip_send_cqe: bool,
+    /// The client upgrades to a shared-memory channel.
+    shm: bool,
+    /// The lane's idle strategy is backoff (it parks), not spin.
+    lane_parks: bool,
 }
 
 impl Setup {
@@ -191,6 +215,8 @@ impl Setup {
         busy_poll: false,
         defer_taskrun: false,
         skip_send_cqe: false,
+        shm: false,
+        lane_parks: false,
     };
     /// The io_uring daemon with the default options and a busy-polling client.
     const BUSY_POLL: Setup = Setup { busy_poll: true, ..Setup::IO_URING };
@@ -199,7 +225,7 @@ impl Setup {
 /// A daemon with one spinning lane pinned to cpu B hosting the control agent, and a client on
 /// cpu A pinging it. Fresh daemon per measurement.
 fn corelane_rtt(pair: &Pair, dir: &Path, setup: Setup, warmup: u64, samples: u64) -> Vec<u64> {
-    let Setup { reactor, busy_poll, defer_taskrun, skip_send_cqe } = setup;
+    let Setup { reactor, busy_poll, defer_taskrun, skip_send_cqe, shm, lane_parks } = setup;
     let mut config = Config::default();
     config.runtime.dir = dir.join("rt").to_string_lossy().into_owned();
     config.runtime.reactor = reactor;
@@ -211,7 +237,11 @@ fn corelane_rtt(pair: &Pair, dir: &Path, setup: Setup, warmup: u64, samples: u64
     config.lanes = vec![LaneConfig {
         name: "control".into(),
         core: Some(pair.b),
-        idle: IdleStrategy::Spin,
+        idle: if lane_parks {
+            IdleStrategy::Backoff { spin_iterations: 100, yield_iterations: 10, max_park_us: 1000 }
+        } else {
+            IdleStrategy::Spin
+        },
         agents: vec!["control".into()],
     }];
     let daemon = Daemon::start(&config, &|_| None, Shutdown::new()).unwrap_or_else(|e| {
@@ -225,8 +255,10 @@ fn corelane_rtt(pair: &Pair, dir: &Path, setup: Setup, warmup: u64, samples: u64
         let mut client = Client::builder()
             .timeout(Duration::from_secs(5))
             .busy_poll(busy_poll)
+            .transport(if shm { Transport::SharedMemory } else { Transport::Socket })
             .connect(&socket)
             .unwrap();
+        assert_eq!(client.is_shared_memory(), shm, "the daemon granted the channel");
         pair::time_round_trips(warmup, samples, |_| {
             std::hint::black_box(client.ping().unwrap());
         })
