@@ -126,6 +126,19 @@ fn with_daemon_args(cmd: clap::Command) -> clap::Command {
             .global(true)
             .help("How long to wait for each answer."),
     )
+    .arg(
+        Arg::new("transport")
+            .long("transport")
+            .value_name("HOW")
+            .value_parser(["auto", "socket", "shared-memory"])
+            .default_value("auto")
+            .global(true)
+            .help(
+                "How requests reach the daemon: over the control socket, over a \
+                 shared-memory channel (corelane_ipc_v2_<pid>; fails if the daemon offers \
+                 none), or auto (shared memory when offered, else the socket).",
+            ),
+    )
 }
 
 fn cli_context(matches: &clap::ArgMatches) -> Result<CliContext, ExitCode> {
@@ -135,7 +148,11 @@ fn cli_context(matches: &clap::ArgMatches) -> Result<CliContext, ExitCode> {
         None => config.control_socket_path(&|k| std::env::var(k).ok()),
     };
     let timeout = Duration::from_millis(*matches.get_one::<u64>("timeout_ms").unwrap_or(&1000));
-    Ok(CliContext { config, socket, timeout })
+    let transport = matches
+        .get_one::<String>("transport")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(crate::control::Transport::Auto);
+    Ok(CliContext { config, socket, timeout, transport })
 }
 
 /// A pool of one connection to the daemon (the CLI's way in; a long-running tool would keep
@@ -143,7 +160,7 @@ fn cli_context(matches: &clap::ArgMatches) -> Result<CliContext, ExitCode> {
 fn pool(cx: &CliContext) -> Result<ConnectionPool, PoolError> {
     ConnectionPool::builder()
         .max_connections(1)
-        .client(Client::builder().timeout(cx.timeout))
+        .client(Client::builder().timeout(cx.timeout).transport(cx.transport))
         .build(&cx.socket)
 }
 
@@ -246,11 +263,14 @@ pub fn ping(cx: &CliContext, count: u32) -> ExitCode {
         Err(e) => return no_answer("ping", cx, &e),
     };
     let mut times = Vec::with_capacity(count as usize);
+    let mut via = String::from("the control socket");
     for seq in 0..count {
-        let rtt = pool
-            .get()
-            .map_err(|e| e.to_string())
-            .and_then(|mut c| c.ping().map_err(|e| e.to_string()));
+        let rtt = pool.get().map_err(|e| e.to_string()).and_then(|mut c| {
+            if let Some(name) = c.channel_name() {
+                via = format!("shared memory ({name})");
+            }
+            c.ping().map_err(|e| e.to_string())
+        });
         match rtt {
             Ok(rtt) => {
                 println!("ping {seq}: {:.1} us", rtt.as_secs_f64() * 1e6);
@@ -262,7 +282,8 @@ pub fn ping(cx: &CliContext, count: u32) -> ExitCode {
     let (min, max) = (times.iter().min(), times.iter().max());
     if let (Some(min), Some(max)) = (min, max) {
         println!(
-            "{count} pings: min {:.1} us, max {:.1} us, connection reused {} of {} times",
+            "{count} pings over {via}: min {:.1} us, max {:.1} us, connection reused {} of {} \
+             times",
             min.as_secs_f64() * 1e6,
             max.as_secs_f64() * 1e6,
             pool.stats().reused,

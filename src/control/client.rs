@@ -405,6 +405,20 @@ impl Client {
         Ok(reply.toml)
     }
 
+    /// Sends `request` under `msg_type` without waiting for its answer (which a later call
+    /// skips as stale): for reports whose answer nobody needs.
+    pub fn notify(&mut self, msg_type: u16, request: &impl Message) -> Result<(), ClientError> {
+        if self.broken {
+            return Err(ClientError::Closed);
+        }
+        encode_body(request, &mut self.body);
+        let msg_id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.frame.clear();
+        wire::encode(self.settings.version, msg_type, Flags(0), msg_id, &self.body, &mut self.frame);
+        self.send_frame(Instant::now() + self.settings.timeout)
+    }
+
     /// Sends `request` under `msg_type` and returns the raw response body.
     pub fn request(
         &mut self,

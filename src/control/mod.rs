@@ -10,6 +10,7 @@
 //! | [`MSG_PING`] = 1 | [`proto::Ping`] | [`proto::Pong`] |
 //! | [`MSG_STATUS`] = 2 | [`proto::StatusRequest`] | [`proto::Status`] |
 //! | [`MSG_CONFIG`] = 3 | [`proto::ConfigRequest`] | [`proto::ConfigReply`] |
+//! | [`MSG_POOL_REPORT`] = 5 | [`proto::PoolReport`] | [`proto::PoolReportAck`] (pools do not wait for it) |
 //! | [`MSG_OPEN_CHANNEL`] = 4 | [`proto::OpenChannel`] | [`proto::ChannelGranted`], with the segment's descriptor |
 //! | [`MSG_WATCH_LANES`] = 16 | [`proto::WatchLanes`] | [`proto::LaneReport`], then pushes of it |
 //!
@@ -76,6 +77,9 @@ pub const MSG_CONFIG: u16 = 3;
 /// (see [`Transport`](client::Transport)); answered with a [`proto::ChannelGranted`] that
 /// carries the segment's descriptor (`SCM_RIGHTS`).
 pub const MSG_OPEN_CHANNEL: u16 = 4;
+/// `msg_type` of [`proto::PoolReport`]: a [`ConnectionPool`]'s reuse counts, which the daemon
+/// exports on `/metrics`.
+pub const MSG_POOL_REPORT: u16 = 5;
 /// `msg_type` of [`proto::WatchLanes`], a subscription: answered with a [`proto::LaneReport`],
 /// then one pushed every `metrics.publish_interval_ms` (served by the metrics service).
 pub const MSG_WATCH_LANES: u16 = 16;

@@ -32,6 +32,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::client::{Client, ClientBuilder, ClientError};
+use super::proto::PoolReport;
+use super::MSG_POOL_REPORT;
 
 /// Errors of [`ConnectionPool`] operations.
 #[derive(Debug, thiserror::Error)]
@@ -292,11 +294,30 @@ impl DerefMut for PooledClient {
 
 impl Drop for PooledClient {
     fn drop(&mut self) {
+        let Some(mut client) = self.client.take().filter(|c| !c.is_broken()) else {
+            self.shared.lock().in_use -= 1;
+            return;
+        };
+        // The reuse counts go to the daemon (at most once a second), outside the lock.
+        let report = self.shared.lock().report(false);
+        if let Some(report) = report {
+            let _ = client.notify(MSG_POOL_REPORT, &report);
+        }
         let mut state = self.shared.lock();
         state.in_use -= 1;
-        if let Some(client) = self.client.take() {
-            if !client.is_broken() {
-                state.idle.push(Idle { client, since: Instant::now() });
+        if !client.is_broken() {
+            state.idle.push(Idle { client, since: Instant::now() });
+        }
+    }
+}
+
+impl Drop for Shared {
+    /// The last report, on an idle connection, when the pool and all its clients are gone.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(report) = state.report(true) {
+            if let Some(idle) = state.idle.last_mut() {
+                let _ = idle.client.notify(MSG_POOL_REPORT, &report);
             }
         }
     }
@@ -327,6 +348,47 @@ struct State {
     reused: u64,
     health_checks: u64,
     failed_health_checks: u64,
+    /// The counts already reported to the daemon, and when.
+    reported: Reported,
+}
+
+/// What a pool told the daemon last ([`PoolReport`]s carry the difference).
+#[derive(Debug, Default, Clone, Copy)]
+struct Reported {
+    reused: u64,
+    created: u64,
+    health_checks: u64,
+    failed_health_checks: u64,
+    at: Option<Instant>,
+}
+
+/// Shortest time between two reports of one pool.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+impl State {
+    /// The counts since the last report, if there are any and `force` or a report is due;
+    /// marks them reported.
+    fn report(&mut self, force: bool) -> Option<PoolReport> {
+        let r = self.reported;
+        let due = force || r.at.is_none_or(|at| at.elapsed() >= REPORT_EVERY);
+        let report = PoolReport {
+            reused: self.reused - r.reused,
+            connected: self.created - r.created,
+            health_checks: self.health_checks - r.health_checks,
+            failed_health_checks: self.failed_health_checks - r.failed_health_checks,
+        };
+        if !due || report == PoolReport::default() {
+            return None;
+        }
+        self.reported = Reported {
+            reused: self.reused,
+            created: self.created,
+            health_checks: self.health_checks,
+            failed_health_checks: self.failed_health_checks,
+            at: Some(Instant::now()),
+        };
+        Some(report)
+    }
 }
 
 #[derive(Debug)]

@@ -26,15 +26,16 @@ use std::time::{Duration, Instant};
 
 use crate::channel::duplex::{ServerDuplex, SEGMENT_VERSION};
 use crate::control::proto::{
-    ChannelGranted, ConfigReply, ConfigRequest, LaneStatus, OpenChannel, ServiceStatus, Status,
-    StatusRequest,
+    ChannelGranted, ConfigReply, ConfigRequest, LaneStatus, OpenChannel, PoolReport, PoolReportAck,
+    ServiceStatus, Status, StatusRequest,
 };
 use crate::control::route::{
     self, ConnRef, LocalRoute, ReplyKind, Request, Route, RouteEntry, RouteError, Routes, ToService,
 };
 use crate::control::{
     Answer, CloseCause, Handler, OverBudget, RequestRef, Session, SessionConfig, Verdict,
-    CODE_BUSY, CODE_LIMIT, CODE_UNAVAILABLE, MSG_CONFIG, MSG_OPEN_CHANNEL, MSG_STATUS,
+    CODE_BUSY, CODE_LIMIT, CODE_UNAVAILABLE, MSG_CONFIG, MSG_OPEN_CHANNEL, MSG_POOL_REPORT,
+    MSG_STATUS,
 };
 use crate::metrics::Counter;
 use crate::runtime::{
@@ -71,6 +72,12 @@ pub struct ControlCounters {
     pub shm_refused: Counter,
     /// Shared-memory channels closed because the client corrupted them.
     pub shm_faulted: Counter,
+    /// Connection pools' checkouts served by an idle connection (from their reports).
+    pub pool_reused: Counter,
+    /// Connection pools' checkouts that connected a new one.
+    pub pool_connected: Counter,
+    /// `pool_reused` as a percentage of all checkouts reported (gauge).
+    pub pool_reuse_percent: Counter,
 }
 
 /// Error kinds counted, in the order of [`ControlCounters::errors`].
@@ -960,6 +967,12 @@ impl ControlHandler {
         // Fresh table: these two cannot collide.
         let _ = routes.local(MSG_STATUS, "status", Box::new(status));
         let _ = routes.local(MSG_CONFIG, "config", Box::new(ConfigRoute { toml: config_toml }));
+        let pools = PoolReportRoute {
+            reused: counters.pool_reused.clone(),
+            connected: counters.pool_connected.clone(),
+            percent: counters.pool_reuse_percent.clone(),
+        };
+        let _ = routes.local(MSG_POOL_REPORT, "pool_report", Box::new(pools));
         Self {
             routes,
             counters,
@@ -1184,6 +1197,28 @@ pub(super) fn lane_statuses(board: &Board) -> Vec<LaneStatus> {
             p99_pass_ns: l.p99_pass_ns,
         })
         .collect()
+}
+
+/// `pool_report`: adds a connection pool's counts to the pool counters.
+struct PoolReportRoute {
+    reused: Counter,
+    connected: Counter,
+    percent: Counter,
+}
+
+impl LocalRoute for PoolReportRoute {
+    fn answer(&mut self, body: &[u8], reply: &mut Vec<u8>) -> Result<(), RouteError> {
+        route::answer(body, reply, |report: PoolReport| {
+            // Saturating: a client's counts are not trusted to be small.
+            self.reused.set(self.reused.get().saturating_add(report.reused));
+            self.connected.set(self.connected.get().saturating_add(report.connected));
+            let (reused, all) = (self.reused.get(), self.reused.get() + self.connected.get());
+            if let Some(percent) = (reused as u128 * 100).checked_div(all as u128) {
+                self.percent.set(percent as u64);
+            }
+            PoolReportAck {}
+        })
+    }
 }
 
 /// `config`: the effective configuration, rendered once at start.

@@ -34,12 +34,13 @@ impl Service for ControlService {
     }
 
     fn requests(&self) -> &'static [RequestSpec] {
-        use crate::control::{MSG_CONFIG, MSG_OPEN_CHANNEL, MSG_PING, MSG_STATUS};
+        use crate::control::{MSG_CONFIG, MSG_OPEN_CHANNEL, MSG_PING, MSG_POOL_REPORT, MSG_STATUS};
         &[
             RequestSpec { msg_type: MSG_PING, name: "ping" },
             RequestSpec { msg_type: MSG_STATUS, name: "status" },
             RequestSpec { msg_type: MSG_CONFIG, name: "config" },
             RequestSpec { msg_type: MSG_OPEN_CHANNEL, name: "open_channel" },
+            RequestSpec { msg_type: MSG_POOL_REPORT, name: "pool_report" },
         ]
     }
 
@@ -94,6 +95,7 @@ struct Ids {
     errors: Vec<CounterId>,
     shm_open: CounterId,
     shm: [CounterId; 3],
+    pool: [CounterId; 3],
 }
 
 impl Ids {
@@ -190,6 +192,24 @@ impl Ids {
             ))?);
         }
         let shm: [_; 3] = shm.try_into().expect("three events");
+        const POOL: &str = "Checkouts of clients' ConnectionPools, by outcome (reused an idle \
+                            connection, or connected a new one), as the pools report them.";
+        let acquires = |registry: &mut Registry, outcome| {
+            registry.register(CounterSpec::counter(
+                "corelane_control_pool_acquires_total",
+                &[("outcome", outcome)],
+                POOL,
+            ))
+        };
+        let pool = [
+            acquires(registry, "reused")?,
+            acquires(registry, "connected")?,
+            registry.register(CounterSpec::gauge(
+                "corelane_control_pool_reuse_percent",
+                &[],
+                "Connection pools' reuse ratio in percent: reused checkouts of all reported.",
+            ))?,
+        ];
         Ok(Self {
             accepted,
             refused,
@@ -201,6 +221,7 @@ impl Ids {
             errors,
             shm_open,
             shm,
+            pool,
         })
     }
 
@@ -220,6 +241,9 @@ impl Ids {
             shm_opened: file.counter(self.shm[0]),
             shm_refused: file.counter(self.shm[1]),
             shm_faulted: file.counter(self.shm[2]),
+            pool_reused: file.counter(self.pool[0]),
+            pool_connected: file.counter(self.pool[1]),
+            pool_reuse_percent: file.counter(self.pool[2]),
         }
     }
 }

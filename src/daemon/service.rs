@@ -323,6 +323,8 @@ pub struct CliContext {
     pub socket: std::path::PathBuf,
     /// How long to wait for each answer.
     pub timeout: std::time::Duration,
+    /// How requests reach the daemon (`--transport`).
+    pub transport: crate::control::Transport,
 }
 
 /// A service of a later build: its section holds only `enabled`, which must stay false, and
