@@ -62,6 +62,11 @@ const HELP: &str = "\
       rss-idle           VmRSS of the real `corelane run` process (release build, default
                          config with /metrics on 127.0.0.1:0) half a second after it answered
                          its first ping. The binary is built first if it is missing.
+      idle-cpu           CPU time of the real `corelane run` process (release, default config:
+                         one backoff lane) over 5 s at idle, in % of one core: with no client
+                         (`corelane`), and with 100 idle shared-memory clients connected
+                         (`corelane-shm-futex`, Transport::SharedMemory, each after one ping).
+                         The daemon's lane drains, then arms, every channel on each wake-up.
     Per round: every rtt case 2,000 [200] warm-up + 20,000 [2,000] timed round trips.
 ";
 
@@ -175,6 +180,19 @@ fn run(plan: &Plan) -> Report {
                     measure: Measure::Value { value: kb, unit: "kB" },
                 }),
                 Err(e) => eprintln!("control: rss-idle for {reactor} not measured: {e}"),
+            }
+        }
+    }
+    if plan.wants("idle-cpu") {
+        for (imp, clients) in [(Impl::Corelane, 0), (Impl::CorelaneShmFutex, 100)] {
+            match idle_cpu(&dir, clients) {
+                Ok(percent) => rows.push(Row {
+                    imp: imp.name(),
+                    case: "idle-cpu",
+                    api: "utime+stime of `corelane run` over 5 s, % of one core",
+                    measure: Measure::Value { value: percent, unit: "0.01%" },
+                }),
+                Err(e) => eprintln!("control: idle-cpu with {clients} clients not measured: {e}"),
             }
         }
     }
@@ -400,6 +418,65 @@ fn idle_rss(dir: &Path, reactor: &str) -> Result<u64, String> {
         (false, _) => Err("the daemon did not answer within 10 s".into()),
         (_, None) => Err("no VmRSS in /proc/<pid>/status".into()),
     }
+}
+
+/// CPU time of `corelane run` over 5 s at idle with `clients` idle shared-memory clients, in
+/// hundredths of a percent of one core.
+fn idle_cpu(dir: &Path, clients: usize) -> Result<u64, String> {
+    let bin = daemon_binary()?;
+    let rt = dir.join(format!("cpu-{clients}"));
+    std::fs::create_dir_all(&rt).map_err(|e| e.to_string())?;
+    let mut child = Command::new(&bin)
+        .arg("run")
+        .env("XDG_RUNTIME_DIR", &rt)
+        .env("CORELANE_METRICS_LISTEN", "")
+        .env("CORELANE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let pid = child.id();
+    let socket = rt.join("corelane").join("control.sock");
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Client::builder().connect(&socket).and_then(|mut c| c.ping()).is_err() {
+            if Instant::now() > deadline {
+                return Err("the daemon did not answer within 10 s".to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut held = Vec::new();
+        for _ in 0..clients {
+            let mut c = Client::builder()
+                .transport(Transport::SharedMemory)
+                .connect(&socket)
+                .map_err(|e| format!("shared-memory client: {e}"))?;
+            c.ping().map_err(|e| e.to_string())?;
+            held.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let ticks = || -> Result<u64, String> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_err(|e| e.to_string())?;
+            // Fields after the command (in parentheses): utime and stime are 14 and 15.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            Ok(n(11) + n(12))
+        };
+        let (t0, start) = (ticks()?, Instant::now());
+        std::thread::sleep(Duration::from_secs(5));
+        let (t1, took) = (ticks()?, start.elapsed());
+        drop(held);
+        let hz = 100.0; // USER_HZ: /proc/<pid>/stat counts in 1/100 s on every Linux ABI
+        let cpu = (t1 - t0) as f64 / hz / took.as_secs_f64();
+        Ok((cpu * 10_000.0).round() as u64)
+    })();
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let _ = child.wait();
+    result
 }
 
 /// `target/release/corelane` next to this binary, built if missing.
