@@ -67,6 +67,8 @@ const HELP: &str = "\
                          (`corelane`), and with 100 idle shared-memory clients connected
                          (`corelane-shm-futex`, Transport::SharedMemory, each after one ping).
                          The daemon's lane drains, then arms, every channel on each wake-up.
+      idle-cpu-park-100ms the same with the lane's idle_max_park_us = 100000 (the default,
+                         1000, wakes the lane 1000 times a second whether or not it has work)
     Per round: every rtt case 2,000 [200] warm-up + 20,000 [2,000] timed round trips.
 ";
 
@@ -184,11 +186,17 @@ fn run(plan: &Plan) -> Report {
         }
     }
     if plan.wants("idle-cpu") {
-        for (imp, clients) in [(Impl::Corelane, 0), (Impl::CorelaneShmFutex, 100)] {
-            match idle_cpu(&dir, clients) {
+        let cases = [
+            (Impl::Corelane, "idle-cpu", 0, None),
+            (Impl::CorelaneShmFutex, "idle-cpu", 100, None),
+            (Impl::Corelane, "idle-cpu-park-100ms", 0, Some(100_000)),
+            (Impl::CorelaneShmFutex, "idle-cpu-park-100ms", 100, Some(100_000)),
+        ];
+        for (imp, case, clients, max_park_us) in cases {
+            match idle_cpu(&dir, clients, max_park_us) {
                 Ok(percent) => rows.push(Row {
                     imp: imp.name(),
-                    case: "idle-cpu",
+                    case,
                     api: "utime+stime of `corelane run` over 5 s, % of one core",
                     measure: Measure::Value { value: percent, unit: "0.01%" },
                 }),
@@ -421,13 +429,24 @@ fn idle_rss(dir: &Path, reactor: &str) -> Result<u64, String> {
 }
 
 /// CPU time of `corelane run` over 5 s at idle with `clients` idle shared-memory clients, in
-/// hundredths of a percent of one core.
-fn idle_cpu(dir: &Path, clients: usize) -> Result<u64, String> {
+/// hundredths of a percent of one core; with the default lane, or the default lane with
+/// `idle_max_park_us` raised to `max_park_us`.
+fn idle_cpu(dir: &Path, clients: usize, max_park_us: Option<u64>) -> Result<u64, String> {
     let bin = daemon_binary()?;
-    let rt = dir.join(format!("cpu-{clients}"));
+    let rt = dir.join(format!("cpu-{clients}-{}", max_park_us.unwrap_or(0)));
     std::fs::create_dir_all(&rt).map_err(|e| e.to_string())?;
-    let mut child = Command::new(&bin)
-        .arg("run")
+    let mut cmd = Command::new(&bin);
+    cmd.arg("run");
+    if let Some(us) = max_park_us {
+        let file = rt.join("lane.toml");
+        let text = format!(
+            "[[lanes]]\nname = \"main\"\nidle = \"backoff\"\nidle_max_park_us = {us}\n\
+             agents = [\"control\", \"metrics\", \"pool\", \"alloc\"]\n"
+        );
+        std::fs::write(&file, text).map_err(|e| e.to_string())?;
+        cmd.arg("--config").arg(file);
+    }
+    let mut child = cmd
         .env("XDG_RUNTIME_DIR", &rt)
         .env("CORELANE_METRICS_LISTEN", "")
         .env("CORELANE_LOG", "warn")
