@@ -619,7 +619,12 @@ impl ControlAgent {
                     self.conns.close(ctx, id, CloseReason::WriteTimeout);
                     continue;
                 }
+                let before = conn.session.output().len();
                 self.after(ctx, id, Verdict::Continue);
+                let after = self.conns.get(id).map_or(0, |c| c.session.output().len());
+                if after < before {
+                    work += 1; // the client read some: the lane stays awake to refill
+                }
                 continue;
             }
             if self.pass_bytes == 0 {
@@ -730,11 +735,15 @@ impl ControlAgent {
         }
         let Some(conn) = self.conns.get(id) else { return };
         let session = &conn.session;
-        let (held, deadline, cause) = (
-            session.buffered() + conn.backlog.capacity(),
-            session.poll_timeout(),
-            session.close_cause(),
-        );
+        let mut deadline = session.poll_timeout();
+        if conn.shm.as_ref().is_some_and(|c| c.blocked_since.is_some()) {
+            // Answers wait for room in the response ring, and the client rings no doorbell
+            // when it reads: look again soon, whatever the lane's idle strategy (until the
+            // client reads or the write timeout closes it).
+            let soon = ctx.now + SHM_REFILL_EVERY;
+            deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+        }
+        let (held, cause) = (session.buffered() + conn.backlog.capacity(), session.close_cause());
         self.conns.set_held(id, held);
         if verdict == Verdict::Close {
             let reason = match cause {
@@ -888,6 +897,9 @@ const BACKLOG_LIMIT: usize = BACKLOG_PAUSE + (1 << 20);
 
 /// The least a backlogged connection is fed per pass, however many there are.
 const MIN_SHARE: usize = 256;
+
+/// How often a channel whose answers wait for room in its response ring is looked at.
+const SHM_REFILL_EVERY: Duration = Duration::from_micros(100);
 
 /// Most replies taken from one service's link per pass.
 const REPLIES_PER_PASS: usize = 256;
