@@ -152,7 +152,12 @@ impl Mapping {
     /// The 8-byte word at byte `offset` as an atomic, or `None` if it is out of bounds or
     /// `offset` is not a multiple of 8. For the words of a layout header that every process
     /// accesses only atomically (a channel segment's header, see `channel::duplex`).
-    pub fn word(&self, offset: usize) -> Option<&AtomicU64> {
+    ///
+    /// # Safety
+    /// While the reference lives, no code in this process may access those 8 bytes other than
+    /// atomically as this 64-bit word (for example, they must not be part of a seqlock payload
+    /// pool laid out in the same mapping, which copies bytes non-atomically).
+    pub unsafe fn word(&self, offset: usize) -> Option<&AtomicU64> {
         if !offset.is_multiple_of(8) || offset.checked_add(8)? > self.raw.len() {
             return None;
         }
@@ -175,7 +180,16 @@ pub struct MappingPart {
 impl MappingPart {
     /// The part `offset..offset + len` of `mapping`, or `None` if it does not lie inside it or
     /// `offset` is not a multiple of [`REGION_ALIGN`](crate::rings::region::REGION_ALIGN).
-    pub fn new(mapping: &std::sync::Arc<Mapping>, offset: usize, len: usize) -> Option<Self> {
+    ///
+    /// # Safety
+    /// The parts of one mapping that live at the same time must not overlap one another (a
+    /// layout claim is per start address: overlapping parts could hold two layouts over the
+    /// same bytes), nor bytes accessed through [`Mapping::word`].
+    pub unsafe fn new(
+        mapping: &std::sync::Arc<Mapping>,
+        offset: usize,
+        len: usize,
+    ) -> Option<Self> {
         let end = offset.checked_add(len)?;
         (end <= mapping.len() && offset.is_multiple_of(crate::rings::region::REGION_ALIGN))
             .then(|| MappingPart { mapping: mapping.clone(), offset, len })
@@ -184,8 +198,8 @@ impl MappingPart {
 
 // SAFETY: the mapping lives (in the Arc) as long as the part, at one address; the part is
 // `offset..offset + len` inside it (checked in `new`) and starts REGION_ALIGN-aligned (the
-// mapping is page-aligned). Callers give the parts of one mapping disjoint ranges (each is laid
-// out as its own structure at its own start address), accessed through the ring protocols.
+// mapping is page-aligned). The parts of one mapping are disjoint (the contract of the unsafe
+// `new`), so each is laid out as its own structure at its own start address.
 unsafe impl Region for MappingPart {
     fn as_ptr(&self) -> *mut u8 {
         // SAFETY: offset + len <= mapping.len() (checked in `new`): in bounds of the mapping.

@@ -434,7 +434,8 @@ fn a_client_that_writes_an_impossible_tail_is_cut_off_while_a_good_client_keeps_
     assert_eq!(len as u64, granted.segment_bytes);
     let mapping = Mapping::from_fd(fd.as_fd(), SizePolicy::Sealed(len)).unwrap();
     // A tail 2^40 records ahead of a ring of 64: no honest producer can be there.
-    let tail = mapping.word(REQUESTS_OFFSET + TAIL_OFFSET).unwrap();
+    // SAFETY: the test's own mapping of the segment; only atomics touch these words here.
+    let tail = unsafe { mapping.word(REQUESTS_OFFSET + TAIL_OFFSET) }.unwrap();
     tail.store(1 << 40, Ordering::Release);
     hostile.write_all(&[1]).unwrap(); // the doorbell
 
@@ -520,8 +521,10 @@ fn a_client_that_publishes_a_record_of_impossible_length_is_cut_off_while_a_good
     // Slot 0 of the request ring: a ByteRecord whose `len` (its first u32) is 121, one more
     // than a record carries; then publish it.
     let slot = REQUESTS_OFFSET + corelane::rings::spsc::shm::SLOTS_OFFSET;
-    mapping.word(slot).unwrap().store(121, Ordering::Relaxed);
-    mapping.word(REQUESTS_OFFSET + TAIL_OFFSET).unwrap().store(1, Ordering::Release);
+    // SAFETY: the test's own mapping of the segment; only atomics touch these words here.
+    unsafe { mapping.word(slot) }.unwrap().store(121, Ordering::Relaxed);
+    // SAFETY: as above.
+    unsafe { mapping.word(REQUESTS_OFFSET + TAIL_OFFSET) }.unwrap().store(1, Ordering::Release);
     hostile.write_all(&[1]).unwrap();
 
     assert!(closed_by_peer(&mut hostile), "the daemon closes the channel with a bad record");
@@ -1065,4 +1068,50 @@ fn a_response_many_rings_long_is_not_paced_by_the_lanes_backoff_park() {
 fn a_response_many_rings_long_is_not_paced_by_the_lanes_idle_sleep() {
     // 100 ms per idle pass (idle_sleep_us allows up to 1 s).
     long_response_over_shm("paced-sleep", "idle = \"sleep\"\nidle_sleep_us = 100000");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Found by the review.
+
+/// A pool report with huge counts is added saturating (it panicked the control lane of a
+/// debug daemon with an overflow), and the daemon goes on answering.
+#[test]
+fn a_pool_report_with_huge_counts_does_not_stop_the_control_lane() {
+    let daemon = Daemon::start("poolmax", &[]);
+    let mut client = daemon.shm_client();
+    let report = corelane::control::proto::PoolReport {
+        reused: u64::MAX,
+        connected: 1,
+        ..Default::default()
+    };
+    let _ack: corelane::control::proto::PoolReportAck =
+        client.call(corelane::control::MSG_POOL_REPORT, &report).unwrap();
+    client.ping().unwrap();
+    daemon.shm_client().ping().unwrap();
+    assert_eq!(
+        daemon.counter("corelane_control_pool_acquires_total{outcome=\"reused\"}"),
+        u64::MAX
+    );
+}
+
+/// Requests a shared-memory client writes just before it closes are still answered (they were
+/// dropped with the socket's hang-up: a pool's last report never counted).
+#[test]
+fn a_pool_report_written_just_before_the_close_is_counted() {
+    let daemon = Daemon::start("poolclose", &[]);
+    let pool = corelane::control::ConnectionPool::builder()
+        .client(Client::builder().transport(Transport::SharedMemory))
+        .build(daemon.socket())
+        .unwrap();
+    // `build` connects the first client: three checkouts reuse it.
+    for _ in 0..3 {
+        let mut c = pool.get().unwrap();
+        assert!(c.is_shared_memory());
+        c.ping().unwrap();
+    }
+    drop(pool);
+    wait_for("the pool's reports counted", Duration::from_secs(10), || {
+        daemon.counter("corelane_control_pool_acquires_total{outcome=\"connected\"}") == 1
+            && daemon.counter("corelane_control_pool_acquires_total{outcome=\"reused\"}") == 3
+    });
 }

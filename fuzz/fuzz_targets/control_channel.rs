@@ -99,7 +99,9 @@ fuzz_target!(|data: &[u8]| {
         );
         named.extend([0, 8, 16, 24, 32].map(|o| base + o)); // the ring header, magic to generation
     }
-    let load = |offset: usize| hostile.word(offset).expect("inside").load(Ordering::Relaxed);
+    // SAFETY: the hostile mapping's words are only ever accessed atomically in this target.
+    let load =
+        |offset: usize| unsafe { hostile.word(offset) }.expect("inside").load(Ordering::Relaxed);
 
     let config = SessionConfig::default();
     let t0 = Instant::now();
@@ -141,7 +143,8 @@ fuzz_target!(|data: &[u8]| {
                 } else {
                     usize::from(sel & 0x7FFF) % (total / 8) * 8
                 };
-                let word = hostile.word(offset).expect("offset bounded to the segment");
+                // SAFETY: as for `load` above.
+                let word = unsafe { hostile.word(offset) }.expect("offset bounded to the segment");
                 let current = word.load(Ordering::Relaxed);
                 let value = match byte(&mut rest) % 4 {
                     0 => word_value(&mut rest),

@@ -65,7 +65,9 @@ fuzz_target!(|data: &[u8]| {
         let mut last_revoke_stream = None;
         for action in driver.drain_actions() {
             match action {
-                Action::Broadcast(Notice::LeaseRevoked(r)) => last_revoke_stream = Some(r.stream_id),
+                Action::Broadcast(Notice::LeaseRevoked(r)) => {
+                    last_revoke_stream = Some(r.stream_id)
+                }
                 Action::Broadcast(Notice::Announce(a)) => {
                     assert_ne!(a.epoch, 0, "an announce has an epoch");
                     let _ = last_revoke_stream;

@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = tx.push([i; 24]);
         }
         drop(tx); // detached: the fuzzer may attach as either end
-        // (word index, value) pairs: 1 byte of index, 8 of value.
+                  // (word index, value) pairs: 1 byte of index, 8 of value.
         for pair in rest.chunks_exact(9) {
             let index = usize::from(pair[0]) % (len / 8);
             let value = u64::from_le_bytes(pair[1..].try_into().unwrap());
@@ -58,7 +58,9 @@ fuzz_target!(|data: &[u8]| {
         loop {
             match rx.drain(3, |_| taken += 1) {
                 Ok(0) | Err(_) => break,
-                Ok(_) => assert!(taken <= capacity, "drained {taken} records from {capacity} slots"),
+                Ok(_) => {
+                    assert!(taken <= capacity, "drained {taken} records from {capacity} slots")
+                }
             }
         }
         loop {

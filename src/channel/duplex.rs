@@ -120,9 +120,21 @@ pub fn segment_layout(request_records: usize, response_records: usize) -> Option
 }
 
 /// The header's 8-byte word at `offset` (a multiple of 8 below 64) of `mapping`.
+#[allow(unsafe_code)]
 fn header_word(mapping: &Mapping, offset: usize) -> &AtomicU64 {
     assert!(offset + 8 <= REQUESTS_OFFSET, "header word {offset}");
-    mapping.word(offset).expect("segments are longer than their header")
+    // SAFETY: the header (bytes 0..64) is accessed only through these words, and the rings'
+    // parts start at REQUESTS_OFFSET: nothing else in this process touches these bytes.
+    unsafe { mapping.word(offset) }.expect("segments are longer than their header")
+}
+
+/// The part `offset..offset + len` of a segment's mapping.
+#[allow(unsafe_code)]
+fn part(mapping: &Arc<Mapping>, offset: usize, len: usize) -> Option<Part> {
+    // SAFETY: a segment's parts are its two rings, at REQUESTS_OFFSET and at the
+    // responses offset of `segment_layout` (which starts past the end of the request ring),
+    // each made once per segment, and the header lies before both: they never overlap.
+    unsafe { Part::new(mapping, offset, len) }
 }
 
 fn store_header(mapping: &Mapping, header: &SegmentHeader) {
@@ -170,6 +182,19 @@ pub enum OpenError {
 pub struct ServerDuplex {
     requests: ShmConsumer<ByteRecord, Part>,
     responses: ShmProducer<ByteRecord, Part>,
+    batch: Batch,
+}
+
+/// Records being filled before one publication; kept between calls, so a push initialises
+/// only what it uses (bytes past a record's `len` are left from an earlier push of this end:
+/// what the peer reads there is its own channel's traffic).
+type Batch = Box<[ByteRecord; BATCH]>;
+
+/// Most records published at once.
+const BATCH: usize = 16;
+
+fn new_batch() -> Batch {
+    Box::new([EMPTY_RECORD; BATCH])
 }
 
 impl ServerDuplex {
@@ -187,7 +212,7 @@ impl ServerDuplex {
         let mapping = Arc::new(mapping);
         let requests_len = responses_offset - REQUESTS_OFFSET;
         let part = |offset, len| {
-            Part::new(&mapping, offset, len).ok_or_else(|| {
+            part(&mapping, offset, len).ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, "channel part outside its segment")
             })
         };
@@ -210,7 +235,7 @@ impl ServerDuplex {
             reserved: [U64::ZERO; 2],
         };
         store_header(&mapping, &header);
-        Ok((Self { requests, responses }, fd))
+        Ok((Self { requests, responses, batch: new_batch() }, fd))
     }
 
     /// Appends the bytes of at most `max` request records to `out`; returns how many records,
@@ -234,7 +259,7 @@ impl ServerDuplex {
     /// Pushes as much of `bytes` as the response ring has room for, in one publication;
     /// returns how many bytes went. Then [`notify`](Self::notify).
     pub fn push(&mut self, bytes: &[u8]) -> Result<usize, Corruption> {
-        push_bytes(&mut self.responses, bytes)
+        push_bytes(&mut self.responses, &mut self.batch, bytes)
     }
 
     /// Wakes the client if it sleeps on the response ring (a `futex` wake only then).
@@ -275,15 +300,16 @@ pub enum ChannelFault {
     Ring(#[from] Corruption),
 }
 
-/// Pushes `bytes` as records, as many as fit now, published at once; returns the bytes taken.
+/// Pushes `bytes` as records, as many as fit now, `BATCH` per publication; returns the bytes
+/// taken (those of the records published), or the verdict once the peer's position is
+/// impossible.
 fn push_bytes<R: Region>(
     tx: &mut ShmProducer<ByteRecord, R>,
-    mut bytes: &[u8],
+    batch: &mut Batch,
+    bytes: &[u8],
 ) -> Result<usize, Corruption> {
-    const BATCH: usize = 16;
     let mut taken = 0;
-    let mut batch = [EMPTY_RECORD; BATCH];
-    while !bytes.is_empty() {
+    while taken < bytes.len() {
         let room = tx.slots().min(BATCH);
         if let Some(c) = tx.corruption() {
             return Err(c);
@@ -291,17 +317,20 @@ fn push_bytes<R: Region>(
         if room == 0 {
             break;
         }
+        let chunks = bytes[taken..].chunks(RECORD_DATA).take(room);
         let mut n = 0;
-        while n < room && !bytes.is_empty() {
-            let len = bytes.len().min(RECORD_DATA);
-            batch[n].len = (len as u32).into();
-            batch[n].data[..len].copy_from_slice(&bytes[..len]);
-            bytes = &bytes[len..];
-            taken += len;
+        for (record, chunk) in batch.iter_mut().zip(chunks) {
+            record.len = (chunk.len() as u32).into();
+            record.data[..chunk.len()].copy_from_slice(chunk);
             n += 1;
         }
+        // Fewer than `room` only if the peer's position turned impossible in between (the
+        // next turn returns the verdict).
         let pushed = tx.push_slice(&batch[..n]);
-        debug_assert_eq!(pushed, n, "slots() said there was room");
+        taken += batch[..pushed].iter().map(|r| r.len.get() as usize).sum::<usize>();
+        if pushed < n {
+            return tx.corruption().map_or(Ok(taken), Err);
+        }
     }
     Ok(taken)
 }
@@ -311,6 +340,7 @@ pub struct ClientDuplex {
     requests: ShmProducer<ByteRecord, Part>,
     responses: ShmConsumer<ByteRecord, Part>,
     name: String,
+    batch: Batch,
 }
 
 impl ClientDuplex {
@@ -357,14 +387,14 @@ impl ClientDuplex {
         };
         let mapping = Arc::new(mapping);
         let part = |offset, len| {
-            Part::new(&mapping, offset, len)
-                .ok_or_else(|| open("ring outside the segment".to_owned()))
+            part(&mapping, offset, len).ok_or_else(|| open("ring outside the segment".to_owned()))
         };
-        let requests = ShmProducer::attach(part(REQUESTS_OFFSET, responses_offset - REQUESTS_OFFSET)?)
-            .map_err(|e| open(format!("request ring: {e}")))?;
+        let requests =
+            ShmProducer::attach(part(REQUESTS_OFFSET, responses_offset - REQUESTS_OFFSET)?)
+                .map_err(|e| open(format!("request ring: {e}")))?;
         let responses = ShmConsumer::attach(part(responses_offset, total - responses_offset)?)
             .map_err(|e| open(format!("response ring: {e}")))?;
-        Ok(Self { requests, responses, name: name.to_owned() })
+        Ok(Self { requests, responses, name: name.to_owned(), batch: new_batch() })
     }
 
     /// The segment's name.
@@ -375,7 +405,7 @@ impl ClientDuplex {
     /// Pushes as much of `bytes` as fits now; returns the bytes taken. Then
     /// [`take_doorbell`](Self::take_doorbell).
     pub fn push(&mut self, bytes: &[u8]) -> Result<usize, Corruption> {
-        push_bytes(&mut self.requests, bytes)
+        push_bytes(&mut self.requests, &mut self.batch, bytes)
     }
 
     /// `true` when the daemon's lane may be asleep and must be rung on the socket.
@@ -469,10 +499,7 @@ mod tests {
         let bad = ByteRecord { len: 121.into(), ..EMPTY_RECORD };
         assert_eq!(client.requests.push_slice(&[bad]), 1);
         let mut got = Vec::new();
-        assert_eq!(
-            server.drain(8, &mut got),
-            Err(ChannelFault::Record(RecordError { len: 121 }))
-        );
+        assert_eq!(server.drain(8, &mut got), Err(ChannelFault::Record(RecordError { len: 121 })));
         let zero = EMPTY_RECORD;
         assert_eq!(client.requests.push_slice(&[zero]), 1);
         assert!(matches!(server.drain(8, &mut got), Err(ChannelFault::Record(_))));

@@ -274,7 +274,15 @@ impl ClientBuilder {
             match client.open_channel() {
                 Ok(duplex) => client.shm = Some(duplex),
                 Err(e) if self.transport == Transport::Auto && !client.broken => {
-                    tracing::debug!("control client: no shared-memory channel ({e}); on the socket");
+                    tracing::debug!(
+                        "control client: no shared-memory channel ({e}); on the socket"
+                    );
+                }
+                Err(e) if self.transport == Transport::Auto => {
+                    // The upgrade failed half-way (no answer in time, a segment that does
+                    // not map): a fresh connection, on the socket.
+                    tracing::debug!("control client: shared-memory upgrade failed ({e}); reconnecting on the socket");
+                    return self.clone().transport(Transport::Socket).connect(path);
                 }
                 Err(e) => return Err(e),
             }
@@ -415,7 +423,14 @@ impl Client {
         let msg_id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         self.frame.clear();
-        wire::encode(self.settings.version, msg_type, Flags(0), msg_id, &self.body, &mut self.frame);
+        wire::encode(
+            self.settings.version,
+            msg_type,
+            Flags(0),
+            msg_id,
+            &self.body,
+            &mut self.frame,
+        );
         self.send_frame(Instant::now() + self.settings.timeout)
     }
 
@@ -571,7 +586,13 @@ impl Client {
                     n
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.io_failure(e, self.settings.timeout)),
+                Err(e) => {
+                    // Even a timeout: the daemon may still grant, and then takes the socket's
+                    // bytes for doorbells. The connection is not to be used.
+                    let error = self.io_failure(e, self.settings.timeout);
+                    self.broken = true;
+                    return Err(error);
+                }
             };
             let mut result: Option<Result<ChannelGranted, ClientError>> = None;
             let fed = self.decoder.feed(&self.read_buf[..n], |event| match event {
@@ -649,7 +670,7 @@ impl Client {
                     return Err(ClientError::Timeout(self.settings.timeout));
                 }
                 spins += 1;
-                if spins % SPINS_PER_SOCKET_LOOK == 0 && socket_hung_up(&self.stream) {
+                if spins.is_multiple_of(SPINS_PER_SOCKET_LOOK) && socket_hung_up(&self.stream) {
                     self.broken = true;
                     return Err(ClientError::Closed);
                 }
@@ -701,7 +722,7 @@ impl Client {
             let look = if self.settings.busy_poll {
                 spins += 1;
                 std::hint::spin_loop();
-                spins % SPINS_PER_SOCKET_LOOK == 0
+                spins.is_multiple_of(SPINS_PER_SOCKET_LOOK)
             } else {
                 let left = if timeout.is_zero() {
                     FUTEX_SLICE

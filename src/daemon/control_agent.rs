@@ -187,6 +187,9 @@ struct ShmChannel {
     pid: u32,
     /// Since when answers wait for room in the response ring (the client does not read).
     blocked_since: Option<Instant>,
+    /// How soon a blocked channel is looked at again: from `SHM_REFILL_EVERY`, doubling up
+    /// to `SHM_REFILL_MAX` while the client takes nothing.
+    refill_every: Duration,
 }
 
 /// The control agent.
@@ -458,7 +461,10 @@ impl ControlAgent {
     /// Closes a connection whose client corrupted its shared-memory channel: counted and
     /// logged with its pid; nobody else is affected.
     fn fault(&mut self, ctx: &mut Ctx<'_>, id: ConnId, pid: u32, why: &str) {
-        tracing::warn!(pid, "control: pid {pid} corrupted its shared-memory channel ({why}); closing it");
+        tracing::warn!(
+            pid,
+            "control: pid {pid} corrupted its shared-memory channel ({why}); closing it"
+        );
         self.handler.counters.shm_faulted.inc();
         self.conns.close(ctx, id, CloseReason::Protocol);
     }
@@ -531,8 +537,13 @@ impl ControlAgent {
             agent.handler.counters.shm_refused.inc();
             let Some(conn) = agent.conns.get_mut(id) else { return };
             let kind = ReplyKind::Error(code);
-            let verdict =
-                conn.session.deliver(MSG_OPEN_CHANNEL, open.msg_id, kind, text.as_bytes(), &mut agent.handler);
+            let verdict = conn.session.deliver(
+                MSG_OPEN_CHANNEL,
+                open.msg_id,
+                kind,
+                text.as_bytes(),
+                &mut agent.handler,
+            );
             agent.after(ctx, id, verdict);
         };
         if let Some((code, text)) = refusal {
@@ -548,16 +559,22 @@ impl ControlAgent {
             match ServerDuplex::create(&name, shm.request_records, shm.response_records) {
                 Ok(made) => made,
                 Err(e) => {
-                    tracing::warn!(pid, "control: cannot create a shared-memory channel for pid {pid}: {e}");
-                    refuse(self, ctx, CODE_UNAVAILABLE, &format!("failed to create shared memory: {name}: {e}"));
+                    tracing::warn!(
+                        pid,
+                        "control: cannot create a shared-memory channel for pid {pid}: {e}"
+                    );
+                    refuse(
+                        self,
+                        ctx,
+                        CODE_UNAVAILABLE,
+                        &format!("failed to create shared memory: {name}: {e}"),
+                    );
                     return Some(());
                 }
             };
-        let segment_bytes = crate::channel::duplex::segment_layout(
-            shm.request_records,
-            shm.response_records,
-        )
-        .map_or(0, |(_, total)| total as u64);
+        let segment_bytes =
+            crate::channel::duplex::segment_layout(shm.request_records, shm.response_records)
+                .map_or(0, |(_, total)| total as u64);
         let granted = ChannelGranted {
             segment_version: SEGMENT_VERSION,
             name,
@@ -585,7 +602,12 @@ impl ControlAgent {
                 self.handler.on_answered(MSG_OPEN_CHANNEL);
                 self.handler.counters.shm_opened.inc();
                 let conn = self.conns.get_mut(id)?;
-                conn.shm = Some(ShmChannel { duplex, pid, blocked_since: None });
+                conn.shm = Some(ShmChannel {
+                    duplex,
+                    pid,
+                    blocked_since: None,
+                    refill_every: SHM_REFILL_EVERY,
+                });
                 self.channels.push(id);
                 self.handler.counters.shm_open.set(self.channels.len() as u64);
                 Some(())
@@ -619,12 +641,8 @@ impl ControlAgent {
                     self.conns.close(ctx, id, CloseReason::WriteTimeout);
                     continue;
                 }
-                let before = conn.session.output().len();
-                self.after(ctx, id, Verdict::Continue);
-                let after = self.conns.get(id).map_or(0, |c| c.session.output().len());
-                if after < before {
-                    work += 1; // the client read some: the lane stays awake to refill
-                }
+                // Retried from its deadline (`after` arms it), not every pass: a client
+                // that stops reading must not keep the lane from parking.
                 continue;
             }
             if self.pass_bytes == 0 {
@@ -664,6 +682,9 @@ impl ControlAgent {
             let Some(channel) = self.conns.get_mut(id).and_then(|c| c.shm.as_mut()) else {
                 continue;
             };
+            if channel.blocked_since.is_some() {
+                continue; // its requests wait behind its answers: not ready
+            }
             match channel.duplex.arm_doorbell() {
                 Ok(true) => {}
                 Ok(false) => ready += 1,
@@ -705,10 +726,16 @@ impl ControlAgent {
                         if n > 0 {
                             channel.duplex.notify();
                         }
-                        channel.blocked_since = if n < out {
-                            Some(channel.blocked_since.unwrap_or(ctx.now))
-                        } else {
+                        // The write timeout restarts whenever the client takes some (as
+                        // on the socket); the refill look backs off while it takes none.
+                        channel.blocked_since = if n == out {
                             None
+                        } else if n > 0 {
+                            channel.refill_every = SHM_REFILL_EVERY;
+                            Some(ctx.now)
+                        } else {
+                            channel.refill_every = (channel.refill_every * 2).min(SHM_REFILL_MAX);
+                            Some(channel.blocked_since.unwrap_or(ctx.now))
                         };
                     }
                     Err(e) => {
@@ -740,7 +767,8 @@ impl ControlAgent {
             // Answers wait for room in the response ring, and the client rings no doorbell
             // when it reads: look again soon, whatever the lane's idle strategy (until the
             // client reads or the write timeout closes it).
-            let soon = ctx.now + SHM_REFILL_EVERY;
+            let every = conn.shm.as_ref().map_or(SHM_REFILL_EVERY, |c| c.refill_every);
+            let soon = ctx.now + every;
             deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
         }
         let (held, cause) = (session.buffered() + conn.backlog.capacity(), session.close_cause());
@@ -830,6 +858,21 @@ impl Agent for ControlAgent {
             // (After the backlog, if one waits: what the peer sent is answered first.)
             ConnEvent::PeerClosed { id } => match self.conns.get_mut(id) {
                 Some(conn) if !conn.backlog.is_empty() => conn.eof = true,
+                Some(conn) if conn.shm.is_some() => {
+                    // What the client wrote before it went is answered first (one ring's
+                    // worth at most: the client is gone and cannot add more).
+                    self.drained.clear();
+                    let channel = conn.shm.as_mut().expect("checked");
+                    if channel.duplex.drain(usize::MAX, &mut self.drained).is_ok()
+                        && !self.drained.is_empty()
+                    {
+                        self.handler.current = ConnRef(id.local());
+                        let now = ctx.now;
+                        let verdict = conn.session.on_bytes(&self.drained, now, &mut self.handler);
+                        self.after(ctx, id, verdict);
+                    }
+                    self.conns.close(ctx, id, CloseReason::Peer);
+                }
                 _ => self.conns.close(ctx, id, CloseReason::Peer),
             },
             ConnEvent::Other(Completion::Accepted { fd, .. }) => self.accept(ctx, fd),
@@ -900,6 +943,8 @@ const MIN_SHARE: usize = 256;
 
 /// How often a channel whose answers wait for room in its response ring is looked at.
 const SHM_REFILL_EVERY: Duration = Duration::from_micros(100);
+/// The longest wait between looks at a blocked channel whose client takes nothing.
+const SHM_REFILL_MAX: Duration = Duration::from_millis(10);
 
 /// Most replies taken from one service's link per pass.
 const REPLIES_PER_PASS: usize = 256;
@@ -1224,8 +1269,9 @@ impl LocalRoute for PoolReportRoute {
             // Saturating: a client's counts are not trusted to be small.
             self.reused.set(self.reused.get().saturating_add(report.reused));
             self.connected.set(self.connected.get().saturating_add(report.connected));
-            let (reused, all) = (self.reused.get(), self.reused.get() + self.connected.get());
-            if let Some(percent) = (reused as u128 * 100).checked_div(all as u128) {
+            let (reused, all) =
+                (self.reused.get(), self.reused.get() as u128 + self.connected.get() as u128);
+            if let Some(percent) = (reused as u128 * 100).checked_div(all) {
                 self.percent.set(percent as u64);
             }
             PoolReportAck {}

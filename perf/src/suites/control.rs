@@ -140,14 +140,10 @@ fn run(plan: &Plan) -> Report {
                     Impl::CorelaneSkipSendCqe => {
                         daemon(Setup { skip_send_cqe: true, ..Setup::BUSY_POLL })
                     }
-                    Impl::CorelaneShmBusy => {
-                        daemon(Setup { shm: true, ..Setup::BUSY_POLL })
+                    Impl::CorelaneShmBusy => daemon(Setup { shm: true, ..Setup::BUSY_POLL }),
+                    Impl::CorelaneShmFutex => {
+                        daemon(Setup { shm: true, lane_parks: true, ..Setup::IO_URING })
                     }
-                    Impl::CorelaneShmFutex => daemon(Setup {
-                        shm: true,
-                        lane_parks: true,
-                        ..Setup::IO_URING
-                    }),
                     Impl::UnixEcho => echo_rtt(&plan.pair, &dir, false, warmup, samples),
                     Impl::UnixEchoBusyPoll => echo_rtt(&plan.pair, &dir, true, warmup, samples),
                 };
@@ -475,8 +471,8 @@ fn idle_cpu(dir: &Path, clients: usize, max_park_us: Option<u64>) -> Result<u64,
         }
         std::thread::sleep(Duration::from_secs(1));
         let ticks = || -> Result<u64, String> {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map_err(|e| e.to_string())?;
+            let stat =
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
             // Fields after the command (in parentheses): utime and stime are 14 and 15.
             let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
             let f: Vec<&str> = rest.split_whitespace().collect();
