@@ -1115,3 +1115,27 @@ fn a_pool_report_written_just_before_the_close_is_counted() {
             && daemon.counter("corelane_control_pool_acquires_total{outcome=\"reused\"}") == 3
     });
 }
+
+/// One channel request per connection waits at a time: a connection that pipelines many (with
+/// its answers unread) filled the daemon's queue of channel requests for everyone.
+#[test]
+fn a_second_pipelined_channel_request_is_refused_at_once() {
+    let daemon = Daemon::start("pipeopen", &[]);
+    let mut s = UnixStream::connect(daemon.socket()).unwrap();
+    let mut both = open_channel_frame(1, 2);
+    both.extend_from_slice(&open_channel_frame(2, 2));
+    s.write_all(&both).unwrap();
+    // The second is refused first (at once); the first is granted once the refusal is out.
+    let (header, body, fd) = read_frame(&s);
+    assert_eq!((header.msg_type, header.msg_id), (MSG_OPEN_CHANNEL, 2), "{header:?}");
+    assert!(header.flags.contains(Flags::ERROR), "{header:?}");
+    let (_, text) = wire::decode_error_body(&body).unwrap();
+    assert!(text.contains("waiting already"), "{text}");
+    assert!(fd.is_none());
+    let (header, _, fd) = read_frame(&s);
+    assert_eq!((header.msg_type, header.msg_id), (MSG_OPEN_CHANNEL, 1), "{header:?}");
+    assert!(!header.flags.contains(Flags::ERROR), "{header:?}");
+    assert!(fd.is_some(), "the first is granted with its segment");
+    // Others are served.
+    daemon.shm_client().ping().unwrap();
+}

@@ -1120,6 +1120,13 @@ impl Handler for ControlHandler {
                 Ok(open) => open,
                 Err(e) => return Answer::Error(RouteError::BadBody(e)),
             };
+            if self.opens.iter().any(|o| o.conn == self.current) {
+                // One at a time per connection: a few connections cannot fill the queue.
+                let text = "a shared-memory channel request of this connection is waiting \
+                            already"
+                    .to_owned();
+                return Answer::Error(RouteError::Other { code: CODE_LIMIT, text });
+            }
             if self.opens.len() >= MAX_OPENS {
                 let text = "daemon busy: too many channel requests waiting".to_owned();
                 return Answer::Error(RouteError::Other { code: CODE_BUSY, text });
