@@ -74,7 +74,7 @@ pub const MSG_STATUS: u16 = 2;
 /// `msg_type` of [`proto::ConfigRequest`] and its answer [`proto::ConfigReply`].
 pub const MSG_CONFIG: u16 = 3;
 /// `msg_type` of [`proto::OpenChannel`]: upgrades the connection to a shared-memory channel
-/// (see [`Transport`](client::Transport)); answered with a [`proto::ChannelGranted`] that
+/// (see [`Transport`]); answered with a [`proto::ChannelGranted`] that
 /// carries the segment's descriptor (`SCM_RIGHTS`).
 pub const MSG_OPEN_CHANNEL: u16 = 4;
 /// `msg_type` of [`proto::PoolReport`]: a [`ConnectionPool`]'s reuse counts, which the daemon
