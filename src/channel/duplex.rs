@@ -242,18 +242,7 @@ impl ServerDuplex {
     /// or the verdict on the client: a bad record or an impossible ring position (then the
     /// channel is to be closed).
     pub fn drain(&mut self, max: usize, out: &mut Vec<u8>) -> Result<usize, ChannelFault> {
-        let mut bad = None;
-        let n = self.requests.drain(max, |record| match record.bytes() {
-            Ok(bytes) if bad.is_none() => out.extend_from_slice(bytes),
-            Ok(_) => {}
-            Err(e) => {
-                bad.get_or_insert(e);
-            }
-        })?;
-        match bad {
-            Some(e) => Err(ChannelFault::Record(e)),
-            None => Ok(n),
-        }
+        drain_bytes(&mut self.requests, max, out)
     }
 
     /// Pushes as much of `bytes` as the response ring has room for, in one publication;
@@ -298,6 +287,28 @@ pub enum ChannelFault {
     /// An impossible ring position.
     #[error("ring corrupt: {0}")]
     Ring(#[from] Corruption),
+}
+
+/// Appends the bytes of at most `max` records of `rx` to `out`; returns how many records, or
+/// the verdict on the peer: a bad record (the records after it in this drain are dropped) or
+/// an impossible ring position.
+fn drain_bytes<R: Region>(
+    rx: &mut ShmConsumer<ByteRecord, R>,
+    max: usize,
+    out: &mut Vec<u8>,
+) -> Result<usize, ChannelFault> {
+    let mut bad = None;
+    let n = rx.drain(max, |record| match record.bytes() {
+        Ok(bytes) if bad.is_none() => out.extend_from_slice(bytes),
+        Ok(_) => {}
+        Err(e) => {
+            bad.get_or_insert(e);
+        }
+    })?;
+    match bad {
+        Some(e) => Err(ChannelFault::Record(e)),
+        None => Ok(n),
+    }
 }
 
 /// Pushes `bytes` as records, as many as fit now, `BATCH` per publication; returns the bytes
@@ -416,18 +427,7 @@ impl ClientDuplex {
     /// Appends the bytes of the responses ready (at most `max` records) to `out`; returns the
     /// records taken. A bad record from the daemon is an error.
     pub fn pop(&mut self, max: usize, out: &mut Vec<u8>) -> Result<usize, ChannelFault> {
-        let mut bad = None;
-        let n = self.responses.drain(max, |record| match record.bytes() {
-            Ok(bytes) if bad.is_none() => out.extend_from_slice(bytes),
-            Ok(_) => {}
-            Err(e) => {
-                bad.get_or_insert(e);
-            }
-        })?;
-        match bad {
-            Some(e) => Err(ChannelFault::Record(e)),
-            None => Ok(n),
-        }
+        drain_bytes(&mut self.responses, max, out)
     }
 
     /// Sleeps on the response ring's futex until a response is ready or `timeout` passes.

@@ -419,18 +419,7 @@ impl Client {
         if self.broken {
             return Err(ClientError::Closed);
         }
-        encode_body(request, &mut self.body);
-        let msg_id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        self.frame.clear();
-        wire::encode(
-            self.settings.version,
-            msg_type,
-            Flags(0),
-            msg_id,
-            &self.body,
-            &mut self.frame,
-        );
+        self.encode_request(msg_type, request)?;
         self.send_frame(Instant::now() + self.settings.timeout)
     }
 
@@ -553,18 +542,8 @@ impl Client {
     /// Asks the daemon for a shared-memory channel and maps it. The socket is still
     /// blocking (with the builder's timeout).
     fn open_channel(&mut self) -> Result<ClientDuplex, ClientError> {
-        encode_body(&OpenChannel { segment_version: SEGMENT_VERSION }, &mut self.body);
-        let msg_id = self.next_id;
-        self.next_id += 1;
-        self.frame.clear();
-        wire::encode(
-            self.settings.version,
-            MSG_OPEN_CHANNEL,
-            Flags(0),
-            msg_id,
-            &self.body,
-            &mut self.frame,
-        );
+        let open = OpenChannel { segment_version: SEGMENT_VERSION };
+        let msg_id = self.encode_request(MSG_OPEN_CHANNEL, &open)?;
         if let Err(e) = self.stream.write_all(&self.frame) {
             let error = self.io_failure(e, self.settings.timeout);
             self.broken = true;
@@ -782,17 +761,13 @@ impl Client {
         self.broken
     }
 
-    /// Sends one request and waits for the response with its `msg_id`, handing that response's
-    /// body to `on_body`.
-    fn exchange<T>(
+    /// Encodes `request` as the next request frame into `self.frame` (its body checked against
+    /// `max_body_bytes`); returns its `msg_id`.
+    fn encode_request(
         &mut self,
         msg_type: u16,
         request: &impl Message,
-        mut on_body: impl FnMut(&[u8]) -> Result<T, ClientError>,
-    ) -> Result<T, ClientError> {
-        if self.broken {
-            return Err(ClientError::Closed);
-        }
+    ) -> Result<u64, ClientError> {
         encode_body(request, &mut self.body);
         let limit = self.settings.max_body_bytes;
         if u32::try_from(self.body.len()).map_or(true, |len| len > limit) {
@@ -809,6 +784,21 @@ impl Client {
             &self.body,
             &mut self.frame,
         );
+        Ok(msg_id)
+    }
+
+    /// Sends one request and waits for the response with its `msg_id`, handing that response's
+    /// body to `on_body`.
+    fn exchange<T>(
+        &mut self,
+        msg_type: u16,
+        request: &impl Message,
+        mut on_body: impl FnMut(&[u8]) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        if self.broken {
+            return Err(ClientError::Closed);
+        }
+        let msg_id = self.encode_request(msg_type, request)?;
         let deadline = Instant::now() + self.settings.timeout;
         self.send_frame(deadline)?;
 
