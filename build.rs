@@ -6,7 +6,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(
-        ["proto/control.proto", "proto/pool.proto", "proto/alloc.proto"],
+        ["proto/control.proto", "proto/pool.proto", "proto/alloc.proto", "proto/frames.proto"],
         ["proto"],
     )?;
     prost_build::Config::new().compile_fds(fds)?;

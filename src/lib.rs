@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod files;
+pub mod frames;
 pub mod mapping;
 pub mod metrics;
 pub mod pool;
