@@ -181,6 +181,12 @@ impl Build<'_> {
         self.wakers.get(consumer).map(|waker| link(capacity, waker))
     }
 
+    /// The daemon's control socket (for in-daemon clients of other services, such as the
+    /// frame worker's pool bridge, which attach from a thread of their own, never a lane).
+    pub fn control_socket(&self) -> &Path {
+        self.control_socket
+    }
+
     /// The status section of service `name`, for its agents to fill (shown by `status`).
     pub fn status(&self, name: &'static str) -> StatusCell {
         self.statuses.cell(name)

@@ -11,8 +11,10 @@
 //! - [`vision`]: NV12/I420/JPEG decoding, the built-in motion detector, the IoU tracker, the
 //!   synthetic source;
 //! - [`service`]: the `frames` service: the TCP agent and the detector agent on its own lane;
+//! - [`bridge`]: accepted frames published into a tensor pool stream (`[frames] pool_stream`);
 //! - `onnx` (feature `onnx`): YOLO-style ONNX models through tract.
 
+pub mod bridge;
 pub mod codec;
 pub mod detector;
 #[cfg(feature = "onnx")]

@@ -190,6 +190,8 @@ enum C {
     TooLarge,
     PeerTimeouts,
     Ends,
+    Published,
+    Skipped,
 }
 
 const COUNTERS: &[CounterDef] = &[
@@ -265,6 +267,18 @@ const COUNTERS: &[CounterDef] = &[
         help: "Frame worker: connections the protocol closed, by cause.",
         gauge: false,
     },
+    CounterDef {
+        name: "corelane_frames_pool_published_total",
+        labels: &[],
+        help: "Frame worker: decoded frames published to the pool stream (frames.pool_stream).",
+        gauge: false,
+    },
+    CounterDef {
+        name: "corelane_frames_pool_skipped_total",
+        labels: &[],
+        help: "Frame worker: frames not published to the pool stream (no lease, no pool fits).",
+        gauge: false,
+    },
 ];
 
 /// Error codes with their metric label.
@@ -338,7 +352,20 @@ impl Prepared for FramesPrepared {
             queue_depth: 0,
             published: None,
             timer_at: None,
-            status,
+            status: status.clone(),
+        };
+        let bridge = match self.frames.pool_stream {
+            0 => None,
+            stream => {
+                let socket = cx.control_socket().to_owned();
+                let allowed = crate::pool::service::pool_config(cx.config)
+                    .map(|p| p.shm.allowed_base_dirs.iter().map(Into::into).collect())
+                    .unwrap_or_else(|_| vec!["/dev/shm".into()]);
+                let bridge = super::bridge::Bridge::start(socket, stream, allowed)
+                    .map_err(|e| fail(format!("cannot start the pool bridge: {e}")))?;
+                status.set("pool_stream", stream);
+                Some(bridge)
+            }
         };
         let detector = DetectorAgent {
             factory: self.factory,
@@ -353,6 +380,11 @@ impl Prepared for FramesPrepared {
             infer_gauges: QuantileGauges::new(cx.counters, self.infer),
             decoded_count: 0,
             published: None,
+            bridge,
+            bridge_counters: [
+                cx.counter(self.counters[C::Published as usize]),
+                cx.counter(self.counters[C::Skipped as usize]),
+            ],
         };
         Ok(vec![(AGENTS[0], Box::new(worker)), (AGENTS[1], Box::new(detector))])
     }
@@ -717,6 +749,8 @@ struct DetectorAgent {
     decode_gauges: QuantileGauges,
     infer_gauges: QuantileGauges,
     published: Option<Instant>,
+    bridge: Option<super::bridge::Bridge>,
+    bridge_counters: [Counter; 2],
 }
 
 impl std::fmt::Debug for DetectorAgent {
@@ -758,6 +792,9 @@ impl DetectorAgent {
         }
         self.decoded_count += 1;
         self.decode.record(duration_ns(decoded_at - start));
+        if let Some(bridge) = &mut self.bridge {
+            bridge.publish(&stream.picture, times.0);
+        }
         let mut detections: Vec<Detection> = Vec::new();
         if let Err(e) = stream.detector.detect(&stream.picture, &mut detections) {
             let code = match e {
@@ -834,6 +871,11 @@ impl Agent for DetectorAgent {
             self.published = Some(now);
             self.decoded.set(self.decoded_count);
             self.decode.publish(&self.decode_gauges);
+            if let Some(bridge) = &self.bridge {
+                let stats = bridge.stats();
+                self.bridge_counters[0].set(stats.published);
+                self.bridge_counters[1].set(stats.skipped);
+            }
             self.infer.publish(&self.infer_gauges);
         }
         work

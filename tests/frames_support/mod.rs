@@ -44,7 +44,7 @@ impl Worker {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let config = dir.join("test.toml");
         let text = format!(
-            "[runtime]\ndir = {:?}\n\n[metrics]\nlisten = \"\"\n\n[pool]\nenabled = false\n\n\
+            "[runtime]\ndir = {:?}\n\n[metrics]\nlisten = \"\"\npublish_interval_ms = 50\n\n[pool]\nenabled = false\n\n\
              [alloc]\nenabled = false\n\n[frames]\nlisten = \"{addr}\"\n{frames}\n",
             dir.display().to_string()
         );
@@ -233,4 +233,361 @@ pub fn frame_msg(source: &mut Synthetic, format: RawFormat, id: u64, w: u32, h: 
         data,
         session_id: "test-session".into(),
     }
+}
+
+// ---- Extensions for the end-to-end suite -------------------------------------------------
+
+impl Worker {
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon runs").id()
+    }
+
+    /// The daemon's resident set size, KiB (`/proc/<pid>/status` VmRSS).
+    pub fn rss_kb(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in status");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Whether the daemon still runs (panics with its log if it exited).
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("the daemon exited ({status}): {}", self.log());
+        }
+    }
+
+    /// Polls the counters file until `name` satisfies `pred` (10 s at most); returns the value
+    /// seen, or panics with what was last seen.
+    pub fn wait_counter(&self, name: &str, pred: impl Fn(u64) -> bool) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = None;
+        loop {
+            last = self.counter(name).or(last);
+            if let Some(v) = last {
+                if pred(v) {
+                    return v;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "counter {name}: last seen {last:?}, never the expected value; series: {:?}",
+                self.series()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every series of the counters file with its value.
+    pub fn series(&self) -> Vec<(String, u64)> {
+        let path = self.dir.join("counters");
+        match corelane::metrics::CountersReader::open(&path) {
+            Ok(r) => r.snapshot().into_iter().map(|s| (s.name, s.value)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Peer {
+    /// Connects with a read timeout of `timeout`.
+    pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> Peer {
+        let peer = Peer::connect(addr);
+        peer.stream.set_read_timeout(Some(timeout)).unwrap();
+        peer
+    }
+
+    /// Writes `bytes`, reporting a write error instead of panicking (hostile peers).
+    pub fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// The next message as a whole envelope (stream id, msg_type), `None` at end of stream.
+    pub fn recv_envelope(&mut self) -> Option<Envelope> {
+        loop {
+            if let Some(end) = codec::split(&self.buf, 64 << 20).unwrap() {
+                let mut env = Envelope::default();
+                codec::decode(&self.buf[PREFIX_BYTES..end], &mut env)
+                    .unwrap_or_else(|e| panic!("the worker sent a bad envelope: {e}"));
+                self.buf.drain(..end);
+                return Some(env);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Waits for the worker to close the connection, skipping what it still sends; returns
+    /// the messages skipped. Panics if it stays open for `within`.
+    pub fn expect_close(&mut self, within: Duration) -> Vec<Payload> {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        self.stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        loop {
+            if let Ok(Some(end)) = codec::split(&self.buf, 64 << 20) {
+                let mut env = Envelope::default();
+                codec::decode(&self.buf[PREFIX_BYTES..end], &mut env).unwrap();
+                self.buf.drain(..end);
+                seen.extend(env.payload);
+                continue;
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return seen,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return seen,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    assert!(Instant::now() < deadline, "still open after {within:?}; got {seen:?}");
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// The next Error (skipping Heartbeats); panics on anything else.
+    pub fn expect_error(&mut self) -> proto::Error {
+        match self.recv_skip_heartbeats() {
+            Some(Payload::Error(e)) => e,
+            other => panic!("expected an Error, got {other:?}"),
+        }
+    }
+
+    /// The next Result (skipping Heartbeats); panics on anything else.
+    pub fn expect_result(&mut self) -> proto::Result {
+        match self.recv_skip_heartbeats() {
+            Some(Payload::Result(r)) => r,
+            other => panic!("expected a Result, got {other:?}"),
+        }
+    }
+
+    /// Init with `init`; returns InitOk.
+    pub fn init_with(&mut self, init: proto::Init) -> proto::InitOk {
+        self.send(Payload::Init(init));
+        match self.recv_skip_heartbeats() {
+            Some(Payload::InitOk(ok)) => ok,
+            other => panic!("expected InitOk, got {other:?}"),
+        }
+    }
+
+    /// The local port (to find the worker's side of this connection).
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().unwrap().port()
+    }
+}
+
+/// Init accepting only `formats` (and `codecs`), `w`x`h`, window `window`.
+pub fn init_formats(
+    formats: &[proto::PixelFormat],
+    codecs: &[proto::Codec],
+    w: u32,
+    h: u32,
+    window: u32,
+) -> proto::Init {
+    let mut init = init_msg(w, h, window);
+    let caps = init.caps.as_mut().unwrap();
+    caps.accepted_pixel_formats = formats.iter().map(|f| *f as i32).collect();
+    caps.accepted_codecs = codecs.iter().map(|c| *c as i32).collect();
+    init
+}
+
+/// An envelope with explicit (possibly wrong) header fields.
+pub fn envelope(version: u32, msg_type: proto::MsgType, payload: Option<Payload>) -> Envelope {
+    Envelope { protocol_version: version, stream_id: "cam0".into(), msg_type: msg_type as i32, payload }
+}
+
+/// A raw frame of `picture` in `format` with row stride `stride` (>= width; padding bytes
+/// are 0x55), planes in the order `order` (indices into Y, [U,] V/UV) placed back to back.
+pub fn frame_of(
+    picture: &corelane::frames::detector::Picture,
+    format: RawFormat,
+    id: u64,
+    stride: usize,
+    order: &[usize],
+) -> proto::Frame {
+    let (w, h) = (picture.width as usize, picture.height as usize);
+    let (cw, ch) = (w / 2, h / 2);
+    // Each plane: rows of (row bytes) content, padded to its stride.
+    let mut planes: Vec<(usize, Vec<u8>)> = Vec::new();
+    let pad = |rows: usize, row: usize, stride: usize, px: &dyn Fn(usize, usize) -> u8| {
+        let mut out = vec![0x55u8; rows * stride];
+        for r in 0..rows {
+            for c in 0..row {
+                out[r * stride + c] = px(r, c);
+            }
+        }
+        out
+    };
+    planes.push((stride, pad(h, w, stride, &|r, c| picture.y[r * w + c])));
+    match format {
+        RawFormat::Nv12 => {
+            let uv = |r: usize, c: usize| {
+                if c % 2 == 0 {
+                    picture.u[r * cw + c / 2]
+                } else {
+                    picture.v[r * cw + c / 2]
+                }
+            };
+            planes.push((stride, pad(ch, w, stride, &uv)));
+        }
+        RawFormat::I420 => {
+            let cs = stride.div_ceil(2);
+            planes.push((cs, pad(ch, cw, cs, &|r, c| picture.u[r * cw + c])));
+            planes.push((cs, pad(ch, cw, cs, &|r, c| picture.v[r * cw + c])));
+        }
+    }
+    assert_eq!(order.len(), planes.len(), "order names every plane");
+    let mut data = Vec::new();
+    let mut refs = vec![proto::Plane::default(); planes.len()];
+    for &i in order {
+        let (stride, bytes) = &planes[i];
+        refs[i] = proto::Plane { stride: *stride as u32, offset: data.len() as u32, size: bytes.len() as u32 };
+        data.extend_from_slice(bytes);
+    }
+    proto::Frame {
+        frame_id: id,
+        ts_mono_ns: id * 1000,
+        ts_pdt_ns: id * 1000,
+        ts_utc_ns: id * 2000,
+        width: w as u32,
+        height: h as u32,
+        pixel_format: match format {
+            RawFormat::Nv12 => proto::PixelFormat::PfNv12 as i32,
+            RawFormat::I420 => proto::PixelFormat::PfI420 as i32,
+        },
+        codec: proto::Codec::None as i32,
+        planes: refs,
+        color_space: "BT.709".into(),
+        color_range: "full".into(),
+        data,
+        session_id: "test-session".into(),
+    }
+}
+
+/// A JPEG frame (one plane covering the data).
+pub fn jpeg_frame(jpeg: Vec<u8>, id: u64, w: u32, h: u32) -> proto::Frame {
+    proto::Frame {
+        frame_id: id,
+        ts_mono_ns: id * 1000,
+        ts_utc_ns: id * 2000,
+        width: w,
+        height: h,
+        pixel_format: proto::PixelFormat::PfJpeg as i32,
+        codec: proto::Codec::Jpeg as i32,
+        planes: vec![proto::Plane { stride: 0, offset: 0, size: jpeg.len() as u32 }],
+        color_space: "BT.709".into(),
+        color_range: "full".into(),
+        data: jpeg,
+        session_id: "test-session".into(),
+        ..Default::default()
+    }
+}
+
+/// The boxes of a Result as `[x1, y1, x2, y2]`.
+pub fn boxes(r: &proto::Result) -> Vec<[f32; 4]> {
+    r.detections
+        .as_ref()
+        .map(|d| {
+            d.items
+                .iter()
+                .map(|i| {
+                    let b = i.bbox.clone().unwrap_or_default();
+                    [b.x1, b.y1, b.x2, b.y2]
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether every truth box has a detection whose four edges are within `tol` pixels, and
+/// there are no other detections.
+pub fn matches_truth(found: &[[f32; 4]], truth: &[[f32; 4]], tol: f32) -> bool {
+    found.len() == truth.len()
+        && truth.iter().all(|t| found.iter().any(|f| f.iter().zip(t).all(|(a, b)| (a - b).abs() <= tol)))
+}
+
+/// The receive queue (bytes the kernel holds that the application has not read) of the
+/// loopback TCP socket `local_port` -> `remote_port`, from `/proc/net/tcp`.
+pub fn tcp_rx_queue(local_port: u16, remote_port: u16) -> Option<u64> {
+    let table = fs::read_to_string("/proc/net/tcp").ok()?;
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 5 {
+            continue;
+        }
+        let port = |s: &str| u16::from_str_radix(s.rsplit(':').next()?, 16).ok();
+        if port(f[1]) == Some(local_port) && port(f[2]) == Some(remote_port) {
+            let rx = f[4].split(':').nth(1)?;
+            return u64::from_str_radix(rx, 16).ok();
+        }
+    }
+    None
+}
+
+/// What a reader thread saw.
+#[derive(Debug)]
+pub enum Seen {
+    /// A message, and when it was read.
+    Msg(Payload, Instant),
+    /// End of stream (or a reset), and when.
+    Closed(Instant),
+}
+
+impl Peer {
+    /// Splits the peer: the socket to write on, and a thread that reads every message into a
+    /// channel (ending with [`Seen::Closed`]).
+    pub fn split(self) -> (TcpStream, std::sync::mpsc::Receiver<Seen>) {
+        let writer = self.stream.try_clone().unwrap();
+        self.stream.set_read_timeout(None).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut peer = self;
+        std::thread::spawn(move || loop {
+            let msg = peer.recv_or_closed();
+            let now = Instant::now();
+            match msg {
+                Some(p) => {
+                    if tx.send(Seen::Msg(p, now)).is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    let _ = tx.send(Seen::Closed(now));
+                    return;
+                }
+            }
+        });
+        (writer, rx)
+    }
+
+    /// As [`recv`](Self::recv), but any read error is the end of stream.
+    fn recv_or_closed(&mut self) -> Option<Payload> {
+        loop {
+            if let Some(end) = codec::split(&self.buf, 64 << 20).unwrap() {
+                let mut env = Envelope::default();
+                codec::decode(&self.buf[PREFIX_BYTES..end], &mut env).unwrap();
+                self.buf.drain(..end);
+                return env.payload;
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// One encoded message.
+pub fn encoded(payload: Payload) -> Vec<u8> {
+    let mut out = Vec::new();
+    codec::encode("cam0", payload, &mut out);
+    out
 }

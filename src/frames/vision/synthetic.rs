@@ -123,6 +123,11 @@ impl Synthetic {
         &self.picture
     }
 
+    /// The current picture (the one [`frame`](Self::frame) packed last).
+    pub fn picture(&self) -> &Picture {
+        &self.picture
+    }
+
     /// The xyxy boxes (right and bottom exclusive) of the rectangles in the current picture,
     /// one per object in creation order.
     pub fn truth(&self) -> &[[f32; 4]] {
