@@ -266,8 +266,12 @@ pub struct FramesConfig {
     /// `backpressure_timeout_ms`: how long results may wait unread before
     /// BACKPRESSURE_TIMEOUT and a close. Default 5000.
     pub backpressure_timeout_ms: u64,
-    /// `model`: `""` for the built-in motion detector, or the path of a YOLO-style ONNX model
-    /// (needs a build with the `onnx` feature). Default `""`.
+    /// `detector`: `"motion"` (the built-in classical detector), `"onnx"` (the model at
+    /// `model`; a build with the `onnx` feature) or `"none"` (transport only: frames are
+    /// validated and answered with empty Results, not decoded). Default `"motion"`.
+    pub detector: String,
+    /// `model`: the absolute path of a YOLO-style ONNX model, for `detector = "onnx"`
+    /// (`corelane run --model PATH` sets both). Default `""`.
     pub model: String,
     /// `pool_stream`: publish every accepted frame into this tensor pool stream (0: off).
     /// Default 0.

@@ -181,6 +181,7 @@ pub const FRAMES_SECTION: SectionSpec = SectionSpec {
         key("heartbeat_ms", uint(10, 60_000)),
         key("peer_timeout_ms", uint(100, 600_000)),
         key("backpressure_timeout_ms", uint(10, 600_000)),
+        key("detector", Kind::OneOf(&["motion", "onnx", "none"])),
         key("model", Kind::Str(StrRule::AbsPathOrEmpty)),
         key("pool_stream", uint(0, u32::MAX as u64)),
     ],

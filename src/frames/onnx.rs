@@ -104,17 +104,22 @@ impl OnnxFactory {
             Some(_) => return Err(not_onnx("the graph has no nodes".into())),
             None => return Err(not_onnx("no graph in the file".into())),
         }
-        let mut model = onnx.model_for_proto_model(&proto).map_err(tract_error)?;
+        let name = path
+            .file_name()
+            .map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned());
+        Self::from_proto(&proto, name)
+    }
+
+    /// The model in `proto`, reported under `name`.
+    fn from_proto(proto: &ModelProto, name: String) -> Result<OnnxFactory, OnnxError> {
+        let mut model = tract_onnx::onnx().model_for_proto_model(proto).map_err(tract_error)?;
         let (height, width) = fix_input(&mut model)?;
         let plan =
             model.into_optimized().and_then(|typed| typed.into_runnable()).map_err(tract_error)?;
         let layout = output_layout(plan.model())?;
-        let classes = class_names(&proto, layout.classes());
-        let name = path
-            .file_name()
-            .map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned());
+        let classes = class_names(proto, layout.classes());
         let identity =
-            ModelIdentity { family: "yolo".into(), name, version: model_version(&proto), classes };
+            ModelIdentity { family: "yolo".into(), name, version: model_version(proto), classes };
         Ok(OnnxFactory { shared: Arc::new(Shared { plan, identity, width, height, layout }) })
     }
 
@@ -878,6 +883,87 @@ mod tests {
             assert!(matches!(err, OnnxError::NotOnnx { .. }), "{err:?}");
             assert!(err.to_string().starts_with("not an onnx model: "), "{err}");
         }
+    }
+
+    /// A one-node `Identity` model from `input` to `output` of the given ONNX element type
+    /// (1 = float32, 7 = int64) and shapes (negative dims become symbolic).
+    fn identity_model(elem_type: i32, input: &[i64], output: &[i64]) -> ModelProto {
+        use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
+        use tract_onnx::pb::{type_proto, GraphProto, NodeProto, OperatorSetIdProto};
+        use tract_onnx::pb::{TensorShapeProto, TypeProto, ValueInfoProto};
+        let value = |name: &str, dims: &[i64]| ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type,
+                    shape: Some(TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|&d| Dimension {
+                                value: Some(if d < 0 {
+                                    dimension::Value::DimParam(format!("d{}", -d))
+                                } else {
+                                    dimension::Value::DimValue(d)
+                                }),
+                                ..Dimension::default()
+                            })
+                            .collect(),
+                    }),
+                })),
+                ..TypeProto::default()
+            }),
+            ..ValueInfoProto::default()
+        };
+        ModelProto {
+            ir_version: 7,
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }],
+            graph: Some(GraphProto {
+                node: vec![NodeProto {
+                    op_type: "Identity".into(),
+                    input: vec!["x".into()],
+                    output: vec!["y".into()],
+                    ..NodeProto::default()
+                }],
+                input: vec![value("x", input)],
+                output: vec![value("y", output)],
+                ..GraphProto::default()
+            }),
+            ..ModelProto::default()
+        }
+    }
+
+    #[test]
+    fn unsupported_input_says_what_it_found() {
+        for (elem_type, shape) in [(1, &[1, 3, 64][..]), (1, &[1, 1, 8, 8]), (7, &[1, 3, 8, 8])] {
+            let proto = identity_model(elem_type, shape, shape);
+            let err = OnnxFactory::from_proto(&proto, "m.onnx".into()).unwrap_err();
+            assert!(matches!(err, OnnxError::UnsupportedInput { .. }), "{err:?}");
+            assert!(
+                err.to_string().starts_with(
+                    "unsupported model input: expected one float32 input of shape 1x3xHxW, \
+                     found 1 input(s), the first "
+                ),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unrecognised_output_says_what_shape_it_found() {
+        // A 1x3xHxW passthrough loads up to the output check, which finds [1, 3, 64, 64].
+        let proto = identity_model(1, &[1, 3, 64, 64], &[1, 3, 64, 64]);
+        let err = OnnxFactory::from_proto(&proto, "m.onnx".into()).unwrap_err();
+        assert!(matches!(err, OnnxError::UnrecognisedOutput { .. }), "{err:?}");
+        assert!(err.to_string().contains("found 1 output(s), the first F32 1,3,64,64"), "{err}");
+    }
+
+    #[test]
+    fn symbolic_input_dims_default_to_640() {
+        // Batch, height and width symbolic: pinned to 1x3x640x640; the output then is
+        // [1, 3, 640, 640], which no YOLO decoder reads, and the error shows the pinning.
+        let proto = identity_model(1, &[-1, 3, -2, -3], &[-1, 3, -2, -3]);
+        let err = OnnxFactory::from_proto(&proto, "m.onnx".into()).unwrap_err();
+        assert!(err.to_string().contains("1,3,640,640"), "{err}");
     }
 
     #[test]

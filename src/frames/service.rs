@@ -72,23 +72,41 @@ pub fn worker_config(frames: &FramesConfig, identity: super::detector::ModelIden
     }
 }
 
-/// The detector backend a config names: the motion detector, or an ONNX model.
-pub fn detector_factory(frames: &FramesConfig) -> Result<Arc<dyn DetectorFactory>, String> {
-    if frames.model.is_empty() {
-        return Ok(Arc::new(MotionFactory::default()));
+/// The detector backend a config names, or `None` for `detector = "none"`.
+pub fn detector_factory(frames: &FramesConfig) -> Result<Option<Arc<dyn DetectorFactory>>, String> {
+    match frames.detector.as_str() {
+        "none" => Ok(None),
+        "onnx" => onnx_factory(&frames.model).map(Some),
+        _ => Ok(Some(Arc::new(MotionFactory::default()))),
     }
-    #[cfg(feature = "onnx")]
-    {
-        let factory = super::onnx::OnnxFactory::load(std::path::Path::new(&frames.model))
-            .map_err(|e| e.to_string())?;
-        Ok(Arc::new(factory))
+}
+
+#[cfg(feature = "onnx")]
+fn onnx_factory(model: &str) -> Result<Arc<dyn DetectorFactory>, String> {
+    if model.is_empty() {
+        return Err("detector = \"onnx\" needs frames.model, the path of the model".into());
     }
-    #[cfg(not(feature = "onnx"))]
+    let factory = super::onnx::OnnxFactory::load(std::path::Path::new(model))
+        .map_err(|e| format!("model {model}: {e}"))?;
+    Ok(Arc::new(factory))
+}
+
+#[cfg(not(feature = "onnx"))]
+fn onnx_factory(model: &str) -> Result<Arc<dyn DetectorFactory>, String> {
     Err(format!(
-        "model {:?}: this build has no ONNX backend (build with `--features onnx`), \
-         or set frames.model = \"\" for the built-in motion detector",
-        frames.model
+        "model {model:?}: this build has no ONNX backend (build with `--features onnx`); \
+         detector = \"motion\" needs no model"
     ))
+}
+
+/// The identity InitOk and Results report for `detector = "none"`.
+pub fn transport_only_identity() -> super::detector::ModelIdentity {
+    super::detector::ModelIdentity {
+        family: "none".into(),
+        name: "none".into(),
+        version: "1".into(),
+        classes: Vec::new(),
+    }
 }
 
 impl Service for FramesService {
@@ -117,12 +135,19 @@ impl Service for FramesService {
         if f.listen.is_empty() {
             return Err(invalid("frames.listen", "expected an address while enabled".into()));
         }
-        #[cfg(not(feature = "onnx"))]
-        if !f.model.is_empty() {
-            return Err(invalid(
-                "frames.model",
-                "this build has no ONNX backend (build with `--features onnx`)".into(),
-            ));
+        if f.detector == "onnx" {
+            if f.model.is_empty() {
+                return Err(invalid(
+                    "frames.model",
+                    "detector = \"onnx\" needs the absolute path of a model".into(),
+                ));
+            }
+            if !cfg!(feature = "onnx") {
+                return Err(invalid(
+                    "frames.detector",
+                    "this build has no ONNX backend (build with `--features onnx`)".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -297,7 +322,7 @@ const ERROR_CODES: &[(ErrorCode, &str)] = &[
 
 struct FramesPrepared {
     frames: FramesConfig,
-    factory: Arc<dyn DetectorFactory>,
+    factory: Option<Arc<dyn DetectorFactory>>,
     counters: Vec<CounterId>,
     errors: Vec<(ErrorCode, CounterId)>,
     decode: QuantileIds,
@@ -316,7 +341,11 @@ impl Prepared for FramesPrepared {
             .map_err(|e| fail(format!("cannot listen on {addr}: {e}")))?;
         listener.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
         let local = listener.local_addr().map_err(|e| fail(e.to_string()))?;
-        tracing::info!(%local, model = %self.factory.identity().name, "frames: listening");
+        let identity = match &self.factory {
+            Some(f) => f.identity().clone(),
+            None => transport_only_identity(),
+        };
+        tracing::info!(%local, model = %identity.name, "frames: listening");
         let (jobs_tx, jobs_rx) = cx
             .link::<Job>(LINK_CAPACITY, AGENTS[1])
             .ok_or_else(|| fail("the agent \"frames-detector\" is on no lane".into()))?;
@@ -325,8 +354,8 @@ impl Prepared for FramesPrepared {
             .ok_or_else(|| fail("the agent \"frames\" is on no lane".into()))?;
         let status = cx.status("frames");
         status.set("listen", local);
-        status.set("model", format!("{} {} {}", self.factory.identity().family, self.factory.identity().name, self.factory.identity().version));
-        let config = worker_config(&self.frames, self.factory.identity().clone());
+        status.set("model", format!("{} {} {}", identity.family, identity.name, identity.version));
+        let config = worker_config(&self.frames, identity);
         let max_message = (config.max_width as usize * config.max_height as usize * 3 / 2)
             + super::codec::ENVELOPE_SLACK
             + super::codec::PREFIX_BYTES;
@@ -405,6 +434,8 @@ pub enum Job {
         arrived: Instant,
         /// The frame's data (a buffer of the worker's free list).
         data: Vec<u8>,
+        /// An empty list for the detections (from the worker's free list).
+        detections: Vec<Detection>,
     },
     /// The connection closed: drop its detector and tracker.
     Closed {
@@ -462,7 +493,8 @@ struct WorkerAgent {
     done: LinkRx<Done>,
     /// Jobs the link refused (full), in order.
     waiting: VecDeque<Job>,
-    spares: Vec<Vec<u8>>,
+    /// Frame buffers and detection lists back from the detector, for the next frames.
+    spares: Vec<(Vec<u8>, Vec<Detection>)>,
     counters: Vec<Counter>,
     errors: Vec<(ErrorCode, Counter)>,
     totals: Totals,
@@ -501,8 +533,9 @@ impl WorkerAgent {
                 let step = session.on_message(&message[PREFIX_BYTES..], config, now);
                 ring.consume(end);
                 if let Step::Frame(accepted) = step {
-                    let mut data = spares.pop().unwrap_or_default();
+                    let (mut data, mut detections) = spares.pop().unwrap_or_default();
                     data.clear();
+                    detections.clear();
                     data.extend_from_slice(session.frame_data());
                     let job = Job::Frame {
                         conn: id.local(),
@@ -510,6 +543,7 @@ impl WorkerAgent {
                         times: session.frame_times(),
                         arrived: now,
                         data,
+                        detections,
                     };
                     *queue_depth += 1;
                     hand_over(jobs, waiting, job);
@@ -594,16 +628,20 @@ impl WorkerAgent {
     /// Outcomes from the detector: Results, credits back, buffers back.
     fn take_done(&mut self, ctx: &mut Ctx<'_>) -> usize {
         let mut work = 0;
-        while let Ok(done) = self.done.pop() {
+        while let Ok(mut done) = self.done.pop() {
             work += 1;
             self.queue_depth = self.queue_depth.saturating_sub(1);
-            if self.spares.len() < LINK_CAPACITY {
-                self.spares.push(done.data);
+            let id = ConnId::from_local(done.conn);
+            if let Some(conn) = id.and_then(|id| self.conns.get_mut(id)) {
+                conn.session.on_outcome(&done.outcome, &self.config);
             }
-            let Some(id) = ConnId::from_local(done.conn) else { continue };
-            let Some(conn) = self.conns.get_mut(id) else { continue };
-            conn.session.on_outcome(&done.outcome, &self.config);
-            self.pump(ctx, id);
+            if self.spares.len() < LINK_CAPACITY {
+                let detections = std::mem::take(&mut done.outcome.detections);
+                self.spares.push((done.data, detections));
+            }
+            if let Some(id) = id.filter(|&id| self.conns.contains(id)) {
+                self.pump(ctx, id);
+            }
         }
         work
     }
@@ -737,7 +775,8 @@ struct Stream {
 
 /// The detector agent: decode, detect, track. See the [module docs](self).
 struct DetectorAgent {
-    factory: Arc<dyn DetectorFactory>,
+    /// `None`: transport only (no decode, empty Results).
+    factory: Option<Arc<dyn DetectorFactory>>,
     jobs: LinkRx<Job>,
     done: LinkTx<Done>,
     waiting: VecDeque<Done>,
@@ -763,19 +802,32 @@ impl std::fmt::Debug for DetectorAgent {
 const FRAMES_PER_PASS: usize = 4;
 
 impl DetectorAgent {
-    fn run(&mut self, conn: u64, accepted: &Accepted, times: (u64, u64), arrived: Instant, data: &[u8]) -> Outcome {
-        let factory = &self.factory;
+    fn run(
+        &mut self,
+        conn: u64,
+        accepted: &Accepted,
+        times: (u64, u64),
+        arrived: Instant,
+        data: &[u8],
+        mut detections: Vec<Detection>,
+    ) -> Outcome {
+        detections.clear();
+        let mut outcome = Outcome {
+            frame_id: accepted.frame_id,
+            ts_mono_ns: times.0,
+            ts_utc_ns: times.1,
+            detections,
+            ..Outcome::default()
+        };
+        let Some(factory) = &self.factory else {
+            outcome.total_ms = ms(Instant::now().saturating_duration_since(arrived));
+            return outcome;
+        };
         let stream = self.streams.entry(conn).or_insert_with(|| Stream {
             detector: factory.make(),
             tracker: Tracker::new(),
             picture: Picture::default(),
         });
-        let mut outcome = Outcome {
-            frame_id: accepted.frame_id,
-            ts_mono_ns: times.0,
-            ts_utc_ns: times.1,
-            ..Outcome::default()
-        };
         let start = Instant::now();
         let decoded = match accepted.raw {
             Some(format) => {
@@ -795,20 +847,19 @@ impl DetectorAgent {
         if let Some(bridge) = &mut self.bridge {
             bridge.publish(&stream.picture, times.0);
         }
-        let mut detections: Vec<Detection> = Vec::new();
-        if let Err(e) = stream.detector.detect(&stream.picture, &mut detections) {
+        if let Err(e) = stream.detector.detect(&stream.picture, &mut outcome.detections) {
             let code = match e {
                 super::detector::DetectError::NotReady(_) => ErrorCode::ModelNotReady,
                 super::detector::DetectError::Internal(_) => ErrorCode::Internal,
             };
             outcome.error = Some((code, e.to_string()));
+            outcome.detections.clear();
             return outcome;
         }
         let inferred_at = Instant::now();
         self.infer.record(duration_ns(inferred_at - decoded_at));
-        stream.tracker.update(&mut detections);
+        stream.tracker.update(&mut outcome.detections);
         let end = Instant::now();
-        outcome.detections = detections;
         outcome.pre_ms = ms(decoded_at - start);
         outcome.infer_ms = ms(inferred_at - decoded_at);
         outcome.post_ms = ms(end - inferred_at);
@@ -856,9 +907,9 @@ impl Agent for DetectorAgent {
             let Ok(job) = self.jobs.pop() else { break };
             work += 1;
             match job {
-                Job::Frame { conn, accepted, times, arrived, data } => {
+                Job::Frame { conn, accepted, times, arrived, data, detections } => {
                     frames += 1;
-                    let outcome = self.run(conn, &accepted, times, arrived, &data);
+                    let outcome = self.run(conn, &accepted, times, arrived, &data, detections);
                     self.send(Done { conn, outcome, data });
                 }
                 Job::Closed { conn } => {

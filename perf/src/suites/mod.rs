@@ -14,12 +14,13 @@ use crate::report::Report;
 use crate::spawn::ChildFn;
 
 mod control;
+mod frames;
 mod handoff;
 mod ingest;
 mod spsc;
 
 /// Every suite, in `--help` order.
-pub const ALL: &[Suite] = &[spsc::SUITE, control::SUITE, handoff::SUITE, ingest::SUITE];
+pub const ALL: &[Suite] = &[spsc::SUITE, control::SUITE, handoff::SUITE, ingest::SUITE, frames::SUITE];
 
 #[derive(Debug)]
 pub struct Suite {
