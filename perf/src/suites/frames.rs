@@ -924,7 +924,7 @@ fn write_config(dir: &Path, cpu: usize) -> PathBuf {
     let text = format!(
         "[runtime]\ndir = {:?}\n\n[metrics]\nenabled = false\nlisten = \"\"\n\n\
          [pool]\nenabled = false\n\n[alloc]\nenabled = false\n\n\
-         [[lanes]]\nname = \"main\"\ncore = {cpu}\nidle = \"spin\"\nagents = [\"control\", \"frames\"]\n\n\
+         [[lanes]]\nname = \"main\"\ncore = {cpu}\nidle = \"backoff\"\nagents = [\"control\", \"frames\"]\n\n\
          [[lanes]]\nname = \"detect\"\nagents = [\"frames-detector\"]\n",
         rt.display().to_string()
     );
