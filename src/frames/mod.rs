@@ -7,6 +7,7 @@
 //! - [`detector`]: the [`Picture`](detector::Picture) every backend reads, the
 //!   [`Detector`](detector::Detector) trait and the model identity.
 
+pub mod agent;
 pub mod codec;
 pub mod detector;
 pub mod proto;

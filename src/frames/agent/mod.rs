@@ -1,0 +1,2 @@
+//! The edge agent (stub).
+pub mod core;
