@@ -562,6 +562,12 @@ impl AgentCore {
         }
     }
 
+    /// Whether an offered frame would go out now (ready, a credit free, nothing queued):
+    /// the capture gate of `--fps 0`.
+    pub fn can_send_now(&self) -> bool {
+        self.queue.is_empty() && self.can_send() && !self.finishing
+    }
+
     /// Frames that are settled: answered (Result, or Error naming them), dropped
     /// (LATEST_WINS), lost at a disconnect, or discarded at an interrupt.
     pub fn frames_settled(&self) -> u64 {
