@@ -57,6 +57,7 @@ fn start() -> Daemon {
     let log = fs::File::create(dir.join("daemon.stderr")).unwrap();
     let child = Command::new(BIN)
         .args(["run", "-c"])
+        .env("CORELANE_FRAMES_ENABLED", "false")
         .arg(&config)
         .env("CORELANE_LOG", "info")
         .stdout(Stdio::null())

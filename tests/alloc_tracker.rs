@@ -63,6 +63,7 @@ impl Daemon {
         let log = std::fs::File::create(self.dir.join("daemon.stderr")).unwrap();
         let child = Command::new(BIN)
             .arg("run")
+            .env("CORELANE_FRAMES_ENABLED", "false")
             .arg("--config")
             .arg(&config)
             .env("XDG_RUNTIME_DIR", &self.dir)

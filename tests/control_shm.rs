@@ -74,6 +74,7 @@ impl Daemon {
         let log = dir.join(format!("stderr-{}.log", STARTS.fetch_add(1, Ordering::Relaxed)));
         let mut cmd = Command::new(BIN);
         cmd.arg("run");
+        cmd.env("CORELANE_FRAMES_ENABLED", "false"); // the frame worker's port is one per host
         if let Some(text) = config {
             let file = dir.join("test.toml");
             std::fs::write(&file, text).unwrap();

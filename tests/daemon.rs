@@ -55,6 +55,7 @@ impl Daemon {
             }
         };
         cmd.arg("run");
+        cmd.env("CORELANE_FRAMES_ENABLED", "false"); // the frame worker's port is one per host
         if let Some(text) = config {
             let file = dir.join("test.toml");
             std::fs::write(&file, text).unwrap();
@@ -343,6 +344,7 @@ fn a_second_daemon_refuses_to_steal_the_socket() {
     let daemon = Daemon::start("twice", &[]);
     let out = Command::new(BIN)
         .arg("run")
+        .env("CORELANE_FRAMES_ENABLED", "false")
         .env("XDG_RUNTIME_DIR", &daemon.dir)
         .env("CORELANE_METRICS_LISTEN", "")
         .output()
@@ -454,6 +456,7 @@ fn a_metrics_port_in_use_fails_the_start_and_leaves_nothing_behind() {
     std::fs::create_dir_all(&dir).unwrap();
     let out = Command::new(BIN)
         .arg("run")
+        .env("CORELANE_FRAMES_ENABLED", "false")
         .env("XDG_RUNTIME_DIR", &dir)
         .env("CORELANE_METRICS_LISTEN", &addr)
         .env("CORELANE_LOG", "off")
@@ -476,6 +479,7 @@ fn a_runtime_dir_that_is_a_symlink_is_refused() {
     std::os::unix::fs::symlink(base.join("elsewhere"), base.join("corelane")).unwrap();
     let out = Command::new(BIN)
         .arg("run")
+        .env("CORELANE_FRAMES_ENABLED", "false")
         .env("XDG_RUNTIME_DIR", &base)
         .env("CORELANE_METRICS_LISTEN", "")
         .env("CORELANE_LOG", "off")
@@ -502,6 +506,7 @@ fn two_daemons_one_runtime_directory() {
     // B: same directory, another socket name: refused, naming A's pid, touching nothing.
     let out = Command::new(BIN)
         .arg("run")
+        .env("CORELANE_FRAMES_ENABLED", "false")
         .env("XDG_RUNTIME_DIR", &a.dir)
         .env("CORELANE_METRICS_LISTEN", "")
         .env("CORELANE_METRICS_ENABLED", "true")
@@ -544,6 +549,7 @@ fn a_failed_start_leaves_nothing_behind_and_stale_temporaries_are_swept() {
     .unwrap();
     let out = Command::new(BIN)
         .args(["run", "--config", config.to_str().unwrap()])
+        .env("CORELANE_FRAMES_ENABLED", "false")
         .env("XDG_RUNTIME_DIR", &dir)
         .env("CORELANE_METRICS_LISTEN", "")
         .env("CORELANE_LOG", "off")

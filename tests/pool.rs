@@ -164,6 +164,7 @@ impl Rig {
         let log = fs::File::create(self.runtime.join("daemon.stderr")).unwrap();
         let child = Command::new(BIN)
             .arg("run")
+            .env("CORELANE_FRAMES_ENABLED", "false")
             .arg("-c")
             .arg(&self.config)
             .env("CORELANE_LOG", "warn")
@@ -196,6 +197,7 @@ impl Rig {
         let log = fs::File::create(self.runtime.join("daemon.stderr")).unwrap();
         let mut child = Command::new(BIN)
             .arg("run")
+            .env("CORELANE_FRAMES_ENABLED", "false")
             .arg("-c")
             .arg(&self.config)
             .env("CORELANE_LOG", "warn")
@@ -1039,6 +1041,7 @@ fn stream_and_profile_names_with_paths_in_them_never_become_paths() {
     // streams are made only under their stream ids.
     let mut child = Command::new(BIN)
         .args(["run", "-c"])
+        .env("CORELANE_FRAMES_ENABLED", "false")
         .arg(&rig.config)
         .env("CORELANE_LOG", "warn")
         .stdout(Stdio::null())

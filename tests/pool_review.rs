@@ -169,6 +169,7 @@ impl Daemon {
         std::fs::write(&file, config).unwrap();
         let child = Command::new(BIN)
             .arg("run")
+            .env("CORELANE_FRAMES_ENABLED", "false")
             .arg("--config")
             .arg(&file)
             .env("XDG_RUNTIME_DIR", &dir)

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Origin};
 pub use schema::{
-    key, placeholder_section, uint, KeySpec, Kind, SectionSpec, StrRule, ALLOC_SECTION,
+    key, placeholder_section, uint, KeySpec, Kind, SectionSpec, StrRule, ALLOC_SECTION, FRAMES_SECTION,
     CONTROL_SECTION, METRICS_SECTION, POOL_SECTION,
 };
 
@@ -232,6 +232,46 @@ pub struct LogConfig {
 pub struct ServicePlaceholder {
     /// `enabled`: start the service. Must be false in this build. Default false.
     pub enabled: bool,
+}
+
+/// `[frames]`: the frame worker of frame protocol v1 (`specs/frames-v1.md`): a TCP server
+/// for edge agents, and the detector that answers their frames.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FramesConfig {
+    /// `enabled`: start the worker (agents `frames` and `frames-detector`). Default true.
+    pub enabled: bool,
+    /// `listen`: TCP address agents connect to. Default `"127.0.0.1:7070"`.
+    pub listen: String,
+    /// `max_connections`: most agents connected at once. Default 64.
+    pub max_connections: u32,
+    /// `window`: frames in flight per connection (InitOk's initial credits; an agent's
+    /// `max_inflight` can lower it). Default 4.
+    pub window: u32,
+    /// `max_width`, `max_height`: the largest frame the worker takes. Default 1920 x 1080.
+    pub max_width: u32,
+    /// See `max_width`.
+    pub max_height: u32,
+    /// `default_width`, `default_height`: the size chosen when an agent states no maximum.
+    /// Default 640 x 480.
+    pub default_width: u32,
+    /// See `default_width`.
+    pub default_height: u32,
+    /// `fps_target`: frame rate reported in InitOk. Default 10.
+    pub fps_target: u32,
+    /// `heartbeat_ms`: heartbeat period. Default 2000.
+    pub heartbeat_ms: u64,
+    /// `peer_timeout_ms`: silence from an agent that closes its connection. Default 10000.
+    pub peer_timeout_ms: u64,
+    /// `backpressure_timeout_ms`: how long results may wait unread before
+    /// BACKPRESSURE_TIMEOUT and a close. Default 5000.
+    pub backpressure_timeout_ms: u64,
+    /// `model`: `""` for the built-in motion detector, or the path of a YOLO-style ONNX model
+    /// (needs a build with the `onnx` feature). Default `""`.
+    pub model: String,
+    /// `pool_stream`: publish every accepted frame into this tensor pool stream (0: off).
+    /// Default 0.
+    pub pool_stream: u32,
 }
 
 /// `[pool]`: the tensor pool driver. Its driver configuration is a tp_driver-style config

@@ -165,6 +165,27 @@ pub const ALLOC_SECTION: SectionSpec = SectionSpec {
     ],
 };
 
+/// `[frames]`.
+pub const FRAMES_SECTION: SectionSpec = SectionSpec {
+    name: "frames",
+    keys: &[
+        key("enabled", Kind::Bool),
+        key("listen", Kind::Str(StrRule::SocketAddrOrEmpty)),
+        key("max_connections", uint(1, 4096)),
+        key("window", uint(1, 64)),
+        key("max_width", uint(2, 8192)),
+        key("max_height", uint(2, 8192)),
+        key("default_width", uint(2, 8192)),
+        key("default_height", uint(2, 8192)),
+        key("fps_target", uint(1, 1000)),
+        key("heartbeat_ms", uint(10, 60_000)),
+        key("peer_timeout_ms", uint(100, 600_000)),
+        key("backpressure_timeout_ms", uint(10, 600_000)),
+        key("model", Kind::Str(StrRule::AbsPathOrEmpty)),
+        key("pool_stream", uint(0, u32::MAX as u64)),
+    ],
+};
+
 /// The section of a service reserved for a later build: only `enabled`.
 pub const fn placeholder_section(name: &'static str) -> SectionSpec {
     SectionSpec { name, keys: PLACEHOLDER_KEYS }

@@ -62,7 +62,22 @@ fn embedded_default_loads_and_validates() {
                 yield_iterations: 10,
                 max_park_us: 1000,
             },
-            agents: vec!["control".into(), "metrics".into(), "pool".into(), "alloc".into()],
+            agents: vec![
+                "control".into(),
+                "metrics".into(),
+                "pool".into(),
+                "alloc".into(),
+                "frames".into(),
+            ],
+        }, LaneConfig {
+            name: "detect".into(),
+            core: None,
+            idle: IdleStrategy::Backoff {
+                spin_iterations: 100,
+                yield_iterations: 10,
+                max_park_us: 1000,
+            },
+            agents: vec!["frames-detector".into()],
         }],
         control: ControlConfig {
             socket: "control.sock".into(),
@@ -89,7 +104,7 @@ fn embedded_default_loads_and_validates() {
         log: LogConfig { filter: "info".into() },
         pool: config.pool.clone(),
         alloc: config.alloc.clone(),
-        frames: ServicePlaceholder { enabled: false },
+        frames: config.frames.clone(),
     };
     assert_eq!(config, expected);
     assert_eq!(IdleStrategy::default(), expected.lanes[0].idle);
@@ -247,7 +262,7 @@ fn a_file_with_lanes_replaces_the_list() {
 
         [[lanes]]
         name = "obs"
-        agents = ["metrics", "pool", "alloc"]
+        agents = ["metrics", "pool", "alloc", "frames", "frames-detector"]
         "#,
     )
     .unwrap();
@@ -264,7 +279,13 @@ fn a_file_with_lanes_replaces_the_list() {
                 name: "obs".into(),
                 core: None,
                 idle: IdleStrategy::BACKOFF,
-                agents: vec!["metrics".into(), "pool".into(), "alloc".into()],
+                agents: vec![
+                    "metrics".into(),
+                    "pool".into(),
+                    "alloc".into(),
+                    "frames".into(),
+                    "frames-detector".into(),
+                ],
             },
         ]
     );
@@ -274,12 +295,12 @@ fn a_file_with_lanes_replaces_the_list() {
 #[test]
 fn idle_parameters_default_per_kind_and_belong_to_their_kind() {
     let config = Config::from_toml_str(
-        "[[lanes]]\nname = \"a\"\nidle = \"sleep\"\nagents = [\"control\", \"metrics\", \"pool\", \"alloc\"]\n",
+        "[[lanes]]\nname = \"a\"\nidle = \"sleep\"\nagents = [\"control\", \"metrics\", \"pool\", \"alloc\", \"frames\", \"frames-detector\"]\n",
     )
     .unwrap();
     assert_eq!(config.lanes[0].idle, IdleStrategy::SLEEP);
     let config = Config::from_toml_str(
-        "[[lanes]]\nname = \"a\"\nidle_max_park_us = 50\nagents = [\"control\", \"metrics\", \"pool\", \"alloc\"]\n",
+        "[[lanes]]\nname = \"a\"\nidle_max_park_us = 50\nagents = [\"control\", \"metrics\", \"pool\", \"alloc\", \"frames\", \"frames-detector\"]\n",
     )
     .unwrap();
     assert_eq!(
@@ -528,11 +549,7 @@ fn lane_validation() {
         err_text("[[lanes]]\nname = \"a\"\nagents = [\"control\", \"ledger\"]\n"),
         "lanes[0].agents: unknown agent 'ledger'; expected one of: control, metrics, pool, alloc, \
          alloc-device-0, alloc-device-1, alloc-device-2, alloc-device-3, alloc-device-4, \
-         alloc-device-5, alloc-device-6, alloc-device-7"
-    );
-    assert_eq!(
-        err_text("[[lanes]]\nname = \"a\"\nagents = [\"control\", \"frames\"]\n"),
-        "lanes[0].agents: agent 'frames' is not in this build yet"
+         alloc-device-5, alloc-device-6, alloc-device-7, frames, frames-detector"
     );
     assert_eq!(
         err_text("[[lanes]]\nname = \"a\"\nagents = [\"metrics\"]\n"),
@@ -551,7 +568,8 @@ fn lane_validation() {
     );
     // Metrics disabled: its agent need not be hosted, and the default lane may still list it.
     let config = Config::from_toml_str(
-        "[metrics]\nenabled = false\n[pool]\nenabled = false\n[alloc]\nenabled = false\n[[lanes]]\nname = \"a\"\n\
+        "[metrics]\nenabled = false\n[pool]\nenabled = false\n[alloc]\nenabled = false\n\
+         [frames]\nenabled = false\n[[lanes]]\nname = \"a\"\n\
          agents = [\"control\"]\n",
     )
     .unwrap();
@@ -560,17 +578,23 @@ fn lane_validation() {
 }
 
 #[test]
-fn reserved_services_cannot_be_enabled() {
-    assert_eq!(err_text("[frames]\nenabled = true\n"), "service 'frames' is not in this build yet");
+fn the_frame_worker_is_on_by_default_and_its_agents_must_be_hosted() {
+    let config = Config::default();
+    assert!(config.frames.enabled);
+    assert_eq!(config.frames.listen, "127.0.0.1:7070");
+    assert_eq!(config.lanes[1].agents, vec!["frames-detector".to_owned()]);
     assert_eq!(
-        err_env(&[("CORELANE_FRAMES_ENABLED", "true")]),
-        "service 'frames' is not in this build yet"
+        err_text("[[lanes]]\nname = \"a\"\nagents = [\"control\", \"metrics\", \"pool\", \"alloc\", \"frames\"]\n"),
+        "lanes: agent 'frames-detector' is hosted by no lane; add it to one lane's agents while \
+         frames.enabled = true"
     );
-    let mut config = Config::default();
-    config.frames.enabled = true;
     assert_eq!(
-        config.validate().unwrap_err().to_string(),
-        "service 'frames' is not in this build yet"
+        err_text("[frames]\nlisten = \"\"\n"),
+        "frames.listen: expected an address while enabled"
+    );
+    assert_eq!(
+        err_text("[frames]\nmodel = \"rel.onnx\"\n"),
+        "bad value for 'frames.model': expected \"\" or an absolute path, got \"rel.onnx\" (from TOML text line 2)"
     );
 }
 
@@ -637,7 +661,13 @@ fn to_toml_string_round_trips() {
             name: "spin".into(),
             core: Some(1),
             idle: IdleStrategy::Spin,
-            agents: vec!["metrics".into(), "pool".into(), "alloc".into()],
+            agents: vec![
+                "metrics".into(),
+                "pool".into(),
+                "alloc".into(),
+                "frames".into(),
+                "frames-detector".into(),
+            ],
         },
         LaneConfig { name: "spare".into(), core: None, idle: IdleStrategy::Yield, agents: vec![] },
     ];

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, ConfigError, SectionSpec};
 use crate::control::{ControlPort, LocalRoute, Routes};
-use crate::metrics::{CounterId, CounterSpec, CountersFile, MetricsError, Registry};
+use crate::metrics::{CounterId, CounterSpec, CountersFile, MetricsError, QuantileIds, Registry};
 use crate::runtime::{link, Agent, Board, LaneWaker, LinkRx, LinkTx};
 
 use super::control_agent::RouteSlot;
@@ -134,6 +134,17 @@ impl<'a> Prepare<'a> {
     /// The registry itself, for code that registers without a `Prepare` too.
     pub(super) fn registry(&mut self) -> &mut Registry {
         self.registry
+    }
+
+    /// Registers four quantile gauges `name{quantile="0.5"|"0.99"|"0.999"|"1"}` (see
+    /// [`QuantileIds::register`]).
+    pub fn register_quantiles(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        help: &str,
+    ) -> Result<QuantileIds, MetricsError> {
+        QuantileIds::register(self.registry, name, labels, help)
     }
 }
 

@@ -21,9 +21,8 @@ macro_rules! for_each_service {
             pool: crate::config::PoolSection => crate::pool::service::POOL,
             /// `[alloc]`: the alloc server (exact ledger of device-memory allocations).
             alloc: crate::config::AllocConfig => crate::alloc::service::ALLOC,
-            /// `[frames]`: reserved for the frame worker.
-            frames: crate::config::ServicePlaceholder => crate::daemon::service::Reserved::new(
-                "frames", &["frames"], |c| c.frames.enabled),
+            /// `[frames]`: the frame worker (frame protocol v1 over TCP) and its detector.
+            frames: crate::config::FramesConfig => crate::frames::service::FRAMES,
         }
     };
 }

@@ -28,7 +28,7 @@ impl Picture {
     /// Sizes the planes for `width` x `height` (both even), keeping the buffers' capacity.
     /// The contents are unspecified until written.
     pub fn reset(&mut self, width: u32, height: u32) {
-        debug_assert!(width % 2 == 0 && height % 2 == 0);
+        debug_assert!(width.is_multiple_of(2) && height.is_multiple_of(2));
         self.width = width;
         self.height = height;
         let luma = width as usize * height as usize;

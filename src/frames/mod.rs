@@ -5,9 +5,20 @@
 //!   from the same file);
 //! - [`codec`]: framing, the size limit from the length prefix, version and msg_type checks;
 //! - [`detector`]: the [`Picture`](detector::Picture) every backend reads, the
-//!   [`Detector`](detector::Detector) trait and the model identity.
+//!   [`Detector`](detector::Detector) trait and the model identity;
+//! - [`session`]: the worker's sans-IO session (version, msg_type, sequence, capabilities,
+//!   credits and window, heartbeats and timeouts, End) and frame validation;
+//! - [`vision`]: NV12/I420/JPEG decoding, the built-in motion detector, the IoU tracker, the
+//!   synthetic source;
+//! - [`service`]: the `frames` service: the TCP agent and the detector agent on its own lane;
+//! - `onnx` (feature `onnx`): YOLO-style ONNX models through tract.
 
 pub mod agent;
 pub mod codec;
 pub mod detector;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 pub mod proto;
+pub mod service;
+pub mod session;
+pub mod vision;

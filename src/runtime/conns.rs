@@ -526,6 +526,13 @@ impl<S> ConnTable<S> {
         self.conn(id).map(|c| &c.ring)
     }
 
+    /// Lends an open connection's state and reassembly ring without a new chunk: to take
+    /// records a paused connection's ring still holds. What the ring holds counts in
+    /// [`buffered`](Self::buffered) as of the next table call for the connection.
+    pub fn parts_mut(&mut self, id: ConnId) -> Option<(&mut S, &mut RecvRing)> {
+        self.conn_mut(id).map(|c| (&mut c.state, &mut c.ring))
+    }
+
     /// Copies a received chunk into the connection's ring and lends the state and the ring, to
     /// take whole records out ([`RecvRing::peek`], [`RecvRing::consume`]). A ring over
     /// [`ConnConfig::max_recv_buffer`] closes the connection ([`CloseReason::Budget`]). What

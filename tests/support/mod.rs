@@ -138,6 +138,7 @@ impl Rig {
         let log = fs::File::create(&self.stderr).unwrap();
         let child = Command::new(BIN)
             .arg("run")
+            .env("CORELANE_FRAMES_ENABLED", "false")
             .arg("-c")
             .arg(&self.config)
             .env("CORELANE_LOG", &setup.log)

@@ -385,6 +385,7 @@ fn idle_rss(dir: &Path, reactor: &str) -> Result<u64, String> {
     std::fs::create_dir_all(&rt).map_err(|e| e.to_string())?;
     let mut child = Command::new(&bin)
         .arg("run")
+        .env("CORELANE_FRAMES_ENABLED", "false")
         .env("XDG_RUNTIME_DIR", &rt)
         .env("CORELANE_RUNTIME_REACTOR", reactor)
         .env("CORELANE_METRICS_LISTEN", "127.0.0.1:0")
@@ -433,6 +434,7 @@ fn idle_cpu(dir: &Path, clients: usize, max_park_us: Option<u64>) -> Result<u64,
     std::fs::create_dir_all(&rt).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(&bin);
     cmd.arg("run");
+    cmd.env("CORELANE_FRAMES_ENABLED", "false"); // the frame worker's port is one per host
     if let Some(us) = max_park_us {
         let file = rt.join("lane.toml");
         let text = format!(

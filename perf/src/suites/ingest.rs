@@ -560,6 +560,7 @@ impl Daemon {
             .unwrap_or_else(|e| fail(&format!("daemon log: {e}")));
         let child = Command::new(&env.bin)
             .arg("run")
+            .env("CORELANE_FRAMES_ENABLED", "false")
             .arg("--config")
             .arg(&file)
             .env("CORELANE_LOG", "warn")

@@ -1,0 +1,841 @@
+//! The `frames` service: the worker's TCP agent (`frames`) and its detector (`frames-detector`).
+//!
+//! The `frames` agent owns every agent connection in one [`ConnTable`] and runs a
+//! [`WorkerSession`] per connection. A frame that passes validation is copied into a buffer
+//! from a free list and handed over a link to the `frames-detector` agent, which decodes it,
+//! runs the detector and the tracker, and hands back an [`Outcome`] (and the buffer) over a
+//! second link; the session turns it into the Result. Network I/O never waits for inference:
+//! a slow detector fills the window, the window pauses reading, and TCP pushes back on the
+//! agent. Results an agent does not read pile up in the connection's output; over
+//! [`BLOCKED_OUTPUT`] bytes reading stops and the backpressure timeout runs.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::codec::{self, PREFIX_BYTES};
+use super::detector::{Detection, DetectorFactory, Picture};
+use super::proto::ErrorCode;
+use super::session::{Accepted, CloseCause, Outcome, Phase, Step, WorkerConfig, WorkerSession};
+use super::vision::motion::MotionFactory;
+use super::vision::track::Tracker;
+use super::vision::{jpeg, yuv};
+use crate::config::{Config, ConfigError, FramesConfig, SectionSpec, FRAMES_SECTION};
+use crate::daemon::service::Agents;
+use crate::daemon::{Build, DaemonError, Prepare, Prepared, Service, StatusCell};
+use crate::metrics::{Counter, CounterId, CounterSpec, LatencyRecorder, QuantileGauges, QuantileIds};
+use crate::runtime::{
+    Agent, CloseReason, Completion, ConnConfig, ConnEvent, ConnId, ConnTable, Ctx, LinkRx,
+    LinkTx,
+};
+
+/// The frames service, as the daemon's table names it.
+pub static FRAMES: FramesService = FramesService;
+
+/// The frame worker. See the [module docs](self).
+#[derive(Debug)]
+pub struct FramesService;
+
+/// The network agent, then the detector agent.
+pub const AGENTS: [&str; 2] = ["frames", "frames-detector"];
+
+/// Output bytes waiting on one connection over which it is not read (its agent does not read
+/// its results) and the backpressure timeout runs.
+pub const BLOCKED_OUTPUT: usize = 256 * 1024;
+
+/// Jobs and outcomes a link holds (every connection's window together fits).
+const LINK_CAPACITY: usize = 4096;
+
+/// How often the counters and status are published.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+const LISTENER_ID: u64 = 1 << 40;
+const TICK_TIMER: u64 = 1;
+
+/// The worker limits of a config.
+pub fn worker_config(frames: &FramesConfig, identity: super::detector::ModelIdentity) -> WorkerConfig {
+    WorkerConfig {
+        max_width: frames.max_width & !1,
+        max_height: frames.max_height & !1,
+        default_width: frames.default_width.min(frames.max_width) & !1,
+        default_height: frames.default_height.min(frames.max_height) & !1,
+        window: frames.window,
+        fps_target: frames.fps_target as f32,
+        heartbeat: Duration::from_millis(frames.heartbeat_ms),
+        peer_timeout: Duration::from_millis(frames.peer_timeout_ms),
+        backpressure_timeout: Duration::from_millis(frames.backpressure_timeout_ms),
+        accept_jpeg: true,
+        identity,
+    }
+}
+
+/// The detector backend a config names: the motion detector, or an ONNX model.
+pub fn detector_factory(frames: &FramesConfig) -> Result<Arc<dyn DetectorFactory>, String> {
+    if frames.model.is_empty() {
+        return Ok(Arc::new(MotionFactory::default()));
+    }
+    #[cfg(feature = "onnx")]
+    {
+        let factory = super::onnx::OnnxFactory::load(std::path::Path::new(&frames.model))
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(factory))
+    }
+    #[cfg(not(feature = "onnx"))]
+    Err(format!(
+        "model {:?}: this build has no ONNX backend (build with `--features onnx`), \
+         or set frames.model = \"\" for the built-in motion detector",
+        frames.model
+    ))
+}
+
+impl Service for FramesService {
+    fn name(&self) -> &'static str {
+        "frames"
+    }
+
+    fn section(&self) -> &SectionSpec {
+        &FRAMES_SECTION
+    }
+
+    fn agents(&self) -> &'static [&'static str] {
+        &AGENTS
+    }
+
+    fn enabled(&self, config: &Config) -> bool {
+        config.frames.enabled
+    }
+
+    fn validate(&self, config: &Config) -> Result<(), ConfigError> {
+        let f = &config.frames;
+        if !f.enabled {
+            return Ok(());
+        }
+        let invalid = |at: &str, reason: String| ConfigError::Invalid { at: at.into(), reason };
+        if f.listen.is_empty() {
+            return Err(invalid("frames.listen", "expected an address while enabled".into()));
+        }
+        #[cfg(not(feature = "onnx"))]
+        if !f.model.is_empty() {
+            return Err(invalid(
+                "frames.model",
+                "this build has no ONNX backend (build with `--features onnx`)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, cx: &mut Prepare<'_>) -> Result<Box<dyn Prepared>, DaemonError> {
+        let frames = cx.config.frames.clone();
+        let fail = |message: String| DaemonError::Service { service: "frames", message };
+        let factory = detector_factory(&frames).map_err(fail)?;
+        let mut counters = Vec::with_capacity(COUNTERS.len());
+        for c in COUNTERS {
+            let spec = match c.gauge {
+                true => CounterSpec::gauge(c.name, c.labels, c.help),
+                false => CounterSpec::counter(c.name, c.labels, c.help),
+            };
+            counters.push(cx.register(spec)?);
+        }
+        let mut errors = Vec::with_capacity(ERROR_CODES.len());
+        for (code, name) in ERROR_CODES {
+            let labels = [("code", *name)];
+            let spec = CounterSpec::counter(
+                "corelane_frames_errors_total",
+                &labels,
+                "Frame worker: Error messages sent, by code.",
+            );
+            errors.push((*code, cx.register(spec)?));
+        }
+        let decode = cx.register_quantiles(
+            "decode_us",
+            &[],
+            "Frame worker: decode time per frame (seed 004's decode_ms), microseconds.",
+        )?;
+        let infer = cx.register_quantiles(
+            "infer_us",
+            &[],
+            "Frame worker: detector time per frame (seed 004's infer_ms), microseconds.",
+        )?;
+        Ok(Box::new(FramesPrepared { frames, factory, counters, errors, decode, infer }))
+    }
+
+    fn commands(&self) -> Vec<clap::Command> {
+        Vec::new()
+    }
+}
+
+/// One mirrored counter.
+struct CounterDef {
+    name: &'static str,
+    labels: &'static [(&'static str, &'static str)],
+    help: &'static str,
+    gauge: bool,
+}
+
+/// Indices into the counters, in [`COUNTERS`] order.
+#[derive(Clone, Copy)]
+enum C {
+    Decoded,
+    QueueDepth,
+    ResultsBytes,
+    WindowSets,
+    Backpressure,
+    Frames,
+    Results,
+    Connections,
+    Accepted,
+    TooLarge,
+    PeerTimeouts,
+    Ends,
+}
+
+const COUNTERS: &[CounterDef] = &[
+    CounterDef {
+        name: "frames_decoded_total",
+        labels: &[],
+        help: "Frame worker: frames decoded (NV12, I420, JPEG) for the detector.",
+        gauge: false,
+    },
+    CounterDef {
+        name: "queue_depth",
+        labels: &[],
+        help: "Frame worker: frames handed to the detector and not yet answered.",
+        gauge: true,
+    },
+    CounterDef {
+        name: "results_bytes",
+        labels: &[],
+        help: "Frame worker: bytes of Result messages sent.",
+        gauge: false,
+    },
+    CounterDef {
+        name: "window_size_set_events_total",
+        labels: &[],
+        help: "Frame worker: WindowUpdate messages sent.",
+        gauge: false,
+    },
+    CounterDef {
+        name: "backpressure_timeouts_total",
+        labels: &[],
+        help: "Frame worker: connections closed because results stayed unread.",
+        gauge: false,
+    },
+    CounterDef {
+        name: "corelane_frames_accepted_total",
+        labels: &[],
+        help: "Frame worker: frames that passed validation.",
+        gauge: false,
+    },
+    CounterDef {
+        name: "corelane_frames_results_total",
+        labels: &[],
+        help: "Frame worker: Result messages sent.",
+        gauge: false,
+    },
+    CounterDef {
+        name: "corelane_frames_connections",
+        labels: &[],
+        help: "Frame worker: agent connections open now.",
+        gauge: true,
+    },
+    CounterDef {
+        name: "corelane_frames_connections_total",
+        labels: &[],
+        help: "Frame worker: agent connections accepted.",
+        gauge: false,
+    },
+    CounterDef {
+        name: "corelane_frames_closes_total",
+        labels: &[("cause", "too_large")],
+        help: "Frame worker: connections the protocol closed, by cause.",
+        gauge: false,
+    },
+    CounterDef {
+        name: "corelane_frames_closes_total",
+        labels: &[("cause", "peer_timeout")],
+        help: "Frame worker: connections the protocol closed, by cause.",
+        gauge: false,
+    },
+    CounterDef {
+        name: "corelane_frames_closes_total",
+        labels: &[("cause", "end")],
+        help: "Frame worker: connections the protocol closed, by cause.",
+        gauge: false,
+    },
+];
+
+/// Error codes with their metric label.
+const ERROR_CODES: &[(ErrorCode, &str)] = &[
+    (ErrorCode::VersionUnsupported, "VERSION_UNSUPPORTED"),
+    (ErrorCode::BadMessage, "BAD_MESSAGE"),
+    (ErrorCode::BadSequence, "BAD_SEQUENCE"),
+    (ErrorCode::UnsupportedFormat, "UNSUPPORTED_FORMAT"),
+    (ErrorCode::InvalidFrame, "INVALID_FRAME"),
+    (ErrorCode::FrameTooLarge, "FRAME_TOO_LARGE"),
+    (ErrorCode::ModelNotReady, "MODEL_NOT_READY"),
+    (ErrorCode::Oom, "OOM"),
+    (ErrorCode::BackpressureTimeout, "BACKPRESSURE_TIMEOUT"),
+    (ErrorCode::Internal, "INTERNAL"),
+];
+
+struct FramesPrepared {
+    frames: FramesConfig,
+    factory: Arc<dyn DetectorFactory>,
+    counters: Vec<CounterId>,
+    errors: Vec<(ErrorCode, CounterId)>,
+    decode: QuantileIds,
+    infer: QuantileIds,
+}
+
+impl Prepared for FramesPrepared {
+    fn build(self: Box<Self>, cx: &mut Build<'_>) -> Result<Agents, DaemonError> {
+        let fail = |message: String| DaemonError::Service { service: "frames", message };
+        let addr: SocketAddr = self
+            .frames
+            .listen
+            .parse()
+            .map_err(|e| fail(format!("frames.listen {:?}: {e}", self.frames.listen)))?;
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| fail(format!("cannot listen on {addr}: {e}")))?;
+        listener.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
+        let local = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+        tracing::info!(%local, model = %self.factory.identity().name, "frames: listening");
+        let (jobs_tx, jobs_rx) = cx
+            .link::<Job>(LINK_CAPACITY, AGENTS[1])
+            .ok_or_else(|| fail("the agent \"frames-detector\" is on no lane".into()))?;
+        let (out_tx, out_rx) = cx
+            .link::<Done>(LINK_CAPACITY, AGENTS[0])
+            .ok_or_else(|| fail("the agent \"frames\" is on no lane".into()))?;
+        let status = cx.status("frames");
+        status.set("listen", local);
+        status.set("model", format!("{} {} {}", self.factory.identity().family, self.factory.identity().name, self.factory.identity().version));
+        let config = worker_config(&self.frames, self.factory.identity().clone());
+        let max_message = (config.max_width as usize * config.max_height as usize * 3 / 2)
+            + super::codec::ENVELOPE_SLACK
+            + super::codec::PREFIX_BYTES;
+        let counters: Vec<Counter> = self.counters.iter().map(|&id| cx.counter(id)).collect();
+        let errors = self.errors.iter().map(|&(code, id)| (code, cx.counter(id))).collect();
+        let worker = WorkerAgent {
+            listener,
+            conns: ConnTable::new(ConnConfig {
+                max_connections: self.frames.max_connections as usize,
+                max_recv_buffer: max_message + (512 << 10),
+                max_pending_output: 4 << 20,
+                ..ConnConfig::default()
+            })
+            .keep_closed(),
+            config,
+            jobs: jobs_tx,
+            done: out_rx,
+            waiting: VecDeque::new(),
+            spares: Vec::new(),
+            counters,
+            errors,
+            totals: Totals::default(),
+            queue_depth: 0,
+            published: None,
+            timer_at: None,
+            status,
+        };
+        let detector = DetectorAgent {
+            factory: self.factory,
+            jobs: jobs_rx,
+            done: out_tx,
+            waiting: VecDeque::new(),
+            streams: HashMap::new(),
+            decoded: cx.counter(self.counters[C::Decoded as usize]),
+            decode: LatencyRecorder::new(),
+            infer: LatencyRecorder::new(),
+            decode_gauges: QuantileGauges::new(cx.counters, self.decode),
+            infer_gauges: QuantileGauges::new(cx.counters, self.infer),
+            decoded_count: 0,
+            published: None,
+        };
+        Ok(vec![(AGENTS[0], Box::new(worker)), (AGENTS[1], Box::new(detector))])
+    }
+}
+
+/// A frame for the detector, or the end of a connection's stream.
+#[derive(Debug)]
+pub enum Job {
+    /// An accepted frame and its bytes.
+    Frame {
+        /// The connection (its local id).
+        conn: u64,
+        /// What validation found.
+        accepted: Accepted,
+        /// Capture timestamps (frame_ref).
+        times: (u64, u64),
+        /// When it arrived.
+        arrived: Instant,
+        /// The frame's data (a buffer of the worker's free list).
+        data: Vec<u8>,
+    },
+    /// The connection closed: drop its detector and tracker.
+    Closed {
+        /// The connection (its local id).
+        conn: u64,
+    },
+}
+
+/// A detector's answer, with the buffer back.
+#[derive(Debug)]
+pub struct Done {
+    conn: u64,
+    outcome: Outcome,
+    data: Vec<u8>,
+}
+
+/// Queues `job` for the detector in order: behind any that wait, else on the link.
+fn hand_over(jobs: &mut LinkTx<Job>, waiting: &mut VecDeque<Job>, job: Job) {
+    if !waiting.is_empty() {
+        waiting.push_back(job);
+        return;
+    }
+    if let Err(e) = jobs.push(job) {
+        waiting.push_back(e.into_inner());
+    }
+}
+
+/// Sums of the closed sessions' counters (the live ones are added when published).
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    frames: u64,
+    results: u64,
+    results_bytes: u64,
+    window_sets: u64,
+    errors: [u64; 11],
+    backpressure: u64,
+    too_large: u64,
+    peer_timeouts: u64,
+    ends: u64,
+}
+
+/// Per connection state.
+#[derive(Debug)]
+struct Conn {
+    session: WorkerSession,
+    paused: bool,
+}
+
+/// The network agent. See the [module docs](self).
+struct WorkerAgent {
+    listener: TcpListener,
+    conns: ConnTable<Conn>,
+    config: WorkerConfig,
+    jobs: LinkTx<Job>,
+    done: LinkRx<Done>,
+    /// Jobs the link refused (full), in order.
+    waiting: VecDeque<Job>,
+    spares: Vec<Vec<u8>>,
+    counters: Vec<Counter>,
+    errors: Vec<(ErrorCode, Counter)>,
+    totals: Totals,
+    queue_depth: u64,
+    published: Option<Instant>,
+    timer_at: Option<Instant>,
+    status: StatusCell,
+}
+
+impl std::fmt::Debug for WorkerAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerAgent").field("connections", &self.conns.len()).finish_non_exhaustive()
+    }
+}
+
+impl WorkerAgent {
+    /// Feeds the connection's buffered messages to its session while it wants them, then
+    /// flushes its output, pauses or resumes reading, and sets its deadline.
+    fn pump(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        let now = ctx.now;
+        let WorkerAgent { conns, config, jobs, waiting, spares, queue_depth, .. } = self;
+        if let Some((conn, ring)) = conns.parts_mut(id) {
+            let session = &mut conn.session;
+            while session.wants_input() {
+                let Some(prefix) = ring.peek(PREFIX_BYTES) else { break };
+                let end = match codec::split(prefix, session.limit()) {
+                    Ok(_) => PREFIX_BYTES + u32::from_le_bytes(prefix.try_into().expect("4")) as usize,
+                    Err(e) => {
+                        // Nothing tells where the next message starts: answer and close.
+                        session.on_oversized(&e);
+                        ring.clear();
+                        break;
+                    }
+                };
+                let Some(message) = ring.peek(end) else { break };
+                let step = session.on_message(&message[PREFIX_BYTES..], config, now);
+                ring.consume(end);
+                if let Step::Frame(accepted) = step {
+                    let mut data = spares.pop().unwrap_or_default();
+                    data.clear();
+                    data.extend_from_slice(session.frame_data());
+                    let job = Job::Frame {
+                        conn: id.local(),
+                        accepted,
+                        times: session.frame_times(),
+                        arrived: now,
+                        data,
+                    };
+                    *queue_depth += 1;
+                    hand_over(jobs, waiting, job);
+                }
+            }
+        }
+        self.flush(ctx, id);
+    }
+
+    /// Sends what the session wrote, then pauses, resumes or closes the connection.
+    fn flush(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        let now = ctx.now;
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        let mut out = conn.session.take_output();
+        if !out.is_empty() {
+            let sent = self.conns.send(ctx, id, &out);
+            out.clear();
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.session.restore_output(out);
+            }
+            if sent.is_err() {
+                return;
+            }
+        } else {
+            conn.session.restore_output(out);
+        }
+        let pending = self.conns.pending(id);
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        let blocked = pending > BLOCKED_OUTPUT;
+        conn.session.set_blocked(blocked, now);
+        if conn.session.phase() == Phase::Closed {
+            let cause = conn.session.close_cause();
+            self.count_close(cause);
+            let reason = match cause {
+                Some(CloseCause::End) => CloseReason::Peer,
+                Some(CloseCause::PeerTimeout) => CloseReason::IdleTimeout,
+                _ => CloseReason::Protocol,
+            };
+            self.conns.close(ctx, id, reason);
+            return;
+        }
+        let read = conn.session.wants_input() && !blocked;
+        if read == conn.paused {
+            let local = id.local();
+            let result = if read { ctx.resume(local) } else { ctx.pause(local) };
+            if let Err(e) = result {
+                tracing::debug!("frames: pause/resume failed ({e}); closing the connection");
+                self.conns.abort(ctx, id, CloseReason::Protocol);
+                return;
+            }
+            conn.paused = !read;
+            conn.session.set_reading(read, now);
+        }
+        let deadline = conn.session.poll_timeout(&self.config);
+        self.conns.set_deadline(ctx, id, deadline);
+    }
+
+    fn count_close(&mut self, cause: Option<CloseCause>) {
+        match cause {
+            Some(CloseCause::Backpressure) => self.totals.backpressure += 1,
+            Some(CloseCause::TooLarge) => self.totals.too_large += 1,
+            Some(CloseCause::PeerTimeout) => self.totals.peer_timeouts += 1,
+            Some(CloseCause::End) => self.totals.ends += 1,
+            None => {}
+        }
+    }
+
+    fn retry_waiting(&mut self) -> usize {
+        let mut work = 0;
+        while let Some(job) = self.waiting.pop_front() {
+            match self.jobs.push(job) {
+                Ok(()) => work += 1,
+                Err(e) => {
+                    self.waiting.push_front(e.into_inner());
+                    break;
+                }
+            }
+        }
+        work
+    }
+
+    /// Outcomes from the detector: Results, credits back, buffers back.
+    fn take_done(&mut self, ctx: &mut Ctx<'_>) -> usize {
+        let mut work = 0;
+        while let Ok(done) = self.done.pop() {
+            work += 1;
+            self.queue_depth = self.queue_depth.saturating_sub(1);
+            if self.spares.len() < LINK_CAPACITY {
+                self.spares.push(done.data);
+            }
+            let Some(id) = ConnId::from_local(done.conn) else { continue };
+            let Some(conn) = self.conns.get_mut(id) else { continue };
+            conn.session.on_outcome(&done.outcome, &self.config);
+            self.pump(ctx, id);
+        }
+        work
+    }
+
+    /// Every closed connection: its sessions' counters kept, the detector told.
+    fn closed(&mut self) {
+        while let Some((id, conn)) = self.conns.take_closed() {
+            let c = conn.session.counters();
+            let t = &mut self.totals;
+            t.frames += c.frames;
+            t.results += c.results;
+            t.results_bytes += c.results_bytes;
+            t.window_sets += c.window_updates;
+            for (sum, n) in t.errors.iter_mut().zip(c.errors) {
+                *sum += n;
+            }
+            hand_over(&mut self.jobs, &mut self.waiting, Job::Closed { conn: id.local() });
+        }
+    }
+
+    fn publish(&mut self, now: Instant) {
+        if self.published.is_some_and(|at| now < at + PUBLISH_EVERY) {
+            return;
+        }
+        self.published = Some(now);
+        let mut t = self.totals;
+        for id in self.conns.ids().collect::<Vec<_>>() {
+            if let Some(conn) = self.conns.get(id) {
+                let c = conn.session.counters();
+                t.frames += c.frames;
+                t.results += c.results;
+                t.results_bytes += c.results_bytes;
+                t.window_sets += c.window_updates;
+                for (sum, n) in t.errors.iter_mut().zip(c.errors) {
+                    *sum += n;
+                }
+            }
+        }
+        let stats = self.conns.stats();
+        let set = |c: &[Counter], i: C, v: u64| c[i as usize].set(v);
+        set(&self.counters, C::QueueDepth, self.queue_depth);
+        set(&self.counters, C::ResultsBytes, t.results_bytes);
+        set(&self.counters, C::WindowSets, t.window_sets);
+        set(&self.counters, C::Backpressure, t.backpressure);
+        set(&self.counters, C::Frames, t.frames);
+        set(&self.counters, C::Results, t.results);
+        set(&self.counters, C::Connections, self.conns.len() as u64);
+        set(&self.counters, C::Accepted, stats.accepted);
+        set(&self.counters, C::TooLarge, t.too_large);
+        set(&self.counters, C::PeerTimeouts, t.peer_timeouts);
+        set(&self.counters, C::Ends, t.ends);
+        for (code, counter) in &self.errors {
+            counter.set(t.errors[*code as usize]);
+        }
+        self.status.set("connections", self.conns.len());
+        self.status.set("frames", t.frames);
+        self.status.set("results", t.results);
+    }
+
+    fn arm_timer(&mut self, ctx: &mut Ctx<'_>) {
+        let at = ctx.now + PUBLISH_EVERY;
+        if self.timer_at.is_none() {
+            if ctx.timer(at, TICK_TIMER).is_ok() {
+                self.timer_at = Some(at);
+            }
+        }
+    }
+}
+
+impl Agent for WorkerAgent {
+    fn name(&self) -> &str {
+        AGENTS[0]
+    }
+
+    fn on_start(&mut self, ctx: &mut Ctx<'_>) -> io::Result<()> {
+        let fd = self.listener.as_fd().try_clone_to_owned()?;
+        ctx.listen(LISTENER_ID, fd)
+    }
+
+    fn on_completion(&mut self, ctx: &mut Ctx<'_>, completion: Completion) {
+        match self.conns.event(ctx, completion) {
+            ConnEvent::Received { id, buf } => {
+                if self.conns.receive(ctx, id, buf).is_ok() {
+                    self.pump(ctx, id);
+                }
+            }
+            ConnEvent::Deadline { id } => {
+                let now = ctx.now;
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.session.on_timeout(&self.config, now);
+                }
+                self.flush(ctx, id);
+            }
+            ConnEvent::Sent { id } => self.flush(ctx, id),
+            ConnEvent::PeerClosed { id } => self.conns.close(ctx, id, CloseReason::Peer),
+            ConnEvent::Other(Completion::Accepted { fd, .. }) => {
+                let now = ctx.now;
+                let session = WorkerSession::new(&self.config, now);
+                if let Ok(id) = self.conns.accept(ctx, fd, |_| Conn { session, paused: false }) {
+                    self.flush(ctx, id);
+                }
+            }
+            ConnEvent::Other(Completion::Timer { token }) if Ctx::local(token) == TICK_TIMER => {
+                self.timer_at = None;
+            }
+            _ => {}
+        }
+        self.closed();
+    }
+
+    fn do_work(&mut self, ctx: &mut Ctx<'_>) -> usize {
+        let mut work = self.retry_waiting();
+        work += self.take_done(ctx);
+        self.closed();
+        self.publish(ctx.now);
+        self.arm_timer(ctx);
+        work
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx<'_>) {
+        self.conns.close_all(ctx);
+    }
+}
+
+/// One stream's detector state on the detector lane.
+struct Stream {
+    detector: Box<dyn super::detector::Detector>,
+    tracker: Tracker,
+    picture: Picture,
+}
+
+/// The detector agent: decode, detect, track. See the [module docs](self).
+struct DetectorAgent {
+    factory: Arc<dyn DetectorFactory>,
+    jobs: LinkRx<Job>,
+    done: LinkTx<Done>,
+    waiting: VecDeque<Done>,
+    streams: HashMap<u64, Stream>,
+    decoded: Counter,
+    decoded_count: u64,
+    decode: LatencyRecorder,
+    infer: LatencyRecorder,
+    decode_gauges: QuantileGauges,
+    infer_gauges: QuantileGauges,
+    published: Option<Instant>,
+}
+
+impl std::fmt::Debug for DetectorAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DetectorAgent").field("streams", &self.streams.len()).finish_non_exhaustive()
+    }
+}
+
+/// Frames one pass of the detector lane takes (the rest wait in the link).
+const FRAMES_PER_PASS: usize = 4;
+
+impl DetectorAgent {
+    fn run(&mut self, conn: u64, accepted: &Accepted, times: (u64, u64), arrived: Instant, data: &[u8]) -> Outcome {
+        let factory = &self.factory;
+        let stream = self.streams.entry(conn).or_insert_with(|| Stream {
+            detector: factory.make(),
+            tracker: Tracker::new(),
+            picture: Picture::default(),
+        });
+        let mut outcome = Outcome {
+            frame_id: accepted.frame_id,
+            ts_mono_ns: times.0,
+            ts_utc_ns: times.1,
+            ..Outcome::default()
+        };
+        let start = Instant::now();
+        let decoded = match accepted.raw {
+            Some(format) => {
+                stream.picture.reset(accepted.width, accepted.height);
+                yuv::unpack(format, data, accepted.width, accepted.height, &accepted.plane[..accepted.planes], &mut stream.picture);
+                Ok(())
+            }
+            None => jpeg::decode(data, &mut stream.picture).map_err(|e| e.to_string()),
+        };
+        let decoded_at = Instant::now();
+        if let Err(why) = decoded {
+            outcome.error = Some((ErrorCode::InvalidFrame, format!("cannot decode the JPEG: {why}")));
+            return outcome;
+        }
+        self.decoded_count += 1;
+        self.decode.record(duration_ns(decoded_at - start));
+        let mut detections: Vec<Detection> = Vec::new();
+        if let Err(e) = stream.detector.detect(&stream.picture, &mut detections) {
+            let code = match e {
+                super::detector::DetectError::NotReady(_) => ErrorCode::ModelNotReady,
+                super::detector::DetectError::Internal(_) => ErrorCode::Internal,
+            };
+            outcome.error = Some((code, e.to_string()));
+            return outcome;
+        }
+        let inferred_at = Instant::now();
+        self.infer.record(duration_ns(inferred_at - decoded_at));
+        stream.tracker.update(&mut detections);
+        let end = Instant::now();
+        outcome.detections = detections;
+        outcome.pre_ms = ms(decoded_at - start);
+        outcome.infer_ms = ms(inferred_at - decoded_at);
+        outcome.post_ms = ms(end - inferred_at);
+        outcome.total_ms = ms(end.saturating_duration_since(arrived));
+        outcome
+    }
+
+    fn send(&mut self, done: Done) {
+        if !self.waiting.is_empty() {
+            self.waiting.push_back(done);
+            return;
+        }
+        if let Err(e) = self.done.push(done) {
+            self.waiting.push_back(e.into_inner());
+        }
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+}
+
+fn ms(d: Duration) -> f32 {
+    d.as_secs_f32() * 1000.0
+}
+
+impl Agent for DetectorAgent {
+    fn name(&self) -> &str {
+        AGENTS[1]
+    }
+
+    fn do_work(&mut self, ctx: &mut Ctx<'_>) -> usize {
+        let mut work = 0;
+        while let Some(done) = self.waiting.pop_front() {
+            match self.done.push(done) {
+                Ok(()) => work += 1,
+                Err(e) => {
+                    self.waiting.push_front(e.into_inner());
+                    return work.max(1);
+                }
+            }
+        }
+        let mut frames = 0;
+        while frames < FRAMES_PER_PASS {
+            let Ok(job) = self.jobs.pop() else { break };
+            work += 1;
+            match job {
+                Job::Frame { conn, accepted, times, arrived, data } => {
+                    frames += 1;
+                    let outcome = self.run(conn, &accepted, times, arrived, &data);
+                    self.send(Done { conn, outcome, data });
+                }
+                Job::Closed { conn } => {
+                    self.streams.remove(&conn);
+                }
+            }
+        }
+        let now = ctx.now;
+        if self.published.is_none_or(|at| now >= at + PUBLISH_EVERY) {
+            self.published = Some(now);
+            self.decoded.set(self.decoded_count);
+            self.decode.publish(&self.decode_gauges);
+            self.infer.publish(&self.infer_gauges);
+        }
+        work
+    }
+}
