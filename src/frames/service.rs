@@ -26,10 +26,11 @@ use super::vision::{jpeg, yuv};
 use crate::config::{Config, ConfigError, FramesConfig, SectionSpec, FRAMES_SECTION};
 use crate::daemon::service::Agents;
 use crate::daemon::{Build, DaemonError, Prepare, Prepared, Service, StatusCell};
-use crate::metrics::{Counter, CounterId, CounterSpec, LatencyRecorder, QuantileGauges, QuantileIds};
+use crate::metrics::{
+    Counter, CounterId, CounterSpec, LatencyRecorder, QuantileGauges, QuantileIds,
+};
 use crate::runtime::{
-    Agent, CloseReason, Completion, ConnConfig, ConnEvent, ConnId, ConnTable, Ctx, LinkRx,
-    LinkTx,
+    Agent, CloseReason, Completion, ConnConfig, ConnEvent, ConnId, ConnTable, Ctx, LinkRx, LinkTx,
 };
 
 /// The frames service, as the daemon's table names it.
@@ -56,7 +57,10 @@ const LISTENER_ID: u64 = 1 << 40;
 const TICK_TIMER: u64 = 1;
 
 /// The worker limits of a config.
-pub fn worker_config(frames: &FramesConfig, identity: super::detector::ModelIdentity) -> WorkerConfig {
+pub fn worker_config(
+    frames: &FramesConfig,
+    identity: super::detector::ModelIdentity,
+) -> WorkerConfig {
     WorkerConfig {
         max_width: frames.max_width & !1,
         max_height: frames.max_height & !1,
@@ -298,8 +302,8 @@ impl Prepared for FramesPrepared {
             .listen
             .parse()
             .map_err(|e| fail(format!("frames.listen {:?}: {e}", self.frames.listen)))?;
-        let listener = TcpListener::bind(addr)
-            .map_err(|e| fail(format!("cannot listen on {addr}: {e}")))?;
+        let listener =
+            TcpListener::bind(addr).map_err(|e| fail(format!("cannot listen on {addr}: {e}")))?;
         listener.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
         let local = listener.local_addr().map_err(|e| fail(e.to_string()))?;
         tracing::info!(%local, model = %self.factory.identity().name, "frames: listening");
@@ -311,7 +315,15 @@ impl Prepared for FramesPrepared {
             .ok_or_else(|| fail("the agent \"frames\" is on no lane".into()))?;
         let status = cx.status("frames");
         status.set("listen", local);
-        status.set("model", format!("{} {} {}", self.factory.identity().family, self.factory.identity().name, self.factory.identity().version));
+        status.set(
+            "model",
+            format!(
+                "{} {} {}",
+                self.factory.identity().family,
+                self.factory.identity().name,
+                self.factory.identity().version
+            ),
+        );
         let config = worker_config(&self.frames, self.factory.identity().clone());
         let max_message = (config.max_width as usize * config.max_height as usize * 3 / 2)
             + super::codec::ENVELOPE_SLACK
@@ -442,7 +454,9 @@ struct WorkerAgent {
 
 impl std::fmt::Debug for WorkerAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerAgent").field("connections", &self.conns.len()).finish_non_exhaustive()
+        f.debug_struct("WorkerAgent")
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -457,7 +471,9 @@ impl WorkerAgent {
             while session.wants_input() {
                 let Some(prefix) = ring.peek(PREFIX_BYTES) else { break };
                 let end = match codec::split(prefix, session.limit()) {
-                    Ok(_) => PREFIX_BYTES + u32::from_le_bytes(prefix.try_into().expect("4")) as usize,
+                    Ok(_) => {
+                        PREFIX_BYTES + u32::from_le_bytes(prefix.try_into().expect("4")) as usize
+                    }
                     Err(e) => {
                         // Nothing tells where the next message starts: answer and close.
                         session.on_oversized(&e);
@@ -721,7 +737,9 @@ struct DetectorAgent {
 
 impl std::fmt::Debug for DetectorAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DetectorAgent").field("streams", &self.streams.len()).finish_non_exhaustive()
+        f.debug_struct("DetectorAgent")
+            .field("streams", &self.streams.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -729,7 +747,14 @@ impl std::fmt::Debug for DetectorAgent {
 const FRAMES_PER_PASS: usize = 4;
 
 impl DetectorAgent {
-    fn run(&mut self, conn: u64, accepted: &Accepted, times: (u64, u64), arrived: Instant, data: &[u8]) -> Outcome {
+    fn run(
+        &mut self,
+        conn: u64,
+        accepted: &Accepted,
+        times: (u64, u64),
+        arrived: Instant,
+        data: &[u8],
+    ) -> Outcome {
         let factory = &self.factory;
         let stream = self.streams.entry(conn).or_insert_with(|| Stream {
             detector: factory.make(),
@@ -746,14 +771,22 @@ impl DetectorAgent {
         let decoded = match accepted.raw {
             Some(format) => {
                 stream.picture.reset(accepted.width, accepted.height);
-                yuv::unpack(format, data, accepted.width, accepted.height, &accepted.plane[..accepted.planes], &mut stream.picture);
+                yuv::unpack(
+                    format,
+                    data,
+                    accepted.width,
+                    accepted.height,
+                    &accepted.plane[..accepted.planes],
+                    &mut stream.picture,
+                );
                 Ok(())
             }
             None => jpeg::decode(data, &mut stream.picture).map_err(|e| e.to_string()),
         };
         let decoded_at = Instant::now();
         if let Err(why) = decoded {
-            outcome.error = Some((ErrorCode::InvalidFrame, format!("cannot decode the JPEG: {why}")));
+            outcome.error =
+                Some((ErrorCode::InvalidFrame, format!("cannot decode the JPEG: {why}")));
             return outcome;
         }
         self.decoded_count += 1;

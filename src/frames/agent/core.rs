@@ -57,52 +57,13 @@ pub const RECV_LIMIT: usize = 1 << 20;
 /// Number of [`ErrorCode`] values (the size of the per-code counters).
 const ERROR_CODES: usize = 11;
 
-/// A raw 4:2:0 layout the agent captures in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum RawFormat {
-    /// Y plane, then one interleaved UV plane.
-    Nv12,
-    /// Y plane, then U, then V.
-    I420,
-}
+pub use crate::frames::vision::yuv::{plane_layout, PlaneRef, RawFormat};
 
-impl RawFormat {
-    /// The wire pixel format.
-    pub fn pixel_format(self) -> PixelFormat {
-        match self {
-            Self::Nv12 => PixelFormat::PfNv12,
-            Self::I420 => PixelFormat::PfI420,
-        }
-    }
-}
-
-/// One plane of a frame's data: bytes per row, where it starts, how many bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PlaneRef {
-    /// Bytes per row.
-    pub stride: usize,
-    /// Start in the frame's data.
-    pub offset: usize,
-    /// Bytes of the plane.
-    pub size: usize,
-}
-
-/// The tightly packed plane layout of a `width` x `height` frame: the planes, how many of
-/// them are used, and the total bytes.
-pub fn plane_layout(format: RawFormat, width: u32, height: u32) -> ([PlaneRef; 3], usize, usize) {
-    let (w, h) = (width as usize, height as usize);
-    let luma = PlaneRef { stride: w, offset: 0, size: w * h };
+/// The wire pixel format of a raw layout.
+pub fn wire_format(format: RawFormat) -> PixelFormat {
     match format {
-        RawFormat::Nv12 => {
-            let uv = PlaneRef { stride: w, offset: w * h, size: w * h / 2 };
-            ([luma, uv, PlaneRef::default()], 2, w * h * 3 / 2)
-        }
-        RawFormat::I420 => {
-            let q = (w / 2) * (h / 2);
-            let u = PlaneRef { stride: w / 2, offset: w * h, size: q };
-            let v = PlaneRef { stride: w / 2, offset: w * h + q, size: q };
-            ([luma, u, v], 3, w * h + 2 * q)
-        }
+        RawFormat::Nv12 => PixelFormat::PfNv12,
+        RawFormat::I420 => PixelFormat::PfI420,
     }
 }
 
@@ -130,7 +91,8 @@ pub struct RawFrame<'a> {
 pub struct JpegFailed;
 
 /// Encodes a raw frame to a JPEG file (the degradation path). The driver's implementation
-/// unpacks with `vision::yuv` and encodes with `vision::jpeg`; tests use a fake.
+/// ([`super::VisionJpeg`]) unpacks with `vision::yuv` and encodes with `vision::jpeg`; tests
+/// use a fake.
 pub trait JpegEncoder {
     /// Replaces `out`'s contents with `frame` encoded at `quality`.
     fn encode(
@@ -606,7 +568,7 @@ impl AgentCore {
             model: cfg.model.clone(),
             caps: Some(Capabilities {
                 accepted_pixel_formats: vec![
-                    cfg.format.pixel_format() as i32,
+                    wire_format(cfg.format) as i32,
                     PixelFormat::PfJpeg as i32,
                 ],
                 accepted_codecs: vec![Codec::None as i32, Codec::Jpeg as i32],
@@ -1078,7 +1040,7 @@ impl AgentCore {
             f.planes.push(Plane { stride: 0, offset: 0, size: self.jpeg_buf.len() as u32 });
             std::mem::swap(&mut f.data, &mut self.jpeg_buf);
         } else {
-            f.pixel_format = meta.format.pixel_format() as i32;
+            f.pixel_format = wire_format(meta.format) as i32;
             f.codec = Codec::None as i32;
             for p in &meta.planes[..meta.nplanes] {
                 f.planes.push(Plane {

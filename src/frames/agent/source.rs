@@ -96,48 +96,44 @@ fn info(format: RawFormat, width: u32, height: u32) -> FrameInfo {
     FrameInfo { format, width, height, planes, nplanes, ts_mono_ns, ts_utc_ns }
 }
 
-/// Moving shapes on a gradient: a bright square and a dark one crossing the frame, the
-/// chroma planes neutral. Deterministic: frame `n` is the same on every run.
+/// Moving rectangles on a textured background ([`vision::synthetic`](crate::frames::vision::synthetic)),
+/// deterministic for a seed: the worker's motion detector finds and tracks them.
 #[derive(Debug)]
 pub struct Synthetic {
     format: RawFormat,
     width: u32,
     height: u32,
-    n: u64,
+    scene: crate::frames::vision::synthetic::Synthetic,
 }
 
 impl Synthetic {
-    /// A generator of `width` x `height` frames (even dimensions) in `format`.
-    pub fn new(format: RawFormat, width: u32, height: u32) -> Self {
-        Self { format, width, height, n: 0 }
+    /// Rectangles moving in `width` x `height` frames (even dimensions) in `format`, placed
+    /// as `seed` decides.
+    pub fn new(format: RawFormat, width: u32, height: u32, seed: u64) -> Self {
+        let objects = (width as usize * height as usize / 40_000).clamp(1, 4);
+        let scene = crate::frames::vision::synthetic::Synthetic::new(width, height, objects, seed);
+        Self { format, width, height, scene }
+    }
+
+    /// The xyxy boxes of the rectangles in the last frame.
+    pub fn truth(&self) -> &[[f32; 4]] {
+        self.scene.truth()
     }
 }
 
 impl FrameSource for Synthetic {
     fn next_frame(&mut self, buf: &mut Vec<u8>) -> Result<FrameInfo, SourceError> {
-        let (w, h) = (self.width as usize, self.height as usize);
-        let (_, _, total) = plane_layout(self.format, self.width, self.height);
-        buf.clear();
-        buf.resize(total, 128);
-        let side = (w.min(h) / 6).max(2);
-        let t = self.n as usize;
-        let a = (t * 4 % w.saturating_sub(side).max(1), h / 4);
-        let b = (w.saturating_sub(side + t * 3 % w.saturating_sub(side).max(1)), h / 2);
-        for (y, row) in buf[..w * h].chunks_exact_mut(w).enumerate() {
-            for (x, px) in row.iter_mut().enumerate() {
-                let inside =
-                    |(ox, oy): (usize, usize)| x >= ox && x < ox + side && y >= oy && y < oy + side;
-                *px = if inside(a) {
-                    235
-                } else if inside(b) {
-                    16
-                } else {
-                    (64 + (x + y) * 64 / (w + h)) as u8
-                };
-            }
-        }
-        self.n += 1;
-        Ok(info(self.format, self.width, self.height))
+        let (planes, nplanes) = self.scene.frame(self.format, buf);
+        let (ts_mono_ns, ts_utc_ns) = timestamps();
+        Ok(FrameInfo {
+            format: self.format,
+            width: self.width,
+            height: self.height,
+            planes,
+            nplanes,
+            ts_mono_ns,
+            ts_utc_ns,
+        })
     }
 }
 
@@ -213,15 +209,16 @@ mod tests {
 
     #[test]
     fn synthetic_frames_have_the_layout_and_move() {
-        let mut s = Synthetic::new(RawFormat::I420, 64, 48);
+        let mut s = Synthetic::new(RawFormat::I420, 320, 240, 3);
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let info = s.next_frame(&mut a).unwrap();
         s.next_frame(&mut b).unwrap();
-        assert_eq!(a.len(), 64 * 48 * 3 / 2);
+        assert_eq!(a.len(), 320 * 240 * 3 / 2);
+        assert!(!s.truth().is_empty());
         assert_eq!(info.nplanes, 3);
         assert_ne!(a, b, "the shapes move");
         let mut again = Vec::new();
-        Synthetic::new(RawFormat::I420, 64, 48).next_frame(&mut again).unwrap();
+        Synthetic::new(RawFormat::I420, 320, 240, 3).next_frame(&mut again).unwrap();
         assert_eq!(a, again, "deterministic");
     }
 
