@@ -209,7 +209,7 @@ pub struct ErrorCount {
 /// The agent's metrics (names from seed 004) and totals, for the end-of-run report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Summary {
-    /// The current window.
+    /// The current window (after the run: the last session's).
     pub ai_window_size: u32,
     /// Frames in flight now.
     pub ai_inflight: u32,
@@ -375,6 +375,8 @@ pub struct AgentCore {
     /// Capture is over: send what is queued, then End.
     finishing: bool,
     window: u32,
+    /// The window of the last session, kept past its close for the summary.
+    last_window: u32,
     inflight: VecDeque<InFlight>,
     queue: VecDeque<Slot>,
     free: Vec<Slot>,
@@ -455,6 +457,7 @@ impl AgentCore {
             state: State::Disconnected,
             finishing: false,
             window: 0,
+            last_window: 0,
             inflight: VecDeque::with_capacity(cap),
             queue: VecDeque::with_capacity(depth),
             free: Vec::with_capacity(depth),
@@ -769,7 +772,7 @@ impl AgentCore {
             })
             .collect();
         Summary {
-            ai_window_size: self.window,
+            ai_window_size: if self.connected() { self.window } else { self.last_window },
             ai_inflight: self.inflight.len() as u32,
             ai_drops_latestwins_total: c.drops,
             ai_rtt_ms: pct(&self.rtt_us),
@@ -827,6 +830,9 @@ impl AgentCore {
 
     /// Forgets the connection: in flight, credits, partial input and output.
     fn reset_connection(&mut self) {
+        if self.window > 0 {
+            self.last_window = self.window;
+        }
         self.inflight.clear();
         self.window = 0;
         self.rbuf.clear();

@@ -222,7 +222,7 @@ pub fn run_with(
         if stop.load(Ordering::Relaxed) && !stopped {
             stopped = true;
             capture_over = true;
-            log(format_args!("stopping: End, then up to 2 s for the frames in flight"));
+            log(format_args!("stopping (signal): End, then up to 2 s for the frames in flight"));
             core.abort(now);
         }
         if core.is_done() && !core.wants_close() && sock.is_none() {

@@ -196,7 +196,7 @@ fn window_is_never_exceeded() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        if rng % 3 == 0 && !outstanding.is_empty() {
+        if rng.is_multiple_of(3) && !outstanding.is_empty() {
             let k = (rng as usize / 3) % outstanding.len();
             let id = outstanding.remove(k).unwrap();
             core.on_bytes(&result(id, &[]), now);
