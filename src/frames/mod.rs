@@ -10,6 +10,9 @@
 //!   credits and window, heartbeats and timeouts, End) and frame validation;
 //! - [`vision`]: NV12/I420/JPEG decoding, the built-in motion detector, the IoU tracker, the
 //!   synthetic source;
+//! - [`agent`]: the edge agent (`corelane agent`): a sans-IO core (Init, credits, LATEST_WINS
+//!   and FIFO, out-of-order results, heartbeat, backoff, JPEG degradation) and a one-thread
+//!   driver over a non-blocking TCP socket, with synthetic and raw-file sources;
 //! - [`service`]: the `frames` service: the TCP agent and the detector agent on its own lane;
 //! - `onnx` (feature `onnx`): YOLO-style ONNX models through tract.
 

@@ -7,6 +7,10 @@
 //! a frame, move the core's output into the write buffer (a partial write is kept at its
 //! front), then `poll` the socket until the earliest of the core's timer, the next capture
 //! and the reconnect time, and feed what was read into the core.
+//!
+//! A connect attempt blocks for at most one second (the only blocking call); capture pauses
+//! for it. A worker choosing another size than `--size` is logged and the capture size is
+//! kept (seed 004's known limitation); JPEG transport adapts to it best.
 
 pub mod core;
 pub mod source;
@@ -281,9 +285,7 @@ pub fn run_with(
                 core.finish(now);
             }
         }
-        while let Some(event) = core.poll_event() {
-            log_event(&log, event);
-        }
+        drain_events(&mut core, options, &log);
 
         // write
         core.poll_output(&mut wbuf);
@@ -331,9 +333,7 @@ pub fn run_with(
         if core.poll_timeout().is_some_and(|t| t <= now) {
             core.on_timeout(now);
         }
-        while let Some(event) = core.poll_event() {
-            log_event(&log, event);
-        }
+        drain_events(&mut core, options, &log);
 
         // close
         if closed || core.wants_close() {
@@ -465,6 +465,24 @@ fn read_all(s: &mut TcpStream, buf: &mut [u8], core: &mut AgentCore) -> bool {
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(_) => return true,
         }
+    }
+}
+
+fn drain_events(
+    core: &mut AgentCore,
+    options: &AgentOptions,
+    log: &dyn Fn(std::fmt::Arguments<'_>),
+) {
+    while let Some(event) = core.poll_event() {
+        if let Event::Ready { width, height, .. } = event {
+            if (width, height) != (options.width, options.height) && width != 0 {
+                log(format_args!(
+                    "warning: the worker chose {width}x{height}, capture stays at {}x{}",
+                    options.width, options.height
+                ));
+            }
+        }
+        log_event(log, event);
     }
 }
 
