@@ -67,9 +67,10 @@ fn still_works(peer: &mut Peer, id: u64) {
 fn decode_accuracy(
     peer: &mut Peer,
     n: u64,
+    (w, h): (u32, u32),
     mut make: impl FnMut(&mut Synthetic, u64) -> proto::Frame,
 ) -> (usize, usize, Vec<String>) {
-    let mut source = Synthetic::new(640, 480, 3, 11);
+    let mut source = Synthetic::new(w, h, 3, 11);
     let (mut good, mut checked, mut misses) = (0, 0, Vec::new());
     for id in 1..=n {
         let frame = make(&mut source, id);
@@ -215,13 +216,14 @@ fn plane_validation_incorrect_plane_sizes_is_invalid_frame() {
     let worker = Worker::start("planes", "");
     let mut peer = Peer::connect(worker.addr);
     peer.init(640, 480, 4);
-    let mut source = Synthetic::new(640, 480, 2, 1);
-    let good = frame_msg(&mut source, RawFormat::Nv12, 1, 640, 480);
+    // A 320x240 frame on the 640x480 session: room under max_frame_bytes for extra data.
+    let mut source = Synthetic::new(320, 240, 2, 1);
+    let good = frame_msg(&mut source, RawFormat::Nv12, 1, 320, 240);
     let mut bad = Vec::new();
     // UV plane one row short (and the data with it).
     let mut f = good.clone();
-    f.planes[1].size -= 640;
-    f.data.truncate(f.data.len() - 640);
+    f.planes[1].size -= 320;
+    f.data.truncate(f.data.len() - 320);
     bad.push(("short uv plane", f));
     // Y plane size not stride x rows.
     let mut f = good.clone();
@@ -233,8 +235,8 @@ fn plane_validation_incorrect_plane_sizes_is_invalid_frame() {
     bad.push(("extra data", f));
     // Stride below the width.
     let mut f = good.clone();
-    f.planes[0].stride = 600;
-    f.planes[0].size = 600 * 480;
+    f.planes[0].stride = 300;
+    f.planes[0].size = 300 * 240;
     bad.push(("stride < width", f));
     // A plane outside the data.
     let mut f = good.clone();
@@ -246,8 +248,12 @@ fn plane_validation_incorrect_plane_sizes_is_invalid_frame() {
     bad.push(("one plane", f));
     // Odd dimensions.
     let mut f = good.clone();
-    f.width = 639;
+    f.width = 319;
     bad.push(("odd width", f));
+    // Larger than the session chose.
+    let mut f = good.clone();
+    f.width = 642;
+    bad.push(("wider than chosen", f));
     // Empty data.
     let mut f = good.clone();
     f.data.clear();
@@ -261,21 +267,20 @@ fn plane_validation_incorrect_plane_sizes_is_invalid_frame() {
         assert_eq!(e.frame_id, id, "{what}: the Error names the frame");
     }
     // An I420 frame on an NV12 session is a format error, not a plane error.
-    let mut f = frame_msg(&mut source, RawFormat::I420, 200, 640, 480);
-    f.frame_id = 200;
+    let f = frame_msg(&mut source, RawFormat::I420, 200, 320, 240);
     peer.send(Payload::Frame(f));
     let e = peer.expect_error();
     assert_eq!((code(&e), e.frame_id), (ErrorCode::UnsupportedFormat, 200), "{e:?}");
     // The invalid frames returned their credits: a full window of good frames still flows.
     let mut ids = HashSet::new();
     for id in 300..304 {
-        peer.send(Payload::Frame(frame_msg(&mut source, RawFormat::Nv12, id, 640, 480)));
+        peer.send(Payload::Frame(frame_msg(&mut source, RawFormat::Nv12, id, 320, 240)));
     }
     for _ in 300..304 {
         assert!(ids.insert(peer.expect_result().frame_id));
     }
     assert_eq!(ids, (300..304).collect());
-    worker.wait_counter(&error_series("INVALID_FRAME"), |v| v == 8);
+    worker.wait_counter(&error_series("INVALID_FRAME"), |v| v == 9);
 }
 
 #[test]
@@ -504,16 +509,17 @@ fn nv12_decode_detections_match_the_synthetic_truth() {
     let mut peer = Peer::connect(worker.addr);
     let ok = peer.init_with(init_formats(&[PixelFormat::PfNv12], &[Codec::None], 640, 480, 4));
     assert_eq!(ok.chosen.unwrap().pixel_format, PixelFormat::PfNv12 as i32);
-    let (good, checked, misses) = decode_accuracy(&mut peer, 30, |s, id| {
+    let (good, checked, misses) = decode_accuracy(&mut peer, 30, (640, 480), |s, id| {
         frame_msg(s, RawFormat::Nv12, id, 640, 480)
     });
     assert_eq!(good, checked, "{misses:#?}");
-    // Padded rows and the chroma plane before the luma plane: the worker honours strides
-    // and offsets (a decoder that read from offset 0 with stride = width would see chroma).
+    // Padded rows and the chroma plane before the luma plane, on a smaller frame (the padded
+    // data must stay within max_frame_bytes): the worker honours strides and offsets (a
+    // decoder that read from offset 0 with stride = width would see chroma).
     let mut peer = Peer::connect(worker.addr);
     peer.init_with(init_formats(&[PixelFormat::PfNv12], &[Codec::None], 640, 480, 4));
-    let (good, checked, misses) = decode_accuracy(&mut peer, 30, |s, id| {
-        frame_of(s.next_picture(), RawFormat::Nv12, id, 704, &[1, 0])
+    let (good, checked, misses) = decode_accuracy(&mut peer, 30, (480, 360), |s, id| {
+        frame_of(s.next_picture(), RawFormat::Nv12, id, 544, &[1, 0])
     });
     assert_eq!(good, checked, "strided: {misses:#?}");
 }
@@ -524,14 +530,14 @@ fn i420_decode_detections_match_the_synthetic_truth() {
     let mut peer = Peer::connect(worker.addr);
     let ok = peer.init_with(init_formats(&[PixelFormat::PfI420], &[Codec::None], 640, 480, 4));
     assert_eq!(ok.chosen.unwrap().pixel_format, PixelFormat::PfI420 as i32);
-    let (good, checked, misses) = decode_accuracy(&mut peer, 30, |s, id| {
+    let (good, checked, misses) = decode_accuracy(&mut peer, 30, (640, 480), |s, id| {
         frame_msg(s, RawFormat::I420, id, 640, 480)
     });
     assert_eq!(good, checked, "{misses:#?}");
     let mut peer = Peer::connect(worker.addr);
     peer.init_with(init_formats(&[PixelFormat::PfI420], &[Codec::None], 640, 480, 4));
-    let (good, checked, misses) = decode_accuracy(&mut peer, 30, |s, id| {
-        frame_of(s.next_picture(), RawFormat::I420, id, 656, &[2, 1, 0])
+    let (good, checked, misses) = decode_accuracy(&mut peer, 30, (480, 360), |s, id| {
+        frame_of(s.next_picture(), RawFormat::I420, id, 512, &[2, 1, 0])
     });
     assert_eq!(good, checked, "strided: {misses:#?}");
     // An NV12 frame on an I420 session is refused.
@@ -552,7 +558,7 @@ fn jpeg_decode_detections_match_the_synthetic_truth() {
     assert_eq!((chosen.pixel_format, chosen.codec), (PixelFormat::PfJpeg as i32, Codec::Jpeg as i32));
     let raw_bytes = 640 * 480 * 3 / 2;
     let mut sizes = Vec::new();
-    let (good, checked, misses) = decode_accuracy(&mut peer, 30, |s, id| {
+    let (good, checked, misses) = decode_accuracy(&mut peer, 30, (640, 480), |s, id| {
         let mut data = Vec::new();
         jpeg::encode(s.next_picture(), 85, &mut data).unwrap();
         sizes.push(data.len());

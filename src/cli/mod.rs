@@ -1,5 +1,6 @@
 //! The `corelane` command line: one function per subcommand.
 
+pub mod agent;
 pub mod alloc;
 pub mod pool;
 
@@ -46,6 +47,21 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         pool_config: Option<PathBuf>,
     },
+    /// Stream frames to an inference worker (frame protocol v1) and report the results.
+    ///
+    /// The edge agent: connects to the worker at --worker, sends Init with its capabilities,
+    /// adopts the worker's InitOk (window of credits, max frame bytes, raw or JPEG), then
+    /// captures frames from --source at --fps and sends each as a credit frees. With no
+    /// credit, --policy decides: latest-wins replaces the one pending frame (a drop), fifo
+    /// queues and pauses capture. Frames over the worker's max frame bytes, or all frames
+    /// when the worker chose JPEG, go out as JPEG (quality 85). Heartbeats every 2 s; 10 s
+    /// of silence from the worker, or a dropped connection, reconnects with backoff (0.5 s
+    /// doubling to 30 s, jittered) and a new Init. At the end (--frames, or SIGINT/SIGTERM)
+    /// it sends End, waits up to 2 s for the frames in flight and prints a summary: frames
+    /// sent, results, drops, errors by code, RTT p50/p99, detections, track ids,
+    /// reconnects, JPEG switches and ratio.
+    #[command(after_long_help = agent::EXAMPLES)]
+    Agent(agent::AgentArgs),
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -94,6 +110,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run { config, pool_config } => run(config.as_deref(), pool_config.as_deref()),
         Command::Config { action: ConfigAction::Show { config } } => config_show(config.as_deref()),
+        Command::Agent(args) => agent::run(&args),
     }
 }
 

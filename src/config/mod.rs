@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Origin};
 pub use schema::{
-    key, placeholder_section, uint, KeySpec, Kind, SectionSpec, StrRule, ALLOC_SECTION, FRAMES_SECTION,
-    CONTROL_SECTION, METRICS_SECTION, POOL_SECTION,
+    key, placeholder_section, uint, KeySpec, Kind, SectionSpec, StrRule, ALLOC_SECTION,
+    CONTROL_SECTION, FRAMES_SECTION, METRICS_SECTION, POOL_SECTION,
 };
 
 use schema::{Doc, DocName};

@@ -54,31 +54,34 @@ fn embedded_default_loads_and_validates() {
             uring_defer_taskrun: false,
             uring_skip_send_cqe: false,
         },
-        lanes: vec![LaneConfig {
-            name: "main".into(),
-            core: None,
-            idle: IdleStrategy::Backoff {
-                spin_iterations: 100,
-                yield_iterations: 10,
-                max_park_us: 1000,
+        lanes: vec![
+            LaneConfig {
+                name: "main".into(),
+                core: None,
+                idle: IdleStrategy::Backoff {
+                    spin_iterations: 100,
+                    yield_iterations: 10,
+                    max_park_us: 1000,
+                },
+                agents: vec![
+                    "control".into(),
+                    "metrics".into(),
+                    "pool".into(),
+                    "alloc".into(),
+                    "frames".into(),
+                ],
             },
-            agents: vec![
-                "control".into(),
-                "metrics".into(),
-                "pool".into(),
-                "alloc".into(),
-                "frames".into(),
-            ],
-        }, LaneConfig {
-            name: "detect".into(),
-            core: None,
-            idle: IdleStrategy::Backoff {
-                spin_iterations: 100,
-                yield_iterations: 10,
-                max_park_us: 1000,
+            LaneConfig {
+                name: "detect".into(),
+                core: None,
+                idle: IdleStrategy::Backoff {
+                    spin_iterations: 100,
+                    yield_iterations: 10,
+                    max_park_us: 1000,
+                },
+                agents: vec!["frames-detector".into()],
             },
-            agents: vec!["frames-detector".into()],
-        }],
+        ],
         control: ControlConfig {
             socket: "control.sock".into(),
             max_body_bytes: 1 << 20,

@@ -163,7 +163,8 @@ fn reset(env: &mut Envelope) {
             data.clear();
             planes.clear();
             session.clear();
-            *frame = super::proto::Frame { data, planes, session_id: session, ..Default::default() };
+            *frame =
+                super::proto::Frame { data, planes, session_id: session, ..Default::default() };
         }
         _ => env.payload = None,
     }

@@ -10,10 +10,14 @@
 //!   credits and window, heartbeats and timeouts, End) and frame validation;
 //! - [`vision`]: NV12/I420/JPEG decoding, the built-in motion detector, the IoU tracker, the
 //!   synthetic source;
+//! - [`agent`]: the edge agent (`corelane agent`): a sans-IO core (Init, credits, LATEST_WINS
+//!   and FIFO, out-of-order results, heartbeat, backoff, JPEG degradation) and a one-thread
+//!   driver over a non-blocking TCP socket, with synthetic and raw-file sources;
 //! - [`service`]: the `frames` service: the TCP agent and the detector agent on its own lane;
 //! - [`bridge`]: accepted frames published into a tensor pool stream (`[frames] pool_stream`);
 //! - `onnx` (feature `onnx`): YOLO-style ONNX models through tract.
 
+pub mod agent;
 pub mod bridge;
 pub mod codec;
 pub mod detector;

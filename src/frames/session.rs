@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use super::codec::{self, DecodeError, ENVELOPE_SLACK};
 use super::detector::{Detection, ModelIdentity};
 use super::proto::{
-    self, envelope::Payload, Capabilities, Chosen, Codec, Envelope, ErrorCode, Frame,
-    PixelFormat, Policy,
+    self, envelope::Payload, Capabilities, Chosen, Codec, Envelope, ErrorCode, Frame, PixelFormat,
+    Policy,
 };
 use super::vision::yuv::{PlaneRef, RawFormat};
 
@@ -420,7 +420,8 @@ impl WorkerSession {
         let takes = |f: PixelFormat| formats.is_empty() || formats.contains(&(f as i32));
         let codecs = &caps.accepted_codecs;
         let jpeg_codec = codecs.contains(&(Codec::Jpeg as i32));
-        let jpeg_ok = config.accept_jpeg && (jpeg_codec || formats.contains(&(PixelFormat::PfJpeg as i32)));
+        let jpeg_ok =
+            config.accept_jpeg && (jpeg_codec || formats.contains(&(PixelFormat::PfJpeg as i32)));
         let (format, codec) = if caps.prefer_jpeg && jpeg_ok {
             (PixelFormat::PfJpeg, Codec::Jpeg)
         } else if takes(PixelFormat::PfNv12) {
@@ -647,9 +648,11 @@ pub fn validate_frame(
             f == PixelFormat::PfJpeg
         }
         _ => {
-            let f = format.map_or_else(|_| frame.pixel_format.to_string(), |f| f.as_str_name().into());
+            let f =
+                format.map_or_else(|_| frame.pixel_format.to_string(), |f| f.as_str_name().into());
             let c = codec.map_or_else(|_| frame.codec.to_string(), |c| c.as_str_name().into());
-            let want_f = PixelFormat::try_from(chosen.pixel_format).map_or("?", |f| f.as_str_name());
+            let want_f =
+                PixelFormat::try_from(chosen.pixel_format).map_or("?", |f| f.as_str_name());
             let want_c = Codec::try_from(chosen.codec).map_or("?", |c| c.as_str_name());
             return unsupported(format!(
                 "pixel_format {f} with codec {c}: this session chose {want_f} with {want_c}"
@@ -735,7 +738,11 @@ pub fn validate_frame(
             ));
         }
         sum += size;
-        plane[i] = PlaneRef { stride: p.stride as usize, offset: p.offset as usize, size: p.size as usize };
+        plane[i] = PlaneRef {
+            stride: p.stride as usize,
+            offset: p.offset as usize,
+            size: p.size as usize,
+        };
     }
     if sum != len as u64 {
         return invalid(format!("the planes' sizes add up to {sum}, the data has {len} bytes"));

@@ -209,7 +209,13 @@ pub fn init_msg(w: u32, h: u32, window: u32) -> proto::Init {
 }
 
 /// The next synthetic frame as a protocol Frame.
-pub fn frame_msg(source: &mut Synthetic, format: RawFormat, id: u64, w: u32, h: u32) -> proto::Frame {
+pub fn frame_msg(
+    source: &mut Synthetic,
+    format: RawFormat,
+    id: u64,
+    w: u32,
+    h: u32,
+) -> proto::Frame {
     let mut data = Vec::new();
     let (planes, n) = source.frame(format, &mut data);
     proto::Frame {
@@ -226,7 +232,11 @@ pub fn frame_msg(source: &mut Synthetic, format: RawFormat, id: u64, w: u32, h: 
         codec: proto::Codec::None as i32,
         planes: planes[..n]
             .iter()
-            .map(|p| proto::Plane { stride: p.stride as u32, offset: p.offset as u32, size: p.size as u32 })
+            .map(|p| proto::Plane {
+                stride: p.stride as u32,
+                offset: p.offset as u32,
+                size: p.size as u32,
+            })
             .collect(),
         color_space: "BT.709".into(),
         color_range: "full".into(),

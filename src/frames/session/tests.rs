@@ -81,7 +81,9 @@ fn started(now: Instant) -> WorkerSession {
 
 fn error_of(out: &[Payload]) -> (ErrorCode, u64, String) {
     match out {
-        [Payload::Error(e)] => (ErrorCode::try_from(e.code).unwrap(), e.frame_id, e.message.clone()),
+        [Payload::Error(e)] => {
+            (ErrorCode::try_from(e.code).unwrap(), e.frame_id, e.message.clone())
+        }
         other => panic!("expected one Error, got {other:?}"),
     }
 }
@@ -127,7 +129,8 @@ fn msg_type_validation_a_mismatched_msg_type_gets_bad_message() {
     assert_eq!(code, ErrorCode::BadMessage);
     assert_eq!(message, "msg_type MSG_TYPE_FRAME does not match the payload MSG_TYPE_INIT");
     // No payload, and bytes that are not protobuf: BAD_MESSAGE too.
-    let empty = Envelope { protocol_version: 1, msg_type: MsgType::Frame as i32, ..Default::default() };
+    let empty =
+        Envelope { protocol_version: 1, msg_type: MsgType::Frame as i32, ..Default::default() };
     out.clear();
     codec::encode_envelope(&empty, &mut out);
     s.on_message(&out[PREFIX_BYTES..], &config(), now);
@@ -143,7 +146,8 @@ fn a_msg_type_frame_with_no_payload_after_a_frame_is_bad_message_not_an_empty_fr
     let now = Instant::now();
     let mut s = started(now);
     s.on_message(&body(Payload::Frame(nv12_frame(1, 64, 48))), &config(), now);
-    let empty = Envelope { protocol_version: 1, msg_type: MsgType::Frame as i32, ..Default::default() };
+    let empty =
+        Envelope { protocol_version: 1, msg_type: MsgType::Frame as i32, ..Default::default() };
     let mut out = Vec::new();
     codec::encode_envelope(&empty, &mut out);
     assert!(matches!(s.on_message(&out[PREFIX_BYTES..], &config(), now), Step::Handled));
@@ -172,7 +176,10 @@ fn init_ok_carries_the_choice_and_max_frame_bytes() {
     let mut s = WorkerSession::new(&cfg, now);
     let init = body(Payload::Init(proto::Init {
         caps: Some(proto::Capabilities {
-            accepted_pixel_formats: vec![proto::PixelFormat::PfNv12 as i32, proto::PixelFormat::PfI420 as i32],
+            accepted_pixel_formats: vec![
+                proto::PixelFormat::PfNv12 as i32,
+                proto::PixelFormat::PfI420 as i32,
+            ],
             max_width: 640,
             max_height: 480,
             max_inflight: 3,
@@ -262,14 +269,75 @@ fn plane_validation_incorrect_plane_sizes_get_invalid_frame() {
     let now = Instant::now();
     let mut s = started(now);
     let cases: Vec<(proto::Frame, &str)> = vec![
-        ({ let mut f = nv12_frame(1, 64, 48); f.planes[1].size -= 64; f }, "plane 1: size 1472 is not stride 64 x 24 rows = 1536"),
-        ({ let mut f = nv12_frame(2, 64, 48); f.planes[0].stride = 32; f.planes[0].size = 32 * 48; f }, "plane 0: stride 32 is less than its width 64"),
-        ({ let mut f = nv12_frame(3, 64, 48); f.planes[1].offset = 4000; f }, "plane 1: bytes 4000..5536 are outside the 4608 bytes of data"),
-        ({ let mut f = nv12_frame(4, 64, 48); f.planes.pop(); f }, "1 planes: PF_NV12 has 2"),
-        ({ let mut f = nv12_frame(5, 32, 24); f.data.push(0); f }, "the planes' sizes add up to 1152, the data has 1153 bytes"),
-        ({ let mut f = nv12_frame(6, 64, 48); f.planes[1].offset = 0; f.planes[0].offset = 1536; f.data.truncate(4608); f.planes[0].offset = 0; f.planes[1].offset = 1000; f }, "planes 0 and 1 overlap"),
-        ({ let mut f = nv12_frame(7, 63, 48); f.planes[0].stride = 64; f }, "63x48: 4:2:0 needs a non-zero, even width and height"),
-        ({ let mut f = nv12_frame(8, 64, 48); f.width = 128; f }, "128x48 is larger than the 64x48 this session chose"),
+        (
+            {
+                let mut f = nv12_frame(1, 64, 48);
+                f.planes[1].size -= 64;
+                f
+            },
+            "plane 1: size 1472 is not stride 64 x 24 rows = 1536",
+        ),
+        (
+            {
+                let mut f = nv12_frame(2, 64, 48);
+                f.planes[0].stride = 32;
+                f.planes[0].size = 32 * 48;
+                f
+            },
+            "plane 0: stride 32 is less than its width 64",
+        ),
+        (
+            {
+                let mut f = nv12_frame(3, 64, 48);
+                f.planes[1].offset = 4000;
+                f
+            },
+            "plane 1: bytes 4000..5536 are outside the 4608 bytes of data",
+        ),
+        (
+            {
+                let mut f = nv12_frame(4, 64, 48);
+                f.planes.pop();
+                f
+            },
+            "1 planes: PF_NV12 has 2",
+        ),
+        (
+            {
+                let mut f = nv12_frame(5, 32, 24);
+                f.data.push(0);
+                f
+            },
+            "the planes' sizes add up to 1152, the data has 1153 bytes",
+        ),
+        (
+            {
+                let mut f = nv12_frame(6, 64, 48);
+                f.planes[1].offset = 0;
+                f.planes[0].offset = 1536;
+                f.data.truncate(4608);
+                f.planes[0].offset = 0;
+                f.planes[1].offset = 1000;
+                f
+            },
+            "planes 0 and 1 overlap",
+        ),
+        (
+            {
+                let mut f = nv12_frame(7, 63, 48);
+                f.planes[0].stride = 64;
+                f
+            },
+            "63x48: 4:2:0 needs a non-zero, even width and height",
+        ),
+        (
+            {
+                let mut f = nv12_frame(8, 64, 48);
+                f.width = 128;
+                f
+            },
+            "128x48 is larger than the 64x48 this session chose",
+        ),
     ];
     for (frame, expected) in cases {
         let id = frame.frame_id;
@@ -291,7 +359,10 @@ fn format_validation_another_format_gets_unsupported_format() {
     s.on_message(&body(Payload::Frame(frame)), &config(), now);
     let (code, _, message) = error_of(&take(&mut s));
     assert_eq!(code, ErrorCode::UnsupportedFormat);
-    assert_eq!(message, "pixel_format PF_I420 with codec CODEC_NONE: this session chose PF_NV12 with CODEC_NONE");
+    assert_eq!(
+        message,
+        "pixel_format PF_I420 with codec CODEC_NONE: this session chose PF_NV12 with CODEC_NONE"
+    );
     let mut frame = nv12_frame(2, 64, 48);
     frame.pixel_format = proto::PixelFormat::PfH264 as i32;
     frame.codec = proto::Codec::H264 as i32;
@@ -442,7 +513,15 @@ fn bbox_format_xyxy_and_latency_breakdown_in_the_result() {
         infer_ms: 1.5,
         post_ms: 0.25,
         total_ms: 2.5,
-        detections: vec![Detection { x1: 10.0, y1: 12.0, x2: 30.0, y2: 40.0, conf: 0.9, class: 0, track_id: 7 }],
+        detections: vec![Detection {
+            x1: 10.0,
+            y1: 12.0,
+            x2: 30.0,
+            y2: 40.0,
+            conf: 0.9,
+            class: 0,
+            track_id: 7,
+        }],
         error: None,
     };
     s.on_outcome(&outcome, &config());
@@ -455,10 +534,17 @@ fn bbox_format_xyxy_and_latency_breakdown_in_the_result() {
     assert_eq!((lat.pre_ms, lat.infer_ms, lat.post_ms, lat.total_ms), (0.5, 1.5, 0.25, 2.5));
     let d = &r.detections.as_ref().unwrap().items[0];
     let b = d.bbox.as_ref().unwrap();
-    assert_eq!((b.x1, b.y1, b.x2, b.y2), (10.0, 12.0, 30.0, 40.0), "xyxy: corners, not width/height");
+    assert_eq!(
+        (b.x1, b.y1, b.x2, b.y2),
+        (10.0, 12.0, 30.0, 40.0),
+        "xyxy: corners, not width/height"
+    );
     assert!(b.x2 > b.x1 && b.y2 > b.y1);
     assert_eq!((d.cls.as_str(), d.track_id.as_str(), d.conf), ("object", "T7", 0.9));
-    assert_eq!((r.model_family.as_str(), r.model_name.as_str(), r.model_version.as_str()), ("classical", "motion", "1"));
+    assert_eq!(
+        (r.model_family.as_str(), r.model_name.as_str(), r.model_version.as_str()),
+        ("classical", "motion", "1")
+    );
 }
 
 #[test]

@@ -581,5 +581,4 @@ mod tests {
         let bad = Picture { width: 8, height: 8, ..Picture::default() };
         assert!(detector.detect(&bad, &mut out).is_err());
     }
-
 }
