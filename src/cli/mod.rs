@@ -46,6 +46,11 @@ enum Command {
         /// accepted) used instead of the [pool.*] tables: sets pool.config_file.
         #[arg(long, value_name = "PATH")]
         pool_config: Option<PathBuf>,
+        /// A YOLO-style ONNX model for the frame worker's detector: sets frames.detector =
+        /// "onnx" and frames.model (a build with `--features onnx`). Without it the worker
+        /// runs the built-in motion detector.
+        #[arg(long, value_name = "PATH.onnx")]
+        model: Option<PathBuf>,
     },
     /// Stream frames to an inference worker (frame protocol v1) and report the results.
     ///
@@ -108,7 +113,9 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
-        Command::Run { config, pool_config } => run(config.as_deref(), pool_config.as_deref()),
+        Command::Run { config, pool_config, model } => {
+            run(config.as_deref(), pool_config.as_deref(), model.as_deref())
+        }
         Command::Config { action: ConfigAction::Show { config } } => config_show(config.as_deref()),
         Command::Agent(args) => agent::run(&args),
     }
@@ -196,11 +203,26 @@ fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
     })
 }
 
-fn run(path: Option<&Path>, pool_config: Option<&Path>) -> ExitCode {
+fn run(path: Option<&Path>, pool_config: Option<&Path>, model: Option<&Path>) -> ExitCode {
     let mut config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Some(file) = model {
+        let file = match std::fs::canonicalize(file) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("corelane: --model {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        };
+        config.frames.detector = "onnx".into();
+        config.frames.model = file.display().to_string();
+        if let Err(e) = config.validate() {
+            eprintln!("corelane: config error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     if let Some(file) = pool_config {
         let file = match std::fs::canonicalize(file) {
             Ok(f) => f,

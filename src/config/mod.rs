@@ -257,6 +257,10 @@ pub struct FramesConfig {
     pub default_width: u32,
     /// See `default_width`.
     pub default_height: u32,
+    /// `adaptive_window`: shrink a connection's window (WindowUpdate) while its frames wait
+    /// for the detector longer than twice their processing time, and grow it back. Default
+    /// true.
+    pub adaptive_window: bool,
     /// `fps_target`: frame rate reported in InitOk. Default 10.
     pub fps_target: u32,
     /// `heartbeat_ms`: heartbeat period. Default 2000.

@@ -177,6 +177,7 @@ pub const FRAMES_SECTION: SectionSpec = SectionSpec {
         key("max_height", uint(2, 8192)),
         key("default_width", uint(2, 8192)),
         key("default_height", uint(2, 8192)),
+        key("adaptive_window", Kind::Bool),
         key("fps_target", uint(1, 1000)),
         key("heartbeat_ms", uint(10, 60_000)),
         key("peer_timeout_ms", uint(100, 600_000)),

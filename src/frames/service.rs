@@ -68,6 +68,7 @@ pub fn worker_config(frames: &FramesConfig, identity: super::detector::ModelIden
         peer_timeout: Duration::from_millis(frames.peer_timeout_ms),
         backpressure_timeout: Duration::from_millis(frames.backpressure_timeout_ms),
         accept_jpeg: true,
+        adaptive_window: frames.adaptive_window,
         identity,
     }
 }
@@ -703,10 +704,8 @@ impl WorkerAgent {
 
     fn arm_timer(&mut self, ctx: &mut Ctx<'_>) {
         let at = ctx.now + PUBLISH_EVERY;
-        if self.timer_at.is_none() {
-            if ctx.timer(at, TICK_TIMER).is_ok() {
-                self.timer_at = Some(at);
-            }
+        if self.timer_at.is_none() && ctx.timer(at, TICK_TIMER).is_ok() {
+            self.timer_at = Some(at);
         }
     }
 }
@@ -724,7 +723,9 @@ impl Agent for WorkerAgent {
     fn on_completion(&mut self, ctx: &mut Ctx<'_>, completion: Completion) {
         match self.conns.event(ctx, completion) {
             ConnEvent::Received { id, buf } => {
-                if self.conns.receive(ctx, id, buf).is_ok() {
+                // Over its receive budget, the table has closed it.
+                let kept = self.conns.receive(ctx, id, buf).is_ok();
+                if kept {
                     self.pump(ctx, id);
                 }
             }

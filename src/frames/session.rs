@@ -30,6 +30,9 @@ use super::proto::{
 };
 use super::vision::yuv::{PlaneRef, RawFormat};
 
+/// Results between two adaptations of the window ([`WorkerConfig::adaptive_window`]).
+pub const ADAPT_EVERY: u32 = 16;
+
 /// The limit on a message before Init: an Init is small.
 pub const PRE_INIT_LIMIT: usize = 64 * 1024;
 
@@ -56,6 +59,10 @@ pub struct WorkerConfig {
     pub backpressure_timeout: Duration,
     /// Whether JPEG frames are taken (decoder present).
     pub accept_jpeg: bool,
+    /// Adapt the window to the detector: shrink it (WindowUpdate) while frames wait in the
+    /// worker longer than twice their processing time, grow it back to the negotiated
+    /// window when they hardly wait. See [`WorkerSession::on_outcome`].
+    pub adaptive_window: bool,
     /// The model that runs (InitOk and Results).
     pub identity: ModelIdentity,
 }
@@ -73,6 +80,7 @@ impl Default for WorkerConfig {
             peer_timeout: Duration::from_secs(10),
             backpressure_timeout: Duration::from_secs(5),
             accept_jpeg: true,
+            adaptive_window: false,
             identity: ModelIdentity {
                 family: "classical".into(),
                 name: "motion".into(),
@@ -188,6 +196,10 @@ pub struct WorkerSession {
     allow_jpeg: bool,
     max_frame_bytes: u32,
     window: u32,
+    /// The window InitOk granted: adaptation never goes above it.
+    granted: u32,
+    /// Queue wait and processing time of the results since the last adaptation, ms.
+    adapt: (f32, f32, u32),
     inflight: u32,
     last_rx: Instant,
     next_heartbeat: Instant,
@@ -213,6 +225,8 @@ impl WorkerSession {
             allow_jpeg: false,
             max_frame_bytes: 0,
             window: 0,
+            granted: 0,
+            adapt: (0.0, 0.0, 0),
             inflight: 0,
             last_rx: now,
             next_heartbeat: now + config.heartbeat,
@@ -469,6 +483,7 @@ impl WorkerSession {
         self.allow_jpeg = jpeg_ok;
         self.max_frame_bytes = (width as u64 * height as u64 * 3 / 2).min(u32::MAX as u64) as u32;
         self.window = window;
+        self.granted = window;
         self.phase = Phase::Streaming;
         let init_ok = proto::InitOk {
             chosen: Some(self.chosen.clone()),
@@ -481,7 +496,15 @@ impl WorkerSession {
     }
 
     /// The detector's answer for an accepted frame: a Result (or an Error), one credit back.
+    ///
+    /// With [`WorkerConfig::adaptive_window`], every [`ADAPT_EVERY`] results the session
+    /// compares the time frames waited in the worker (total minus pre, infer and post) with
+    /// the time they took: waiting over twice as long shrinks the window by one, waiting
+    /// under half as long grows it by one, up to the granted window (each a WindowUpdate).
     pub fn on_outcome(&mut self, outcome: &Outcome, config: &WorkerConfig) {
+        if config.adaptive_window && outcome.error.is_none() {
+            self.adapt_window(outcome);
+        }
         if self.inflight == 0 {
             return; // a frame of an earlier session state; nothing is owed
         }
@@ -498,6 +521,25 @@ impl WorkerSession {
             }
         }
         self.maybe_finish();
+    }
+
+    fn adapt_window(&mut self, outcome: &Outcome) {
+        let work = outcome.pre_ms + outcome.infer_ms + outcome.post_ms;
+        let wait = (outcome.total_ms - work).max(0.0);
+        let (waited, worked, n) = &mut self.adapt;
+        *waited += wait;
+        *worked += work;
+        *n += 1;
+        if *n < ADAPT_EVERY {
+            return;
+        }
+        let (waited, worked) = (*waited, *worked);
+        self.adapt = (0.0, 0.0, 0);
+        if waited > 2.0 * worked && self.window > 1 {
+            self.set_window(self.window - 1);
+        } else if waited < 0.5 * worked && self.window < self.granted {
+            self.set_window(self.window + 1);
+        }
     }
 
     /// Changes the window and tells the agent (WindowUpdate).

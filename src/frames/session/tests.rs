@@ -572,3 +572,40 @@ fn agent_to_worker_only_messages_from_the_agent_get_bad_message() {
     assert_eq!(code, ErrorCode::BadMessage);
     assert_eq!(message, "MSG_TYPE_RESULT is a worker-to-agent message");
 }
+
+#[test]
+fn window_update_the_adaptive_window_shrinks_while_frames_wait_and_grows_back() {
+    let now = Instant::now();
+    let cfg = WorkerConfig { window: 4, adaptive_window: true, ..WorkerConfig::default() };
+    let mut s = WorkerSession::new(&cfg, now);
+    s.on_message(&init(4), &cfg, now);
+    take(&mut s);
+    assert_eq!(s.window(), 4);
+    let mut id = 0;
+    let mut run = |s: &mut WorkerSession, n: u32, total_ms: f32| {
+        for _ in 0..n {
+            id += 1;
+            s.on_message(&body(Payload::Frame(nv12_frame(id, 64, 48))), &cfg, now);
+            let outcome = Outcome { frame_id: id, infer_ms: 1.0, total_ms, ..Outcome::default() };
+            s.on_outcome(&outcome, &cfg);
+        }
+        take(s)
+            .into_iter()
+            .filter_map(|p| match p {
+                Payload::WindowUpdate(w) => Some(w.new_window),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // Frames wait 3 ms for 1 ms of work: the window shrinks by one per ADAPT_EVERY results.
+    assert_eq!(run(&mut s, ADAPT_EVERY - 1, 4.0), Vec::<u32>::new());
+    assert_eq!(run(&mut s, 1, 4.0), vec![3]);
+    assert_eq!(run(&mut s, 2 * ADAPT_EVERY, 4.0), vec![2, 1]);
+    assert_eq!(run(&mut s, ADAPT_EVERY, 4.0), Vec::<u32>::new(), "never below 1");
+    // Waiting 1.5x the work: no change either way.
+    assert_eq!(run(&mut s, ADAPT_EVERY, 2.5), Vec::<u32>::new());
+    // Hardly waiting: back up to the granted 4, and no further.
+    assert_eq!(run(&mut s, 4 * ADAPT_EVERY, 1.1), vec![2, 3, 4]);
+    assert_eq!(s.window(), 4);
+    assert_eq!(s.counters().window_updates, 6);
+}
