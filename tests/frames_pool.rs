@@ -13,11 +13,11 @@ use corelane::frames::vision::yuv::RawFormat;
 use corelane::pool::{Consumer, PoolOptions, Wait};
 use support::{frame_msg, free_port, Peer, Worker};
 
-#[test]
-fn accepted_frames_reach_a_pool_consumer_as_i420_tensors() {
+/// A daemon with the pool driver and the worker; `pool_stream` for the bridge (0: off).
+fn start(name: &str, pool_stream: u32) -> (Worker, String) {
     let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("cl-frames-{pid}-pool"));
-    let base = format!("/dev/shm/cl-frames-{pid}-pool");
+    let dir = std::env::temp_dir().join(format!("cl-frames-{pid}-{name}"));
+    let base = format!("/dev/shm/cl-frames-{pid}-{name}");
     let _ = fs::remove_dir_all(&dir);
     let _ = fs::remove_dir_all(&base);
     fs::create_dir_all(&dir).unwrap();
@@ -30,7 +30,7 @@ fn accepted_frames_reach_a_pool_consumer_as_i420_tensors() {
         format!(
             "[runtime]\ndir = {:?}\n\n[metrics]\nlisten = \"\"\n\n[alloc]\nenabled = false\n\n\
              [pool.shm]\nbase_dir = {base:?}\nallowed_base_dirs = [{base:?}]\n\n\
-             [frames]\nlisten = \"{addr}\"\npool_stream = 10000\n",
+             [frames]\nlisten = \"{addr}\"\npool_stream = {pool_stream}\n",
             dir.display().to_string()
         ),
     )
@@ -38,6 +38,13 @@ fn accepted_frames_reach_a_pool_consumer_as_i420_tensors() {
     let stderr = dir.join("daemon.stderr");
     let mut worker = Worker { child: None, dir: dir.clone(), addr, config, stderr };
     worker.launch();
+    (worker, base)
+}
+
+#[test]
+fn accepted_frames_reach_a_pool_consumer_as_i420_tensors() {
+    let (worker, base) = start("bridge", 10_000);
+    let dir = worker.dir.clone();
 
     let (w, h) = (64u32, 48u32);
     let mut peer = Peer::connect(worker.addr);
@@ -82,6 +89,67 @@ fn accepted_frames_reach_a_pool_consumer_as_i420_tensors() {
         assert!(std::time::Instant::now() < deadline, "published: {published:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+    drop(worker);
+    let _ = fs::remove_dir_all(&base);
+}
+
+#[test]
+fn the_agent_streams_a_local_pool_stream_to_the_worker() {
+    use corelane::frames::agent::{run, AgentOptions, SourceSpec};
+    use corelane::frames::vision::yuv::pack;
+    use corelane::pool::Producer;
+    use corelane::rings::shm::{Dtype, MajorOrder, ProgressUnit, TensorHeader};
+
+    let (worker, base) = start("source", 0);
+    let socket = worker.dir.join("control.sock");
+    let (w, h) = (160u32, 120u32);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A camera: NV12 frames of moving rectangles into stream 10000, 200 a second.
+    let camera = {
+        let (socket, base, stop) = (socket.clone(), base.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut options = PoolOptions::new(&socket, 10_000);
+            options.allowed_dirs = vec![base.into()];
+            let mut producer = Producer::attach(options).expect("the camera attaches");
+            producer.spawn_keeper().unwrap();
+            let mut scene = Synthetic::new(w, h, 2, 11);
+            let mut data = Vec::new();
+            let dims = [(h * 3 / 2) as i32, w as i32];
+            let tensor =
+                TensorHeader::new(Dtype::Uint8, MajorOrder::Row, &dims, &[], ProgressUnit::None, 0)
+                    .unwrap();
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                pack(scene.next_picture(), RawFormat::Nv12, &mut data);
+                if producer.publish(&data, tensor, 0).is_ok() {
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sent
+        })
+    };
+    let options = AgentOptions {
+        worker: worker.addr.to_string(),
+        source: SourceSpec::Pool(10_000),
+        format: RawFormat::Nv12,
+        width: w,
+        height: h,
+        fps: 0.0,
+        frames: 60,
+        socket: socket.clone(),
+        verbose: false,
+        ..AgentOptions::default()
+    };
+    // The consumer attaches with the pool's default allowed dirs: make the base visible.
+    let summary = run(&options);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let published = camera.join().unwrap();
+    let summary = summary.unwrap_or_else(|e| panic!("{e}: {}", worker.log()));
+    assert!(published >= 60, "{published}");
+    assert_eq!(summary.results_total + summary.ai_drops_latestwins_total, 60, "{summary:?}");
+    assert!(summary.results_total >= 30, "{summary:?}");
+    assert!(summary.detections_total > 0, "the rectangles were found: {summary:?}");
     drop(worker);
     let _ = fs::remove_dir_all(&base);
 }

@@ -26,8 +26,10 @@ pub struct AgentArgs {
     /// The inference worker to stream to, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_worker)]
     pub worker: String,
-    /// Where frames come from: `synthetic` (moving shapes) or `file:PATH` (raw frames of
-    /// --format and --size back to back, looped at the end of the file).
+    /// Where frames come from: `synthetic` (moving shapes), `file:PATH` (raw frames of
+    /// --format and --size back to back, looped at the end of the file) or `pool:STREAM`
+    /// (a local tensor pool stream: u8 [height*3/2, width] 4:2:0 in --format, or
+    /// [height, width, 3] RGB; read through the daemon's control socket, see --socket).
     #[arg(long, value_name = "SOURCE", default_value = "synthetic", value_parser = parse_source)]
     pub source: SourceSpec,
     /// Raw pixel format of the captured frames.
@@ -58,6 +60,11 @@ pub struct AgentArgs {
     /// Ask the worker to choose JPEG transport (frames are then encoded at quality 85).
     #[arg(long)]
     pub prefer_jpeg: bool,
+    /// The local daemon's control socket, for --source pool:STREAM (default: the one
+    /// `corelane run` with the default config creates, in $XDG_RUNTIME_DIR/corelane or
+    /// /tmp/corelane-<uid>).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     /// Envelope.stream_id of every message.
     #[arg(long, value_name = "NAME", default_value = "cam0")]
     pub stream_id: String,
@@ -111,6 +118,10 @@ pub fn run(args: &AgentArgs) -> ExitCode {
         handle_signals: true,
         verbose: !args.quiet,
         ..AgentOptions::default()
+    };
+    let options = match &args.socket {
+        Some(socket) => AgentOptions { socket: socket.clone(), ..options },
+        None => options,
     };
     if !(args.fps >= 0.0 && args.fps.is_finite()) {
         eprintln!("corelane agent: --fps: expected a rate >= 0, got {}", args.fps);
@@ -167,14 +178,20 @@ pub fn parse_worker(text: &str) -> Result<String, String> {
     }
 }
 
-/// `--source synthetic|file:PATH`.
+/// `--source synthetic|file:PATH|pool:STREAM`.
 pub fn parse_source(text: &str) -> Result<SourceSpec, String> {
     if text == "synthetic" {
         return Ok(SourceSpec::Synthetic);
     }
+    if let Some(stream) = text.strip_prefix("pool:") {
+        return match stream.parse::<u32>() {
+            Ok(id) if id != 0 => Ok(SourceSpec::Pool(id)),
+            _ => Err(format!("expected pool:STREAM with a stream id 1-4294967295, got {text:?}")),
+        };
+    }
     match text.strip_prefix("file:") {
         Some(path) if !path.is_empty() => Ok(SourceSpec::File(PathBuf::from(path))),
-        _ => Err(format!("expected `synthetic` or `file:PATH`, got {text:?}")),
+        _ => Err(format!("expected `synthetic`, `file:PATH` or `pool:STREAM`, got {text:?}")),
     }
 }
 

@@ -411,7 +411,12 @@ pub fn init_formats(
 
 /// An envelope with explicit (possibly wrong) header fields.
 pub fn envelope(version: u32, msg_type: proto::MsgType, payload: Option<Payload>) -> Envelope {
-    Envelope { protocol_version: version, stream_id: "cam0".into(), msg_type: msg_type as i32, payload }
+    Envelope {
+        protocol_version: version,
+        stream_id: "cam0".into(),
+        msg_type: msg_type as i32,
+        payload,
+    }
 }
 
 /// A raw frame of `picture` in `format` with row stride `stride` (>= width; padding bytes
@@ -459,7 +464,11 @@ pub fn frame_of(
     let mut refs = vec![proto::Plane::default(); planes.len()];
     for &i in order {
         let (stride, bytes) = &planes[i];
-        refs[i] = proto::Plane { stride: *stride as u32, offset: data.len() as u32, size: bytes.len() as u32 };
+        refs[i] = proto::Plane {
+            stride: *stride as u32,
+            offset: data.len() as u32,
+            size: bytes.len() as u32,
+        };
         data.extend_from_slice(bytes);
     }
     proto::Frame {
@@ -521,7 +530,9 @@ pub fn boxes(r: &proto::Result) -> Vec<[f32; 4]> {
 /// there are no other detections.
 pub fn matches_truth(found: &[[f32; 4]], truth: &[[f32; 4]], tol: f32) -> bool {
     found.len() == truth.len()
-        && truth.iter().all(|t| found.iter().any(|f| f.iter().zip(t).all(|(a, b)| (a - b).abs() <= tol)))
+        && truth
+            .iter()
+            .all(|t| found.iter().any(|f| f.iter().zip(t).all(|(a, b)| (a - b).abs() <= tol)))
 }
 
 /// The receive queue (bytes the kernel holds that the application has not read) of the
@@ -599,5 +610,12 @@ impl Peer {
 pub fn encoded(payload: Payload) -> Vec<u8> {
     let mut out = Vec::new();
     codec::encode("cam0", payload, &mut out);
+    out
+}
+
+/// One encoded message with stream id `stream_id` (the worker echoes it in its answers).
+pub fn encoded_as(stream_id: &str, payload: Payload) -> Vec<u8> {
+    let mut out = Vec::new();
+    codec::encode(stream_id, payload, &mut out);
     out
 }

@@ -40,6 +40,9 @@ pub enum SourceSpec {
     Synthetic,
     /// Raw frames of `--format` and `--size`, back to back, looped (`--source file:PATH`).
     File(PathBuf),
+    /// A local tensor pool stream (`--source pool:STREAM`), read through the daemon's
+    /// control socket.
+    Pool(u32),
 }
 
 /// Everything `corelane agent` is told.
@@ -79,6 +82,8 @@ pub struct AgentOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// Log one line per connection event to stderr.
     pub verbose: bool,
+    /// The local daemon's control socket, for `--source pool:STREAM`.
+    pub socket: PathBuf,
 }
 
 impl Default for AgentOptions {
@@ -101,6 +106,8 @@ impl Default for AgentOptions {
             handle_signals: false,
             stop: None,
             verbose: true,
+            socket: crate::config::Config::default()
+                .control_socket_path(&|k| std::env::var(k).ok()),
         }
     }
 }
@@ -169,6 +176,9 @@ pub fn run(options: &AgentOptions) -> Result<Summary, AgentError> {
         }
         SourceSpec::File(path) => {
             Box::new(RawFile::open(path, options.format, options.width, options.height)?)
+        }
+        SourceSpec::Pool(stream) => {
+            Box::new(source::PoolSource::attach(&options.socket, *stream, options.format)?)
         }
     };
     run_with(options, source, Box::<VisionJpeg>::default())
@@ -269,10 +279,11 @@ pub fn run_with(
                 None => core.can_send_now(),
             };
         if capture_due {
-            let info = source.next_frame(&mut fbuf)?;
-            let offered = core.offer(&info.frame(&fbuf), now);
-            if !matches!(offered, Offer::Blocked | Offer::Closed) {
-                captured += 1;
+            if let Some(info) = source.next_frame(&mut fbuf)? {
+                let offered = core.offer(&info.frame(&fbuf), now);
+                if !matches!(offered, Offer::Blocked | Offer::Closed) {
+                    captured += 1;
+                }
             }
             if let Some(p) = period {
                 next_capture += p;

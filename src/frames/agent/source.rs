@@ -6,7 +6,13 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::time::Duration;
+
 use super::core::{plane_layout, PlaneRef, RawFormat, RawFrame};
+use crate::frames::detector::Picture;
+use crate::frames::vision::yuv::{pack, rgb_to_picture, ColorSpec};
+use crate::pool::{Consumer, PoolOptions, Wait};
+use crate::rings::shm::Dtype;
 
 /// What a source captured into the caller's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +72,14 @@ pub enum SourceError {
         /// The bytes of one frame.
         frame: usize,
     },
+    /// The pool stream could not be attached.
+    #[error("pool stream {stream}: {why}")]
+    Pool {
+        /// The stream.
+        stream: u32,
+        /// Why.
+        why: String,
+    },
     /// The file holds no frame.
     #[error("frame file {path}: empty, expected raw frames of {frame} bytes each")]
     Empty {
@@ -78,8 +92,10 @@ pub enum SourceError {
 
 /// Something that captures frames into a reused buffer.
 pub trait FrameSource {
-    /// Captures the next frame into `buf` (its contents replaced, its capacity reused).
-    fn next_frame(&mut self, buf: &mut Vec<u8>) -> Result<FrameInfo, SourceError>;
+    /// Captures the next frame into `buf` (its contents replaced, its capacity reused);
+    /// `None` when no new frame is there yet (a pool stream whose producer has not committed
+    /// one since: the capture is skipped).
+    fn next_frame(&mut self, buf: &mut Vec<u8>) -> Result<Option<FrameInfo>, SourceError>;
 }
 
 /// Capture timestamps now: (monotonic ns, wall-clock ns).
@@ -122,10 +138,10 @@ impl Synthetic {
 }
 
 impl FrameSource for Synthetic {
-    fn next_frame(&mut self, buf: &mut Vec<u8>) -> Result<FrameInfo, SourceError> {
+    fn next_frame(&mut self, buf: &mut Vec<u8>) -> Result<Option<FrameInfo>, SourceError> {
         let (planes, nplanes) = self.scene.frame(self.format, buf);
         let (ts_mono_ns, ts_utc_ns) = timestamps();
-        Ok(FrameInfo {
+        Ok(Some(FrameInfo {
             format: self.format,
             width: self.width,
             height: self.height,
@@ -133,7 +149,7 @@ impl FrameSource for Synthetic {
             nplanes,
             ts_mono_ns,
             ts_utc_ns,
-        })
+        }))
     }
 }
 
@@ -175,7 +191,7 @@ impl RawFile {
 }
 
 impl FrameSource for RawFile {
-    fn next_frame(&mut self, buf: &mut Vec<u8>) -> Result<FrameInfo, SourceError> {
+    fn next_frame(&mut self, buf: &mut Vec<u8>) -> Result<Option<FrameInfo>, SourceError> {
         buf.clear();
         buf.resize(self.frame_bytes, 0);
         let io = |source| SourceError::Io { path: self.path.clone(), source };
@@ -199,7 +215,106 @@ impl FrameSource for RawFile {
                 Err(e) => return Err(io(e)),
             }
         }
-        Ok(info(self.format, self.width, self.height))
+        Ok(Some(info(self.format, self.width, self.height)))
+    }
+}
+
+/// The most payload bytes a pool frame may have (1920x1080 RGB fits).
+pub const MAX_POOL_FRAME: usize = 8 << 20;
+
+/// How long one capture waits for the producer's next commit.
+const POOL_WAIT: Duration = Duration::from_millis(5);
+
+/// Frames of a local tensor pool stream (`--source pool:STREAM`): a camera producer's, or
+/// another worker's bridge. A `u8` tensor `[height * 3 / 2, width]` is taken as raw 4:2:0
+/// in `--format`; a `u8` tensor `[height, width, 3]` as RGB, converted to `--format`. Other
+/// shapes are skipped (counted, one warning).
+#[derive(Debug)]
+pub struct PoolSource {
+    consumer: Consumer,
+    stream: u32,
+    format: RawFormat,
+    payload: Vec<u8>,
+    picture: Picture,
+    skipped: u64,
+}
+
+impl PoolSource {
+    /// Attaches as a consumer of `stream` through the daemon's control socket `socket`.
+    pub fn attach(socket: &Path, stream: u32, format: RawFormat) -> Result<Self, SourceError> {
+        let mut consumer = Consumer::attach(PoolOptions::new(socket, stream))
+            .map_err(|e| SourceError::Pool { stream, why: e.to_string() })?;
+        consumer
+            .spawn_keeper()
+            .map_err(|e| SourceError::Pool { stream, why: format!("keeper thread: {e}") })?;
+        Ok(Self {
+            consumer,
+            stream,
+            format,
+            payload: vec![0; MAX_POOL_FRAME],
+            picture: Picture::default(),
+            skipped: 0,
+        })
+    }
+
+    /// Frames skipped for their shape.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
+impl FrameSource for PoolSource {
+    fn next_frame(&mut self, buf: &mut Vec<u8>) -> Result<Option<FrameInfo>, SourceError> {
+        let Ok(frame) = self.consumer.recv(&mut self.payload, POOL_WAIT, Wait::Futex) else {
+            return Ok(None);
+        };
+        let data = &self.payload[..frame.payload_len.min(self.payload.len())];
+        let (ts_mono_ns, ts_utc_ns) = timestamps();
+        let shape = &frame.tensor.shape;
+        let even = |w: u32, h: u32| w > 0 && h > 0 && w % 2 == 0 && h % 2 == 0;
+        let (width, height) = match (shape.dtype, shape.dims()) {
+            (Dtype::Uint8, &[rows, w]) if rows % 3 == 0 && even(w, rows / 3 * 2) => {
+                let h = rows / 3 * 2;
+                let (_, _, bytes) = plane_layout(self.format, w, h);
+                if data.len() < bytes {
+                    return Ok(self.skip(shape.dims()));
+                }
+                buf.clear();
+                buf.extend_from_slice(&data[..bytes]);
+                (w, h)
+            }
+            (Dtype::Uint8, &[h, w, 3]) if even(w, h) && data.len() >= (w * h * 3) as usize => {
+                let rgb = &data[..(w * h * 3) as usize];
+                rgb_to_picture(rgb, w, h, ColorSpec::default(), &mut self.picture);
+                pack(&self.picture, self.format, buf);
+                (w, h)
+            }
+            _ => return Ok(self.skip(shape.dims())),
+        };
+        let (planes, nplanes, _) = plane_layout(self.format, width, height);
+        Ok(Some(FrameInfo {
+            format: self.format,
+            width,
+            height,
+            planes,
+            nplanes,
+            ts_mono_ns: if frame.tensor.timestamp_ns == 0 { ts_mono_ns } else { frame.tensor.timestamp_ns },
+            ts_utc_ns,
+        }))
+    }
+}
+
+impl PoolSource {
+    fn skip(&mut self, dims: &[u32]) -> Option<FrameInfo> {
+        if self.skipped == 0 {
+            tracing::warn!(
+                stream = self.stream,
+                "pool frames of shape {dims:?} are skipped: expected u8 [height*3/2, width] \
+                 (4:2:0) or [height, width, 3] (RGB), both sizes even"
+            );
+        }
+        self.skipped += 1;
+        None
     }
 }
 
