@@ -212,3 +212,49 @@ fn sends_jpeg_when_the_worker_chooses_it() {
     assert!(s.jpeg_compression_ratio > 2.0, "{}", s.jpeg_compression_ratio);
     assert_eq!(s.results_total, 6);
 }
+
+#[test]
+fn the_agent_publishes_seed_004_metrics_in_its_counters_file() {
+    let script = Script { credits: 3, codec: Codec::None, drop_after: None, connections: 1 };
+    let (addr, worker) = spawn_worker(script);
+    let dir = std::env::temp_dir().join(format!("cl-agent-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("agent.counters");
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = probe.local_addr().unwrap();
+    drop(probe);
+    let opts = AgentOptions {
+        counters_file: Some(file.clone()),
+        metrics_listen: Some(listen),
+        ..options(addr, 20, Policy::LatestWins)
+    };
+    let s = agent::run(&opts).unwrap();
+    worker.join().unwrap();
+    // The file holds the last refresh (the run's end), under the seed's names.
+    let samples = corelane::metrics::CountersReader::open(&file).unwrap().snapshot();
+    let value = |name: &str| {
+        samples
+            .iter()
+            .find(|x| x.name == name)
+            .unwrap_or_else(|| panic!("{name}: {samples:?}"))
+            .value
+    };
+    assert_eq!(value("ai_frames_sent_total"), s.ai_frames_sent_total);
+    assert_eq!(value("ai_frames_sent_total"), 20);
+    assert_eq!(value("ai_results_total"), 20);
+    assert_eq!(value("frames_out_of_order_total"), s.frames_out_of_order_total);
+    assert_eq!(value("ai_drops_latestwins_total"), 0);
+    assert_eq!(value("ai_window_size"), 3);
+    assert_eq!(value("ai_inflight"), 0);
+    assert!(value("ai_rtt_us{quantile=\"0.99\"}") >= value("ai_rtt_us{quantile=\"0.5\"}"));
+    assert!(value("ai_rtt_us{quantile=\"1\"}") > 0);
+    for name in [
+        "frame_bytes_max_hit_total",
+        "ai_degrade_jpeg_switch_total",
+        "ai_encode_us{quantile=\"0.5\"}",
+    ] {
+        value(name);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

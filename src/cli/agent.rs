@@ -65,6 +65,14 @@ pub struct AgentArgs {
     /// /tmp/corelane-<uid>).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Write the agent's metrics (seed 004's names: ai_window_size, ai_inflight,
+    /// ai_drops_latestwins_total, ai_rtt_us, ...) to this counters file, refreshed every
+    /// 100 ms (read it with any counters-file reader, or serve it with --metrics-listen).
+    #[arg(long, value_name = "PATH")]
+    pub counters_file: Option<PathBuf>,
+    /// Serve the agent's metrics as Prometheus text on ADDR (e.g. 127.0.0.1:9091/metrics).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Envelope.stream_id of every message.
     #[arg(long, value_name = "NAME", default_value = "cam0")]
     pub stream_id: String,
@@ -119,9 +127,11 @@ pub fn run(args: &AgentArgs) -> ExitCode {
         verbose: !args.quiet,
         ..AgentOptions::default()
     };
-    let options = match &args.socket {
-        Some(socket) => AgentOptions { socket: socket.clone(), ..options },
-        None => options,
+    let options = AgentOptions {
+        socket: args.socket.clone().unwrap_or(options.socket.clone()),
+        counters_file: args.counters_file.clone(),
+        metrics_listen: args.metrics_listen,
+        ..options
     };
     if !(args.fps >= 0.0 && args.fps.is_finite()) {
         eprintln!("corelane agent: --fps: expected a rate >= 0, got {}", args.fps);

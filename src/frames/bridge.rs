@@ -53,7 +53,11 @@ impl Bridge {
     /// Starts attaching to `stream` through the daemon's control socket `socket`, in a thread.
     /// `allowed_dirs` are the directories the grant's files may be in (the pool's
     /// `allowed_base_dirs`).
-    pub fn start(socket: PathBuf, stream: u32, allowed_dirs: Vec<PathBuf>) -> std::io::Result<Self> {
+    pub fn start(
+        socket: PathBuf,
+        stream: u32,
+        allowed_dirs: Vec<PathBuf>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
@@ -74,7 +78,10 @@ impl Bridge {
                     }
                     Err(e) => {
                         if !warned {
-                            tracing::warn!(stream, "frames: pool bridge cannot attach yet: {e}; retrying");
+                            tracing::warn!(
+                                stream,
+                                "frames: pool bridge cannot attach yet: {e}; retrying"
+                            );
                             warned = true;
                         }
                         // The lane's end dropped (the daemon stops): no one to attach for.
@@ -87,7 +94,13 @@ impl Bridge {
                 }
             }
         })?;
-        Ok(Bridge { stream, pending: Some(rx), producer: None, stats: BridgeStats::default(), stop })
+        Ok(Bridge {
+            stream,
+            pending: Some(rx),
+            producer: None,
+            stats: BridgeStats::default(),
+            stop,
+        })
     }
 
     /// The stream it publishes to.
@@ -121,7 +134,8 @@ impl Bridge {
         let (w, h) = (picture.width as usize, picture.height as usize);
         let len = picture.y.len() + picture.u.len() + picture.v.len();
         let dims = [(h * 3 / 2) as i32, w as i32];
-        let Ok(tensor) = TensorHeader::new(Dtype::Uint8, MajorOrder::Row, &dims, &[], ProgressUnit::None, 0)
+        let Ok(tensor) =
+            TensorHeader::new(Dtype::Uint8, MajorOrder::Row, &dims, &[], ProgressUnit::None, 0)
         else {
             self.stats.skipped += 1;
             return;
@@ -138,4 +152,3 @@ impl Bridge {
         self.stats.published += 1;
     }
 }
-

@@ -26,10 +26,11 @@ use super::vision::{jpeg, yuv};
 use crate::config::{Config, ConfigError, FramesConfig, SectionSpec, FRAMES_SECTION};
 use crate::daemon::service::Agents;
 use crate::daemon::{Build, DaemonError, Prepare, Prepared, Service, StatusCell};
-use crate::metrics::{Counter, CounterId, CounterSpec, LatencyRecorder, QuantileGauges, QuantileIds};
+use crate::metrics::{
+    Counter, CounterId, CounterSpec, LatencyRecorder, QuantileGauges, QuantileIds,
+};
 use crate::runtime::{
-    Agent, CloseReason, Completion, ConnConfig, ConnEvent, ConnId, ConnTable, Ctx, LinkRx,
-    LinkTx,
+    Agent, CloseReason, Completion, ConnConfig, ConnEvent, ConnId, ConnTable, Ctx, LinkRx, LinkTx,
 };
 
 /// The frames service, as the daemon's table names it.
@@ -56,7 +57,10 @@ const LISTENER_ID: u64 = 1 << 40;
 const TICK_TIMER: u64 = 1;
 
 /// The worker limits of a config.
-pub fn worker_config(frames: &FramesConfig, identity: super::detector::ModelIdentity) -> WorkerConfig {
+pub fn worker_config(
+    frames: &FramesConfig,
+    identity: super::detector::ModelIdentity,
+) -> WorkerConfig {
     WorkerConfig {
         max_width: frames.max_width & !1,
         max_height: frames.max_height & !1,
@@ -338,8 +342,8 @@ impl Prepared for FramesPrepared {
             .listen
             .parse()
             .map_err(|e| fail(format!("frames.listen {:?}: {e}", self.frames.listen)))?;
-        let listener = TcpListener::bind(addr)
-            .map_err(|e| fail(format!("cannot listen on {addr}: {e}")))?;
+        let listener =
+            TcpListener::bind(addr).map_err(|e| fail(format!("cannot listen on {addr}: {e}")))?;
         listener.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
         let local = listener.local_addr().map_err(|e| fail(e.to_string()))?;
         let identity = match &self.factory {
@@ -507,7 +511,9 @@ struct WorkerAgent {
 
 impl std::fmt::Debug for WorkerAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerAgent").field("connections", &self.conns.len()).finish_non_exhaustive()
+        f.debug_struct("WorkerAgent")
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -522,7 +528,9 @@ impl WorkerAgent {
             while session.wants_input() {
                 let Some(prefix) = ring.peek(PREFIX_BYTES) else { break };
                 let end = match codec::split(prefix, session.limit()) {
-                    Ok(_) => PREFIX_BYTES + u32::from_le_bytes(prefix.try_into().expect("4")) as usize,
+                    Ok(_) => {
+                        PREFIX_BYTES + u32::from_le_bytes(prefix.try_into().expect("4")) as usize
+                    }
                     Err(e) => {
                         // Nothing tells where the next message starts: answer and close.
                         session.on_oversized(&e);
@@ -795,7 +803,9 @@ struct DetectorAgent {
 
 impl std::fmt::Debug for DetectorAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DetectorAgent").field("streams", &self.streams.len()).finish_non_exhaustive()
+        f.debug_struct("DetectorAgent")
+            .field("streams", &self.streams.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -833,14 +843,22 @@ impl DetectorAgent {
         let decoded = match accepted.raw {
             Some(format) => {
                 stream.picture.reset(accepted.width, accepted.height);
-                yuv::unpack(format, data, accepted.width, accepted.height, &accepted.plane[..accepted.planes], &mut stream.picture);
+                yuv::unpack(
+                    format,
+                    data,
+                    accepted.width,
+                    accepted.height,
+                    &accepted.plane[..accepted.planes],
+                    &mut stream.picture,
+                );
                 Ok(())
             }
             None => jpeg::decode(data, &mut stream.picture).map_err(|e| e.to_string()),
         };
         let decoded_at = Instant::now();
         if let Err(why) = decoded {
-            outcome.error = Some((ErrorCode::InvalidFrame, format!("cannot decode the JPEG: {why}")));
+            outcome.error =
+                Some((ErrorCode::InvalidFrame, format!("cannot decode the JPEG: {why}")));
             return outcome;
         }
         self.decoded_count += 1;

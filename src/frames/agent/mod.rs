@@ -13,6 +13,7 @@
 //! kept (seed 004's known limitation); JPEG transport adapts to it best.
 
 pub mod core;
+pub mod metrics;
 pub mod source;
 
 use std::io::{ErrorKind, Read, Write};
@@ -84,6 +85,10 @@ pub struct AgentOptions {
     pub verbose: bool,
     /// The local daemon's control socket, for `--source pool:STREAM`.
     pub socket: PathBuf,
+    /// Write the agent's metrics (seed 004's names) to this counters file.
+    pub counters_file: Option<PathBuf>,
+    /// Serve them on this address (Prometheus text at `/metrics`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for AgentOptions {
@@ -108,6 +113,8 @@ impl Default for AgentOptions {
             verbose: true,
             socket: crate::config::Config::default()
                 .control_socket_path(&|k| std::env::var(k).ok()),
+            counters_file: None,
+            metrics_listen: None,
         }
     }
 }
@@ -132,6 +139,9 @@ pub enum AgentError {
     /// `poll` failed.
     #[error("poll: {0}")]
     Poll(std::io::Error),
+    /// The counters file or the metrics endpoint could not be set up.
+    #[error("metrics: {0}")]
+    Metrics(crate::metrics::MetricsError),
 }
 
 /// The degradation encoder: [`yuv::unpack`] into a reused [`Picture`], then
@@ -231,8 +241,20 @@ pub fn run_with(
     let mut capture_over = false;
     let mut stopped = false;
 
+    let mut metrics = match (&options.counters_file, options.metrics_listen) {
+        (None, None) => None,
+        (file, listen) => Some(
+            metrics::AgentMetrics::start(file.as_deref(), listen).map_err(AgentError::Metrics)?,
+        ),
+    };
+    if let Some(addr) = metrics.as_ref().and_then(metrics::AgentMetrics::local_addr) {
+        log(format_args!("metrics on http://{addr}/metrics"));
+    }
     loop {
         let now = Instant::now();
+        if let Some(m) = &mut metrics {
+            m.refresh(&core, now, false);
+        }
         if stop.load(Ordering::Relaxed) && !stopped {
             stopped = true;
             capture_over = true;
@@ -367,6 +389,9 @@ pub fn run_with(
                 None => break,
             }
         }
+    }
+    if let Some(m) = &mut metrics {
+        m.refresh(&core, Instant::now(), true);
     }
     Ok(core.summary())
 }

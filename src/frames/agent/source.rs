@@ -298,7 +298,11 @@ impl FrameSource for PoolSource {
             height,
             planes,
             nplanes,
-            ts_mono_ns: if frame.tensor.timestamp_ns == 0 { ts_mono_ns } else { frame.tensor.timestamp_ns },
+            ts_mono_ns: if frame.tensor.timestamp_ns == 0 {
+                ts_mono_ns
+            } else {
+                frame.tensor.timestamp_ns
+            },
             ts_utc_ns,
         }))
     }
