@@ -951,3 +951,55 @@ impl Agent for DetectorAgent {
         work
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames() -> FramesConfig {
+        Config::default().frames
+    }
+
+    #[test]
+    fn the_detector_key_chooses_the_backend_and_its_identity() {
+        let motion = detector_factory(&frames()).unwrap().expect("a detector");
+        assert_eq!(motion.identity().family, "classical");
+        let none = FramesConfig { detector: "none".into(), ..frames() };
+        assert!(detector_factory(&none).unwrap().is_none(), "transport only");
+        assert_eq!(transport_only_identity().name, "none");
+        let onnx =
+            FramesConfig { detector: "onnx".into(), model: "/nope/x.onnx".into(), ..frames() };
+        let err = detector_factory(&onnx).err().expect("no model there");
+        if cfg!(feature = "onnx") {
+            assert!(err.contains("/nope/x.onnx") && err.contains("not found"), "{err}");
+        } else {
+            assert!(err.contains("--features onnx"), "{err}");
+        }
+    }
+
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn with_the_onnx_feature_the_shipped_model_runs_and_names_itself() {
+        let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny_detector.onnx");
+        let onnx = FramesConfig { detector: "onnx".into(), model: model.into(), ..frames() };
+        let factory = detector_factory(&onnx).unwrap().expect("a detector");
+        let id = factory.identity();
+        assert_eq!((id.family.as_str(), id.name.as_str()), ("yolo", "tiny_detector.onnx"));
+        assert_eq!(id.classes, vec!["square".to_owned()]);
+        let config = worker_config(&onnx, id.clone());
+        assert_eq!(config.identity.family, "yolo", "InitOk and Results report the model");
+        let mut detector = factory.make();
+        let mut picture = Picture::default();
+        picture.reset(128, 96);
+        picture.y.fill(16);
+        picture.u.fill(128);
+        picture.v.fill(128);
+        for y in 24..56 {
+            picture.y[y * 128 + 40..y * 128 + 72].fill(235);
+        }
+        let mut out = Vec::new();
+        detector.detect(&picture, &mut out).unwrap();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!((out[0].x1 - 40.0).abs() <= 2.0 && (out[0].y1 - 24.0).abs() <= 2.0, "{out:?}");
+    }
+}

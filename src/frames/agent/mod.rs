@@ -548,7 +548,7 @@ mod tests {
     fn vision_jpeg_encodes_a_decodable_smaller_frame() {
         let mut source = Synthetic::new(RawFormat::Nv12, 320, 240, 5);
         let mut buf = Vec::new();
-        let info = source.next_frame(&mut buf).unwrap();
+        let info = source.next_frame(&mut buf).unwrap().unwrap();
         let mut out = Vec::new();
         VisionJpeg::default().encode(&info.frame(&buf), core::JPEG_QUALITY, &mut out).unwrap();
         assert!(out.len() * 2 < buf.len(), "{} JPEG bytes for {} raw", out.len(), buf.len());

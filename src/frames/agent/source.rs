@@ -330,7 +330,7 @@ mod tests {
     fn synthetic_frames_have_the_layout_and_move() {
         let mut s = Synthetic::new(RawFormat::I420, 320, 240, 3);
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        let info = s.next_frame(&mut a).unwrap();
+        let info = s.next_frame(&mut a).unwrap().unwrap();
         s.next_frame(&mut b).unwrap();
         assert_eq!(a.len(), 320 * 240 * 3 / 2);
         assert!(!s.truth().is_empty());
