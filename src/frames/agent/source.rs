@@ -271,9 +271,9 @@ impl FrameSource for PoolSource {
         let data = &self.payload[..frame.payload_len.min(self.payload.len())];
         let (ts_mono_ns, ts_utc_ns) = timestamps();
         let shape = &frame.tensor.shape;
-        let even = |w: u32, h: u32| w > 0 && h > 0 && w % 2 == 0 && h % 2 == 0;
+        let even = |w: u32, h: u32| w > 0 && h > 0 && w.is_multiple_of(2) && h.is_multiple_of(2);
         let (width, height) = match (shape.dtype, shape.dims()) {
-            (Dtype::Uint8, &[rows, w]) if rows % 3 == 0 && even(w, rows / 3 * 2) => {
+            (Dtype::Uint8, &[rows, w]) if rows.is_multiple_of(3) && even(w, rows / 3 * 2) => {
                 let h = rows / 3 * 2;
                 let (_, _, bytes) = plane_layout(self.format, w, h);
                 if data.len() < bytes {

@@ -609,3 +609,39 @@ fn window_update_the_adaptive_window_shrinks_while_frames_wait_and_grows_back() 
     assert_eq!(s.window(), 4);
     assert_eq!(s.counters().window_updates, 6);
 }
+
+#[test]
+fn the_result_is_encoded_as_prost_encodes_the_message() {
+    let cfg = WorkerConfig::default();
+    let mut outcomes = vec![Outcome::default()];
+    outcomes.push(Outcome {
+        frame_id: u64::MAX,
+        ts_mono_ns: 1,
+        ts_utc_ns: 1 << 62,
+        pre_ms: 0.25,
+        infer_ms: -0.0,
+        post_ms: f32::MAX,
+        total_ms: 3.5,
+        detections: (0..300u32)
+            .map(|i| Detection {
+                x1: i as f32,
+                y1: 0.0,
+                x2: i as f32 + 0.5,
+                y2: 1e9,
+                conf: 0.5,
+                class: (i % 3) as u16,
+                track_id: [0, 1, 9, 10, 99, 4_000_000_000][i as usize % 6],
+            })
+            .collect(),
+        error: None,
+    });
+    for (stream, session) in [("", ""), ("cam0", "s-1"), (&"x".repeat(300)[..], "é")] {
+        for outcome in &outcomes {
+            let mut fast = Vec::new();
+            super::encode::result(&mut fast, stream, session, outcome, &cfg.identity);
+            let mut slow = Vec::new();
+            codec::encode(stream, Payload::Result(result_of(outcome, session, &cfg)), &mut slow);
+            assert_eq!(fast, slow, "{} detections", outcome.detections.len());
+        }
+    }
+}
