@@ -149,6 +149,28 @@ pub fn decode(body: &[u8], env: &mut Envelope) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// [`decode`], keeping one Frame's buffers across messages of other kinds: a Heartbeat
+/// between two Frames would otherwise drop the first Frame's data buffer and make the next
+/// Frame allocate a new one. `spare` holds the Frame while other messages are decoded.
+pub fn decode_reusing(
+    body: &[u8],
+    env: &mut Envelope,
+    spare: &mut Option<super::proto::Frame>,
+) -> Result<(), DecodeError> {
+    let frame_next = has_field(body, FRAME_FIELD);
+    let frame_now = matches!(env.payload, Some(Payload::Frame(_)));
+    if frame_now && !frame_next {
+        if let Some(Payload::Frame(frame)) = env.payload.take() {
+            *spare = Some(frame);
+        }
+    } else if frame_next && !frame_now {
+        if let Some(frame) = spare.take() {
+            env.payload = Some(Payload::Frame(frame));
+        }
+    }
+    decode(body, env)
+}
+
 /// Clears `env` for a new decode, keeping a Frame payload's buffers (merging a message into
 /// a set oneof of the same kind merges into it, so its `data` and `planes` capacity stay).
 fn reset(env: &mut Envelope) {

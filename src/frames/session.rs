@@ -210,6 +210,8 @@ pub struct WorkerSession {
     last_answered: u64,
     cause: Option<CloseCause>,
     env: Envelope,
+    /// The last Frame's buffers while other messages are decoded.
+    spare: Option<Frame>,
     out: Vec<u8>,
     counters: SessionCounters,
 }
@@ -235,6 +237,7 @@ impl WorkerSession {
             last_answered: 0,
             cause: None,
             env: Envelope::default(),
+            spare: None,
             out: Vec::with_capacity(4096),
             counters: SessionCounters::default(),
         }
@@ -359,7 +362,7 @@ impl WorkerSession {
         if self.phase == Phase::Closed {
             return Step::Handled;
         }
-        if let Err(e) = codec::decode(body, &mut self.env) {
+        if let Err(e) = codec::decode_reusing(body, &mut self.env, &mut self.spare) {
             self.counters.rx += 1;
             self.error(e.code(), e.to_string(), 0, 0);
             return Step::Handled;

@@ -645,3 +645,18 @@ fn the_result_is_encoded_as_prost_encodes_the_message() {
         }
     }
 }
+
+#[test]
+fn a_frame_s_buffer_is_kept_across_heartbeats_between_frames() {
+    let now = Instant::now();
+    let mut s = started(now);
+    s.on_message(&body(Payload::Frame(nv12_frame(1, 64, 48))), &config(), now);
+    let first = s.frame_data().as_ptr();
+    s.on_outcome(&Outcome { frame_id: 1, ..Outcome::default() }, &config());
+    s.on_message(&body(Payload::Heartbeat(proto::Heartbeat::default())), &config(), now);
+    assert!(s.frame_data().is_empty(), "a Heartbeat is not a Frame");
+    let step = s.on_message(&body(Payload::Frame(nv12_frame(2, 64, 48))), &config(), now);
+    assert!(matches!(step, Step::Frame(a) if a.frame_id == 2));
+    assert_eq!(s.frame_data().as_ptr(), first, "the same buffer, not a new allocation");
+    assert_eq!(s.frame_data().len(), 4608);
+}
