@@ -1,11 +1,11 @@
 //! The frame worker in a real daemon, over loopback TCP: seed 004's Testing Checklist end to
-//! end, hostile agents beside good ones, a worker restart.
+//! end (one test per line that concerns the worker, named after it), hostile agents beside
+//! good ones, a worker restart, twenty agents at once, the counters file.
 //!
-//! Checklist lines that are the agent's alone (LATEST_WINS drops, FIFO waiting, reconnect
-//! backoff) have no worker behaviour beyond echoing the policy, which
-//! `latest_wins_and_fifo_policies_are_echoed_in_init_ok` checks. WindowUpdate cannot be
-//! triggered from outside (nothing in the service calls `WorkerSession::set_window`); its test
-//! checks the window negotiation InitOk does and that no WindowUpdate is sent unprompted.
+//! Checklist lines that are the agent's alone (LATEST_WINS drops, FIFO waiting) have no
+//! worker behaviour beyond echoing the policy, which
+//! `latest_wins_and_fifo_policies_are_echoed_in_init_ok` checks; reconnection is checked with
+//! the real `corelane agent` across a worker restart.
 
 #[path = "frames_support/mod.rs"]
 mod support;
@@ -212,10 +212,9 @@ fn sequence_validation_frame_before_init_is_bad_sequence() {
     worker.wait_counter(&error_series("BAD_SEQUENCE"), |v| v == 3);
 }
 
-/// WORKER BUG (reported): a full-size frame before Init is refused as FRAME_TOO_LARGE and
-/// the connection closed, because the pre-Init message limit is 64 KiB
-/// (`session::PRE_INIT_LIMIT`); the spec says anything before Init is BAD_SEQUENCE, and an
-/// agent that streams before (re-)Init, e.g. after a reconnect, should learn that.
+/// A full-size frame before Init is BAD_SEQUENCE, not FRAME_TOO_LARGE: the limit before Init
+/// is the worker's largest frame (it was 64 KiB, which closed the connection of an agent
+/// that streams before (re-)Init instead of telling it what it did wrong).
 #[test]
 fn sequence_validation_full_size_frame_before_init_is_bad_sequence() {
     let worker = Worker::start("sequence-full", "");
@@ -331,9 +330,9 @@ fn frame_size_validation_frame_over_max_frame_bytes_is_frame_too_large() {
     eprintln!("RSS around a 0xFFFFFFFF prefix: {rss_before} KiB -> {rss_after} KiB");
     assert!(rss_after < rss_before + 8 * 1024, "RSS grew {rss_before} -> {rss_after} KiB");
 
-    // Before Init the limit is 64 KiB.
+    // Before Init the limit is the worker's largest frame (1920x1080 NV12 and the slack).
     let mut peer = Peer::connect(worker.addr);
-    peer.send_raw(&(100_000u32).to_le_bytes());
+    peer.send_raw(&(1920 * 1080 * 3 / 2 + 4096 + 1u32).to_le_bytes());
     assert_eq!(code(&peer.expect_error()), ErrorCode::FrameTooLarge);
     peer.expect_close(Duration::from_secs(10));
     worker.wait_counter("corelane_frames_closes_total{cause=\"too_large\"}", |v| v == 2);
@@ -398,6 +397,9 @@ fn backpressure_inflight_never_exceeds_window() {
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(Seen::Msg(Payload::Result(r), _)) => results.push(r.frame_id),
             Ok(Seen::Msg(Payload::Heartbeat(_), _)) => {}
+            Ok(Seen::Msg(Payload::WindowUpdate(w), _)) => {
+                assert!(w.new_window <= 2, "{w:?} over the granted window")
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             other => panic!("expected a Result, got {other:?}"),
         }
@@ -423,25 +425,104 @@ fn backpressure_inflight_never_exceeds_window() {
 }
 
 #[test]
-fn window_update_window_is_negotiated_and_no_window_update_is_sent_unprompted() {
-    // Nothing outside the session can change the window today (no caller of
-    // WorkerSession::set_window): check the negotiation InitOk does.
-    let worker = Worker::start("window", "window = 3");
+fn window_update_window_size_adjustment() {
+    // adaptive_window (the default): frames that wait in the worker longer than twice their
+    // processing shrink the window by one; frames that hardly wait grow it back, never past
+    // the granted window. Each change is one WindowUpdate, counted.
+    let worker = Worker::start("window", "window = 4\nadaptive_window = true");
+    let mut peer = Peer::connect(worker.addr);
+    let ok = peer.init(640, 480, 4);
+    assert_eq!(ok.chosen.as_ref().unwrap().initial_credits, 4);
+    let mut source = Synthetic::new(640, 480, 2, 1);
+    let mut window = 4u32;
+    let mut inflight = 0u32;
+    let mut updates: Vec<u32> = Vec::new();
+    let mut answered = 0u64;
+    let mut next = 1u64;
+    // Phase 1: a full window always in flight (the agent obeys every WindowUpdate).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while updates.is_empty() || answered < 40 {
+        assert!(Instant::now() < deadline, "no WindowUpdate after {answered} results");
+        while inflight < window {
+            peer.send(Payload::Frame(frame_msg(&mut source, RawFormat::Nv12, next, 640, 480)));
+            next += 1;
+            inflight += 1;
+        }
+        match peer.recv().expect("open") {
+            Payload::Result(_) => {
+                answered += 1;
+                inflight -= 1;
+            }
+            Payload::WindowUpdate(w) => {
+                updates.push(w.new_window);
+                window = w.new_window;
+            }
+            Payload::Heartbeat(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(updates[0], 3, "frames queued behind a full window: the window shrinks first");
+    // Phase 2: drain, then one frame at a time: frames do not wait, the window grows back.
+    while inflight > 0 {
+        match peer.recv().expect("open") {
+            Payload::Result(_) => inflight -= 1,
+            Payload::WindowUpdate(w) => updates.push(w.new_window),
+            _ => {}
+        }
+    }
+    let shrunk = *updates.last().unwrap();
+    let mut grown = false;
+    for _ in 0..80 {
+        peer.send(Payload::Frame(frame_msg(&mut source, RawFormat::Nv12, next, 640, 480)));
+        next += 1;
+        loop {
+            match peer.recv().expect("open") {
+                Payload::Result(_) => break,
+                Payload::WindowUpdate(w) => {
+                    grown |= w.new_window > shrunk;
+                    updates.push(w.new_window);
+                }
+                _ => {}
+            }
+        }
+        if updates.last() == Some(&4) {
+            break;
+        }
+    }
+    assert!(grown, "lockstep frames never grew the window back: {updates:?}");
+    let mut prev = 4;
+    for &w in &updates {
+        assert!((1..=4).contains(&w), "window {w} outside 1..=granted: {updates:?}");
+        assert_eq!(w.abs_diff(prev), 1, "one step at a time: {updates:?}");
+        prev = w;
+    }
+    let n = updates.len() as u64;
+    worker.wait_counter("window_size_set_events_total", |v| v == n);
+}
+
+#[test]
+fn window_update_is_never_sent_with_adaptive_window_off() {
+    let worker = Worker::start("window-off", "window = 3\nadaptive_window = false");
     for (asked, expect) in [(0, 3), (1, 1), (2, 2), (50, 3)] {
         let mut peer = Peer::connect(worker.addr);
         let ok = peer.init(640, 480, asked);
         assert_eq!(ok.chosen.as_ref().unwrap().initial_credits, expect, "max_inflight {asked}");
-        // A full window of frames at once: all answered, no WindowUpdate among the answers.
+        // Full windows of frames, 40 frames: all answered, no WindowUpdate among the answers.
         let mut source = Synthetic::new(640, 480, 2, 1);
-        for id in 1..=expect as u64 {
-            peer.send(Payload::Frame(frame_msg(&mut source, RawFormat::Nv12, id, 640, 480)));
-        }
+        let mut next = 1;
         for _ in 0..expect {
+            peer.send(Payload::Frame(frame_msg(&mut source, RawFormat::Nv12, next, 640, 480)));
+            next += 1;
+        }
+        for _ in 0..20 {
             match peer.recv_skip_heartbeats() {
                 Some(Payload::Result(_)) => {}
                 other => panic!("expected a Result, got {other:?}"),
             }
+            peer.send(Payload::Frame(frame_msg(&mut source, RawFormat::Nv12, next, 640, 480)));
+            next += 1;
         }
+        assert!(peer.window_updates.is_empty(), "{:?}", peer.window_updates);
     }
     thread::sleep(Duration::from_millis(300));
     assert_eq!(worker.counter("window_size_set_events_total"), Some(0));
@@ -934,6 +1015,53 @@ fn worker_restart_during_a_stream() {
     assert!(!boxes(results.last().unwrap()).is_empty(), "the new worker detects");
     worker.assert_alive();
     worker.wait_counter("corelane_frames_results_total", |v| v == 15);
+}
+
+/// `corelane agent` (the Rust edge agent) across a worker restart: it reconnects with
+/// backoff, sends Init again and finishes its run against the new worker.
+#[test]
+fn reconnection_the_corelane_agent_reconnects_after_a_worker_restart() {
+    let mut worker = Worker::start("agent-restart", "");
+    let child = std::process::Command::new(support::BIN)
+        .args(["agent", "--worker", &worker.addr.to_string(), "--source", "synthetic"])
+        .args(["--size", "320x240", "--fps", "20", "--frames", "60", "--policy", "fifo"])
+        .args(["--json", "-q"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    worker.wait_counter("corelane_frames_results_total", |v| v >= 10);
+    worker.kill();
+    thread::sleep(Duration::from_millis(300));
+    worker.launch();
+    // The new worker serves the reconnected agent.
+    worker.wait_counter("corelane_frames_results_total", |v| v >= 5);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "agent: {}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let n = |k: &str| summary[k].as_u64().unwrap_or_else(|| panic!("{k} in {summary}"));
+    assert!(n("connections_total") >= 2, "{summary}");
+    assert!(n("reconnects_total") >= 1, "{summary}");
+    assert!(n("results_total") >= 15, "{summary}");
+    assert_eq!(n("protocol_errors_total"), 0, "{summary}");
+    eprintln!("agent across a restart: {summary}");
+    worker.assert_alive();
 }
 
 #[test]

@@ -361,9 +361,7 @@ impl Prepared for FramesPrepared {
         status.set("listen", local);
         status.set("model", format!("{} {} {}", identity.family, identity.name, identity.version));
         let config = worker_config(&self.frames, identity);
-        let max_message = (config.max_width as usize * config.max_height as usize * 3 / 2)
-            + super::codec::ENVELOPE_SLACK
-            + super::codec::PREFIX_BYTES;
+        let max_message = config.max_message() + PREFIX_BYTES;
         let counters: Vec<Counter> = self.counters.iter().map(|&id| cx.counter(id)).collect();
         let errors = self.errors.iter().map(|&(code, id)| (code, cx.counter(id))).collect();
         let worker = WorkerAgent {

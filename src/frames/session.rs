@@ -33,9 +33,6 @@ use super::vision::yuv::{PlaneRef, RawFormat};
 /// Results between two adaptations of the window ([`WorkerConfig::adaptive_window`]).
 pub const ADAPT_EVERY: u32 = 16;
 
-/// The limit on a message before Init: an Init is small.
-pub const PRE_INIT_LIMIT: usize = 64 * 1024;
-
 /// Limits and choices of a worker; one for every session.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -65,6 +62,14 @@ pub struct WorkerConfig {
     pub adaptive_window: bool,
     /// The model that runs (InitOk and Results).
     pub identity: ModelIdentity,
+}
+
+impl WorkerConfig {
+    /// The largest message body any session takes: a raw frame of the largest size, plus
+    /// the envelope's slack.
+    pub fn max_message(&self) -> usize {
+        self.max_width as usize * self.max_height as usize * 3 / 2 + ENVELOPE_SLACK
+    }
 }
 
 impl Default for WorkerConfig {
@@ -195,6 +200,8 @@ pub struct WorkerSession {
     chosen: Chosen,
     allow_jpeg: bool,
     max_frame_bytes: u32,
+    /// [`WorkerConfig::max_message`].
+    pre_init_limit: usize,
     window: u32,
     /// The window InitOk granted: adaptation never goes above it.
     granted: u32,
@@ -226,6 +233,7 @@ impl WorkerSession {
             chosen: Chosen::default(),
             allow_jpeg: false,
             max_frame_bytes: 0,
+            pre_init_limit: config.max_message(),
             window: 0,
             granted: 0,
             adapt: (0.0, 0.0, 0),
@@ -273,11 +281,12 @@ impl WorkerSession {
         &self.counters
     }
 
-    /// The largest message body the session takes now: 64 KiB before Init, then
-    /// `max_frame_bytes` plus the envelope's slack.
+    /// The largest message body the session takes now: before Init the worker's largest
+    /// frame ([`WorkerConfig::max_message`]: a Frame sent before Init is BAD_SEQUENCE, not
+    /// FRAME_TOO_LARGE), then `max_frame_bytes` plus the envelope's slack.
     pub fn limit(&self) -> usize {
         match self.phase {
-            Phase::AwaitInit => PRE_INIT_LIMIT,
+            Phase::AwaitInit => self.pre_init_limit,
             _ => self.max_frame_bytes as usize + ENVELOPE_SLACK,
         }
     }

@@ -125,6 +125,8 @@ impl Drop for Worker {
 pub struct Peer {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// The WindowUpdates [`recv_skip_heartbeats`](Self::recv_skip_heartbeats) skipped.
+    pub window_updates: Vec<u32>,
 }
 
 impl Peer {
@@ -132,7 +134,7 @@ impl Peer {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Peer { stream, buf: Vec::new() }
+        Peer { stream, buf: Vec::new(), window_updates: Vec::new() }
     }
 
     pub fn send(&mut self, payload: Payload) {
@@ -170,11 +172,13 @@ impl Peer {
         }
     }
 
-    /// The next message that is not a Heartbeat.
+    /// The next message that is not a Heartbeat or a WindowUpdate (those are kept in
+    /// `window_updates`).
     pub fn recv_skip_heartbeats(&mut self) -> Option<Payload> {
         loop {
             match self.recv() {
                 Some(Payload::Heartbeat(_)) => continue,
+                Some(Payload::WindowUpdate(w)) => self.window_updates.push(w.new_window),
                 other => return other,
             }
         }
@@ -445,7 +449,7 @@ pub fn frame_of(
     match format {
         RawFormat::Nv12 => {
             let uv = |r: usize, c: usize| {
-                if c % 2 == 0 {
+                if c.is_multiple_of(2) {
                     picture.u[r * cw + c / 2]
                 } else {
                     picture.v[r * cw + c / 2]
@@ -518,7 +522,7 @@ pub fn boxes(r: &proto::Result) -> Vec<[f32; 4]> {
             d.items
                 .iter()
                 .map(|i| {
-                    let b = i.bbox.clone().unwrap_or_default();
+                    let b = i.bbox.unwrap_or_default();
                     [b.x1, b.y1, b.x2, b.y2]
                 })
                 .collect()

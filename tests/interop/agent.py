@@ -42,6 +42,8 @@ class Conn:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.sent = 0
+        self.granted = 2
+        self.window_updates = []
 
     def send_env(self, env):
         body = env.SerializeToString()
@@ -89,6 +91,11 @@ class Conn:
             check(which in expect, f"worker sent an agent-to-worker message {which}")
             check(env.msg_type == expect[which], f"msg_type {env.msg_type} with payload {which}")
             check(env.stream_id == STREAM, f"stream_id echoed as {env.stream_id!r}")
+            if which == "window_update":
+                w = env.window_update.new_window
+                check(1 <= w <= self.granted, f"WindowUpdate to {w}, granted {self.granted}")
+                self.window_updates.append(w)
+                continue
             if which != "heartbeat":
                 return env
 
@@ -218,7 +225,7 @@ def run(pb, addr):
         if env is None:
             break
         check(env.WhichOneof("payload") == "heartbeat", f"after End: {env}")
-    print("End: the worker closed the connection")
+    print(f"End: the worker closed the connection ({len(c.window_updates)} WindowUpdates seen)")
 
 
 def main():

@@ -414,9 +414,10 @@ fn frame_size_validation_a_length_prefix_over_the_limit_is_refused_from_the_pref
     assert_eq!(message, format!("message of 4294967295 bytes is over the limit of {limit} bytes"));
     assert_eq!(s.phase(), Phase::Closed);
     assert_eq!(s.close_cause(), Some(CloseCause::TooLarge));
-    // Before Init the limit is 64 KiB.
+    // Before Init the limit is the largest frame the worker takes (a full-size Frame sent
+    // before Init is BAD_SEQUENCE, not FRAME_TOO_LARGE).
     let fresh = WorkerSession::new(&config(), now);
-    assert_eq!(fresh.limit(), PRE_INIT_LIMIT);
+    assert_eq!(fresh.limit(), 1920 * 1080 * 3 / 2 + codec::ENVELOPE_SLACK);
 }
 
 #[test]
