@@ -539,11 +539,14 @@ impl WorkerAgent {
                 let Some(message) = ring.peek(end) else { break };
                 let step = session.on_message(&message[PREFIX_BYTES..], config, now);
                 ring.consume(end);
+                if session.phase() == Phase::Streaming {
+                    // Every frame of the session fits: keep the buffer between frames.
+                    ring.set_retain(session.limit() + PREFIX_BYTES);
+                }
                 if let Step::Frame(accepted) = step {
-                    let (mut data, mut detections) = spares.pop().unwrap_or_default();
-                    data.clear();
+                    let (spare, mut detections) = spares.pop().unwrap_or_default();
                     detections.clear();
-                    data.extend_from_slice(session.frame_data());
+                    let data = session.take_frame_data(spare);
                     let job = Job::Frame {
                         conn: id.local(),
                         accepted,

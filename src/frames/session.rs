@@ -351,6 +351,17 @@ impl WorkerSession {
         }
     }
 
+    /// Takes the data of the frame the last [`Step::Frame`] accepted, leaving `spare` (a
+    /// cleared buffer whose capacity the next Frame's decode reuses) in its place: the frame
+    /// goes to the detector without a copy.
+    pub fn take_frame_data(&mut self, mut spare: Vec<u8>) -> Vec<u8> {
+        spare.clear();
+        match &mut self.env.payload {
+            Some(Payload::Frame(frame)) => std::mem::replace(&mut frame.data, spare),
+            _ => spare,
+        }
+    }
+
     /// The capture timestamps of the frame the last [`Step::Frame`] accepted.
     pub fn frame_times(&self) -> (u64, u64) {
         match &self.env.payload {

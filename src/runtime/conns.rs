@@ -893,6 +893,8 @@ pub struct RecvRing {
     head: usize,
     len: usize,
     limit: usize,
+    /// The size kept when the ring empties (see [`set_retain`](Self::set_retain)).
+    retain: usize,
 }
 
 /// [`RecvRing::push`] would take the ring past its limit; nothing was appended.
@@ -913,7 +915,7 @@ impl RecvRing {
 
     /// An empty ring that holds at most `limit` bytes (allocates nothing yet).
     pub fn new(limit: usize) -> Self {
-        RecvRing { buf: Box::default(), head: 0, len: 0, limit }
+        RecvRing { buf: Box::default(), head: 0, len: 0, limit, retain: Self::RETAIN_BYTES }
     }
 
     /// Bytes held.
@@ -988,22 +990,31 @@ impl RecvRing {
         Some(&self.buf[self.head..self.head + n])
     }
 
+    /// Keeps a buffer of up to `bytes` (at most the limit) when the ring empties, instead of
+    /// [`RETAIN_BYTES`](Self::RETAIN_BYTES): for a connection whose records are all large
+    /// (the frame worker's, once a session negotiated its frame size), so every record does
+    /// not grow the buffer again from nothing (reallocations, page faults).
+    pub fn set_retain(&mut self, bytes: usize) {
+        self.retain = bytes.clamp(Self::RETAIN_BYTES, self.limit.max(Self::RETAIN_BYTES));
+    }
+
     /// Drops the first `n` bytes (all of them if fewer are held); shrinks the buffer if it had
-    /// grown past [`RETAIN_BYTES`](Self::RETAIN_BYTES) and a quarter or less of it is used.
+    /// grown past what it retains ([`RETAIN_BYTES`](Self::RETAIN_BYTES) unless
+    /// [`set_retain`](Self::set_retain) said more) and a quarter or less of it is used.
     pub fn consume(&mut self, n: usize) {
         let n = n.min(self.len);
         self.len -= n;
         if self.len == 0 {
             self.head = 0;
-            if self.buf.len() > Self::RETAIN_BYTES {
+            if self.buf.len() > self.retain {
                 self.buf = Box::default();
             }
             return;
         }
         self.head = (self.head + n) % self.buf.len();
-        if self.buf.len() > Self::RETAIN_BYTES && self.len <= self.buf.len() / 4 {
+        if self.buf.len() > self.retain && self.len <= self.buf.len() / 4 {
             // At most a quarter used: half the size or less, and never under what it holds.
-            self.relocate(Self::RETAIN_BYTES.max((2 * self.len).next_power_of_two()));
+            self.relocate(self.retain.max((2 * self.len).next_power_of_two()));
         }
     }
 

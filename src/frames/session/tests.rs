@@ -661,3 +661,20 @@ fn a_frame_s_buffer_is_kept_across_heartbeats_between_frames() {
     assert_eq!(s.frame_data().as_ptr(), first, "the same buffer, not a new allocation");
     assert_eq!(s.frame_data().len(), 4608);
 }
+
+#[test]
+fn the_accepted_frame_s_data_is_handed_over_and_the_spare_is_decoded_into_next() {
+    let now = Instant::now();
+    let mut s = started(now);
+    let spare = Vec::with_capacity(8192);
+    let spare_at = spare.as_ptr();
+    s.on_message(&body(Payload::Frame(nv12_frame(1, 64, 48))), &config(), now);
+    let first_at = s.frame_data().as_ptr();
+    let data = s.take_frame_data(spare);
+    assert_eq!((data.as_ptr(), data.len()), (first_at, 4608), "moved, not copied");
+    assert!(s.frame_data().is_empty());
+    s.on_outcome(&Outcome { frame_id: 1, ..Outcome::default() }, &config());
+    s.on_message(&body(Payload::Frame(nv12_frame(2, 64, 48))), &config(), now);
+    assert_eq!(s.frame_data().as_ptr(), spare_at, "the next frame is decoded into the spare");
+    assert_eq!(s.frame_data().len(), 4608);
+}

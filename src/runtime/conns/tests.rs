@@ -461,6 +461,28 @@ fn the_ring_lends_wrapped_records_whole_and_shrinks_after_a_large_one() {
 }
 
 #[test]
+fn a_ring_told_to_retain_keeps_its_buffer_between_large_records() {
+    let mut ring = RecvRing::new(1 << 20);
+    ring.set_retain(600_000);
+    ring.push(&vec![5u8; 460_900]).unwrap();
+    let grown = ring.capacity();
+    assert!(grown >= 460_900);
+    ring.consume(460_900);
+    assert_eq!(ring.capacity(), grown, "kept for the next record: no regrowth, no page faults");
+    ring.push(&vec![6u8; 460_900]).unwrap();
+    assert_eq!(ring.capacity(), grown);
+    // Past the retained size it still shrinks, and the retain never exceeds the limit.
+    ring.consume(460_900);
+    ring.set_retain(usize::MAX);
+    ring.push(&vec![7u8; 1 << 20]).unwrap();
+    ring.consume(1 << 20);
+    assert_eq!(ring.capacity(), 1 << 20, "retain clamped to the limit, which it holds");
+    ring.set_retain(0);
+    ring.consume(0);
+    assert_eq!(ring.capacity(), 0, "back to the default retain: the large buffer goes");
+}
+
+#[test]
 fn the_ring_refuses_past_its_limit_and_keeps_what_it_had() {
     let mut ring = RecvRing::new(1000);
     ring.push(&[1u8; 600]).unwrap();
