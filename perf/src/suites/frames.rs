@@ -1,8 +1,9 @@
 //! Suite `frames`: frame protocol v1 (TCP, length-prefixed protobuf envelopes) into the real
-//! frame worker (a `corelane run` child: its `frames` agent on a spinning lane pinned to
-//! cpu B, its detector on a lane of its own), next to a plain blocking TCP server that reads
-//! the same bytes and answers each message with a fixed reply of the same size, in the same
-//! run; and the motion detector's time per frame.
+//! frame worker (a `corelane run` child: its `frames` agent on a lane pinned to cpu B, its
+//! detector on a lane of its own), transport only (`detector = "none"`) and with the motion
+//! detector, next to a plain blocking TCP server that reads the same bytes and answers each
+//! message with a fixed reply of the same size, in the same run; and the motion detector's
+//! time per frame.
 //!
 //! What each case measures and how: `HELP` below and `perf/README.md`.
 
@@ -38,59 +39,81 @@ pub const SUITE: Suite = Suite {
 
 const HELP: &str = "\
     Implementations:
-      corelane         a real `corelane run` child (target/release/corelane): lane \"main\"
-                       (agents control, frames) pinned to cpu B, idle spin; lane \"detect\"
-                       (agent frames-detector, the motion detector) unpinned, idle backoff (as
-                       shipped); metrics, pool and alloc off; CORELANE_FRAMES_LISTEN =
-                       127.0.0.1:<free port>. The client (a thread pinned to cpu A, blocking
-                       TcpStream, TCP_NODELAY) sends Init, reads InitOk, then frames: each a
-                       length-prefixed Envelope made by corelane::frames::codec::encode
-                       (pre-encoded, only the frame_id patched per send), and reads each
-                       Result (codec::split; frame_id and lat read in place, no allocation)
+      corelane         a real `corelane run` child (target/release/corelane) with
+                       [frames] detector = \"none\" (transport only: frames validated, copied
+                       and handed to the detector lane, answered with empty Results, never
+                       decoded): lane \"main\" (agents control, frames) pinned to cpu B;
+                       lane \"detect\" (agent frames-detector) unpinned; both idle backoff, as
+                       shipped (a spinning main lane halved the frames/s on 2 cpus: it starved
+                       the detector lane); adaptive_window = false, so the window stays
+                       what InitOk granted (the client still adopts any WindowUpdate; the
+                       settings count them); metrics, pool and alloc off;
+                       CORELANE_FRAMES_LISTEN = 127.0.0.1:<free port>. The client (a thread
+                       pinned to cpu A, blocking TcpStream, TCP_NODELAY) sends Init, reads
+                       InitOk, then frames: each a length-prefixed Envelope made by
+                       corelane::frames::codec::encode (pre-encoded, only the frame_id patched
+                       per send), and reads each Result (codec::split; msg_type, frame_id and
+                       lat read in place, no allocation), checking every frame_id in order
+      corelane-motion  the same with detector = \"motion\" (the built-in classical detector
+                       and tracker on every frame)
       raw-tcp          what a user would write instead: a std TcpListener thread pinned to
                        cpu B, blocking, TCP_NODELAY, that reads a u32 length and the body (the
                        very bytes the corelane client sends; no protobuf decode, no
                        validation) and answers each with a fixed reply of the size of
-                       corelane's median Result in that case (measured in the same run), its
-                       first 8 body bytes the server's message count (checked by the client)
+                       corelane's (detector none) median Result in that case, measured in the
+                       same run; its first 8 body bytes the server's message count (checked)
     Cases:
       throughput-nv12-640x480  NV12 640x480 frames (Synthetic, 3 moving objects; 32 frames
                        pre-encoded, sent in turn), window 4: the client keeps 4 frames in
-                       flight, sends the next as each answer arrives. Frames/s and MB/s (of
+                       flight and sends the next as each answer arrives. Frames/s and MB/s (of
                        encoded messages, prefix included) from the last warm-up answer to the
                        last answer; and the round trip of each frame (its send to its answer).
-                       corelane runs the motion detector on every frame.
                        20 [10] warm-up + 1,000 [200] timed frames per round
       rtt-small        NV12 64x48 frames (1 object), one in flight: the round trip per frame.
-                       corelane runs the motion detector (on 32x24 luma: a few us); see
-                       worker-infer-64x48 for its share. 500 [200] warm-up + 10,000 [2,000]
-      detector-motion-640x480  the classical detector's time per frame: corelane =
+                       500 [200] warm-up + 10,000 [2,000] timed frames per round. Goal: corelane
+                       (detector none) p99 < 100 us
+      detector-motion-640x480  the classical detector's time per frame: motion-inproc =
                        MotionDetector::detect (default MotionConfig) in this process on a
                        thread pinned to cpu B, Synthetic 640x480 frames unpacked from NV12
-                       outside the timing; corelane-worker = the Results' lat.infer_ms of the
+                       outside the timing; corelane-motion = the Results' lat.infer_ms of the
                        throughput case (the same detector on the worker's detect lane).
                        50 [10] warm-up + 500 [100] timed frames per round
       worker-pre-640x480, worker-total-640x480, worker-infer-64x48, worker-total-64x48
-                       the Results' lat.pre_ms (NV12 unpack), lat.total_ms (arrival to result,
-                       queueing behind the window included) and lat.infer_ms, from the same runs
+                       from the same runs' Results: lat.pre_ms (NV12 unpack), lat.total_ms
+                       (the frame's arrival on the main lane to its result: the lane hop,
+                       queueing behind the window and the detector) and lat.infer_ms
     Ratios: p50/flr and p99/flr are medians over rounds of the percentile over the floor's of
-    the same round; against peers, corelane's over raw-tcp's, round by round. A fresh daemon
-    (or server thread) per measurement; implementations in an order rotated every round.
+    the same round; against peers, each corelane row's over raw-tcp's, round by round. A fresh
+    daemon (or server thread) per measurement; implementations in an order rotated every round.
 ";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Impl {
+    /// The worker with `detector = "none"`: transport only.
     Corelane,
+    /// The worker with the motion detector.
+    CorelaneMotion,
     RawTcp,
 }
 
 /// corelane first: round 0 runs it before raw-tcp, which needs its Result size.
-const IMPLS: [Impl; 2] = [Impl::Corelane, Impl::RawTcp];
+const IMPLS: [Impl; 3] = [Impl::Corelane, Impl::CorelaneMotion, Impl::RawTcp];
+/// Index of raw-tcp in [`IMPLS`].
+const RAW: usize = 2;
 
 impl Impl {
+    /// `[frames] detector` of the daemon.
+    fn detector(self) -> &'static str {
+        match self {
+            Impl::CorelaneMotion => "motion",
+            _ => "none",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Impl::Corelane => "corelane",
+            Impl::CorelaneMotion => "corelane-motion",
             Impl::RawTcp => "raw-tcp",
         }
     }
@@ -98,7 +121,10 @@ impl Impl {
     fn api(self) -> &'static str {
         match self {
             Impl::Corelane => {
-                "codec::encode'd Frame, blocking write_all; Result via codec::split (frames worker, motion detector)"
+                "codec::encode'd Frame, blocking write_all; Result via codec::split (worker, detector none)"
+            }
+            Impl::CorelaneMotion => {
+                "codec::encode'd Frame, blocking write_all; Result via codec::split (worker, detector motion)"
             }
             Impl::RawTcp => "the same bytes, blocking write_all; u32 length + body, fixed reply (no decode)",
         }
@@ -181,8 +207,7 @@ fn run(plan: &Plan) -> Report {
     let env = Env { pair: plan.pair, dir: dir.clone(), bin, measurement: AtomicU64::new(0) };
     let (floor_warmup, floor_samples) = if quick { (200, 2_000) } else { (2_000, 20_000) };
 
-    let encoded: Vec<Encoded> =
-        streams.iter().map(|(s, _, _)| Encoded::new(s)).collect();
+    let encoded: Vec<Encoded> = streams.iter().map(|(s, _, _)| Encoded::new(s)).collect();
     let mut acc: Vec<CaseAcc> = streams.iter().map(|_| CaseAcc::new()).collect();
     let mut det_all = histogram();
     let mut floor_all = histogram();
@@ -192,8 +217,8 @@ fn run(plan: &Plan) -> Report {
         accumulate(&mut floor_all, &floor_round);
         let floor_round = Summary::of(&floor_round);
         for (c, &(stream, warmup, timed)) in streams.iter().enumerate() {
-            let mut round_rtt = [Summary::default(); 2];
-            let mut round_rate = [0.0; 2];
+            let mut round_rtt = [Summary::default(); 3];
+            let mut round_rate = [0.0; 3];
             for k in 0..IMPLS.len() {
                 let i = (k + round) % IMPLS.len();
                 let imp = IMPLS[i];
@@ -208,17 +233,20 @@ fn run(plan: &Plan) -> Report {
                 let a = &mut acc[c];
                 accumulate(&mut a.rtt[i], &h);
                 a.rates[i].push(m.rate);
+                a.window_updates[i] += m.window_updates;
                 a.floor_ratios[i].push(&round_rtt[i], &floor_round);
-                if imp == Impl::Corelane {
-                    accumulate(&mut a.infer, &histogram_of(&m.infer_ns));
-                    accumulate(&mut a.pre, &histogram_of(&m.pre_ns));
-                    accumulate(&mut a.total, &histogram_of(&m.total_ns));
+                if imp != Impl::RawTcp {
+                    accumulate(&mut a.infer[i], &histogram_of(&m.infer_ns));
+                    accumulate(&mut a.pre[i], &histogram_of(&m.pre_ns));
+                    accumulate(&mut a.total[i], &histogram_of(&m.total_ns));
                 }
             }
             let a = &mut acc[c];
-            a.peer_ratios.push(&round_rtt[0], &round_rtt[1]);
-            if round_rate[1] > 0.0 {
-                a.rate_ratio.push(round_rate[0] / round_rate[1]);
+            for i in 0..RAW {
+                a.peer_ratios[i].push(&round_rtt[i], &round_rtt[RAW]);
+                if round_rate[RAW] > 0.0 {
+                    a.rate_ratio[i].push(round_rate[i] / round_rate[RAW]);
+                }
             }
         }
         if detector {
@@ -232,18 +260,23 @@ fn run(plan: &Plan) -> Report {
     let mut goals = Vec::new();
     let mut reply_lens = serde_json::Map::new();
     let mut message_lens = serde_json::Map::new();
+    let mut window_updates = serde_json::Map::new();
     for (c, (stream, _, _)) in streams.iter().enumerate() {
         let a = &acc[c];
         reply_lens.insert(stream.name.into(), json!(a.reply_len));
         message_lens.insert(stream.name.into(), json!(encoded[c].message_len));
+        window_updates.insert(
+            stream.name.into(),
+            json!({"corelane": a.window_updates[0], "corelane-motion": a.window_updates[1]}),
+        );
         for (i, imp) in IMPLS.iter().enumerate() {
             let peers = match imp {
-                Impl::Corelane => vec![Peer {
-                    imp: Impl::RawTcp.name(),
-                    p50: a.peer_ratios.p50(),
-                    p99: a.peer_ratios.p99(),
-                }],
                 Impl::RawTcp => Vec::new(),
+                _ => vec![Peer {
+                    imp: Impl::RawTcp.name(),
+                    p50: a.peer_ratios[i].p50(),
+                    p99: a.peer_ratios[i].p99(),
+                }],
             };
             let summary = Summary::of(&a.rtt[i]);
             rows.push(Row {
@@ -260,8 +293,7 @@ fn run(plan: &Plan) -> Report {
             });
             if *imp == Impl::Corelane && stream.name == RTT.name {
                 goals.push(Goal::at_most(
-                    "corelane rtt-small p99 < 100 us (the goal is for the detector off; \
-                     measured with the motion detector on, 64x48)",
+                    "corelane rtt-small p99 < 100 us (detector none, 64x48 NV12)",
                     Some(summary.p99 as f64),
                     100_000.0,
                     " ns",
@@ -301,18 +333,20 @@ fn run(plan: &Plan) -> Report {
                     },
                 });
             }
-            rows.push(Row {
-                imp: Impl::Corelane.name(),
-                case: stream.name,
-                api: "frames/s over raw-tcp's in the same round, median over rounds",
-                measure: Measure::Value {
-                    value: (median(&a.rate_ratio).unwrap_or(0.0) * 100.0).round() as u64,
-                    unit: "% of raw-tcp",
-                },
-            });
+            for (i, imp) in IMPLS[..RAW].iter().enumerate() {
+                rows.push(Row {
+                    imp: imp.name(),
+                    case: stream.name,
+                    api: "frames/s over raw-tcp's in the same round, median over rounds",
+                    measure: Measure::Value {
+                        value: (median(&a.rate_ratio[i]).unwrap_or(0.0) * 100.0).round() as u64,
+                        unit: "% of raw-tcp",
+                    },
+                });
+            }
         }
-        let worker = |case: &'static str, h: &Histogram<u64>, api: &'static str| Row {
-            imp: "corelane-worker",
+        let worker = |imp: Impl, case: &'static str, h: &Histogram<u64>, api: &'static str| Row {
+            imp: imp.name(),
             case,
             api,
             measure: Measure::Latency {
@@ -323,15 +357,19 @@ fn run(plan: &Plan) -> Report {
                 peers: Vec::new(),
             },
         };
-        rows.push(worker(stream.infer_case, &a.infer, "Result.lat.infer_ms (motion detector)"));
+        let (none, motion) = (Impl::Corelane, Impl::CorelaneMotion);
+        let api = "Result.lat.infer_ms (motion detector)";
+        rows.push(worker(motion, stream.infer_case, &a.infer[1], api));
         if let Some(case) = stream.pre_case {
-            rows.push(worker(case, &a.pre, "Result.lat.pre_ms (NV12 unpack)"));
+            rows.push(worker(motion, case, &a.pre[1], "Result.lat.pre_ms (NV12 unpack)"));
         }
-        rows.push(worker(stream.total_case, &a.total, "Result.lat.total_ms (arrival to result)"));
+        let api = "Result.lat.total_ms (arrival to result)";
+        rows.push(worker(none, stream.total_case, &a.total[0], api));
+        rows.push(worker(motion, stream.total_case, &a.total[1], api));
     }
     if detector {
         rows.push(Row {
-            imp: "corelane",
+            imp: "motion-inproc",
             case: DETECTOR_CASE,
             api: "MotionDetector::detect in this process (default MotionConfig)",
             measure: Measure::Latency {
@@ -352,12 +390,14 @@ fn run(plan: &Plan) -> Report {
         settings: json!({
             "rounds": plan.rounds, "quick": plan.quick,
             "window_throughput": THROUGHPUT.window,
+            "adaptive_window": false,
+            "window_updates": window_updates,
             "message_bytes": message_lens,
             "raw_tcp_reply_bytes": reply_lens,
             "detector_warmup": det_warmup, "detector_samples_per_round": det_timed,
-            "daemon": "lane main (control, frames) on cpu B, idle spin; lane detect (frames-detector) unpinned, backoff",
+            "daemon": "lane main (control, frames) on cpu B; lane detect (frames-detector) unpinned; both idle backoff",
             "client": "cpu A, blocking TcpStream, TCP_NODELAY",
-            "detector": "motion (the worker has no switch to turn it off)",
+            "detector": "corelane: [frames] detector = none; corelane-motion: motion",
         }),
     }
 }
@@ -365,17 +405,19 @@ fn run(plan: &Plan) -> Report {
 /// What one case accumulates over rounds.
 struct CaseAcc {
     /// Round trip per frame, per impl (IMPLS order).
-    rtt: [Histogram<u64>; 2],
-    floor_ratios: [Ratios; 2],
-    /// corelane over raw-tcp, round by round.
-    peer_ratios: Ratios,
+    rtt: [Histogram<u64>; 3],
+    floor_ratios: [Ratios; 3],
+    /// corelane's (and corelane-motion's) over raw-tcp's, round by round.
+    peer_ratios: [Ratios; RAW],
     /// Frames/s per round, per impl.
-    rates: [Vec<f64>; 2],
-    rate_ratio: Vec<f64>,
-    /// From corelane's Results.
-    infer: Histogram<u64>,
-    pre: Histogram<u64>,
-    total: Histogram<u64>,
+    rates: [Vec<f64>; 3],
+    /// WindowUpdates the client adopted, per impl (0 expected: adaptive_window = false).
+    window_updates: [u64; 3],
+    rate_ratio: [Vec<f64>; RAW],
+    /// From the Results, per impl (raw-tcp's stay empty).
+    infer: [Histogram<u64>; 3],
+    pre: [Histogram<u64>; 3],
+    total: [Histogram<u64>; 3],
     /// Median Result message bytes (prefix included), from corelane's first measurement.
     reply_len: Option<usize>,
 }
@@ -383,14 +425,15 @@ struct CaseAcc {
 impl CaseAcc {
     fn new() -> Self {
         CaseAcc {
-            rtt: [histogram(), histogram()],
+            rtt: [histogram(), histogram(), histogram()],
             floor_ratios: Default::default(),
-            peer_ratios: Ratios::default(),
+            peer_ratios: Default::default(),
             rates: Default::default(),
-            rate_ratio: Vec::new(),
-            infer: histogram(),
-            pre: histogram(),
-            total: histogram(),
+            window_updates: [0; 3],
+            rate_ratio: Default::default(),
+            infer: [histogram(), histogram(), histogram()],
+            pre: [histogram(), histogram(), histogram()],
+            total: [histogram(), histogram(), histogram()],
             reply_len: None,
         }
     }
@@ -498,6 +541,8 @@ struct Measured {
     total_ns: Vec<u64>,
     /// Median answer bytes (prefix included).
     reply_len: usize,
+    /// WindowUpdates received (adopted).
+    window_updates: u64,
 }
 
 fn measure(
@@ -510,8 +555,8 @@ fn measure(
     reply_len: Option<usize>,
 ) -> Measured {
     match imp {
-        Impl::Corelane => {
-            let daemon = Daemon::start(env);
+        Impl::Corelane | Impl::CorelaneMotion => {
+            let daemon = Daemon::start(env, imp.detector());
             let mut client = Client::connect(daemon.addr, &daemon);
             client.init(s, &daemon);
             let m = client.stream(Answer::Result, s.window, enc, warmup, timed, &daemon);
@@ -531,7 +576,10 @@ fn measure(
             drop(client);
             let served = server.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             if served != warmup + timed {
-                fail(&format!("raw-tcp served {served} messages, the client sent {}", warmup + timed));
+                fail(&format!(
+                    "raw-tcp served {served} messages, the client sent {}",
+                    warmup + timed
+                ));
             }
             m
         }
@@ -635,7 +683,10 @@ impl Client {
                     if (c.width, c.height, c.initial_credits) != (st.width, st.height, st.window)
                         || c.pixel_format != proto::PixelFormat::PfNv12 as i32
                     {
-                        fail(&format!("InitOk chose {c:?}, expected NV12 {}x{} window {}", st.width, st.height, st.window));
+                        fail(&format!(
+                            "InitOk chose {c:?}, expected NV12 {}x{} window {}",
+                            st.width, st.height, st.window
+                        ));
                     }
                     return;
                 }
@@ -656,7 +707,6 @@ impl Client {
         logs: &dyn Logs,
     ) -> Measured {
         let total = (warmup + timed) as usize;
-        let window = window as usize;
         let mut messages = enc.messages.clone();
         let now = Instant::now();
         // Faulted in before timing (see pair::time_round_trips).
@@ -670,8 +720,12 @@ impl Client {
             at[i] = Instant::now();
             s.write_all(m).unwrap_or_else(|e| fail(&format!("send frame {i}: {e}")));
         };
-        for i in 0..window.min(total) {
-            send(&mut self.s, &mut messages, i, &mut sent_at);
+        let mut window = window as usize;
+        let mut window_updates = 0u64;
+        let mut next = 0;
+        while next < window.min(total) {
+            send(&mut self.s, &mut messages, next, &mut sent_at);
+            next += 1;
         }
         for i in 0..total {
             loop {
@@ -679,49 +733,70 @@ impl Client {
                 let len = (body.len() + PREFIX_BYTES) as u32;
                 match answer {
                     Answer::Raw(reply_len) => {
-                        let count = body.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8")));
+                        let count =
+                            body.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8")));
                         if len as usize != reply_len || count != Some(i as u64 + 1) {
-                            crate::pair::out_of_order("raw-tcp", "frames", i as u64 + 1, count.unwrap_or(0));
+                            crate::pair::out_of_order(
+                                "raw-tcp",
+                                "frames",
+                                i as u64 + 1,
+                                count.unwrap_or(0),
+                            );
                         }
                         break;
                     }
                     Answer::Result => match scan(body) {
-                        Some(Scan { msg_type: MsgType::Result, frame_id, lat: l }) => {
+                        Some(Scan { msg_type: MsgType::Result, frame_id, lat: l, .. }) => {
                             if frame_id != ID_BASE + i as u64 {
-                                crate::pair::out_of_order("corelane", "frames", i as u64, frame_id.wrapping_sub(ID_BASE));
+                                crate::pair::out_of_order(
+                                    "corelane",
+                                    "frames",
+                                    i as u64,
+                                    frame_id.wrapping_sub(ID_BASE),
+                                );
                             }
                             lat[i] = l;
                             lens[i] = len;
                             break;
                         }
                         Some(Scan { msg_type: MsgType::Heartbeat, .. }) => continue,
+                        Some(Scan { msg_type: MsgType::WindowUpdate, new_window, .. }) => {
+                            // The agent adopts the worker's window (frames v1).
+                            window = new_window.max(1) as usize;
+                            window_updates += 1;
+                            continue;
+                        }
                         _ => {
                             let mut env = Envelope::default();
                             let what = match codec::decode(body, &mut env) {
                                 Ok(()) => format!("{:?}", env.payload),
                                 Err(e) => e.to_string(),
                             };
-                            fail(&format!("frame {i}: expected a Result, got {what}; {}", logs.log_tail()));
+                            fail(&format!(
+                                "frame {i}: expected a Result, got {what}; {}",
+                                logs.log_tail()
+                            ));
                         }
                     },
                 }
             }
             answered_at[i] = Instant::now();
-            if i + window < total {
-                send(&mut self.s, &mut messages, i + window, &mut sent_at);
+            while next < total && next < i + 1 + window {
+                send(&mut self.s, &mut messages, next, &mut sent_at);
+                next += 1;
             }
         }
         let from = warmup.max(1) as usize - 1;
         let took = (answered_at[total - 1] - answered_at[from]).as_secs_f64();
         let rate = (total - 1 - from) as f64 / took.max(1e-9);
         let timed_range = warmup as usize..total;
-        let rtt_ns = timed_range
-            .clone()
-            .map(|i| (answered_at[i] - sent_at[i]).as_nanos() as u64)
-            .collect();
+        let rtt_ns =
+            timed_range.clone().map(|i| (answered_at[i] - sent_at[i]).as_nanos() as u64).collect();
         let ns = |k: usize| -> Vec<u64> {
             match answer {
-                Answer::Result => timed_range.clone().map(|i| (lat[i][k] as f64 * 1e6) as u64).collect(),
+                Answer::Result => {
+                    timed_range.clone().map(|i| (lat[i][k] as f64 * 1e6) as u64).collect()
+                }
                 Answer::Raw(_) => Vec::new(),
             }
         };
@@ -731,7 +806,15 @@ impl Client {
             Answer::Result => sorted.get(sorted.len() / 2).copied().unwrap_or(0) as usize,
             Answer::Raw(n) => n,
         };
-        Measured { rtt_ns, rate, pre_ns: ns(0), infer_ns: ns(1), total_ns: ns(2), reply_len }
+        Measured {
+            rtt_ns,
+            rate,
+            pre_ns: ns(0),
+            infer_ns: ns(1),
+            total_ns: ns(2),
+            reply_len,
+            window_updates,
+        }
     }
 
     /// End, then the rest of the stream until the worker closes (untimed).
@@ -780,17 +863,28 @@ struct Scan {
     msg_type: MsgType,
     frame_id: u64,
     lat: [f32; 3],
+    /// A WindowUpdate's new_window.
+    new_window: u32,
 }
 
-/// Reads an Envelope's msg_type (field 3) and its Result (field 13: frame_id 1, lat 6 with
-/// pre_ms 1, infer_ms 2, total_ms 4) without decoding it into owned messages, so reading
+/// Reads an Envelope's msg_type (field 3), its Result (field 13: frame_id 1, lat 6 with
+/// pre_ms 1, infer_ms 2, total_ms 4) and its WindowUpdate (field 15: new_window 1) without decoding it into owned messages, so reading
 /// answers allocates nothing. `None` for bytes that are not well-formed protobuf.
 fn scan(body: &[u8]) -> Option<Scan> {
-    let mut out = Scan { msg_type: MsgType::Unspecified, frame_id: 0, lat: [0.0; 3] };
+    let mut out =
+        Scan { msg_type: MsgType::Unspecified, frame_id: 0, lat: [0.0; 3], new_window: 0 };
     let mut msg_type = 0;
     for_fields(body, |field, value| {
         match (field, value) {
             (3, Value::Varint(v)) => msg_type = v as i32,
+            (15, Value::Bytes(update)) => {
+                for_fields(update, |f, v| {
+                    if let (1, Value::Varint(n)) = (f, v) {
+                        out.new_window = u32::try_from(n).unwrap_or(u32::MAX);
+                    }
+                    Some(())
+                })?;
+            }
             (13, Value::Bytes(result)) => {
                 for_fields(result, |f, v| {
                     match (f, v) {
@@ -833,7 +927,10 @@ enum Value<'a> {
 }
 
 /// Calls `f` with each top-level field of `buf`; `None` on malformed bytes (or when `f` says so).
-fn for_fields<'a>(mut buf: &'a [u8], mut f: impl FnMut(u64, Value<'a>) -> Option<()>) -> Option<()> {
+fn for_fields<'a>(
+    mut buf: &'a [u8],
+    mut f: impl FnMut(u64, Value<'a>) -> Option<()>,
+) -> Option<()> {
     fn varint(buf: &mut &[u8]) -> Option<u64> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
@@ -880,7 +977,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(env: &Env) -> Daemon {
+    fn start(env: &Env, detector: &str) -> Daemon {
         let bin = env.bin.as_deref().unwrap_or_else(|| fail("no daemon binary"));
         let dir = env.fresh_dir();
         let port = TcpListener::bind("127.0.0.1:0")
@@ -888,7 +985,7 @@ impl Daemon {
             .unwrap_or_else(|e| fail(&format!("cannot find a free port: {e}")))
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let file = write_config(&dir, env.pair.b);
+        let file = write_config(&dir, env.pair.b, detector);
         let log = std::fs::File::create(dir.join("daemon.log"))
             .unwrap_or_else(|e| fail(&format!("daemon log: {e}")));
         let child = Command::new(bin)
@@ -917,13 +1014,16 @@ impl Daemon {
     }
 }
 
-/// The daemon's config: metrics, pool and alloc off; the network lane pinned to `cpu` and
-/// spinning, the detector on its own (shipped: backoff, unpinned) lane.
-fn write_config(dir: &Path, cpu: usize) -> PathBuf {
+/// The daemon's config: `[frames] detector`, a fixed window (`adaptive_window = false`: the
+/// cases define the window), metrics, pool and alloc off; the network lane pinned to `cpu`, the
+/// detector on a lane of its own (unpinned); both idle backoff, as shipped. (A spinning
+/// network lane halved the frames/s on a 2-cpu machine: it starved the detector lane.)
+fn write_config(dir: &Path, cpu: usize, detector: &str) -> PathBuf {
     let rt = dir.join("rt");
     let text = format!(
         "[runtime]\ndir = {:?}\n\n[metrics]\nenabled = false\nlisten = \"\"\n\n\
          [pool]\nenabled = false\n\n[alloc]\nenabled = false\n\n\
+         [frames]\ndetector = \"{detector}\"\nadaptive_window = false\n\n\
          [[lanes]]\nname = \"main\"\ncore = {cpu}\nidle = \"backoff\"\nagents = [\"control\", \"frames\"]\n\n\
          [[lanes]]\nname = \"detect\"\nagents = [\"frames-detector\"]\n",
         rt.display().to_string()
@@ -1015,11 +1115,20 @@ mod tests {
     fn scan_reads_a_result_like_prost() {
         let result = proto::Result {
             frame_id: ID_BASE + 7,
-            frame_ref: Some(proto::FrameRef { ts_mono_ns: 1, ts_utc_ns: 2, session_id: "s".into() }),
+            frame_ref: Some(proto::FrameRef {
+                ts_mono_ns: 1,
+                ts_utc_ns: 2,
+                session_id: "s".into(),
+            }),
             model_family: "classical".into(),
             model_name: "motion".into(),
             model_version: "1".into(),
-            lat: Some(proto::Latency { pre_ms: 0.25, infer_ms: 1.5, post_ms: 0.125, total_ms: 2.0 }),
+            lat: Some(proto::Latency {
+                pre_ms: 0.25,
+                infer_ms: 1.5,
+                post_ms: 0.125,
+                total_ms: 2.0,
+            }),
             detections: Some(proto::DetectionSet { items: vec![proto::Detection::default()] }),
         };
         let mut out = Vec::new();
@@ -1031,6 +1140,11 @@ mod tests {
         let mut hb = Vec::new();
         codec::encode("cam0", Payload::Heartbeat(proto::Heartbeat::default()), &mut hb);
         assert_eq!(scan(&hb[PREFIX_BYTES..]).unwrap().msg_type, MsgType::Heartbeat);
+        let mut wu = Vec::new();
+        let update = proto::WindowUpdate { new_window: 3 };
+        codec::encode("cam0", Payload::WindowUpdate(update), &mut wu);
+        let s = scan(&wu[PREFIX_BYTES..]).unwrap();
+        assert_eq!((s.msg_type, s.new_window), (MsgType::WindowUpdate, 3));
         assert!(scan(&[0x1a, 0x05]).is_none(), "a truncated field");
     }
 

@@ -20,7 +20,8 @@ mod ingest;
 mod spsc;
 
 /// Every suite, in `--help` order.
-pub const ALL: &[Suite] = &[spsc::SUITE, control::SUITE, handoff::SUITE, ingest::SUITE, frames::SUITE];
+pub const ALL: &[Suite] =
+    &[spsc::SUITE, control::SUITE, handoff::SUITE, ingest::SUITE, frames::SUITE];
 
 #[derive(Debug)]
 pub struct Suite {
