@@ -854,7 +854,10 @@ impl DetectorAgent {
                 );
                 Ok(())
             }
-            None => jpeg::decode(data, &mut stream.picture).map_err(|e| e.to_string()),
+            None => {
+                let (w, h) = (accepted.width as usize, accepted.height as usize);
+                jpeg::decode_within(data, w, h, &mut stream.picture).map_err(|e| e.to_string())
+            }
         };
         let decoded_at = Instant::now();
         if let Err(why) = decoded {

@@ -129,9 +129,10 @@ pub struct Accepted {
     pub frame_id: u64,
     /// Raw layout, or `None` for JPEG.
     pub raw: Option<RawFormat>,
-    /// Width in pixels (from the frame; for JPEG as the agent states it).
+    /// Width in pixels (raw: the frame's; JPEG: the most the decoded picture may have, the
+    /// chosen width).
     pub width: u32,
-    /// Height in pixels.
+    /// Height in pixels (raw: the frame's; JPEG: the chosen height, a maximum).
     pub height: u32,
     /// The planes (first `planes` used; none for JPEG).
     pub plane: [PlaneRef; 3],
@@ -754,11 +755,13 @@ pub fn validate_frame(
                 ))
             }
         }
+        // The picture's size is the file's: what the session chose bounds it (checked from
+        // the JPEG header before the decoder allocates pixels).
         return Ok(Accepted {
             frame_id: frame.frame_id,
             raw: None,
-            width: frame.width,
-            height: frame.height,
+            width: chosen.width,
+            height: chosen.height,
             plane: [none; 3],
             planes: 0,
         });

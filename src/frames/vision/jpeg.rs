@@ -32,13 +32,17 @@ pub enum JpegError {
         /// Height in the file.
         height: usize,
     },
-    /// The image is larger than [`MAX_DIMENSION`] on a side.
-    #[error("jpeg is {width}x{height}, over the {MAX_DIMENSION}x{MAX_DIMENSION} limit")]
+    /// The image is larger than the limit ([`MAX_DIMENSION`], or the caller's) on a side.
+    #[error("jpeg is {width}x{height}, over the {max_width}x{max_height} limit")]
     TooLarge {
         /// Width in the file.
         width: usize,
         /// Height in the file.
         height: usize,
+        /// The widest allowed.
+        max_width: usize,
+        /// The tallest allowed.
+        max_height: usize,
     },
     /// The bytes are not a JPEG zune-jpeg can decode.
     #[error("invalid jpeg: {0}")]
@@ -54,6 +58,19 @@ pub enum JpegError {
 /// nothing here panics on outside bytes. The data must end with the end-of-image marker
 /// (every encoder writes it), which is how a file cut after its last scan is caught.
 pub fn decode(data: &[u8], out: &mut Picture) -> Result<(), JpegError> {
+    decode_within(data, MAX_DIMENSION, MAX_DIMENSION, out)
+}
+
+/// [`decode`] of a JPEG at most `max_width` x `max_height` (each capped at
+/// [`MAX_DIMENSION`]), checked from the frame header before any pixel memory is allocated:
+/// a few hundred bytes claiming 8192x8192 cost nothing but the header parse.
+pub fn decode_within(
+    data: &[u8],
+    max_width: usize,
+    max_height: usize,
+    out: &mut Picture,
+) -> Result<(), JpegError> {
+    let (max_width, max_height) = (max_width.min(MAX_DIMENSION), max_height.min(MAX_DIMENSION));
     if data.is_empty() {
         return Err(JpegError::Empty);
     }
@@ -64,12 +81,14 @@ pub fn decode(data: &[u8], out: &mut Picture) -> Result<(), JpegError> {
         .set_max_width(MAX_DIMENSION)
         .set_max_height(MAX_DIMENSION)
         .set_strict_mode(true);
+    // The decoder's own limits give a terse error; the sizes are checked here after the
+    // header, with one that names them.
     let mut probe = JpegDecoder::new_with_options(ZCursor::new(data), options);
     probe.decode_headers().map_err(|e| decode_error(&e))?;
     let (width, height) =
         probe.dimensions().ok_or_else(|| JpegError::Decode("no frame header".into()))?;
-    if width > MAX_DIMENSION || height > MAX_DIMENSION {
-        return Err(JpegError::TooLarge { width, height });
+    if width > max_width || height > max_height {
+        return Err(JpegError::TooLarge { width, height, max_width, max_height });
     }
     let (ew, eh) = (width & !1, height & !1);
     if ew == 0 || eh == 0 {
@@ -274,5 +293,11 @@ mod tests {
         assert!(decode(&patch(9000, 16), &mut out).is_err());
         assert!(decode(&patch(16, 1), &mut out).is_err());
         assert!(decode(&patch(0, 16), &mut out).is_err());
+        // A small file claiming 8192x8192 against a session's 640x480: refused from the
+        // header, with the sizes named, before 200 MB of pixels are allocated.
+        let err = decode_within(&patch(8192, 8192), 640, 480, &mut out).unwrap_err();
+        assert_eq!(err.to_string(), "jpeg is 8192x8192, over the 640x480 limit");
+        assert!(decode_within(&jpeg, 16, 16, &mut out).is_ok(), "at the limit");
+        assert!(decode_within(&jpeg, 15, 16, &mut out).is_err());
     }
 }
