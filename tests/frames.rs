@@ -1173,3 +1173,41 @@ fn counters_file_series_move_as_expected() {
     }
     assert_eq!(worker.counter(&error_series("BAD_MESSAGE")), Some(0));
 }
+
+// ---- Transport only ------------------------------------------------------------------------
+
+#[test]
+fn transport_only_detector_none_answers_every_frame_with_an_empty_result() {
+    let worker = Worker::start("none", "detector = \"none\"");
+    let mut peer = Peer::connect(worker.addr);
+    let ok = peer.init(640, 480, 4);
+    assert_eq!((ok.model_family.as_str(), ok.model_name.as_str()), ("none", "none"));
+    let mut source = Synthetic::new(640, 480, 3, 5);
+    for id in 1..=4 {
+        peer.send(Payload::Frame(frame_msg(&mut source, RawFormat::Nv12, id, 640, 480)));
+    }
+    for id in 1..=4 {
+        match peer.recv_skip_heartbeats() {
+            Some(Payload::Result(r)) => {
+                assert_eq!(r.frame_id, id);
+                assert_eq!(r.model_family, "none");
+                assert!(r.detections.unwrap_or_default().items.is_empty());
+                assert_eq!(r.frame_ref.unwrap().ts_mono_ns, id * 1000);
+            }
+            other => panic!("frame {id}: {other:?}"),
+        }
+    }
+    // Still validated: a bad frame is refused as with a detector.
+    let mut bad = frame_msg(&mut source, RawFormat::Nv12, 5, 640, 480);
+    bad.planes[1].size -= 1;
+    peer.send(Payload::Frame(bad));
+    match peer.recv_skip_heartbeats() {
+        Some(Payload::Error(e)) => {
+            assert_eq!((e.code, e.frame_id), (ErrorCode::InvalidFrame as i32, 5))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing was decoded: the detector lane never saw a frame.
+    worker.wait_counter("corelane_frames_results_total", |v| v == 4);
+    assert_eq!(worker.counter("frames_decoded_total"), Some(0));
+}

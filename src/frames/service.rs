@@ -382,6 +382,7 @@ impl Prepared for FramesPrepared {
             errors,
             totals: Totals::default(),
             queue_depth: 0,
+            inline: self.factory.is_none(),
             published: None,
             timer_at: None,
             status: status.clone(),
@@ -502,6 +503,8 @@ struct WorkerAgent {
     errors: Vec<(ErrorCode, Counter)>,
     totals: Totals,
     queue_depth: u64,
+    /// `detector = "none"`: frames are answered on this lane (empty Results).
+    inline: bool,
     published: Option<Instant>,
     timer_at: Option<Instant>,
     status: StatusCell,
@@ -520,7 +523,7 @@ impl WorkerAgent {
     /// flushes its output, pauses or resumes reading, and sets its deadline.
     fn pump(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
         let now = ctx.now;
-        let WorkerAgent { conns, config, jobs, waiting, spares, queue_depth, .. } = self;
+        let WorkerAgent { conns, config, jobs, waiting, spares, queue_depth, inline, .. } = self;
         if let Some((conn, ring)) = conns.parts_mut(id) {
             let session = &mut conn.session;
             while session.wants_input() {
@@ -543,7 +546,17 @@ impl WorkerAgent {
                     // Every frame of the session fits: keep the buffer between frames.
                     ring.set_retain(session.limit() + PREFIX_BYTES);
                 }
-                if let Step::Frame(accepted) = step {
+                if let (Step::Frame(accepted), true) = (&step, *inline) {
+                    // Transport only: answered here, no hop to the detector lane and back.
+                    let (ts_mono_ns, ts_utc_ns) = session.frame_times();
+                    let outcome = Outcome {
+                        frame_id: accepted.frame_id,
+                        ts_mono_ns,
+                        ts_utc_ns,
+                        ..Outcome::default()
+                    };
+                    session.on_outcome(&outcome, config);
+                } else if let Step::Frame(accepted) = step {
                     let (spare, mut detections) = spares.pop().unwrap_or_default();
                     detections.clear();
                     let data = session.take_frame_data(spare);
