@@ -62,7 +62,7 @@ pub struct AgentArgs {
     pub prefer_jpeg: bool,
     /// The local daemon's control socket, for --source pool:STREAM (default: the one
     /// `corelane run` with the default config creates, in $XDG_RUNTIME_DIR/corelane or
-    /// /tmp/corelane-<uid>).
+    /// /tmp/corelane-$UID).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Write the agent's metrics (seed 004's names: ai_window_size, ai_inflight,
