@@ -263,6 +263,11 @@ pub struct FramesConfig {
     pub adaptive_window: bool,
     /// `fps_target`: frame rate reported in InitOk. Default 10.
     pub fps_target: u32,
+    /// `init_timeout_ms`: how long a connection may stay without Init. Default 3000.
+    pub init_timeout_ms: u64,
+    /// `max_queued_bytes`: bytes of frames handed to the detector and not answered yet, over
+    /// all connections; over it no connection is read. Default 134217728 (128 MiB).
+    pub max_queued_bytes: u64,
     /// `heartbeat_ms`: heartbeat period. Default 2000.
     pub heartbeat_ms: u64,
     /// `peer_timeout_ms`: silence from an agent that closes its connection. Default 10000.

@@ -180,6 +180,8 @@ pub const FRAMES_SECTION: SectionSpec = SectionSpec {
         key("adaptive_window", Kind::Bool),
         key("fps_target", uint(1, 1000)),
         key("heartbeat_ms", uint(10, 60_000)),
+        key("init_timeout_ms", uint(10, 600_000)),
+        key("max_queued_bytes", uint(1 << 20, 1 << 36)),
         key("peer_timeout_ms", uint(100, 600_000)),
         key("backpressure_timeout_ms", uint(10, 600_000)),
         key("detector", Kind::OneOf(&["motion", "onnx", "none"])),

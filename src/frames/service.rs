@@ -13,6 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,12 @@ pub const BLOCKED_OUTPUT: usize = 256 * 1024;
 /// Jobs and outcomes a link holds (every connection's window together fits).
 const LINK_CAPACITY: usize = 4096;
 
+/// How much longer than the backpressure timeout the write timeout is.
+const WRITE_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
+
+/// Frame buffers kept for reuse (the rest are freed).
+const MAX_SPARES: usize = 32;
+
 /// How often the counters and status are published.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
@@ -69,6 +76,7 @@ pub fn worker_config(
         window: frames.window,
         fps_target: frames.fps_target as f32,
         heartbeat: Duration::from_millis(frames.heartbeat_ms),
+        init_timeout: Duration::from_millis(frames.init_timeout_ms),
         peer_timeout: Duration::from_millis(frames.peer_timeout_ms),
         backpressure_timeout: Duration::from_millis(frames.backpressure_timeout_ms),
         accept_jpeg: true,
@@ -139,6 +147,18 @@ impl Service for FramesService {
         let invalid = |at: &str, reason: String| ConfigError::Invalid { at: at.into(), reason };
         if f.listen.is_empty() {
             return Err(invalid("frames.listen", "expected an address while enabled".into()));
+        }
+        if f.pool_stream != 0 && !config.pool.enabled {
+            return Err(invalid(
+                "frames.pool_stream",
+                "publishing to the pool needs the pool driver (pool.enabled = true)".into(),
+            ));
+        }
+        if f.pool_stream != 0 && f.detector == "none" {
+            return Err(invalid(
+                "frames.pool_stream",
+                "detector = \"none\" decodes nothing to publish; use \"motion\" or \"onnx\"".into(),
+            ));
         }
         if f.detector == "onnx" {
             if f.model.is_empty() {
@@ -222,6 +242,9 @@ enum C {
     Ends,
     Published,
     Skipped,
+    Streams,
+    WriteTimeouts,
+    InitTimeouts,
 }
 
 const COUNTERS: &[CounterDef] = &[
@@ -309,6 +332,24 @@ const COUNTERS: &[CounterDef] = &[
         help: "Frame worker: frames not published to the pool stream (no lease, no pool fits).",
         gauge: false,
     },
+    CounterDef {
+        name: "corelane_frames_detector_streams",
+        labels: &[],
+        help: "Frame worker: connections whose detector and tracker the detector lane holds.",
+        gauge: true,
+    },
+    CounterDef {
+        name: "corelane_frames_closes_total",
+        labels: &[("cause", "write_timeout")],
+        help: "Frame worker: connections the protocol closed, by cause.",
+        gauge: false,
+    },
+    CounterDef {
+        name: "corelane_frames_closes_total",
+        labels: &[("cause", "init_timeout")],
+        help: "Frame worker: connections the protocol closed, by cause.",
+        gauge: false,
+    },
 ];
 
 /// Error codes with their metric label.
@@ -370,7 +411,10 @@ impl Prepared for FramesPrepared {
                 max_connections: self.frames.max_connections as usize,
                 max_recv_buffer: max_message + (512 << 10),
                 max_pending_output: 4 << 20,
-                ..ConnConfig::default()
+                // Longer than the backpressure timeout, which therefore strikes first (and
+                // is counted) when an agent stops reading.
+                write_timeout: Duration::from_millis(self.frames.backpressure_timeout_ms)
+                    + WRITE_TIMEOUT_MARGIN,
             })
             .keep_closed(),
             config,
@@ -382,6 +426,9 @@ impl Prepared for FramesPrepared {
             errors,
             totals: Totals::default(),
             queue_depth: 0,
+            queued_bytes: 0,
+            max_queued_bytes: usize::try_from(self.frames.max_queued_bytes).unwrap_or(usize::MAX),
+            starved: Vec::new(),
             inline: self.factory.is_none(),
             published: None,
             timer_at: None,
@@ -412,6 +459,8 @@ impl Prepared for FramesPrepared {
             decode_gauges: QuantileGauges::new(cx.counters, self.decode),
             infer_gauges: QuantileGauges::new(cx.counters, self.infer),
             decoded_count: 0,
+            skipped: 0,
+            streams_gauge: cx.counter(self.counters[C::Streams as usize]),
             published: None,
             bridge,
             bridge_counters: [
@@ -440,6 +489,8 @@ pub enum Job {
         data: Vec<u8>,
         /// An empty list for the detections (from the worker's free list).
         detections: Vec<Detection>,
+        /// Set when the connection closes: the detector skips the frame.
+        cancelled: Arc<AtomicBool>,
     },
     /// The connection closed: drop its detector and tracker.
     Closed {
@@ -479,6 +530,7 @@ struct Totals {
     too_large: u64,
     peer_timeouts: u64,
     ends: u64,
+    init_timeouts: u64,
 }
 
 /// Per connection state.
@@ -486,6 +538,10 @@ struct Totals {
 struct Conn {
     session: WorkerSession,
     paused: bool,
+    /// In [`WorkerAgent::starved`]: paused for the worker-wide budget, not its own window.
+    starved: bool,
+    /// Shared with its jobs: set at close, so the detector skips what is still queued.
+    cancelled: Arc<AtomicBool>,
 }
 
 /// The network agent. See the [module docs](self).
@@ -503,6 +559,12 @@ struct WorkerAgent {
     errors: Vec<(ErrorCode, Counter)>,
     totals: Totals,
     queue_depth: u64,
+    /// Bytes of frames handed to the detector and not answered yet, and the most there may
+    /// be (`[frames] max_queued_bytes`): over it every connection stops reading.
+    queued_bytes: usize,
+    max_queued_bytes: usize,
+    /// Connections paused for that budget, pumped again when it frees.
+    starved: Vec<ConnId>,
     /// `detector = "none"`: frames are answered on this lane (empty Results).
     inline: bool,
     published: Option<Instant>,
@@ -523,10 +585,21 @@ impl WorkerAgent {
     /// flushes its output, pauses or resumes reading, and sets its deadline.
     fn pump(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
         let now = ctx.now;
-        let WorkerAgent { conns, config, jobs, waiting, spares, queue_depth, inline, .. } = self;
+        let WorkerAgent {
+            conns,
+            config,
+            jobs,
+            waiting,
+            spares,
+            queue_depth,
+            queued_bytes,
+            max_queued_bytes,
+            inline,
+            ..
+        } = self;
         if let Some((conn, ring)) = conns.parts_mut(id) {
             let session = &mut conn.session;
-            while session.wants_input() {
+            while session.wants_input() && (*inline || *queued_bytes < *max_queued_bytes) {
                 let Some(prefix) = ring.peek(PREFIX_BYTES) else { break };
                 let end = match codec::split(prefix, session.limit()) {
                     Ok(_) => {
@@ -560,6 +633,7 @@ impl WorkerAgent {
                     let (spare, mut detections) = spares.pop().unwrap_or_default();
                     detections.clear();
                     let data = session.take_frame_data(spare);
+                    *queued_bytes += data.len();
                     let job = Job::Frame {
                         conn: id.local(),
                         accepted,
@@ -567,6 +641,7 @@ impl WorkerAgent {
                         arrived: now,
                         data,
                         detections,
+                        cancelled: Arc::clone(&conn.cancelled),
                     };
                     *queue_depth += 1;
                     hand_over(jobs, waiting, job);
@@ -594,21 +669,29 @@ impl WorkerAgent {
             conn.session.restore_output(out);
         }
         let pending = self.conns.pending(id);
+        let over_budget = !self.inline && self.queued_bytes >= self.max_queued_bytes;
         let Some(conn) = self.conns.get_mut(id) else { return };
+        // Output the kernel would not take: the backpressure timeout runs (it is shorter
+        // than the write timeout, so it is the one that strikes); past BLOCKED_OUTPUT the
+        // connection is not read either.
+        conn.session.set_blocked(pending > 0, now);
         let blocked = pending > BLOCKED_OUTPUT;
-        conn.session.set_blocked(blocked, now);
         if conn.session.phase() == Phase::Closed {
             let cause = conn.session.close_cause();
             self.count_close(cause);
             let reason = match cause {
                 Some(CloseCause::End) => CloseReason::Peer,
-                Some(CloseCause::PeerTimeout) => CloseReason::IdleTimeout,
+                Some(CloseCause::PeerTimeout | CloseCause::InitTimeout) => CloseReason::IdleTimeout,
                 _ => CloseReason::Protocol,
             };
             self.conns.close(ctx, id, reason);
             return;
         }
-        let read = conn.session.wants_input() && !blocked;
+        let read = conn.session.wants_input() && !blocked && !over_budget;
+        if over_budget && conn.session.wants_input() && !conn.starved {
+            conn.starved = true;
+            self.starved.push(id);
+        }
         if read == conn.paused {
             let local = id.local();
             let result = if read { ctx.resume(local) } else { ctx.pause(local) };
@@ -630,6 +713,7 @@ impl WorkerAgent {
             Some(CloseCause::TooLarge) => self.totals.too_large += 1,
             Some(CloseCause::PeerTimeout) => self.totals.peer_timeouts += 1,
             Some(CloseCause::End) => self.totals.ends += 1,
+            Some(CloseCause::InitTimeout) => self.totals.init_timeouts += 1,
             None => {}
         }
     }
@@ -654,15 +738,24 @@ impl WorkerAgent {
         while let Ok(mut done) = self.done.pop() {
             work += 1;
             self.queue_depth = self.queue_depth.saturating_sub(1);
+            self.queued_bytes = self.queued_bytes.saturating_sub(done.data.len());
             let id = ConnId::from_local(done.conn);
             if let Some(conn) = id.and_then(|id| self.conns.get_mut(id)) {
                 conn.session.on_outcome(&done.outcome, &self.config);
             }
-            if self.spares.len() < LINK_CAPACITY {
+            if self.spares.len() < MAX_SPARES {
                 let detections = std::mem::take(&mut done.outcome.detections);
                 self.spares.push((done.data, detections));
             }
             if let Some(id) = id.filter(|&id| self.conns.contains(id)) {
+                self.pump(ctx, id);
+            }
+        }
+        // The budget has room again: the connections it paused read on.
+        while self.queued_bytes < self.max_queued_bytes {
+            let Some(id) = self.starved.pop() else { break };
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.starved = false;
                 self.pump(ctx, id);
             }
         }
@@ -672,6 +765,23 @@ impl WorkerAgent {
     /// Every closed connection: its sessions' counters kept, the detector told.
     fn closed(&mut self) {
         while let Some((id, conn)) = self.conns.take_closed() {
+            // Its frames are not worth running: the ones still here go back at once, the
+            // detector skips the ones it has.
+            conn.cancelled.store(true, Ordering::Relaxed);
+            let local = id.local();
+            let (spares, queued, depth) =
+                (&mut self.spares, &mut self.queued_bytes, &mut self.queue_depth);
+            self.waiting.retain_mut(|job| match job {
+                Job::Frame { conn, data, detections, .. } if *conn == local => {
+                    *queued = queued.saturating_sub(data.len());
+                    *depth = depth.saturating_sub(1);
+                    if spares.len() < MAX_SPARES {
+                        spares.push((std::mem::take(data), std::mem::take(detections)));
+                    }
+                    false
+                }
+                _ => true,
+            });
             let c = conn.session.counters();
             let t = &mut self.totals;
             t.frames += c.frames;
@@ -716,6 +826,8 @@ impl WorkerAgent {
         set(&self.counters, C::TooLarge, t.too_large);
         set(&self.counters, C::PeerTimeouts, t.peer_timeouts);
         set(&self.counters, C::Ends, t.ends);
+        set(&self.counters, C::WriteTimeouts, stats.closed(CloseReason::WriteTimeout));
+        set(&self.counters, C::InitTimeouts, t.init_timeouts);
         for (code, counter) in &self.errors {
             counter.set(t.errors[*code as usize]);
         }
@@ -759,11 +871,23 @@ impl Agent for WorkerAgent {
                 self.flush(ctx, id);
             }
             ConnEvent::Sent { id } => self.flush(ctx, id),
-            ConnEvent::PeerClosed { id } => self.conns.close(ctx, id, CloseReason::Peer),
+            ConnEvent::PeerClosed { id } => {
+                // Like End: the frames in flight are answered (a half-closed peer may still
+                // read), then the connection closes.
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.session.on_peer_closed();
+                }
+                self.flush(ctx, id);
+            }
             ConnEvent::Other(Completion::Accepted { fd, .. }) => {
                 let now = ctx.now;
                 let session = WorkerSession::new(&self.config, now);
-                if let Ok(id) = self.conns.accept(ctx, fd, |_| Conn { session, paused: false }) {
+                if let Ok(id) = self.conns.accept(ctx, fd, |_| Conn {
+                    session,
+                    paused: false,
+                    starved: false,
+                    cancelled: Arc::new(AtomicBool::new(false)),
+                }) {
                     self.flush(ctx, id);
                 }
             }
@@ -806,6 +930,10 @@ struct DetectorAgent {
     streams: HashMap<u64, Stream>,
     decoded: Counter,
     decoded_count: u64,
+    /// Frames of closed connections not run.
+    skipped: u64,
+    /// `corelane_frames_detector_streams`.
+    streams_gauge: Counter,
     decode: LatencyRecorder,
     infer: LatencyRecorder,
     decode_gauges: QuantileGauges,
@@ -943,7 +1071,14 @@ impl Agent for DetectorAgent {
             let Ok(job) = self.jobs.pop() else { break };
             work += 1;
             match job {
-                Job::Frame { conn, accepted, times, arrived, data, detections } => {
+                Job::Frame { conn, accepted, times, arrived, data, detections, cancelled } => {
+                    if cancelled.load(Ordering::Relaxed) {
+                        // Its connection closed: nothing to compute, the buffer goes back.
+                        self.skipped += 1;
+                        let outcome = Outcome { detections, ..Outcome::default() };
+                        self.send(Done { conn, outcome, data });
+                        continue;
+                    }
                     frames += 1;
                     let outcome = self.run(conn, &accepted, times, arrived, &data, detections);
                     self.send(Done { conn, outcome, data });
@@ -957,6 +1092,7 @@ impl Agent for DetectorAgent {
         if self.published.is_none_or(|at| now >= at + PUBLISH_EVERY) {
             self.published = Some(now);
             self.decoded.set(self.decoded_count);
+            self.streams_gauge.set(self.streams.len() as u64);
             self.decode.publish(&self.decode_gauges);
             if let Some(bridge) = &self.bridge {
                 let stats = bridge.stats();

@@ -50,6 +50,8 @@ pub struct WorkerConfig {
     pub fps_target: f32,
     /// Heartbeat period.
     pub heartbeat: Duration,
+    /// How long a connection may stay without Init before it is closed.
+    pub init_timeout: Duration,
     /// Silence from a reading session's peer that means it is dead.
     pub peer_timeout: Duration,
     /// How long answers may wait unread before BACKPRESSURE_TIMEOUT.
@@ -82,6 +84,7 @@ impl Default for WorkerConfig {
             window: 4,
             fps_target: 10.0,
             heartbeat: Duration::from_secs(2),
+            init_timeout: Duration::from_secs(3),
             peer_timeout: Duration::from_secs(10),
             backpressure_timeout: Duration::from_secs(5),
             accept_jpeg: true,
@@ -120,6 +123,8 @@ pub enum CloseCause {
     Backpressure,
     /// Nothing from the agent for the peer timeout.
     PeerTimeout,
+    /// No Init within the init timeout.
+    InitTimeout,
 }
 
 /// A frame that passed validation: what the detector lane needs to decode it.
@@ -210,6 +215,8 @@ pub struct WorkerSession {
     adapt: (f32, f32, u32),
     inflight: u32,
     last_rx: Instant,
+    /// When the connection was accepted (the init timeout counts from it).
+    opened: Instant,
     next_heartbeat: Instant,
     /// Since when answers wait unread (set by the agent).
     blocked_since: Option<Instant>,
@@ -240,6 +247,7 @@ impl WorkerSession {
             adapt: (0.0, 0.0, 0),
             inflight: 0,
             last_rx: now,
+            opened: now,
             next_heartbeat: now + config.heartbeat,
             blocked_since: None,
             reading: true,
@@ -494,8 +502,9 @@ impl WorkerSession {
             codec: codec as i32,
             width,
             height,
-            fps_target: if caps.desired_fps > 0.0 {
-                caps.desired_fps.min(config.fps_target.max(caps.desired_fps))
+            // An agent may ask for less than the worker's target, not more.
+            fps_target: if caps.desired_fps.is_finite() && caps.desired_fps > 0.0 {
+                caps.desired_fps.min(config.fps_target)
             } else {
                 config.fps_target
             },
@@ -573,6 +582,19 @@ impl WorkerSession {
         }
     }
 
+    /// The agent shut down its sending side (FIN) without End: as End, the frames in flight
+    /// are answered (a half-closed peer may still read), then the session closes.
+    pub fn on_peer_closed(&mut self) {
+        match self.phase {
+            Phase::Closed => {}
+            Phase::AwaitInit => self.close(CloseCause::End),
+            _ => {
+                self.phase = Phase::Ending;
+                self.maybe_finish();
+            }
+        }
+    }
+
     /// Changes the window and tells the agent (WindowUpdate).
     pub fn set_window(&mut self, window: u32) {
         if self.phase != Phase::Streaming || window == self.window || window == 0 {
@@ -589,6 +611,9 @@ impl WorkerSession {
             return None;
         }
         let mut at = self.next_heartbeat;
+        if self.phase == Phase::AwaitInit {
+            at = at.min(self.opened + config.init_timeout);
+        }
         if self.reading {
             at = at.min(self.last_rx + config.peer_timeout);
         }
@@ -615,6 +640,10 @@ impl WorkerSession {
                 self.close(CloseCause::Backpressure);
                 return;
             }
+        }
+        if self.phase == Phase::AwaitInit && now >= self.opened + config.init_timeout {
+            self.close(CloseCause::InitTimeout);
+            return;
         }
         if self.reading && now >= self.last_rx + config.peer_timeout {
             self.close(CloseCause::PeerTimeout);

@@ -681,3 +681,83 @@ fn the_accepted_frame_s_data_is_handed_over_and_the_spare_is_decoded_into_next()
     assert_eq!(s.frame_data().as_ptr(), spare_at, "the next frame is decoded into the spare");
     assert_eq!(s.frame_data().len(), 4608);
 }
+
+#[test]
+fn a_connection_without_init_is_closed_at_the_init_timeout() {
+    let t0 = Instant::now();
+    let cfg = config();
+    let mut s = WorkerSession::new(&cfg, t0);
+    s.on_timeout(&cfg, t0 + cfg.heartbeat); // a heartbeat goes out; next is the deadline
+    assert_eq!(s.poll_timeout(&cfg), Some(t0 + cfg.init_timeout));
+    s.on_timeout(&cfg, t0 + cfg.init_timeout - Duration::from_millis(1));
+    assert_ne!(s.phase(), Phase::Closed);
+    // A heartbeat is a message, but not an Init: it does not extend the deadline.
+    s.on_message(&body(Payload::Heartbeat(proto::Heartbeat::default())), &cfg, t0 + cfg.init_timeout / 2);
+    s.on_timeout(&cfg, t0 + cfg.init_timeout);
+    assert_eq!(s.close_cause(), Some(CloseCause::InitTimeout));
+    // After Init the deadline is gone.
+    let mut s = started(t0);
+    s.on_timeout(&cfg, t0 + cfg.init_timeout);
+    assert_ne!(s.phase(), Phase::Closed);
+    assert_eq!(s.poll_timeout(&cfg), Some(t0 + cfg.init_timeout + cfg.heartbeat));
+}
+
+#[test]
+fn a_half_close_without_end_answers_the_frames_in_flight_then_closes() {
+    let now = Instant::now();
+    let mut s = started(now);
+    s.on_message(&body(Payload::Frame(nv12_frame(1, 64, 48))), &config(), now);
+    s.on_message(&body(Payload::Frame(nv12_frame(2, 64, 48))), &config(), now);
+    s.on_peer_closed();
+    assert_eq!(s.phase(), Phase::Ending);
+    assert!(!s.wants_input());
+    s.on_outcome(&Outcome { frame_id: 1, ..Outcome::default() }, &config());
+    assert_eq!(s.phase(), Phase::Ending);
+    s.on_outcome(&Outcome { frame_id: 2, ..Outcome::default() }, &config());
+    assert_eq!(s.close_cause(), Some(CloseCause::End));
+    let out = take(&mut s);
+    assert_eq!(out.iter().filter(|p| matches!(p, Payload::Result(_))).count(), 2);
+    // Nothing in flight: closed at once.
+    let mut s = started(now);
+    s.on_peer_closed();
+    assert_eq!(s.phase(), Phase::Closed);
+}
+
+#[test]
+fn a_jpeg_frame_must_be_one_plane_covering_its_data() {
+    let now = Instant::now();
+    let mut s = started(now);
+    let jpeg = |planes: Vec<Plane>| proto::Frame {
+        frame_id: 4,
+        pixel_format: proto::PixelFormat::PfJpeg as i32,
+        codec: proto::Codec::Jpeg as i32,
+        data: vec![0xff; 100],
+        planes,
+        ..Default::default()
+    };
+    for planes in [
+        vec![Plane { stride: 0, offset: 0, size: 50 }, Plane { stride: 0, offset: 50, size: 50 }],
+        vec![Plane { stride: 0, offset: 1, size: 99 }],
+        vec![Plane { stride: 0, offset: 0, size: 99 }],
+    ] {
+        s.on_message(&body(Payload::Frame(jpeg(planes))), &config(), now);
+        let (code, frame_id, message) = error_of(&take(&mut s));
+        assert_eq!((code, frame_id), (ErrorCode::InvalidFrame, 4));
+        assert_eq!(message, "a JPEG frame has one plane covering its 100 bytes (offset 0, size 100)");
+    }
+    assert!(matches!(s.on_message(&body(Payload::Frame(jpeg(vec![]))), &config(), now), Step::Frame(_)));
+}
+
+#[test]
+fn an_agent_may_ask_for_a_lower_frame_rate_not_a_higher_one() {
+    let now = Instant::now();
+    for (asked, chosen) in [(5.0, 5.0), (30.0, 10.0), (0.0, 10.0), (f32::NAN, 10.0), (f32::INFINITY, 10.0)] {
+        let mut s = WorkerSession::new(&config(), now);
+        let init = body(Payload::Init(proto::Init {
+            caps: Some(proto::Capabilities { desired_fps: asked, ..Default::default() }),
+            ..Default::default()
+        }));
+        s.on_message(&init, &config(), now);
+        assert_eq!(s.chosen().fps_target, chosen, "asked {asked}");
+    }
+}
