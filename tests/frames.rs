@@ -935,7 +935,9 @@ fn hostile_endless_partial_frame_is_closed_by_the_peer_timeout() {
 
 #[test]
 fn hostile_agent_that_never_reads_is_closed_by_the_backpressure_timeout() {
-    let worker = Worker::start("hostile-noread", "backpressure_timeout_ms = 500");
+    // The shipped defaults (a 5 s backpressure timeout): it must strike before the write
+    // timeout, or the close goes uncounted and no Error is queued (found in review).
+    let worker = Worker::start("hostile-noread", "");
     let good = GoodAgent::start(&worker);
     good.wait_progress(0, 3, "start");
     let rss_before = worker.rss_kb();
@@ -1210,4 +1212,79 @@ fn transport_only_detector_none_answers_every_frame_with_an_empty_result() {
     // Nothing was decoded: the detector lane never saw a frame.
     worker.wait_counter("corelane_frames_results_total", |v| v == 4);
     assert_eq!(worker.counter("frames_decoded_total"), Some(0));
+}
+
+// ---- Review findings ------------------------------------------------------------------------
+
+/// Connect, Init at 1920x1080 with a window of 4, four full frames, close, over and over:
+/// without a worker-wide budget the frames of closed connections piled up for the detector
+/// (2 GB in review). With it the queue stays bounded, the closed connections' detector
+/// state goes, and a good agent is served afterwards.
+#[test]
+fn hostile_churn_of_connections_with_full_windows_costs_bounded_memory() {
+    let worker =
+        Worker::start("churn", "max_queued_bytes = 16777216\nmax_width = 1920\nmax_height = 1080");
+    let rss_before = worker.rss_kb();
+    let mut source = Synthetic::new(1920, 1080, 2, 1);
+    let frames: Vec<Vec<u8>> = (1..=4)
+        .map(|id| encoded(Payload::Frame(frame_msg(&mut source, RawFormat::Nv12, id, 1920, 1080))))
+        .collect();
+    let (mut rss_max, mut depth_max, mut rounds) = (rss_before, 0, 0);
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let Ok(mut stream) = std::net::TcpStream::connect(worker.addr) else { continue };
+        let _ = stream.write_all(&encoded(Payload::Init(support::init_msg(1920, 1080, 4))));
+        for f in &frames {
+            if stream.write_all(f).is_err() {
+                break;
+            }
+        }
+        drop(stream);
+        rounds += 1;
+        if rounds % 4 == 0 {
+            rss_max = rss_max.max(worker.rss_kb());
+            depth_max = depth_max.max(worker.counter("queue_depth").unwrap_or(0));
+        }
+    }
+    // 16 MiB of queued frames is five 3.1 MB frames (the budget is checked before each).
+    assert!(depth_max <= 6, "queue_depth {depth_max} over the 16 MiB budget");
+    eprintln!("churn: {rounds} connections, RSS {rss_before} -> max {rss_max} KiB, queue_depth max {depth_max}");
+    assert!(rss_max < rss_before + 400 * 1024, "RSS {rss_before} -> {rss_max} KiB");
+    worker.wait_counter("corelane_frames_detector_streams", |v| v == 0);
+    worker.wait_counter("queue_depth", |v| v == 0);
+    let mut peer = Peer::connect(worker.addr);
+    peer.init(640, 480, 4);
+    still_works(&mut peer, 1);
+}
+
+#[test]
+fn a_half_closed_agent_gets_its_in_flight_results_before_the_close() {
+    let worker = Worker::start("half-close", "");
+    let mut peer = Peer::connect(worker.addr);
+    peer.init(640, 480, 4);
+    let mut source = Synthetic::new(640, 480, 2, 1);
+    for id in 1..=4 {
+        peer.send(Payload::Frame(frame_msg(&mut source, RawFormat::Nv12, id, 640, 480)));
+    }
+    peer.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let rest = peer.expect_close(Duration::from_secs(20));
+    let ids: Vec<u64> = rest
+        .iter()
+        .filter_map(|m| match m {
+            Payload::Result(r) => Some(r.frame_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3, 4], "{rest:?}");
+}
+
+#[test]
+fn a_connection_that_never_sends_init_is_closed_at_the_init_timeout() {
+    let worker = Worker::start("init-timeout", "init_timeout_ms = 300");
+    let mut silent = Peer::connect(worker.addr);
+    silent.expect_close(Duration::from_secs(10));
+    worker.wait_counter("corelane_frames_closes_total{cause=\"init_timeout\"}", |v| v == 1);
+    let mut peer = Peer::connect(worker.addr);
+    peer.init(640, 480, 1);
+    still_works(&mut peer, 1);
 }

@@ -52,7 +52,7 @@ pub struct AgentArgs {
     pub frames: u64,
     /// The most frames in flight the agent accepts (Capabilities.max_inflight; the worker's
     /// credits and WindowUpdates are capped to it).
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub window_cap: u32,
     /// Frames the FIFO policy queues while waiting for credits.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]

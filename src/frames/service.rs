@@ -680,7 +680,7 @@ impl WorkerAgent {
             let cause = conn.session.close_cause();
             self.count_close(cause);
             let reason = match cause {
-                Some(CloseCause::End) => CloseReason::Peer,
+                Some(CloseCause::End | CloseCause::Hangup) => CloseReason::Peer,
                 Some(CloseCause::PeerTimeout | CloseCause::InitTimeout) => CloseReason::IdleTimeout,
                 _ => CloseReason::Protocol,
             };
@@ -714,7 +714,7 @@ impl WorkerAgent {
             Some(CloseCause::PeerTimeout) => self.totals.peer_timeouts += 1,
             Some(CloseCause::End) => self.totals.ends += 1,
             Some(CloseCause::InitTimeout) => self.totals.init_timeouts += 1,
-            None => {}
+            Some(CloseCause::Hangup) | None => {}
         }
     }
 

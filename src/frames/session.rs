@@ -125,6 +125,8 @@ pub enum CloseCause {
     PeerTimeout,
     /// No Init within the init timeout.
     InitTimeout,
+    /// The agent shut its sending side without End (after its frames were answered).
+    Hangup,
 }
 
 /// A frame that passed validation: what the detector lane needs to decode it.
@@ -224,6 +226,8 @@ pub struct WorkerSession {
     reading: bool,
     last_answered: u64,
     cause: Option<CloseCause>,
+    /// The agent half-closed ([`on_peer_closed`](Self::on_peer_closed)).
+    hung_up: bool,
     env: Envelope,
     /// The last Frame's buffers while other messages are decoded.
     spare: Option<Frame>,
@@ -253,6 +257,7 @@ impl WorkerSession {
             reading: true,
             last_answered: 0,
             cause: None,
+            hung_up: false,
             env: Envelope::default(),
             spare: None,
             out: Vec::with_capacity(4096),
@@ -585,9 +590,10 @@ impl WorkerSession {
     /// The agent shut down its sending side (FIN) without End: as End, the frames in flight
     /// are answered (a half-closed peer may still read), then the session closes.
     pub fn on_peer_closed(&mut self) {
+        self.hung_up = true;
         match self.phase {
             Phase::Closed => {}
-            Phase::AwaitInit => self.close(CloseCause::End),
+            Phase::AwaitInit => self.close(CloseCause::Hangup),
             _ => {
                 self.phase = Phase::Ending;
                 self.maybe_finish();
@@ -662,7 +668,7 @@ impl WorkerSession {
 
     fn maybe_finish(&mut self) {
         if self.phase == Phase::Ending && self.inflight == 0 {
-            self.close(CloseCause::End);
+            self.close(if self.hung_up { CloseCause::Hangup } else { CloseCause::End });
         }
     }
 

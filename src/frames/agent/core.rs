@@ -51,6 +51,10 @@ pub const END_GRACE: Duration = Duration::from_secs(2);
 pub const JPEG_QUALITY: u8 = 85;
 /// Distinct track ids remembered for the summary.
 pub const TRACK_IDS_MAX: usize = 4096;
+
+/// Longer track ids are not remembered (a hostile worker could make the set hold 4096
+/// strings of a megabyte each).
+pub const TRACK_ID_MAX_BYTES: usize = 64;
 /// The largest message accepted from the worker (results, errors and control messages are
 /// small; a prefix over this closes the connection).
 pub const RECV_LIMIT: usize = 1 << 20;
@@ -940,6 +944,7 @@ impl AgentCore {
                     for d in &set.items {
                         if !d.track_id.is_empty()
                             && self.track_ids.len() < TRACK_IDS_MAX
+                            && d.track_id.len() <= TRACK_ID_MAX_BYTES
                             && !self.track_ids.contains(&d.track_id)
                         {
                             self.track_ids.insert(d.track_id.clone());

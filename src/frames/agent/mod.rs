@@ -487,8 +487,10 @@ fn flush(s: &mut TcpStream, buf: &[u8], off: &mut usize) -> std::io::Result<()> 
 }
 
 /// Reads until the socket would block, feeding the core; true when the peer closed.
+/// Reads until the socket would block, at most [`READS_PER_LOOP`] chunks (a worker that
+/// floods cannot starve capture and timers); returns whether the connection ended.
 fn read_all(s: &mut TcpStream, buf: &mut [u8], core: &mut AgentCore) -> bool {
-    loop {
+    for _ in 0..READS_PER_LOOP {
         match s.read(buf) {
             Ok(0) => return true,
             Ok(n) => {
@@ -502,7 +504,11 @@ fn read_all(s: &mut TcpStream, buf: &mut [u8], core: &mut AgentCore) -> bool {
             Err(_) => return true,
         }
     }
+    false
 }
+
+/// Chunks [`read_all`] takes in one turn of the loop.
+const READS_PER_LOOP: usize = 16;
 
 fn drain_events(
     core: &mut AgentCore,

@@ -692,7 +692,11 @@ fn a_connection_without_init_is_closed_at_the_init_timeout() {
     s.on_timeout(&cfg, t0 + cfg.init_timeout - Duration::from_millis(1));
     assert_ne!(s.phase(), Phase::Closed);
     // A heartbeat is a message, but not an Init: it does not extend the deadline.
-    s.on_message(&body(Payload::Heartbeat(proto::Heartbeat::default())), &cfg, t0 + cfg.init_timeout / 2);
+    s.on_message(
+        &body(Payload::Heartbeat(proto::Heartbeat::default())),
+        &cfg,
+        t0 + cfg.init_timeout / 2,
+    );
     s.on_timeout(&cfg, t0 + cfg.init_timeout);
     assert_eq!(s.close_cause(), Some(CloseCause::InitTimeout));
     // After Init the deadline is gone.
@@ -714,7 +718,7 @@ fn a_half_close_without_end_answers_the_frames_in_flight_then_closes() {
     s.on_outcome(&Outcome { frame_id: 1, ..Outcome::default() }, &config());
     assert_eq!(s.phase(), Phase::Ending);
     s.on_outcome(&Outcome { frame_id: 2, ..Outcome::default() }, &config());
-    assert_eq!(s.close_cause(), Some(CloseCause::End));
+    assert_eq!(s.close_cause(), Some(CloseCause::Hangup), "not counted as an End");
     let out = take(&mut s);
     assert_eq!(out.iter().filter(|p| matches!(p, Payload::Result(_))).count(), 2);
     // Nothing in flight: closed at once.
@@ -743,15 +747,23 @@ fn a_jpeg_frame_must_be_one_plane_covering_its_data() {
         s.on_message(&body(Payload::Frame(jpeg(planes))), &config(), now);
         let (code, frame_id, message) = error_of(&take(&mut s));
         assert_eq!((code, frame_id), (ErrorCode::InvalidFrame, 4));
-        assert_eq!(message, "a JPEG frame has one plane covering its 100 bytes (offset 0, size 100)");
+        assert_eq!(
+            message,
+            "a JPEG frame has one plane covering its 100 bytes (offset 0, size 100)"
+        );
     }
-    assert!(matches!(s.on_message(&body(Payload::Frame(jpeg(vec![]))), &config(), now), Step::Frame(_)));
+    assert!(matches!(
+        s.on_message(&body(Payload::Frame(jpeg(vec![]))), &config(), now),
+        Step::Frame(_)
+    ));
 }
 
 #[test]
 fn an_agent_may_ask_for_a_lower_frame_rate_not_a_higher_one() {
     let now = Instant::now();
-    for (asked, chosen) in [(5.0, 5.0), (30.0, 10.0), (0.0, 10.0), (f32::NAN, 10.0), (f32::INFINITY, 10.0)] {
+    for (asked, chosen) in
+        [(5.0, 5.0), (30.0, 10.0), (0.0, 10.0), (f32::NAN, 10.0), (f32::INFINITY, 10.0)]
+    {
         let mut s = WorkerSession::new(&config(), now);
         let init = body(Payload::Init(proto::Init {
             caps: Some(proto::Capabilities { desired_fps: asked, ..Default::default() }),
