@@ -182,11 +182,21 @@ fn reset(env: &mut Envelope) {
             let mut data = std::mem::take(&mut frame.data);
             let mut planes = std::mem::take(&mut frame.planes);
             let mut session = std::mem::take(&mut frame.session_id);
+            let mut space = std::mem::take(&mut frame.color_space);
+            let mut range = std::mem::take(&mut frame.color_range);
             data.clear();
             planes.clear();
             session.clear();
-            *frame =
-                super::proto::Frame { data, planes, session_id: session, ..Default::default() };
+            space.clear();
+            range.clear();
+            *frame = super::proto::Frame {
+                data,
+                planes,
+                session_id: session,
+                color_space: space,
+                color_range: range,
+                ..Default::default()
+            };
         }
         _ => env.payload = None,
     }
