@@ -212,7 +212,9 @@ fn status_round_trip_and_sigterm_shutdown_on_every_reactor() {
         let status = client.status().unwrap();
         assert_eq!(status.reactor, reactor);
         assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
-        assert_eq!(status.lanes.len(), 1);
+        // The default's two lanes: "main", and "detect" for the frame worker's detector
+        // (off in these tests: the frame worker's port is one per host).
+        assert_eq!(status.lanes.len(), 2);
         assert_eq!(status.lanes[0].agents, ["control", "metrics", "pool", "alloc"]);
         assert!(client.ping().is_ok());
         let toml = client.config_toml().unwrap();
@@ -336,7 +338,7 @@ fn legacy_clients_are_answered_in_v1_when_enabled() {
         .connect(daemon.socket())
         .unwrap();
     assert!(client.ping().is_ok());
-    assert_eq!(client.status().unwrap().lanes.len(), 1);
+    assert_eq!(client.status().unwrap().lanes.len(), 2);
 }
 
 #[test]
@@ -988,7 +990,7 @@ fn lane_watchers_get_a_report_per_interval_until_they_close() {
     let mut client = daemon.client();
     let (sub, first) = client.watch_lanes().unwrap();
     assert_eq!(sub.msg_type, MSG_WATCH_LANES);
-    assert_eq!(first.lanes.len(), 1);
+    assert_eq!(first.lanes.len(), 2);
     assert_eq!(first.lanes[0].name, "main");
     let mut last = first.uptime_ms;
     for _ in 0..3 {
