@@ -202,21 +202,25 @@ fn reset(env: &mut Envelope) {
     }
 }
 
+/// Reads one protobuf varint off the front of `buf` (`None` if it is cut short or longer
+/// than ten bytes).
+pub fn read_varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = buf.split_first()?;
+        *buf = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
 /// Whether the top level of a well-formed envelope body sets field `number` (the kept Frame
 /// of [`reset`] must not stand in for a Frame field the message does not carry).
 fn has_field(mut body: &[u8], number: u64) -> bool {
-    fn varint(buf: &mut &[u8]) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = buf.split_first()?;
-            *buf = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
+    let varint = read_varint;
     while !body.is_empty() {
         let Some(key) = varint(&mut body) else { return false };
         if key >> 3 == number {

@@ -57,6 +57,27 @@ pub struct Detection {
     pub track_id: u32,
 }
 
+/// Intersection over union of two xyxy boxes (0 when they do not overlap or have no area).
+pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let area = |r: [f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
+}
+
+impl Detection {
+    /// The box as `[x1, y1, x2, y2]`.
+    pub fn xyxy(&self) -> [f32; 4] {
+        [self.x1, self.y1, self.x2, self.y2]
+    }
+}
+
 /// The model that runs, as InitOk and every Result report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelIdentity {

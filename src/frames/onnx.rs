@@ -744,18 +744,8 @@ fn nms(boxes: &mut Vec<Detection>, iou_threshold: f32, max_boxes: usize) {
     boxes.truncate(kept);
 }
 
-/// Intersection over union of two xyxy boxes (0 when either is empty).
 fn iou(a: &Detection, b: &Detection) -> f32 {
-    let iw = (a.x2.min(b.x2) - a.x1.max(b.x1)).max(0.0);
-    let ih = (a.y2.min(b.y2) - a.y1.max(b.y1)).max(0.0);
-    let inter = iw * ih;
-    let area = |d: &Detection| (d.x2 - d.x1).max(0.0) * (d.y2 - d.y1).max(0.0);
-    let union = area(a) + area(b) - inter;
-    if union > 0.0 {
-        inter / union
-    } else {
-        0.0
-    }
+    super::detector::iou(a.xyxy(), b.xyxy())
 }
 
 #[cfg(test)]

@@ -931,18 +931,7 @@ fn for_fields<'a>(
     mut buf: &'a [u8],
     mut f: impl FnMut(u64, Value<'a>) -> Option<()>,
 ) -> Option<()> {
-    fn varint(buf: &mut &[u8]) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = buf.split_first()?;
-            *buf = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
+    let varint = corelane::frames::codec::read_varint;
     while !buf.is_empty() {
         let key = varint(&mut buf)?;
         let value = match key & 7 {
