@@ -256,6 +256,7 @@ fn corelane_rtt(pair: &Pair, dir: &Path, setup: Setup, warmup: u64, samples: u64
     config.metrics.enabled = false;
     config.metrics.listen = String::new();
     config.pool.enabled = false; // the control socket alone is measured
+    config.frames.enabled = false;
     config.lanes = vec![LaneConfig {
         name: "control".into(),
         core: Some(pair.b),
