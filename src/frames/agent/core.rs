@@ -293,19 +293,27 @@ struct InFlight {
     sent_at: Instant,
 }
 
-/// A frame's description without its data (kept with a queued frame's buffer).
-#[derive(Debug, Clone, Copy)]
-struct Meta {
-    format: RawFormat,
-    width: u32,
-    height: u32,
-    planes: [PlaneRef; 3],
-    nplanes: usize,
-    ts_mono_ns: u64,
-    ts_utc_ns: u64,
+/// A frame's description without its data: what a source captured into its buffer, and
+/// what the core keeps with a queued frame's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameInfo {
+    /// Layout of the data.
+    pub format: RawFormat,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// The planes; the first `nplanes` are used.
+    pub planes: [PlaneRef; 3],
+    /// Planes used (2 for NV12, 3 for I420).
+    pub nplanes: usize,
+    /// Capture time, monotonic clock, ns.
+    pub ts_mono_ns: u64,
+    /// Capture time, wall clock, ns since the Unix epoch.
+    pub ts_utc_ns: u64,
 }
 
-impl Meta {
+impl FrameInfo {
     fn of(frame: &RawFrame<'_>) -> Self {
         debug_assert!(frame.planes.len() <= 3, "at most 3 planes");
         let mut planes = [PlaneRef::default(); 3];
@@ -322,7 +330,8 @@ impl Meta {
         }
     }
 
-    fn frame<'a>(&'a self, data: &'a [u8]) -> RawFrame<'a> {
+    /// The frame as the core takes it, with `data` the buffer the source filled.
+    pub fn frame<'a>(&'a self, data: &'a [u8]) -> RawFrame<'a> {
         RawFrame {
             format: self.format,
             width: self.width,
@@ -338,7 +347,7 @@ impl Meta {
 /// A frame waiting for a credit, with its own (reused) buffer.
 #[derive(Debug)]
 struct Slot {
-    meta: Meta,
+    meta: FrameInfo,
     data: Vec<u8>,
 }
 
@@ -621,7 +630,7 @@ impl AgentCore {
         }
         if self.queue.is_empty() && self.can_send() {
             self.counters.captured += 1;
-            self.send(Meta::of(frame), Data::Borrowed(frame.data), now);
+            self.send(FrameInfo::of(frame), Data::Borrowed(frame.data), now);
             return Offer::Sent;
         }
         let taken = match self.cfg.policy {
@@ -643,9 +652,11 @@ impl AgentCore {
             }
         };
         self.counters.captured += 1;
-        let mut slot =
-            self.free.pop().unwrap_or_else(|| Slot { meta: Meta::of(frame), data: Vec::new() });
-        slot.meta = Meta::of(frame);
+        let mut slot = self
+            .free
+            .pop()
+            .unwrap_or_else(|| Slot { meta: FrameInfo::of(frame), data: Vec::new() });
+        slot.meta = FrameInfo::of(frame);
         slot.data.clear();
         slot.data.extend_from_slice(frame.data);
         self.queue.push_back(slot);
@@ -1001,7 +1012,7 @@ impl AgentCore {
     }
 
     /// Encodes one frame (raw, or JPEG when degraded) into the output.
-    fn send(&mut self, meta: Meta, data: Data<'_>, now: Instant) {
+    fn send(&mut self, meta: FrameInfo, data: Data<'_>, now: Instant) {
         let t0 = self.stopwatch.map(|clock| clock());
         let id = self.next_frame_id;
         self.next_frame_id += 1;

@@ -8,45 +8,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::time::Duration;
 
-use super::core::{plane_layout, PlaneRef, RawFormat, RawFrame};
+pub use super::core::FrameInfo;
+use super::core::{plane_layout, RawFormat};
 use crate::frames::detector::Picture;
 use crate::frames::vision::yuv::{pack, rgb_to_picture, ColorSpec};
 use crate::pool::{Consumer, PoolOptions, Wait};
 use crate::rings::shm::Dtype;
-
-/// What a source captured into the caller's buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameInfo {
-    /// Layout of the data.
-    pub format: RawFormat,
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
-    /// The planes; the first `nplanes` are used.
-    pub planes: [PlaneRef; 3],
-    /// Planes used (2 for NV12, 3 for I420).
-    pub nplanes: usize,
-    /// Capture time, monotonic clock, ns.
-    pub ts_mono_ns: u64,
-    /// Capture time, wall clock, ns since the Unix epoch.
-    pub ts_utc_ns: u64,
-}
-
-impl FrameInfo {
-    /// The frame as the core takes it, with `data` the buffer the source filled.
-    pub fn frame<'a>(&'a self, data: &'a [u8]) -> RawFrame<'a> {
-        RawFrame {
-            format: self.format,
-            width: self.width,
-            height: self.height,
-            planes: &self.planes[..self.nplanes],
-            data,
-            ts_mono_ns: self.ts_mono_ns,
-            ts_utc_ns: self.ts_utc_ns,
-        }
-    }
-}
 
 /// Why a source could not produce a frame.
 #[derive(Debug, thiserror::Error)]
