@@ -153,13 +153,19 @@ impl Peer {
         self.stream.write_all(bytes).unwrap();
     }
 
+    /// The next whole message already read, decoded (a valid envelope: the worker's output).
+    fn buffered(&mut self) -> Option<Envelope> {
+        let end = codec::split(&self.buf, 64 << 20).unwrap()?;
+        let mut env = Envelope::default();
+        codec::decode(&self.buf[PREFIX_BYTES..end], &mut env).unwrap();
+        self.buf.drain(..end);
+        Some(env)
+    }
+
     /// The next message, or `None` at end of stream.
     pub fn recv(&mut self) -> Option<Payload> {
         loop {
-            if let Some(end) = codec::split(&self.buf, 64 << 20).unwrap() {
-                let mut env = Envelope::default();
-                codec::decode(&self.buf[PREFIX_BYTES..end], &mut env).unwrap();
-                self.buf.drain(..end);
+            if let Some(env) = self.buffered() {
                 return env.payload;
             }
             let mut chunk = [0u8; 65536];
@@ -595,10 +601,7 @@ impl Peer {
     /// As [`recv`](Self::recv), but any read error is the end of stream.
     fn recv_or_closed(&mut self) -> Option<Payload> {
         loop {
-            if let Some(end) = codec::split(&self.buf, 64 << 20).unwrap() {
-                let mut env = Envelope::default();
-                codec::decode(&self.buf[PREFIX_BYTES..end], &mut env).unwrap();
-                self.buf.drain(..end);
+            if let Some(env) = self.buffered() {
                 return env.payload;
             }
             let mut chunk = [0u8; 65536];
