@@ -1024,29 +1024,13 @@ fn write_config(dir: &Path, cpu: usize, detector: &str) -> PathBuf {
 
 impl Logs for Daemon {
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        format!("daemon log: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+        super::log_tail(&self.dir.join("daemon.log"))
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
+        super::stop_daemon(&mut self.child);
     }
 }
 

@@ -56,6 +56,33 @@ impl Plan {
     }
 }
 
+/// The last five lines of a daemon's log file, for an error message.
+pub(crate) fn log_tail(path: &std::path::Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+    format!("daemon log: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+}
+
+/// Stops a daemon started for a measurement: SIGTERM, then SIGKILL after 5 s, reaped.
+pub(crate) fn stop_daemon(child: &mut std::process::Child) {
+    use std::time::{Duration, Instant};
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
 pub fn find(name: &str) -> Option<&'static Suite> {
     ALL.iter().find(|s| s.name == name)
 }
