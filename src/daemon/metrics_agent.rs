@@ -183,6 +183,7 @@ impl Prepared for MetricIds {
             Duration::from_millis(cx.config.metrics.publish_interval_ms.max(1)),
         );
         agent.reactor = Some(self.reactor.map(|id| cx.counter(id)));
+        agent.heartbeat = Some(cx.counters.heartbeat());
         let port = cx.serve(MSG_WATCH_LANES, "watch_lanes", "metrics");
         agent.watch = port.map(|port| Watchers::new(port, cx.status("metrics")));
         Ok(vec![("metrics", Box::new(agent) as Box<dyn Agent>)])
@@ -210,6 +211,8 @@ pub struct MetricsAgent {
     uptime: Counter,
     /// `corelane_reactor{kind="io_uring"|"poll"}`, set once the lanes report their backend.
     reactor: Option<[Counter; 2]>,
+    /// The counters file's heartbeat, beaten at every publish.
+    heartbeat: Option<crate::metrics::Heartbeat>,
     started: Instant,
     interval: Duration,
     next: Instant,
@@ -226,7 +229,17 @@ impl MetricsAgent {
         interval: Duration,
     ) -> Self {
         let now = Instant::now();
-        Self { board, lanes, uptime, reactor: None, started: now, interval, next: now, watch: None }
+        Self {
+            board,
+            lanes,
+            uptime,
+            reactor: None,
+            heartbeat: None,
+            started: now,
+            interval,
+            next: now,
+            watch: None,
+        }
     }
 }
 
@@ -311,6 +324,9 @@ impl Agent for MetricsAgent {
         }
         self.next = ctx.now + self.interval;
         self.uptime.set((ctx.now - self.started).as_secs());
+        if let Some(heartbeat) = &self.heartbeat {
+            heartbeat.beat(self.interval);
+        }
         if let (Some(gauges), Some(kind)) = (&self.reactor, self.board.reactor()) {
             gauges[usize::from(kind == ReactorKind::Poll)].set(1);
         }

@@ -14,8 +14,9 @@ use memmap2::{MmapMut, MmapOptions};
 use zerocopy::IntoBytes;
 
 use super::layout::{
-    file_len, value_offset, CounterRecord, CountersHeader, FileState, HEADER_BYTES, HELP_CAP,
-    LAYOUT_VERSION, MAGIC, NAME_CAP, RECORD_BYTES, STATE_OFFSET,
+    file_len, value_offset, CounterRecord, CountersHeader, FileState, HEADER_BYTES,
+    HEARTBEAT_OFFSET, HELP_CAP, INTERVAL_OFFSET, LAYOUT_VERSION, MAGIC, NAME_CAP, RECORD_BYTES,
+    STATE_OFFSET,
 };
 use super::map::Mapping;
 use super::reader::{CountersInfo, CountersReader, RecordMeta};
@@ -209,6 +210,12 @@ impl CountersFile {
         self.info
     }
 
+    /// The handle the publisher beats at every publish, so readers can tell a dead daemon's
+    /// file from a live one ([`CountersReader::liveness`]).
+    pub fn heartbeat(&self) -> Heartbeat {
+        Heartbeat { map: Arc::clone(&self.map) }
+    }
+
     /// A reader over this process's own mapping (no second mapping, no re-validation): what the
     /// daemon's `/metrics` server serves from.
     pub fn reader(&self) -> CountersReader {
@@ -228,7 +235,8 @@ impl CountersFile {
     /// # Errors
     /// [`MetricsError::Io`] if the file exists but cannot be removed.
     pub fn remove(self) -> Result<(), MetricsError> {
-        // SYNC: pairs with the Acquire load of the state word in `CountersReader::state`.
+        // SYNC: pairs with the Relaxed load + Acquire fence of the state word in
+        // `CountersReader::state`.
         self.map.word(STATE_OFFSET).store(FileState::Closed.to_word(), Ordering::Release);
         match &self.file {
             Some(file) => match file.remove() {
@@ -276,7 +284,9 @@ impl CountersFile {
             start_monotonic_ns: info.start_monotonic_ns.into(),
             start_realtime_ns: info.start_realtime_ns.into(),
             state: FileState::Writing.to_word().into(),
-            reserved: [0; 72],
+            heartbeat_ns: 0.into(),
+            publish_interval_ms: 0.into(),
+            reserved: [0; 56],
         };
         let fill = |mut map: Mapping| {
             map.write_bytes(0, header.as_bytes());
@@ -284,7 +294,8 @@ impl CountersFile {
                 map.write_bytes(HEADER_BYTES + i * RECORD_BYTES, meta.to_record().as_bytes());
             }
             // SYNC: publishes the header and records written above -> the Acquire load of the
-            // state word in `CountersReader::open` (another process) and `CountersReader::state`.
+            // state word in `CountersReader::open` (another process) and `CountersReader::state`, via their Relaxed load
+            // and Acquire fence.
             map.word(STATE_OFFSET).store(FileState::Live.to_word(), Ordering::Release);
             map
         };
@@ -372,6 +383,34 @@ impl fmt::Debug for Counter {
     }
 }
 
+/// The header's heartbeat words: the publisher stores the time of each publish and its interval.
+///
+/// Relaxed: a reader only wants a recent time, and nothing is published through it.
+#[derive(Clone)]
+pub struct Heartbeat {
+    map: Arc<Mapping>,
+}
+
+impl Heartbeat {
+    /// Records a publish now (`CLOCK_MONOTONIC`), made every `interval`.
+    pub fn beat(&self, interval: std::time::Duration) {
+        self.beat_at(monotonic_ns(), interval);
+    }
+
+    /// Records a publish at `now_ns` (`CLOCK_MONOTONIC` ns), made every `interval`.
+    pub fn beat_at(&self, now_ns: u64, interval: std::time::Duration) {
+        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        self.map.word(INTERVAL_OFFSET).store(ms, Ordering::Relaxed);
+        self.map.word(HEARTBEAT_OFFSET).store(now_ns, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Heartbeat").field("ns", &self.map.load_relaxed(HEARTBEAT_OFFSET)).finish()
+    }
+}
+
 impl RecordMeta {
     fn from_spec(spec: &CounterSpec<'_>) -> Result<Self, MetricsError> {
         let series = series_name(spec.name, spec.labels)?;
@@ -431,7 +470,9 @@ fn temporary_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn monotonic_ns() -> u64 {
+/// `CLOCK_MONOTONIC` now, in ns (the clock of the heartbeat; system-wide, so comparable across
+/// processes).
+pub fn monotonic_ns() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     // CLOCK_MONOTONIC is never negative.
     (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)

@@ -7,7 +7,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 /// First eight bytes of a counters file: the ASCII bytes `CORELCTR`, read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"CORELCTR");
 /// Layout version this build writes and reads.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Size of the header; record 0 starts here.
 pub const HEADER_BYTES: usize = 128;
 /// Size of one record.
@@ -19,6 +19,11 @@ pub const HELP_CAP: usize = 128;
 
 /// Offset of the header's `state` word (8-byte aligned, accessed atomically).
 pub(super) const STATE_OFFSET: usize = core::mem::offset_of!(CountersHeader, state);
+/// Offset of the header's `heartbeat_ns` word (8-byte aligned, accessed atomically).
+pub(super) const HEARTBEAT_OFFSET: usize = core::mem::offset_of!(CountersHeader, heartbeat_ns);
+/// Offset of the header's `publish_interval_ms` word (8-byte aligned, accessed atomically).
+pub(super) const INTERVAL_OFFSET: usize =
+    core::mem::offset_of!(CountersHeader, publish_interval_ms);
 /// Offset of a record's `value` word within the record (8-byte aligned, accessed atomically).
 pub(super) const VALUE_OFFSET: usize = core::mem::offset_of!(CounterRecord, value);
 
@@ -81,8 +86,13 @@ pub struct CountersHeader {
     pub start_realtime_ns: U64,
     /// The ready word ([`FileState`]); stored last, with Release, when the file is complete.
     pub state: U64,
+    /// `CLOCK_MONOTONIC` ns of the publisher's last publish (0: none yet); accessed atomically,
+    /// Relaxed (layout version 2).
+    pub heartbeat_ns: U64,
+    /// The publisher's interval in ms (0: no publisher); accessed atomically, Relaxed.
+    pub publish_interval_ms: U64,
     /// Zero.
-    pub reserved: [u8; 72],
+    pub reserved: [u8; 56],
 }
 
 /// One 256-byte record: a value and the metadata that names it.
@@ -116,6 +126,7 @@ const _: () = assert!(align_of::<CountersHeader>() == 1 && align_of::<CounterRec
 // Values and the state word are 8-byte aligned in a page-aligned mapping.
 const _: () = assert!(HEADER_BYTES.is_multiple_of(8) && RECORD_BYTES.is_multiple_of(8));
 const _: () = assert!(STATE_OFFSET.is_multiple_of(8) && VALUE_OFFSET.is_multiple_of(8));
+const _: () = assert!(HEARTBEAT_OFFSET.is_multiple_of(8) && INTERVAL_OFFSET.is_multiple_of(8));
 // A value owns its record's first 128 bytes' line pair; the rest is read-only metadata.
 const _: () = assert!(RECORD_BYTES.is_multiple_of(128) && HEADER_BYTES.is_multiple_of(128));
 // Lengths are stored in a byte.
@@ -149,7 +160,12 @@ mod tests {
         assert_eq!(offset_of!(CountersHeader, start_monotonic_ns), 32);
         assert_eq!(offset_of!(CountersHeader, start_realtime_ns), 40);
         assert_eq!(offset_of!(CountersHeader, state), 48);
-        assert_eq!(offset_of!(CountersHeader, reserved), 56);
+        assert_eq!(offset_of!(CountersHeader, heartbeat_ns), 56);
+        assert_eq!(offset_of!(CountersHeader, publish_interval_ms), 64);
+        assert_eq!(offset_of!(CountersHeader, reserved), 72);
+        assert_eq!(HEARTBEAT_OFFSET, 56);
+        assert_eq!(INTERVAL_OFFSET, 64);
+        assert_eq!(LAYOUT_VERSION, 2);
     }
 
     #[test]

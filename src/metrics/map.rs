@@ -63,18 +63,7 @@ impl Mapping {
         self.load_word(offset).load(Ordering::Relaxed)
     }
 
-    /// Loads the 8-byte word at `offset` with Acquire ordering, also on a read-only mapping.
-    ///
-    /// # Panics
-    /// If the word is out of bounds or misaligned.
-    #[inline]
-    pub(super) fn load_acquire(&self, offset: usize) -> u64 {
-        // SYNC: the caller's partner is the Release store of the same word (the state word:
-        // `CountersFile::publish` and `CountersFile::remove`).
-        self.load_word(offset).load(Ordering::Acquire)
-    }
-
-    /// The word at `offset` for loading (Relaxed or Acquire only).
+    /// The word at `offset` for loading (Relaxed only).
     #[inline]
     fn load_word(&self, offset: usize) -> &AtomicU64 {
         assert!(
@@ -83,8 +72,8 @@ impl Mapping {
             self.len()
         );
         // SAFETY: in bounds and 8-aligned (checked above), live for `&self`, and only ever
-        // accessed atomically. On a read-only mapping the two callers only load, with Relaxed or
-        // Acquire, a pointer-sized atomic (64-bit targets, asserted in the module root): the kind
+        // accessed atomically. On a read-only mapping the one caller only loads, with Relaxed, a
+        // pointer-sized atomic (64-bit targets, asserted in the module root): the kind
         // of load std documents as allowed on read-only memory.
         unsafe { AtomicU64::from_ptr(self.raw.as_mut_ptr().add(offset).cast::<u64>()) }
     }

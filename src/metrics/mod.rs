@@ -77,14 +77,14 @@ mod series;
 mod server;
 
 pub use exposition::render;
-pub use file::{Counter, CounterId, CounterSpec, CountersFile, Registry};
+pub use file::{monotonic_ns, Counter, CounterId, CounterSpec, CountersFile, Heartbeat, Registry};
 pub use latency::{LatencyRecorder, QuantileGauges, QuantileIds, QUANTILES};
 pub use layout::{
     CounterRecord, CountersHeader, FileState, HEADER_BYTES, HELP_CAP, LAYOUT_VERSION, MAGIC,
     NAME_CAP, RECORD_BYTES,
 };
 pub use logging::{init_logging, LOG_ENV};
-pub use reader::{CountersInfo, CountersReader, Sample};
+pub use reader::{CountersInfo, CountersReader, Liveness, Sample};
 pub use series::{escape_label_value, series_name};
 pub use server::{MetricsServer, MetricsSource, ServerConfig};
 

@@ -1,14 +1,17 @@
 //! Reading a counters file from any process: [`CountersReader`] and [`Sample`].
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use memmap2::MmapOptions;
 
 use super::layout::{
-    value_offset, CounterRecord, CountersHeader, FileState, HEADER_BYTES, HELP_CAP, LAYOUT_VERSION,
-    MAGIC, NAME_CAP, RECORD_BYTES, STATE_OFFSET, VALUE_OFFSET,
+    value_offset, CounterRecord, CountersHeader, FileState, HEADER_BYTES, HEARTBEAT_OFFSET,
+    HELP_CAP, INTERVAL_OFFSET, LAYOUT_VERSION, MAGIC, NAME_CAP, RECORD_BYTES, STATE_OFFSET,
+    VALUE_OFFSET,
 };
 use super::map::Mapping;
 use super::series::{is_valid_help, parse_series};
@@ -47,6 +50,36 @@ pub struct CountersInfo {
     pub records: u32,
 }
 
+/// What a reader can tell about the daemon behind a file from its heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// The publisher beat within the allowed number of intervals.
+    Live,
+    /// No beat for `silent_ns` ns, more than [`CountersReader::STALE_INTERVALS`] intervals: the
+    /// daemon is probably dead.
+    Stale {
+        /// ns since the last beat (or since creation, if it never beat).
+        silent_ns: u64,
+    },
+    /// No publisher writes the heartbeat (interval 0): nothing to judge.
+    NoPublisher,
+    /// The daemon closed the file.
+    Closed,
+}
+
+impl core::fmt::Display for Liveness {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Live => f.write_str("live"),
+            Self::Stale { silent_ns } => {
+                write!(f, "stale: no heartbeat for {:.1} s", *silent_ns as f64 / 1e9)
+            }
+            Self::NoPublisher => f.write_str("live (no heartbeat publisher)"),
+            Self::Closed => f.write_str("closed"),
+        }
+    }
+}
+
 /// A validated, read-only view of a counters file: what `corelane top` and `/metrics` read.
 ///
 /// [`open`](Self::open) checks everything it will later rely on (magic, version, geometry, length,
@@ -62,9 +95,14 @@ pub struct CountersReader {
     records: Arc<[RecordMeta]>,
     info: CountersInfo,
     path: Option<PathBuf>,
+    /// Device and inode of the mapped file (fstat of the fd it was mapped from).
+    identity: Option<(u64, u64)>,
 }
 
 impl CountersReader {
+    /// Intervals without a beat after which [`liveness`](Self::liveness) says stale.
+    pub const STALE_INTERVALS: u64 = 3;
+
     /// Maps the counters file at `path` read-only and validates it.
     ///
     /// # Errors
@@ -76,7 +114,9 @@ impl CountersReader {
     pub fn open(path: &Path) -> Result<Self, MetricsError> {
         let io = |op, source| MetricsError::Io { op, path: path.to_owned(), source };
         let file = File::open(path).map_err(|e| io("open", e))?;
-        let file_len = file.metadata().map_err(|e| io("stat", e))?.len();
+        let meta = file.metadata().map_err(|e| io("stat", e))?;
+        let identity = (meta.dev(), meta.ino());
+        let file_len = meta.len();
         if file_len < HEADER_BYTES as u64 {
             return Err(MetricsError::TooShort {
                 path: path.to_owned(),
@@ -95,9 +135,12 @@ impl CountersReader {
         let raw = MmapOptions::new().len(len).map_raw_read_only(&file).map_err(|e| io("map", e))?;
         let map = Mapping::read_only(raw);
 
+        // A Relaxed load then an Acquire fence: std promises only Relaxed loads work on a
+        // read-only mapping (an Acquire load is not promised there).
+        let state = map.load_relaxed(STATE_OFFSET);
         // SYNC: pairs with the Release store of `state = 1` in `CountersFile::build`: the header
-        // and records copied below are complete when it reads 1 (or 2).
-        let state = map.load_acquire(STATE_OFFSET);
+        // and records copied below are complete when the Relaxed load above read 1 (or 2).
+        fence(Ordering::Acquire);
         let mut bytes = [0u8; HEADER_BYTES];
         map.read_bytes(0, &mut bytes[..STATE_OFFSET]);
         map.read_bytes(STATE_OFFSET + 8, &mut bytes[STATE_OFFSET + 8..]);
@@ -156,7 +199,9 @@ impl CountersReader {
             start_realtime_ns: header.start_realtime_ns.get(),
             records,
         };
-        Ok(Self::from_parts(Arc::new(map), metas.into(), info, Some(path.to_owned())))
+        let mut reader = Self::from_parts(Arc::new(map), metas.into(), info, Some(path.to_owned()));
+        reader.identity = Some(identity);
+        Ok(reader)
     }
 
     pub(super) fn from_parts(
@@ -165,7 +210,60 @@ impl CountersReader {
         info: CountersInfo,
         path: Option<PathBuf>,
     ) -> Self {
-        Self { map, records, info, path }
+        Self { map, records, info, path, identity: None }
+    }
+
+    /// Whether the path no longer names the file this reader mapped (the daemon restarted and
+    /// renamed a new file over it, or removed it): compares the device and inode of the path
+    /// (stat) with those of the mapped file (fstat at open). `false` for an in-memory file or a
+    /// reader of this process's own file.
+    pub fn is_replaced(&self) -> bool {
+        let (Some(path), Some((dev, ino))) = (&self.path, self.identity) else { return false };
+        match std::fs::metadata(path) {
+            Ok(meta) => meta.dev() != dev || meta.ino() != ino,
+            Err(_) => true,
+        }
+    }
+
+    /// A fresh reader of the file at this reader's path, if [`is_replaced`](Self::is_replaced);
+    /// `Ok(None)` if the mapping is still the path's file (or there is no path).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open), for the new file.
+    pub fn reopen_if_replaced(&self) -> Result<Option<Self>, MetricsError> {
+        match &self.path {
+            Some(path) if self.is_replaced() => Self::open(path).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The last heartbeat: (`CLOCK_MONOTONIC` ns of the last publish, 0 if none; publish
+    /// interval in ms, 0 if no publisher).
+    pub fn heartbeat(&self) -> (u64, u64) {
+        (self.map.load_relaxed(HEARTBEAT_OFFSET), self.map.load_relaxed(INTERVAL_OFFSET))
+    }
+
+    /// Whether the daemon looks alive at `now_ns` (`CLOCK_MONOTONIC` ns, e.g.
+    /// [`monotonic_ns`](super::monotonic_ns)): stale after [`STALE_INTERVALS`](Self::STALE_INTERVALS)
+    /// publish intervals without a beat.
+    pub fn liveness(&self, now_ns: u64) -> Liveness {
+        if self.state() == FileState::Closed {
+            return Liveness::Closed;
+        }
+        let (beat_ns, interval_ms) = self.heartbeat();
+        if interval_ms == 0 {
+            return Liveness::NoPublisher;
+        }
+        // The values come from another process: never trusted, so saturate.
+        let since = if beat_ns == 0 { self.info.start_monotonic_ns } else { beat_ns };
+        let silent_ns = now_ns.saturating_sub(since);
+        let allowed_ns =
+            interval_ms.saturating_mul(1_000_000).saturating_mul(Self::STALE_INTERVALS);
+        if silent_ns > allowed_ns {
+            Liveness::Stale { silent_ns }
+        } else {
+            Liveness::Live
+        }
     }
 
     /// Every series with its current value, in record order.
@@ -208,9 +306,11 @@ impl CountersReader {
 
     /// Where the file is in its life now: [`FileState::Closed`] once the daemon has removed it.
     pub fn state(&self) -> FileState {
+        // Relaxed then an Acquire fence: an Acquire load is not promised on a read-only mapping.
+        let word = self.map.load_relaxed(STATE_OFFSET);
         // SYNC: pairs with the Release stores of the state word in `CountersFile::build` and
-        // `CountersFile::remove`.
-        let word = self.map.load_acquire(STATE_OFFSET);
+        // `CountersFile::remove` (read by the Relaxed load above).
+        fence(Ordering::Acquire);
         // `open` accepted only 1 or 2, and the daemon only ever moves the word from 1 to 2; treat
         // anything else a foreign writer might store as closed.
         match FileState::from_word(word) {

@@ -198,9 +198,9 @@ fn reader_rejects_bad_magic_and_version() {
     assert!(err.to_string().contains("not a counters file"), "{err}");
 
     let tmp = valid_file("version");
-    patch(&tmp.0, 8, &2u32.to_le_bytes());
+    patch(&tmp.0, 8, &1u32.to_le_bytes());
     let err = open_err(&tmp.0);
-    assert!(matches!(err, MetricsError::UnsupportedVersion { found: 2, expected: 1, .. }), "{err}");
+    assert!(matches!(err, MetricsError::UnsupportedVersion { found: 1, expected: 2, .. }), "{err}");
 
     let tmp = valid_file("geometry");
     patch(&tmp.0, 20, &128u32.to_le_bytes());
@@ -438,4 +438,41 @@ fn dropping_the_server_stops_it() {
     let addr = server.local_addr();
     drop(server);
     assert!(TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn a_file_whose_heartbeat_stops_is_reported_stale() {
+    let tmp = TempPath::new("heartbeat");
+    let file = CountersFile::create(&tmp.0, &specs()).unwrap();
+    let reader = CountersReader::open(&tmp.0).unwrap();
+    assert_eq!(reader.liveness(monotonic_ns()), Liveness::NoPublisher);
+    let heartbeat = file.heartbeat();
+    let t0 = 1_000_000_000_000;
+    heartbeat.beat_at(t0, Duration::from_millis(100));
+    assert_eq!(reader.heartbeat(), (t0, 100));
+    assert_eq!(reader.liveness(t0 + 250_000_000), Liveness::Live);
+    // The publisher stops: three intervals later the file is stale.
+    let verdict = reader.liveness(t0 + 2_000_000_000);
+    assert_eq!(verdict, Liveness::Stale { silent_ns: 2_000_000_000 });
+    assert_eq!(verdict.to_string(), "stale: no heartbeat for 2.0 s");
+    heartbeat.beat_at(t0 + 2_000_000_000, Duration::from_millis(100));
+    assert_eq!(reader.liveness(t0 + 2_100_000_000), Liveness::Live);
+    file.remove().unwrap();
+    assert_eq!(reader.liveness(t0 + 9_000_000_000), Liveness::Closed);
+}
+
+#[test]
+fn a_replaced_file_is_detected_and_reopened() {
+    let tmp = TempPath::new("replaced");
+    let _first = CountersFile::create(&tmp.0, &specs()).unwrap();
+    let reader = CountersReader::open(&tmp.0).unwrap();
+    assert!(!reader.is_replaced());
+    assert!(reader.reopen_if_replaced().unwrap().is_none());
+    fs::remove_file(&tmp.0).unwrap();
+    assert!(reader.is_replaced(), "an unlinked file is not noticed");
+    let _second = CountersFile::create(&tmp.0, &specs()[..1]).unwrap();
+    assert!(reader.is_replaced(), "a recreated file is not noticed");
+    let fresh = reader.reopen_if_replaced().unwrap().expect("no reopen");
+    assert_eq!(fresh.len(), 1);
+    assert!(!fresh.is_replaced());
 }
