@@ -439,3 +439,19 @@ fn dropping_the_server_stops_it() {
     drop(server);
     assert!(TcpStream::connect(addr).is_err());
 }
+
+/// Issue 11: idle connections (nothing sent) must not delay a real scrape.
+#[test]
+fn idle_connections_do_not_delay_a_scrape() {
+    let server =
+        MetricsServer::start("127.0.0.1:0".parse().unwrap(), served_file().reader()).unwrap();
+    let addr = server.local_addr();
+    let _idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    let response = http(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+    let took = started.elapsed();
+    assert_eq!(status(&response), "HTTP/1.1 200 OK");
+    assert!(took < Duration::from_secs(1), "scrape took {took:?} behind 3 idle connections");
+    server.stop();
+}
