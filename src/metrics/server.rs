@@ -1,4 +1,5 @@
-//! The Prometheus `/metrics` endpoint: one plain std thread, one connection at a time.
+//! The Prometheus `/metrics` endpoint: one plain std thread polling up to
+//! [`ServerConfig::max_connections`] connections at once, each with its own head deadline.
 
 use core::fmt;
 use std::io::{self, Read, Write};
@@ -24,15 +25,18 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Largest request head read, bytes; a longer one gets a 431.
     pub max_head_bytes: usize,
+    /// Connections served at once; a connection beyond them is answered 503 and closed.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
-    /// 5 s to send the head, 5 s to take the response, 8 KiB of head.
+    /// 2 s to send the head, 5 s to take the response, 8 KiB of head, 32 connections.
     fn default() -> Self {
         Self {
-            head_timeout: Duration::from_secs(5),
+            head_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(5),
             max_head_bytes: 8 * 1024,
+            max_connections: 32,
         }
     }
 }
@@ -160,43 +164,79 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, addr.port())
 }
 
-/// The server thread: accept, answer, close; one connection at a time.
+/// The server thread: one `poll` over the listener and every open connection, so a client
+/// that sends nothing (or trickles bytes) costs a slot, never the other clients' time.
 fn serve(
     listener: &TcpListener,
     source: &mut dyn MetricsSource,
     config: ServerConfig,
     stop: &AtomicBool,
 ) {
-    let mut head = vec![0u8; config.max_head_bytes.max(1)];
+    let mut conns: Vec<Connection> = Vec::with_capacity(config.max_connections);
     let mut samples = Vec::new();
     let mut body = String::new();
     while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let mut conn = Connection { stream, config, stop };
-                if let Err(e) = conn.answer(&mut head, source, &mut samples, &mut body) {
-                    tracing::debug!(%peer, error = %e, "/metrics connection ended");
-                }
+        wait(listener, &conns);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        accept_all(listener, &mut conns, config);
+        let now = Instant::now();
+        conns.retain_mut(|conn| match conn.advance(now, source, &mut samples, &mut body) {
+            Ok(Progress::Waiting) => true,
+            Ok(Progress::Done) => false,
+            Err(e) => {
+                tracing::debug!(peer = ?conn.stream.peer_addr().ok(), error = %e, "/metrics connection ended");
+                false
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(listener),
+        });
+    }
+}
+
+/// Accepts every pending connection; past [`ServerConfig::max_connections`] a new one is
+/// answered 503 (best effort, never blocking) and closed at once.
+fn accept_all(listener: &TcpListener, conns: &mut Vec<Connection>, config: ServerConfig) {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if conns.len() >= config.max_connections {
+                    let _ = stream.set_nonblocking(true);
+                    let _ = (&stream).write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
+                          Connection: close\r\n\r\n",
+                    );
+                    continue;
+                }
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                conns.push(Connection {
+                    stream,
+                    config,
+                    head: Vec::with_capacity(config.max_head_bytes.max(1)),
+                    deadline: Instant::now() + config.head_timeout,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 // Out of descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "/metrics accept failed");
                 std::thread::sleep(POLL);
+                return;
             }
         }
     }
 }
 
-/// Waits until `listener` has a connection, or [`POLL`] passes.
-fn wait_readable(listener: &TcpListener) {
+/// Waits until the listener or a connection is readable, or [`POLL`] passes (the deadlines
+/// and the stop flag are looked at after every wait).
+fn wait(listener: &TcpListener, conns: &[Connection]) {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let timeout = Timespec { tv_sec: 0, tv_nsec: POLL.as_nanos() as _ };
-    let mut fds = [PollFd::new(listener, PollFlags::IN)];
+    let mut fds = Vec::with_capacity(conns.len() + 1);
+    fds.push(PollFd::new(listener, PollFlags::IN));
+    fds.extend(conns.iter().map(|c| PollFd::new(&c.stream, PollFlags::IN)));
     if poll(&mut fds, Some(&timeout)).is_err() {
         std::thread::sleep(POLL);
     }
@@ -215,83 +255,83 @@ enum Request {
     Bad,
 }
 
-struct Connection<'a> {
-    stream: TcpStream,
-    config: ServerConfig,
-    stop: &'a AtomicBool,
+/// Where a connection stands after [`Connection::advance`].
+enum Progress {
+    /// Its head is not all there yet and its deadline has not passed.
+    Waiting,
+    /// Answered (or closed by the client): drop it.
+    Done,
 }
 
-impl Connection<'_> {
-    fn answer(
+struct Connection {
+    stream: TcpStream,
+    config: ServerConfig,
+    /// The request head so far; never longer than `config.max_head_bytes`.
+    head: Vec<u8>,
+    /// When the whole head must be in.
+    deadline: Instant,
+}
+
+impl Connection {
+    /// Reads what has arrived (without blocking) and answers once the head is complete, over
+    /// the size cap (431) or past its deadline (408).
+    fn advance(
         &mut self,
-        head: &mut [u8],
+        now: Instant,
         source: &mut dyn MetricsSource,
         samples: &mut Vec<Sample>,
         body: &mut String,
-    ) -> io::Result<()> {
-        self.stream.set_nonblocking(false)?;
-        self.stream.set_write_timeout(Some(self.config.write_timeout))?;
-        let Some(len) = self.read_head(head)? else { return Ok(()) };
-        let request = match len {
-            Some(end) => parse_request(&head[..end]),
-            None => return self.respond(431, "Request Header Fields Too Large", "", false),
-        };
-        match request {
+    ) -> io::Result<Progress> {
+        let cap = self.config.max_head_bytes.max(1);
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(end) = head_end(&self.head) {
+                self.head.truncate(end);
+                break;
+            }
+            if self.head.len() >= cap {
+                self.respond(431, "Request Header Fields Too Large", "", false)?;
+                return Ok(Progress::Done);
+            }
+            let room = (cap - self.head.len()).min(chunk.len());
+            match self.stream.read(&mut chunk[..room]) {
+                Ok(0) => return Ok(Progress::Done),
+                Ok(n) => self.head.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if now >= self.deadline {
+                        self.respond(408, "Request Timeout", "", false)?;
+                        return Ok(Progress::Done);
+                    }
+                    return Ok(Progress::Waiting);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match parse_request(&self.head) {
             Request::Metrics { head } => {
                 samples.clear();
                 body.clear();
                 source.collect(samples);
                 render(samples, body);
-                self.respond(200, "OK", body, head)
+                self.respond(200, "OK", body, head)?;
             }
-            Request::NotFound => self.respond(404, "Not Found", "not found; try /metrics\n", false),
+            Request::NotFound => {
+                self.respond(404, "Not Found", "not found; try /metrics\n", false)?
+            }
             Request::MethodNotAllowed => {
-                self.respond(405, "Method Not Allowed", "only GET and HEAD\n", false)
+                self.respond(405, "Method Not Allowed", "only GET and HEAD\n", false)?;
             }
-            Request::Bad => self.respond(400, "Bad Request", "bad request\n", false),
+            Request::Bad => self.respond(400, "Bad Request", "bad request\n", false)?,
         }
+        Ok(Progress::Done)
     }
 
-    /// Reads until the end of the request head. `Ok(Some(Some(end)))`: the head is
-    /// `head[..end]`; `Ok(Some(None))`: the buffer filled first; `Ok(None)`: the client closed,
-    /// timed out (answered 408) or the server is stopping.
-    fn read_head(&mut self, head: &mut [u8]) -> io::Result<Option<Option<usize>>> {
-        let deadline = Instant::now() + self.config.head_timeout;
-        let mut filled = 0;
-        loop {
-            if let Some(end) = head_end(&head[..filled]) {
-                return Ok(Some(Some(end)));
-            }
-            if filled == head.len() {
-                return Ok(Some(None));
-            }
-            if self.stop.load(Ordering::Relaxed) {
-                return Ok(None);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                self.respond(408, "Request Timeout", "", false)?;
-                return Ok(None);
-            }
-            // Never more than POLL at a time, so a stop request is seen promptly; the deadline
-            // bounds the total, so a client trickling bytes cannot hold the server longer.
-            self.stream.set_read_timeout(Some((deadline - now).min(POLL)))?;
-            match self.stream.read(&mut head[filled..]) {
-                Ok(0) => return Ok(None),
-                Ok(n) => filled += n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
+    /// Writes the whole answer, blocking up to `write_timeout` (a response is one scrape's text,
+    /// which the socket's send buffer normally takes at once).
     fn respond(&mut self, code: u16, reason: &str, body: &str, head_only: bool) -> io::Result<()> {
+        self.stream.set_nonblocking(false)?;
+        self.stream.set_write_timeout(Some(self.config.write_timeout))?;
         let content_type = if code == 200 { CONTENT_TYPE } else { "text/plain; charset=utf-8" };
         let allow = if code == 405 { "Allow: GET, HEAD\r\n" } else { "" };
         let header = format!(

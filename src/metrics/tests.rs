@@ -476,3 +476,75 @@ fn a_replaced_file_is_detected_and_reopened() {
     assert_eq!(fresh.len(), 1);
     assert!(!fresh.is_replaced());
 }
+
+/// Issue 11: idle connections (nothing sent) must not delay a real scrape.
+#[test]
+fn idle_connections_do_not_delay_a_scrape() {
+    let server =
+        MetricsServer::start("127.0.0.1:0".parse().unwrap(), served_file().reader()).unwrap();
+    let addr = server.local_addr();
+    let _idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    let response = http(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+    let took = started.elapsed();
+    assert_eq!(status(&response), "HTTP/1.1 200 OK");
+    assert!(took < Duration::from_secs(1), "scrape took {took:?} behind 3 idle connections");
+    server.stop();
+}
+
+/// Issue 11: a client trickling its head one byte at a time is closed at its deadline, and
+/// scrapes meanwhile are answered at once.
+#[test]
+fn a_trickling_client_is_closed_at_its_deadline_while_scrapes_are_answered() {
+    let config =
+        ServerConfig { head_timeout: Duration::from_millis(600), ..ServerConfig::default() };
+    let server =
+        MetricsServer::start_with("127.0.0.1:0".parse().unwrap(), served_file().reader(), config)
+            .unwrap();
+    let addr = server.local_addr();
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let connected = Instant::now();
+    let mut worst = Duration::ZERO;
+    for &byte in b"GET /metrics HTTP/1.1\r\nHost: x" {
+        // Past the deadline the server has closed: the write may fail, which is the point.
+        if slow.write_all(&[byte]).is_err() {
+            break;
+        }
+        let started = Instant::now();
+        assert_eq!(status(&http(addr, b"GET /metrics HTTP/1.1\r\n\r\n")), "HTTP/1.1 200 OK");
+        worst = worst.max(started.elapsed());
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).unwrap();
+    assert_eq!(status(&answer), "HTTP/1.1 408 Request Timeout");
+    let held = connected.elapsed();
+    assert!(held >= config.head_timeout && held < Duration::from_secs(3), "held {held:?}");
+    assert!(worst < Duration::from_millis(500), "a scrape took {worst:?} beside a trickler");
+    server.stop();
+}
+
+/// Issue 11: connections past the cap are answered 503 and closed; a slot that frees is
+/// usable again.
+#[test]
+fn connections_past_the_cap_get_503_and_close() {
+    let config = ServerConfig { max_connections: 4, ..ServerConfig::default() };
+    let server =
+        MetricsServer::start_with("127.0.0.1:0".parse().unwrap(), served_file().reader(), config)
+            .unwrap();
+    let addr = server.local_addr();
+    let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // The server answers before reading anything, so only read (a write could meet a reset).
+    let mut extra = TcpStream::connect(addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut refused = String::new();
+    extra.read_to_string(&mut refused).unwrap();
+    assert_eq!(status(&refused), "HTTP/1.1 503 Service Unavailable", "{refused}");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(status(&http(addr, b"GET /metrics HTTP/1.1\r\n\r\n")), "HTTP/1.1 200 OK");
+    server.stop();
+}
