@@ -296,6 +296,12 @@ fn served_file() -> CountersFile {
     file
 }
 
+/// A server of [`served_file`] on a free loopback port.
+fn serve_on_loopback(config: ServerConfig) -> MetricsServer {
+    MetricsServer::start_with("127.0.0.1:0".parse().unwrap(), served_file().reader(), config)
+        .unwrap()
+}
+
 #[test]
 fn get_metrics_serves_the_exposition_format() {
     let file = served_file();
@@ -345,8 +351,7 @@ fn get_metrics_serves_the_exposition_format() {
 
 #[test]
 fn other_paths_methods_and_garbage_get_errors() {
-    let server =
-        MetricsServer::start("127.0.0.1:0".parse().unwrap(), served_file().reader()).unwrap();
+    let server = serve_on_loopback(ServerConfig::default());
     let addr = server.local_addr();
     assert_eq!(status(&http(addr, b"GET /other HTTP/1.1\r\n\r\n")), "HTTP/1.1 404 Not Found");
     assert_eq!(status(&http(addr, b"GET / HTTP/1.1\r\n\r\n")), "HTTP/1.1 404 Not Found");
@@ -378,9 +383,7 @@ fn other_paths_methods_and_garbage_get_errors() {
 fn a_silent_client_is_dropped_and_the_next_one_is_served() {
     let config =
         ServerConfig { head_timeout: Duration::from_millis(300), ..ServerConfig::default() };
-    let server =
-        MetricsServer::start_with("127.0.0.1:0".parse().unwrap(), served_file().reader(), config)
-            .unwrap();
+    let server = serve_on_loopback(config);
     let addr = server.local_addr();
 
     let connected = Instant::now();
@@ -420,8 +423,7 @@ fn a_silent_client_is_dropped_and_the_next_one_is_served() {
 
 #[test]
 fn stop_returns_while_a_client_is_connected() {
-    let server =
-        MetricsServer::start("127.0.0.1:0".parse().unwrap(), served_file().reader()).unwrap();
+    let server = serve_on_loopback(ServerConfig::default());
     let addr = server.local_addr();
     let _idle = TcpStream::connect(addr).unwrap();
     std::thread::sleep(Duration::from_millis(20));
@@ -433,8 +435,7 @@ fn stop_returns_while_a_client_is_connected() {
 
 #[test]
 fn dropping_the_server_stops_it() {
-    let server =
-        MetricsServer::start("127.0.0.1:0".parse().unwrap(), served_file().reader()).unwrap();
+    let server = serve_on_loopback(ServerConfig::default());
     let addr = server.local_addr();
     drop(server);
     assert!(TcpStream::connect(addr).is_err());
@@ -480,8 +481,7 @@ fn a_replaced_file_is_detected_and_reopened() {
 /// Issue 11: idle connections (nothing sent) must not delay a real scrape.
 #[test]
 fn idle_connections_do_not_delay_a_scrape() {
-    let server =
-        MetricsServer::start("127.0.0.1:0".parse().unwrap(), served_file().reader()).unwrap();
+    let server = serve_on_loopback(ServerConfig::default());
     let addr = server.local_addr();
     let _idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(50));
@@ -499,9 +499,7 @@ fn idle_connections_do_not_delay_a_scrape() {
 fn a_trickling_client_is_closed_at_its_deadline_while_scrapes_are_answered() {
     let config =
         ServerConfig { head_timeout: Duration::from_millis(600), ..ServerConfig::default() };
-    let server =
-        MetricsServer::start_with("127.0.0.1:0".parse().unwrap(), served_file().reader(), config)
-            .unwrap();
+    let server = serve_on_loopback(config);
     let addr = server.local_addr();
     let mut slow = TcpStream::connect(addr).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -531,9 +529,7 @@ fn a_trickling_client_is_closed_at_its_deadline_while_scrapes_are_answered() {
 #[test]
 fn connections_past_the_cap_get_503_and_close() {
     let config = ServerConfig { max_connections: 4, ..ServerConfig::default() };
-    let server =
-        MetricsServer::start_with("127.0.0.1:0".parse().unwrap(), served_file().reader(), config)
-            .unwrap();
+    let server = serve_on_loopback(config);
     let addr = server.local_addr();
     let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(200));
