@@ -21,7 +21,7 @@ ir() { # op iterations -> total Ir of the run
     awk '/^summary:/ { print $2 }' "$out/$1.$2.out"
 }
 printf '| op | N | Ir(N) | Ir(2N) | instructions/op |\n|---|---|---|---|---|\n'
-for op in spsc-push-pop shm-push-pop seqlock-write-256B seqlock-read-256B; do
+for op in spsc-push-pop shm-push-pop seqlock-write-256B seqlock-read-256B alloc-apply-pair frame-decode-64B; do
     a=$(ir "$op" "$n")
     b=$(ir "$op" $((2 * n)))
     printf '| %s | %d | %d | %d | %s |\n' "$op" "$n" "$a" "$b" \
