@@ -10,6 +10,8 @@
 pub mod live;
 pub mod render;
 pub mod snapshot;
+#[cfg(test)]
+mod tests;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -117,25 +119,38 @@ pub fn run(args: &TopArgs, cx: &CliContext) -> ExitCode {
 }
 
 fn once(source: &mut dyn Source, socket: &str, args: &TopArgs) -> ExitCode {
+    let refresh = Duration::from_millis(args.refresh_ms);
+    let (text, running) = once_output(source, socket, args.json, refresh);
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (`| head`) is not an error of ours.
+    let _ = writeln!(out, "{text}");
+    match running {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(1),
+    }
+}
+
+/// What `--once` (or `--json`) prints, and whether the daemon is running: two gathers
+/// `refresh` apart (so rates are filled), or one when nothing answers.
+pub fn once_output(
+    source: &mut dyn Source,
+    socket: &str,
+    json: bool,
+    refresh: Duration,
+) -> (String, bool) {
     let mut snap = source.gather();
     if snap.daemon != Daemon::NotRunning {
-        std::thread::sleep(Duration::from_millis(args.refresh_ms));
+        std::thread::sleep(refresh);
         snap = source.gather();
     }
     let mut history = History::default();
     history.push(&snap);
-    let text = if args.json {
+    let text = if json {
         serde_json::to_string_pretty(&snap).unwrap_or_default()
     } else {
         once_text(&snap, &history, socket)
     };
-    let mut out = std::io::stdout().lock();
-    // A closed stdout (`| head`) is not an error of ours.
-    let _ = writeln!(out, "{text}");
-    match snap.daemon {
-        Daemon::NotRunning => ExitCode::from(1),
-        Daemon::Running { .. } => ExitCode::SUCCESS,
-    }
+    (text, snap.daemon != Daemon::NotRunning)
 }
 
 /// Columns of `--once` output.

@@ -341,7 +341,7 @@ fn devices(s: &Snapshot) -> Vec<Part> {
             })
             .collect();
         let mut widths = vec![Constraint::Length(8), Constraint::Length(18), Constraint::Length(3)];
-        widths.extend([Constraint::Length(9); 7]);
+        widths.extend([Constraint::Length(8); 7]);
         parts.push(Part::Table(
             "Processes".into(),
             vec!["PID", "NAME", "DEV", "DRAM", "L1", "L1_SMALL", "TRACE", "SYSTEM", "CB", "KERNEL"],
