@@ -44,7 +44,7 @@ pub struct TopArgs {
     /// The counters file (default: `metrics.counters_file` next to the control socket).
     #[arg(long, value_name = "PATH")]
     pub counters: Option<PathBuf>,
-    /// The alloc server's native socket (default: the first native listener of [alloc]
+    /// The alloc server's native socket (default: the first native listener of `[alloc]`
     /// listeners).
     #[arg(long, value_name = "PATH")]
     pub alloc_socket: Option<PathBuf>,

@@ -1,4 +1,4 @@
-//! Drawing the views: each view is a list of [`Part`]s (text, boxed lines, a table, a chart)
+//! Drawing the views: each view is a list of `Part`s (text, boxed lines, a table, a chart)
 //! stacked top to bottom, rendered into a ratatui [`Buffer`], by the terminal (through
 //! ratatui's diffing `Terminal`, so only changed cells reach the screen) or into a plain
 //! buffer for `--once`.
