@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::snapshot::{
-    Daemon, Device, Frames, Lane, Lanes, Process, Rates, Section, Snapshot, Source, Stream, Streams,
+    Daemon, Device, Frames, Lane, Lanes, Process, Rates, Section, Session, Snapshot, Source,
+    Stream, Streams,
 };
 use crate::alloc::query::QueryClient;
 use crate::control::proto::Status;
@@ -121,7 +122,7 @@ impl Source for DaemonSource {
                  false?)"
                     .into(),
             ),
-            Ok(()) => Section::Ok(self.frames(&samples)),
+            Ok(()) => Section::Ok(self.frames(&status, &samples)),
         };
         snap
     }
@@ -193,7 +194,17 @@ impl DaemonSource {
         Lanes { reactor, from: from.into(), lanes }
     }
 
-    fn frames(&mut self, samples: &[Sample]) -> Frames {
+    fn frames(&mut self, status: &Status, samples: &[Sample]) -> Frames {
+        let detail = status
+            .services
+            .iter()
+            .find(|s| s.name == "frames")
+            .and_then(|s| s.details.iter().find(|d| d.key == "sessions"))
+            .map_or("", |d| d.value.as_str());
+        let mut session_list = Session::parse_list(detail);
+        for s in &mut session_list {
+            s.frames_per_s = self.rates.rate(&format!("frames/session/{}", s.id), s.frames);
+        }
         let get = |family: &str| find(samples, family, &[], None).unwrap_or(0);
         let q99 =
             |family: &str| find(samples, family, &[], Some(("quantile", "0.99"))).unwrap_or(0);
@@ -214,6 +225,7 @@ impl DaemonSource {
             // The daemon names these `_us`, but `LatencyRecorder` records (and publishes) ns.
             decode_p99_ns: q99("decode_us"),
             infer_p99_ns: q99("infer_us"),
+            session_list,
             errors: by("corelane_frames_errors_total", "code"),
             closes: by("corelane_frames_closes_total", "cause"),
         }

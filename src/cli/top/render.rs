@@ -512,8 +512,44 @@ fn frames(s: &Snapshot) -> Vec<Part> {
         ),
     ];
     let rows = f.errors.iter().map(|(code, n)| vec![code.clone(), n.to_string()]).collect();
+    let sessions = if f.session_list.is_empty() {
+        Part::Text(vec![Line::raw("no agent sessions open")])
+    } else {
+        let rows = f
+            .session_list
+            .iter()
+            .map(|x| {
+                vec![
+                    format!("#{}", x.id),
+                    x.window.to_string(),
+                    x.in_flight.to_string(),
+                    x.frames.to_string(),
+                    opt_rate(x.frames_per_s),
+                    x.results.to_string(),
+                    x.errors.to_string(),
+                    "-".to_owned(),
+                ]
+            })
+            .collect();
+        Part::Table(
+            "Sessions".into(),
+            vec![
+                "SESSION",
+                "WINDOW",
+                "IN FLIGHT",
+                "FRAMES",
+                "FRAMES/S",
+                "RESULTS",
+                "ERRORS",
+                "RTT P99",
+            ],
+            rows,
+            [8, 7, 10, 10, 9, 10, 7, 8].map(Constraint::Length).to_vec(),
+        )
+    };
     vec![
         Part::Boxed("Frame worker".into(), summary),
+        sessions,
         Part::Table(
             "Errors by code".into(),
             vec!["CODE", "SENT"],

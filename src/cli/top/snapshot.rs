@@ -218,10 +218,57 @@ pub struct Frames {
     pub decode_p99_ns: u64,
     /// Detector time p99 of the last publish interval, ns.
     pub infer_p99_ns: u64,
+    /// The open sessions (from the frames service's `sessions` status detail).
+    pub session_list: Vec<Session>,
     /// Error messages sent, by code (every code, zero or not).
     pub errors: Vec<(String, u64)>,
     /// Connections closed, by cause.
     pub closes: Vec<(String, u64)>,
+}
+
+/// One agent session of the frame worker.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Session {
+    /// Its number among the connections accepted (1 = the first).
+    pub id: u64,
+    /// The window of credits.
+    pub window: u32,
+    /// Frames accepted and not yet answered.
+    pub in_flight: u32,
+    /// Frames accepted.
+    pub frames: u64,
+    /// Frames per second since the previous refresh.
+    pub frames_per_s: Option<f64>,
+    /// Results sent.
+    pub results: u64,
+    /// Error messages sent (all codes).
+    pub errors: u64,
+}
+
+impl Session {
+    /// Parses the frames service's `sessions` status detail:
+    /// `#N window W inflight I frames F results R errors E`, entries joined by "; ".
+    /// Entries that do not read so are skipped (the text comes from another process).
+    pub fn parse_list(text: &str) -> Vec<Session> {
+        text.split("; ").filter_map(Self::parse).collect()
+    }
+
+    fn parse(entry: &str) -> Option<Session> {
+        let mut words = entry.split_whitespace();
+        let mut s =
+            Session { id: words.next()?.strip_prefix('#')?.parse().ok()?, ..Default::default() };
+        while let (Some(key), Some(value)) = (words.next(), words.next()) {
+            match key {
+                "window" => s.window = value.parse().ok()?,
+                "inflight" => s.in_flight = value.parse().ok()?,
+                "frames" => s.frames = value.parse().ok()?,
+                "results" => s.results = value.parse().ok()?,
+                "errors" => s.errors = value.parse().ok()?,
+                _ => {}
+            }
+        }
+        Some(s)
+    }
 }
 
 /// How many samples per device the charts keep.
@@ -314,6 +361,38 @@ mod tests {
         assert_eq!(h.len(0), 0);
         h.push(&Snapshot::default());
         assert_eq!(h.len(3), HISTORY, "a snapshot without devices adds nothing");
+    }
+
+    #[test]
+    fn session_lists_parse_and_bad_entries_are_skipped() {
+        let list = Session::parse_list(
+            "#3 window 4 inflight 2 frames 100 results 98 errors 1; junk; #x window 1; \
+             #7 window 8 inflight 0 frames 5 results 5 errors 0 later 9",
+        );
+        assert_eq!(
+            list,
+            [
+                Session {
+                    id: 3,
+                    window: 4,
+                    in_flight: 2,
+                    frames: 100,
+                    results: 98,
+                    errors: 1,
+                    frames_per_s: None
+                },
+                Session {
+                    id: 7,
+                    window: 8,
+                    in_flight: 0,
+                    frames: 5,
+                    results: 5,
+                    errors: 0,
+                    frames_per_s: None
+                },
+            ]
+        );
+        assert!(Session::parse_list("").is_empty());
     }
 
     #[test]

@@ -84,6 +84,15 @@ fn fake() -> Snapshot {
             results_per_s: Some(59.5),
             decode_p99_ns: 850,
             infer_p99_ns: 4_500_000,
+            session_list: vec![Session {
+                id: 3,
+                window: 4,
+                in_flight: 2,
+                frames: 900,
+                frames_per_s: Some(29.5),
+                results: 898,
+                errors: 5,
+            }],
             errors: vec![("BAD_MESSAGE".into(), 5), ("BAD_SEQUENCE".into(), 0)],
             closes: vec![("end".into(), 1), ("peer_timeout".into(), 0)],
         }),
@@ -191,7 +200,9 @@ fn streams_lanes_and_frames_views_show_their_figures() {
     assert_eq!(words(&l[2]), "LANE CORE IDLE WORK/S PASSES/S IDLE % P99 PASS REACTOR AGENTS");
     assert_eq!(words(&l[3]), "main 2 backoff 123.0 2000.0 99.5% 1.5us io_uring control,metrics");
 
-    let l = lines(&draw(View::Frames, &snap, &h, 110, 14));
+    let l = lines(&draw(View::Frames, &snap, &h, 110, 18));
+    assert!(has(&l, "SESSION WINDOW IN FLIGHT FRAMES FRAMES/S RESULTS ERRORS RTT P99"), "{l:#?}");
+    assert!(has(&l, "#3 4 2 900 29.5 898 5 -"), "{l:#?}");
     assert!(has(&l, "sessions 2 open (5 since start), window 4, in flight 3"), "{l:#?}");
     assert!(has(&l, "frames/s 60.0, results/s 59.5, decode p99 850ns, infer p99 4.5ms"));
     assert!(has(&l, "closes: end 1, peer_timeout 0"));
