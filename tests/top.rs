@@ -4,6 +4,8 @@
 //! "not running" across a daemon restart and recovers, re-lays out on resize, and `q` leaves
 //! the alternate screen and raw mode.
 
+#[path = "frames_support/mod.rs"]
+mod frames_support;
 mod support;
 
 use std::fs::File;
@@ -87,6 +89,45 @@ fn once_and_json_show_the_running_daemon() {
     let lanes = v["lanes"]["data"]["lanes"].as_array().expect("lanes");
     assert!(lanes.iter().any(|l| l["name"] == "main"), "{v}");
     assert!(lanes.iter().all(|l| l["passes_per_s"].as_f64().is_some()), "rates are filled: {v}");
+}
+
+#[test]
+fn once_lists_the_frame_workers_sessions() {
+    use corelane::frames::proto::envelope::Payload;
+    use corelane::frames::vision::synthetic::Synthetic;
+    use corelane::frames::vision::yuv::RawFormat;
+    let worker = frames_support::Worker::start("top-frames", "window = 3\n");
+    let mut peer = frames_support::Peer::connect(worker.addr);
+    peer.init(320, 240, 3);
+    let mut source = Synthetic::new(320, 240, 1, 7);
+    for id in 1..=2 {
+        peer.send(Payload::Frame(frames_support::frame_msg(
+            &mut source,
+            RawFormat::Nv12,
+            id,
+            320,
+            240,
+        )));
+        assert_eq!(peer.expect_result().frame_id, id);
+    }
+    let config = worker.config.display().to_string();
+    let mut last = String::new();
+    wait_for("top to list the session with its 2 frames", || {
+        let out = top(&["--once", "-r", "50", "-c", &config], &worker.dir);
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        // `#N window in-flight frames`: N counts the harness's readiness probe too.
+        last.lines().any(|l| {
+            let w: Vec<&str> = l.trim_start_matches('│').split_whitespace().take(4).collect();
+            w.len() == 4 && w[0].starts_with('#') && w[1..] == ["3", "0", "2"]
+        })
+    });
+    let lines: Vec<&str> = last.lines().collect();
+    assert!(lines.contains(&"alloc server: disabled (alloc.enabled = false)"), "{last}");
+    assert!(
+        lines.iter().any(|l| l.contains("sessions 1 open (") && l.contains("window 3")),
+        "{last}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("┌ Sessions")), "{last}");
 }
 
 /// A pseudo-terminal: the master end read by a thread into `output`.
