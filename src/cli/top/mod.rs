@@ -68,7 +68,7 @@ KEYS
     4  lanes     per lane: core, idle strategy, work/s, passes/s, idle %, pass p99, reactor
     5  frames    the frame worker: sessions, window, in flight, frames/s, results/s, decode
                  and infer p99, errors by code, closes by cause (RTT is the agent's figure)
-    q, Ctrl-C    quit (the terminal is restored, also after an error)
+    q, Ctrl-C    quit (also Esc); the terminal is restored, also after an error or a panic
 
 DATA
     The control socket (status: daemon, lanes, which services run; pool status: streams),
@@ -195,8 +195,9 @@ fn watch(
     refresh_ms: u64,
     mut view: View,
 ) -> std::io::Result<()> {
-    let mut terminal = ratatui::try_init()?;
+    // Armed first: restores whatever `try_init` managed before failing, too.
     let _restore = Restore;
+    let mut terminal = ratatui::try_init()?;
     let refresh = Duration::from_millis(refresh_ms);
     let mut history = History::default();
     let mut snap = Snapshot::default();
