@@ -30,6 +30,9 @@ pub struct Endpoints {
     pub timeout: Duration,
     /// `frames.window` of the config (the window each session is granted).
     pub frames_window: u32,
+    /// How control requests travel (`--transport`; `auto` means the socket here: a
+    /// shared-memory channel per refresh would cost more than it saves).
+    pub transport: crate::control::Transport,
 }
 
 /// The running daemon as a [`Source`]. See the [module docs](self).
@@ -75,8 +78,13 @@ impl DaemonSource {
 impl Source for DaemonSource {
     fn gather(&mut self) -> Snapshot {
         self.rates.begin(Instant::now());
+        let transport = match self.at.transport {
+            crate::control::Transport::Auto => crate::control::Transport::Socket,
+            t => t,
+        };
         let status = Client::builder()
             .timeout(self.at.timeout)
+            .transport(transport)
             .connect(&self.at.control)
             .and_then(|mut c| c.status().map(|s| (c, s)));
         let Ok((mut control, status)) = status else {

@@ -76,7 +76,9 @@ DATA
     (lane passes, work, idle time and pass quantiles; the frame worker's counters; the
     heartbeat). Every refresh connects anew: a stopped daemon shows \"not running\" and the
     views come back when it does. A service that is disabled or absent shows one line saying
-    so. Rates (per second) are over the last refresh interval.
+    so. Rates (per second) are over the last refresh interval. Control requests go over the
+    socket (--transport shared-memory opens a channel per refresh instead; auto means the
+    socket here).
 
 EXIT STATUS (--once, --json)
     0 when the daemon answered; 1 when it is not running (the output says so); 2 on a usage
@@ -102,6 +104,7 @@ pub fn run(args: &TopArgs, cx: &CliContext) -> ExitCode {
             .unwrap_or_else(|| dir.join(&cx.config.metrics.counters_file)),
         timeout: cx.timeout,
         frames_window: cx.config.frames.window,
+        transport: cx.transport,
     };
     let mut source = live::DaemonSource::new(endpoints);
     let socket = cx.socket.display().to_string();
