@@ -174,7 +174,7 @@ pub fn once_text(snap: &Snapshot, history: &History, socket: &str) -> String {
     }
     for (i, v) in View::ALL.iter().enumerate() {
         out.push(format!("== {} {} ==", i + 1, v.name()));
-        let area = Rect::new(0, 0, ONCE_WIDTH, render::height(*v, snap, history));
+        let area = Rect::new(0, 0, ONCE_WIDTH, render::height(*v, snap, history, ONCE_WIDTH));
         let mut buf = Buffer::empty(area);
         render::view(*v, snap, history, area, &mut buf);
         out.extend(render::buffer_lines(&buf));

@@ -130,9 +130,9 @@ pub fn screen(
     render_parts(&parts(view, snapshot, history), body, buf);
 }
 
-/// The rows a view needs at its natural size.
-pub fn height(view: View, snapshot: &Snapshot, history: &History) -> u16 {
-    parts(view, snapshot, history).iter().map(Part::height).sum()
+/// The rows a view needs at its natural size, `width` columns wide.
+pub fn height(view: View, snapshot: &Snapshot, history: &History, width: u16) -> u16 {
+    parts(view, snapshot, history).iter().map(|p| p.height(width)).fold(0, u16::saturating_add)
 }
 
 /// Renders `view` alone into `area`.
@@ -163,15 +163,29 @@ enum Part {
     Table(String, Vec<&'static str>, Vec<Vec<String>>, Vec<Constraint>),
     /// A bordered chart of DRAM and L1 percent (oldest first).
     Chart(String, Vec<(f64, f64)>),
+    /// Parts side by side, as many columns as fit at the given minimum width each, then
+    /// wrapping (one per device on a wide terminal, one under another on a narrow one).
+    Grid(Vec<Part>, u16),
 }
+
+/// Columns a device block needs (label, bar, percent, bytes, borders).
+const DEVICE_COLUMNS: u16 = 66;
+
+/// Columns a chart needs (its title names the device and both percentages).
+const CHART_COLUMNS: u16 = 84;
 
 /// Rows of a chart box.
 const CHART_ROWS: u16 = 12;
 
 impl Part {
-    fn height(&self) -> u16 {
+    /// The rows it needs at `width` columns.
+    fn height(&self, width: u16) -> u16 {
         let n = |len: usize| u16::try_from(len).unwrap_or(u16::MAX);
         match self {
+            Part::Grid(parts, min) => parts
+                .chunks(grid_columns(width, *min))
+                .map(|row| row.iter().map(|p| p.height(width)).max().unwrap_or(0))
+                .fold(0u16, u16::saturating_add),
             Part::Text(lines) => n(lines.len()),
             Part::Boxed(_, lines) => n(lines.len()).saturating_add(2),
             Part::Table(_, _, rows, _) => n(rows.len()).saturating_add(3),
@@ -183,6 +197,22 @@ impl Part {
         let boxed =
             |title: &str| Block::default().borders(Borders::ALL).title(format!(" {title} "));
         match self {
+            Part::Grid(parts, min) => {
+                let cols = grid_columns(area.width, *min);
+                let rows: Vec<&[Part]> = parts.chunks(cols).collect();
+                let heights = rows.iter().map(|r| {
+                    Constraint::Length(r.iter().map(|p| p.height(area.width)).max().unwrap_or(0))
+                });
+                let row_areas = Layout::vertical(heights).split(area);
+                let ratio = u32::try_from(cols).unwrap_or(1);
+                for (row, row_area) in rows.iter().zip(row_areas.iter()) {
+                    let cells = Layout::horizontal(vec![Constraint::Ratio(1, ratio); cols])
+                        .split(*row_area);
+                    for (part, cell) in row.iter().zip(cells.iter()) {
+                        part.render(*cell, buf);
+                    }
+                }
+            }
             Part::Text(lines) => Paragraph::new(lines.clone()).render(area, buf),
             Part::Boxed(title, lines) => {
                 Paragraph::new(lines.clone()).block(boxed(title)).render(area, buf)
@@ -230,13 +260,18 @@ impl Part {
     }
 }
 
+/// Columns of a grid whose cells need `min` columns, at `width`: at least one.
+fn grid_columns(width: u16, min: u16) -> usize {
+    usize::from((width / min.max(1)).max(1))
+}
+
 fn render_parts(parts: &[Part], area: Rect, buf: &mut Buffer) {
     let constraints: Vec<Constraint> = parts
         .iter()
         .enumerate()
         .map(|(i, p)| match i + 1 == parts.len() {
-            true => Constraint::Min(p.height()),
-            false => Constraint::Length(p.height()),
+            true => Constraint::Min(p.height(area.width)),
+            false => Constraint::Length(p.height(area.width)),
         })
         .collect();
     let areas = Layout::vertical(constraints).split(area);
@@ -299,7 +334,7 @@ fn devices(s: &Snapshot) -> Vec<Part> {
         return p;
     }
     let devices = s.devices.ok().map(Vec::as_slice).unwrap_or_default();
-    let mut parts: Vec<Part> = devices
+    let blocks = devices
         .iter()
         .map(|d| {
             Part::Boxed(
@@ -316,6 +351,7 @@ fn devices(s: &Snapshot) -> Vec<Part> {
             )
         })
         .collect();
+    let mut parts = vec![Part::Grid(blocks, DEVICE_COLUMNS)];
     if devices.is_empty() {
         parts.push(Part::Text(vec![Line::raw("alloc server: no devices")]));
     }
@@ -360,7 +396,7 @@ fn charts(s: &Snapshot, history: &History) -> Vec<Part> {
     if devices.is_empty() {
         return vec![Part::Text(vec![Line::raw("alloc server: no devices")])];
     }
-    devices
+    let charts = devices
         .iter()
         .map(|d| {
             let title = format!(
@@ -372,7 +408,8 @@ fn charts(s: &Snapshot, history: &History) -> Vec<Part> {
             );
             Part::Chart(title, history.samples(d.device).collect())
         })
-        .collect()
+        .collect();
+    vec![Part::Grid(charts, CHART_COLUMNS)]
 }
 
 fn opt_rate(r: Option<f64>) -> String {

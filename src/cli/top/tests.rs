@@ -374,3 +374,19 @@ fn once_without_a_daemon_says_not_running_and_json_is_the_same_snapshot() {
     assert_eq!(v["daemon"]["state"], "not_running");
     assert_eq!(v["lanes"]["state"], "not_running");
 }
+
+#[test]
+fn devices_sit_side_by_side_when_the_terminal_is_wide_enough() {
+    let (snap, h) = (fake(), History::default());
+    assert_eq!(render::height(View::Devices, &snap, &h, 100), 9 + 9 + 4, "two blocks, a table");
+    assert_eq!(render::height(View::Devices, &snap, &h, 140), 9 + 4, "one row of two blocks");
+    let l = lines(&draw(View::Devices, &snap, &h, 140, 13));
+    assert!(l[0].starts_with("┌ Device 0 (Wormhole_B0 n300)"), "{l:#?}");
+    assert_eq!(
+        l[0].chars().skip(70).collect::<String>().split(" ─").next(),
+        Some("┌ Device 1 (not in the device table)")
+    );
+    assert!(l[9].starts_with("┌ Processes"), "{l:#?}");
+    assert_eq!(render::height(View::Charts, &snap, &h, 100), 24);
+    assert_eq!(render::height(View::Charts, &snap, &h, 170), 12);
+}
