@@ -45,6 +45,10 @@ fn once_without_a_daemon_says_not_running_plainly_and_fails() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["daemon"]["state"], "not_running");
 
+    let out = top(&[], &dir);
+    assert_eq!(out.status.code(), Some(2), "the monitor needs a terminal");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use --once or --json"));
+
     let help = top(&["--help"], &dir);
     let help = String::from_utf8_lossy(&help.stdout);
     for needle in ["KEYS", "1  devices", "5  frames", "DATA", "EXIT STATUS", "EXAMPLES", "--once"] {

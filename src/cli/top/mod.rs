@@ -82,7 +82,7 @@ DATA
 
 EXIT STATUS (--once, --json)
     0 when the daemon answered; 1 when it is not running (the output says so); 2 on a usage
-    or config error. --once and --json sample twice, one refresh interval apart, so rates are
+    or config error, or when the monitor's stdout is not a terminal. --once and --json sample twice, one refresh interval apart, so rates are
     filled.
 
 EXAMPLES
@@ -110,6 +110,11 @@ pub fn run(args: &TopArgs, cx: &CliContext) -> ExitCode {
     let socket = cx.socket.display().to_string();
     if args.once || args.json {
         return once(&mut source, &socket, args);
+    }
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        eprintln!("corelane top: stdout is not a terminal; use --once or --json for a snapshot");
+        return ExitCode::from(2);
     }
     let view = View::ALL[usize::from(args.view.clamp(1, 5)) - 1];
     match watch(&mut source, &socket, args.refresh_ms, view) {
