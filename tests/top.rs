@@ -342,6 +342,11 @@ fn the_monitor_switches_views_survives_a_restart_relays_out_and_restores_the_ter
     let written = pty.output().len() - quiet_from;
     assert!(written < 30 * 90, "{written} bytes for ~3 refreshes of a 30x90 screen");
 
+    // Dozens of frames so far, and the screen was cleared only at start and on the resize.
+    let out = pty.output();
+    let clears = out.windows(4).filter(|w| *w == b"\x1b[2J").count();
+    assert!(clears <= 2, "{clears} full clears: frames must be diffs, not redraws");
+
     pty.send(b"q");
     let deadline = Instant::now() + support::DEADLINE;
     let status = loop {
