@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod alloc;
 pub mod pool;
+pub mod top;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -67,6 +68,15 @@ enum Command {
     /// reconnects, JPEG switches and ratio.
     #[command(after_long_help = agent::EXAMPLES)]
     Agent(agent::AgentArgs),
+    /// A terminal monitor of the running daemon: devices, usage charts, pool streams, lanes,
+    /// the frame worker.
+    ///
+    /// Keys 1 to 5 switch views, q quits. It refreshes every -r MS (500), reconnecting each
+    /// time, so a daemon restart shows "not running" and then recovers. --once prints every
+    /// view once as plain text (exit 0; exit 1 if the daemon is not running), --json the
+    /// same snapshot as JSON.
+    #[command(after_long_help = top::HELP)]
+    Top(top::TopArgs),
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -86,7 +96,7 @@ enum ConfigAction {
 
 /// The whole command line: the built-in subcommands and every service's.
 pub fn command() -> clap::Command {
-    let mut cmd = Cli::command();
+    let mut cmd = Cli::command().mut_subcommand("top", with_daemon_args);
     for service in SERVICES {
         for sub in service.commands() {
             cmd = cmd.subcommand(with_daemon_args(sub));
@@ -118,6 +128,13 @@ pub fn main() -> ExitCode {
         }
         Command::Config { action: ConfigAction::Show { config } } => config_show(config.as_deref()),
         Command::Agent(args) => agent::run(&args),
+        Command::Top(args) => {
+            let sub = matches.subcommand_matches("top").unwrap_or(&matches);
+            match cli_context(sub) {
+                Ok(cx) => top::run(&args, &cx),
+                Err(code) => code,
+            }
+        }
     }
 }
 

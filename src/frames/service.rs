@@ -542,6 +542,8 @@ struct Conn {
     starved: bool,
     /// Shared with its jobs: set at close, so the detector skips what is still queued.
     cancelled: Arc<AtomicBool>,
+    /// The connection's number among those accepted (1 = the first), as `status` names it.
+    number: u64,
 }
 
 /// The network agent. See the [module docs](self).
@@ -801,9 +803,24 @@ impl WorkerAgent {
         }
         self.published = Some(now);
         let mut t = self.totals;
+        // One line per open session for `status` (and `corelane top`'s frames view):
+        // `#N window W inflight I frames F results R errors E`, joined by "; ".
+        let mut sessions = String::new();
         for id in self.conns.ids().collect::<Vec<_>>() {
             if let Some(conn) = self.conns.get(id) {
                 let c = conn.session.counters();
+                use std::fmt::Write as _;
+                let _ = write!(
+                    sessions,
+                    "{}#{} window {} inflight {} frames {} results {} errors {}",
+                    if sessions.is_empty() { "" } else { "; " },
+                    conn.number,
+                    conn.session.window(),
+                    conn.session.inflight(),
+                    c.frames,
+                    c.results,
+                    c.errors.iter().sum::<u64>()
+                );
                 t.frames += c.frames;
                 t.results += c.results;
                 t.results_bytes += c.results_bytes;
@@ -834,6 +851,7 @@ impl WorkerAgent {
         self.status.set("connections", self.conns.len());
         self.status.set("frames", t.frames);
         self.status.set("results", t.results);
+        self.status.set("sessions", sessions);
     }
 
     fn arm_timer(&mut self, ctx: &mut Ctx<'_>) {
@@ -882,11 +900,13 @@ impl Agent for WorkerAgent {
             ConnEvent::Other(Completion::Accepted { fd, .. }) => {
                 let now = ctx.now;
                 let session = WorkerSession::new(&self.config, now);
+                let number = self.conns.stats().accepted + 1;
                 if let Ok(id) = self.conns.accept(ctx, fd, |_| Conn {
                     session,
                     paused: false,
                     starved: false,
                     cancelled: Arc::new(AtomicBool::new(false)),
+                    number,
                 }) {
                     self.flush(ctx, id);
                 }

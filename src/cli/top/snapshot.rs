@@ -1,0 +1,410 @@
+//! What `corelane top` shows, as data: a [`Snapshot`] of every view, gathered by a [`Source`]
+//! (the live daemon's in [`super::live`], a fixed one in the tests), and the usage
+//! [`History`] the charts view draws.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// Gathers one [`Snapshot`] per refresh. The live source reconnects every call, so a daemon
+/// that went away shows as not running and comes back when it does.
+pub trait Source {
+    /// Everything the views show, now.
+    fn gather(&mut self) -> Snapshot;
+}
+
+/// One refresh's worth of data, for every view.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// The daemon: running (with its facts) or not.
+    pub daemon: Daemon,
+    /// The alloc server's devices (view 1 and 2).
+    pub devices: Section<Vec<Device>>,
+    /// The processes holding device memory (view 1); empty when the devices section is not
+    /// [`Section::Ok`].
+    pub processes: Vec<Process>,
+    /// The tensor pool's streams (view 3).
+    pub streams: Section<Streams>,
+    /// The lanes (view 4).
+    pub lanes: Section<Lanes>,
+    /// The frame worker (view 5).
+    pub frames: Section<Frames>,
+    /// The counters file: "live", "stale: no heartbeat for 4.0 s", "not readable: ...";
+    /// empty when the daemon is not running.
+    pub counters_file: String,
+}
+
+/// Whether the daemon answers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Daemon {
+    /// The control socket answered a status request.
+    Running {
+        /// Daemon pid (from the counters file; 0 if unknown).
+        pid: u64,
+        /// Its version.
+        version: String,
+        /// ms since it started.
+        uptime_ms: u64,
+        /// Reactor backend of the lanes.
+        reactor: String,
+    },
+    /// Nothing answers at the control socket.
+    #[default]
+    NotRunning,
+}
+
+/// One view's data, or why there is none.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(tag = "state", content = "data", rename_all = "snake_case")]
+pub enum Section<T> {
+    /// The service answered.
+    Ok(T),
+    /// The service is disabled or absent, or did not answer: the line the view shows.
+    Off(String),
+    /// The daemon is not running.
+    #[default]
+    NotRunning,
+}
+
+impl<T> Section<T> {
+    /// The data, if the service answered.
+    pub fn ok(&self) -> Option<&T> {
+        match self {
+            Section::Ok(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// One device's usage against its capacity (bytes).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Device {
+    /// Device id.
+    pub device: i32,
+    /// Architecture (empty if the device is not in the device table).
+    pub arch: String,
+    /// Board name.
+    pub board: String,
+    /// DRAM buffers.
+    pub dram: u64,
+    /// DRAM capacity.
+    pub dram_capacity: u64,
+    /// L1 buffers.
+    pub l1: u64,
+    /// L1 capacity.
+    pub l1_capacity: u64,
+    /// L1_SMALL buffers.
+    pub l1_small: u64,
+    /// TRACE buffers (held in DRAM).
+    pub trace: u64,
+    /// SYSTEM_MEMORY buffers (host memory: no device capacity).
+    pub system_memory: u64,
+    /// Circular buffers (in L1).
+    pub cb: u64,
+    /// Kernel binaries (in L1).
+    pub kernel: u64,
+}
+
+/// What one process holds on one device (bytes).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Process {
+    /// Pid.
+    pub pid: u32,
+    /// Name (from /proc, as the alloc server saw it).
+    pub name: String,
+    /// Device id.
+    pub device: i32,
+    /// DRAM buffers.
+    pub dram: u64,
+    /// L1 buffers.
+    pub l1: u64,
+    /// L1_SMALL buffers.
+    pub l1_small: u64,
+    /// TRACE buffers.
+    pub trace: u64,
+    /// SYSTEM_MEMORY buffers.
+    pub system_memory: u64,
+    /// Circular buffers.
+    pub cb: u64,
+    /// Kernels.
+    pub kernel: u64,
+}
+
+/// The tensor pool's streams.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Streams {
+    /// One per stream the driver knows.
+    pub streams: Vec<Stream>,
+    /// Leases held.
+    pub leases: u32,
+    /// Consumers the supervisor knows.
+    pub registered_consumers: u32,
+}
+
+/// One tensor pool stream.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Stream {
+    /// Stream id.
+    pub stream_id: u32,
+    /// Profile name.
+    pub profile: String,
+    /// Epoch (0 = never attached).
+    pub epoch: u64,
+    /// The producer's client id, if a producer holds the lease.
+    pub producer: Option<u32>,
+    /// Consumers attached.
+    pub consumers: u32,
+    /// Frames published in this epoch.
+    pub frames: u64,
+    /// Frames per second since the previous refresh (`None` on the first).
+    pub frames_per_s: Option<f64>,
+    /// Drops the consumers reported.
+    pub drops: u64,
+    /// Producer-to-consumer handoff p99, ns, if the daemon knows it (today consumers measure
+    /// it and do not report it: always `None`).
+    pub handoff_p99_ns: Option<u64>,
+}
+
+/// The lanes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Lanes {
+    /// Reactor backend (`io_uring` or `poll`).
+    pub reactor: String,
+    /// Where the figures came from: "counters file" or "control socket".
+    pub from: String,
+    /// One per lane.
+    pub lanes: Vec<Lane>,
+}
+
+/// One lane.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Lane {
+    /// Name.
+    pub name: String,
+    /// Pinned core (`None` = not pinned).
+    pub core: Option<i32>,
+    /// Idle strategy.
+    pub idle: String,
+    /// Agents it hosts.
+    pub agents: Vec<String>,
+    /// Work items per second since the previous refresh.
+    pub work_per_s: Option<f64>,
+    /// Passes per second since the previous refresh.
+    pub passes_per_s: Option<f64>,
+    /// Share of the time spent idle since the previous refresh, 0..=100.
+    pub idle_pct: Option<f64>,
+    /// Pass time p99, ns.
+    pub p99_pass_ns: u64,
+}
+
+/// The frame worker, from its counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Frames {
+    /// Agent sessions open now.
+    pub sessions: u64,
+    /// Sessions accepted since start.
+    pub sessions_total: u64,
+    /// The window granted to each session (`frames.window` of the config).
+    pub window: u32,
+    /// Frames handed to the detector and not answered yet (all sessions).
+    pub in_flight: u64,
+    /// Frames accepted per second since the previous refresh.
+    pub frames_per_s: Option<f64>,
+    /// Results sent per second since the previous refresh.
+    pub results_per_s: Option<f64>,
+    /// Decode time p99 of the last publish interval, ns.
+    pub decode_p99_ns: u64,
+    /// Detector time p99 of the last publish interval, ns.
+    pub infer_p99_ns: u64,
+    /// The open sessions (from the frames service's `sessions` status detail).
+    pub session_list: Vec<Session>,
+    /// Error messages sent, by code (every code, zero or not).
+    pub errors: Vec<(String, u64)>,
+    /// Connections closed, by cause.
+    pub closes: Vec<(String, u64)>,
+}
+
+/// One agent session of the frame worker.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Session {
+    /// Its number among the connections accepted (1 = the first).
+    pub id: u64,
+    /// The window of credits.
+    pub window: u32,
+    /// Frames accepted and not yet answered.
+    pub in_flight: u32,
+    /// Frames accepted.
+    pub frames: u64,
+    /// Frames per second since the previous refresh.
+    pub frames_per_s: Option<f64>,
+    /// Results sent.
+    pub results: u64,
+    /// Error messages sent (all codes).
+    pub errors: u64,
+}
+
+impl Session {
+    /// Parses the frames service's `sessions` status detail:
+    /// `#N window W inflight I frames F results R errors E`, entries joined by "; ".
+    /// Entries that do not read so are skipped (the text comes from another process).
+    pub fn parse_list(text: &str) -> Vec<Session> {
+        text.split("; ").filter_map(Self::parse).collect()
+    }
+
+    fn parse(entry: &str) -> Option<Session> {
+        let mut words = entry.split_whitespace();
+        let mut s =
+            Session { id: words.next()?.strip_prefix('#')?.parse().ok()?, ..Default::default() };
+        while let (Some(key), Some(value)) = (words.next(), words.next()) {
+            match key {
+                "window" => s.window = value.parse().ok()?,
+                "inflight" => s.in_flight = value.parse().ok()?,
+                "frames" => s.frames = value.parse().ok()?,
+                "results" => s.results = value.parse().ok()?,
+                "errors" => s.errors = value.parse().ok()?,
+                _ => {}
+            }
+        }
+        Some(s)
+    }
+}
+
+/// How many samples per device the charts keep.
+pub const HISTORY: usize = 120;
+
+/// Usage history per device: DRAM and L1 percent of each refresh, the newest last, at most
+/// [`HISTORY`] samples (the oldest dropped first).
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    devices: BTreeMap<i32, VecDeque<(f64, f64)>>,
+}
+
+impl History {
+    /// Appends the devices of `snapshot` (nothing when it has none).
+    pub fn push(&mut self, snapshot: &Snapshot) {
+        let Some(devices) = snapshot.devices.ok() else { return };
+        for d in devices {
+            let samples = self.devices.entry(d.device).or_default();
+            if samples.len() == HISTORY {
+                samples.pop_front();
+            }
+            samples.push_back((pct(d.dram, d.dram_capacity), pct(d.l1 + d.cb, d.l1_capacity)));
+        }
+    }
+
+    /// The samples of `device`, oldest first.
+    pub fn samples(&self, device: i32) -> impl Iterator<Item = (f64, f64)> + '_ {
+        self.devices.get(&device).into_iter().flat_map(|s| s.iter().copied())
+    }
+
+    /// Number of samples of `device`.
+    pub fn len(&self, device: i32) -> usize {
+        self.devices.get(&device).map_or(0, VecDeque::len)
+    }
+}
+
+/// `used` as a percentage of `capacity`; 0 when the capacity is 0.
+pub fn pct(used: u64, capacity: u64) -> f64 {
+    if capacity == 0 {
+        0.0
+    } else {
+        used as f64 * 100.0 / capacity as f64
+    }
+}
+
+/// Per-second rates of counters between two refreshes, keyed by name.
+#[derive(Debug, Default)]
+pub struct Rates {
+    at: Option<Instant>,
+    prev: HashMap<String, u64>,
+    prev_at: Option<Instant>,
+    cur: HashMap<String, u64>,
+}
+
+impl Rates {
+    /// Starts a refresh at `now`: the previous refresh's values become the base.
+    pub fn begin(&mut self, now: Instant) {
+        if self.at.is_some() {
+            self.prev = std::mem::take(&mut self.cur);
+            self.prev_at = self.at;
+        }
+        self.at = Some(now);
+    }
+
+    /// Records `value` of `key` and returns its rate per second since the previous refresh
+    /// (`None` on the first refresh, or if the counter went backwards: a restart).
+    pub fn rate(&mut self, key: &str, value: u64) -> Option<f64> {
+        self.cur.insert(key.to_owned(), value);
+        let (now, then) = (self.at?, self.prev_at?);
+        let before = *self.prev.get(key)?;
+        let secs = now.duration_since(then).as_secs_f64();
+        (value >= before && secs > 0.0).then(|| (value - before) as f64 / secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn history_keeps_the_newest_samples() {
+        let mut h = History::default();
+        for used in 0..(HISTORY as u64 + 5) {
+            let d = Device { device: 3, dram: used, dram_capacity: 1000, ..Default::default() };
+            h.push(&Snapshot { devices: Section::Ok(vec![d]), ..Default::default() });
+        }
+        assert_eq!(h.len(3), HISTORY);
+        assert_eq!(h.samples(3).next().map(|s| s.0), Some(0.5), "the first 5 were dropped");
+        assert_eq!(h.len(0), 0);
+        h.push(&Snapshot::default());
+        assert_eq!(h.len(3), HISTORY, "a snapshot without devices adds nothing");
+    }
+
+    #[test]
+    fn session_lists_parse_and_bad_entries_are_skipped() {
+        let list = Session::parse_list(
+            "#3 window 4 inflight 2 frames 100 results 98 errors 1; junk; #x window 1; \
+             #7 window 8 inflight 0 frames 5 results 5 errors 0 later 9",
+        );
+        assert_eq!(
+            list,
+            [
+                Session {
+                    id: 3,
+                    window: 4,
+                    in_flight: 2,
+                    frames: 100,
+                    results: 98,
+                    errors: 1,
+                    frames_per_s: None
+                },
+                Session {
+                    id: 7,
+                    window: 8,
+                    in_flight: 0,
+                    frames: 5,
+                    results: 5,
+                    errors: 0,
+                    frames_per_s: None
+                },
+            ]
+        );
+        assert!(Session::parse_list("").is_empty());
+    }
+
+    #[test]
+    fn rates_need_two_refreshes_and_survive_restarts() {
+        let mut r = Rates::default();
+        let t0 = Instant::now();
+        r.begin(t0);
+        assert_eq!(r.rate("a", 10), None);
+        r.begin(t0 + Duration::from_millis(500));
+        assert_eq!(r.rate("a", 60), Some(100.0));
+        r.begin(t0 + Duration::from_millis(1000));
+        assert_eq!(r.rate("a", 5), None, "a counter that went back is a restart, not a rate");
+        assert_eq!(pct(1, 0), 0.0);
+    }
+}
