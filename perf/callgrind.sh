@@ -16,14 +16,20 @@ RUSTFLAGS="-C force-frame-pointers=yes" cargo build --profile profiling -p corel
 bin=target/profiling/profiling/ops
 out=target/callgrind
 mkdir -p "$out"
-ir() { # op iterations -> total Ir of the run
-    valgrind --tool=callgrind --callgrind-out-file="$out/$1.$2.out" "$bin" "$1" "$2" 2>/dev/null
+ir() { # op iterations -> total Ir of the run; a failed op stops the script (inside $(...)
+    # set -e is off, and callgrind writes its summary even when the program fails)
+    if ! valgrind --tool=callgrind --callgrind-out-file="$out/$1.$2.out" "$bin" "$1" "$2" \
+        2>"$out/$1.$2.log"; then
+        echo "callgrind.sh: ops $1 $2 failed under valgrind:" >&2
+        tail -5 "$out/$1.$2.log" >&2
+        return 1
+    fi
     awk '/^summary:/ { print $2 }' "$out/$1.$2.out"
 }
 printf '| op | N | Ir(N) | Ir(2N) | instructions/op |\n|---|---|---|---|---|\n'
 for op in spsc-push-pop shm-push-pop seqlock-write-256B seqlock-read-256B alloc-apply-pair frame-decode-64B; do
-    a=$(ir "$op" "$n")
-    b=$(ir "$op" $((2 * n)))
+    a=$(ir "$op" "$n") || exit 1
+    b=$(ir "$op" $((2 * n))) || exit 1
     printf '| %s | %d | %d | %d | %s |\n' "$op" "$n" "$a" "$b" \
         "$(awk -v a="$a" -v b="$b" -v n="$n" 'BEGIN { printf "%.1f", (b - a) / n }')"
 done

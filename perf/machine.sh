@@ -16,6 +16,18 @@ show "THP defrag" "$(rd /sys/kernel/mm/transparent_hugepage/defrag)"
 show "hugepages (2M) total" "$(rd /proc/sys/vm/nr_hugepages)"
 show "io_uring_disabled" "$(rd /proc/sys/kernel/io_uring_disabled) (0 = allowed, 1 = privileged only, 2 = off)"
 show "perf_event_paranoid" "$(rd /proc/sys/kernel/perf_event_paranoid)"
-if command -v perf >/dev/null && ! perf stat -e cycles true 2>&1 | grep -q "not supported"; then hw=yes; else hw="no (perf/record.sh uses -e cpu-clock)"; fi
+# The whole output is taken before it is matched: `perf ... | grep -q` under pipefail failed
+# whenever grep's early exit killed perf with SIGPIPE, and printed "yes" at random.
+if ! command -v perf >/dev/null; then
+    hw="unknown (perf is not installed)"
+elif ! perf stat -e cpu-clock true >/dev/null 2>&1; then
+    hw="unknown (perf does not run here: a wrapper without the kernel's tools, or perf_event_paranoid)"
+else
+    out=$(perf stat -e cycles true 2>&1 || true)
+    case $out in
+        *"not supported"* | *"not counted"*) hw="no (perf/record.sh uses -e cpu-clock)" ;;
+        *) hw=yes ;;
+    esac
+fi
 show "hw cycles counter" "$hw"
 show "load average" "$(cut -d' ' -f1-3 /proc/loadavg)"
