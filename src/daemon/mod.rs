@@ -191,12 +191,7 @@ impl Daemon {
 
         let socket = config.control_socket_path(env);
         let (listener, socket) = bind_control(&socket)?;
-        let made = if config.metrics.enabled {
-            registry.create(&config.counters_path(env))
-        } else {
-            registry.create_in_memory()
-        };
-        let counters = match made {
+        let counters = match create_counters(registry, config, &config.counters_path(env)) {
             Ok(c) => c,
             Err(e) => {
                 let _ = socket.remove();
@@ -408,6 +403,24 @@ impl Daemon {
     }
 }
 
+/// The daemon's counters file (in memory when metrics are off), beaten once at creation: not
+/// at the metrics agent's first publish, so that a daemon that dies or hangs while its services
+/// start leaves a file that goes stale (a file never beaten reads as having no publisher, which
+/// a reader cannot tell from a live daemon).
+fn create_counters(
+    registry: Registry,
+    config: &Config,
+    path: &std::path::Path,
+) -> Result<CountersFile, MetricsError> {
+    let counters = if config.metrics.enabled {
+        registry.create(path)?
+    } else {
+        registry.create_in_memory()?
+    };
+    counters.heartbeat().beat(Duration::from_millis(config.metrics.publish_interval_ms.max(1)));
+    Ok(counters)
+}
+
 /// `corelane run`: start, wait for SIGINT/SIGTERM, stop.
 pub fn run(config: &Config) -> Result<(), DaemonError> {
     let shutdown = Shutdown::new();
@@ -481,5 +494,29 @@ fn warn_if_not_tmpfs(dir: &Path) {
             "the runtime directory is not on a tmpfs; set XDG_RUNTIME_DIR or runtime.dir to one (e.g. /dev/shm or /run)"
         ),
         Err(e) => tracing::debug!("cannot statfs the runtime directory: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{CountersReader, Liveness};
+
+    #[test]
+    fn a_daemon_that_dies_before_its_first_publish_leaves_a_stale_file() {
+        let dir = std::env::temp_dir().join(format!("corelane-never-beat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("counters");
+        let mut config = Config::default();
+        config.metrics.enabled = true;
+        config.metrics.publish_interval_ms = 100;
+        let _file = create_counters(Registry::new(), &config, &path).unwrap();
+        // Nothing publishes (the metrics agent never ran): an hour later the file is stale.
+        let reader = CountersReader::open(&path).unwrap();
+        let later = reader.info().start_monotonic_ns + 3_600_000_000_000;
+        let verdict = reader.liveness(later);
+        assert!(matches!(verdict, Liveness::Stale { .. }), "an hour without a beat: {verdict}");
+        assert_eq!(reader.liveness(crate::metrics::monotonic_ns()), Liveness::Live);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

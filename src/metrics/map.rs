@@ -80,12 +80,20 @@ impl Mapping {
 
     /// Copies `dst.len()` bytes starting at `offset` out of the mapping.
     ///
-    /// Callers copy only metadata, which nobody writes once the file is published (values and the
-    /// state word are read with [`load`](Self::load)).
+    /// Callers copy only metadata, which nobody writes once the file is published; the words
+    /// stored after publication (the header's state, heartbeat and interval, every record's
+    /// value) are read with [`load_relaxed`](Self::load_relaxed). Debug builds check that a
+    /// copy overlaps none of them ([`overlaps_live_word`]).
     ///
     /// # Panics
     /// If the range is out of bounds.
     pub(super) fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
+        debug_assert!(
+            !overlaps_live_word(offset, dst.len()),
+            "counters mapping: a plain copy of {} bytes at {offset} overlaps a word the daemon \
+             stores after publication",
+            dst.len()
+        );
         assert!(
             offset.checked_add(dst.len()).is_some_and(|end| end <= self.len()),
             "counters mapping: {} bytes at {offset} are outside {} bytes",
@@ -93,8 +101,9 @@ impl Mapping {
             self.len()
         );
         // SAFETY: the source range is inside the live mapping (checked above), `dst` is a distinct
-        // local buffer, and the bytes are metadata that no one in this process writes while a
-        // `&Mapping` exists (writes need `&mut self`).
+        // local buffer, and the bytes are metadata that nobody writes once the file is published
+        // (no word stored after publication is in the range: checked in debug builds above;
+        // in this process writes need `&mut self`).
         unsafe {
             core::ptr::copy_nonoverlapping(
                 self.raw.as_ptr().add(offset),
@@ -135,4 +144,25 @@ impl fmt::Debug for Mapping {
             .field("writable", &self.writable)
             .finish()
     }
+}
+
+/// Whether the bytes `offset..offset + len` of a counters file overlap a word that its
+/// writer stores after publication: the header's state, heartbeat and interval words, or a
+/// record's value. Those are read atomically; a plain copy of them races with the stores.
+pub(super) fn overlaps_live_word(offset: usize, len: usize) -> bool {
+    use super::layout::{
+        HEADER_BYTES, HEARTBEAT_OFFSET, INTERVAL_OFFSET, RECORD_BYTES, STATE_OFFSET, VALUE_OFFSET,
+    };
+    let end = offset.saturating_add(len);
+    let hits = |word: usize| len > 0 && offset < word + 8 && word < end;
+    if [STATE_OFFSET, HEARTBEAT_OFFSET, INTERVAL_OFFSET].into_iter().any(hits) {
+        return true;
+    }
+    if len == 0 || end <= HEADER_BYTES {
+        return false;
+    }
+    // The value word of every record the range touches.
+    let first = offset.saturating_sub(HEADER_BYTES) / RECORD_BYTES;
+    let last = (end - 1 - HEADER_BYTES) / RECORD_BYTES;
+    (first..=last).any(|i| hits(HEADER_BYTES + i * RECORD_BYTES + VALUE_OFFSET))
 }

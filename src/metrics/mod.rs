@@ -16,7 +16,7 @@
 //! thread. A lane measures latencies with a [`LatencyRecorder`] and publishes p50, p99, p99.9 and
 //! max into four gauges ([`QuantileGauges`]) every publish interval.
 //!
-//! # The counters file (layout version 1)
+//! # The counters file (layout version 2)
 //!
 //! One definition: [`CountersHeader`] and [`CounterRecord`] (`#[repr(C)]`, little-endian,
 //! alignment 1, with size and offset tests). The file is exactly
@@ -27,7 +27,7 @@
 //! | offset | size | field | meaning |
 //! |---:|---:|---|---|
 //! | 0 | 8 | `magic` | [`MAGIC`], on disk the ASCII bytes `CORELCTR` |
-//! | 8 | 4 | `layout_version` | [`LAYOUT_VERSION`] (1) |
+//! | 8 | 4 | `layout_version` | [`LAYOUT_VERSION`] (2) |
 //! | 12 | 4 | `header_bytes` | [`HEADER_BYTES`] (128): where record 0 starts |
 //! | 16 | 4 | `record_count` | number of records N |
 //! | 20 | 4 | `record_bytes` | [`RECORD_BYTES`] (256) |
@@ -35,7 +35,9 @@
 //! | 32 | 8 | `start_monotonic_ns` | creation time, `CLOCK_MONOTONIC` ns |
 //! | 40 | 8 | `start_realtime_ns` | creation time, `CLOCK_REALTIME` ns since the Unix epoch |
 //! | 48 | 8 | `state` | the ready word, accessed atomically: 0 being written, 1 live, 2 closed ([`FileState`]) |
-//! | 56 | 72 | reserved | zero |
+//! | 56 | 8 | `heartbeat_ns` | `CLOCK_MONOTONIC` ns of the last publish, accessed atomically (the daemon beats once at creation, then every publish) |
+//! | 64 | 8 | `publish_interval_ms` | the publish interval, accessed atomically; 0: no heartbeat publisher |
+//! | 72 | 56 | reserved | zero |
 //!
 //! Record `i`, 256 bytes at offset `128 + 256 * i`:
 //!
@@ -56,8 +58,12 @@
 //!
 //! The daemon writes the whole file under a temporary name (`<name>.<pid>.tmp`), with `state` 0,
 //! then stores `state = 1` with Release and renames the file over its final path. A reader that
-//! opens the final path therefore sees a complete file; it still loads `state` with Acquire before
-//! it trusts the header and the records. Renaming (rather than truncating in place) also means a
+//! opens the final path therefore sees a complete file; it still loads `state` (Relaxed, then an
+//! Acquire fence: std promises only Relaxed loads on a read-only mapping) before it trusts the
+//! header and the records. The three header words stored after publication (state, heartbeat,
+//! interval) and every record's value are only ever loaded atomically; the rest is copied.
+//! [`CountersReader::liveness`] calls a file stale after three publish intervals (at least 1 s)
+//! without a beat, and [`CountersReader::is_replaced`] compares device and inode with the path. Renaming (rather than truncating in place) also means a
 //! reader still mapping the previous daemon's file keeps valid memory instead of taking SIGBUS.
 //! [`CountersFile::remove`] stores `state = 2` and unlinks the file at shutdown; nothing is
 //! removed on drop.

@@ -103,6 +103,10 @@ impl CountersReader {
     /// Intervals without a beat after which [`liveness`](Self::liveness) says stale.
     pub const STALE_INTERVALS: u64 = 3;
 
+    /// The least silence called stale, ns (1 s): with a 1 ms publish interval, three intervals
+    /// are an ordinary scheduling delay on a loaded host.
+    pub const MIN_STALE_NS: u64 = 1_000_000_000;
+
     /// Maps the counters file at `path` read-only and validates it.
     ///
     /// # Errors
@@ -141,10 +145,23 @@ impl CountersReader {
         // SYNC: pairs with the Release store of `state = 1` in `CountersFile::build`: the header
         // and records copied below are complete when the Relaxed load above read 1 (or 2).
         fence(Ordering::Acquire);
+        // The three words the daemon stores after publication (state, heartbeat, interval)
+        // are loaded atomically; only the bytes between them, written once before the state
+        // word's Release store, are copied (a plain copy of a word another process stores is a
+        // data race).
         let mut bytes = [0u8; HEADER_BYTES];
-        map.read_bytes(0, &mut bytes[..STATE_OFFSET]);
-        map.read_bytes(STATE_OFFSET + 8, &mut bytes[STATE_OFFSET + 8..]);
-        bytes[STATE_OFFSET..STATE_OFFSET + 8].copy_from_slice(&state.to_le_bytes());
+        let mut put = |offset: usize, word: u64| {
+            bytes[offset..offset + 8].copy_from_slice(&word.to_le_bytes());
+        };
+        put(STATE_OFFSET, state);
+        put(HEARTBEAT_OFFSET, map.load_relaxed(HEARTBEAT_OFFSET));
+        put(INTERVAL_OFFSET, map.load_relaxed(INTERVAL_OFFSET));
+        let mut at = 0;
+        for word in [STATE_OFFSET, HEARTBEAT_OFFSET, INTERVAL_OFFSET] {
+            map.read_bytes(at, &mut bytes[at..word]);
+            at = word + 8;
+        }
+        map.read_bytes(at, &mut bytes[at..]);
         let header: CountersHeader = zerocopy::transmute!(bytes);
 
         let path_buf = || path.to_owned();
@@ -245,7 +262,7 @@ impl CountersReader {
 
     /// Whether the daemon looks alive at `now_ns` (`CLOCK_MONOTONIC` ns, e.g.
     /// [`monotonic_ns`](super::monotonic_ns)): stale after [`STALE_INTERVALS`](Self::STALE_INTERVALS)
-    /// publish intervals without a beat.
+    /// publish intervals without a beat, and never before [`MIN_STALE_NS`](Self::MIN_STALE_NS).
     pub fn liveness(&self, now_ns: u64) -> Liveness {
         if self.state() == FileState::Closed {
             return Liveness::Closed;
@@ -257,8 +274,10 @@ impl CountersReader {
         // The values come from another process: never trusted, so saturate.
         let since = if beat_ns == 0 { self.info.start_monotonic_ns } else { beat_ns };
         let silent_ns = now_ns.saturating_sub(since);
-        let allowed_ns =
-            interval_ms.saturating_mul(1_000_000).saturating_mul(Self::STALE_INTERVALS);
+        let allowed_ns = interval_ms
+            .saturating_mul(1_000_000)
+            .saturating_mul(Self::STALE_INTERVALS)
+            .max(Self::MIN_STALE_NS);
         if silent_ns > allowed_ns {
             Liveness::Stale { silent_ns }
         } else {

@@ -544,3 +544,35 @@ fn connections_past_the_cap_get_503_and_close() {
     assert_eq!(status(&http(addr, b"GET /metrics HTTP/1.1\r\n\r\n")), "HTTP/1.1 200 OK");
     server.stop();
 }
+
+#[test]
+fn a_short_publish_interval_is_not_stale_within_a_second() {
+    let tmp = TempPath::new("min-stale");
+    let file = CountersFile::create(&tmp.0, &specs()).unwrap();
+    let reader = CountersReader::open(&tmp.0).unwrap();
+    let t0 = monotonic_ns();
+    file.heartbeat().beat_at(t0, Duration::from_millis(1));
+    // Three 1 ms intervals are a scheduling delay, not a dead daemon.
+    assert_eq!(reader.liveness(t0 + 100_000_000), Liveness::Live);
+    assert!(matches!(reader.liveness(t0 + 1_100_000_000), Liveness::Stale { .. }));
+}
+
+#[test]
+fn plain_copies_never_overlap_a_word_stored_after_publication() {
+    use super::layout::{HEARTBEAT_OFFSET, INTERVAL_OFFSET, STATE_OFFSET};
+    use super::map::overlaps_live_word;
+    for word in [STATE_OFFSET, HEARTBEAT_OFFSET, INTERVAL_OFFSET] {
+        assert!(overlaps_live_word(word, 8));
+        assert!(overlaps_live_word(word + 7, 1));
+        assert!(overlaps_live_word(0, word + 1));
+        assert!(!overlaps_live_word(0, STATE_OFFSET));
+    }
+    assert!(!overlaps_live_word(INTERVAL_OFFSET + 8, HEADER_BYTES - INTERVAL_OFFSET - 8));
+    // Record 3's value word, and its metadata right after it.
+    let rec = HEADER_BYTES + 3 * RECORD_BYTES;
+    assert!(overlaps_live_word(rec, 8));
+    assert!(overlaps_live_word(rec - 4, 8));
+    assert!(!overlaps_live_word(rec + 8, RECORD_BYTES - 8));
+    assert!(overlaps_live_word(rec + 8, RECORD_BYTES));
+    assert!(!overlaps_live_word(rec, 0));
+}
