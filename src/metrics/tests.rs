@@ -544,3 +544,53 @@ fn connections_past_the_cap_get_503_and_close() {
     assert_eq!(status(&http(addr, b"GET /metrics HTTP/1.1\r\n\r\n")), "HTTP/1.1 200 OK");
     server.stop();
 }
+
+/// Issue 11: all quantiles of one summary come from one window. A lane publishes windows in a
+/// tight loop, every latency of window `k` being `k` µs, so every quantile of window `k` is the
+/// same value; a reader (another thread, as `/metrics` is) must never see two windows mixed.
+#[test]
+fn the_quantiles_of_one_summary_come_from_one_window() {
+    let mut registry = Registry::new();
+    let ids = QuantileIds::register(
+        &mut registry,
+        "corelane_test_latency_seconds",
+        &[("lane", "main")],
+        "Test latency.",
+    )
+    .unwrap();
+    let file = registry.create_in_memory().unwrap();
+    let gauges = QuantileGauges::new(&file, ids);
+    let reader = file.reader();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    let lane = std::thread::spawn(move || {
+        let mut recorder = LatencyRecorder::new();
+        let mut k = 1u64;
+        while !flag.load(Ordering::Relaxed) {
+            // 1000 * k ns is exactly representable at 3 significant figures for k < 1000.
+            recorder.record(1000 * (k % 999 + 1));
+            assert!(recorder.publish(&gauges));
+            k += 1;
+        }
+        k
+    });
+    let started = Instant::now();
+    let mut reads = 0u64;
+    let mut mixed = Vec::new();
+    while started.elapsed() < Duration::from_millis(300) && mixed.len() < 5 {
+        let quantiles: Vec<u64> = reader
+            .snapshot()
+            .into_iter()
+            .filter(|s| s.name.contains("quantile="))
+            .map(|s| s.value)
+            .collect();
+        assert_eq!(quantiles.len(), 4, "{quantiles:?}");
+        if quantiles.iter().any(|&v| v != quantiles[0]) {
+            mixed.push(quantiles);
+        }
+        reads += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let windows = lane.join().unwrap();
+    assert!(mixed.is_empty(), "{} of {reads} reads mixed windows (of {windows}): {mixed:?}", mixed.len());
+}
