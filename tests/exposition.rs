@@ -82,6 +82,9 @@ fn the_daemons_exposition_passes_the_strict_checker() {
     // Let the metrics agent and the frame worker publish a few intervals.
     std::thread::sleep(Duration::from_millis(400));
     let body = exposition_check::scrape(metrics);
+    if std::env::var_os("EXPO_PRINT").is_some() {
+        eprintln!("{body}");
+    }
     let families = match exposition_check::check(&body) {
         Ok(families) => families,
         Err(errors) => panic!("the exposition breaks the rules:\n{errors}\n--- body ---\n{body}"),

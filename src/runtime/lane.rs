@@ -855,9 +855,12 @@ impl Lane {
         s.work.store(work, Ordering::Relaxed);
         s.idle_ns.store(idle_ns, Ordering::Relaxed);
         s.max_pass_ns.store(max_pass, Ordering::Relaxed);
-        s.p50_pass_ns.store(h.value_at_quantile(0.5), Ordering::Relaxed);
-        s.p99_pass_ns.store(h.value_at_quantile(0.99), Ordering::Relaxed);
-        s.p999_pass_ns.store(h.value_at_quantile(0.999), Ordering::Relaxed);
+        // The histogram answers the top of a bucket, which can pass the exact maximum: capped,
+        // the quantiles never decrease towards the max.
+        let quantile = |q| h.value_at_quantile(q).min(max_pass);
+        s.p50_pass_ns.store(quantile(0.5), Ordering::Relaxed);
+        s.p99_pass_ns.store(quantile(0.99), Ordering::Relaxed);
+        s.p999_pass_ns.store(quantile(0.999), Ordering::Relaxed);
         // SYNC: publishes the values above -> the Acquire load of `seq` in `LaneView::snapshot`.
         s.seq.store(odd.wrapping_add(1), Ordering::Release);
     }

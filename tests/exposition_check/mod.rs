@@ -10,6 +10,7 @@
 //! - a name that measures time is in seconds: no `_ns`, `_us`, `_ms` (or spelled out) unit;
 //! - a summary has, for every label set, `quantile` samples plus `_sum` and `_count`; a
 //!   `quantile` label appears only on a summary's own samples;
+//! - a summary's quantiles do not decrease as `quantile` grows (per label set);
 //! - a gauge or counter has no `_sum`/`_count` companion posing as a summary;
 //! - values parse as floats, label syntax is well formed.
 #![allow(dead_code)]
@@ -200,6 +201,18 @@ fn check_family(name: &str, family: &Family, errors: &mut Vec<String>) {
                     entry.2 += 1;
                 }
             }
+            let mut by_set: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+            for s in family.samples.iter().filter(|s| s.name == name) {
+                if let Some(q) = s.label("quantile").and_then(|q| q.parse::<f64>().ok()) {
+                    by_set.entry(s.base_labels()).or_default().push((q, s.value));
+                }
+            }
+            for (labels, mut points) in by_set {
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                if points.windows(2).any(|w| w[1].1 < w[0].1) {
+                    errors.push(format!("summary {name}{labels:?}: quantiles decrease: {points:?}"));
+                }
+            }
             for (labels, (q, sum, count)) in sets {
                 if q == 0 || sum != 1 || count != 1 {
                     errors.push(format!(
@@ -318,6 +331,11 @@ mod self_tests {
             ("# HELP a_ns A.\n# TYPE a_ns gauge\na_ns 1\n", "other than seconds"),
             ("# HELP a A.\n# TYPE a gauge\na{quantile=\"0.5\"} 1\n", "broken summary"),
             ("# HELP a A.\n# TYPE a summary\na{quantile=\"0.5\"} 1\n", "0 _sum"),
+            (
+                "# HELP a A.\n# TYPE a summary\na{quantile=\"0.5\"} 2\na{quantile=\"1\"} 1\n\
+                 a_sum 3\na_count 2\n",
+                "quantiles decrease",
+            ),
             (
                 "# HELP a A.\n# TYPE a gauge\na 1\n# HELP b B.\n# TYPE b gauge\nb 1\na 2\n",
                 "not contiguous",
