@@ -143,7 +143,10 @@ impl Registry {
     /// [`register_summary`](Self::register_summary)).
     pub fn register(&mut self, spec: CounterSpec<'_>) -> Result<CounterId, MetricsError> {
         if spec.kind.is_summary() {
-            return Err(bad_family(spec.name, "summary parts are registered with register_summary"));
+            return Err(bad_family(
+                spec.name,
+                "summary parts are registered with register_summary",
+            ));
         }
         let meta = RecordMeta::from_spec(&spec)?;
         self.check_family(spec.name, spec.kind.as_str(), spec.help, spec.unit)?;
@@ -205,7 +208,12 @@ impl Registry {
             CounterKind::SummarySum,
             Unit::Nanoseconds,
         ))?);
-        metas.push(RecordMeta::from_spec(&spec(&count, labels, CounterKind::SummaryCount, Unit::None))?);
+        metas.push(RecordMeta::from_spec(&spec(
+            &count,
+            labels,
+            CounterKind::SummaryCount,
+            Unit::None,
+        ))?);
         self.check_family(name, "summary", help, Unit::Nanoseconds)?;
         self.check_family(&sum, "summary part", help, Unit::Nanoseconds)?;
         self.check_family(&count, "summary part", help, Unit::Nanoseconds)?;
@@ -256,17 +264,26 @@ impl Registry {
             ));
         }
         if unit == Unit::Nanoseconds && !tokens().any(|t| t == "seconds") {
-            return Err(bad_family(family, "a value in nanoseconds is exposed in seconds: the name says seconds"));
+            return Err(bad_family(
+                family,
+                "a value in nanoseconds is exposed in seconds: the name says seconds",
+            ));
         }
         let Some(rule) = self.families.get(family) else { return Ok(()) };
         if rule.class != class {
             return Err(bad_family(
                 family,
-                &format!("registered as a {} before, now as a {class}: a name has one kind", rule.class),
+                &format!(
+                    "registered as a {} before, now as a {class}: a name has one kind",
+                    rule.class
+                ),
             ));
         }
         if rule.help != help {
-            return Err(bad_family(family, "registered with another help text before: a name has one"));
+            return Err(bad_family(
+                family,
+                "registered with another help text before: a name has one",
+            ));
         }
         if rule.unit != unit {
             return Err(bad_family(family, "registered with another unit before: a name has one"));
@@ -275,9 +292,11 @@ impl Registry {
     }
 
     fn claim(&mut self, family: &str, class: &'static str, help: &str, unit: Unit) {
-        self.families
-            .entry(family.to_owned())
-            .or_insert_with(|| FamilyRule { class, help: help.to_owned(), unit });
+        self.families.entry(family.to_owned()).or_insert_with(|| FamilyRule {
+            class,
+            help: help.to_owned(),
+            unit,
+        });
     }
 
     /// Number of records registered (a summary takes quantiles + 3).

@@ -476,11 +476,22 @@ fn check_summaries(metas: &[RecordMeta]) -> Result<(), (u32, String)> {
                 let mut j = i + 1;
                 while metas.get(j).is_some_and(|m| m.kind == CounterKind::SummaryQuantile) {
                     let (f, l) = split_series(&metas[j].series);
-                    let label_ok = l.strip_prefix(labels.trim_end_matches('}')).is_some_and(|rest| {
-                        rest.starts_with(if labels.is_empty() { "{quantile=" } else { ",quantile=" })
-                    });
+                    let label_ok =
+                        l.strip_prefix(labels.trim_end_matches('}')).is_some_and(|rest| {
+                            rest.starts_with(if labels.is_empty() {
+                                "{quantile="
+                            } else {
+                                ",quantile="
+                            })
+                        });
                     if f != family || !label_ok {
-                        return Err((at(j), format!("quantile {:?} is not of summary {:?}", metas[j].series, meta.series)));
+                        return Err((
+                            at(j),
+                            format!(
+                                "quantile {:?} is not of summary {:?}",
+                                metas[j].series, meta.series
+                            ),
+                        ));
                     }
                     j += 1;
                 }
@@ -494,13 +505,21 @@ fn check_summaries(metas: &[RecordMeta]) -> Result<(), (u32, String)> {
                     match metas.get(j + offset) {
                         Some(m) if m.kind == kind && m.series == want => {}
                         _ => {
-                            return Err((at(j + offset), format!("summary {:?} lacks {want:?} here", meta.series)))
+                            return Err((
+                                at(j + offset),
+                                format!("summary {:?} lacks {want:?} here", meta.series),
+                            ))
                         }
                     }
                 }
                 i = j + 2;
             }
-            _ => return Err((at(i), format!("summary part {:?} outside a summary block", meta.series))),
+            _ => {
+                return Err((
+                    at(i),
+                    format!("summary part {:?} outside a summary block", meta.series),
+                ))
+            }
         }
     }
     Ok(())

@@ -600,7 +600,11 @@ fn the_quantiles_of_one_summary_come_from_one_window() {
     }
     stop.store(true, Ordering::Relaxed);
     let windows = lane.join().unwrap();
-    assert!(mixed.is_empty(), "{} of {reads} reads mixed windows (of {windows}): {mixed:?}", mixed.len());
+    assert!(
+        mixed.is_empty(),
+        "{} of {reads} reads mixed windows (of {windows}): {mixed:?}",
+        mixed.len()
+    );
 }
 
 /// Issue 11: the registry holds every family to the exposition's rules, so the file can never
@@ -654,10 +658,10 @@ fn reader_rejects_broken_summary_blocks() {
     // Record 1 is the window word, 2..=5 the quantiles, 6 the sum, 7 the count.
     let kind = |record: u64| RECORD0 + record * RECORD_BYTES as u64 + 8;
     for (record, byte, want) in [
-        (1, 2, "summary part"),        // the window made a gauge: its quantiles stand alone
-        (3, 5, "lacks"),               // a sum among the quantiles
-        (7, 2, "lacks"),               // no count
-        (0, 4, "outside a summary"),   // a quantile without a window
+        (1, 2, "summary part"), // the window made a gauge: its quantiles stand alone
+        (3, 5, "lacks"),        // a sum among the quantiles
+        (7, 2, "lacks"),        // no count
+        (0, 4, "outside a summary"), // a quantile without a window
     ] {
         patch(&tmp.0, kind(record), &[byte]);
         let err = open_err(&tmp.0);

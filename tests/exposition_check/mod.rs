@@ -51,6 +51,9 @@ pub struct Family {
     pub samples: Vec<Line>,
 }
 
+/// A label set, in order.
+type Labels = Vec<(String, String)>;
+
 /// The families of an exposition, by name.
 pub type Families = BTreeMap<String, Family>;
 
@@ -144,10 +147,7 @@ fn family_of(name: &str, families: &Families) -> Option<String> {
     }
     for suffix in ["_sum", "_count", "_bucket"] {
         if let Some(base) = name.strip_suffix(suffix) {
-            if families
-                .get(base)
-                .is_some_and(|f| f.kind == "summary" || (f.kind == "histogram"))
-            {
+            if families.get(base).is_some_and(|f| f.kind == "summary" || (f.kind == "histogram")) {
                 return Some(base.to_owned());
             }
         }
@@ -161,7 +161,13 @@ pub fn has_non_second_time_unit(name: &str) -> bool {
     tokens.iter().any(|t| {
         matches!(
             *t,
-            "ns" | "us" | "ms" | "nanoseconds" | "microseconds" | "milliseconds" | "nanos" | "micros"
+            "ns" | "us"
+                | "ms"
+                | "nanoseconds"
+                | "microseconds"
+                | "milliseconds"
+                | "nanos"
+                | "micros"
         )
     })
 }
@@ -177,15 +183,12 @@ fn check_family(name: &str, family: &Family, errors: &mut Vec<String>) {
         errors.push(format!("family {name} measures time in a unit other than seconds"));
     }
     match family.kind.as_str() {
-        "counter" => {
-            if !name.ends_with("_total") {
-                errors.push(format!("counter {name} does not end in _total"));
-            }
+        "counter" if !name.ends_with("_total") => {
+            errors.push(format!("counter {name} does not end in _total"));
         }
         "summary" => {
             // Per label set (without quantile): quantiles, one _sum, one _count.
-            let mut sets: BTreeMap<Vec<(String, String)>, (usize, usize, usize)> =
-                BTreeMap::new();
+            let mut sets: BTreeMap<Vec<(String, String)>, (usize, usize, usize)> = BTreeMap::new();
             for s in &family.samples {
                 let entry = sets.entry(s.base_labels()).or_default();
                 if s.name == name {
@@ -201,7 +204,7 @@ fn check_family(name: &str, family: &Family, errors: &mut Vec<String>) {
                     entry.2 += 1;
                 }
             }
-            let mut by_set: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+            let mut by_set: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
             for s in family.samples.iter().filter(|s| s.name == name) {
                 if let Some(q) = s.label("quantile").and_then(|q| q.parse::<f64>().ok()) {
                     by_set.entry(s.base_labels()).or_default().push((q, s.value));
@@ -210,7 +213,8 @@ fn check_family(name: &str, family: &Family, errors: &mut Vec<String>) {
             for (labels, mut points) in by_set {
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
                 if points.windows(2).any(|w| w[1].1 < w[0].1) {
-                    errors.push(format!("summary {name}{labels:?}: quantiles decrease: {points:?}"));
+                    errors
+                        .push(format!("summary {name}{labels:?}: quantiles decrease: {points:?}"));
                 }
             }
             for (labels, (q, sum, count)) in sets {
@@ -227,10 +231,8 @@ fn check_family(name: &str, family: &Family, errors: &mut Vec<String>) {
     if family.kind != "summary" && family.kind != "histogram" {
         for s in &family.samples {
             if s.label("quantile").is_some() {
-                errors.push(format!(
-                    "{} {name} has a quantile label: a broken summary",
-                    family.kind
-                ));
+                errors
+                    .push(format!("{} {name} has a quantile label: a broken summary", family.kind));
                 break;
             }
         }
