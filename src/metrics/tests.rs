@@ -575,26 +575,33 @@ fn the_quantiles_of_one_summary_come_from_one_window() {
         let mut recorder = LatencyRecorder::new();
         let mut k = 1u64;
         while !flag.load(Ordering::Relaxed) {
-            // 1000 * k ns is exactly representable at 3 significant figures for k < 1000.
             recorder.record(1000 * (k % 999 + 1));
             assert!(recorder.publish(&gauges));
             k += 1;
         }
         k
     });
+    // What the histogram answers for window `k`'s one latency (the top of its bucket).
+    let buckets = hdrhistogram::Histogram::<u64>::new_with_bounds(
+        LatencyRecorder::LOWEST_NS,
+        LatencyRecorder::HIGHEST_NS,
+        LatencyRecorder::SIGNIFICANT_FIGURES,
+    )
+    .unwrap();
+    let window_latency = |k: u64| buckets.highest_equivalent(1000 * (k % 999 + 1));
     let started = Instant::now();
     let mut reads = 0u64;
     let mut mixed = Vec::new();
     while started.elapsed() < Duration::from_millis(300) && mixed.len() < 5 {
-        let quantiles: Vec<u64> = reader
-            .snapshot()
-            .into_iter()
-            .filter(|s| s.name.contains("quantile="))
-            .map(|s| s.value)
-            .collect();
+        let snapshot = reader.snapshot();
+        let quantiles: Vec<u64> =
+            snapshot.iter().filter(|s| s.name.contains("quantile=")).map(|s| s.value).collect();
         assert_eq!(quantiles.len(), 4, "{quantiles:?}");
-        if quantiles.iter().any(|&v| v != quantiles[0]) {
-            mixed.push(quantiles);
+        // The count says which window this is: its quantiles are that window's latency.
+        let count = snapshot.iter().find(|s| s.kind == CounterKind::SummaryCount).unwrap().value;
+        let want = if count == 0 { 0 } else { window_latency(count) };
+        if quantiles.iter().any(|&v| v != want) {
+            mixed.push((count, quantiles));
         }
         reads += 1;
     }
