@@ -94,6 +94,19 @@ fn the_daemons_exposition_passes_the_strict_checker() {
         ("corelane_lane_passes_total", "counter"),
         ("corelane_lane_idle_seconds_total", "counter"),
         ("corelane_lane_pass_seconds", "summary"),
+        // And the rest of what `corelane top` reads from the counters file (src/cli/top/live.rs
+        // falls back to status figures when a name is missing, which would hide a rename).
+        ("corelane_lane_work_total", "counter"),
+        ("corelane_reactor", "gauge"),
+        ("decode_seconds", "summary"),
+        ("infer_seconds", "summary"),
+        ("queue_depth", "gauge"),
+        ("corelane_frames_connections", "gauge"),
+        ("corelane_frames_connections_total", "counter"),
+        ("corelane_frames_accepted_total", "counter"),
+        ("corelane_frames_results_total", "counter"),
+        ("corelane_frames_errors_total", "counter"),
+        ("corelane_frames_closes_total", "counter"),
     ] {
         let family = families.get(name).unwrap_or_else(|| panic!("no {name} in\n{body}"));
         assert_eq!(family.kind, kind, "{name}");
