@@ -1154,7 +1154,7 @@ fn counters_file_series_move_as_expected() {
     worker.wait_counter(&error_series("INVALID_FRAME"), |v| v == 2);
     worker.wait_counter(&error_series("VERSION_UNSUPPORTED"), |v| v == 1);
     worker.wait_counter("corelane_frames_connections", |v| v == 1);
-    worker.wait_counter("results_bytes", |v| v > 5 * 20);
+    worker.wait_counter("results_bytes_total", |v| v > 5 * 20);
     peer.send(Payload::End(proto::End::default()));
     peer.expect_close(Duration::from_secs(10));
     // After the close: the totals keep the closed session's counts.

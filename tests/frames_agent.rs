@@ -2,6 +2,8 @@
 //! credits, out-of-order results, End, a dropped connection with reconnect and re-Init, and
 //! JPEG transport when the worker chooses it.
 
+mod exposition_check;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
@@ -247,14 +249,25 @@ fn the_agent_publishes_seed_004_metrics_in_its_counters_file() {
     assert_eq!(value("ai_drops_latestwins_total"), 0);
     assert_eq!(value("ai_window_size"), 3);
     assert_eq!(value("ai_inflight"), 0);
-    assert!(value("ai_rtt_us{quantile=\"0.99\"}") >= value("ai_rtt_us{quantile=\"0.5\"}"));
-    assert!(value("ai_rtt_us{quantile=\"1\"}") > 0);
+    assert!(
+        value("ai_rtt_seconds{quantile=\"0.99\"}") >= value("ai_rtt_seconds{quantile=\"0.5\"}")
+    );
+    assert!(value("ai_rtt_seconds{quantile=\"1\"}") > 0);
+    assert_eq!(value("ai_rtt_seconds_count"), s.ai_rtt_ms.count);
+    assert!(value("ai_rtt_seconds_sum") > 0);
     for name in [
         "frame_bytes_max_hit_total",
         "ai_degrade_jpeg_switch_total",
-        "ai_encode_us{quantile=\"0.5\"}",
+        "ai_encode_seconds{quantile=\"0.5\"}",
+        "ai_encode_seconds_count",
     ] {
         value(name);
+    }
+    // What its /metrics serves (the same encoder over the same file) keeps the rules.
+    let mut body = String::new();
+    corelane::metrics::render(&samples, &mut body);
+    if let Err(errors) = exposition_check::check(&body) {
+        panic!("the agent's exposition breaks the rules:\n{errors}\n{body}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

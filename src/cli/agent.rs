@@ -66,7 +66,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Write the agent's metrics (seed 004's names: ai_window_size, ai_inflight,
-    /// ai_drops_latestwins_total, ai_rtt_us, ...) to this counters file, refreshed every
+    /// ai_drops_latestwins_total, ai_rtt_seconds, ...) to this counters file, refreshed every
     /// 100 ms (read it with any counters-file reader, or serve it with --metrics-listen).
     #[arg(long, value_name = "PATH")]
     pub counters_file: Option<PathBuf>,

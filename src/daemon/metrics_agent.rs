@@ -17,7 +17,7 @@ use crate::control::proto::{LaneReport, WatchLanes};
 use crate::control::{
     ConnRef, ControlPort, ToService, CODE_BAD_REQUEST_BODY, CODE_LIMIT, MSG_WATCH_LANES,
 };
-use crate::metrics::{Counter, CounterId, CounterSpec, MetricsError};
+use crate::metrics::{Counter, CounterId, CounterSpec, MetricsError, Summary, SummaryIds};
 use crate::runtime::{Agent, Board, Ctx, ReactorKind};
 
 /// Most subscriptions to [`MSG_WATCH_LANES`] served at once; more are refused with
@@ -105,45 +105,50 @@ impl Service for MetricsService {
 
 /// The series the metrics agent writes, registered in phase 1.
 struct MetricIds {
-    lanes: Vec<[CounterId; 7]>,
+    lanes: Vec<LaneIds>,
     uptime: CounterId,
     reactor: [CounterId; 2],
+}
+
+/// One lane's series.
+struct LaneIds {
+    passes: CounterId,
+    work: CounterId,
+    idle: CounterId,
+    pass: SummaryIds,
 }
 
 impl MetricIds {
     fn register(cx: &mut Prepare<'_>) -> Result<Self, MetricsError> {
         let mut lanes = Vec::new();
         for lane in &cx.config.lanes {
-            let l = lane.name.as_str();
-            const PASS: &str = "Duration of a lane pass, ns.";
-            let pass = |cx: &mut Prepare<'_>, q| {
-                cx.register(CounterSpec::gauge(
-                    "corelane_lane_pass_ns",
-                    &[("lane", l), ("quantile", q)],
-                    PASS,
-                ))
-            };
-            lanes.push([
-                cx.register(CounterSpec::counter(
+            let labels = [("lane", lane.name.as_str())];
+            lanes.push(LaneIds {
+                passes: cx.register(CounterSpec::counter(
                     "corelane_lane_passes_total",
-                    &[("lane", l)],
+                    &labels,
                     "Loop passes of the lane.",
                 ))?,
-                cx.register(CounterSpec::counter(
+                work: cx.register(CounterSpec::counter(
                     "corelane_lane_work_total",
-                    &[("lane", l)],
+                    &labels,
                     "Work items done by the lane's agents.",
                 ))?,
-                cx.register(CounterSpec::gauge(
-                    "corelane_lane_idle_ns",
-                    &[("lane", l)],
-                    "Time the lane spent idling, ns.",
-                ))?,
-                pass(cx, "0.5")?,
-                pass(cx, "0.99")?,
-                pass(cx, "0.999")?,
-                pass(cx, "1")?,
-            ]);
+                idle: cx.register(
+                    CounterSpec::counter(
+                        "corelane_lane_idle_seconds_total",
+                        &labels,
+                        "Time the lane spent idling, seconds.",
+                    )
+                    .in_nanoseconds(),
+                )?,
+                pass: cx.register_summary(
+                    "corelane_lane_pass_seconds",
+                    &labels,
+                    "Duration of a lane pass, seconds (quantiles since the lane started; \
+                     _sum is the time in passes, _count the passes).",
+                )?,
+            });
         }
         let uptime = cx.register(CounterSpec::gauge(
             "corelane_uptime_seconds",
@@ -165,15 +170,10 @@ impl Prepared for MetricIds {
             .lanes
             .iter()
             .map(|ids| LaneGauges {
-                passes: cx.counter(ids[0]),
-                work: cx.counter(ids[1]),
-                idle_ns: cx.counter(ids[2]),
-                pass_ns: [
-                    cx.counter(ids[3]),
-                    cx.counter(ids[4]),
-                    cx.counter(ids[5]),
-                    cx.counter(ids[6]),
-                ],
+                passes: cx.counter(ids.passes),
+                work: cx.counter(ids.work),
+                idle: cx.counter(ids.idle),
+                pass: cx.summary(ids.pass),
             })
             .collect();
         let mut agent = MetricsAgent::new(
@@ -190,17 +190,18 @@ impl Prepared for MetricIds {
     }
 }
 
-/// Gauges of one lane, in board order.
+/// The series of one lane, in board order.
 #[derive(Clone, Debug)]
 pub struct LaneGauges {
-    /// Loop passes.
+    /// `corelane_lane_passes_total`: loop passes.
     pub passes: Counter,
-    /// Work done.
+    /// `corelane_lane_work_total`: work items done.
     pub work: Counter,
-    /// Time idle, ns.
-    pub idle_ns: Counter,
-    /// Pass duration quantiles: p50, p99, p99.9, max (ns).
-    pub pass_ns: [Counter; 4],
+    /// `corelane_lane_idle_seconds_total`: time idle, kept in ns.
+    pub idle: Counter,
+    /// `corelane_lane_pass_seconds`: pass duration p50, p99, p99.9, max (ns, since the lane
+    /// started), time in passes and passes, as one window.
+    pub pass: Summary,
 }
 
 /// The metrics agent.
@@ -331,17 +332,13 @@ impl Agent for MetricsAgent {
             gauges[usize::from(kind == ReactorKind::Poll)].set(1);
         }
         for (lane, g) in self.board.lanes().iter().zip(&self.lanes) {
+            // Cumulative totals the lane keeps: the counters mirror them.
             g.passes.set(lane.passes);
             g.work.set(lane.work);
-            g.idle_ns.set(lane.idle_ns);
-            for (gauge, value) in g.pass_ns.iter().zip([
-                lane.p50_pass_ns,
-                lane.p99_pass_ns,
-                lane.p999_pass_ns,
-                lane.max_pass_ns,
-            ]) {
-                gauge.set(value);
-            }
+            g.idle.set(lane.idle_ns);
+            let quantiles =
+                [lane.p50_pass_ns, lane.p99_pass_ns, lane.p999_pass_ns, lane.max_pass_ns];
+            g.pass.publish(&quantiles, lane.pass_sum_ns, lane.passes);
         }
         if let Some(watch) = self.watch.as_mut().filter(|w| !w.subscribed.is_empty()) {
             watch.push(&lane_report(&self.board, self.started, now));

@@ -29,7 +29,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, ConfigError, SectionSpec};
 use crate::control::{ControlPort, LocalRoute, Routes};
-use crate::metrics::{CounterId, CounterSpec, CountersFile, MetricsError, QuantileIds, Registry};
+use crate::metrics::{
+    CounterId, CounterSpec, CountersFile, MetricsError, Registry, Summary, SummaryIds, QUANTILES,
+};
 use crate::runtime::{link, Agent, Board, LaneWaker, LinkRx, LinkTx};
 
 use super::control_agent::RouteSlot;
@@ -136,15 +138,17 @@ impl<'a> Prepare<'a> {
         self.registry
     }
 
-    /// Registers four quantile gauges `name{quantile="0.5"|"0.99"|"0.999"|"1"}` (see
-    /// [`QuantileIds::register`]).
-    pub fn register_quantiles(
+    /// Registers a summary of latencies `name{quantile="0.5"|"0.99"|"0.999"|"1"}`,
+    /// `name_sum`, `name_count`, kept in ns and exposed in seconds (see
+    /// [`Registry::register_summary`]); publish it with a
+    /// [`LatencyRecorder`](crate::metrics::LatencyRecorder) through [`Build::summary`].
+    pub fn register_summary(
         &mut self,
         name: &str,
         labels: &[(&str, &str)],
         help: &str,
-    ) -> Result<QuantileIds, MetricsError> {
-        QuantileIds::register(self.registry, name, labels, help)
+    ) -> Result<SummaryIds, MetricsError> {
+        self.registry.register_summary(name, labels, help, &QUANTILES)
     }
 }
 
@@ -173,6 +177,11 @@ impl Build<'_> {
     /// The handle of a counter registered in phase 1.
     pub fn counter(&self, id: CounterId) -> crate::metrics::Counter {
         self.counters.counter(id)
+    }
+
+    /// The handle of a summary registered in phase 1.
+    pub fn summary(&self, ids: SummaryIds) -> Summary {
+        self.counters.summary(ids)
     }
 
     /// A link whose consumer is the agent `consumer` (of any service): the waker of that

@@ -27,9 +27,7 @@ use super::vision::{jpeg, yuv};
 use crate::config::{Config, ConfigError, FramesConfig, SectionSpec, FRAMES_SECTION};
 use crate::daemon::service::Agents;
 use crate::daemon::{Build, DaemonError, Prepare, Prepared, Service, StatusCell};
-use crate::metrics::{
-    Counter, CounterId, CounterSpec, LatencyRecorder, QuantileGauges, QuantileIds,
-};
+use crate::metrics::{Counter, CounterId, CounterSpec, LatencyRecorder, Summary, SummaryIds};
 use crate::runtime::{
     Agent, CloseReason, Completion, ConnConfig, ConnEvent, ConnId, ConnTable, Ctx, LinkRx, LinkTx,
 };
@@ -199,15 +197,15 @@ impl Service for FramesService {
             );
             errors.push((*code, cx.register(spec)?));
         }
-        let decode = cx.register_quantiles(
-            "decode_us",
+        let decode = cx.register_summary(
+            "decode_seconds",
             &[],
-            "Frame worker: decode time per frame (seed 004's decode_ms), microseconds.",
+            "Frame worker: decode time per frame (seed 004's decode_ms), seconds.",
         )?;
-        let infer = cx.register_quantiles(
-            "infer_us",
+        let infer = cx.register_summary(
+            "infer_seconds",
             &[],
-            "Frame worker: detector time per frame (seed 004's infer_ms), microseconds.",
+            "Frame worker: detector time per frame (seed 004's infer_ms), seconds.",
         )?;
         Ok(Box::new(FramesPrepared { frames, factory, counters, errors, decode, infer }))
     }
@@ -261,7 +259,7 @@ const COUNTERS: &[CounterDef] = &[
         gauge: true,
     },
     CounterDef {
-        name: "results_bytes",
+        name: "results_bytes_total",
         labels: &[],
         help: "Frame worker: bytes of Result messages sent.",
         gauge: false,
@@ -371,8 +369,8 @@ struct FramesPrepared {
     factory: Option<Arc<dyn DetectorFactory>>,
     counters: Vec<CounterId>,
     errors: Vec<(ErrorCode, CounterId)>,
-    decode: QuantileIds,
-    infer: QuantileIds,
+    decode: SummaryIds,
+    infer: SummaryIds,
 }
 
 impl Prepared for FramesPrepared {
@@ -456,8 +454,8 @@ impl Prepared for FramesPrepared {
             decoded: cx.counter(self.counters[C::Decoded as usize]),
             decode: LatencyRecorder::new(),
             infer: LatencyRecorder::new(),
-            decode_gauges: QuantileGauges::new(cx.counters, self.decode),
-            infer_gauges: QuantileGauges::new(cx.counters, self.infer),
+            decode_summary: cx.summary(self.decode),
+            infer_summary: cx.summary(self.infer),
             decoded_count: 0,
             skipped: 0,
             streams_gauge: cx.counter(self.counters[C::Streams as usize]),
@@ -956,8 +954,8 @@ struct DetectorAgent {
     streams_gauge: Counter,
     decode: LatencyRecorder,
     infer: LatencyRecorder,
-    decode_gauges: QuantileGauges,
-    infer_gauges: QuantileGauges,
+    decode_summary: Summary,
+    infer_summary: Summary,
     published: Option<Instant>,
     bridge: Option<super::bridge::Bridge>,
     bridge_counters: [Counter; 2],
@@ -1113,13 +1111,13 @@ impl Agent for DetectorAgent {
             self.published = Some(now);
             self.decoded.set(self.decoded_count);
             self.streams_gauge.set(self.streams.len() as u64);
-            self.decode.publish(&self.decode_gauges);
+            self.decode.publish(&self.decode_summary);
             if let Some(bridge) = &self.bridge {
                 let stats = bridge.stats();
                 self.bridge_counters[0].set(stats.published);
                 self.bridge_counters[1].set(stats.skipped);
             }
-            self.infer.publish(&self.infer_gauges);
+            self.infer.publish(&self.infer_summary);
         }
         work
     }

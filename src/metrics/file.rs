@@ -1,12 +1,12 @@
 //! The daemon's side of the counters file: [`Registry`], [`CountersFile`], [`Counter`].
 
 use core::fmt;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,7 +21,7 @@ use super::layout::{
 use super::map::Mapping;
 use super::reader::{CountersInfo, CountersReader, RecordMeta};
 use super::series::{is_valid_help, series_name};
-use super::{CounterKind, MetricsError};
+use super::{CounterKind, MetricsError, Unit};
 
 /// Describes one counter or gauge to allocate at startup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,20 +32,54 @@ pub struct CounterSpec<'a> {
     pub labels: &'a [(&'a str, &'a str)],
     /// One-line help text of the family, at most [`HELP_CAP`] bytes, no control characters.
     pub help: &'a str,
-    /// Counter or gauge.
+    /// Counter or gauge (summaries are registered with [`Registry::register_summary`]).
     pub kind: CounterKind,
+    /// The unit the value is kept in.
+    pub unit: Unit,
 }
 
 impl<'a> CounterSpec<'a> {
-    /// A counter (only goes up).
+    /// A counter (only goes up); the name ends in `_total`.
     pub const fn counter(name: &'a str, labels: &'a [(&'a str, &'a str)], help: &'a str) -> Self {
-        Self { name, labels, help, kind: CounterKind::Counter }
+        Self { name, labels, help, kind: CounterKind::Counter, unit: Unit::None }
     }
 
     /// A gauge (set to a current value).
     pub const fn gauge(name: &'a str, labels: &'a [(&'a str, &'a str)], help: &'a str) -> Self {
-        Self { name, labels, help, kind: CounterKind::Gauge }
+        Self { name, labels, help, kind: CounterKind::Gauge, unit: Unit::None }
     }
+
+    /// The same spec with its value kept in nanoseconds and exposed in seconds (the name says
+    /// `seconds`, e.g. `corelane_lane_idle_seconds_total`).
+    pub const fn in_nanoseconds(self) -> Self {
+        Self { unit: Unit::Nanoseconds, ..self }
+    }
+}
+
+/// The records of one summary, reserved with [`Registry::register_summary`]: a window word,
+/// the quantiles, the sum and the count, consecutive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SummaryIds {
+    /// The window word's record; the quantiles, sum and count follow it.
+    window: CounterId,
+    /// Number of quantiles.
+    quantiles: u32,
+}
+
+impl SummaryIds {
+    /// Number of quantiles the summary has.
+    pub const fn quantiles(self) -> usize {
+        self.quantiles as usize
+    }
+}
+
+/// What the registry knows about one exposition name: what it is, its help and its unit.
+#[derive(Debug, PartialEq, Eq)]
+struct FamilyRule {
+    /// `counter`, `gauge`, `summary`, or `summary part` for a summary's `_sum`/`_count` name.
+    class: &'static str,
+    help: String,
+    unit: Unit,
 }
 
 /// Which record of a [`CountersFile`] a counter is: the order it was registered in.
@@ -88,6 +122,7 @@ impl CounterId {
 pub struct Registry {
     records: Vec<RecordMeta>,
     seen: HashSet<String>,
+    families: HashMap<String, FamilyRule>,
 }
 
 impl Registry {
@@ -101,20 +136,170 @@ impl Registry {
     /// # Errors
     /// A name, label or help text that is invalid or does not fit a record
     /// ([`NAME_CAP`], [`HELP_CAP`]), a series registered twice, or more than `u32::MAX` records.
+    /// [`MetricsError::BadFamily`] if the family breaks a rule of the exposition format: a
+    /// counter not ending in `_total`, a time unit other than seconds in the name
+    /// (`_ns`, `_us`, `_ms`), [`Unit::Nanoseconds`] without `seconds` in the name, another kind,
+    /// help text or unit than the family's earlier series, or a summary part (use
+    /// [`register_summary`](Self::register_summary)).
     pub fn register(&mut self, spec: CounterSpec<'_>) -> Result<CounterId, MetricsError> {
+        if spec.kind.is_summary() {
+            return Err(bad_family(
+                spec.name,
+                "summary parts are registered with register_summary",
+            ));
+        }
         let meta = RecordMeta::from_spec(&spec)?;
-        let id = u32::try_from(self.records.len()).map_err(|_| MetricsError::TooManyRecords {
-            count: self.records.len() + 1,
-            max: u32::MAX as usize,
-        })?;
+        self.check_family(spec.name, spec.kind.as_str(), spec.help, spec.unit)?;
+        let id = self.reserve(1)?;
         if !self.seen.insert(meta.series.clone()) {
             return Err(MetricsError::DuplicateSeries { series: meta.series });
         }
+        self.claim(spec.name, spec.kind.as_str(), spec.help, spec.unit);
         self.records.push(meta);
-        Ok(CounterId(id))
+        Ok(id)
     }
 
-    /// Number of records registered.
+    /// Reserves a summary `name{labels}` of latencies kept in nanoseconds and exposed in
+    /// seconds: a window word, one record per quantile of `quantiles` (`(q, label)`, e.g.
+    /// [`QUANTILES`](super::QUANTILES)), `name_sum` and `name_count`. Publish into it with a
+    /// [`Summary`] ([`CountersFile::summary`]).
+    ///
+    /// # Errors
+    /// As [`register`](Self::register) (the name must say `seconds`); a `quantile` label in
+    /// `labels` is a [`MetricsError::DuplicateLabel`]; no quantiles, or a `q` outside 0..=1, is
+    /// a [`MetricsError::BadFamily`].
+    pub fn register_summary(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        help: &str,
+        quantiles: &[(f64, &str)],
+    ) -> Result<SummaryIds, MetricsError> {
+        if quantiles.is_empty() || quantiles.iter().any(|(q, _)| !(0.0..=1.0).contains(q)) {
+            return Err(bad_family(name, "a summary needs quantiles in 0..=1"));
+        }
+        let sum = format!("{name}_sum");
+        let count = format!("{name}_count");
+        let spec = |name, labels, kind, unit| CounterSpec { name, labels, help, kind, unit };
+        let mut metas = vec![RecordMeta::from_spec(&spec(
+            name,
+            labels,
+            CounterKind::SummaryWindow,
+            Unit::None,
+        ))?];
+        let mut with_quantile = Vec::with_capacity(labels.len() + 1);
+        with_quantile.extend_from_slice(labels);
+        with_quantile.push(("quantile", ""));
+        for (_, label) in quantiles {
+            if let Some(last) = with_quantile.last_mut() {
+                *last = ("quantile", label);
+            }
+            metas.push(RecordMeta::from_spec(&CounterSpec {
+                name,
+                labels: &with_quantile,
+                help,
+                kind: CounterKind::SummaryQuantile,
+                unit: Unit::Nanoseconds,
+            })?);
+        }
+        metas.push(RecordMeta::from_spec(&spec(
+            &sum,
+            labels,
+            CounterKind::SummarySum,
+            Unit::Nanoseconds,
+        ))?);
+        metas.push(RecordMeta::from_spec(&spec(
+            &count,
+            labels,
+            CounterKind::SummaryCount,
+            Unit::None,
+        ))?);
+        self.check_family(name, "summary", help, Unit::Nanoseconds)?;
+        self.check_family(&sum, "summary part", help, Unit::Nanoseconds)?;
+        self.check_family(&count, "summary part", help, Unit::Nanoseconds)?;
+        let window = self.reserve(metas.len())?;
+        if let Some(dup) = metas.iter().find(|m| self.seen.contains(&m.series)) {
+            return Err(MetricsError::DuplicateSeries { series: dup.series.clone() });
+        }
+        self.claim(name, "summary", help, Unit::Nanoseconds);
+        self.claim(&sum, "summary part", help, Unit::Nanoseconds);
+        self.claim(&count, "summary part", help, Unit::Nanoseconds);
+        for meta in metas {
+            self.seen.insert(meta.series.clone());
+            self.records.push(meta);
+        }
+        // quantiles.len() < records, which fit a u32 (checked by reserve).
+        Ok(SummaryIds { window, quantiles: quantiles.len() as u32 })
+    }
+
+    /// The id the next record gets, if `n` more records fit the header's count.
+    fn reserve(&self, n: usize) -> Result<CounterId, MetricsError> {
+        let too_many = || MetricsError::TooManyRecords {
+            count: self.records.len() + n,
+            max: u32::MAX as usize,
+        };
+        u32::try_from(self.records.len() + n).map_err(|_| too_many())?;
+        Ok(CounterId(self.records.len() as u32))
+    }
+
+    /// Checks the rules of the exposition format for `family` as a `class` with `help` and
+    /// `unit`, against its name and what was registered under it before.
+    fn check_family(
+        &self,
+        family: &str,
+        class: &'static str,
+        help: &str,
+        unit: Unit,
+    ) -> Result<(), MetricsError> {
+        let tokens = || family.split('_');
+        if class == "counter" && !family.ends_with("_total") {
+            return Err(bad_family(family, "a counter's name ends in _total"));
+        }
+        if let Some(t) = tokens().find(|t| {
+            matches!(*t, "ns" | "us" | "ms" | "nanoseconds" | "microseconds" | "milliseconds")
+        }) {
+            return Err(bad_family(
+                family,
+                &format!("time is exposed in seconds, not {t}: name it _seconds and keep the value in nanoseconds (Unit::Nanoseconds)"),
+            ));
+        }
+        if unit == Unit::Nanoseconds && !tokens().any(|t| t == "seconds") {
+            return Err(bad_family(
+                family,
+                "a value in nanoseconds is exposed in seconds: the name says seconds",
+            ));
+        }
+        let Some(rule) = self.families.get(family) else { return Ok(()) };
+        if rule.class != class {
+            return Err(bad_family(
+                family,
+                &format!(
+                    "registered as a {} before, now as a {class}: a name has one kind",
+                    rule.class
+                ),
+            ));
+        }
+        if rule.help != help {
+            return Err(bad_family(
+                family,
+                "registered with another help text before: a name has one",
+            ));
+        }
+        if rule.unit != unit {
+            return Err(bad_family(family, "registered with another unit before: a name has one"));
+        }
+        Ok(())
+    }
+
+    fn claim(&mut self, family: &str, class: &'static str, help: &str, unit: Unit) {
+        self.families.entry(family.to_owned()).or_insert_with(|| FamilyRule {
+            class,
+            help: help.to_owned(),
+            unit,
+        });
+    }
+
+    /// Number of records registered (a summary takes quantiles + 3).
     pub fn len(&self) -> usize {
         self.records.len()
     }
@@ -190,6 +375,22 @@ impl CountersFile {
         Counter { map: Arc::clone(&self.map), offset: value_offset(id.index()) }
     }
 
+    /// A handle on the summary `ids`, for the lane that publishes it.
+    ///
+    /// # Panics
+    /// If `ids` are not a summary of this file (ids from another registry).
+    pub fn summary(&self, ids: SummaryIds) -> Summary {
+        let first = ids.window.index();
+        let last = first + ids.quantiles() + 2;
+        assert!(
+            last < self.records.len()
+                && self.records[first].kind == CounterKind::SummaryWindow
+                && self.records[last].kind == CounterKind::SummaryCount,
+            "records {first}..={last} are not a summary of this file"
+        );
+        Summary { map: Arc::clone(&self.map), first, quantiles: ids.quantiles() }
+    }
+
     /// Number of records.
     pub fn len(&self) -> usize {
         self.records.len()
@@ -253,6 +454,7 @@ impl CountersFile {
         }
     }
 
+    /// (Specs only: a file with summaries is made with a [`Registry`].)
     fn validate(specs: &[CounterSpec<'_>]) -> Result<Vec<RecordMeta>, MetricsError> {
         let mut registry = Registry::new();
         for spec in specs {
@@ -383,6 +585,66 @@ impl fmt::Debug for Counter {
     }
 }
 
+/// A handle on one summary in the counters file (see [`Registry::register_summary`]), for its
+/// one writer: [`publish`](Self::publish) writes a window under the summary's sequence lock.
+#[derive(Clone)]
+pub struct Summary {
+    map: Arc<Mapping>,
+    /// Record index of the window word.
+    first: usize,
+    quantiles: usize,
+}
+
+impl Summary {
+    /// Publishes one window: `quantiles` (ns, in the order registered), the cumulative
+    /// `sum_ns` and `count`. A reader sees all of them from this call or all from another one.
+    /// Lock-free, no allocation; one writer per summary.
+    ///
+    /// # Panics
+    /// In debug builds, if `quantiles` does not have the registered number of values (in
+    /// release builds the extra or missing ones are ignored or left as they were).
+    pub fn publish(&self, quantiles: &[u64], sum_ns: u64, count: u64) {
+        debug_assert_eq!(quantiles.len(), self.quantiles, "quantiles of this summary");
+        let window = self.map.word(value_offset(self.first));
+        // Odd while a window is written (`| 1`: odd whatever was left there), then the next even.
+        let odd = window.load(Ordering::Relaxed) | 1;
+        window.store(odd, Ordering::Relaxed);
+        // SYNC: orders the odd window word above before the values below -> the Acquire fence
+        // after the reader's second window load in `CountersReader::read_summary`.
+        fence(Ordering::Release);
+        for (i, value) in quantiles.iter().take(self.quantiles).enumerate() {
+            self.map.word(value_offset(self.first + 1 + i)).store(*value, Ordering::Relaxed);
+        }
+        let sum = value_offset(self.first + 1 + self.quantiles);
+        self.map.word(sum).store(sum_ns, Ordering::Relaxed);
+        self.map.word(sum + RECORD_BYTES).store(count, Ordering::Relaxed);
+        // SYNC: publishes the values above with the even window word -> the Relaxed load and
+        // Acquire fence of the reader's first window load in `CountersReader::read_summary`.
+        window.store(odd.wrapping_add(1), Ordering::Release);
+    }
+
+    /// The values last published: quantiles (ns), sum (ns), count; for tests and monitors in
+    /// this process.
+    pub fn get(&self) -> (Vec<u64>, u64, u64) {
+        let value = |i: usize| self.map.load_relaxed(value_offset(self.first + i));
+        let quantiles = (1..=self.quantiles).map(value).collect();
+        (quantiles, value(self.quantiles + 1), value(self.quantiles + 2))
+    }
+}
+
+impl fmt::Debug for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Summary")
+            .field("record", &self.first)
+            .field("quantiles", &self.quantiles)
+            .finish()
+    }
+}
+
+fn bad_family(family: &str, reason: &str) -> MetricsError {
+    MetricsError::BadFamily { family: family.to_owned(), reason: reason.to_owned() }
+}
+
 /// The header's heartbeat words: the publisher stores the time of each publish and its interval.
 ///
 /// Relaxed: a reader only wants a recent time, and nothing is published through it.
@@ -423,7 +685,7 @@ impl RecordMeta {
         if !is_valid_help(spec.help) {
             return Err(MetricsError::InvalidHelp { series });
         }
-        Ok(Self { series, help: spec.help.to_owned(), kind: spec.kind })
+        Ok(Self { series, help: spec.help.to_owned(), kind: spec.kind, unit: spec.unit })
     }
 
     fn to_record(&self) -> CounterRecord {
@@ -433,7 +695,8 @@ impl RecordMeta {
             // Lengths fit a byte: checked against NAME_CAP and HELP_CAP (both <= 255) above.
             name_len: self.series.len() as u8,
             help_len: self.help.len() as u8,
-            reserved: [0; 5],
+            unit: self.unit.to_byte(),
+            reserved: [0; 4],
             name: [0; NAME_CAP],
             help: [0; HELP_CAP],
         };

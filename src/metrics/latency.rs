@@ -1,78 +1,26 @@
-//! Latency histograms a lane owns, published as quantile gauges.
+//! Latency histograms a lane owns, published as summaries.
 
 use core::fmt;
 
 use hdrhistogram::Histogram;
 
-use super::file::{Counter, CounterId, CounterSpec, CountersFile, Registry};
-use super::MetricsError;
+use super::file::Summary;
 
-/// The quantiles [`LatencyRecorder::publish`] writes, with their `quantile` label values. Max is
-/// published as quantile `1`.
+/// The quantiles [`LatencyRecorder::publish`] writes, with their `quantile` label values (give
+/// them to [`Registry::register_summary`](super::Registry::register_summary)). Max is published
+/// as quantile `1`.
 pub const QUANTILES: [(f64, &str); 4] =
     [(0.5, "0.5"), (0.99, "0.99"), (0.999, "0.999"), (1.0, "1")];
 
-/// The records of one set of quantile gauges, reserved in a [`Registry`] at startup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QuantileIds {
-    ids: [CounterId; 4],
-}
-
-impl QuantileIds {
-    /// Registers four gauges `name{labels...,quantile="0.5"|"0.99"|"0.999"|"1"}` sharing `help`,
-    /// e.g. `corelane_lane_pass_ns{lane="main",quantile="0.99"}`.
-    ///
-    /// # Errors
-    /// As [`Registry::register`]; a `quantile` label in `labels` is a
-    /// [`MetricsError::DuplicateLabel`].
-    pub fn register(
-        registry: &mut Registry,
-        name: &str,
-        labels: &[(&str, &str)],
-        help: &str,
-    ) -> Result<Self, MetricsError> {
-        let mut all = Vec::with_capacity(labels.len() + 1);
-        all.extend_from_slice(labels);
-        all.push(("quantile", ""));
-        let mut ids = [CounterId::from_index(0); 4];
-        for (id, (_, label)) in ids.iter_mut().zip(QUANTILES) {
-            if let Some(last) = all.last_mut() {
-                *last = ("quantile", label);
-            }
-            *id = registry.register(CounterSpec::gauge(name, &all, help))?;
-        }
-        Ok(Self { ids })
-    }
-}
-
-/// Four gauges holding a latency distribution's p50, p99, p99.9 and max, in nanoseconds.
-#[derive(Clone, Debug)]
-pub struct QuantileGauges {
-    /// Median.
-    pub p50: Counter,
-    /// 99th percentile.
-    pub p99: Counter,
-    /// 99.9th percentile.
-    pub p999: Counter,
-    /// Maximum.
-    pub max: Counter,
-}
-
-impl QuantileGauges {
-    /// The gauges `ids` reserved in the registry `file` was created from.
-    ///
-    /// # Panics
-    /// If `ids` come from another registry with more records than `file`.
-    pub fn new(file: &CountersFile, ids: QuantileIds) -> Self {
-        let [p50, p99, p999, max] = ids.ids.map(|id| file.counter(id));
-        Self { p50, p99, p999, max }
-    }
-}
-
-/// An HDR histogram of latencies in nanoseconds (1 ns to 60 s, 2 significant figures: within 1%) that a lane
-/// owns and records into without allocating, publishing quantiles every interval.
+/// An HDR histogram of latencies in nanoseconds (1 ns to 60 s, 2 significant figures: within
+/// 1%) that a lane owns and records into without allocating, publishing quantiles every
+/// interval, with the cumulative sum and count of everything recorded.
 pub struct LatencyRecorder {
     histogram: Histogram<u64>,
+    /// Nanoseconds recorded since creation (wrapping; as recorded, before saturation).
+    sum_ns: u64,
+    /// Latencies recorded since creation.
+    count: u64,
 }
 
 impl LatencyRecorder {
@@ -94,7 +42,7 @@ impl LatencyRecorder {
         )
         // The bounds are constants that satisfy 1 <= low, 2 * low <= high, sigfig <= 5.
         .expect("constant histogram bounds are valid");
-        Self { histogram }
+        Self { histogram, sum_ns: 0, count: 0 }
     }
 
     /// Records one latency; values above [`HIGHEST_NS`](Self::HIGHEST_NS) count as that. Never
@@ -102,6 +50,8 @@ impl LatencyRecorder {
     #[inline]
     pub fn record(&mut self, ns: u64) {
         self.histogram.saturating_record(ns);
+        self.sum_ns = self.sum_ns.wrapping_add(ns.min(Self::HIGHEST_NS));
+        self.count += 1;
     }
 
     /// Number of latencies recorded since the last publish.
@@ -119,21 +69,36 @@ impl LatencyRecorder {
         &self.histogram
     }
 
-    /// Writes the interval's p50, p99, p99.9 and max into `gauges` and starts a new interval
-    /// (the gauges show the latest interval, not the whole run). An empty interval leaves the
-    /// gauges as they were and returns `false`. Clearing costs one pass over the buckets: call it
-    /// every publish interval (say once a second), not per event.
-    pub fn publish(&mut self, gauges: &QuantileGauges) -> bool {
+    /// Publishes the interval's p50, p99, p99.9 and max, with the cumulative sum and count, as
+    /// one window of `summary` (registered with [`QUANTILES`]), and starts a new interval (the
+    /// quantiles show the latest interval, sum and count the whole run). An empty interval
+    /// leaves the summary as it was and returns `false`. Clearing costs one pass over the
+    /// buckets: call it every publish interval (say once a second), not per event.
+    pub fn publish(&mut self, summary: &Summary) -> bool {
         if self.histogram.is_empty() {
             return false;
         }
         let h = &self.histogram;
-        gauges.p50.set(h.value_at_quantile(QUANTILES[0].0));
-        gauges.p99.set(h.value_at_quantile(QUANTILES[1].0));
-        gauges.p999.set(h.value_at_quantile(QUANTILES[2].0));
-        gauges.max.set(h.max());
+        let quantiles = [
+            h.value_at_quantile(QUANTILES[0].0),
+            h.value_at_quantile(QUANTILES[1].0),
+            h.value_at_quantile(QUANTILES[2].0),
+            h.max(),
+        ];
+        summary.publish(&quantiles, self.sum_ns, self.count);
         self.histogram.reset();
         true
+    }
+
+    /// Nanoseconds recorded since creation (each value capped at
+    /// [`HIGHEST_NS`](Self::HIGHEST_NS)).
+    pub fn sum_ns(&self) -> u64 {
+        self.sum_ns
+    }
+
+    /// Latencies recorded since creation.
+    pub fn count(&self) -> u64 {
+        self.count
     }
 }
 
@@ -155,61 +120,76 @@ impl fmt::Debug for LatencyRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::{MetricsError, Registry, Unit};
 
     #[test]
-    fn quantiles_land_in_the_gauges() {
+    fn quantiles_sum_and_count_land_in_the_summary() {
         let mut registry = Registry::new();
-        let ids = QuantileIds::register(
-            &mut registry,
-            "corelane_lane_pass_ns",
-            &[("lane", "main")],
-            "Lane pass time, ns.",
-        )
-        .unwrap();
+        let ids = registry
+            .register_summary(
+                "corelane_test_pass_seconds",
+                &[("lane", "main")],
+                "Lane pass time.",
+                &QUANTILES,
+            )
+            .unwrap();
         let file = registry.create_in_memory().unwrap();
-        let gauges = QuantileGauges::new(&file, ids);
+        let summary = file.summary(ids);
 
         let mut recorder = LatencyRecorder::new();
-        assert!(!recorder.publish(&gauges), "empty interval publishes nothing");
+        assert!(!recorder.publish(&summary), "empty interval publishes nothing");
         for ns in 1..=10_000u64 {
             recorder.record(ns);
         }
         recorder.record(0);
         recorder.record(u64::MAX); // saturates at 60 s
-        assert!(recorder.publish(&gauges));
+        assert!(recorder.publish(&summary));
         assert!(recorder.is_empty(), "publish starts a new interval");
 
         // Two significant figures: within 1%, in 30 KiB of counts (3 figures took 216 KiB).
         assert!(recorder.histogram().distinct_values() * 8 <= 32 * 1024);
+        let (q, sum, count) = summary.get();
         let near = |value: u64, want: u64| value.abs_diff(want) <= want / 100 + 1;
-        assert!(near(gauges.p50.get(), 5_000), "p50 {}", gauges.p50.get());
-        assert!(near(gauges.p99.get(), 9_900), "p99 {}", gauges.p99.get());
-        assert!(near(gauges.p999.get(), 9_990), "p99.9 {}", gauges.p999.get());
-        assert!(near(gauges.max.get(), LatencyRecorder::HIGHEST_NS), "max {}", gauges.max.get());
+        assert!(near(q[0], 5_000), "p50 {}", q[0]);
+        assert!(near(q[1], 9_900), "p99 {}", q[1]);
+        assert!(near(q[2], 9_990), "p99.9 {}", q[2]);
+        assert!(near(q[3], LatencyRecorder::HIGHEST_NS), "max {}", q[3]);
+        assert_eq!(count, 10_002);
+        assert_eq!(sum, 10_000 * 10_001 / 2 + LatencyRecorder::HIGHEST_NS);
 
-        let names: Vec<String> = file.reader().snapshot().into_iter().map(|s| s.name).collect();
+        let samples = file.reader().snapshot();
+        let names: Vec<&str> = samples.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
             [
-                r#"corelane_lane_pass_ns{lane="main",quantile="0.5"}"#,
-                r#"corelane_lane_pass_ns{lane="main",quantile="0.99"}"#,
-                r#"corelane_lane_pass_ns{lane="main",quantile="0.999"}"#,
-                r#"corelane_lane_pass_ns{lane="main",quantile="1"}"#,
-            ]
+                r#"corelane_test_pass_seconds{lane="main",quantile="0.5"}"#,
+                r#"corelane_test_pass_seconds{lane="main",quantile="0.99"}"#,
+                r#"corelane_test_pass_seconds{lane="main",quantile="0.999"}"#,
+                r#"corelane_test_pass_seconds{lane="main",quantile="1"}"#,
+                r#"corelane_test_pass_seconds_sum{lane="main"}"#,
+                r#"corelane_test_pass_seconds_count{lane="main"}"#,
+            ],
+            "the window word is not a sample"
         );
+        assert!(samples[..5].iter().all(|s| s.unit == Unit::Nanoseconds));
+        assert_eq!(samples[5].unit, Unit::None);
 
-        // The next interval replaces the values.
+        // The next interval replaces the quantiles; sum and count go on.
         recorder.record(42);
-        assert!(recorder.publish(&gauges));
-        assert_eq!(gauges.max.get(), 42);
-        assert_eq!(gauges.p50.get(), 42);
+        assert!(recorder.publish(&summary));
+        let (q, sum, count) = summary.get();
+        assert_eq!((q[0], q[3]), (42, 42));
+        assert_eq!(count, 10_003);
+        assert_eq!(sum, 10_000 * 10_001 / 2 + LatencyRecorder::HIGHEST_NS + 42);
     }
 
     #[test]
     fn quantile_label_cannot_be_given_twice() {
         let mut registry = Registry::new();
-        let err =
-            QuantileIds::register(&mut registry, "x_ns", &[("quantile", "a")], "").unwrap_err();
+        let err = registry
+            .register_summary("x_seconds", &[("quantile", "a")], "", &QUANTILES)
+            .unwrap_err();
         assert!(matches!(err, MetricsError::DuplicateLabel { .. }), "{err}");
+        assert_eq!(registry.len(), 0, "nothing of a refused summary is registered");
     }
 }

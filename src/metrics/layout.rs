@@ -7,7 +7,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 /// First eight bytes of a counters file: the ASCII bytes `CORELCTR`, read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"CORELCTR");
 /// Layout version this build writes and reads.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Size of the header; record 0 starts here.
 pub const HEADER_BYTES: usize = 128;
 /// Size of one record.
@@ -106,14 +106,18 @@ pub struct CountersHeader {
 pub struct CounterRecord {
     /// The value, native (little-endian) order, accessed atomically.
     pub value: U64,
-    /// [`CounterKind`](super::CounterKind) byte: 1 counter, 2 gauge.
+    /// [`CounterKind`](super::CounterKind) byte: 1 counter, 2 gauge, 3..=6 summary window,
+    /// quantile, sum, count (layout version 3).
     pub kind: u8,
     /// Bytes of `name` in use, 1..=[`NAME_CAP`].
     pub name_len: u8,
     /// Bytes of `help` in use, 0..=[`HELP_CAP`].
     pub help_len: u8,
+    /// [`Unit`](super::Unit) byte: 0 a plain number, 1 nanoseconds exposed as seconds (layout
+    /// version 3).
+    pub unit: u8,
     /// Zero.
-    pub reserved: [u8; 5],
+    pub reserved: [u8; 4],
     /// The series in exposition syntax (`family{label="escaped value",...}`), zero padded.
     pub name: [u8; NAME_CAP],
     /// The help text, zero padded.
@@ -165,7 +169,7 @@ mod tests {
         assert_eq!(offset_of!(CountersHeader, reserved), 72);
         assert_eq!(HEARTBEAT_OFFSET, 56);
         assert_eq!(INTERVAL_OFFSET, 64);
-        assert_eq!(LAYOUT_VERSION, 2);
+        assert_eq!(LAYOUT_VERSION, 3);
     }
 
     #[test]
@@ -175,7 +179,8 @@ mod tests {
         assert_eq!(offset_of!(CounterRecord, kind), 8);
         assert_eq!(offset_of!(CounterRecord, name_len), 9);
         assert_eq!(offset_of!(CounterRecord, help_len), 10);
-        assert_eq!(offset_of!(CounterRecord, reserved), 11);
+        assert_eq!(offset_of!(CounterRecord, unit), 11);
+        assert_eq!(offset_of!(CounterRecord, reserved), 12);
         assert_eq!(offset_of!(CounterRecord, name), 16);
         assert_eq!(offset_of!(CounterRecord, help), 128);
         assert_eq!(value_offset(0), 128);

@@ -1,10 +1,13 @@
 //! Metrics: a counters file in shared memory, its reader, a Prometheus `/metrics` endpoint, HDR
-//! latency histograms published as gauges, and logging setup.
+//! latency histograms published as summaries, and logging setup.
 //!
 //! # How the pieces fit
 //!
 //! At startup the agents describe their counters to a [`Registry`] (a [`CounterSpec`] each: the
-//! metric family name, its labels, a help text, counter or gauge). [`Registry::create`] writes
+//! metric family name, its labels, a help text, counter or gauge, and its [`Unit`]), and their
+//! latency distributions as summaries ([`Registry::register_summary`]). The registry holds every
+//! family to the rules of the exposition format (one kind, help text and unit per name,
+//! counters ending in `_total`, times in `_seconds`). [`Registry::create`] writes
 //! the **counters file** into the runtime directory and hands out a [`Counter`] per record: a
 //! cheap `Clone + Send + Sync` handle whose `add`, `inc`, `set` and `get` are one relaxed atomic
 //! instruction each on the shared mapping. Lanes own their counters; nothing is locked, nothing
@@ -13,10 +16,11 @@
 //! Other processes (`corelane top`) map the same file read-only with [`CountersReader::open`],
 //! which validates it completely before use, and read [`Sample`]s. The daemon serves its own
 //! mapping through [`CountersFile::reader`] and a [`MetricsServer`] on a plain, unpinned std
-//! thread. A lane measures latencies with a [`LatencyRecorder`] and publishes p50, p99, p99.9 and
-//! max into four gauges ([`QuantileGauges`]) every publish interval.
+//! thread. A lane measures latencies with a [`LatencyRecorder`] and publishes p50, p99, p99.9,
+//! max, sum and count into a [`Summary`] every publish interval, as one window: the summary's
+//! window word is a sequence lock, so a reader never mixes two publishes.
 //!
-//! # The counters file (layout version 2)
+//! # The counters file (layout version 3)
 //!
 //! One definition: [`CountersHeader`] and [`CounterRecord`] (`#[repr(C)]`, little-endian,
 //! alignment 1, with size and offset tests). The file is exactly
@@ -27,7 +31,7 @@
 //! | offset | size | field | meaning |
 //! |---:|---:|---|---|
 //! | 0 | 8 | `magic` | [`MAGIC`], on disk the ASCII bytes `CORELCTR` |
-//! | 8 | 4 | `layout_version` | [`LAYOUT_VERSION`] (2) |
+//! | 8 | 4 | `layout_version` | [`LAYOUT_VERSION`] (3) |
 //! | 12 | 4 | `header_bytes` | [`HEADER_BYTES`] (128): where record 0 starts |
 //! | 16 | 4 | `record_count` | number of records N |
 //! | 20 | 4 | `record_bytes` | [`RECORD_BYTES`] (256) |
@@ -44,10 +48,11 @@
 //! | offset | size | field | meaning |
 //! |---:|---:|---|---|
 //! | 0 | 8 | `value` | the value, a `u64` accessed atomically (native order: little-endian) |
-//! | 8 | 1 | `kind` | 1 counter, 2 gauge ([`CounterKind`]) |
+//! | 8 | 1 | `kind` | 1 counter, 2 gauge, 3 summary window, 4 summary quantile, 5 summary sum, 6 summary count ([`CounterKind`]) |
 //! | 9 | 1 | `name_len` | bytes of `name` used, 1..=[`NAME_CAP`] |
 //! | 10 | 1 | `help_len` | bytes of `help` used, 0..=[`HELP_CAP`] |
-//! | 11 | 5 | reserved | zero |
+//! | 11 | 1 | `unit` | 0 a plain number, 1 nanoseconds exposed in seconds ([`Unit`]) |
+//! | 12 | 4 | reserved | zero |
 //! | 16 | 112 | `name` | the full series in exposition syntax, label values escaped: `corelane_lane_passes_total{lane="main"}` (UTF-8, zero padded) |
 //! | 128 | 128 | `help` | help text of the family, raw UTF-8 without control characters (zero padded) |
 //!
@@ -71,6 +76,19 @@
 //! Values are written with relaxed `fetch_add`/`store`: each counter has one writer lane, readers
 //! want a recent value and nothing else is published through them. `fetch_add` is used anyway, so
 //! two writers sharing a counter by mistake cannot lose counts.
+//!
+//! # Summaries
+//!
+//! A summary is a block of consecutive records: the window word (kind 3, series
+//! `family{labels}`), one record per quantile (kind 4, `family{labels,quantile="q"}`), the sum
+//! (kind 5, `family_sum{labels}`) and the count (kind 6, `family_count{labels}`). Its one writer
+//! publishes a window as a sequence lock: window word to odd (Relaxed), Release fence, the
+//! values (Relaxed), window word to the next even value (Release). A reader loads the word
+//! (Relaxed, then an Acquire fence), the values, an Acquire fence and the word again, and keeps
+//! the values only if both loads read the same even word (else it retries, and after a few
+//! failed tries leaves the summary out of that snapshot). [`CountersReader::open`] checks the
+//! block structure. Quantiles describe the latest window; sum and count are cumulative, as
+//! Prometheus expects.
 
 mod exposition;
 mod file;
@@ -83,8 +101,11 @@ mod series;
 mod server;
 
 pub use exposition::render;
-pub use file::{monotonic_ns, Counter, CounterId, CounterSpec, CountersFile, Heartbeat, Registry};
-pub use latency::{LatencyRecorder, QuantileGauges, QuantileIds, QUANTILES};
+pub use file::{
+    monotonic_ns, Counter, CounterId, CounterSpec, CountersFile, Heartbeat, Registry, Summary,
+    SummaryIds,
+};
+pub use latency::{LatencyRecorder, QUANTILES};
 pub use layout::{
     CounterRecord, CountersHeader, FileState, HEADER_BYTES, HELP_CAP, LAYOUT_VERSION, MAGIC,
     NAME_CAP, RECORD_BYTES,
@@ -106,13 +127,26 @@ const _: () = assert!(
     "the counters file needs a 64-bit little-endian target"
 );
 
-/// Whether a record is a monotonically increasing counter or a gauge that is set.
+/// What a record is: a counter, a gauge, or one part of a summary.
+///
+/// A summary is a block of records registered together ([`Registry::register_summary`]): a
+/// hidden window word (the block's sequence number, never exposed), its quantiles, its `_sum`
+/// and its `_count`. The window word makes a reader see all of them from one publish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CounterKind {
-    /// Only goes up (`add`, `inc`); Prometheus `counter`. Names conventionally end in `_total`.
+    /// Only goes up (`add`, `inc`, or `set` to a cumulative value); Prometheus `counter`. Names
+    /// end in `_total` (the registry refuses others).
     Counter,
     /// Set to the current value (`set`); Prometheus `gauge`.
     Gauge,
+    /// A summary's window word: odd while the publisher writes the block, even in between.
+    SummaryWindow,
+    /// A summary's quantile (series `family{...,quantile="q"}`).
+    SummaryQuantile,
+    /// A summary's sum of observations (series `family_sum{...}`).
+    SummarySum,
+    /// A summary's count of observations (series `family_count{...}`).
+    SummaryCount,
 }
 
 impl CounterKind {
@@ -121,6 +155,10 @@ impl CounterKind {
         match self {
             Self::Counter => 1,
             Self::Gauge => 2,
+            Self::SummaryWindow => 3,
+            Self::SummaryQuantile => 4,
+            Self::SummarySum => 5,
+            Self::SummaryCount => 6,
         }
     }
 
@@ -129,15 +167,57 @@ impl CounterKind {
         match byte {
             1 => Some(Self::Counter),
             2 => Some(Self::Gauge),
+            3 => Some(Self::SummaryWindow),
+            4 => Some(Self::SummaryQuantile),
+            5 => Some(Self::SummarySum),
+            6 => Some(Self::SummaryCount),
             _ => None,
         }
     }
 
-    /// The word on a Prometheus `# TYPE` line.
+    /// The word on the family's Prometheus `# TYPE` line.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Counter => "counter",
             Self::Gauge => "gauge",
+            Self::SummaryWindow | Self::SummaryQuantile | Self::SummarySum | Self::SummaryCount => {
+                "summary"
+            }
+        }
+    }
+
+    /// Whether this is a part of a summary (window, quantile, sum or count).
+    pub const fn is_summary(self) -> bool {
+        !matches!(self, Self::Counter | Self::Gauge)
+    }
+}
+
+/// The unit a record's integer value is kept in, and so how it is exposed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// A plain number, exposed as the integer.
+    #[default]
+    None,
+    /// Nanoseconds, exposed in seconds (the value divided by 10^9); the family name says
+    /// `seconds` (the registry refuses others).
+    Nanoseconds,
+}
+
+impl Unit {
+    /// The byte stored in a record's `unit` field.
+    pub const fn to_byte(self) -> u8 {
+        match self {
+            Self::None => 0,
+            Self::Nanoseconds => 1,
+        }
+    }
+
+    /// The unit stored as `byte`, if it is one.
+    pub const fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(Self::None),
+            1 => Some(Self::Nanoseconds),
+            _ => None,
         }
     }
 }
@@ -212,6 +292,16 @@ pub enum MetricsError {
     InvalidHelp {
         /// The series.
         series: String,
+    },
+    /// A family breaks a rule of the exposition format: two kinds, help texts or units under
+    /// one name, a counter not ending in `_total`, a time not in seconds, or a summary part
+    /// registered on its own.
+    #[error("metric {family:?}: {reason}")]
+    BadFamily {
+        /// The family name.
+        family: String,
+        /// The rule broken.
+        reason: String,
     },
     /// Two specs describe the same series.
     #[error("series {series:?} is registered twice")]

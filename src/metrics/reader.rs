@@ -15,25 +15,53 @@ use super::layout::{
 };
 use super::map::Mapping;
 use super::series::{is_valid_help, parse_series};
-use super::{CounterKind, MetricsError};
+use super::{CounterKind, MetricsError, Unit};
 
 /// One series and its value at the time of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sample {
     /// The full series in exposition syntax, e.g. `corelane_lane_passes_total{lane="main"}`.
     pub name: String,
-    /// Counter or gauge.
+    /// Counter, gauge, or a summary's quantile, sum or count (never a summary's window word).
     pub kind: CounterKind,
     /// Help text of the family (unescaped; may be empty).
     pub help: String,
-    /// The value.
+    /// The value, in `unit`.
     pub value: u64,
+    /// The unit `value` is kept in ([`Unit::Nanoseconds`] values are exposed in seconds).
+    pub unit: Unit,
 }
 
 impl Sample {
-    /// The metric family: the series name before `{`.
+    /// A counter or gauge sample of a plain number (for [`MetricsSource`](super::MetricsSource)
+    /// closures).
+    pub fn new(name: String, kind: CounterKind, help: &str, value: u64) -> Self {
+        Self { name, kind, help: help.to_owned(), value, unit: Unit::None }
+    }
+
+    /// The series name before `{` (for a summary's sum or count, `family_sum`/`family_count`).
     pub fn family(&self) -> &str {
         self.name.split_once('{').map_or(self.name.as_str(), |(family, _)| family)
+    }
+
+    /// The name of the exposition family the sample belongs to: [`family`](Self::family),
+    /// without `_sum`/`_count` for a summary's sum and count.
+    pub fn exposition_family(&self) -> &str {
+        let family = self.family();
+        let suffix = match self.kind {
+            CounterKind::SummarySum => "_sum",
+            CounterKind::SummaryCount => "_count",
+            _ => "",
+        };
+        family.strip_suffix(suffix).unwrap_or(family)
+    }
+
+    /// The value as exposed: seconds for [`Unit::Nanoseconds`], else the number.
+    pub fn exposed(&self) -> f64 {
+        match self.unit {
+            Unit::None => self.value as f64,
+            Unit::Nanoseconds => self.value as f64 / 1e9,
+        }
     }
 }
 
@@ -210,6 +238,11 @@ impl CountersReader {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        check_summaries(&metas).map_err(|(index, reason)| MetricsError::BadRecord {
+            path: path_buf(),
+            index,
+            reason,
+        })?;
         let info = CountersInfo {
             pid: header.pid.get(),
             start_monotonic_ns: header.start_monotonic_ns.get(),
@@ -292,14 +325,77 @@ impl CountersReader {
         out
     }
 
-    /// Appends every series with its current value to `out`, in record order.
+    /// Appends every series with its current value to `out`, in record order. A summary's
+    /// quantiles, sum and count come from one publish (its window word is a sequence lock); a
+    /// summary whose publisher is mid-write for longer than a few tries is left out of this
+    /// snapshot rather than shown torn.
     pub fn snapshot_into(&self, out: &mut Vec<Sample>) {
-        out.extend(self.records.iter().enumerate().map(|(i, meta)| Sample {
+        let mut i = 0;
+        while let Some(meta) = self.records.get(i) {
+            match meta.kind {
+                CounterKind::SummaryWindow => {
+                    // `open` (or the registry) checked the block ends with its count.
+                    let end = self.records[i..]
+                        .iter()
+                        .position(|m| m.kind == CounterKind::SummaryCount)
+                        .map_or(self.records.len(), |n| i + n + 1);
+                    self.read_summary(i, end, out);
+                    i = end;
+                }
+                _ => {
+                    out.push(self.sample(i, self.map.load_relaxed(value_offset(i))));
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    fn sample(&self, index: usize, value: u64) -> Sample {
+        let meta = &self.records[index];
+        Sample {
             name: meta.series.clone(),
             kind: meta.kind,
             help: meta.help.clone(),
-            value: self.map.load_relaxed(value_offset(i)),
-        }));
+            value,
+            unit: meta.unit,
+        }
+    }
+
+    /// Appends the parts of the summary whose window word is record `window` (parts up to
+    /// `end`), all from one publish, or nothing.
+    fn read_summary(&self, window: usize, end: usize, out: &mut Vec<Sample>) {
+        const TRIES: usize = 64;
+        // The samples (names, help) are made first: between the two loads of the window word
+        // only the values are loaded, so a try is a few loads long, not a few allocations (a
+        // publisher in a tight loop made every allocating try collide).
+        let mark = out.len();
+        out.extend((window + 1..end).map(|i| self.sample(i, 0)));
+        for attempt in 0..TRIES {
+            let before = self.map.load_relaxed(value_offset(window));
+            // SYNC: pairs with the Release store of the even window word in `Summary::publish`
+            // (read by the Relaxed load above): the values below are that window's or later.
+            fence(Ordering::Acquire);
+            if before & 1 == 1 {
+                // Mid-write: a publish is a few stores, so spin a little; past that the
+                // publisher was descheduled mid-write, so give the cpu away.
+                if attempt < 8 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+            for (sample, i) in out[mark..].iter_mut().zip(window + 1..end) {
+                sample.value = self.map.load_relaxed(value_offset(i));
+            }
+            // SYNC: pairs with the Release fence after the odd window word in
+            // `Summary::publish`: a value of a later window read above shows in the load below.
+            fence(Ordering::Acquire);
+            if self.map.load_relaxed(value_offset(window)) == before {
+                return;
+            }
+        }
+        out.truncate(mark);
     }
 
     /// The current value of record `index`, or `None` past the last record (for monitors that
@@ -351,8 +447,10 @@ pub(super) struct RecordMeta {
     pub(super) series: String,
     /// Help text.
     pub(super) help: String,
-    /// Counter or gauge.
+    /// Counter, gauge or summary part.
     pub(super) kind: CounterKind,
+    /// The unit of the value.
+    pub(super) unit: Unit,
 }
 
 /// Copies record `index`'s metadata out of `map` and validates it.
@@ -363,7 +461,13 @@ fn read_record(map: &Mapping, index: u32) -> Result<RecordMeta, String> {
     map.read_bytes(start + VALUE_OFFSET + 8, &mut bytes[VALUE_OFFSET + 8..]);
     let record: CounterRecord = zerocopy::transmute!(bytes);
     let kind = CounterKind::from_byte(record.kind).ok_or_else(|| {
-        format!("kind byte is {}, expected 1 (counter) or 2 (gauge)", record.kind)
+        format!(
+            "kind byte is {}, expected 1 (counter), 2 (gauge) or 3..=6 (summary parts)",
+            record.kind
+        )
+    })?;
+    let unit = Unit::from_byte(record.unit).ok_or_else(|| {
+        format!("unit byte is {}, expected 0 (none) or 1 (nanoseconds)", record.unit)
     })?;
     let name_len = usize::from(record.name_len);
     if name_len == 0 {
@@ -384,5 +488,73 @@ fn read_record(map: &Mapping, index: u32) -> Result<RecordMeta, String> {
     if !is_valid_help(help) {
         return Err("help text contains a control character".into());
     }
-    Ok(RecordMeta { series: series.to_owned(), help: help.to_owned(), kind })
+    Ok(RecordMeta { series: series.to_owned(), help: help.to_owned(), kind, unit })
+}
+
+/// Checks that summary parts come in blocks as [`Registry::register_summary`](super::Registry)
+/// writes them: a window word, at least one quantile, the sum, the count, all of one family
+/// and label set. Returns the first bad record and why.
+fn check_summaries(metas: &[RecordMeta]) -> Result<(), (u32, String)> {
+    let mut i = 0;
+    while let Some(meta) = metas.get(i) {
+        let at = |i: usize| i as u32;
+        match meta.kind {
+            CounterKind::Counter | CounterKind::Gauge => i += 1,
+            CounterKind::SummaryWindow => {
+                let (family, labels) = split_series(&meta.series);
+                let mut j = i + 1;
+                while metas.get(j).is_some_and(|m| m.kind == CounterKind::SummaryQuantile) {
+                    let (f, l) = split_series(&metas[j].series);
+                    let label_ok =
+                        l.strip_prefix(labels.trim_end_matches('}')).is_some_and(|rest| {
+                            rest.starts_with(if labels.is_empty() {
+                                "{quantile="
+                            } else {
+                                ",quantile="
+                            })
+                        });
+                    if f != family || !label_ok {
+                        return Err((
+                            at(j),
+                            format!(
+                                "quantile {:?} is not of summary {:?}",
+                                metas[j].series, meta.series
+                            ),
+                        ));
+                    }
+                    j += 1;
+                }
+                if j == i + 1 {
+                    return Err((at(i), format!("summary {:?} has no quantiles", meta.series)));
+                }
+                for (offset, kind, suffix) in
+                    [(0, CounterKind::SummarySum, "_sum"), (1, CounterKind::SummaryCount, "_count")]
+                {
+                    let want = format!("{family}{suffix}{labels}");
+                    match metas.get(j + offset) {
+                        Some(m) if m.kind == kind && m.series == want => {}
+                        _ => {
+                            return Err((
+                                at(j + offset),
+                                format!("summary {:?} lacks {want:?} here", meta.series),
+                            ))
+                        }
+                    }
+                }
+                i = j + 2;
+            }
+            _ => {
+                return Err((
+                    at(i),
+                    format!("summary part {:?} outside a summary block", meta.series),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `family{labels}` as (`family`, `{labels}` or "").
+fn split_series(series: &str) -> (&str, &str) {
+    series.find('{').map_or((series, ""), |brace| series.split_at(brace))
 }

@@ -78,18 +78,21 @@ fn counters_written_by_a_lane_are_read_through_another_mapping() {
                 kind: CounterKind::Counter,
                 help: "Passes of the lane loop.".into(),
                 value: 10_005,
+                unit: Unit::None,
             },
             Sample {
                 name: r#"corelane_lane_queue_depth{lane="main"}"#.into(),
                 kind: CounterKind::Gauge,
                 help: "Items waiting.".into(),
                 value: 17,
+                unit: Unit::None,
             },
             Sample {
                 name: r#"corelane_odd_total{path="C:\\tmp \"x\"\nnext"}"#.into(),
                 kind: CounterKind::Counter,
                 help: String::new(),
                 value: 0,
+                unit: Unit::None,
             },
         ]
     );
@@ -200,7 +203,10 @@ fn reader_rejects_bad_magic_and_version() {
     let tmp = valid_file("version");
     patch(&tmp.0, 8, &1u32.to_le_bytes());
     let err = open_err(&tmp.0);
-    assert!(matches!(err, MetricsError::UnsupportedVersion { found: 1, expected: 2, .. }), "{err}");
+    assert!(
+        matches!(err, MetricsError::UnsupportedVersion { found: 1, expected: LAYOUT_VERSION, .. }),
+        "{err}"
+    );
 
     let tmp = valid_file("geometry");
     patch(&tmp.0, 20, &128u32.to_le_bytes());
@@ -306,12 +312,12 @@ fn serve_on_loopback(config: ServerConfig) -> MetricsServer {
 fn get_metrics_serves_the_exposition_format() {
     let file = served_file();
     let extra = |out: &mut Vec<Sample>| {
-        out.push(Sample {
-            name: series_name("corelane_build_info", &[("version", "0.1.0")]).unwrap(),
-            kind: CounterKind::Gauge,
-            help: "Build facts.".into(),
-            value: 1,
-        })
+        out.push(Sample::new(
+            series_name("corelane_build_info", &[("version", "0.1.0")]).unwrap(),
+            CounterKind::Gauge,
+            "Build facts.",
+            1,
+        ))
     };
     let sources: Vec<Box<dyn MetricsSource>> = vec![Box::new(file.reader()), Box::new(extra)];
     let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), sources).unwrap();
@@ -329,6 +335,7 @@ fn get_metrics_serves_the_exposition_format() {
          # HELP corelane_lane_queue_depth Items waiting.\n\
          # TYPE corelane_lane_queue_depth gauge\n\
          corelane_lane_queue_depth{lane=\"main\"} 3\n\
+         # HELP corelane_odd_total\n\
          # TYPE corelane_odd_total counter\n\
          corelane_odd_total{path=\"C:\\\\tmp \\\"x\\\"\\nnext\"} 0\n\
          # HELP corelane_build_info Build facts.\n\
@@ -575,4 +582,162 @@ fn plain_copies_never_overlap_a_word_stored_after_publication() {
     assert!(!overlaps_live_word(rec + 8, RECORD_BYTES - 8));
     assert!(overlaps_live_word(rec + 8, RECORD_BYTES));
     assert!(!overlaps_live_word(rec, 0));
+}
+
+/// Issue 11: all quantiles of one summary come from one window. A lane publishes windows in a
+/// tight loop, every latency of window `k` being `k` µs, so every quantile of window `k` is the
+/// same value; a reader (another thread, as `/metrics` is) must never see two windows mixed.
+#[test]
+fn the_quantiles_of_one_summary_come_from_one_window() {
+    let mut registry = Registry::new();
+    let ids = registry
+        .register_summary(
+            "corelane_test_latency_seconds",
+            &[("lane", "main")],
+            "Test latency.",
+            &QUANTILES,
+        )
+        .unwrap();
+    let file = registry.create_in_memory().unwrap();
+    let gauges = file.summary(ids);
+    let reader = file.reader();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    let lane = std::thread::spawn(move || {
+        let mut recorder = LatencyRecorder::new();
+        let mut k = 1u64;
+        while !flag.load(Ordering::Relaxed) {
+            recorder.record(1000 * (k % 999 + 1));
+            assert!(recorder.publish(&gauges));
+            k += 1;
+        }
+        k
+    });
+    // What the histogram answers for window `k`'s one latency (the top of its bucket).
+    let buckets = hdrhistogram::Histogram::<u64>::new_with_bounds(
+        LatencyRecorder::LOWEST_NS,
+        LatencyRecorder::HIGHEST_NS,
+        LatencyRecorder::SIGNIFICANT_FIGURES,
+    )
+    .unwrap();
+    let window_latency = |k: u64| buckets.highest_equivalent(1000 * (k % 999 + 1));
+    let started = Instant::now();
+    let (mut reads, mut left_out) = (0u64, 0u64);
+    let mut mixed = Vec::new();
+    while started.elapsed() < Duration::from_millis(300) && mixed.len() < 5 {
+        let snapshot = reader.snapshot();
+        let quantiles: Vec<u64> =
+            snapshot.iter().filter(|s| s.name.contains("quantile=")).map(|s| s.value).collect();
+        reads += 1;
+        // A publisher descheduled mid-write (2 cpus, a loaded host) has its summary left out
+        // of that snapshot: whole or absent, never torn.
+        if quantiles.is_empty() {
+            assert!(!snapshot.iter().any(|s| s.kind == CounterKind::SummaryCount));
+            left_out += 1;
+            continue;
+        }
+        assert_eq!(quantiles.len(), 4, "{quantiles:?}");
+        // The count says which window this is: its quantiles are that window's latency.
+        let count = snapshot.iter().find(|s| s.kind == CounterKind::SummaryCount).unwrap().value;
+        let want = if count == 0 { 0 } else { window_latency(count) };
+        if quantiles.iter().any(|&v| v != want) {
+            mixed.push((count, quantiles));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let windows = lane.join().unwrap();
+    assert!(
+        mixed.is_empty(),
+        "{} of {reads} reads mixed windows (of {windows}): {mixed:?}",
+        mixed.len()
+    );
+    assert!(left_out * 10 <= reads, "{left_out} of {reads} reads left the summary out");
+}
+
+/// Issue 11: the registry holds every family to the exposition's rules, so the file can never
+/// hold two kinds, help texts or units under one name, a counter without `_total`, or a time
+/// in anything but seconds.
+#[test]
+fn the_registry_enforces_one_kind_help_and_unit_per_name() {
+    let bad = |result: Result<CounterId, MetricsError>, want: &str| {
+        let err = result.expect_err(want);
+        assert!(matches!(err, MetricsError::BadFamily { .. }), "{err}");
+        assert!(err.to_string().contains(want), "{err} lacks {want:?}");
+    };
+    let mut r = Registry::new();
+    r.register(CounterSpec::counter("a_total", &[("k", "1")], "A.")).unwrap();
+    bad(r.register(CounterSpec::gauge("a_total", &[("k", "2")], "A.")), "one kind");
+    bad(r.register(CounterSpec::counter("a_total", &[("k", "2")], "Other.")), "help text");
+    bad(r.register(CounterSpec::counter("b", &[], "B.")), "_total");
+    bad(r.register(CounterSpec::gauge("idle_ns", &[], "")), "not ns");
+    bad(r.register(CounterSpec::gauge("rtt_us", &[], "")), "not us");
+    bad(r.register(CounterSpec::gauge("wait", &[], "").in_nanoseconds()), "says seconds");
+    r.register(CounterSpec::counter("idle_seconds_total", &[], "I.").in_nanoseconds()).unwrap();
+    bad(r.register(CounterSpec::counter("idle_seconds_total", &[("k", "v")], "I.")), "unit");
+    let part = CounterSpec { kind: CounterKind::SummarySum, ..CounterSpec::gauge("s", &[], "") };
+    bad(r.register(part), "register_summary");
+
+    // A summary's names are its own: no other family may take `_sum` or `_count`, nor may a
+    // summary take a gauge's name.
+    r.register_summary("lat_seconds", &[("k", "1")], "L.", &QUANTILES).unwrap();
+    r.register_summary("lat_seconds", &[("k", "2")], "L.", &QUANTILES).unwrap();
+    bad(r.register(CounterSpec::gauge("lat_seconds_sum", &[], "L.")), "one kind");
+    bad(r.register(CounterSpec::gauge("lat_seconds", &[], "L.")), "one kind");
+    r.register(CounterSpec::gauge("g_seconds", &[], "G.")).unwrap();
+    let err = r.register_summary("g_seconds", &[], "G.", &QUANTILES).unwrap_err();
+    assert!(err.to_string().contains("one kind"), "{err}");
+    let err = r.register_summary("lat_seconds", &[("k", "1")], "L.", &QUANTILES).unwrap_err();
+    assert!(matches!(err, MetricsError::DuplicateSeries { .. }), "{err}");
+    let err = r.register_summary("n_seconds", &[], "", &[]).unwrap_err();
+    assert!(err.to_string().contains("quantiles"), "{err}");
+}
+
+/// A counters file whose summary blocks are broken is refused by another process's reader.
+#[test]
+fn reader_rejects_broken_summary_blocks() {
+    let tmp = TempPath::new("summary");
+    let mut registry = Registry::new();
+    registry.register(CounterSpec::gauge("g", &[], "")).unwrap();
+    registry.register_summary("s_seconds", &[("k", "v")], "S.", &QUANTILES).unwrap();
+    drop(registry.create(&tmp.0).unwrap());
+    let reader = CountersReader::open(&tmp.0).unwrap();
+    assert_eq!(reader.snapshot().len(), 1 + 4 + 2, "the window word is not a sample");
+    // Record 1 is the window word, 2..=5 the quantiles, 6 the sum, 7 the count.
+    let kind = |record: u64| RECORD0 + record * RECORD_BYTES as u64 + 8;
+    for (record, byte, want) in [
+        (1, 2, "summary part"), // the window made a gauge: its quantiles stand alone
+        (3, 5, "lacks"),        // a sum among the quantiles
+        (7, 2, "lacks"),        // no count
+        (0, 4, "outside a summary"), // a quantile without a window
+    ] {
+        patch(&tmp.0, kind(record), &[byte]);
+        let err = open_err(&tmp.0);
+        assert!(matches!(err, MetricsError::BadRecord { .. }), "{record}: {err}");
+        assert!(err.to_string().contains(want), "{record}: {err}");
+        let restore = match record {
+            1 => 3,
+            3 => 4,
+            7 => 6,
+            _ => 2,
+        };
+        patch(&tmp.0, kind(record), &[restore]);
+        CountersReader::open(&tmp.0).unwrap();
+    }
+    patch(&tmp.0, RECORD0 + 11, &[9]);
+    assert!(open_err(&tmp.0).to_string().contains("unit byte is 9"));
+}
+
+/// A summary whose publisher stopped mid-write (window word odd) is left out of a snapshot
+/// instead of being shown torn.
+#[test]
+fn a_summary_stuck_mid_write_is_left_out() {
+    let mut registry = Registry::new();
+    let ids = registry.register_summary("s_seconds", &[], "S.", &QUANTILES).unwrap();
+    registry.register(CounterSpec::gauge("after", &[], "")).unwrap();
+    let file = registry.create_in_memory().unwrap();
+    file.summary(ids).publish(&[1, 2, 3, 4], 10, 4);
+    assert_eq!(file.reader().snapshot().len(), 7);
+    file.counter(CounterId::from_index(0)).set(7); // odd: a publish in progress, forever
+    let names: Vec<String> = file.reader().snapshot().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["after"]);
 }

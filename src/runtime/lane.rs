@@ -1,7 +1,7 @@
 //! Lanes: pinned threads that loop over their agents.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -116,10 +116,14 @@ pub enum RuntimeError {
     },
 }
 
-/// A lane's counters, written by the lane (single writer, Relaxed) and read by anyone.
+/// A lane's counters, written by the lane (single writer) and read by anyone. Every publish is
+/// one window under the sequence lock `seq` (odd while the lane writes), so a reader sees the
+/// pass quantiles, sum and count of one publish.
 #[derive(Debug, Default)]
 pub struct LaneStats {
+    seq: AtomicU64,
     passes: AtomicU64,
+    pass_sum_ns: AtomicU64,
     work: AtomicU64,
     idle_ns: AtomicU64,
     max_pass_ns: AtomicU64,
@@ -139,8 +143,10 @@ pub struct LaneStatsSnapshot {
     pub idle: &'static str,
     /// Agent names.
     pub agents: Vec<String>,
-    /// Loop passes.
+    /// Loop passes (also the number of pass durations in the quantiles).
     pub passes: u64,
+    /// Sum of the pass durations, ns (the time the lane spent in passes, not idling).
+    pub pass_sum_ns: u64,
     /// Work items reported by agents plus completions handled.
     pub work: u64,
     /// Time spent idling, ns.
@@ -436,19 +442,39 @@ impl Runtime {
 impl LaneView {
     fn snapshot(&self) -> LaneStatsSnapshot {
         let s = &self.stats;
-        LaneStatsSnapshot {
+        let mut snapshot = LaneStatsSnapshot {
             name: self.name.clone(),
             core: self.core,
             idle: NAMES[self.idle_now.load(Ordering::Relaxed) as usize],
             agents: self.agents.clone(),
-            passes: s.passes.load(Ordering::Relaxed),
-            work: s.work.load(Ordering::Relaxed),
-            idle_ns: s.idle_ns.load(Ordering::Relaxed),
-            max_pass_ns: s.max_pass_ns.load(Ordering::Relaxed),
-            p50_pass_ns: s.p50_pass_ns.load(Ordering::Relaxed),
-            p99_pass_ns: s.p99_pass_ns.load(Ordering::Relaxed),
-            p999_pass_ns: s.p999_pass_ns.load(Ordering::Relaxed),
+            ..LaneStatsSnapshot::default()
+        };
+        // A publish is a few stores: a reader meets a half-written one rarely and briefly. The
+        // bound only guards against a lane that died mid-publish (then the values are its last).
+        for _ in 0..1024 {
+            // SYNC: pairs with the Release store of the even `seq` in `Lane::publish`: the
+            // values read below are of that publish or a later one.
+            let before = s.seq.load(Ordering::Acquire);
+            if before & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            snapshot.passes = s.passes.load(Ordering::Relaxed);
+            snapshot.pass_sum_ns = s.pass_sum_ns.load(Ordering::Relaxed);
+            snapshot.work = s.work.load(Ordering::Relaxed);
+            snapshot.idle_ns = s.idle_ns.load(Ordering::Relaxed);
+            snapshot.max_pass_ns = s.max_pass_ns.load(Ordering::Relaxed);
+            snapshot.p50_pass_ns = s.p50_pass_ns.load(Ordering::Relaxed);
+            snapshot.p99_pass_ns = s.p99_pass_ns.load(Ordering::Relaxed);
+            snapshot.p999_pass_ns = s.p999_pass_ns.load(Ordering::Relaxed);
+            // SYNC: pairs with the Release fence after the odd `seq` in `Lane::publish`:
+            // a value of a later publish read above shows as a changed `seq` below.
+            fence(Ordering::Acquire);
+            if s.seq.load(Ordering::Relaxed) == before {
+                break;
+            }
         }
+        snapshot
     }
 }
 
@@ -604,7 +630,7 @@ impl Lane {
         let mut passes = pass_histogram();
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
         let mut max_pass = 0u64;
-        let (mut pass_count, mut work_total, mut idle_total) = (0u64, 0u64, 0u64);
+        let mut totals = Totals::default();
         let mut now = Instant::now();
         while !self.shutdown.is_requested() {
             let start = now;
@@ -630,28 +656,29 @@ impl Lane {
             let pass_ns = (now - start).as_nanos() as u64;
             passes.saturating_record(pass_ns.max(1));
             max_pass = max_pass.max(pass_ns);
-            pass_count += 1;
-            work_total += work as u64;
+            totals.passes += 1;
+            totals.pass_ns = totals.pass_ns.wrapping_add(pass_ns);
+            totals.work += work as u64;
             if work == 0 {
                 let found = self.idle(&mut idler, reactor, timers, now)?;
                 let after = Instant::now();
-                idle_total += (after - now).as_nanos() as u64;
+                totals.idle_ns += (after - now).as_nanos() as u64;
                 now = after;
                 if found > 0 {
                     // The last look before a park found work: that was a pass with work.
-                    work_total += found as u64;
+                    totals.work += found as u64;
                     idler.reset();
                 }
             } else {
                 idler.reset();
             }
             if now >= next_publish {
-                self.publish(&passes, pass_count, work_total, idle_total, max_pass);
+                self.publish(&passes, totals, max_pass);
                 next_publish = now + PUBLISH_EVERY;
             }
         }
         self.drain(reactor, timers)?;
-        self.publish(&passes, pass_count, work_total, idle_total, max_pass);
+        self.publish(&passes, totals, max_pass);
         Ok(())
     }
 
@@ -814,15 +841,28 @@ impl Lane {
         }
     }
 
-    fn publish(&self, h: &Histogram<u64>, passes: u64, work: u64, idle_ns: u64, max_pass: u64) {
+    fn publish(&self, h: &Histogram<u64>, totals: Totals, max_pass: u64) {
         let s = &self.stats;
+        let Totals { passes, pass_ns: pass_sum, work, idle_ns } = totals;
+        // One writer (this lane): odd while writing, the next even value after.
+        let odd = s.seq.load(Ordering::Relaxed) | 1;
+        s.seq.store(odd, Ordering::Relaxed);
+        // SYNC: orders the odd `seq` above before the values below -> the Acquire fence before
+        // the reader's second `seq` load in `LaneView::snapshot`.
+        fence(Ordering::Release);
         s.passes.store(passes, Ordering::Relaxed);
+        s.pass_sum_ns.store(pass_sum, Ordering::Relaxed);
         s.work.store(work, Ordering::Relaxed);
         s.idle_ns.store(idle_ns, Ordering::Relaxed);
         s.max_pass_ns.store(max_pass, Ordering::Relaxed);
-        s.p50_pass_ns.store(h.value_at_quantile(0.5), Ordering::Relaxed);
-        s.p99_pass_ns.store(h.value_at_quantile(0.99), Ordering::Relaxed);
-        s.p999_pass_ns.store(h.value_at_quantile(0.999), Ordering::Relaxed);
+        // The histogram answers the top of a bucket, which can pass the exact maximum: capped,
+        // the quantiles never decrease towards the max.
+        let quantile = |q| h.value_at_quantile(q).min(max_pass);
+        s.p50_pass_ns.store(quantile(0.5), Ordering::Relaxed);
+        s.p99_pass_ns.store(quantile(0.99), Ordering::Relaxed);
+        s.p999_pass_ns.store(quantile(0.999), Ordering::Relaxed);
+        // SYNC: publishes the values above -> the Acquire load of `seq` in `LaneView::snapshot`.
+        s.seq.store(odd.wrapping_add(1), Ordering::Release);
     }
 }
 
@@ -833,6 +873,19 @@ impl Lane {
 fn pass_histogram() -> Histogram<u64> {
     // The bounds are constants that satisfy 1 <= low, 2 * low <= high, sigfig <= 5.
     Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("constant histogram bounds are valid")
+}
+
+/// A lane's running totals since it started.
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    /// Loop passes.
+    passes: u64,
+    /// Time in passes, ns.
+    pass_ns: u64,
+    /// Work items.
+    work: u64,
+    /// Time idling, ns.
+    idle_ns: u64,
 }
 
 /// The text of a panic payload (`panic!` with a literal or a formatted message).

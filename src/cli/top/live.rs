@@ -173,8 +173,9 @@ impl DaemonSource {
                     true => (
                         series("corelane_lane_passes_total", None).unwrap_or(l.passes),
                         series("corelane_lane_work_total", None).unwrap_or(l.work),
-                        series("corelane_lane_idle_ns", None).unwrap_or(l.idle_ns),
-                        series("corelane_lane_pass_ns", Some(("quantile", "0.99")))
+                        // Exposed in seconds, kept in ns in the counters file.
+                        series("corelane_lane_idle_seconds_total", None).unwrap_or(l.idle_ns),
+                        series("corelane_lane_pass_seconds", Some(("quantile", "0.99")))
                             .unwrap_or(l.p99_pass_ns),
                     ),
                     false => (l.passes, l.work, l.idle_ns, l.p99_pass_ns),
@@ -230,9 +231,9 @@ impl DaemonSource {
             in_flight: get("queue_depth"),
             frames_per_s: self.rates.rate("frames/accepted", get("corelane_frames_accepted_total")),
             results_per_s: self.rates.rate("frames/results", get("corelane_frames_results_total")),
-            // The daemon names these `_us`, but `LatencyRecorder` records (and publishes) ns.
-            decode_p99_ns: q99("decode_us"),
-            infer_p99_ns: q99("infer_us"),
+            // Summaries exposed in seconds; the counters file keeps their values in ns.
+            decode_p99_ns: q99("decode_seconds"),
+            infer_p99_ns: q99("infer_seconds"),
             session_list,
             errors: by("corelane_frames_errors_total", "code"),
             closes: by("corelane_frames_closes_total", "cause"),
@@ -349,7 +350,7 @@ mod tests {
 
     #[test]
     fn label_values_are_found_and_unescaped() {
-        let s = r#"corelane_lane_pass_ns{lane="a\"b\\c",quantile="0.99"}"#;
+        let s = r#"corelane_lane_pass_seconds{lane="a\"b\\c",quantile="0.99"}"#;
         assert_eq!(label_value(s, "lane").as_deref(), Some("a\"b\\c"));
         assert_eq!(label_value(s, "quantile").as_deref(), Some("0.99"));
         assert_eq!(label_value(s, "kind"), None);

@@ -199,6 +199,9 @@ pub struct Percentiles {
     pub p99: f64,
     /// Largest sample.
     pub max: f64,
+    /// Sum of the samples (the histogram's mean times its count: within its 3 significant
+    /// figures).
+    pub sum: f64,
 }
 
 /// Errors received, by code (the wire names), for the summary.
@@ -775,6 +778,7 @@ impl AgentCore {
             p50: h.value_at_quantile(0.5) as f64 / 1e3,
             p99: h.value_at_quantile(0.99) as f64 / 1e3,
             max: h.max() as f64 / 1e3,
+            sum: h.mean() * h.len() as f64 / 1e3,
         };
         let errors_by_code = c
             .errors_by_code

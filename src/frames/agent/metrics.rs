@@ -2,16 +2,21 @@
 //! a Prometheus endpoint (`--metrics-listen`), refreshed from the core's summary at most
 //! every [`REFRESH`].
 //!
-//! Times are integers in the counters file: `ai_rtt_ms` and `ai_encode_ms` of the seed are
-//! published as `ai_rtt_us{quantile}` and `ai_encode_us{quantile}` (microseconds; quantile
-//! `0.5`, `0.99` and `1` for the maximum).
+//! Times are in seconds, as Prometheus wants: `ai_rtt_ms` and `ai_encode_ms` of the seed are
+//! the summaries `ai_rtt_seconds` and `ai_encode_seconds` (quantiles `0.5`, `0.99` and `1` for
+//! the maximum, over the whole run, with `_sum` and `_count`; kept in ns in the counters file).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::core::{AgentCore, Percentiles};
-use crate::metrics::{Counter, CounterSpec, CountersFile, MetricsError, MetricsServer, Registry};
+use super::core::AgentCore;
+use crate::metrics::{
+    Counter, CounterSpec, CountersFile, MetricsError, MetricsServer, Registry, Summary,
+};
+
+/// The quantiles of the agent's summaries (the core keeps p50, p99 and the maximum).
+const QUANTILES: [(f64, &str); 3] = [(0.5, "0.5"), (0.99, "0.99"), (1.0, "1")];
 
 /// How often the counters are refreshed.
 pub const REFRESH: Duration = Duration::from_millis(100);
@@ -41,42 +46,6 @@ const DEFS: &[Def] = &[
     ("ai_errors_total", &[], "Agent: Error messages received.", false),
     ("ai_reconnects_total", &[], "Agent: reconnections to the worker.", false),
     ("ai_detections_total", &[], "Agent: detections in the results.", false),
-    (
-        "ai_rtt_us",
-        &[("quantile", "0.5")],
-        "Agent: round trip per frame (seed 004's ai_rtt_ms), microseconds.",
-        true,
-    ),
-    (
-        "ai_rtt_us",
-        &[("quantile", "0.99")],
-        "Agent: round trip per frame (seed 004's ai_rtt_ms), microseconds.",
-        true,
-    ),
-    (
-        "ai_rtt_us",
-        &[("quantile", "1")],
-        "Agent: round trip per frame (seed 004's ai_rtt_ms), microseconds.",
-        true,
-    ),
-    (
-        "ai_encode_us",
-        &[("quantile", "0.5")],
-        "Agent: encode time per frame, protobuf and JPEG (seed 004's ai_encode_ms), microseconds.",
-        true,
-    ),
-    (
-        "ai_encode_us",
-        &[("quantile", "0.99")],
-        "Agent: encode time per frame, protobuf and JPEG (seed 004's ai_encode_ms), microseconds.",
-        true,
-    ),
-    (
-        "ai_encode_us",
-        &[("quantile", "1")],
-        "Agent: encode time per frame, protobuf and JPEG (seed 004's ai_encode_ms), microseconds.",
-        true,
-    ),
 ];
 
 /// The agent's counters and their endpoint.
@@ -84,6 +53,8 @@ const DEFS: &[Def] = &[
 pub struct AgentMetrics {
     file: CountersFile,
     counters: Vec<Counter>,
+    /// `ai_rtt_seconds`, `ai_encode_seconds`.
+    summaries: [Summary; 2],
     server: Option<MetricsServer>,
     refreshed: Option<Instant>,
 }
@@ -100,16 +71,29 @@ impl AgentMetrics {
             };
             ids.push(registry.register(spec)?);
         }
+        let rtt = registry.register_summary(
+            "ai_rtt_seconds",
+            &[],
+            "Agent: round trip per frame (seed 004's ai_rtt_ms), seconds.",
+            &QUANTILES,
+        )?;
+        let encode = registry.register_summary(
+            "ai_encode_seconds",
+            &[],
+            "Agent: encode time per frame, protobuf and JPEG (seed 004's ai_encode_ms), seconds.",
+            &QUANTILES,
+        )?;
         let file = match path {
             Some(path) => registry.create(path)?,
             None => registry.create_in_memory()?,
         };
         let counters = ids.into_iter().map(|id| file.counter(id)).collect();
+        let summaries = [file.summary(rtt), file.summary(encode)];
         let server = match listen {
             Some(addr) => Some(MetricsServer::start(addr, file.reader())?),
             None => None,
         };
-        Ok(Self { file, counters, server, refreshed: None })
+        Ok(Self { file, counters, summaries, server, refreshed: None })
     }
 
     /// Where the endpoint listens.
@@ -124,10 +108,6 @@ impl AgentMetrics {
         }
         self.refreshed = Some(now);
         let s = core.summary();
-        let us = |ms: f64| (ms * 1000.0).max(0.0) as u64;
-        let quantiles = |p: &Percentiles| [us(p.p50), us(p.p99), us(p.max)];
-        let [r50, r99, rmax] = quantiles(&s.ai_rtt_ms);
-        let [e50, e99, emax] = quantiles(&s.ai_encode_ms);
         let values = [
             u64::from(s.ai_window_size),
             u64::from(s.ai_inflight),
@@ -140,15 +120,13 @@ impl AgentMetrics {
             s.errors_total,
             s.reconnects_total,
             s.detections_total,
-            r50,
-            r99,
-            rmax,
-            e50,
-            e99,
-            emax,
         ];
         for (counter, value) in self.counters.iter().zip(values) {
             counter.set(value);
+        }
+        let ns = |ms: f64| (ms * 1e6).max(0.0) as u64;
+        for (summary, p) in self.summaries.iter().zip([&s.ai_rtt_ms, &s.ai_encode_ms]) {
+            summary.publish(&[ns(p.p50), ns(p.p99), ns(p.max)], ns(p.sum), p.count);
         }
     }
 
