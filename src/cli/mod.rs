@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod alloc;
+pub mod bench;
 pub mod pool;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +68,15 @@ enum Command {
     /// reconnects, JPEG switches and ratio.
     #[command(after_long_help = agent::EXAMPLES)]
     Agent(agent::AgentArgs),
+    /// Benchmark corelane on this machine: one suite of the perf/ harness, corelane's rows only.
+    ///
+    /// Runs corelane-perf (beside this binary, else on PATH) with the suite and the flags
+    /// given, plus --no-peers: pinned to two cpus, after an idle check, in interleaved rounds
+    /// that each re-measure the cross-core floor; HDR percentiles with the machine facts,
+    /// optionally as JSON (--json) and as a percentile plot (--plot). The side-by-side runs
+    /// against peer crates are `cargo run --release -p corelane-perf -- SUITE`.
+    #[command(after_long_help = bench::after_help())]
+    Bench(bench::BenchArgs),
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -118,6 +128,7 @@ pub fn main() -> ExitCode {
         }
         Command::Config { action: ConfigAction::Show { config } } => config_show(config.as_deref()),
         Command::Agent(args) => agent::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }
 
