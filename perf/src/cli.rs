@@ -229,14 +229,18 @@ JSON (--json FILE)
      "floor_rtt_ns": {"p50": 0, "p99": 0, ...},
      "results": [
        {"impl": "corelane", "case": "rtt-8B", "unit": "ns", "p50": 0, "p90": 0, "p99": 0,
-        "p999": 0, "max": 0, "samples": 0, "ratio_to_floor_p50": 0.0,
+        "p999": 0, "max": 0, "samples": 0,
+        "rounds": [{"p50": 0, "p90": 0, "p99": 0, "p999": 0, "max": 0, "samples": 0}, ...],
+        "spread": {"p50": 0.0, "p99": 0.0}, "ratio_to_floor_p50": 0.0,
         "ratio_to_floor_p99": 0.0, ...},
        {"impl": "eventfd", "case": "wake-parked", "unit": "ns", "p50": 0, ...,
         "ratio_to_futex_p50": 0.0, "ratio_to_futex_p99": 0.0, ...},
        {"impl": "rtrb", "case": "throughput-8B-batch", "unit": "items/s", "value": 0, ...},
        {"impl": "futex", "case": "wake-parked-skipped", "unit": "wakes", "value": 0, ...}],
      "settings": {...}}
-    Latencies are in ns. "value" is the median over rounds (items/s); "min"/"max" are the
+    Latencies are in ns. "rounds" holds each round's percentiles, "spread" (max - min) /
+    median of the per-round p50s and p99s (null for a single round; shown as ±% in the
+    table). "value" is the median over rounds (items/s); "min"/"max" are the
     slowest and fastest round; or a count or size in "unit". "api" names the calls each row
     measured (for a value row: what it counts).
 
