@@ -316,8 +316,17 @@ mod tests {
     #[test]
     fn help_names_every_flag_and_suite() {
         let text = help();
-        for word in ["--quick", "--json", "--rounds", "--allow-busy", "--cores", "--no-peers", "--plot",
-            "--quiet", "--help"] {
+        for word in [
+            "--quick",
+            "--json",
+            "--rounds",
+            "--allow-busy",
+            "--cores",
+            "--no-peers",
+            "--plot",
+            "--quiet",
+            "--help",
+        ] {
             assert!(text.contains(word), "help misses {word}");
         }
         for suite in suites::ALL {

@@ -163,8 +163,7 @@ fn draw<DB: DrawingBackend>(
         let top = points().map(|p| p.0).fold(10.0, f64::max);
         let lo = points().map(|p| p.1).fold(f64::INFINITY, f64::min).max(1.0);
         let hi = points().map(|p| p.1).fold(lo * 2.0, f64::max);
-        let decades: Vec<f64> =
-            (0..=top.log10().round() as i32).map(|d| 10f64.powi(d)).collect();
+        let decades: Vec<f64> = (0..=top.log10().round() as i32).map(|d| 10f64.powi(d)).collect();
         let mut chart = ChartBuilder::on(panel)
             .caption(case, (FONT, 16))
             .margin(12)
@@ -193,7 +192,9 @@ fn draw<DB: DrawingBackend>(
                 .map_err(e)?
                 .label(s.imp)
                 // A filled box in the legend, not a line: the lines of the plot are its series.
-                .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 16, y + 4)], colour.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 4), (x + 16, y + 4)], colour.filled())
+                });
         }
         chart
             .configure_series_labels()

@@ -56,10 +56,8 @@ pub fn line(suite: &str, finished: usize, rounds: usize, elapsed: Duration) -> S
         let per_round = secs / finished as f64;
         format!(", about {:.0} s left", per_round * (rounds - finished) as f64)
     };
-    let text = format!(
-        "{suite} [{bar}] round {}/{rounds}, {secs:.0} s{left}",
-        (finished + 1).min(rounds)
-    );
+    let text =
+        format!("{suite} [{bar}] round {}/{rounds}, {secs:.0} s{left}", (finished + 1).min(rounds));
     format!("{text:<WIDTH$}")
 }
 
@@ -72,7 +70,10 @@ mod tests {
         let l = line("spsc", 0, 4, Duration::ZERO);
         assert_eq!(l.trim_end(), "spsc [------------------------] round 1/4, 0 s");
         let l = line("spsc", 1, 4, Duration::from_secs(12));
-        assert_eq!(l.trim_end(), "spsc [######------------------] round 2/4, 12 s, about 36 s left");
+        assert_eq!(
+            l.trim_end(),
+            "spsc [######------------------] round 2/4, 12 s, about 36 s left"
+        );
         let l = line("handoff", 3, 3, Duration::from_secs(30));
         assert!(l.starts_with("handoff [########################] round 3/3, 30 s, about 0 s left"));
     }

@@ -54,7 +54,8 @@ fn a_quick_spsc_run_writes_the_agreed_json_and_plot() {
     }
     for r in &latencies {
         let what = format!("{} {}", r["impl"], r["case"]);
-        for key in ["case", "impl", "p50", "p90", "p99", "p999", "max", "samples", "rounds", "spread"]
+        for key in
+            ["case", "impl", "p50", "p90", "p99", "p999", "max", "samples", "rounds", "spread"]
         {
             assert!(r.get(key).is_some(), "{what}: no {key}");
         }
@@ -84,7 +85,8 @@ fn a_quick_spsc_run_writes_the_agreed_json_and_plot() {
     let plot = std::fs::read_to_string(&svg).unwrap();
     std::fs::remove_file(&svg).unwrap();
     // The series are 2 px polylines; the axes and ticks are 1 px ones.
-    let lines = plot.matches("<polyline").count() - plot.matches("stroke-width=\"1\" points=").count();
+    let lines =
+        plot.matches("<polyline").count() - plot.matches("stroke-width=\"1\" points=").count();
     assert_eq!(lines, latencies.len(), "one line per latency row");
     assert!(plot.contains("rtt-8B") && plot.contains("99.9%"));
 }

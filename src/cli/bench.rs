@@ -72,11 +72,7 @@ Examples:
 pub fn run(args: &BenchArgs) -> ExitCode {
     if !SUITES.iter().any(|(name, _)| *name == args.suite) {
         let names: Vec<&str> = SUITES.iter().map(|(n, _)| *n).collect();
-        eprintln!(
-            "error: unknown suite {:?}; expected one of {}",
-            args.suite,
-            names.join(", ")
-        );
+        eprintln!("error: unknown suite {:?}; expected one of {}", args.suite, names.join(", "));
         return ExitCode::from(2);
     }
     let here = std::env::current_exe().ok();

@@ -124,7 +124,8 @@ fn run(plan: &Plan) -> Report {
     let mut rows = Vec::new();
     let mut floor_all = histogram();
     if plan.wants("rtt-ping") {
-        let mut all: Vec<_> = IMPLS.iter().map(|_| (Rounds::default(), Ratios::default())).collect();
+        let mut all: Vec<_> =
+            IMPLS.iter().map(|_| (Rounds::default(), Ratios::default())).collect();
         for round in 0..plan.rounds as usize {
             crate::progress::round(SUITE.name, round, plan.rounds);
             let floor_round = histogram_of(&floor::measure(&plan.pair, warmup, samples));
