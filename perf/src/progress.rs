@@ -2,7 +2,7 @@
 //!
 //! Drawn only when stderr is a terminal and `--quiet` was not given, so logs and pipes get no
 //! carriage returns. The suites call [`round`] as each round starts and [`done`] after the
-//! last; [`line`] is the text, kept apart so it can be tested.
+//! last; [`line()`] is the text, kept apart so it can be tested.
 
 use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;

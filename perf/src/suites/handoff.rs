@@ -1399,7 +1399,7 @@ mod tests {
     #[test]
     fn goals_read_the_rows() {
         let s = Summary { p50: 300, p90: 400, p99: 1500, p999: 2000, max: 9000, samples: 10 };
-        let row = Row {
+        let row = |peers: Vec<Peer>| Row {
             imp: "corelane",
             case: "rtt-64B",
             api: "",
@@ -1409,11 +1409,15 @@ mod tests {
                 ratio_p50: Some(1.4),
                 ratio_p99: Some(3.0),
                 baseline: Baseline::Floor,
-                peers: vec![Peer { imp: "iceoryx2", p50: Some(0.4), p99: Some(0.6) }],
+                peers,
             },
         };
-        let goals = goals(&[row]);
-        let met: Vec<bool> = goals.iter().map(|g| g.met).collect();
+        let iceoryx2 = Peer { imp: "iceoryx2", p50: Some(0.4), p99: Some(0.6) };
+        let met: Vec<bool> = goals(&[row(vec![iceoryx2])]).iter().map(|g| g.met).collect();
         assert_eq!(met, [true, true, true, false]);
+        // Without iceoryx2's row (`--no-peers`) its goals are left out, not missed.
+        let alone = goals(&[row(Vec::new())]);
+        assert_eq!(alone.len(), 2, "{alone:?}");
+        assert!(alone.iter().all(|g| g.met && !g.what.contains("iceoryx2")), "{alone:?}");
     }
 }
