@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::suites;
 
 pub const USAGE: &str = "usage: cargo run --release -p corelane-perf -- <SUITE> [--quick] \
-[--json FILE] [--rounds N] [--allow-busy] [--cores A,B]\n       (--help for what each flag \
+[--json FILE] [--plot FILE.svg|.png]\n       [--rounds N] [--allow-busy] [--cores A,B] [--no-peers] [--quiet]\n       (--help for what each flag \
 and case means)";
 
 /// What the command line asks for.
@@ -27,6 +27,12 @@ pub struct Args {
     pub cores: Option<(usize, usize)>,
     /// Only the cases whose name contains this.
     pub only: Option<String>,
+    /// `--no-peers`: corelane's own rows only (what `corelane bench` runs).
+    pub no_peers: bool,
+    /// `--plot FILE.svg|FILE.png`: the percentile plot's file.
+    pub plot: Option<PathBuf>,
+    /// `--quiet`: no progress bar.
+    pub quiet: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -67,6 +73,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
             "-h" | "--help" => return Ok(Command::Help),
             "--quick" => out.quick = true,
             "--allow-busy" => out.allow_busy = true,
+            "--no-peers" => out.no_peers = true,
+            "--quiet" => out.quiet = true,
+            "--plot" => {
+                out.plot = Some(PathBuf::from(args.next().ok_or(CliError::MissingValue("--plot"))?))
+            }
             "--json" => {
                 out.json = Some(PathBuf::from(args.next().ok_or(CliError::MissingValue("--json"))?))
             }
@@ -128,12 +139,21 @@ corelane-perf: corelane against peer crates, side by side, in one run on one mac
 USAGE
     cargo run --release -p corelane-perf -- <SUITE> [--quick] [--json FILE] [--rounds N]
                                                     [--allow-busy] [--cores A,B] [--only TEXT]
+                                                    [--no-peers] [--plot FILE.svg|FILE.png]
+                                                    [--quiet]
 
 FLAGS
     --quick        Smoke-test sizes: 2 rounds, a few thousand latency samples and 100k streamed
                    items per measurement; finishes in a few seconds. For CI (\"does it run, are
                    the items in order\"), not for comparing numbers.
     --json FILE    Also write the results to FILE as JSON (shape at the end of this text).
+    --plot FILE    Also draw the latency rows as an HDR percentile plot into FILE, an SVG or
+                   a PNG by its extension (anything else is refused before the run): one
+                   panel per case, one line per implementation, latency (log axis) against
+                   percentile on the HDR axis 1/(1-q) (0%, 90%, 99%, 99.9%, 99.99%, ...),
+                   from all rounds' samples; each line ends at the max.
+    --quiet        No progress bar. The bar (one line on stderr, redrawn in place) is drawn
+                   only when stderr is a terminal, so logs and pipes never get it.
     --rounds N     How many interleaved rounds (default 10; 2 with --quick). Cross-core cost
                    drifts by 2-3x between runs and over minutes, so each round measures the floor
                    and then every implementation in turn, and results accumulate over rounds.
@@ -145,6 +165,11 @@ FLAGS
                    saying what was busy.
     --cores A,B    Pin the two benchmark threads to cpus A and B. Default: two cpus that are not
                    SMT siblings of each other, avoiding cpu 0 when there are more than two.
+    --no-peers     corelane's own rows only: skip the peer crates and hand-written
+                   alternatives each suite compares against (rtrb, crossbeam, eventfd,
+                   iceoryx2, unix sockets, raw TCP). Rows that corelane's ratios or goals
+                   divide by still run (spsc's futex, ingest's baseline server), as does the
+                   floor. `corelane bench SUITE` passes it.
     -h, --help     This text.
 ";
 
@@ -204,19 +229,25 @@ JSON (--json FILE)
      "floor_rtt_ns": {"p50": 0, "p99": 0, ...},
      "results": [
        {"impl": "corelane", "case": "rtt-8B", "unit": "ns", "p50": 0, "p90": 0, "p99": 0,
-        "p999": 0, "max": 0, "samples": 0, "ratio_to_floor_p50": 0.0,
+        "p999": 0, "max": 0, "samples": 0,
+        "rounds": [{"p50": 0, "p90": 0, "p99": 0, "p999": 0, "max": 0, "samples": 0}, ...],
+        "spread": {"p50": 0.0, "p99": 0.0}, "ratio_to_floor_p50": 0.0,
         "ratio_to_floor_p99": 0.0, ...},
        {"impl": "eventfd", "case": "wake-parked", "unit": "ns", "p50": 0, ...,
         "ratio_to_futex_p50": 0.0, "ratio_to_futex_p99": 0.0, ...},
        {"impl": "rtrb", "case": "throughput-8B-batch", "unit": "items/s", "value": 0, ...},
        {"impl": "futex", "case": "wake-parked-skipped", "unit": "wakes", "value": 0, ...}],
      "settings": {...}}
-    Latencies are in ns. "value" is the median over rounds (items/s); "min"/"max" are the
+    Latencies are in ns. "rounds" holds each round's percentiles, "spread" (max - min) /
+    median of the per-round p50s and p99s (null for a single round; shown as ±% in the
+    table). "value" is the median over rounds (items/s); "min"/"max" are the
     slowest and fastest round; or a count or size in "unit". "api" names the calls each row
     measured (for a value row: what it counts).
 
 EXIT STATUS
-    0 done; 1 could not write the JSON file; 2 bad arguments, machine busy (without
+    0 done; 1 could not write the JSON file or the plot (or --plot with no latency rows
+    among the cases run); 2 bad arguments (a --plot file not ending in .svg or .png is
+    refused before the run), machine busy (without
     --allow-busy), a thread or child process could not be pinned, or a wake-parked consumer
     could not be set up (eventfd, lane, /proc/self/task); 3 an item arrived out of order, a
     shared-memory ring reported its peer corrupt, or (wake-parked) a wake-up was lost or a
@@ -247,6 +278,10 @@ mod tests {
             "2,5",
             "--only",
             "rtt",
+            "--no-peers",
+            "--plot",
+            "/tmp/x.svg",
+            "--quiet",
         ]);
         assert_eq!(
             cmd,
@@ -258,6 +293,9 @@ mod tests {
                 allow_busy: true,
                 cores: Some((2, 5)),
                 only: Some("rtt".into()),
+                no_peers: true,
+                plot: Some("/tmp/x.svg".into()),
+                quiet: true,
             }))
         );
     }
@@ -278,7 +316,17 @@ mod tests {
     #[test]
     fn help_names_every_flag_and_suite() {
         let text = help();
-        for word in ["--quick", "--json", "--rounds", "--allow-busy", "--cores", "--help"] {
+        for word in [
+            "--quick",
+            "--json",
+            "--rounds",
+            "--allow-busy",
+            "--cores",
+            "--no-peers",
+            "--plot",
+            "--quiet",
+            "--help",
+        ] {
             assert!(text.contains(word), "help misses {word}");
         }
         for suite in suites::ALL {

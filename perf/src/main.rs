@@ -11,7 +11,9 @@
 //! [`spawn`] (a pinned child process started afresh from this binary, for cross-process cases
 //! whose child maps files or starts a library: `__child <suite> ...` on the command line),
 //! [`floor`] (the cross-core round trip every latency is divided by), [`summary`] (HDR
-//! histograms to percentiles) and [`report`] (the table and the JSON).
+//! histograms to percentiles, per-round spread), [`report`] (the table and the JSON),
+//! [`plot`] (`--plot`: the HDR percentile plot, SVG or PNG) and [`progress`] (the bar on
+//! stderr while the rounds run).
 #![deny(unsafe_code)]
 
 mod cli;
@@ -21,6 +23,8 @@ mod idle;
 mod machine;
 mod pair;
 mod pin;
+mod plot;
+mod progress;
 mod report;
 mod spawn;
 mod suites;
@@ -51,6 +55,15 @@ fn main() -> ExitCode {
         eprintln!("error: unknown suite {:?}; known suites: {}", args.suite, suites::names());
         return ExitCode::from(2);
     };
+    // A plot file the run could not write is found now, not after minutes of measuring.
+    let plot = match args.plot.as_deref().map(plot::Format::of).transpose() {
+        Ok(format) => args.plot.clone().zip(format),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    progress::enable(args.quiet);
 
     // The cpu list must be read before any thread is pinned: once the calling thread is pinned,
     // `core_affinity::get_core_ids()` returns only that one core.
@@ -95,6 +108,7 @@ fn main() -> ExitCode {
         pair,
         // Leaked once per process: the plan is Copy and lives for the whole run.
         only: args.only.map(|s| &*Box::leak(s.into_boxed_str())),
+        peers: !args.no_peers,
     };
     let started = Instant::now();
     let result = (suite.run)(&plan);
@@ -106,6 +120,17 @@ fn main() -> ExitCode {
         let json = report::to_json(&result, &facts);
         if let Err(e) = report::write_json(path, &json) {
             eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+        println!("wrote {}", path.display());
+    }
+    if let Some((path, format)) = &plot {
+        let title = format!(
+            "{}: latency by percentile, {} rounds ({} | cpus {} and {} | kernel {})",
+            result.suite, plan.rounds, facts.cpu, facts.pair.a, facts.pair.b, facts.kernel
+        );
+        if let Err(e) = plot::write(path, *format, &title, &plot::series(&result)) {
+            eprintln!("error: {e}");
             return ExitCode::from(1);
         }
         println!("wrote {}", path.display());

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::machine::Facts;
-use crate::summary::Summary;
+use crate::summary::{Rounds, Summary};
 
 /// Everything a suite measured.
 #[derive(Debug)]
@@ -33,9 +33,11 @@ pub struct Row {
 #[derive(Debug)]
 pub enum Measure {
     /// ns percentiles over all rounds, and the medians of the per-round ratios to `baseline`;
-    /// `peers`: the same medians of this row's ratio to each peer's row of the case.
+    /// `peers`: the same medians of this row's ratio to each peer's row of the case;
+    /// `rounds`: the samples of all rounds and each round's percentiles (spread, plot).
     Latency {
         summary: Summary,
+        rounds: Rounds,
         ratio_p50: Option<f64>,
         ratio_p99: Option<f64>,
         baseline: Baseline,
@@ -172,12 +174,14 @@ pub fn table(r: &Report) -> String {
     // divide by.
     let mut header: Option<Baseline> = None;
     for row in latencies {
-        if let Measure::Latency { summary: s, ratio_p50, ratio_p99, baseline, .. } = &row.measure {
+        if let Measure::Latency { summary: s, ratio_p50, ratio_p99, baseline, rounds, .. } =
+            &row.measure
+        {
             if header != Some(*baseline) {
                 let short = baseline.short();
                 let _ = writeln!(
                     out,
-                    "\n{:<18} {:<22} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9}",
+                    "\n{:<18} {:<22} {:>12} {:>7} {:>12} {:>7} {:>9} {:>9} {:>9} {:>9}",
                     "latency (ns)",
                     "case",
                     "p50",
@@ -193,12 +197,12 @@ pub fn table(r: &Report) -> String {
             }
             let _ = writeln!(
                 out,
-                "{:<18} {:<22} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9}",
+                "{:<18} {:<22} {:>12} {:>7} {:>12} {:>7} {:>9} {:>9} {:>9} {:>9}",
                 row.imp,
                 row.case,
-                s.p50,
+                with_spread(s.p50, rounds.spread_p50()),
                 s.p90,
-                s.p99,
+                with_spread(s.p99, rounds.spread_p99()),
                 s.p999,
                 s.max,
                 s.samples,
@@ -303,6 +307,15 @@ fn millions(rate: f64) -> String {
     }
 }
 
+/// A figure and the spread of its per-round values, e.g. `693 ±8%` (the figure alone for
+/// a single round).
+fn with_spread(ns: u64, spread: Option<f64>) -> String {
+    match spread {
+        Some(x) => format!("{ns} ±{:.0}%", x * 100.0),
+        None => ns.to_string(),
+    }
+}
+
 fn ratio_text(ratio: Option<f64>) -> String {
     ratio.map_or("-".into(), |r| format!("{r:.2}x"))
 }
@@ -313,11 +326,16 @@ pub fn to_json(r: &Report, f: &Facts) -> Value {
         .rows
         .iter()
         .map(|row| match &row.measure {
-            Measure::Latency { summary: s, ratio_p50, ratio_p99, baseline, peers } => {
+            Measure::Latency { summary: s, ratio_p50, ratio_p99, baseline, peers, rounds } => {
                 let mut v = json!({
                     "impl": row.imp, "case": row.case, "unit": "ns",
                     "p50": s.p50, "p90": s.p90, "p99": s.p99, "p999": s.p999, "max": s.max,
                     "samples": s.samples,
+                    "rounds": rounds.each().iter().map(summary_json).collect::<Vec<_>>(),
+                    "spread": {
+                        "p50": rounds.spread_p50().map(round3),
+                        "p99": rounds.spread_p99().map(round3),
+                    },
                 });
                 // `ratio_to_floor_p50` for most rows; `ratio_to_futex_p50` for a row divided
                 // by the futex row of its case.
@@ -365,10 +383,7 @@ pub fn to_json(r: &Report, f: &Facts) -> Value {
             "clocksource": f.clocksource,
             "timer_overhead_ns": f.timer_ns,
         },
-        "floor_rtt_ns": r.floor.map(|s| json!({
-            "p50": s.p50, "p90": s.p90, "p99": s.p99, "p999": s.p999, "max": s.max,
-            "samples": s.samples,
-        })),
+        "floor_rtt_ns": r.floor.as_ref().map(summary_json),
         "results": results,
         "settings": r.settings,
     });
@@ -378,6 +393,14 @@ pub fn to_json(r: &Report, f: &Facts) -> Value {
             r.goals.iter().map(|g| json!({"what": g.what, "seen": g.seen, "met": g.met})).collect();
     }
     doc
+}
+
+/// A summary's percentiles as a JSON object.
+fn summary_json(s: &Summary) -> Value {
+    json!({
+        "p50": s.p50, "p90": s.p90, "p99": s.p99, "p999": s.p999, "max": s.max,
+        "samples": s.samples,
+    })
 }
 
 fn round3(x: f64) -> f64 {
@@ -398,6 +421,7 @@ mod tests {
     use super::*;
     use crate::idle::Verdict;
     use crate::pin::Pair;
+    use crate::summary::histogram;
     use std::time::Duration;
 
     fn facts() -> Facts {
@@ -430,6 +454,10 @@ mod tests {
                     api: "push/pop",
                     measure: Measure::Latency {
                         summary: s,
+                        rounds: Rounds::new(
+                            histogram(),
+                            vec![Summary { p50: 290, p99: 480, ..s }, Summary { p50: 316, ..s }],
+                        ),
                         ratio_p50: Some(2.0),
                         ratio_p99: Some(2.5),
                         baseline: Baseline::Floor,
@@ -442,6 +470,7 @@ mod tests {
                     api: "write / blocking read",
                     measure: Measure::Latency {
                         summary: Summary { p50: 9000, ..s },
+                        rounds: Rounds::default(),
                         ratio_p50: Some(1.5),
                         ratio_p99: None,
                         baseline: Baseline::Impl("futex"),
@@ -484,6 +513,13 @@ mod tests {
         for key in ["p50", "p90", "p99", "p999", "max", "samples"] {
             assert!(lat[key].is_u64(), "{key} not an integer");
         }
+        // Two rounds: p50s 290 and 316 around a median of 303; p99s 480 and 500.
+        assert_eq!(lat["rounds"].as_array().map(Vec::len), Some(2));
+        assert_eq!(lat["rounds"][0]["p50"], 290);
+        assert_eq!(lat["rounds"][1]["p99"], 500);
+        assert_eq!(lat["spread"]["p50"], round3(26.0 / 303.0));
+        assert_eq!(lat["spread"]["p99"], round3(20.0 / 490.0));
+        assert!(v["results"][1]["spread"]["p50"].is_null(), "no rounds, no spread");
         assert_eq!(lat["ratio_to_floor_p50"], 2.0);
         assert_eq!(lat["ratio_to_floor_p99"], 2.5);
         assert_eq!(lat["ratio_to_rtrb_p50"], 0.5);
@@ -507,6 +543,8 @@ mod tests {
         let t = table(&report());
         assert!(t.contains("floor (bare cross-core cache-line round trip): p50 150 ns"));
         assert!(t.contains("corelane") && t.contains("rtt-8B") && t.contains("2.00x"));
+        // The spread between rounds next to p50 and p99: 26/303 and 20/490.
+        assert!(t.contains("300 ±9%") && t.contains("500 ±4%"), "{t}");
         assert!(t.contains("p50/flr") && t.contains("p99/flr"));
         // A row with another baseline gets its own header naming it.
         assert!(t.contains("p50/futex") && t.contains("1.50x"));

@@ -58,6 +58,66 @@ impl Summary {
     }
 }
 
+/// A latency result round by round: the histogram of all rounds' samples together (what the
+/// percentiles and the plot are of) and each round's own percentiles, whose disagreement is
+/// the spread reported next to each figure.
+#[derive(Clone, Debug)]
+pub struct Rounds {
+    all: Histogram<u64>,
+    each: Vec<Summary>,
+}
+
+impl Default for Rounds {
+    fn default() -> Self {
+        Self { all: histogram(), each: Vec::new() }
+    }
+}
+
+impl Rounds {
+    /// From a histogram of every round's samples and each round's summary, as the suites
+    /// accumulate them (`each` may be empty where a suite keeps no per-round figures).
+    pub fn new(all: Histogram<u64>, each: Vec<Summary>) -> Self {
+        Self { all, each }
+    }
+
+    /// Adds one round's samples.
+    pub fn push(&mut self, round: &Histogram<u64>) {
+        accumulate(&mut self.all, round);
+        self.each.push(Summary::of(round));
+    }
+
+    /// Every round's samples together.
+    pub fn all(&self) -> &Histogram<u64> {
+        &self.all
+    }
+
+    /// Each round's percentiles, in the order measured.
+    pub fn each(&self) -> &[Summary] {
+        &self.each
+    }
+
+    /// The spread of the per-round p50s: (largest - smallest) / their median.
+    pub fn spread_p50(&self) -> Option<f64> {
+        spread(self.each.iter().map(|s| s.p50))
+    }
+
+    /// The spread of the per-round p99s, as [`Rounds::spread_p50`].
+    pub fn spread_p99(&self) -> Option<f64> {
+        spread(self.each.iter().map(|s| s.p99))
+    }
+}
+
+/// (max - min) / median of `values`; `None` for fewer than two values or a median of 0.
+fn spread(values: impl Iterator<Item = u64>) -> Option<f64> {
+    let v: Vec<f64> = values.map(|x| x as f64).collect();
+    if v.len() < 2 {
+        return None;
+    }
+    let mid = median(&v)?;
+    let (lo, hi) = v.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    (mid > 0.0).then(|| (hi - lo) / mid)
+}
+
 /// Median of `values` (the mean of the middle two for an even count); `None` if empty.
 /// NaNs sort last.
 pub fn median(values: &[f64]) -> Option<f64> {
@@ -105,6 +165,24 @@ mod tests {
         accumulate(&mut acc, &histogram_of(&[30]));
         assert_eq!(Summary::of(&acc).samples, 3);
         assert_eq!(Summary::of(&acc).max, 30);
+    }
+
+    #[test]
+    fn rounds_spread_is_range_over_median() {
+        let mut r = Rounds::default();
+        assert_eq!(r.spread_p50(), None, "no rounds, no spread");
+        r.push(&histogram_of(&[100; 10]));
+        assert_eq!(r.spread_p50(), None, "one round, no spread");
+        r.push(&histogram_of(&[110; 10]));
+        r.push(&histogram_of(&[90, 90, 90, 90, 90, 90, 90, 90, 90, 400]));
+        // p50s 100, 110, 90: (110 - 90) / 100. p99s 100, 110, 400: (400 - 100) / 110.
+        assert_eq!(r.each().len(), 3);
+        assert!((r.spread_p50().unwrap() - 0.2).abs() < 1e-9, "{:?}", r.spread_p50());
+        assert!((r.spread_p99().unwrap() - 300.0 / 110.0).abs() < 1e-3, "{:?}", r.spread_p99());
+        assert_eq!(Summary::of(r.all()).samples, 30);
+        assert_eq!(Summary::of(r.all()).max, 400);
+        let zero = Rounds::new(histogram(), vec![Summary::default(); 2]);
+        assert_eq!(zero.spread_p50(), None, "a median of 0 has no spread");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod alloc;
+pub mod bench;
 pub mod pool;
 pub mod top;
 
@@ -77,6 +78,15 @@ enum Command {
     /// same snapshot as JSON.
     #[command(after_long_help = top::HELP)]
     Top(top::TopArgs),
+    /// Benchmark corelane on this machine: one suite of the perf/ harness, corelane's rows only.
+    ///
+    /// Runs corelane-perf (beside this binary, else on PATH) with the suite and the flags
+    /// given, plus --no-peers: pinned to two cpus, after an idle check, in interleaved rounds
+    /// that each re-measure the cross-core floor; HDR percentiles with the machine facts,
+    /// optionally as JSON (--json) and as a percentile plot (--plot). The side-by-side runs
+    /// against peer crates are `cargo run --release -p corelane-perf -- SUITE`.
+    #[command(after_long_help = bench::after_help())]
+    Bench(bench::BenchArgs),
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -135,6 +145,7 @@ pub fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
+        Command::Bench(args) => bench::run(&args),
     }
 }
 

@@ -20,7 +20,7 @@ use crate::floor::{self, Ratios};
 use crate::pair;
 use crate::pin::{pin_current, Pair};
 use crate::report::{Baseline, Measure, Report, Row};
-use crate::summary::{accumulate, histogram, histogram_of, Summary};
+use crate::summary::{accumulate, histogram, histogram_of, Rounds, Summary};
 
 pub const SUITE: Suite = Suite {
     name: "control",
@@ -98,6 +98,11 @@ const IMPLS: [Impl; 9] = [
 ];
 
 impl Impl {
+    /// The hand-written echo servers corelane is compared with (left out by `--no-peers`).
+    fn peer(self) -> bool {
+        matches!(self, Impl::UnixEcho | Impl::UnixEchoBusyPoll)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Impl::Corelane => "corelane",
@@ -119,14 +124,18 @@ fn run(plan: &Plan) -> Report {
     let mut rows = Vec::new();
     let mut floor_all = histogram();
     if plan.wants("rtt-ping") {
-        let mut all: Vec<_> = IMPLS.iter().map(|_| (histogram(), Ratios::default())).collect();
+        let mut all: Vec<_> =
+            IMPLS.iter().map(|_| (Rounds::default(), Ratios::default())).collect();
         for round in 0..plan.rounds as usize {
-            eprint!("\rcontrol: round {}/{} ", round + 1, plan.rounds);
+            crate::progress::round(SUITE.name, round, plan.rounds);
             let floor_round = histogram_of(&floor::measure(&plan.pair, warmup, samples));
             accumulate(&mut floor_all, &floor_round);
             let floor_round = Summary::of(&floor_round);
             for k in 0..IMPLS.len() {
                 let i = (k + round) % IMPLS.len();
+                if IMPLS[i].peer() && !plan.peers {
+                    continue;
+                }
                 let daemon = |setup| corelane_rtt(&plan.pair, &dir, setup, warmup, samples);
                 let samples_ns = match IMPLS[i] {
                     Impl::Corelane => daemon(Setup::IO_URING),
@@ -149,17 +158,21 @@ fn run(plan: &Plan) -> Report {
                 };
                 let h = histogram_of(&samples_ns);
                 all[i].1.push(&Summary::of(&h), &floor_round);
-                accumulate(&mut all[i].0, &h);
+                all[i].0.push(&h);
             }
         }
-        eprintln!();
-        for (imp, (h, ratios)) in IMPLS.iter().zip(all) {
+        crate::progress::done();
+        for (imp, (rounds, ratios)) in IMPLS.iter().zip(all) {
+            if imp.peer() && !plan.peers {
+                continue;
+            }
             rows.push(Row {
                 imp: imp.name(),
                 case: "rtt-ping",
                 api: "Client::ping / blocking write+read",
                 measure: Measure::Latency {
-                    summary: Summary::of(&h),
+                    summary: Summary::of(rounds.all()),
+                    rounds,
                     ratio_p50: ratios.p50(),
                     ratio_p99: ratios.p99(),
                     baseline: Baseline::Floor,

@@ -20,14 +20,13 @@ use corelane::frames::proto::{self, envelope::Payload, Envelope, MsgType};
 use corelane::frames::vision::motion::{MotionConfig, MotionDetector};
 use corelane::frames::vision::synthetic::Synthetic;
 use corelane::frames::vision::yuv::{self, RawFormat};
-use hdrhistogram::Histogram;
 use serde_json::json;
 
 use super::{Plan, Suite};
 use crate::floor::{self, Ratios};
 use crate::pin::{pin_current, Pair};
 use crate::report::{Baseline, Goal, Measure, Peer, Report, Row};
-use crate::summary::{accumulate, histogram, histogram_of, median, Summary};
+use crate::summary::{accumulate, histogram, histogram_of, median, Rounds, Summary};
 
 pub const SUITE: Suite = Suite {
     name: "frames",
@@ -209,10 +208,10 @@ fn run(plan: &Plan) -> Report {
 
     let encoded: Vec<Encoded> = streams.iter().map(|(s, _, _)| Encoded::new(s)).collect();
     let mut acc: Vec<CaseAcc> = streams.iter().map(|_| CaseAcc::new()).collect();
-    let mut det_all = histogram();
+    let mut det_all = Rounds::default();
     let mut floor_all = histogram();
     for round in 0..plan.rounds as usize {
-        eprint!("\rframes: round {}/{} ", round + 1, plan.rounds);
+        crate::progress::round(SUITE.name, round, plan.rounds);
         let floor_round = histogram_of(&floor::measure(&plan.pair, floor_warmup, floor_samples));
         accumulate(&mut floor_all, &floor_round);
         let floor_round = Summary::of(&floor_round);
@@ -222,6 +221,9 @@ fn run(plan: &Plan) -> Report {
             for k in 0..IMPLS.len() {
                 let i = (k + round) % IMPLS.len();
                 let imp = IMPLS[i];
+                if imp == Impl::RawTcp && !plan.peers {
+                    continue;
+                }
                 let reply_len = acc[c].reply_len;
                 let m = measure(&env, imp, &stream, &encoded[c], warmup, timed, reply_len);
                 if imp == Impl::Corelane && acc[c].reply_len.is_none() {
@@ -231,14 +233,14 @@ fn run(plan: &Plan) -> Report {
                 round_rtt[i] = Summary::of(&h);
                 round_rate[i] = m.rate;
                 let a = &mut acc[c];
-                accumulate(&mut a.rtt[i], &h);
+                a.rtt[i].push(&h);
                 a.rates[i].push(m.rate);
                 a.window_updates[i] += m.window_updates;
                 a.floor_ratios[i].push(&round_rtt[i], &floor_round);
                 if imp != Impl::RawTcp {
-                    accumulate(&mut a.infer[i], &histogram_of(&m.infer_ns));
-                    accumulate(&mut a.pre[i], &histogram_of(&m.pre_ns));
-                    accumulate(&mut a.total[i], &histogram_of(&m.total_ns));
+                    a.infer[i].push(&histogram_of(&m.infer_ns));
+                    a.pre[i].push(&histogram_of(&m.pre_ns));
+                    a.total[i].push(&histogram_of(&m.total_ns));
                 }
             }
             let a = &mut acc[c];
@@ -251,10 +253,10 @@ fn run(plan: &Plan) -> Report {
         }
         if detector {
             let h = histogram_of(&detect_in_process(plan.pair.b, det_warmup, det_timed));
-            accumulate(&mut det_all, &h);
+            det_all.push(&h);
         }
     }
-    eprintln!();
+    crate::progress::done();
 
     let mut rows = Vec::new();
     let mut goals = Vec::new();
@@ -269,22 +271,26 @@ fn run(plan: &Plan) -> Report {
             stream.name.into(),
             json!({"corelane": a.window_updates[0], "corelane-motion": a.window_updates[1]}),
         );
-        for (i, imp) in IMPLS.iter().enumerate() {
-            let peers = match imp {
-                Impl::RawTcp => Vec::new(),
-                _ => vec![Peer {
+        // Without raw-tcp (`--no-peers`): corelane's rows only, no ratios to it.
+        let imps = &IMPLS[..if plan.peers { IMPLS.len() } else { RAW }];
+        for (i, imp) in imps.iter().enumerate() {
+            let peers = if *imp == Impl::RawTcp || !plan.peers {
+                Vec::new()
+            } else {
+                vec![Peer {
                     imp: Impl::RawTcp.name(),
                     p50: a.peer_ratios[i].p50(),
                     p99: a.peer_ratios[i].p99(),
-                }],
+                }]
             };
-            let summary = Summary::of(&a.rtt[i]);
+            let summary = Summary::of(a.rtt[i].all());
             rows.push(Row {
                 imp: imp.name(),
                 case: stream.name,
                 api: imp.api(),
                 measure: Measure::Latency {
                     summary,
+                    rounds: a.rtt[i].clone(),
                     ratio_p50: a.floor_ratios[i].p50(),
                     ratio_p99: a.floor_ratios[i].p99(),
                     baseline: Baseline::Floor,
@@ -302,7 +308,7 @@ fn run(plan: &Plan) -> Report {
         }
         if stream.window > 1 {
             let bytes = encoded[c].message_len as u64;
-            for (i, imp) in IMPLS.iter().enumerate() {
+            for (i, imp) in imps.iter().enumerate() {
                 let rates = &a.rates[i];
                 let med = median(rates).unwrap_or(0.0);
                 rows.push(Row {
@@ -333,7 +339,7 @@ fn run(plan: &Plan) -> Report {
                     },
                 });
             }
-            for (i, imp) in IMPLS[..RAW].iter().enumerate() {
+            for (i, imp) in IMPLS[..RAW].iter().enumerate().filter(|_| plan.peers) {
                 rows.push(Row {
                     imp: imp.name(),
                     case: stream.name,
@@ -345,12 +351,13 @@ fn run(plan: &Plan) -> Report {
                 });
             }
         }
-        let worker = |imp: Impl, case: &'static str, h: &Histogram<u64>, api: &'static str| Row {
+        let worker = |imp: Impl, case: &'static str, h: &Rounds, api: &'static str| Row {
             imp: imp.name(),
             case,
             api,
             measure: Measure::Latency {
-                summary: Summary::of(h),
+                summary: Summary::of(h.all()),
+                rounds: h.clone(),
                 ratio_p50: None,
                 ratio_p99: None,
                 baseline: Baseline::Floor,
@@ -373,7 +380,8 @@ fn run(plan: &Plan) -> Report {
             case: DETECTOR_CASE,
             api: "MotionDetector::detect in this process (default MotionConfig)",
             measure: Measure::Latency {
-                summary: Summary::of(&det_all),
+                summary: Summary::of(det_all.all()),
+                rounds: det_all,
                 ratio_p50: None,
                 ratio_p99: None,
                 baseline: Baseline::Floor,
@@ -405,7 +413,7 @@ fn run(plan: &Plan) -> Report {
 /// What one case accumulates over rounds.
 struct CaseAcc {
     /// Round trip per frame, per impl (IMPLS order).
-    rtt: [Histogram<u64>; 3],
+    rtt: [Rounds; 3],
     floor_ratios: [Ratios; 3],
     /// corelane's (and corelane-motion's) over raw-tcp's, round by round.
     peer_ratios: [Ratios; RAW],
@@ -415,9 +423,9 @@ struct CaseAcc {
     window_updates: [u64; 3],
     rate_ratio: [Vec<f64>; RAW],
     /// From the Results, per impl (raw-tcp's stay empty).
-    infer: [Histogram<u64>; 3],
-    pre: [Histogram<u64>; 3],
-    total: [Histogram<u64>; 3],
+    infer: [Rounds; 3],
+    pre: [Rounds; 3],
+    total: [Rounds; 3],
     /// Median Result message bytes (prefix included), from corelane's first measurement.
     reply_len: Option<usize>,
 }
@@ -425,15 +433,15 @@ struct CaseAcc {
 impl CaseAcc {
     fn new() -> Self {
         CaseAcc {
-            rtt: [histogram(), histogram(), histogram()],
+            rtt: Default::default(),
             floor_ratios: Default::default(),
             peer_ratios: Default::default(),
             rates: Default::default(),
             window_updates: [0; 3],
             rate_ratio: Default::default(),
-            infer: [histogram(), histogram(), histogram()],
-            pre: [histogram(), histogram(), histogram()],
-            total: [histogram(), histogram(), histogram()],
+            infer: Default::default(),
+            pre: Default::default(),
+            total: Default::default(),
             reply_len: None,
         }
     }

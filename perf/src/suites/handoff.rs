@@ -29,7 +29,7 @@ use crate::pair::Waiter;
 use crate::pin::{pin_current, Pair};
 use crate::report::{Baseline, Goal, Measure, Peer, Report, Row};
 use crate::spawn::{self, Link, Watch, EXIT_FAILED, EXIT_WRONG};
-use crate::summary::{accumulate, histogram, histogram_of, median, Summary};
+use crate::summary::{accumulate, histogram, histogram_of, median, Rounds, Summary};
 
 mod corelane;
 mod iceoryx;
@@ -299,6 +299,7 @@ fn run(plan: &Plan) -> Report {
         .iter()
         .filter(|case| plan.wants(case.name))
         .flat_map(|&case| IMPLS.iter().map(move |&imp| (imp, case)))
+        .filter(|(imp, _)| plan.peers || *imp == SUBJECT)
         .map(|(imp, case)| Cell {
             imp,
             case,
@@ -315,7 +316,7 @@ fn run(plan: &Plan) -> Report {
     let mut floor_all = histogram();
     let mut floor_rounds = Vec::new();
     for round in 0..plan.rounds as usize {
-        eprint!("\rhandoff: round {}/{} ", round + 1, plan.rounds);
+        crate::progress::round(SUITE.name, round, plan.rounds);
         let floor_round = histogram_of(&floor::measure(&plan.pair, floor_warmup, floor_samples));
         accumulate(&mut floor_all, &floor_round);
         floor_rounds.push(Summary::of(&floor_round));
@@ -343,7 +344,7 @@ fn run(plan: &Plan) -> Report {
             }
         }
     }
-    eprintln!();
+    crate::progress::done();
     drop(scratch);
     report(plan, cells, floor_all, &floor_rounds)
 }
@@ -369,7 +370,7 @@ fn report(plan: &Plan, cells: Vec<Cell>, floor_all: Histogram<u64>, floor: &[Sum
                 for (round, base) in rounds.iter().zip(floor) {
                     to_floor.push(round, base);
                 }
-                let peers = if cell.imp == SUBJECT {
+                let peers = if cell.imp == SUBJECT && plan.peers {
                     IMPLS
                         .into_iter()
                         .filter(|&peer| peer != SUBJECT)
@@ -387,6 +388,7 @@ fn report(plan: &Plan, cells: Vec<Cell>, floor_all: Histogram<u64>, floor: &[Sum
                 };
                 Measure::Latency {
                     summary: Summary::of(all),
+                    rounds: Rounds::new(all.clone(), rounds.clone()),
                     ratio_p50: to_floor.p50(),
                     ratio_p99: to_floor.p99(),
                     baseline: Baseline::Floor,
@@ -482,10 +484,11 @@ fn goals(rows: &[Row]) -> Vec<Goal> {
     }
     for case in CASES.iter().filter(|c| matches!(c.kind, Kind::Rtt | Kind::Oneway)) {
         if let Some((_, _, peers)) = latency(subject, case.name) {
-            let peer = peers.iter().find(|p| p.imp == Impl::Iceoryx2.name());
-            for (at, ratio) in
-                [("p50", peer.and_then(|p| p.p50)), ("p99", peer.and_then(|p| p.p99))]
-            {
+            // Without the peer (`--no-peers`) there is nothing to judge.
+            let Some(peer) = peers.iter().find(|p| p.imp == Impl::Iceoryx2.name()) else {
+                continue;
+            };
+            for (at, ratio) in [("p50", peer.p50), ("p99", peer.p99)] {
                 goals.push(Goal::at_most(
                     &format!("corelane {} {at} / iceoryx2 {at} (2x faster)", case.name),
                     ratio,
@@ -1396,20 +1399,25 @@ mod tests {
     #[test]
     fn goals_read_the_rows() {
         let s = Summary { p50: 300, p90: 400, p99: 1500, p999: 2000, max: 9000, samples: 10 };
-        let row = Row {
+        let row = |peers: Vec<Peer>| Row {
             imp: "corelane",
             case: "rtt-64B",
             api: "",
             measure: Measure::Latency {
                 summary: s,
+                rounds: Rounds::default(),
                 ratio_p50: Some(1.4),
                 ratio_p99: Some(3.0),
                 baseline: Baseline::Floor,
-                peers: vec![Peer { imp: "iceoryx2", p50: Some(0.4), p99: Some(0.6) }],
+                peers,
             },
         };
-        let goals = goals(&[row]);
-        let met: Vec<bool> = goals.iter().map(|g| g.met).collect();
+        let iceoryx2 = Peer { imp: "iceoryx2", p50: Some(0.4), p99: Some(0.6) };
+        let met: Vec<bool> = goals(&[row(vec![iceoryx2])]).iter().map(|g| g.met).collect();
         assert_eq!(met, [true, true, true, false]);
+        // Without iceoryx2's row (`--no-peers`) its goals are left out, not missed.
+        let alone = goals(&[row(Vec::new())]);
+        assert_eq!(alone.len(), 2, "{alone:?}");
+        assert!(alone.iter().all(|g| g.met && !g.what.contains("iceoryx2")), "{alone:?}");
     }
 }

@@ -33,10 +33,10 @@ use super::{Plan, Suite};
 use crate::floor::Ratios;
 use crate::pin::{pin_current, Pair};
 use crate::report::{Baseline, Goal, Measure, Report, Row};
-use crate::summary::{accumulate, histogram, median, Summary};
+use crate::summary::{accumulate, histogram, median, Rounds, Summary};
 
-/// Two histograms of one case and implementation (see where they are filled).
-type Histograms = (Histogram<u64>, Histogram<u64>);
+/// Two latencies of one case and implementation, round by round (see where they are filled).
+type Histograms = (Rounds, Rounds);
 
 pub const SUITE: Suite = Suite {
     name: "ingest",
@@ -168,7 +168,7 @@ fn run(plan: &Plan) -> Report {
     let mut poll_rtt = histogram();
     let mut samples_seen: HashMap<(&str, Impl), u64> = HashMap::new();
     for round in 0..plan.rounds as usize {
-        eprint!("\ringest: round {}/{} ", round + 1, plan.rounds);
+        crate::progress::round(SUITE.name, round, plan.rounds);
         for &&(case, clients, batch) in &tp_cases {
             for k in 0..IMPLS.len() {
                 let imp = IMPLS[(k + round) % IMPLS.len()];
@@ -186,9 +186,9 @@ fn run(plan: &Plan) -> Report {
                 let (l, c, sampled) = latency(&env, imp, clients, warmup, timed);
                 round_summaries.insert(imp, (Summary::of(&l), Summary::of(&c)));
                 *samples_seen.entry((case, imp)).or_default() += sampled;
-                let e = lat.entry((case, imp)).or_insert_with(|| (histogram(), histogram()));
-                accumulate(&mut e.0, &l);
-                accumulate(&mut e.1, &c);
+                let e = lat.entry((case, imp)).or_default();
+                e.0.push(&l);
+                e.1.push(&c);
             }
             let base = round_summaries[&Impl::Baseline];
             for (&imp, s) in &round_summaries {
@@ -199,7 +199,7 @@ fn run(plan: &Plan) -> Report {
             let _ = cost_case;
         }
     }
-    eprintln!();
+    crate::progress::done();
 
     let mut rows = Vec::new();
     let mut goals = Vec::new();
@@ -240,7 +240,8 @@ fn run(plan: &Plan) -> Report {
                         "CLOCK_MONOTONIC after - before one report's send"
                     },
                     measure: Measure::Latency {
-                        summary: Summary::of(h),
+                        summary: Summary::of(h.all()),
+                        rounds: h.clone(),
                         ratio_p50: if is_base { None } else { ratios.p50() },
                         ratio_p99: if is_base { None } else { ratios.p99() },
                         baseline: Baseline::Impl("baseline"),
@@ -268,7 +269,7 @@ fn run(plan: &Plan) -> Report {
     }
     for &&(case, _, _) in &lat_cases {
         for imp in [Impl::Shm, Impl::Socket] {
-            let p99 = lat.get(&(case, imp)).map(|h| Summary::of(&h.0).p99 as f64);
+            let p99 = lat.get(&(case, imp)).map(|h| Summary::of(h.0.all()).p99 as f64);
             goals.push(Goal::at_most(
                 &format!("{} {case}: p99 report -> applied under 10 us at 100k/s", imp.name()),
                 p99,
@@ -296,7 +297,7 @@ fn run(plan: &Plan) -> Report {
         }
     }
     for &&(case, cost_case, _) in &lat_cases {
-        let p50 = lat.get(&(case, Impl::Shm)).map(|h| Summary::of(&h.1).p50 as f64);
+        let p50 = lat.get(&(case, Impl::Shm)).map(|h| Summary::of(h.1.all()).p50 as f64);
         goals.push(Goal::at_most(
             &format!("corelane-shm {cost_case}: client cost per report p50 under 100 ns"),
             p50,

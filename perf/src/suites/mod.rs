@@ -47,6 +47,9 @@ pub struct Plan {
     pub pair: Pair,
     /// Only the cases whose name contains this (`--only`).
     pub only: Option<&'static str>,
+    /// Whether to run the peers (other crates, hand-written alternatives) next to corelane;
+    /// false with `--no-peers`.
+    pub peers: bool,
 }
 
 impl Plan {
@@ -100,6 +103,13 @@ pub fn names() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn corelane_bench_lists_these_suites() {
+        let ours: Vec<&str> = ALL.iter().map(|s| s.name).collect();
+        let theirs: Vec<&str> = corelane::cli::bench::SUITES.iter().map(|s| s.0).collect();
+        assert_eq!(ours, theirs, "src/cli/bench.rs SUITES and suites::ALL disagree");
+    }
 
     #[test]
     fn names_are_unique_and_found() {

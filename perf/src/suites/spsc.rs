@@ -38,7 +38,7 @@ use crate::fork::{self, Cpus, Failure};
 use crate::pair::{self, Threads, Waiter};
 use crate::pin::Pair;
 use crate::report::{Baseline, Measure, Report, Row};
-use crate::summary::{accumulate, histogram, histogram_of, median, Summary};
+use crate::summary::{accumulate, histogram, histogram_of, median, Rounds, Summary};
 
 pub const SUITE: Suite = Suite {
     name: "spsc",
@@ -214,6 +214,12 @@ impl Impl {
         }
     }
 
+    /// Whether this is a peer (another crate, or a wake-up corelane's ratios do not divide
+    /// by), left out with `--no-peers`.
+    fn peer(self) -> bool {
+        matches!(self, Impl::Rtrb | Impl::CrossbeamQueue | Impl::CrossbeamChannel | Impl::Eventfd)
+    }
+
     /// Whether this is one of the wake-ups rather than a queue.
     fn wakes(self) -> bool {
         matches!(self, Impl::CorelaneLink | Impl::Futex | Impl::Eventfd)
@@ -342,6 +348,7 @@ fn run(plan: &Plan) -> Report {
         .iter()
         .flat_map(|&case| IMPLS.iter().map(move |&imp| (imp, case)))
         .filter(|(imp, case)| imp.runs(*case) && plan.wants(case.name))
+        .filter(|(imp, _)| plan.peers || !imp.peer())
         .map(|(imp, case)| Cell {
             imp,
             case,
@@ -358,7 +365,7 @@ fn run(plan: &Plan) -> Report {
     let mut floor_rounds = Vec::new();
     let mut lane_reactor = None;
     for round in 0..plan.rounds as usize {
-        eprint!("\rspsc: round {}/{} ", round + 1, plan.rounds);
+        crate::progress::round(SUITE.name, round, plan.rounds);
         let floor_round =
             histogram_of(&floor::measure(&plan.pair, sizes.rtt_warmup, sizes.rtt_samples));
         accumulate(&mut floor_all, &floor_round);
@@ -393,7 +400,7 @@ fn run(plan: &Plan) -> Report {
             }
         }
     }
-    eprintln!();
+    crate::progress::done();
 
     // Each latency cell's rounds divided by its baseline's same rounds: the floor, or for
     // wake-parked the futex row (measured in the same rounds, in the rotated order).
@@ -430,6 +437,7 @@ fn run(plan: &Plan) -> Report {
                 }
                 Measure::Latency {
                     summary: Summary::of(&all),
+                    rounds: Rounds::new(all, rounds),
                     ratio_p50: ratios.p50(),
                     ratio_p99: ratios.p99(),
                     baseline,
@@ -1310,7 +1318,7 @@ mod tests {
     #[test]
     fn quick_wake_parked_reports_three_rows() {
         let Some(pair) = test_pair() else { return };
-        let plan = Plan { rounds: 1, quick: true, pair, only: Some("wake") };
+        let plan = Plan { rounds: 1, quick: true, pair, only: Some("wake"), peers: true };
         let report = run(&plan);
         let per_round = Sizes::new(true).wake.samples;
         let latency: Vec<&Row> =
