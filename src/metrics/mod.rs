@@ -329,3 +329,6 @@ pub enum MetricsError {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod server_tests;
