@@ -200,12 +200,7 @@ fn serve(
         conns: Vec::with_capacity(config.max_connections),
         fds: Vec::with_capacity(config.max_connections + 1),
         ready: Vec::with_capacity(config.max_connections),
-        scrape: Scrape {
-            source,
-            samples: Vec::new(),
-            header: Vec::new(),
-            body: String::new(),
-        },
+        scrape: Scrape { source, samples: Vec::new(), header: Vec::new(), body: String::new() },
     };
     while !stop.load(Ordering::Relaxed) {
         let listener_ready = server.wait();
@@ -451,7 +446,8 @@ impl Connection {
                     );
                     // Reset rather than leave the rest queued in the kernel for a client that
                     // does not read.
-                    let _ = rustix::net::sockopt::set_socket_linger(&self.stream, Some(Duration::ZERO));
+                    let _ =
+                        rustix::net::sockopt::set_socket_linger(&self.stream, Some(Duration::ZERO));
                     return Ok(Progress::Done);
                 }
                 Ok(Progress::Open)

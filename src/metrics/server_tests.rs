@@ -205,7 +205,10 @@ fn at_the_cap_the_oldest_connection_without_a_head_makes_room() {
     for younger in &mut idle[1..] {
         let mut byte = [0u8; 1];
         let err = younger.read(&mut byte).expect_err("a younger idle connection was closed");
-        assert!(matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+        assert!(matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ));
     }
     server.stop();
 }
