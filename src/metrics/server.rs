@@ -81,7 +81,9 @@ impl MetricsSource for Vec<Box<dyn MetricsSource>> {
 
 /// The running `/metrics` server. `GET /metrics` (or `HEAD`) answers 200 with the text
 /// exposition format; any other path 404, another method 405, a malformed request 400, a head
-/// over the size cap 431, a client too slow to send its head is dropped after a 408.
+/// over the size cap 431, a client too slow to send its head is dropped after a 408, and one too
+/// slow to take its response is reset [`write_timeout`](ServerConfig::write_timeout) after it
+/// was ready.
 ///
 /// Stop it with [`stop`](Self::stop); dropping it stops it too.
 pub struct MetricsServer {
@@ -211,6 +213,12 @@ fn serve(
             server.accept_all();
         }
         server.advance_all();
+    }
+    // Abandoned: half-sent responses are reset rather than left queued in the kernel.
+    for conn in &server.conns {
+        if matches!(conn.state, State::Respond { .. }) {
+            conn.abort();
+        }
     }
 }
 
@@ -444,10 +452,7 @@ impl Connection {
                         left = rest.len() - *sent,
                         "/metrics client did not take its response within the write timeout"
                     );
-                    // Reset rather than leave the rest queued in the kernel for a client that
-                    // does not read.
-                    let _ =
-                        rustix::net::sockopt::set_socket_linger(&self.stream, Some(Duration::ZERO));
+                    self.abort();
                     return Ok(Progress::Done);
                 }
                 Ok(Progress::Open)
@@ -548,6 +553,12 @@ impl Connection {
         }
         self.state = State::Respond { rest, sent: 0 };
         Ok(Progress::Open)
+    }
+
+    /// Makes the close that follows a reset, so what the socket has not sent is dropped at once
+    /// rather than left queued in the kernel for a client that does not read.
+    fn abort(&self) {
+        let _ = rustix::net::sockopt::set_socket_linger(&self.stream, Some(Duration::ZERO));
     }
 
     /// The response is all in the socket: half-close and drain.

@@ -74,6 +74,7 @@ fn a_client_that_never_reads_does_not_stall_other_scrapes() {
     let _stuck = stuck_reader(addr);
     std::thread::sleep(Duration::from_millis(500));
     let took = time_to_status(addr);
+    eprintln!("scrape status after {took:?}");
     assert!(
         took < Duration::from_millis(1500),
         "a scrape waited {took:?} behind a client that does not read"
@@ -93,6 +94,7 @@ fn stop_is_prompt_while_a_response_is_blocked() {
     let started = Instant::now();
     server.stop();
     let took = started.elapsed();
+    eprintln!("stop took {took:?}");
     assert!(took < Duration::from_secs(1), "stop took {took:?} behind a client that does not read");
 }
 
