@@ -19,6 +19,19 @@ use super::MetricsError;
 /// How often the server looks at its stop flag while it waits (for a connection or for bytes).
 const POLL: Duration = Duration::from_millis(100);
 
+/// How long an answered, half-closed connection is drained (what the client still sends is
+/// read and dropped) before it is closed: closing with unread bytes sends a reset, which can
+/// discard the response before the client has read it.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Bytes read from one connection per pass, at most (a client sending fast cannot keep the
+/// thread on itself).
+const READ_PER_PASS: usize = 64 * 1024;
+
+/// The 503 for a connection that finds no slot.
+const UNAVAILABLE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
 /// Limits of the `/metrics` server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -173,19 +186,6 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     };
     SocketAddr::new(ip, addr.port())
 }
-
-/// How long an answered, half-closed connection is drained (what the client still sends is
-/// read and dropped) before it is closed: closing with unread bytes sends a reset, which can
-/// discard the response before the client has read it.
-const LINGER: Duration = Duration::from_secs(2);
-
-/// Bytes read from one connection per pass, at most (a client sending fast cannot keep the
-/// thread on itself).
-const READ_PER_PASS: usize = 64 * 1024;
-
-/// The 503 for a connection that finds no slot.
-const UNAVAILABLE: &[u8] =
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// The server thread: one `poll` over the listener and every open connection, reading heads and
 /// writing responses without ever blocking, so a client that sends nothing, trickles bytes or
