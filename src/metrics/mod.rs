@@ -425,3 +425,6 @@ pub enum MetricsError {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod server_tests;

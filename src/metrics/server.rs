@@ -1,13 +1,16 @@
 //! The Prometheus `/metrics` endpoint: one plain std thread polling up to
-//! [`ServerConfig::max_connections`] connections at once, each with its own head deadline.
+//! [`ServerConfig::max_connections`] non-blocking connections at once, each with its own
+//! deadlines (for its request head, then for taking its whole response).
 
 use core::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
 use super::exposition::{render, CONTENT_TYPE};
 use super::reader::{CountersReader, Sample};
@@ -16,16 +19,34 @@ use super::MetricsError;
 /// How often the server looks at its stop flag while it waits (for a connection or for bytes).
 const POLL: Duration = Duration::from_millis(100);
 
+/// How long an answered, half-closed connection is drained (what the client still sends is
+/// read and dropped) before it is closed: closing with unread bytes sends a reset, which can
+/// discard the response before the client has read it.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Bytes read from one connection per pass, at most (a client sending fast cannot keep the
+/// thread on itself).
+const READ_PER_PASS: usize = 64 * 1024;
+
+/// The 503 for a connection that finds no slot.
+const UNAVAILABLE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
 /// Limits of the `/metrics` server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Time a client has to send its whole request head; then it is dropped (with a 408).
     pub head_timeout: Duration,
-    /// Time a client has to take the response.
+    /// Time a client has to take the whole response, counted from when it is ready (not per
+    /// write); then the connection is reset. Until then the server keeps what the socket has
+    /// not taken (at most one response per connection) and serves the others meanwhile.
     pub write_timeout: Duration,
     /// Largest request head read, bytes; a longer one gets a 431.
     pub max_head_bytes: usize,
-    /// Connections served at once; a connection beyond them is answered 503 and closed.
+    /// Connections open at once. At the cap a new connection takes the place of the oldest
+    /// one not being answered (one already answered, else one still sending its head, which
+    /// gets a 503); only when every connection is being answered is the new one answered 503
+    /// and closed.
     pub max_connections: usize,
 }
 
@@ -73,7 +94,9 @@ impl MetricsSource for Vec<Box<dyn MetricsSource>> {
 
 /// The running `/metrics` server. `GET /metrics` (or `HEAD`) answers 200 with the text
 /// exposition format; any other path 404, another method 405, a malformed request 400, a head
-/// over the size cap 431, a client too slow to send its head is dropped after a 408.
+/// over the size cap 431, a client too slow to send its head is dropped after a 408, and one too
+/// slow to take its response is reset [`write_timeout`](ServerConfig::write_timeout) after it
+/// was ready.
 ///
 /// Stop it with [`stop`](Self::stop); dropping it stops it too.
 pub struct MetricsServer {
@@ -121,8 +144,8 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Stops accepting, abandons the connection in progress (within 100 ms), and joins the
-    /// thread.
+    /// Stops accepting, abandons the open connections, responses half sent included (within
+    /// 100 ms), and joins the thread.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -164,26 +187,146 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, addr.port())
 }
 
-/// The server thread: one `poll` over the listener and every open connection, so a client
-/// that sends nothing (or trickles bytes) costs a slot, never the other clients' time.
+/// The server thread: one `poll` over the listener and every open connection, reading heads and
+/// writing responses without ever blocking, so a client that sends nothing, trickles bytes or
+/// does not read its response costs a slot, never the other clients' time.
 fn serve(
     listener: &TcpListener,
     source: &mut dyn MetricsSource,
     config: ServerConfig,
     stop: &AtomicBool,
 ) {
-    let mut conns: Vec<Connection> = Vec::with_capacity(config.max_connections);
-    let mut samples = Vec::new();
-    let mut body = String::new();
+    let mut server = Server {
+        listener,
+        config,
+        conns: Vec::with_capacity(config.max_connections),
+        fds: Vec::with_capacity(config.max_connections + 1),
+        ready: Vec::with_capacity(config.max_connections),
+        scrape: Scrape { source, samples: Vec::new(), header: Vec::new(), body: String::new() },
+    };
     while !stop.load(Ordering::Relaxed) {
-        wait(listener, &conns);
+        let listener_ready = server.wait();
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        accept_all(listener, &mut conns, config);
-        let now = Instant::now();
-        conns.retain_mut(|conn| match conn.advance(now, source, &mut samples, &mut body) {
-            Ok(Progress::Waiting) => true,
+        if listener_ready {
+            server.accept_all();
+        }
+        server.advance_all();
+    }
+    // Abandoned: half-sent responses are reset rather than left queued in the kernel.
+    for conn in &server.conns {
+        if matches!(conn.state, State::Respond { .. }) {
+            conn.abort();
+        }
+    }
+}
+
+/// The server thread's state, kept between passes so a pass allocates nothing in the usual case.
+struct Server<'a> {
+    listener: &'a TcpListener,
+    config: ServerConfig,
+    /// Open connections, oldest first.
+    conns: Vec<Connection>,
+    /// The poll set's allocation; empty between passes (see [`recycle`]).
+    fds: Vec<PollFd<'static>>,
+    /// What the last poll reported for each connection, in `conns` order.
+    ready: Vec<PollFlags>,
+    scrape: Scrape<'a>,
+}
+
+/// What answering a request needs besides the connection.
+struct Scrape<'a> {
+    source: &'a mut dyn MetricsSource,
+    samples: Vec<Sample>,
+    /// The response head being sent.
+    header: Vec<u8>,
+    /// The response body being sent.
+    body: String,
+}
+
+impl Server<'_> {
+    /// Waits until the listener or a connection is ready (readable, or writable for one with a
+    /// response to send), or [`POLL`] passes (the deadlines and the stop flag are looked at
+    /// after every wait). Records each connection's readiness; returns whether the listener
+    /// has connections to accept.
+    fn wait(&mut self) -> bool {
+        let timeout = Timespec { tv_sec: 0, tv_nsec: POLL.as_nanos() as _ };
+        let mut fds = recycle(core::mem::take(&mut self.fds));
+        fds.push(PollFd::new(self.listener, PollFlags::IN));
+        fds.extend(self.conns.iter().map(|c| PollFd::new(&c.stream, c.interest())));
+        self.ready.clear();
+        let listener_ready = if poll(&mut fds, Some(&timeout)).is_ok() {
+            self.ready.extend(fds[1..].iter().map(PollFd::revents));
+            !fds[0].revents().is_empty()
+        } else {
+            // Interrupted (or out of memory): try everything; every step is non-blocking.
+            std::thread::sleep(POLL);
+            self.ready.resize(self.conns.len(), PollFlags::IN | PollFlags::OUT);
+            true
+        };
+        self.fds = recycle(fds);
+        for (conn, &ready) in self.conns.iter_mut().zip(&self.ready) {
+            conn.ready = ready;
+        }
+        listener_ready
+    }
+
+    /// Accepts every pending connection. At [`ServerConfig::max_connections`] a newcomer takes
+    /// the place of the oldest connection that is not being answered (one already answered and
+    /// draining, else one still sending its head); if every connection is being answered, the
+    /// newcomer gets a 503 and is closed.
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if self.conns.len() >= self.config.max_connections {
+                        let Some(victim) = self.victim() else {
+                            refuse(&stream);
+                            continue;
+                        };
+                        let old = self.conns.remove(victim);
+                        tracing::debug!(peer = ?old.stream.peer_addr().ok(), "/metrics connection dropped for a newer one at the cap");
+                        if matches!(old.state, State::Head(_)) {
+                            refuse(&old.stream);
+                        }
+                    }
+                    let head = Vec::with_capacity(self.config.max_head_bytes.max(1));
+                    self.conns.push(Connection {
+                        stream,
+                        state: State::Head(head),
+                        deadline: Instant::now() + self.config.head_timeout,
+                        ready: PollFlags::empty(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "/metrics accept failed");
+                    std::thread::sleep(POLL);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The connection to drop for a newcomer: the oldest draining one, else the oldest one
+    /// without a complete head; `None` if every connection is being answered.
+    fn victim(&self) -> Option<usize> {
+        let oldest = |f: fn(&State) -> bool| self.conns.iter().position(|c| f(&c.state));
+        oldest(|s| matches!(s, State::Drain)).or_else(|| oldest(|s| matches!(s, State::Head(_))))
+    }
+
+    /// Moves every connection on as far as it goes without blocking; drops those done.
+    fn advance_all(&mut self) {
+        let config = self.config;
+        let scrape = &mut self.scrape;
+        self.conns.retain_mut(|conn| match conn.advance(Instant::now(), config, scrape) {
+            Ok(Progress::Open) => true,
             Ok(Progress::Done) => false,
             Err(e) => {
                 tracing::debug!(peer = ?conn.stream.peer_addr().ok(), error = %e, "/metrics connection ended");
@@ -193,52 +336,27 @@ fn serve(
     }
 }
 
-/// Accepts every pending connection; past [`ServerConfig::max_connections`] a new one is
-/// answered 503 (best effort, never blocking) and closed at once.
-fn accept_all(listener: &TcpListener, conns: &mut Vec<Connection>, config: ServerConfig) {
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if conns.len() >= config.max_connections {
-                    let _ = stream.set_nonblocking(true);
-                    let _ = (&stream).write_all(
-                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
-                          Connection: close\r\n\r\n",
-                    );
-                    continue;
-                }
-                if stream.set_nonblocking(true).is_err() {
-                    continue;
-                }
-                conns.push(Connection {
-                    stream,
-                    config,
-                    head: Vec::with_capacity(config.max_head_bytes.max(1)),
-                    deadline: Instant::now() + config.head_timeout,
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // Out of descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "/metrics accept failed");
-                std::thread::sleep(POLL);
-                return;
-            }
-        }
-    }
+/// An empty `Vec` with `fds`'s allocation, for borrows of another lifetime: the poll set is
+/// rebuilt each pass from borrows of the connections, without allocating. (Collecting a
+/// `vec::IntoIter` mapped to an element of the same size reuses its buffer.)
+fn recycle<'b>(mut fds: Vec<PollFd<'_>>) -> Vec<PollFd<'b>> {
+    fds.clear();
+    fds.into_iter().map(|_| unreachable!("the vector is empty")).collect()
 }
 
-/// Waits until the listener or a connection is readable, or [`POLL`] passes (the deadlines
-/// and the stop flag are looked at after every wait).
-fn wait(listener: &TcpListener, conns: &[Connection]) {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let timeout = Timespec { tv_sec: 0, tv_nsec: POLL.as_nanos() as _ };
-    let mut fds = Vec::with_capacity(conns.len() + 1);
-    fds.push(PollFd::new(listener, PollFlags::IN));
-    fds.extend(conns.iter().map(|c| PollFd::new(&c.stream, PollFlags::IN)));
-    if poll(&mut fds, Some(&timeout)).is_err() {
-        std::thread::sleep(POLL);
+/// Answers a connection that gets no slot with a 503 (best effort: what the socket takes at
+/// once), half-closes it, and reads what it has sent so far, so the close that follows sends a
+/// FIN rather than a reset that could discard the 503.
+fn refuse(stream: &TcpStream) {
+    let _ = (&*stream).write(UNAVAILABLE);
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut chunk = [0u8; 1024];
+    let mut read = 0;
+    while read < READ_PER_PASS {
+        match (&*stream).read(&mut chunk) {
+            Ok(n) if n > 0 => read += n,
+            _ => break,
+        }
     }
 }
 
@@ -257,95 +375,247 @@ enum Request {
 
 /// Where a connection stands after [`Connection::advance`].
 enum Progress {
-    /// Its head is not all there yet and its deadline has not passed.
-    Waiting,
-    /// Answered (or closed by the client): drop it.
+    /// Still reading, writing or draining, and within its deadline.
+    Open,
+    /// Finished, closed by the client, or out of time: drop it.
     Done,
 }
 
 struct Connection {
     stream: TcpStream,
-    config: ServerConfig,
-    /// The request head so far; never longer than `config.max_head_bytes`.
-    head: Vec<u8>,
-    /// When the whole head must be in.
+    state: State,
+    /// When the current state must be over: the head in, the response taken, the drain done.
     deadline: Instant,
+    /// What the last poll reported for the socket.
+    ready: PollFlags,
+}
+
+/// The steps of a connection.
+enum State {
+    /// Reading the request head (so far; never longer than `max_head_bytes`).
+    Head(Vec<u8>),
+    /// Sending the response: the bytes the socket has not taken yet, from `sent` on.
+    Respond { rest: Vec<u8>, sent: usize },
+    /// Answered and half-closed: reading and dropping what the client still sends until it
+    /// closes or [`LINGER`] passes.
+    Drain,
 }
 
 impl Connection {
-    /// Reads what has arrived (without blocking) and answers once the head is complete, over
-    /// the size cap (431) or past its deadline (408).
+    /// What to poll the socket for.
+    fn interest(&self) -> PollFlags {
+        match self.state {
+            State::Head(_) | State::Drain => PollFlags::IN,
+            State::Respond { .. } => PollFlags::OUT,
+        }
+    }
+
+    /// Does what the socket is ready for (without blocking): reads the head and answers once it
+    /// is complete, over the size cap (431) or past its deadline (408); writes what is left of
+    /// a response, and closes a connection that has not taken it all by its deadline; drains.
     fn advance(
         &mut self,
         now: Instant,
-        source: &mut dyn MetricsSource,
-        samples: &mut Vec<Sample>,
-        body: &mut String,
+        config: ServerConfig,
+        scrape: &mut Scrape<'_>,
     ) -> io::Result<Progress> {
-        let cap = self.config.max_head_bytes.max(1);
-        let mut chunk = [0u8; 1024];
-        loop {
-            if let Some(end) = head_end(&self.head) {
-                self.head.truncate(end);
-                break;
-            }
-            if self.head.len() >= cap {
-                self.respond(431, "Request Header Fields Too Large", "", false)?;
-                return Ok(Progress::Done);
-            }
-            let room = (cap - self.head.len()).min(chunk.len());
-            match self.stream.read(&mut chunk[..room]) {
-                Ok(0) => return Ok(Progress::Done),
-                Ok(n) => self.head.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if now >= self.deadline {
-                        self.respond(408, "Request Timeout", "", false)?;
-                        return Ok(Progress::Done);
-                    }
-                    return Ok(Progress::Waiting);
+        let ready = core::mem::replace(&mut self.ready, PollFlags::empty());
+        let readable = ready.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR);
+        let writable = ready.intersects(PollFlags::OUT | PollFlags::HUP | PollFlags::ERR);
+        match &mut self.state {
+            State::Head(head) => {
+                let cap = config.max_head_bytes.max(1);
+                if readable && read_head(&self.stream, head, cap)? {
+                    return Ok(Progress::Done);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                if let Some(end) = head_end(head) {
+                    let request = parse_request(&head[..end]);
+                    self.answer(request, config, scrape)
+                } else if head.len() >= cap {
+                    self.respond(431, "Request Header Fields Too Large", "", config, scrape)
+                } else if now >= self.deadline {
+                    self.respond(408, "Request Timeout", "", config, scrape)
+                } else {
+                    Ok(Progress::Open)
+                }
+            }
+            State::Respond { rest, sent } => {
+                if writable {
+                    *sent += write_some(&self.stream, &[&rest[*sent..]])?;
+                    if *sent == rest.len() {
+                        return self.finish();
+                    }
+                }
+                if now >= self.deadline {
+                    tracing::debug!(
+                        peer = ?self.stream.peer_addr().ok(),
+                        left = rest.len() - *sent,
+                        "/metrics client did not take its response within the write timeout"
+                    );
+                    self.abort();
+                    return Ok(Progress::Done);
+                }
+                Ok(Progress::Open)
+            }
+            State::Drain => {
+                if readable {
+                    let mut chunk = [0u8; 4096];
+                    let mut read = 0;
+                    while read < READ_PER_PASS {
+                        match (&self.stream).read(&mut chunk) {
+                            Ok(0) => return Ok(Progress::Done),
+                            Ok(n) => read += n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Ok(if now >= self.deadline { Progress::Done } else { Progress::Open })
             }
         }
-        match parse_request(&self.head) {
-            Request::Metrics { head } => {
-                samples.clear();
-                body.clear();
-                source.collect(samples);
-                render(samples, body);
-                self.respond(200, "OK", body, head)?;
-            }
-            Request::NotFound => {
-                self.respond(404, "Not Found", "not found; try /metrics\n", false)?
-            }
-            Request::MethodNotAllowed => {
-                self.respond(405, "Method Not Allowed", "only GET and HEAD\n", false)?;
-            }
-            Request::Bad => self.respond(400, "Bad Request", "bad request\n", false)?,
-        }
-        Ok(Progress::Done)
     }
 
-    /// Writes the whole answer, blocking up to `write_timeout` (a response is one scrape's text,
-    /// which the socket's send buffer normally takes at once).
-    fn respond(&mut self, code: u16, reason: &str, body: &str, head_only: bool) -> io::Result<()> {
-        self.stream.set_nonblocking(false)?;
-        self.stream.set_write_timeout(Some(self.config.write_timeout))?;
+    /// Answers a complete request head.
+    fn answer(
+        &mut self,
+        request: Request,
+        config: ServerConfig,
+        scrape: &mut Scrape<'_>,
+    ) -> io::Result<Progress> {
+        match request {
+            Request::Metrics { head } => {
+                scrape.samples.clear();
+                scrape.body.clear();
+                scrape.source.collect(&mut scrape.samples);
+                render(&scrape.samples, &mut scrape.body);
+                let body = core::mem::take(&mut scrape.body);
+                let result = self.send(200, "OK", &body, head, config, scrape);
+                scrape.body = body;
+                result
+            }
+            Request::NotFound => {
+                self.respond(404, "Not Found", "not found; try /metrics\n", config, scrape)
+            }
+            Request::MethodNotAllowed => {
+                self.respond(405, "Method Not Allowed", "only GET and HEAD\n", config, scrape)
+            }
+            Request::Bad => self.respond(400, "Bad Request", "bad request\n", config, scrape),
+        }
+    }
+
+    /// Sends an error answer (head and body).
+    fn respond(
+        &mut self,
+        code: u16,
+        reason: &str,
+        body: &str,
+        config: ServerConfig,
+        scrape: &mut Scrape<'_>,
+    ) -> io::Result<Progress> {
+        self.send(code, reason, body, false, config, scrape)
+    }
+
+    /// Writes what the socket takes of the answer at once; the rest is kept and written as the
+    /// socket drains, until `write_timeout` from now.
+    fn send(
+        &mut self,
+        code: u16,
+        reason: &str,
+        body: &str,
+        head_only: bool,
+        config: ServerConfig,
+        scrape: &mut Scrape<'_>,
+    ) -> io::Result<Progress> {
         let content_type = if code == 200 { CONTENT_TYPE } else { "text/plain; charset=utf-8" };
         let allow = if code == 405 { "Allow: GET, HEAD\r\n" } else { "" };
-        let header = format!(
+        let header = &mut scrape.header;
+        header.clear();
+        write!(
+            header,
             "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
              {allow}Connection: close\r\n\r\n",
             body.len()
-        );
-        self.stream.write_all(header.as_bytes())?;
-        if !head_only {
-            self.stream.write_all(body.as_bytes())?;
+        )?;
+        let body = if head_only { &[][..] } else { body.as_bytes() };
+        self.deadline = Instant::now() + config.write_timeout;
+        let sent = write_some(&self.stream, &[&header[..], body])?;
+        if sent == header.len() + body.len() {
+            return self.finish();
         }
-        self.stream.flush()?;
-        self.stream.shutdown(Shutdown::Write)
+        // The socket is full: keep the rest (at most one response) for the next passes.
+        let mut rest = Vec::with_capacity(header.len() + body.len() - sent);
+        if sent < header.len() {
+            rest.extend_from_slice(&header[sent..]);
+            rest.extend_from_slice(body);
+        } else {
+            rest.extend_from_slice(&body[sent - header.len()..]);
+        }
+        self.state = State::Respond { rest, sent: 0 };
+        Ok(Progress::Open)
     }
+
+    /// Makes the close that follows a reset, so what the socket has not sent is dropped at once
+    /// rather than left queued in the kernel for a client that does not read.
+    fn abort(&self) {
+        let _ = rustix::net::sockopt::set_socket_linger(&self.stream, Some(Duration::ZERO));
+    }
+
+    /// The response is all in the socket: half-close and drain.
+    fn finish(&mut self) -> io::Result<Progress> {
+        self.stream.shutdown(Shutdown::Write)?;
+        self.state = State::Drain;
+        self.deadline = Instant::now() + LINGER;
+        Ok(Progress::Open)
+    }
+}
+
+/// Reads what has arrived of a head into `head` (up to `cap` bytes in all, stopping at the end
+/// of the head); `true` if the client closed first.
+fn read_head(stream: &TcpStream, head: &mut Vec<u8>, cap: usize) -> io::Result<bool> {
+    let mut chunk = [0u8; 1024];
+    while head_end(head).is_none() && head.len() < cap {
+        let room = (cap - head.len()).min(chunk.len());
+        match (&*stream).read(&mut chunk[..room]) {
+            Ok(0) => return Ok(true),
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Writes as much of `parts` (in order) as the socket takes without blocking; the bytes written.
+fn write_some(stream: &TcpStream, parts: &[&[u8]]) -> io::Result<usize> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut sent = 0;
+    while sent < total {
+        // The parts from `sent` on: at most two (a head and a body).
+        let mut skip = sent;
+        let mut slices = [IoSlice::new(&[]), IoSlice::new(&[])];
+        let mut n = 0;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            if n < slices.len() {
+                slices[n] = IoSlice::new(&part[skip..]);
+                n += 1;
+            }
+            skip = 0;
+        }
+        match (&*stream).write_vectored(&slices[..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => sent += written,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
 }
 
 /// Length of the request head in `buf` (through the blank line), if it is all there.
@@ -411,6 +681,17 @@ mod tests {
         ] {
             assert_eq!(parse_request(bad), Request::Bad, "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn recycle_keeps_the_poll_set_allocation() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut fds = Vec::with_capacity(8);
+        fds.push(PollFd::new(&listener, PollFlags::IN));
+        let (ptr, capacity) = (fds.as_ptr() as usize, fds.capacity());
+        let fds: Vec<PollFd<'static>> = recycle(fds);
+        assert!(fds.is_empty());
+        assert_eq!((fds.as_ptr() as usize, fds.capacity()), (ptr, capacity));
     }
 
     #[test]
