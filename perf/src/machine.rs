@@ -21,7 +21,10 @@ pub struct Facts {
     /// sample (the same for every implementation).
     pub timer_ns: u64,
     pub pair: Pair,
+    /// The idle check before the run.
     pub idle: Verdict,
+    /// Rounds that started busy and ran anyway (`--allow-busy`); set after the run.
+    pub busy_rounds: u32,
 }
 
 impl Facts {
@@ -41,6 +44,7 @@ impl Facts {
             timer_ns: timer_overhead_ns(),
             pair,
             idle,
+            busy_rounds: 0,
         }
     }
 }

@@ -1,11 +1,11 @@
 //! `corelane-perf`: side-by-side benchmarks of corelane against peer crates, in one run.
 //!
 //! `cargo run --release -p corelane-perf -- <suite> [--quick] [--json FILE] [--rounds N]
-//! [--allow-busy] [--cores A,B]`; `--help` explains every flag and every case.
+//! [--allow-busy] [--wait-idle[=SECS]] [--cores A,B]`; `--help` explains every flag and every case.
 //!
 //! Layout: [`suites`] holds one file per suite (what is measured); the other modules are the
 //! shared harness every suite uses: [`pin`] (the cpu list, taken once, and pinning),
-//! [`idle`] (refuse or flag a busy machine), [`machine`] (the facts printed with every result),
+//! [`idle`] (refuse, wait for or flag a busy machine, before the run and each round), [`machine`] (the facts printed with every result),
 //! [`pair`] (two pinned threads and the checks they share), [`fork`] (a pinned child process
 //! for the cross-process cases, the only module with unsafe code: `fork` and `_exit`),
 //! [`spawn`] (a pinned child process started afresh from this binary, for cross-process cases
@@ -69,7 +69,14 @@ fn main() -> ExitCode {
         }
     };
 
-    let idle = idle::check(cores.len(), Duration::from_millis(200));
+    // The same check runs again before every round (Plan::before_round).
+    let gate = idle::Gate {
+        cpus: cores.len(),
+        pinned: [pair.a, pair.b],
+        allow_busy: args.allow_busy,
+        wait: args.wait_idle.map(Duration::from_secs),
+    };
+    let idle = gate.settle();
     if !idle.is_idle() {
         if args.allow_busy {
             eprintln!(
@@ -77,16 +84,14 @@ fn main() -> ExitCode {
                 idle.why()
             );
         } else {
-            eprintln!(
-                "error: machine is not idle: {}. Numbers taken now would measure the other \
-                 work, not the code. Rerun when idle, or pass --allow-busy to run anyway and \
-                 flag the result.",
-                idle.why()
-            );
+            eprintln!("error: machine is not idle: {}. {}", idle.why(), idle::ADVICE);
             return ExitCode::from(2);
         }
     }
-    let facts = machine::Facts::read(&cores, pair, idle);
+    if !idle.notes().is_empty() {
+        eprintln!("note: {}", idle.notes());
+    }
+    let mut facts = machine::Facts::read(&cores, pair, idle);
     println!("{}", report::facts_line(&facts));
 
     let plan = suites::Plan {
@@ -95,10 +100,12 @@ fn main() -> ExitCode {
         pair,
         // Leaked once per process: the plan is Copy and lives for the whole run.
         only: args.only.map(|s| &*Box::leak(s.into_boxed_str())),
+        idle: Some(gate),
     };
     let started = Instant::now();
     let result = (suite.run)(&plan);
     let took = started.elapsed();
+    facts.busy_rounds = idle::busy_rounds();
 
     print!("{}", report::table(&result));
     println!("took {:.1} s", took.as_secs_f64());

@@ -121,6 +121,7 @@ fn run(plan: &Plan) -> Report {
     if plan.wants("rtt-ping") {
         let mut all: Vec<_> = IMPLS.iter().map(|_| (histogram(), Ratios::default())).collect();
         for round in 0..plan.rounds as usize {
+            plan.before_round(round);
             eprint!("\rcontrol: round {}/{} ", round + 1, plan.rounds);
             let floor_round = histogram_of(&floor::measure(&plan.pair, warmup, samples));
             accumulate(&mut floor_all, &floor_round);

@@ -212,6 +212,7 @@ fn run(plan: &Plan) -> Report {
     let mut det_all = histogram();
     let mut floor_all = histogram();
     for round in 0..plan.rounds as usize {
+        plan.before_round(round);
         eprint!("\rframes: round {}/{} ", round + 1, plan.rounds);
         let floor_round = histogram_of(&floor::measure(&plan.pair, floor_warmup, floor_samples));
         accumulate(&mut floor_all, &floor_round);

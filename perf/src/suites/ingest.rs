@@ -168,6 +168,7 @@ fn run(plan: &Plan) -> Report {
     let mut poll_rtt = histogram();
     let mut samples_seen: HashMap<(&str, Impl), u64> = HashMap::new();
     for round in 0..plan.rounds as usize {
+        plan.before_round(round);
         eprint!("\ringest: round {}/{} ", round + 1, plan.rounds);
         for &&(case, clients, batch) in &tp_cases {
             for k in 0..IMPLS.len() {

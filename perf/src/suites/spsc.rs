@@ -358,6 +358,7 @@ fn run(plan: &Plan) -> Report {
     let mut floor_rounds = Vec::new();
     let mut lane_reactor = None;
     for round in 0..plan.rounds as usize {
+        plan.before_round(round);
         eprint!("\rspsc: round {}/{} ", round + 1, plan.rounds);
         let floor_round =
             histogram_of(&floor::measure(&plan.pair, sizes.rtt_warmup, sizes.rtt_samples));
@@ -1310,7 +1311,7 @@ mod tests {
     #[test]
     fn quick_wake_parked_reports_three_rows() {
         let Some(pair) = test_pair() else { return };
-        let plan = Plan { rounds: 1, quick: true, pair, only: Some("wake") };
+        let plan = Plan { rounds: 1, quick: true, pair, only: Some("wake"), idle: None };
         let report = run(&plan);
         let per_round = Sizes::new(true).wake.samples;
         let latency: Vec<&Row> =
