@@ -209,7 +209,8 @@ THE FLOOR AND HOW TO READ THE RATIO
     its own 128-byte-aligned cache line and spinning on the other's (pure ping-pong). One round
     trip there moves one cache line each way and nothing else: it is what the hardware charges
     for a cross-core round trip, the least any queue can cost. It is timed exactly like the
-    queue round trips (one Instant::now() per iteration, consecutive differences).
+    queue round trips (one Instant::now() per iteration, consecutive differences, less the
+    timer's cost).
     floor_rtt_ns p50/p99 are over all rounds.
 
     For every latency result, ratio_to_floor_p50 is the median over rounds of
@@ -219,7 +220,11 @@ THE FLOOR AND HOW TO READ THE RATIO
     better than nanoseconds do. Lower is better; 1.0 is the bound (the queue costs no more
     than one bare cache-line transfer each way). Each extra cache line a queue moves per
     hand-off (index, slot, a shared counter) and each extra instruction on the path shows up
-    above it. Both numbers include the cost of one Instant::now(), printed on the facts line.
+    above it. The cost of one Instant::now() (median of 1,000 back-to-back reads at start,
+    on the facts line and in the JSON as timer_subtracted_ns) is subtracted from every
+    round-trip and fixed-rate sample, floor included (saturating at 0): the percentiles
+    show the code, not the clock. The one-way samples (wake-parked, handoff oneway) and the
+    daemon-side and client-cost samples of ingest and frames still hold it.
 
     Rows whose ratio columns are headed otherwise divide by another row of their case, round
     by round in the same way: spsc wake-parked divides by its futex row (p50/futex, JSON

@@ -10,7 +10,8 @@
 //! for the cross-process cases, the only module with unsafe code: `fork` and `_exit`),
 //! [`spawn`] (a pinned child process started afresh from this binary, for cross-process cases
 //! whose child maps files or starts a library: `__child <suite> ...` on the command line),
-//! [`floor`] (the cross-core round trip every latency is divided by), [`summary`] (HDR
+//! [`floor`] (the cross-core round trip every latency is divided by), [`timer`] (the cost of
+//! one clock read, measured at start and taken out of every sample), [`summary`] (HDR
 //! histograms to percentiles) and [`report`] (the table and the JSON).
 #![deny(unsafe_code)]
 
@@ -25,6 +26,7 @@ mod report;
 mod spawn;
 mod suites;
 mod summary;
+mod timer;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -52,6 +54,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
 
+    // Before any thread exists: every latency sample is taken net of this (timer.rs).
+    timer::calibrate();
     // The cpu list must be read before any thread is pinned: once the calling thread is pinned,
     // `core_affinity::get_core_ids()` returns only that one core.
     let cores = match pin::Cores::discover() {

@@ -134,7 +134,8 @@ pub fn facts_line(f: &Facts) -> String {
     let load = f.idle.load1.map_or("?".into(), |l| format!("{l:.2}"));
     let busy = f.idle.busy.map_or("?".into(), |b| format!("{:.0}%", b * 100.0));
     format!(
-        "machine: {} | {} cpus | kernel {} | clocksource {}, Instant::now() {} ns | pinned to \
+        "machine: {} | {} cpus | kernel {} | clocksource {}, Instant::now() {} ns (taken out \
+         of each sample) | pinned to \
          cpus {} and {}{} | idle: {idle} (busiest pinned cpu {busy} busy over {} ms; load1 \
          {load})",
         f.cpu,
@@ -371,6 +372,7 @@ pub fn to_json(r: &Report, f: &Facts) -> Value {
             "smt_siblings": f.pair.siblings,
             "clocksource": f.clocksource,
             "timer_overhead_ns": f.timer_ns,
+            "timer_subtracted_ns": f.timer_ns,
         },
         "floor_rtt_ns": r.floor.map(|s| json!({
             "p50": s.p50, "p90": s.p90, "p99": s.p99, "p999": s.p999, "max": s.max,
