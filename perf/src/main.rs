@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 
 mod cli;
+mod daemon_bin;
 mod floor;
 mod fork;
 mod idle;
