@@ -201,7 +201,12 @@ impl Gate {
             BUSY_ROUNDS.fetch_add(1, Ordering::Relaxed);
             eprintln!("\nwarning: round {} starts busy: {}", round + 1, v.why());
         } else {
-            eprintln!("\nerror: machine became busy before round {}: {}. {}", round + 1, v.why(), ADVICE);
+            eprintln!(
+                "\nerror: machine became busy before round {}: {}. {}",
+                round + 1,
+                v.why(),
+                ADVICE
+            );
             std::process::exit(2);
         }
     }
@@ -350,11 +355,8 @@ mod tests {
 
     #[test]
     fn progress_line_names_the_cpu() {
-        let v = Verdict {
-            per_cpu: vec![(0, 0.02), (1, 0.37)],
-            sample: SAMPLE,
-            ..Verdict::default()
-        };
+        let v =
+            Verdict { per_cpu: vec![(0, 0.02), (1, 0.37)], sample: SAMPLE, ..Verdict::default() };
         assert_eq!(
             progress_line(&v, Duration::from_millis(12_400)),
             "waiting for cpu 1 to go idle: 37% busy, 12 s"
