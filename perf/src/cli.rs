@@ -1,12 +1,14 @@
-//! Command line: `<suite> [--quick] [--json FILE] [--rounds N] [--allow-busy] [--cores A,B]`.
+//! Command line: `<suite> [--quick] [--json FILE] [--rounds N] [--allow-busy]
+//! [--wait-idle[=SECS]] [--cores A,B]`.
 
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::idle;
 use crate::suites;
 
 pub const USAGE: &str = "usage: cargo run --release -p corelane-perf -- <SUITE> [--quick] \
-[--json FILE] [--plot FILE.svg|.png]\n       [--rounds N] [--allow-busy] [--cores A,B] [--no-peers] [--quiet]\n       (--help for what each flag \
+[--json FILE] [--plot FILE.svg|.png]\n       [--rounds N] [--allow-busy] [--wait-idle[=SECS]] [--cores A,B] [--no-peers] [--quiet]\n       (--help for what each flag \
 and case means)";
 
 /// What the command line asks for.
@@ -24,6 +26,9 @@ pub struct Args {
     pub json: Option<PathBuf>,
     pub rounds: Option<u32>,
     pub allow_busy: bool,
+    /// `--wait-idle[=SECS]`: wait up to SECS (default [`idle::DEFAULT_WAIT_S`]) for the pinned
+    /// cpus to go idle, before the run and before each round.
+    pub wait_idle: Option<u64>,
     pub cores: Option<(usize, usize)>,
     /// Only the cases whose name contains this.
     pub only: Option<String>,
@@ -103,6 +108,20 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
                 })?);
             }
             "--only" => out.only = Some(args.next().ok_or(CliError::MissingValue("--only"))?),
+            "--wait-idle" => out.wait_idle = Some(idle::DEFAULT_WAIT_S),
+            flag if flag.starts_with("--wait-idle=") => {
+                let value = &flag["--wait-idle=".len()..];
+                match value.parse::<u64>() {
+                    Ok(s) if s >= 1 => out.wait_idle = Some(s),
+                    _ => {
+                        return Err(CliError::BadValue {
+                            flag: "--wait-idle",
+                            expected: "a whole number of seconds >= 1",
+                            seen: value.into(),
+                        })
+                    }
+                }
+            }
             flag if flag.starts_with('-') => return Err(CliError::UnknownFlag(arg)),
             _ if suite.is_none() => suite = Some(arg),
             _ => return Err(CliError::ExtraArgument(arg)),
@@ -138,7 +157,8 @@ corelane-perf: corelane against peer crates, side by side, in one run on one mac
 
 USAGE
     cargo run --release -p corelane-perf -- <SUITE> [--quick] [--json FILE] [--rounds N]
-                                                    [--allow-busy] [--cores A,B] [--only TEXT]
+                                                    [--allow-busy] [--wait-idle[=SECS]]
+                                                    [--cores A,B] [--only TEXT]
                                                     [--no-peers] [--plot FILE.svg|FILE.png]
                                                     [--quiet]
 
@@ -160,9 +180,15 @@ FLAGS
                    More rounds: steadier medians, longer run.
     --only TEXT    Run only the cases whose name contains TEXT (e.g. rtt-8B, throughput), for
                    a quick look at one number; a full run is what goes in reports.
-    --allow-busy   Run even if the machine is not idle, and mark the result \"idle\": false.
-                   Without it, a busy machine makes the run stop with exit status 2 and a message
-                   saying what was busy.
+    --allow-busy   Run even if the machine is not idle, and mark the result \"idle\": false
+                   (the JSON's busy_rounds counts the rounds that started busy). Without it, a
+                   busy machine makes the run stop with exit status 2 and a message naming the
+                   busy cpu.
+    --wait-idle[=SECS]
+                   When the pinned cpus are busy (before the run or before a round), wait for
+                   them to go idle, up to SECS (default 120), with a progress line on stderr
+                   (\"waiting for cpu 1 to go idle: 37% busy, 12 s\"); still busy after SECS:
+                   as without it (stop, or go on with --allow-busy).
     --cores A,B    Pin the two benchmark threads to cpus A and B. Default: two cpus that are not
                    SMT siblings of each other, avoiding cpu 0 when there are more than two.
     --no-peers     corelane's own rows only: skip the peer crates and hand-written
@@ -177,11 +203,14 @@ const HELP_RUN: &str = "
 HOW A RUN WORKS
     1. The list of usable cpus is read once, before anything is pinned (after pinning, the OS
        reports only the pinned cpu), and two cpus are chosen.
-    2. Idle check: the 1-minute load average from /proc/loadavg must be at most half the cpu
-       count, and a 200 ms sample of /proc/stat must show all cpus together at most 10% busy.
-       Otherwise the run stops (exit 2) or, with --allow-busy, goes on flagged. Right after a
-       long `cargo build` the load average is still high: wait a minute, or run the binary
-       target/release/corelane-perf directly.
+    2. Idle check, judged by what other work does now on the two pinned cpus: a 200 ms
+       sample of their lines in /proc/stat must show each at most 10% busy. It runs before
+       the run and again before every round (the rounds' own threads have ended by then, so
+       they are not counted). A busy sample is retaken twice (or, with --wait-idle, until
+       idle or SECS); still busy, the run stops (exit 2) naming the cpu, or with --allow-busy
+       goes on flagged. The 1-minute load average and the runnable-task count
+       (procs_running) are printed as notes only: the load average still holds the previous
+       run's spinning for minutes, so it would refuse every second run.
     3. The machine facts line: cpu model (/proc/cpuinfo), cpus, kernel (/proc/sys/kernel/
        osrelease), clock source, the cost of one Instant::now(), the pinned cpus, idle.
     4. Rounds. Each round measures the floor, then every case, running the implementations in
@@ -205,7 +234,8 @@ THE FLOOR AND HOW TO READ THE RATIO
     its own 128-byte-aligned cache line and spinning on the other's (pure ping-pong). One round
     trip there moves one cache line each way and nothing else: it is what the hardware charges
     for a cross-core round trip, the least any queue can cost. It is timed exactly like the
-    queue round trips (one Instant::now() per iteration, consecutive differences).
+    queue round trips (one Instant::now() per iteration, consecutive differences, less the
+    timer's cost).
     floor_rtt_ns p50/p99 are over all rounds.
 
     For every latency result, ratio_to_floor_p50 is the median over rounds of
@@ -215,7 +245,11 @@ THE FLOOR AND HOW TO READ THE RATIO
     better than nanoseconds do. Lower is better; 1.0 is the bound (the queue costs no more
     than one bare cache-line transfer each way). Each extra cache line a queue moves per
     hand-off (index, slot, a shared counter) and each extra instruction on the path shows up
-    above it. Both numbers include the cost of one Instant::now(), printed on the facts line.
+    above it. The cost of one Instant::now() (median of 1,000 back-to-back reads at start,
+    on the facts line and in the JSON as timer_subtracted_ns) is subtracted from every
+    round-trip and fixed-rate sample, floor included (saturating at 0): the percentiles
+    show the code, not the clock. The one-way samples (wake-parked, handoff oneway) and the
+    daemon-side and client-cost samples of ingest and frames still hold it.
 
     Rows whose ratio columns are headed otherwise divide by another row of their case, round
     by round in the same way: spsc wake-parked divides by its futex row (p50/futex, JSON
@@ -274,6 +308,7 @@ mod tests {
             "--rounds",
             "3",
             "--allow-busy",
+            "--wait-idle=30",
             "--cores",
             "2,5",
             "--only",
@@ -291,6 +326,7 @@ mod tests {
                 json: Some("/tmp/x.json".into()),
                 rounds: Some(3),
                 allow_busy: true,
+                wait_idle: Some(30),
                 cores: Some((2, 5)),
                 only: Some("rtt".into()),
                 no_peers: true,
@@ -309,6 +345,16 @@ mod tests {
         assert!(matches!(parse_strs(&["spsc", "--cores", "1,1"]), Err(CliError::BadValue { .. })));
         assert_eq!(parse_strs(&["spsc", "--fast"]), Err(CliError::UnknownFlag("--fast".into())));
         assert_eq!(parse_strs(&["spsc", "x"]), Err(CliError::ExtraArgument("x".into())));
+        let wait = |args: &[&str]| match parse_strs(args) {
+            Ok(Command::Run(a)) => a.wait_idle,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(wait(&["spsc", "--wait-idle"]), Some(idle::DEFAULT_WAIT_S));
+        assert_eq!(wait(&["spsc"]), None);
+        assert!(matches!(
+            parse_strs(&["spsc", "--wait-idle=0"]),
+            Err(CliError::BadValue { flag: "--wait-idle", .. })
+        ));
         let e = parse_strs(&["spsc", "--rounds", "ten"]).unwrap_err().to_string();
         assert_eq!(e, "--rounds expects a whole number >= 1, saw \"ten\"");
     }
@@ -321,6 +367,7 @@ mod tests {
             "--json",
             "--rounds",
             "--allow-busy",
+            "--wait-idle",
             "--cores",
             "--no-peers",
             "--plot",

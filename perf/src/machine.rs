@@ -1,7 +1,5 @@
 //! The facts printed with every result: a number without its machine is not a result.
 
-use std::time::Instant;
-
 use crate::idle::Verdict;
 use crate::pin::{Cores, Pair};
 
@@ -17,11 +15,14 @@ pub struct Facts {
     /// The kernel clock source behind `Instant::now()`; anything but `tsc` (on x86) makes each
     /// timestamp a slow syscall or hypercall.
     pub clocksource: String,
-    /// Median cost of one `Instant::now()`, in ns: the fixed overhead inside every latency
-    /// sample (the same for every implementation).
+    /// Median cost of one `Instant::now()`, in ns ([`crate::timer::calibrate`], at start):
+    /// the fixed overhead inside every raw latency sample, subtracted from each.
     pub timer_ns: u64,
     pub pair: Pair,
+    /// The idle check before the run.
     pub idle: Verdict,
+    /// Rounds that started busy and ran anyway (`--allow-busy`); set after the run.
+    pub busy_rounds: u32,
 }
 
 impl Facts {
@@ -38,9 +39,10 @@ impl Facts {
             clocksource: read_trimmed(
                 "/sys/devices/system/clocksource/clocksource0/current_clocksource",
             ),
-            timer_ns: timer_overhead_ns(),
+            timer_ns: crate::timer::cost_ns(),
             pair,
             idle,
+            busy_rounds: 0,
         }
     }
 }
@@ -58,17 +60,6 @@ pub fn cpu_model(cpuinfo: &str) -> Option<String> {
             (k.trim() == *key && !v.trim().is_empty()).then(|| v.trim().to_string())
         })
     })
-}
-
-/// Median gap between consecutive `Instant::now()` calls.
-fn timer_overhead_ns() -> u64 {
-    let mut stamps = Vec::with_capacity(1001);
-    for _ in 0..1001 {
-        stamps.push(Instant::now());
-    }
-    let mut gaps: Vec<u64> = stamps.windows(2).map(|w| (w[1] - w[0]).as_nanos() as u64).collect();
-    gaps.sort_unstable();
-    gaps[gaps.len() / 2]
 }
 
 #[cfg(test)]

@@ -1,22 +1,24 @@
 //! `corelane-perf`: side-by-side benchmarks of corelane against peer crates, in one run.
 //!
 //! `cargo run --release -p corelane-perf -- <suite> [--quick] [--json FILE] [--rounds N]
-//! [--allow-busy] [--cores A,B]`; `--help` explains every flag and every case.
+//! [--allow-busy] [--wait-idle[=SECS]] [--cores A,B]`; `--help` explains every flag and every case.
 //!
 //! Layout: [`suites`] holds one file per suite (what is measured); the other modules are the
 //! shared harness every suite uses: [`pin`] (the cpu list, taken once, and pinning),
-//! [`idle`] (refuse or flag a busy machine), [`machine`] (the facts printed with every result),
+//! [`idle`] (refuse, wait for or flag a busy machine, before the run and each round), [`machine`] (the facts printed with every result),
 //! [`pair`] (two pinned threads and the checks they share), [`fork`] (a pinned child process
 //! for the cross-process cases, the only module with unsafe code: `fork` and `_exit`),
 //! [`spawn`] (a pinned child process started afresh from this binary, for cross-process cases
 //! whose child maps files or starts a library: `__child <suite> ...` on the command line),
-//! [`floor`] (the cross-core round trip every latency is divided by), [`summary`] (HDR
+//! [`floor`] (the cross-core round trip every latency is divided by), [`timer`] (the cost of
+//! one clock read, measured at start and taken out of every sample), [`summary`] (HDR
 //! histograms to percentiles, per-round spread), [`report`] (the table and the JSON),
 //! [`plot`] (`--plot`: the HDR percentile plot, SVG or PNG) and [`progress`] (the bar on
 //! stderr while the rounds run).
 #![deny(unsafe_code)]
 
 mod cli;
+mod daemon_bin;
 mod floor;
 mod fork;
 mod idle;
@@ -29,6 +31,7 @@ mod report;
 mod spawn;
 mod suites;
 mod summary;
+mod timer;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -65,6 +68,8 @@ fn main() -> ExitCode {
     };
     progress::enable(args.quiet);
 
+    // Before any thread exists: every latency sample is taken net of this (timer.rs).
+    timer::calibrate();
     // The cpu list must be read before any thread is pinned: once the calling thread is pinned,
     // `core_affinity::get_core_ids()` returns only that one core.
     let cores = match pin::Cores::discover() {
@@ -82,7 +87,14 @@ fn main() -> ExitCode {
         }
     };
 
-    let idle = idle::check(cores.len(), Duration::from_millis(200));
+    // The same check runs again before every round (Plan::before_round).
+    let gate = idle::Gate {
+        cpus: cores.len(),
+        pinned: [pair.a, pair.b],
+        allow_busy: args.allow_busy,
+        wait: args.wait_idle.map(Duration::from_secs),
+    };
+    let idle = gate.settle();
     if !idle.is_idle() {
         if args.allow_busy {
             eprintln!(
@@ -90,16 +102,14 @@ fn main() -> ExitCode {
                 idle.why()
             );
         } else {
-            eprintln!(
-                "error: machine is not idle: {}. Numbers taken now would measure the other \
-                 work, not the code. Rerun when idle, or pass --allow-busy to run anyway and \
-                 flag the result.",
-                idle.why()
-            );
+            eprintln!("error: machine is not idle: {}. {}", idle.why(), idle::ADVICE);
             return ExitCode::from(2);
         }
     }
-    let facts = machine::Facts::read(&cores, pair, idle);
+    if !idle.notes().is_empty() {
+        eprintln!("note: {}", idle.notes());
+    }
+    let mut facts = machine::Facts::read(&cores, pair, idle);
     println!("{}", report::facts_line(&facts));
 
     let plan = suites::Plan {
@@ -109,10 +119,12 @@ fn main() -> ExitCode {
         // Leaked once per process: the plan is Copy and lives for the whole run.
         only: args.only.map(|s| &*Box::leak(s.into_boxed_str())),
         peers: !args.no_peers,
+        idle: Some(gate),
     };
     let started = Instant::now();
     let result = (suite.run)(&plan);
     let took = started.elapsed();
+    facts.busy_rounds = idle::busy_rounds();
 
     print!("{}", report::table(&result));
     println!("took {:.1} s", took.as_secs_f64());

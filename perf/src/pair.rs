@@ -79,7 +79,8 @@ impl Waiter for Threads {
 
 /// Runs `round_trip(i)` for `i` in `0..warmup` untimed, then for `warmup..warmup + samples`
 /// with one `Instant::now()` after each, and returns one sample (ns) per timed round trip: the
-/// gap between consecutive timestamps, so every implementation pays the timer the same way.
+/// gap between consecutive timestamps less the measured cost of one clock read
+/// ([`crate::timer`]), the same for every implementation.
 /// The timestamp buffer is faulted in before timing: a reserved but untouched Vec would take a
 /// page fault every 256 samples inside the timed loop.
 pub fn time_round_trips(warmup: u64, samples: u64, mut round_trip: impl FnMut(u64)) -> Vec<u64> {
@@ -96,9 +97,10 @@ pub fn time_round_trips(warmup: u64, samples: u64, mut round_trip: impl FnMut(u6
     gaps_ns(&stamps)
 }
 
-/// Nanoseconds between consecutive timestamps: one sample per gap.
+/// Nanoseconds between consecutive timestamps, less the timer's cost (saturating at 0): one
+/// sample per gap.
 pub fn gaps_ns(stamps: &[Instant]) -> Vec<u64> {
-    stamps.windows(2).map(|w| (w[1] - w[0]).as_nanos() as u64).collect()
+    crate::timer::net_gaps_ns(stamps, crate::timer::cost_ns())
 }
 
 /// Ends the run (exit 3): a consumer saw `got` where it expected `expected`. A benchmark that
@@ -122,6 +124,7 @@ mod tests {
     fn gaps_are_consecutive_differences() {
         let t0 = Instant::now();
         let stamps = [t0, t0 + Duration::from_nanos(100), t0 + Duration::from_nanos(250)];
+        // Tests never calibrate the timer, so its cost here is 0 (timer.rs tests the rest).
         assert_eq!(gaps_ns(&stamps), vec![100, 150]);
         assert!(gaps_ns(&stamps[..1]).is_empty());
     }

@@ -136,8 +136,10 @@ pub fn facts_line(f: &Facts) -> String {
     let load = f.idle.load1.map_or("?".into(), |l| format!("{l:.2}"));
     let busy = f.idle.busy.map_or("?".into(), |b| format!("{:.0}%", b * 100.0));
     format!(
-        "machine: {} | {} cpus | kernel {} | clocksource {}, Instant::now() {} ns | pinned to \
-         cpus {} and {}{} | idle: {idle} (load1 {load}, {busy} busy over {} ms)",
+        "machine: {} | {} cpus | kernel {} | clocksource {}, Instant::now() {} ns (taken out \
+         of each sample) | pinned to \
+         cpus {} and {}{} | idle: {idle} (busiest pinned cpu {busy} busy over {} ms; load1 \
+         {load})",
         f.cpu,
         f.cores,
         f.kernel,
@@ -373,15 +375,22 @@ pub fn to_json(r: &Report, f: &Facts) -> Value {
             "cpu": f.cpu,
             "cores": f.cores,
             "kernel": f.kernel,
-            "idle": f.idle.is_idle(),
+            "idle": f.idle.is_idle() && f.busy_rounds == 0,
             "idle_why": f.idle.why(),
             "load1": f.idle.load1,
             "busy_pct": f.idle.busy.map(|b| round3(b * 100.0)),
+            "busy_pct_by_cpu": f.idle.per_cpu.iter()
+                .map(|&(cpu, b)| (cpu.to_string(), json!(round3(b * 100.0))))
+                .collect::<serde_json::Map<_, _>>(),
+            "others_running": f.idle.others_running,
+            "idle_notes": f.idle.notes(),
+            "busy_rounds": f.busy_rounds,
             "cpu_ids": f.cpu_ids,
             "pinned_cpus": [f.pair.a, f.pair.b],
             "smt_siblings": f.pair.siblings,
             "clocksource": f.clocksource,
             "timer_overhead_ns": f.timer_ns,
+            "timer_subtracted_ns": f.timer_ns,
         },
         "floor_rtt_ns": r.floor.as_ref().map(summary_json),
         "results": results,
@@ -437,8 +446,11 @@ mod tests {
                 cpus: 2,
                 load1: Some(0.1),
                 busy: Some(0.01),
+                per_cpu: vec![(0, 0.01), (1, 0.0)],
+                others_running: Some(0),
                 sample: Duration::from_millis(200),
             },
+            busy_rounds: 0,
         }
     }
 

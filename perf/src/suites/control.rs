@@ -4,8 +4,8 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use corelane::config::{Config, IdleStrategy, LaneConfig, ReactorKind};
@@ -16,6 +16,7 @@ use corelane::wire::{self, Flags, ProtocolVersion};
 use serde_json::json;
 
 use super::{Plan, Suite};
+use crate::daemon_bin::{self, daemon_binary};
 use crate::floor::{self, Ratios};
 use crate::pair;
 use crate::pin::{pin_current, Pair};
@@ -61,7 +62,10 @@ const HELP: &str = "\
                          Ratios are to the cache-line floor of the same round.
       rss-idle           VmRSS of the real `corelane run` process (release build, default
                          config with /metrics on 127.0.0.1:0) half a second after it answered
-                         its first ping. The binary is built first if it is missing.
+                         its first ping. The binary: `corelane` next to this one, built
+                         first if missing or older than its sources; its environment is
+                         cleared but for PATH, HOME, USER, LANG, LC_ALL, TMPDIR and
+                         RUST_BACKTRACE, so no CORELANE_* variable of the caller reaches it.
       idle-cpu           CPU time of the real `corelane run` process (release, default config:
                          one backoff lane) over 5 s at idle, in % of one core: with no client
                          (`corelane`), and with 100 idle shared-memory clients connected
@@ -127,6 +131,7 @@ fn run(plan: &Plan) -> Report {
         let mut all: Vec<_> =
             IMPLS.iter().map(|_| (Rounds::default(), Ratios::default())).collect();
         for round in 0..plan.rounds as usize {
+            plan.before_round(round);
             crate::progress::round(SUITE.name, round, plan.rounds);
             let floor_round = histogram_of(&floor::measure(&plan.pair, warmup, samples));
             accumulate(&mut floor_all, &floor_round);
@@ -397,7 +402,7 @@ fn idle_rss(dir: &Path, reactor: &str) -> Result<u64, String> {
     let bin = daemon_binary()?;
     let rt = dir.join(format!("rss-{reactor}"));
     std::fs::create_dir_all(&rt).map_err(|e| e.to_string())?;
-    let mut child = Command::new(&bin)
+    let mut child = daemon_bin::command(&bin)
         .arg("run")
         .env("CORELANE_FRAMES_ENABLED", "false")
         .env("XDG_RUNTIME_DIR", &rt)
@@ -446,7 +451,7 @@ fn idle_cpu(dir: &Path, clients: usize, max_park_us: Option<u64>) -> Result<u64,
     let bin = daemon_binary()?;
     let rt = dir.join(format!("cpu-{clients}-{}", max_park_us.unwrap_or(0)));
     std::fs::create_dir_all(&rt).map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(&bin);
+    let mut cmd = daemon_bin::command(&bin);
     cmd.arg("run");
     cmd.env("CORELANE_FRAMES_ENABLED", "false"); // the frame worker's port is one per host
     if let Some(us) = max_park_us {
@@ -508,22 +513,4 @@ fn idle_cpu(dir: &Path, clients: usize, max_park_us: Option<u64>) -> Result<u64,
     }
     let _ = child.wait();
     result
-}
-
-/// `target/release/corelane` next to this binary, built if missing.
-pub(super) fn daemon_binary() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let bin = exe.with_file_name("corelane");
-    if !bin.exists() {
-        eprintln!("control: building the daemon binary (cargo build --release --bin corelane)");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "-p", "corelane", "--bin", "corelane"])
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !status.success() || !bin.exists() {
-            return Err(format!("cannot build {}", bin.display()));
-        }
-    }
-    Ok(bin)
 }

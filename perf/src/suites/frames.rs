@@ -10,7 +10,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -201,7 +201,7 @@ fn run(plan: &Plan) -> Report {
     let bin = if streams.is_empty() {
         None
     } else {
-        Some(super::control::daemon_binary().unwrap_or_else(|e| fail(&e)))
+        Some(crate::daemon_bin::daemon_binary().unwrap_or_else(|e| fail(&e)))
     };
     let env = Env { pair: plan.pair, dir: dir.clone(), bin, measurement: AtomicU64::new(0) };
     let (floor_warmup, floor_samples) = if quick { (200, 2_000) } else { (2_000, 20_000) };
@@ -211,6 +211,7 @@ fn run(plan: &Plan) -> Report {
     let mut det_all = Rounds::default();
     let mut floor_all = histogram();
     for round in 0..plan.rounds as usize {
+        plan.before_round(round);
         crate::progress::round(SUITE.name, round, plan.rounds);
         let floor_round = histogram_of(&floor::measure(&plan.pair, floor_warmup, floor_samples));
         accumulate(&mut floor_all, &floor_round);
@@ -985,7 +986,7 @@ impl Daemon {
         let file = write_config(&dir, env.pair.b, detector);
         let log = std::fs::File::create(dir.join("daemon.log"))
             .unwrap_or_else(|e| fail(&format!("daemon log: {e}")));
-        let child = Command::new(bin)
+        let child = crate::daemon_bin::command(bin)
             .arg("run")
             .arg("--config")
             .arg(&file)

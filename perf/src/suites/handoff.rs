@@ -316,6 +316,7 @@ fn run(plan: &Plan) -> Report {
     let mut floor_all = histogram();
     let mut floor_rounds = Vec::new();
     for round in 0..plan.rounds as usize {
+        plan.before_round(round);
         crate::progress::round(SUITE.name, round, plan.rounds);
         let floor_round = histogram_of(&floor::measure(&plan.pair, floor_warmup, floor_samples));
         accumulate(&mut floor_all, &floor_round);

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -156,7 +156,7 @@ fn run(plan: &Plan) -> Report {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)
         .unwrap_or_else(|e| fail(&format!("cannot make {}: {e}", dir.display())));
-    let bin = super::control::daemon_binary().unwrap_or_else(|e| fail(&e));
+    let bin = crate::daemon_bin::daemon_binary().unwrap_or_else(|e| fail(&e));
     let env = Env { pair: plan.pair, dir: dir.clone(), bin, measurement: AtomicU64::new(0) };
 
     let tp_cases: Vec<_> = THROUGHPUT.iter().filter(|c| plan.wants(c.0)).collect();
@@ -168,6 +168,7 @@ fn run(plan: &Plan) -> Report {
     let mut poll_rtt = histogram();
     let mut samples_seen: HashMap<(&str, Impl), u64> = HashMap::new();
     for round in 0..plan.rounds as usize {
+        plan.before_round(round);
         crate::progress::round(SUITE.name, round, plan.rounds);
         for &&(case, clients, batch) in &tp_cases {
             for k in 0..IMPLS.len() {
@@ -559,7 +560,7 @@ impl Daemon {
         std::fs::write(&file, config).unwrap_or_else(|e| fail(&format!("write config: {e}")));
         let log = std::fs::File::create(dir.join("daemon.log"))
             .unwrap_or_else(|e| fail(&format!("daemon log: {e}")));
-        let child = Command::new(&env.bin)
+        let child = crate::daemon_bin::command(&env.bin)
             .arg("run")
             .env("CORELANE_FRAMES_ENABLED", "false")
             .arg("--config")

@@ -50,12 +50,23 @@ pub struct Plan {
     /// Whether to run the peers (other crates, hand-written alternatives) next to corelane;
     /// false with `--no-peers`.
     pub peers: bool,
+    /// The idle check before every round ([`Plan::before_round`]); `None` checks nothing
+    /// (the suites' own tests).
+    pub idle: Option<crate::idle::Gate>,
 }
 
 impl Plan {
     /// Whether `--only` selects the case named `case`.
     pub fn wants(&self, case: &str) -> bool {
         self.only.is_none_or(|only| case.contains(only))
+    }
+
+    /// Called by every suite at the start of each round, before its floor: the pinned cpus
+    /// must be idle now (see [`crate::idle::Gate::before_round`]; may end the run, exit 2).
+    pub fn before_round(&self, round: usize) {
+        if let Some(gate) = &self.idle {
+            gate.before_round(round);
+        }
     }
 }
 

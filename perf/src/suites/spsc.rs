@@ -16,7 +16,7 @@
 //! ([`wake`]). Its ratios are to the futex row of the same round.
 
 use std::hint::black_box;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use corelane::mapping::Mapping;
@@ -77,8 +77,8 @@ const HELP: &str = "    Implementations, all with capacity 1024:
       rtt-8B, rtt-64B    Round-trip latency. Thread A pushes item n into queue 1; thread B pops
                          it and pushes it into queue 2; A pops it. One item in flight. A takes
                          one Instant::now() per round trip and each sample is the gap to the
-                         previous one, so the timer's cost (on the facts line) is inside every
-                         sample, equally for all. Warm-up round trips first. Columns: p50, p90,
+                         previous one, less the timer's cost (on the facts line, measured at
+                         start), equally for all. Warm-up round trips first. Columns: p50, p90,
                          p99, p99.9, max in ns over all rounds, samples, and the ratios to the
                          floor (below).
       throughput-8B, throughput-64B
@@ -100,6 +100,15 @@ const HELP: &str = "    Implementations, all with capacity 1024:
                          As batch, through the copy-a-slice API: corelane and corelane-shm
                          push_slice/pop_slice, rtrb push_partial_slice/pop_partial_slice; 32
                          items per call.
+      fixed-rate-1M      Open loop (corelane and rtrb, 8B): A pushes item n at its scheduled
+                         time start + n x 1 us (1M items/s, spinning on the clock until then,
+                         never waiting for B to answer), B pops each and records its lateness:
+                         Instant::now() when it has the item minus the item's INTENDED send
+                         time, less the timer's cost. A stall anywhere (B descheduled, the
+                         ring full, A late) makes every item scheduled during it late, so it
+                         shows in p99/p99.9/max, where a closed-loop rtt counts it once (the
+                         coordinated omission of the rtt cases). One way, so its ratios to the
+                         floor (a round trip) say little; compare the two rows and the tail.
       wake-parked        Wake-up latency into a consumer that sleeps in the kernel (the one
                          case where the consumer does not spin). One way: A takes
                          Instant::now() just before the push/wake call; B takes one as soon as
@@ -128,7 +137,8 @@ const HELP: &str = "    Implementations, all with capacity 1024:
     out of order), never a hang.
     Per round (default sizes; --quick in brackets): floor and every rtt case 2,000 [500]
     warm-up + 20,000 [3,000] timed round trips; every throughput case 200,000 [10,000] warm-up
-    + 2,000,000 [100,000] timed items; wake-parked 50 [10] warm-up + 1,000 [100] timed
+    + 2,000,000 [100,000] timed items; fixed-rate-1M 20,000 [5,000] warm-up + 500,000
+    [50,000] timed items (0.5 s [0.05 s]); wake-parked 50 [10] warm-up + 1,000 [100] timed
     wake-ups per implementation (each at least 1 ms after the last: ~3.5 s per round).
 ";
 
@@ -144,6 +154,8 @@ struct Sizes {
     rtt_samples: u64,
     stream_warmup: u64,
     stream_items: u64,
+    fixed_warmup: u64,
+    fixed_samples: u64,
     wake: wake::Sizes,
 }
 
@@ -155,6 +167,8 @@ impl Sizes {
                 rtt_samples: 3_000,
                 stream_warmup: 10_000,
                 stream_items: 100_000,
+                fixed_warmup: 5_000,
+                fixed_samples: 50_000,
                 wake: wake::Sizes { warmup: 10, samples: 100 },
             }
         } else {
@@ -163,6 +177,8 @@ impl Sizes {
                 rtt_samples: 20_000,
                 stream_warmup: 200_000,
                 stream_items: 2_000_000,
+                fixed_warmup: 20_000,
+                fixed_samples: 500_000,
                 wake: wake::Sizes { warmup: 50, samples: 1_000 },
             }
         }
@@ -229,6 +245,9 @@ impl Impl {
         if case.kind == Kind::Wake || self.wakes() {
             return case.kind == Kind::Wake && self.wakes();
         }
+        if case.kind == Kind::FixedRate {
+            return matches!(self, Impl::Corelane | Impl::Rtrb);
+        }
         match self {
             Impl::Corelane | Impl::Rtrb => true,
             // The cross-process case is about 64-byte records (issue 6).
@@ -249,6 +268,12 @@ impl Impl {
                 unreachable!("Impl::runs keeps the queues out of wake-parked")
             }
             (Impl::Corelane | Impl::Rtrb, Kind::Rtt | Kind::Stream) => "push/pop",
+            (Impl::Corelane | Impl::Rtrb, Kind::FixedRate) => {
+                "push on a fixed schedule (1M/s) / pop; lateness from the intended send time"
+            }
+            (Impl::CorelaneShm, Kind::FixedRate) => {
+                unreachable!("Impl::runs keeps corelane-shm out of fixed-rate")
+            }
             (Impl::CorelaneShm, Kind::Rtt | Kind::Stream) => {
                 "push/pop, 2 processes, sealed memfd rings"
             }
@@ -281,6 +306,8 @@ enum Kind {
     Batch(Batch),
     /// Wake a sleeping consumer (one way).
     Wake,
+    /// Open loop: items sent on a fixed schedule, latency from the intended send time.
+    FixedRate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -302,7 +329,7 @@ struct Case {
     kind: Kind,
 }
 
-const CASES: [Case; 9] = [
+const CASES: [Case; 10] = [
     Case { name: "rtt-8B", size: Size::B8, kind: Kind::Rtt },
     Case { name: "rtt-64B", size: Size::B64, kind: Kind::Rtt },
     Case { name: "throughput-8B", size: Size::B8, kind: Kind::Stream },
@@ -311,8 +338,13 @@ const CASES: [Case; 9] = [
     Case { name: "throughput-64B-batch", size: Size::B64, kind: Kind::Batch(Batch::Chunk) },
     Case { name: "throughput-8B-slice", size: Size::B8, kind: Kind::Batch(Batch::Slice) },
     Case { name: "throughput-64B-slice", size: Size::B64, kind: Kind::Batch(Batch::Slice) },
+    Case { name: "fixed-rate-1M", size: Size::B8, kind: Kind::FixedRate },
     Case { name: "wake-parked", size: Size::B8, kind: Kind::Wake },
 ];
+
+/// Items per second the fixed-rate case offers: one every [`FIXED_PERIOD_NS`].
+const FIXED_RATE_PER_S: u64 = 1_000_000;
+const FIXED_PERIOD_NS: u64 = 1_000_000_000 / FIXED_RATE_PER_S;
 
 /// One (implementation, case) accumulated over rounds.
 struct Cell {
@@ -353,7 +385,7 @@ fn run(plan: &Plan) -> Report {
             imp,
             case,
             acc: match case.kind {
-                Kind::Rtt | Kind::Wake => {
+                Kind::Rtt | Kind::Wake | Kind::FixedRate => {
                     Acc::Latency { all: histogram(), rounds: Vec::new(), skipped: 0 }
                 }
                 Kind::Stream | Kind::Batch(_) => Acc::Rate(Vec::new()),
@@ -365,6 +397,7 @@ fn run(plan: &Plan) -> Report {
     let mut floor_rounds = Vec::new();
     let mut lane_reactor = None;
     for round in 0..plan.rounds as usize {
+        plan.before_round(round);
         crate::progress::round(SUITE.name, round, plan.rounds);
         let floor_round =
             histogram_of(&floor::measure(&plan.pair, sizes.rtt_warmup, sizes.rtt_samples));
@@ -470,6 +503,9 @@ fn run(plan: &Plan) -> Report {
             "rtt_samples_per_round": sizes.rtt_samples,
             "stream_warmup": sizes.stream_warmup,
             "stream_items_per_round": sizes.stream_items,
+            "fixed_rate_per_s": FIXED_RATE_PER_S,
+            "fixed_warmup": sizes.fixed_warmup,
+            "fixed_samples_per_round": sizes.fixed_samples,
             "wait": "busy spin",
             "shm": "corelane-shm: fork; parent thread and child process pinned to the two cpus; \
                      one sealed memfd per ring",
@@ -577,6 +613,11 @@ fn measure_items<T: Item>(
                 unreachable!("measure sends the wake-ups to wake")
             }
         }),
+        Kind::FixedRate => Measured::Latency(match imp {
+            Impl::Corelane => fixed_rate::<T, _, _>(pair, label, sizes, spsc::channel(cap)),
+            Impl::Rtrb => fixed_rate::<T, _, _>(pair, label, sizes, rtrb::RingBuffer::new(cap)),
+            _ => unreachable!("Impl::runs keeps fixed-rate to corelane and rtrb"),
+        }),
         Kind::Wake => unreachable!("measure sends wake-parked to wake"),
     }
 }
@@ -625,6 +666,24 @@ fn stream<T: Item, P: Tx<T>, C: Rx<T>>(
     rate(sizes.stream_items, elapsed)
 }
 
+/// Open loop through `(tx, rx)`: A sends on a fixed schedule, B records each item's lateness
+/// against its intended send time. One sample (ns) per timed item.
+fn fixed_rate<T: Item, P: Tx<T>, C: Rx<T>>(
+    pair: &Pair,
+    label: Label,
+    sizes: Sizes,
+    (mut tx, mut rx): (P, C),
+) -> Vec<u64> {
+    let start = OnceLock::new();
+    let start = &start;
+    let ((), samples) = pair::run(
+        pair,
+        move || fixed_rate_send::<T, _>(&Threads, sizes, &mut tx, start),
+        move || fixed_rate_recv::<T, _>(&Threads, label, sizes, &mut rx, start),
+    );
+    samples
+}
+
 /// As [`stream`], up to [`BATCH`] items per call through the chunk or slice API.
 fn stream_batch<T: Item, P: ChunkTx<T> + SliceTx<T>, C: BatchRx<T>>(
     pair: &Pair,
@@ -668,6 +727,7 @@ fn measure_shm(kind: Kind, label: Label, pair: &Pair, sizes: Sizes) -> Measured 
         Kind::Stream => shm_stream(&what, label, pair, sizes, None),
         Kind::Batch(batch) => shm_stream(&what, label, pair, sizes, Some(batch)),
         Kind::Wake => unreachable!("Impl::runs keeps corelane-shm out of wake-parked"),
+        Kind::FixedRate => unreachable!("Impl::runs keeps corelane-shm out of fixed-rate"),
     };
     measured.unwrap_or_else(|e| {
         eprintln!("error: {what}: {e}; aborting the run");
@@ -823,6 +883,63 @@ fn stream_pop<T: Item, W: Waiter>(
         check(w, pop_spin(w, rx), seq, label);
     }
     start.elapsed()
+}
+
+/// The sender of the fixed-rate case: item n is due at `start + n x period`; it spins on the
+/// clock until then and pushes (spinning while full: a full ring delays the items, and their
+/// lateness shows it). It never waits for the receiver otherwise: the load is offered, not
+/// paced by the answers. `start` is set once, just before the first push.
+fn fixed_rate_send<T: Item, W: Waiter>(
+    w: &W,
+    sizes: Sizes,
+    tx: &mut impl Tx<T>,
+    start: &OnceLock<Instant>,
+) {
+    let t0 = *start.get_or_init(Instant::now);
+    for seq in 0..sizes.fixed_warmup + sizes.fixed_samples {
+        let due = t0 + Duration::from_nanos(seq * FIXED_PERIOD_NS);
+        let mut turns = 0;
+        while Instant::now() < due {
+            w.turn(&mut turns);
+        }
+        push_spin(w, tx, T::from_seq(seq));
+    }
+}
+
+/// The receiver of the fixed-rate case: checks every item and, past the warm-up, records
+/// `now - due(n)` less the timer's cost, one sample per item.
+fn fixed_rate_recv<T: Item, W: Waiter>(
+    w: &W,
+    label: Label,
+    sizes: Sizes,
+    rx: &mut impl Rx<T>,
+    start: &OnceLock<Instant>,
+) -> Vec<u64> {
+    let Sizes { fixed_warmup: warmup, fixed_samples: n, .. } = sizes;
+    // Non-zero, so every page is written (faulted in) before timing; zeroed memory is not.
+    let mut samples = vec![1u64; n as usize];
+    let cost = crate::timer::cost_ns();
+    let mut t0 = None;
+    for seq in 0..warmup + n {
+        let item = pop_spin(w, rx);
+        let now = Instant::now();
+        check(w, item, seq, label);
+        // The sender sets `start` before its first push, and this thread has popped that
+        // push (the ring's acquire), so it is set.
+        let t0 = *t0.get_or_insert_with(|| *start.get().expect("set before the first push"));
+        if seq >= warmup {
+            samples[(seq - warmup) as usize] = lateness_ns(t0, seq, now, cost);
+        }
+    }
+    samples
+}
+
+/// How late item `seq` arrived at `now` against its intended send time `t0 + seq x period`,
+/// less the timer's cost (saturating at 0).
+#[inline(always)]
+fn lateness_ns(t0: Instant, seq: u64, now: Instant, cost_ns: u64) -> u64 {
+    let due = t0 + Duration::from_nanos(seq * FIXED_PERIOD_NS);
+    crate::timer::net_ns(now.saturating_duration_since(due).as_nanos() as u64, cost_ns)
 }
 
 /// The producer of a batch stream: `push(seq, max)` hands over up to `max` items from item
@@ -1318,7 +1435,8 @@ mod tests {
     #[test]
     fn quick_wake_parked_reports_three_rows() {
         let Some(pair) = test_pair() else { return };
-        let plan = Plan { rounds: 1, quick: true, pair, only: Some("wake"), peers: true };
+        let plan =
+            Plan { rounds: 1, quick: true, pair, only: Some("wake"), peers: true, idle: None };
         let report = run(&plan);
         let per_round = Sizes::new(true).wake.samples;
         let latency: Vec<&Row> =
@@ -1430,8 +1548,61 @@ mod tests {
         rtt_samples: 1_000,
         stream_warmup: 2_000,
         stream_items: 20_000,
+        fixed_warmup: 2_000,
+        fixed_samples: 50_000,
         wake: wake::Sizes { warmup: 3, samples: 30 },
     };
+
+    #[test]
+    fn lateness_counts_from_the_intended_send_time() {
+        let t0 = Instant::now();
+        let at = |ns| t0 + Duration::from_nanos(ns);
+        // Item 5 is due at 5 us; arriving at 5.3 us it is 300 ns late, less a 20 ns timer.
+        assert_eq!(lateness_ns(t0, 5, at(5_300), 20), 280);
+        // Item 7 held up behind a 2 ms stall: late by the stall, not by one round trip.
+        assert_eq!(lateness_ns(t0, 7, at(2_007_000), 0), 2_000_000);
+        assert_eq!(lateness_ns(t0, 9, at(8_000), 0), 0, "never negative");
+        let fixed = CASES.into_iter().find(|c| c.name == "fixed-rate-1M").unwrap();
+        let runs: Vec<&str> = IMPLS.into_iter().filter(|i| i.runs(fixed)).map(Impl::name).collect();
+        assert_eq!(runs, ["corelane", "rtrb"]);
+    }
+
+    /// A sender that sleeps 2 ms once, inside its push of item `stall_at`.
+    struct Stalling<P> {
+        inner: P,
+        pushed: u64,
+        stall_at: u64,
+    }
+
+    impl<T, P: Tx<T>> Tx<T> for Stalling<P> {
+        fn try_push(&mut self, item: T) -> Result<(), T> {
+            if self.pushed == self.stall_at {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let r = self.inner.try_push(item);
+            if r.is_ok() {
+                self.pushed += 1;
+            }
+            r
+        }
+    }
+
+    /// The point of the open loop: one 2 ms stall of the sender makes the ~2,000 items
+    /// scheduled during it late, so the tail shows the stall (a closed loop would count one
+    /// slow round trip). Lower bounds only.
+    #[test]
+    fn a_stall_shows_in_the_fixed_rate_tail() {
+        let Some(pair) = test_pair() else { return };
+        let (tx, rx) = spsc::channel::<u64>(CAPACITY);
+        let stalling = Stalling { inner: tx, pushed: 0, stall_at: TINY.fixed_warmup + 10_000 };
+        let label = Label { imp: "corelane", case: "test" };
+        let samples = fixed_rate::<u64, _, _>(&pair, label, TINY, (stalling, rx));
+        assert_eq!(samples.len(), TINY.fixed_samples as usize);
+        let late = samples.iter().filter(|&&ns| ns >= 1_000_000).count();
+        assert!(late >= 900, "{late} items over 1 ms late after a 2 ms stall");
+        let s = Summary::of(&histogram_of(&samples));
+        assert!(s.max >= 2_000_000 && s.p99 >= 100_000, "{s:?}");
+    }
 
     /// The real corelane-shm measurements, forked from the test, at tiny sizes: every item
     /// arrives in order (a wrong one would end the test binary with status 3) and the child
