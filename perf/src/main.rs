@@ -39,6 +39,12 @@ use std::time::{Duration, Instant};
 use cli::Command;
 
 fn main() -> ExitCode {
+    // The floor of the rss-idle case: a Rust process that does nothing but sleep.
+    if std::env::args_os().nth(1).is_some_and(|a| a == suites::control::RSS_FLOOR_ARG) {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some(spawn::CHILD_ARG) {
         return spawn::child_main(&argv[1..], suites::child);

@@ -61,8 +61,11 @@ const HELP: &str = "\
                          One request in flight, one Instant::now() per round trip, as in spsc.
                          Ratios are to the cache-line floor of the same round.
       rss-idle           VmRSS of the real `corelane run` process (release build, default
-                         config with /metrics on 127.0.0.1:0) half a second after it answered
-                         its first ping. The binary: `corelane` next to this one, built
+                         config with the frame worker off and /metrics on 127.0.0.1:0) half a
+                         second after it answered its first ping; rss-idle-anon its RssAnon
+                         (heap, stacks, data: what is its own, not code). The bare-rust-process
+                         rows are the floor: this binary started with __rss-floor, which
+                         sleeps before it does anything, measured the same way. The binary: `corelane` next to this one, built
                          first if missing or older than its sources; its environment is
                          cleared but for PATH, HOME, USER, LANG, LC_ALL, TMPDIR and
                          RUST_BACKTRACE, so no CORELANE_* variable of the caller reaches it.
@@ -187,15 +190,30 @@ fn run(plan: &Plan) -> Report {
         }
     }
     if plan.wants("rss-idle") {
-        for (imp, reactor) in [(Impl::Corelane, "io_uring"), (Impl::CorelanePoll, "poll")] {
-            match idle_rss(&dir, reactor) {
-                Ok(kb) => rows.push(Row {
-                    imp: imp.name(),
-                    case: "rss-idle",
-                    api: "VmRSS of `corelane run`, default config, 0.5 s after start",
-                    measure: Measure::Value { value: kb, unit: "kB" },
-                }),
-                Err(e) => eprintln!("control: rss-idle for {reactor} not measured: {e}"),
+        let daemons =
+            [(Impl::Corelane.name(), Some("io_uring")), (Impl::CorelanePoll.name(), Some("poll"))];
+        // The floor: a Rust process that does nothing (this binary, stopped before it parses
+        // its arguments), measured the same way.
+        for (imp, reactor) in daemons.into_iter().chain([(FLOOR_IMPL, None)]) {
+            let measured = match reactor {
+                Some(reactor) => idle_rss(&dir, reactor),
+                None => floor_rss(),
+            };
+            match measured {
+                Ok(rss) => {
+                    for (case, api, value) in [
+                        ("rss-idle", "VmRSS 0.5 s after start (daemon: frames off)", rss.total_kb),
+                        ("rss-idle-anon", "RssAnon: its own heap, stacks and data", rss.anon_kb),
+                    ] {
+                        rows.push(Row {
+                            imp,
+                            case,
+                            api,
+                            measure: Measure::Value { value, unit: "kB" },
+                        });
+                    }
+                }
+                Err(e) => eprintln!("control: rss-idle of {imp} not measured: {e}"),
             }
         }
     }
@@ -397,8 +415,8 @@ fn ping_sizes() -> (Vec<u8>, usize) {
     (request, wire::HEADER_LEN + pong.encoded_len())
 }
 
-/// VmRSS (kB) of `corelane run` half a second after it first answered.
-fn idle_rss(dir: &Path, reactor: &str) -> Result<u64, String> {
+/// The RSS of `corelane run` half a second after it first answered.
+fn idle_rss(dir: &Path, reactor: &str) -> Result<Rss, String> {
     let bin = daemon_binary()?;
     let rt = dir.join(format!("rss-{reactor}"));
     std::fs::create_dir_all(&rt).map_err(|e| e.to_string())?;
@@ -427,20 +445,63 @@ fn idle_rss(dir: &Path, reactor: &str) -> Result<u64, String> {
         std::thread::sleep(Duration::from_millis(10));
     };
     std::thread::sleep(Duration::from_millis(500));
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+    let rss = Rss::of(child.id());
     if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
     let _ = child.wait();
     match (answered, rss) {
-        (true, Some(kb)) => Ok(kb),
+        (true, Some(rss)) => Ok(rss),
         (false, _) => Err("the daemon did not answer within 10 s".into()),
         (_, None) => Err("no VmRSS in /proc/<pid>/status".into()),
+    }
+}
+
+/// The implementation name of the floor rows of `rss-idle`.
+const FLOOR_IMPL: &str = "bare-rust-process";
+
+/// The first argument that makes this binary sleep at once, as the floor of `rss-idle`
+/// (`main` checks it before anything else).
+pub const RSS_FLOOR_ARG: &str = "__rss-floor";
+
+/// The RSS of this binary started with [`RSS_FLOOR_ARG`] (a Rust process that only sleeps),
+/// 0.5 s after start, as [`idle_rss`] measures the daemon.
+fn floor_rss() -> Result<Rss, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("no current_exe: {e}"))?;
+    let mut child = daemon_bin::command(&exe)
+        .arg(RSS_FLOOR_ARG)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let rss = Rss::of(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    rss.ok_or_else(|| "no VmRSS in /proc/<pid>/status".into())
+}
+
+/// Resident memory of a process, kB: all of it, and the anonymous part (not file-backed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rss {
+    total_kb: u64,
+    anon_kb: u64,
+}
+
+impl Rss {
+    fn of(pid: u32) -> Option<Self> {
+        Self::parse(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+    }
+
+    /// `VmRSS` and `RssAnon` of a `/proc/PID/status` text.
+    fn parse(status: &str) -> Option<Self> {
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        };
+        Some(Self { total_kb: field("VmRSS:")?, anon_kb: field("RssAnon:")? })
     }
 }
 
@@ -513,4 +574,28 @@ fn idle_cpu(dir: &Path, clients: usize, max_park_us: Option<u64>) -> Result<u64,
     }
     let _ = child.wait();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_reads_vmrss_and_rssanon() {
+        let status =
+            "Name:\tcorelane\nVmRSS:\t    6380 kB\nRssAnon:\t     672 kB\nRssFile:\t 5504 kB\n";
+        assert_eq!(Rss::parse(status), Some(Rss { total_kb: 6380, anon_kb: 672 }));
+        assert_eq!(Rss::parse("VmRSS:\t 10 kB\n"), None, "no RssAnon");
+    }
+
+    #[test]
+    fn rss_of_a_live_process() {
+        // The parsing against a live /proc (the floor itself needs the harness binary).
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let rss = Rss::of(child.id()).expect("a live process has VmRSS and RssAnon");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(rss.total_kb > 0 && rss.anon_kb <= rss.total_kb, "{rss:?}");
+    }
 }

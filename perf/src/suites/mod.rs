@@ -13,7 +13,7 @@ use crate::pin::Pair;
 use crate::report::Report;
 use crate::spawn::ChildFn;
 
-mod control;
+pub mod control;
 mod frames;
 mod handoff;
 mod ingest;
