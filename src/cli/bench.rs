@@ -31,7 +31,7 @@ pub struct BenchArgs {
     #[arg(value_name = "SUITE")]
     pub suite: String,
     /// Harness flags (--quick, --rounds N, --json FILE, --plot FILE.svg|FILE.png, --only TEXT,
-    /// --cores A,B, --allow-busy, --quiet), passed to corelane-perf as given.
+    /// --cores A,B, --allow-busy, --wait-idle, --quiet), passed to corelane-perf as given.
     #[arg(value_name = "FLAGS", trailing_var_arg = true, allow_hyphen_values = true)]
     pub flags: Vec<String>,
 }
@@ -51,7 +51,10 @@ Harness flags (passed to corelane-perf):
   --plot FILE.svg    an HDR percentile plot (latency against percentile, log axis); or .png
   --only TEXT        only the cases whose name contains TEXT
   --cores A,B        the two cpus to pin to (default: two non-sibling cpus, not cpu 0)
-  --allow-busy       run on a busy machine and flag the result \"idle\": false
+  --allow-busy       run on a busy machine and flag the result \"idle\": false (without it, a
+                     busy pinned cpu, before the run or before a round, stops it: exit 2)
+  --wait-idle[=SECS] wait for the pinned cpus to go idle first (default at most 120 s), with a
+                     progress line
   --quiet            no progress bar (it is drawn only when stderr is a terminal)
 
 Every latency is in ns, with p50/p90/p99/p99.9/max over all rounds, the spread between
@@ -62,6 +65,7 @@ measured every round. Pin nothing else to those cpus while it runs.
 corelane-perf is built with: cargo build --release -p corelane -p corelane-perf
 Examples:
   corelane bench spsc --quick
+  corelane bench handoff --wait-idle --json handoff.json
   corelane bench spsc --json spsc.json --plot spsc.svg
 ",
     );
