@@ -25,6 +25,17 @@ use super::{
 /// Most bytes read from all sockets in one poll: bounds the arena and keeps one busy peer from
 /// starving the lane's other work.
 const READ_BUDGET: usize = 1 << 20;
+/// Grows the read arena to at least `len` bytes. The first time through `vec!` (calloc: the
+/// 1 MiB comes from fresh zero pages that only a read makes resident) rather than `resize`,
+/// which wrote all of it: 1 MiB of RSS after the first byte any socket sent.
+fn reserve_arena(arena: &mut Vec<u8>, len: usize) {
+    if arena.is_empty() {
+        *arena = vec![0; len];
+    } else if arena.len() < len {
+        arena.resize(len, 0);
+    }
+}
+
 /// Most bytes read from one socket per readiness event (in chunks of its receive size).
 const READ_PER_EVENT: usize = 64 * 1024;
 /// epoll events taken per wait.
@@ -298,9 +309,7 @@ impl PollReactor {
         if !socket.held.is_empty() {
             let offset = self.arena_used;
             let end = offset + socket.held.len();
-            if self.arena.len() < end {
-                self.arena.resize(end.max(READ_BUDGET), 0);
-            }
+            reserve_arena(&mut self.arena, end.max(READ_BUDGET));
             self.arena[offset..end].copy_from_slice(&socket.held);
             self.arena_used = end;
             let buf = RecvBuf {
@@ -587,9 +596,7 @@ impl PollReactor {
         if socket.eof || socket.paused {
             return;
         }
-        if self.arena.len() < READ_BUDGET {
-            self.arena.resize(READ_BUDGET, 0);
-        }
+        reserve_arena(&mut self.arena, READ_BUDGET);
         let token = socket.token;
         let mut taken = 0;
         while taken < READ_PER_EVENT.max(socket.chunk) {
