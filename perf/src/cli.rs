@@ -73,6 +73,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
     let mut out = Args::default();
     let mut suite = None;
     let mut args = args.into_iter();
+    // A flag's value never starts with `--`: `--json --no-peers` is a forgotten file name, not
+    // a file called `--no-peers`.
+    let mut value = |flag: &'static str, args: &mut dyn Iterator<Item = String>| {
+        args.next().filter(|v| !v.starts_with("--")).ok_or(CliError::MissingValue(flag))
+    };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
@@ -80,14 +85,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
             "--allow-busy" => out.allow_busy = true,
             "--no-peers" => out.no_peers = true,
             "--quiet" => out.quiet = true,
-            "--plot" => {
-                out.plot = Some(PathBuf::from(args.next().ok_or(CliError::MissingValue("--plot"))?))
-            }
-            "--json" => {
-                out.json = Some(PathBuf::from(args.next().ok_or(CliError::MissingValue("--json"))?))
-            }
+            "--plot" => out.plot = Some(PathBuf::from(value("--plot", &mut args)?)),
+            "--json" => out.json = Some(PathBuf::from(value("--json", &mut args)?)),
             "--rounds" => {
-                let value = args.next().ok_or(CliError::MissingValue("--rounds"))?;
+                let value = value("--rounds", &mut args)?;
                 match value.parse::<u32>() {
                     Ok(n) if n >= 1 => out.rounds = Some(n),
                     _ => {
@@ -100,14 +101,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
                 }
             }
             "--cores" => {
-                let value = args.next().ok_or(CliError::MissingValue("--cores"))?;
+                let value = value("--cores", &mut args)?;
                 out.cores = Some(parse_core_pair(&value).ok_or(CliError::BadValue {
                     flag: "--cores",
                     expected: "two different cpu numbers as A,B",
                     seen: value,
                 })?);
             }
-            "--only" => out.only = Some(args.next().ok_or(CliError::MissingValue("--only"))?),
+            "--only" => out.only = Some(value("--only", &mut args)?),
             "--wait-idle" => out.wait_idle = Some(idle::DEFAULT_WAIT_S),
             flag if flag.starts_with("--wait-idle=") => {
                 let value = &flag["--wait-idle=".len()..];
@@ -378,6 +379,34 @@ mod tests {
         }
         for suite in suites::ALL {
             assert!(text.contains(&format!("SUITE {}", suite.name)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod value_tests {
+    use super::*;
+
+    /// `corelane bench spsc --json` (the value forgotten) must not take the `--no-peers` that
+    /// follows as the file name: the peers would run and a file `--no-peers` be written.
+    #[test]
+    fn a_flag_without_its_value_does_not_eat_the_next_flag() {
+        for flag in ["--json", "--plot", "--only", "--rounds", "--cores"] {
+            let argv = ["spsc", flag, "--no-peers"].map(String::from);
+            match parse(argv) {
+                Err(CliError::MissingValue(f)) => assert_eq!(f, flag),
+                other => panic!("{flag} --no-peers: {other:?}"),
+            }
+        }
+        // And through `corelane bench`, which passes the user's flags on.
+        for flag in ["--json", "--plot", "--only"] {
+            let args =
+                corelane::cli::bench::BenchArgs { suite: "spsc".into(), flags: vec![flag.into()] };
+            match parse(corelane::cli::bench::harness_args(&args)) {
+                Ok(Command::Run(a)) => assert!(a.no_peers, "{flag}: --no-peers was its value"),
+                Err(CliError::MissingValue(_)) => {}
+                other => panic!("{flag}: {other:?}"),
+            }
         }
     }
 }

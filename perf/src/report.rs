@@ -137,7 +137,7 @@ pub fn facts_line(f: &Facts) -> String {
     let busy = f.idle.busy.map_or("?".into(), |b| format!("{:.0}%", b * 100.0));
     format!(
         "machine: {} | {} cpus | kernel {} | clocksource {}, Instant::now() {} ns (taken out \
-         of each sample) | pinned to \
+         of round-trip and fixed-rate samples) | pinned to \
          cpus {} and {}{} | idle: {idle} (busiest pinned cpu {busy} busy over {} ms; load1 \
          {load})",
         f.cpu,

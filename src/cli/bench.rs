@@ -72,7 +72,7 @@ Examples:
     text
 }
 
-/// Runs `corelane-perf SUITE FLAGS... --no-peers`; returns only if it cannot be started.
+/// Runs `corelane-perf SUITE --no-peers FLAGS...`; returns only if it cannot be started.
 pub fn run(args: &BenchArgs) -> ExitCode {
     if !SUITES.iter().any(|(name, _)| *name == args.suite) {
         let names: Vec<&str> = SUITES.iter().map(|(n, _)| *n).collect();
@@ -90,12 +90,13 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// The harness's command line: the suite, the flags as given, then `--no-peers`.
+/// The harness's command line: the suite, `--no-peers`, then the flags as given.
 pub fn harness_args(args: &BenchArgs) -> Vec<String> {
     let mut out = Vec::with_capacity(args.flags.len() + 2);
     out.push(args.suite.clone());
-    out.extend(args.flags.iter().cloned());
+    // Before the user's flags: after them, a flag missing its value (`--json`) would take it.
     out.push("--no-peers".into());
+    out.extend(args.flags.iter().cloned());
     out
 }
 
@@ -133,7 +134,7 @@ mod tests {
     #[test]
     fn passes_the_flags_through_and_adds_no_peers() {
         let args = BenchArgs { suite: "spsc".into(), flags: vec!["--quick".into(), "-x".into()] };
-        assert_eq!(harness_args(&args), ["spsc", "--quick", "-x", "--no-peers"]);
+        assert_eq!(harness_args(&args), ["spsc", "--no-peers", "--quick", "-x"]);
     }
 
     #[test]

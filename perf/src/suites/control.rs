@@ -63,8 +63,8 @@ const HELP: &str = "\
       rss-idle           VmRSS of the real `corelane run` process (release build, default
                          config with the frame worker off and /metrics on 127.0.0.1:0) half a
                          second after it answered its first ping; rss-idle-anon its RssAnon
-                         (heap, stacks, data: what is its own, not code). The bare-rust-process
-                         rows are the floor: this binary started with __rss-floor, which
+                         (heap, stacks, data: what is its own, not code). The idle-rust-process
+                         rows are a floor: this (40 MB) binary started with __rss-floor, which
                          sleeps before it does anything, measured the same way. The binary: `corelane` next to this one, built
                          first if missing or older than its sources; its environment is
                          cleared but for PATH, HOME, USER, LANG, LC_ALL, TMPDIR and
@@ -458,7 +458,7 @@ fn idle_rss(dir: &Path, reactor: &str) -> Result<Rss, String> {
 }
 
 /// The implementation name of the floor rows of `rss-idle`.
-const FLOOR_IMPL: &str = "bare-rust-process";
+const FLOOR_IMPL: &str = "idle-rust-process";
 
 /// The first argument that makes this binary sleep at once, as the floor of `rss-idle`
 /// (`main` checks it before anything else).
