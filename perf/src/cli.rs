@@ -75,7 +75,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
     let mut args = args.into_iter();
     // A flag's value never starts with `--`: `--json --no-peers` is a forgotten file name, not
     // a file called `--no-peers`.
-    let mut value = |flag: &'static str, args: &mut dyn Iterator<Item = String>| {
+    let value = |flag: &'static str, args: &mut dyn Iterator<Item = String>| {
         args.next().filter(|v| !v.starts_with("--")).ok_or(CliError::MissingValue(flag))
     };
     while let Some(arg) = args.next() {
