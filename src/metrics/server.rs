@@ -701,3 +701,51 @@ mod tests {
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
     }
 }
+
+#[cfg(test)]
+mod review2_tests {
+    use super::*;
+
+    /// Review2: at the cap, the connections accepted in one pass evict the oldest connections
+    /// still in `Head` before any of them is read, so a scrape whose whole request is already
+    /// in its socket gets a 503 when `max_connections` idle connections arrive in the same
+    /// pass. A flood of cheap connects keeps every legitimate scrape out.
+    #[test]
+    fn a_complete_request_is_not_evicted_by_newer_idle_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut source = |out: &mut Vec<Sample>| {
+            out.push(Sample::new("x".into(), crate::metrics::CounterKind::Gauge, "", 1));
+        };
+        let config = ServerConfig { max_connections: 4, ..ServerConfig::default() };
+        let mut server = Server {
+            listener: &listener,
+            config,
+            conns: Vec::new(),
+            fds: Vec::new(),
+            ready: Vec::new(),
+            scrape: Scrape {
+                source: &mut source,
+                samples: Vec::new(),
+                header: Vec::new(),
+                body: String::new(),
+            },
+        };
+        let mut scrape = TcpStream::connect(addr).unwrap();
+        scrape.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let _flood: Vec<TcpStream> =
+            (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..3 {
+            if server.wait() {
+                server.accept_all();
+            }
+            server.advance_all();
+        }
+        scrape.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut answer = String::new();
+        let _ = scrape.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "the scrape got: {answer:?}");
+    }
+}
