@@ -43,10 +43,12 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Largest request head read, bytes; a longer one gets a 431.
     pub max_head_bytes: usize,
-    /// Connections open at once. At the cap a new connection takes the place of the oldest
-    /// one not being answered (one already answered, else one still sending its head, which
-    /// gets a 503); only when every connection is being answered is the new one answered 503
-    /// and closed.
+    /// Connections open at once (and accepted per pass). At the cap a new connection takes
+    /// the place of one not being answered: the oldest already answered, else one still
+    /// sending its head (which gets a 503), preferring one the client closed, then the oldest
+    /// that sent nothing, then the oldest with part of a head; one whose whole request is in
+    /// keeps its place. When only those and connections being answered are left, the new one
+    /// is answered 503 and closed.
     pub max_connections: usize,
 }
 
@@ -272,14 +274,21 @@ impl Server<'_> {
         listener_ready
     }
 
-    /// Accepts every pending connection. At [`ServerConfig::max_connections`] a newcomer takes
-    /// the place of the oldest connection that is not being answered (one already answered and
-    /// draining, else one still sending its head); if every connection is being answered, the
-    /// newcomer gets a 503 and is closed.
+    /// Accepts the pending connections, at most [`ServerConfig::max_connections`] per pass
+    /// (the rest wait in the backlog for the next pass, so a connect flood cannot keep the
+    /// thread from reading requests and looking at deadlines). At the cap a newcomer takes the
+    /// place of a connection that is not being answered (see [`victim`](Self::victim)); if
+    /// every connection is being answered or has its whole request in, the newcomer gets a
+    /// 503 and is closed.
     fn accept_all(&mut self) {
-        loop {
+        for conn in &mut self.conns {
+            conn.peeked = false;
+        }
+        let mut accepted = 0;
+        while accepted < self.config.max_connections.max(1) {
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    accepted += 1;
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
@@ -300,6 +309,7 @@ impl Server<'_> {
                         state: State::Head(head),
                         deadline: Instant::now() + self.config.head_timeout,
                         ready: PollFlags::empty(),
+                        peeked: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -314,11 +324,33 @@ impl Server<'_> {
         }
     }
 
-    /// The connection to drop for a newcomer: the oldest draining one, else the oldest one
-    /// without a complete head; `None` if every connection is being answered.
-    fn victim(&self) -> Option<usize> {
-        let oldest = |f: fn(&State) -> bool| self.conns.iter().position(|c| f(&c.state));
-        oldest(|s| matches!(s, State::Drain)).or_else(|| oldest(|s| matches!(s, State::Head(_))))
+    /// The connection to drop for a newcomer: the oldest draining one; else one still sending
+    /// its head, after reading (without blocking, once per pass) what each of those has sent:
+    /// one the client closed, else the oldest that sent nothing, else the oldest with part of
+    /// a head. A connection whose whole head is in (it is answered this pass) or that is being
+    /// answered is never dropped: `None` if only those are left.
+    fn victim(&mut self) -> Option<usize> {
+        if let Some(draining) = self.conns.iter().position(|c| matches!(c.state, State::Drain)) {
+            return Some(draining);
+        }
+        let cap = self.config.max_head_bytes.max(1);
+        let (mut silent, mut partial) = (None, None);
+        for (i, conn) in self.conns.iter_mut().enumerate() {
+            let State::Head(head) = &mut conn.state else { continue };
+            if !core::mem::replace(&mut conn.peeked, true) {
+                match read_head(&conn.stream, head, cap) {
+                    Ok(false) => {}
+                    // Closed by the client, or broken: no one waits for its answer.
+                    Ok(true) | Err(_) => return Some(i),
+                }
+            }
+            if head.is_empty() {
+                silent.get_or_insert(i);
+            } else if head_end(head).is_none() && head.len() < cap {
+                partial.get_or_insert(i);
+            }
+        }
+        silent.or(partial)
     }
 
     /// Moves every connection on as far as it goes without blocking; drops those done.
@@ -388,6 +420,8 @@ struct Connection {
     deadline: Instant,
     /// What the last poll reported for the socket.
     ready: PollFlags,
+    /// Whether [`Server::victim`] read the socket in this accept pass.
+    peeked: bool,
 }
 
 /// The steps of a connection.
