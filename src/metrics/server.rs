@@ -782,4 +782,37 @@ mod review2_tests {
         let _ = scrape.read_to_string(&mut answer);
         assert!(answer.starts_with("HTTP/1.1 200"), "the scrape got: {answer:?}");
     }
+
+    /// A connect flood does not keep the thread in `accept_all`: one pass accepts at most
+    /// `max_connections`, the rest stay in the backlog for the passes after `advance_all`.
+    #[test]
+    fn one_pass_accepts_at_most_max_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut source = |_: &mut Vec<Sample>| {};
+        let config = ServerConfig { max_connections: 2, ..ServerConfig::default() };
+        let mut server = Server {
+            listener: &listener,
+            config,
+            conns: Vec::new(),
+            fds: Vec::new(),
+            ready: Vec::new(),
+            scrape: Scrape {
+                source: &mut source,
+                samples: Vec::new(),
+                header: Vec::new(),
+                body: String::new(),
+            },
+        };
+        let _flood: Vec<TcpStream> = (0..6).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        server.accept_all();
+        assert_eq!(server.conns.len(), 2);
+        let mut left = 0;
+        while listener.accept().is_ok() {
+            left += 1;
+        }
+        assert_eq!(left, 4, "one pass accepted more than max_connections");
+    }
 }
