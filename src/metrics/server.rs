@@ -768,8 +768,7 @@ mod review2_tests {
         };
         let mut scrape = TcpStream::connect(addr).unwrap();
         scrape.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-        let _flood: Vec<TcpStream> =
-            (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let _flood: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
         std::thread::sleep(Duration::from_millis(50));
         for _ in 0..3 {
             if server.wait() {
