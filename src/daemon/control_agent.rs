@@ -40,7 +40,7 @@ use crate::control::{
 use crate::metrics::Counter;
 use crate::runtime::{
     Agent, Board, CloseReason, Completion, ConnConfig, ConnCounters, ConnEvent, ConnId, ConnTable,
-    Ctx, RecvRing,
+    Ctx, LaneStatsSnapshot, RecvRing,
 };
 use crate::wire::{DecoderConfig, Flags, ProtocolVersion};
 
@@ -1017,6 +1017,7 @@ impl ControlHandler {
         let mut routes = Routes::new();
         let status = StatusRoute {
             board,
+            last: Vec::new(),
             started: Instant::now(),
             services,
             open: counters.conns.open.clone(),
@@ -1208,6 +1209,8 @@ impl Handler for ControlHandler {
 /// `status`: lanes from the [`Board`], services from their status cells.
 struct StatusRoute {
     board: Arc<Board>,
+    /// Every lane's last consistent counters ([`Board::refresh`]).
+    last: Vec<Option<LaneStatsSnapshot>>,
     started: Instant,
     services: Arc<super::service::StatusBoard>,
     open: Counter,
@@ -1220,12 +1223,12 @@ impl LocalRoute for StatusRoute {
 }
 
 impl StatusRoute {
-    fn status(&self) -> Status {
+    fn status(&mut self) -> Status {
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             reactor: self.board.reactor().map_or("starting", |r| r.name()).to_owned(),
-            lanes: lane_statuses(&self.board),
+            lanes: lane_statuses(&self.board, &mut self.last),
             services: self
                 .services
                 .snapshot()
@@ -1244,16 +1247,21 @@ impl StatusRoute {
     }
 }
 
-/// Every lane's facts and counters, as status and lane reports show them.
-pub(super) fn lane_statuses(board: &Board) -> Vec<LaneStatus> {
-    board
-        .lanes()
-        .into_iter()
+/// Every lane's facts and counters, as status and lane reports show them: `last` is
+/// brought up to date from `board` ([`Board::refresh`]), so a lane caught mid-publish shows
+/// its last consistent counters (and a lane never read consistently yet is left out).
+pub(super) fn lane_statuses(
+    board: &Board,
+    last: &mut Vec<Option<LaneStatsSnapshot>>,
+) -> Vec<LaneStatus> {
+    board.refresh(last);
+    last.iter()
+        .flatten()
         .map(|l| LaneStatus {
-            name: l.name,
+            name: l.name.clone(),
             core: l.core.map_or(-1, |c| c as i32),
             idle: l.idle.to_owned(),
-            agents: l.agents,
+            agents: l.agents.clone(),
             passes: l.passes,
             work: l.work,
             idle_ns: l.idle_ns,

@@ -18,7 +18,7 @@ use crate::control::{
     ConnRef, ControlPort, ToService, CODE_BAD_REQUEST_BODY, CODE_LIMIT, MSG_WATCH_LANES,
 };
 use crate::metrics::{Counter, CounterId, CounterSpec, MetricsError, Summary, SummaryIds};
-use crate::runtime::{Agent, Board, Ctx, ReactorKind};
+use crate::runtime::{Agent, Board, Ctx, LaneStatsSnapshot, ReactorKind};
 
 /// Most subscriptions to [`MSG_WATCH_LANES`] served at once; more are refused with
 /// [`CODE_LIMIT`] (`too many watchers: ...`).
@@ -208,6 +208,9 @@ pub struct LaneGauges {
 #[derive(Debug)]
 pub struct MetricsAgent {
     board: Arc<Board>,
+    /// Every lane's last consistent counters ([`Board::refresh`]): a lane caught mid-publish
+    /// republishes these rather than zeros (a counter reset) or a torn summary.
+    last: Vec<Option<LaneStatsSnapshot>>,
     lanes: Vec<LaneGauges>,
     uptime: Counter,
     /// `corelane_reactor{kind="io_uring"|"poll"}`, set once the lanes report their backend.
@@ -232,6 +235,7 @@ impl MetricsAgent {
         let now = Instant::now();
         Self {
             board,
+            last: Vec::new(),
             lanes,
             uptime,
             reactor: None,
@@ -245,10 +249,15 @@ impl MetricsAgent {
 }
 
 /// The lanes' statistics `now`, for watchers.
-fn lane_report(board: &Board, started: Instant, now: Instant) -> LaneReport {
+fn lane_report(
+    board: &Board,
+    last: &mut Vec<Option<LaneStatsSnapshot>>,
+    started: Instant,
+    now: Instant,
+) -> LaneReport {
     LaneReport {
         uptime_ms: u64::try_from((now - started).as_millis()).unwrap_or(u64::MAX),
-        lanes: lane_statuses(board),
+        lanes: lane_statuses(board, last),
     }
 }
 
@@ -268,7 +277,7 @@ impl Watchers {
 
     /// Takes the requests and close notices waiting (a bounded number), answering each
     /// subscription with `report()`. Returns how many it took.
-    fn serve(&mut self, report: impl Fn() -> LaneReport) -> usize {
+    fn serve(&mut self, mut report: impl FnMut() -> LaneReport) -> usize {
         let before = self.subscribed.len();
         let mut taken = 0;
         while taken < REQUESTS_PER_PASS {
@@ -318,7 +327,7 @@ impl Agent for MetricsAgent {
         let now = ctx.now;
         let mut work = 0;
         if let Some(watch) = &mut self.watch {
-            work += watch.serve(|| lane_report(&self.board, self.started, now));
+            work += watch.serve(|| lane_report(&self.board, &mut self.last, self.started, now));
         }
         if ctx.now < self.next {
             return work;
@@ -331,7 +340,10 @@ impl Agent for MetricsAgent {
         if let (Some(gauges), Some(kind)) = (&self.reactor, self.board.reactor()) {
             gauges[usize::from(kind == ReactorKind::Poll)].set(1);
         }
-        for (lane, g) in self.board.lanes().iter().zip(&self.lanes) {
+        self.board.refresh(&mut self.last);
+        // A lane never read consistently yet is skipped this interval.
+        for (lane, g) in self.last.iter().zip(&self.lanes) {
+            let Some(lane) = lane else { continue };
             // Cumulative totals the lane keeps: the counters mirror them.
             g.passes.set(lane.passes);
             g.work.set(lane.work);
@@ -341,7 +353,7 @@ impl Agent for MetricsAgent {
             g.pass.publish(&quantiles, lane.pass_sum_ns, lane.passes);
         }
         if let Some(watch) = self.watch.as_mut().filter(|w| !w.subscribed.is_empty()) {
-            watch.push(&lane_report(&self.board, self.started, now));
+            watch.push(&lane_report(&self.board, &mut self.last, self.started, now));
         }
         // Publishing is bookkeeping, not work: let the lane keep idling.
         work

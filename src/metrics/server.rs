@@ -43,10 +43,12 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Largest request head read, bytes; a longer one gets a 431.
     pub max_head_bytes: usize,
-    /// Connections open at once. At the cap a new connection takes the place of the oldest
-    /// one not being answered (one already answered, else one still sending its head, which
-    /// gets a 503); only when every connection is being answered is the new one answered 503
-    /// and closed.
+    /// Connections open at once (and accepted per pass). At the cap a new connection takes
+    /// the place of one not being answered: the oldest already answered, else one still
+    /// sending its head (which gets a 503), preferring one the client closed, then the oldest
+    /// that sent nothing, then the oldest with part of a head; one whose whole request is in
+    /// keeps its place. When only those and connections being answered are left, the new one
+    /// is answered 503 and closed.
     pub max_connections: usize,
 }
 
@@ -272,14 +274,21 @@ impl Server<'_> {
         listener_ready
     }
 
-    /// Accepts every pending connection. At [`ServerConfig::max_connections`] a newcomer takes
-    /// the place of the oldest connection that is not being answered (one already answered and
-    /// draining, else one still sending its head); if every connection is being answered, the
-    /// newcomer gets a 503 and is closed.
+    /// Accepts the pending connections, at most [`ServerConfig::max_connections`] per pass
+    /// (the rest wait in the backlog for the next pass, so a connect flood cannot keep the
+    /// thread from reading requests and looking at deadlines). At the cap a newcomer takes the
+    /// place of a connection that is not being answered (see [`victim`](Self::victim)); if
+    /// every connection is being answered or has its whole request in, the newcomer gets a
+    /// 503 and is closed.
     fn accept_all(&mut self) {
-        loop {
+        for conn in &mut self.conns {
+            conn.peeked = false;
+        }
+        let mut accepted = 0;
+        while accepted < self.config.max_connections.max(1) {
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    accepted += 1;
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
@@ -300,6 +309,7 @@ impl Server<'_> {
                         state: State::Head(head),
                         deadline: Instant::now() + self.config.head_timeout,
                         ready: PollFlags::empty(),
+                        peeked: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -314,11 +324,33 @@ impl Server<'_> {
         }
     }
 
-    /// The connection to drop for a newcomer: the oldest draining one, else the oldest one
-    /// without a complete head; `None` if every connection is being answered.
-    fn victim(&self) -> Option<usize> {
-        let oldest = |f: fn(&State) -> bool| self.conns.iter().position(|c| f(&c.state));
-        oldest(|s| matches!(s, State::Drain)).or_else(|| oldest(|s| matches!(s, State::Head(_))))
+    /// The connection to drop for a newcomer: the oldest draining one; else one still sending
+    /// its head, after reading (without blocking, once per pass) what each of those has sent:
+    /// one the client closed, else the oldest that sent nothing, else the oldest with part of
+    /// a head. A connection whose whole head is in (it is answered this pass) or that is being
+    /// answered is never dropped: `None` if only those are left.
+    fn victim(&mut self) -> Option<usize> {
+        if let Some(draining) = self.conns.iter().position(|c| matches!(c.state, State::Drain)) {
+            return Some(draining);
+        }
+        let cap = self.config.max_head_bytes.max(1);
+        let (mut silent, mut partial) = (None, None);
+        for (i, conn) in self.conns.iter_mut().enumerate() {
+            let State::Head(head) = &mut conn.state else { continue };
+            if !core::mem::replace(&mut conn.peeked, true) {
+                match read_head(&conn.stream, head, cap) {
+                    Ok(false) => {}
+                    // Closed by the client, or broken: no one waits for its answer.
+                    Ok(true) | Err(_) => return Some(i),
+                }
+            }
+            if head.is_empty() {
+                silent.get_or_insert(i);
+            } else if head_end(head).is_none() && head.len() < cap {
+                partial.get_or_insert(i);
+            }
+        }
+        silent.or(partial)
     }
 
     /// Moves every connection on as far as it goes without blocking; drops those done.
@@ -388,6 +420,8 @@ struct Connection {
     deadline: Instant,
     /// What the last poll reported for the socket.
     ready: PollFlags,
+    /// Whether [`Server::victim`] read the socket in this accept pass.
+    peeked: bool,
 }
 
 /// The steps of a connection.
@@ -699,5 +733,85 @@ mod tests {
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nrest"), Some(27));
         assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(16));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+    }
+}
+
+#[cfg(test)]
+mod review2_tests {
+    use super::*;
+
+    /// Review2: at the cap, the connections accepted in one pass evict the oldest connections
+    /// still in `Head` before any of them is read, so a scrape whose whole request is already
+    /// in its socket gets a 503 when `max_connections` idle connections arrive in the same
+    /// pass. A flood of cheap connects keeps every legitimate scrape out.
+    #[test]
+    fn a_complete_request_is_not_evicted_by_newer_idle_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut source = |out: &mut Vec<Sample>| {
+            out.push(Sample::new("x".into(), crate::metrics::CounterKind::Gauge, "", 1));
+        };
+        let config = ServerConfig { max_connections: 4, ..ServerConfig::default() };
+        let mut server = Server {
+            listener: &listener,
+            config,
+            conns: Vec::new(),
+            fds: Vec::new(),
+            ready: Vec::new(),
+            scrape: Scrape {
+                source: &mut source,
+                samples: Vec::new(),
+                header: Vec::new(),
+                body: String::new(),
+            },
+        };
+        let mut scrape = TcpStream::connect(addr).unwrap();
+        scrape.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let _flood: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..3 {
+            if server.wait() {
+                server.accept_all();
+            }
+            server.advance_all();
+        }
+        scrape.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut answer = String::new();
+        let _ = scrape.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "the scrape got: {answer:?}");
+    }
+
+    /// A connect flood does not keep the thread in `accept_all`: one pass accepts at most
+    /// `max_connections`, the rest stay in the backlog for the passes after `advance_all`.
+    #[test]
+    fn one_pass_accepts_at_most_max_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut source = |_: &mut Vec<Sample>| {};
+        let config = ServerConfig { max_connections: 2, ..ServerConfig::default() };
+        let mut server = Server {
+            listener: &listener,
+            config,
+            conns: Vec::new(),
+            fds: Vec::new(),
+            ready: Vec::new(),
+            scrape: Scrape {
+                source: &mut source,
+                samples: Vec::new(),
+                header: Vec::new(),
+                body: String::new(),
+            },
+        };
+        let _flood: Vec<TcpStream> = (0..6).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        server.accept_all();
+        assert_eq!(server.conns.len(), 2);
+        let mut left = 0;
+        while listener.accept().is_ok() {
+            left += 1;
+        }
+        assert_eq!(left, 4, "one pass accepted more than max_connections");
     }
 }

@@ -187,11 +187,34 @@ impl Board {
         Arc::default()
     }
 
-    /// Every lane's counters (empty before the runtime started).
-    pub fn lanes(&self) -> Vec<LaneStatsSnapshot> {
+    /// Every lane's counters (empty before the runtime started): `None` for a lane whose
+    /// counters could not be read consistently this time (it was descheduled, or died, in the
+    /// middle of a publish). Readers that report the counters keep their last consistent copy
+    /// instead, with [`refresh`](Self::refresh).
+    pub fn lanes(&self) -> Vec<Option<LaneStatsSnapshot>> {
         self.lanes
             .get()
             .map_or_else(Vec::new, |lanes| lanes.iter().map(LaneView::snapshot).collect())
+    }
+
+    /// Brings `last` (one entry per lane, board order; sized here) up to date: each lane
+    /// read consistently replaces its entry, any other keeps its last consistent copy
+    /// (`None` until it had one), so a counter never goes back to zero and a summary never
+    /// mixes two publishes. Returns how many lanes kept an older copy.
+    pub fn refresh(&self, last: &mut Vec<Option<LaneStatsSnapshot>>) -> usize {
+        let Some(lanes) = self.lanes.get() else {
+            last.clear();
+            return 0;
+        };
+        last.resize(lanes.len(), None);
+        let mut stale = 0;
+        for (view, kept) in lanes.iter().zip(last.iter_mut()) {
+            match view.snapshot() {
+                Some(fresh) => *kept = Some(fresh),
+                None => stale += 1,
+            }
+        }
+        stale
     }
 
     /// The reactor backend the lanes run (`None` while starting).
@@ -209,6 +232,8 @@ pub struct Runtime {
     failure: Arc<Mutex<Option<LaneFailure>>>,
     /// Each lane sends its index here as its thread ends.
     done: crossbeam_channel::Receiver<usize>,
+    /// The last consistent copy of every lane's counters, for [`stats`](Self::stats).
+    last: Mutex<Vec<Option<LaneStatsSnapshot>>>,
 }
 
 #[derive(Debug)]
@@ -345,7 +370,8 @@ impl Runtime {
                 }
             }
         }
-        let runtime = Runtime { lanes, shutdown, board, failure: died, done };
+        let runtime =
+            Runtime { lanes, shutdown, board, failure: died, done, last: Mutex::default() };
         match failure {
             None => Ok(runtime),
             Some(e) => {
@@ -384,9 +410,12 @@ impl Runtime {
         }
     }
 
-    /// A copy of every lane's counters.
+    /// A copy of every lane's counters: the last consistent copy of a lane caught in the
+    /// middle of a publish (a lane never read consistently yet is left out).
     pub fn stats(&self) -> Vec<LaneStatsSnapshot> {
-        self.board.lanes()
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        self.board.refresh(&mut last);
+        last.iter().flatten().cloned().collect()
     }
 
     /// The first lane that died (an agent panicked, its reactor failed), if one has. A death
@@ -440,7 +469,13 @@ impl Runtime {
 }
 
 impl LaneView {
-    fn snapshot(&self) -> LaneStatsSnapshot {
+    /// The lane's counters, or `None` if no try within the budget saw one whole publish.
+    fn snapshot(&self) -> Option<LaneStatsSnapshot> {
+        // A publish is a few stores (the quantiles are computed before the odd `seq`), so a
+        // reader meets a half-written one rarely and briefly: spin a little, then give the
+        // cpu away (the lane may share this core and have been descheduled mid-publish).
+        const TRIES: usize = 64;
+        const SPINS: usize = 8;
         let s = &self.stats;
         let mut snapshot = LaneStatsSnapshot {
             name: self.name.clone(),
@@ -449,14 +484,16 @@ impl LaneView {
             agents: self.agents.clone(),
             ..LaneStatsSnapshot::default()
         };
-        // A publish is a few stores: a reader meets a half-written one rarely and briefly. The
-        // bound only guards against a lane that died mid-publish (then the values are its last).
-        for _ in 0..1024 {
+        for attempt in 0..TRIES {
             // SYNC: pairs with the Release store of the even `seq` in `Lane::publish`: the
             // values read below are of that publish or a later one.
             let before = s.seq.load(Ordering::Acquire);
             if before & 1 == 1 {
-                std::hint::spin_loop();
+                if attempt < SPINS {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
                 continue;
             }
             snapshot.passes = s.passes.load(Ordering::Relaxed);
@@ -471,10 +508,10 @@ impl LaneView {
             // a value of a later publish read above shows as a changed `seq` below.
             fence(Ordering::Acquire);
             if s.seq.load(Ordering::Relaxed) == before {
-                break;
+                return Some(snapshot);
             }
         }
-        snapshot
+        None
     }
 }
 
@@ -844,6 +881,11 @@ impl Lane {
     fn publish(&self, h: &Histogram<u64>, totals: Totals, max_pass: u64) {
         let s = &self.stats;
         let Totals { passes, pass_ns: pass_sum, work, idle_ns } = totals;
+        // The histogram answers the top of a bucket, which can pass the exact maximum: capped,
+        // the quantiles never decrease towards the max. Computed before the odd `seq`: each is
+        // a walk of the histogram, and the odd window must stay a handful of stores.
+        let quantile = |q| h.value_at_quantile(q).min(max_pass);
+        let (p50, p99, p999) = (quantile(0.5), quantile(0.99), quantile(0.999));
         // One writer (this lane): odd while writing, the next even value after.
         let odd = s.seq.load(Ordering::Relaxed) | 1;
         s.seq.store(odd, Ordering::Relaxed);
@@ -855,12 +897,9 @@ impl Lane {
         s.work.store(work, Ordering::Relaxed);
         s.idle_ns.store(idle_ns, Ordering::Relaxed);
         s.max_pass_ns.store(max_pass, Ordering::Relaxed);
-        // The histogram answers the top of a bucket, which can pass the exact maximum: capped,
-        // the quantiles never decrease towards the max.
-        let quantile = |q| h.value_at_quantile(q).min(max_pass);
-        s.p50_pass_ns.store(quantile(0.5), Ordering::Relaxed);
-        s.p99_pass_ns.store(quantile(0.99), Ordering::Relaxed);
-        s.p999_pass_ns.store(quantile(0.999), Ordering::Relaxed);
+        s.p50_pass_ns.store(p50, Ordering::Relaxed);
+        s.p99_pass_ns.store(p99, Ordering::Relaxed);
+        s.p999_pass_ns.store(p999, Ordering::Relaxed);
         // SYNC: publishes the values above -> the Acquire load of `seq` in `LaneView::snapshot`.
         s.seq.store(odd.wrapping_add(1), Ordering::Release);
     }
@@ -914,5 +953,45 @@ mod tests {
             let p = h.value_at_quantile(0.99);
             assert!(p.abs_diff(v) * 100 <= v.max(100), "{v} read back as {p}");
         }
+    }
+}
+
+#[cfg(test)]
+mod review2_tests {
+    use super::*;
+
+    /// Review2: a lane descheduled (or dead) between its odd and even `seq` store makes a
+    /// reader give up after 1024 spins; the comment says "then the values are its last", but
+    /// the snapshot comes back zeroed, so the metrics agent publishes passes_total = 0 (a
+    /// counter reset in Prometheus) and a zero pass summary.
+    #[test]
+    fn snapshot_of_a_lane_mid_publish_keeps_the_last_values() {
+        let stats = Arc::new(LaneStats::default());
+        stats.passes.store(1000, Ordering::Relaxed);
+        stats.work.store(77, Ordering::Relaxed);
+        stats.seq.store(2, Ordering::Relaxed);
+        let view = LaneView {
+            name: "main".into(),
+            core: None,
+            idle_now: AtomicU64::new(0),
+            agents: Vec::new(),
+            stats: Arc::clone(&stats),
+        };
+        let board = Board::default();
+        board.lanes.set(vec![view]).unwrap();
+        let mut last = Vec::new();
+        assert_eq!(board.refresh(&mut last), 0);
+        assert_eq!(last[0].as_ref().map(|l| l.passes), Some(1000));
+        // The lane is preempted just after `s.seq.store(odd)` in `Lane::publish`.
+        stats.seq.store(3, Ordering::Relaxed);
+        assert_eq!(board.lanes()[0], None, "no consistent read mid-publish");
+        assert_eq!(board.refresh(&mut last), 1, "the lane keeps its last copy");
+        let snap = last[0].as_ref().expect("the last consistent copy");
+        assert_eq!((snap.passes, snap.work), (1000, 77), "a counter went back to zero");
+        // The publish ends: the next refresh reads the new values.
+        stats.passes.store(1001, Ordering::Relaxed);
+        stats.seq.store(4, Ordering::Relaxed);
+        assert_eq!(board.refresh(&mut last), 0);
+        assert_eq!(last[0].as_ref().map(|l| l.passes), Some(1001));
     }
 }
