@@ -390,3 +390,55 @@ fn devices_sit_side_by_side_when_the_terminal_is_wide_enough() {
     assert_eq!(render::height(View::Charts, &snap, &h, 100), 24);
     assert_eq!(render::height(View::Charts, &snap, &h, 170), 12);
 }
+
+/// Review2: the ledger saturates a hostile client's sizes at u64::MAX (alloc/ledger.rs), and
+/// top adds L1 and CB bytes unchecked (render.rs:344, 406, snapshot.rs History::push): a debug
+/// build panics (attempt to add with overflow), a release build wraps and shows the device's
+/// L1 as nearly empty.
+#[test]
+fn saturated_usage_from_the_ledger_neither_panics_nor_wraps() {
+    let d = Device {
+        device: 0,
+        l1: u64::MAX,
+        cb: 4096,
+        l1_capacity: 1 << 20,
+        dram_capacity: 1 << 30,
+        ..Default::default()
+    };
+    let snap = Snapshot {
+        daemon: Daemon::Running {
+            pid: 1,
+            version: "x".into(),
+            uptime_ms: 1,
+            reactor: "poll".into(),
+        },
+        devices: Section::Ok(vec![d]),
+        ..Default::default()
+    };
+    let mut history = History::default();
+    history.push(&snap);
+    let text = once_text(&snap, &history, "/tmp/x.sock");
+    assert!(text.contains("L1 100.0%") || text.contains("100"), "{text}");
+}
+
+/// Review2: the lane figures come from the counters file, which the metrics agent rewrites
+/// every `metrics.publish_interval_ms` (default 1000), while top refreshes every 500 ms and
+/// divides by its own refresh interval: work/s and passes/s read 0, 2x, 0, 2x and idle % reads
+/// 0 %, 100 % (capped from 200 %), 0 %, ... Seen on a real daemon with `top --json` run six
+/// times: idle_pct 0.0, 100.0, 0.0, 100.0, 0.0, 100.0.
+#[test]
+fn rates_of_counters_published_every_second_sampled_every_half_second_are_steady() {
+    let t0 = std::time::Instant::now();
+    let mut rates = Rates::default();
+    let mut seen = Vec::new();
+    // A counter that goes up 1000/s, published once a second; sampled at 0.25 s, 0.75 s, ...
+    for i in 0..8u64 {
+        let at_ms = 250 + 500 * i;
+        rates.begin(t0 + Duration::from_millis(at_ms));
+        let published = 1000 * (at_ms / 1000);
+        if let Some(r) = rates.rate("lane/main/work", published) {
+            seen.push(r.round());
+        }
+    }
+    assert!(seen.iter().all(|r| (500.0..=1500.0).contains(r)), "work/s per refresh: {seen:?}");
+}
