@@ -76,14 +76,17 @@ DATA
     (lane passes, work, idle time and pass quantiles; the frame worker's counters; the
     heartbeat). Every refresh connects anew: a stopped daemon shows \"not running\" and the
     views come back when it does. A service that is disabled or absent shows one line saying
-    so. Rates (per second) are over the last refresh interval. Control requests go over the
+    so. Rates (per second) of the counters file's figures are over the daemon's last publish
+    interval (metrics.publish_interval_ms; the last rate stays until the next publish), the
+    others over the last refresh interval. Control requests go over the
     socket (--transport shared-memory opens a channel per refresh instead; auto means the
     socket here).
 
 EXIT STATUS (--once, --json)
     0 when the daemon answered; 1 when it is not running (the output says so); 2 on a usage
-    or config error, or when the monitor's stdout is not a terminal. --once and --json sample twice, one refresh interval apart, so rates are
-    filled.
+    or config error, or when the monitor's stdout is not a terminal. --once and --json sample
+    twice, one refresh interval apart, and on until the counters file published twice (3 s at
+    most), so rates are filled.
 
 EXAMPLES
     corelane top                       the monitor, refreshing every 500 ms
@@ -138,18 +141,28 @@ fn once(source: &mut dyn Source, socket: &str, args: &TopArgs) -> ExitCode {
     }
 }
 
-/// What `--once` (or `--json`) prints, and whether the daemon is running: two gathers
-/// `refresh` apart (so rates are filled), or one when nothing answers.
+/// How long `--once` samples, at most, for the rates of the counters file to fill: they need
+/// two of its publishes after the first gather (`metrics.publish_interval_ms`, 1 s by default).
+const FILL_WITHIN: Duration = Duration::from_secs(3);
+
+/// What `--once` (or `--json`) prints, and whether the daemon is running: gathers `refresh`
+/// apart until the rates are filled (two at least; at most [`FILL_WITHIN`]), or one when
+/// nothing answers.
 pub fn once_output(
     source: &mut dyn Source,
     socket: &str,
     json: bool,
     refresh: Duration,
 ) -> (String, bool) {
+    let started = Instant::now();
     let mut snap = source.gather();
     if snap.daemon != Daemon::NotRunning {
         std::thread::sleep(refresh);
         snap = source.gather();
+        while rates_pending(&snap) && started.elapsed() < FILL_WITHIN {
+            std::thread::sleep(refresh.max(Duration::from_millis(10)));
+            snap = source.gather();
+        }
     }
     let mut history = History::default();
     history.push(&snap);
@@ -159,6 +172,16 @@ pub fn once_output(
         once_text(&snap, &history, socket)
     };
     (text, snap.daemon != Daemon::NotRunning)
+}
+
+/// Whether a rate from the counters file is still unknown: the file has not published twice
+/// since the first gather.
+fn rates_pending(snap: &Snapshot) -> bool {
+    let lanes = snap.lanes.ok().is_some_and(|l| {
+        l.from == "counters file" && l.lanes.iter().any(|x| x.passes_per_s.is_none())
+    });
+    let frames = snap.frames.ok().is_some_and(|f| f.frames_per_s.is_none());
+    snap.daemon != Daemon::NotRunning && (lanes || frames)
 }
 
 /// Columns of `--once` output.

@@ -419,6 +419,8 @@ fn saturated_usage_from_the_ledger_neither_panics_nor_wraps() {
     history.push(&snap);
     let text = once_text(&snap, &history, "/tmp/x.sock");
     assert!(text.contains("L1 100.0%") || text.contains("100"), "{text}");
+    let l1 = history.samples(0).next().map(|s| s.1);
+    assert!(l1.is_some_and(|p| p >= 100.0), "L1 reads full, not nearly empty: {l1:?}");
 }
 
 /// Review2: the lane figures come from the counters file, which the metrics agent rewrites
@@ -436,9 +438,32 @@ fn rates_of_counters_published_every_second_sampled_every_half_second_are_steady
         let at_ms = 250 + 500 * i;
         rates.begin(t0 + Duration::from_millis(at_ms));
         let published = 1000 * (at_ms / 1000);
-        if let Some(r) = rates.rate("lane/main/work", published) {
+        // The file's heartbeat: the clock of its last publish.
+        let heartbeat_ns = 1_000_000_000 * (at_ms / 1000);
+        if let Some(r) = rates.rate_at("lane/main/work", published, heartbeat_ns) {
             seen.push(r.round());
         }
     }
+    assert_eq!(seen.len(), 6, "a rate from the second publish on: {seen:?}");
     assert!(seen.iter().all(|r| (500.0..=1500.0).contains(r)), "work/s per refresh: {seen:?}");
+}
+
+/// Rates forget the keys a refresh did not read (sessions and streams come and go), and a
+/// heartbeat that goes back (a new daemon's file) is a restart, not a rate.
+#[test]
+fn rates_forget_keys_gone_and_restart_on_a_heartbeat_going_back() {
+    let t0 = std::time::Instant::now();
+    let mut rates = Rates::default();
+    rates.begin(t0);
+    rates.rate_at("a", 0, 1_000);
+    rates.rate_at("b", 0, 1_000);
+    rates.begin(t0 + Duration::from_millis(500));
+    assert_eq!(rates.rate_at("a", 100, 1_000_001_000), Some(100.0));
+    rates.begin(t0 + Duration::from_millis(1000));
+    assert_eq!(rates.len(), 1, "b was not read in the previous refresh");
+    assert_eq!(rates.rate_at("a", 100, 1_000_001_000), Some(100.0), "not republished: kept");
+    rates.begin(t0 + Duration::from_millis(1500));
+    assert_eq!(rates.rate_at("a", 5, 500), None, "the clock went back: a restart");
+    rates.begin(t0 + Duration::from_millis(2000));
+    assert_eq!(rates.rate_at("a", 15, 1_000_000_500), Some(10.0));
 }
