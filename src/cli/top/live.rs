@@ -283,6 +283,7 @@ impl DaemonSource {
             decode_p99_ns: q99("decode_seconds"),
             infer_p99_ns: q99("infer_seconds"),
             session_list,
+            sessions_unlisted: Session::unlisted(detail),
             errors: by("corelane_frames_errors_total", "code"),
             closes: by("corelane_frames_closes_total", "cause"),
         }

@@ -568,8 +568,12 @@ fn frames(s: &Snapshot) -> Vec<Part> {
                 ]
             })
             .collect();
+        let title = match f.sessions_unlisted {
+            0 => "Sessions".to_owned(),
+            n => format!("Sessions (the first {}; +{n} more not listed)", f.session_list.len()),
+        };
         Part::Table(
-            "Sessions".into(),
+            title,
             vec![
                 "SESSION",
                 "WINDOW",

@@ -228,6 +228,8 @@ pub struct Frames {
     pub infer_p99_ns: u64,
     /// The open sessions (from the frames service's `sessions` status detail).
     pub session_list: Vec<Session>,
+    /// Open sessions the detail does not list (its `+N more` tail: it lists 64 at most).
+    pub sessions_unlisted: u64,
     /// Error messages sent, by code (every code, zero or not).
     pub errors: Vec<(String, u64)>,
     /// Connections closed, by cause.
@@ -255,10 +257,20 @@ pub struct Session {
 
 impl Session {
     /// Parses the frames service's `sessions` status detail:
-    /// `#N window W inflight I frames F results R errors E`, entries joined by "; ".
-    /// Entries that do not read so are skipped (the text comes from another process).
+    /// `#N window W inflight I frames F results R errors E`, entries joined by "; ", maybe
+    /// ending in `+N more` (see [`unlisted`](Self::unlisted)). Entries that do not read so
+    /// are skipped (the text comes from another process).
     pub fn parse_list(text: &str) -> Vec<Session> {
         text.split("; ").filter_map(Self::parse).collect()
+    }
+
+    /// The `+N more` tail of the `sessions` detail: the open sessions it does not list (0
+    /// when it has no such tail).
+    pub fn unlisted(text: &str) -> u64 {
+        text.rsplit("; ")
+            .next()
+            .and_then(|last| last.strip_prefix('+')?.strip_suffix(" more")?.parse().ok())
+            .unwrap_or(0)
     }
 
     fn parse(entry: &str) -> Option<Session> {
@@ -468,6 +480,12 @@ mod tests {
             ]
         );
         assert!(Session::parse_list("").is_empty());
+        let tail = "#1 window 4 inflight 0 frames 1 results 1 errors 0; +36 more";
+        assert_eq!(Session::parse_list(tail).len(), 1);
+        assert_eq!(Session::unlisted(tail), 36);
+        assert_eq!(Session::unlisted("+7 more"), 7);
+        assert_eq!(Session::unlisted("#1 window 4"), 0);
+        assert_eq!(Session::unlisted("+x more; +-1 more"), 0);
     }
 
     #[test]

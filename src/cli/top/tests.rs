@@ -84,6 +84,7 @@ fn fake() -> Snapshot {
             results_per_s: Some(59.5),
             decode_p99_ns: 850,
             infer_p99_ns: 4_500_000,
+            sessions_unlisted: 0,
             session_list: vec![Session {
                 id: 3,
                 window: 4,
@@ -466,4 +467,17 @@ fn rates_forget_keys_gone_and_restart_on_a_heartbeat_going_back() {
     assert_eq!(rates.rate_at("a", 5, 500), None, "the clock went back: a restart");
     rates.begin(t0 + Duration::from_millis(2000));
     assert_eq!(rates.rate_at("a", 15, 1_000_000_500), Some(10.0));
+}
+
+/// The frames service lists 64 sessions at most and counts the rest as "+N more": the view
+/// says how many it does not list.
+#[test]
+fn the_frames_view_says_how_many_sessions_are_not_listed() {
+    let mut snap = fake();
+    if let Section::Ok(f) = &mut snap.frames {
+        f.sessions_unlisted = 36;
+    }
+    let text = once_text(&snap, &History::default(), "/s");
+    assert!(text.contains("+36 more not listed"), "{text}");
+    assert!(!once_text(&fake(), &History::default(), "/s").contains("more not listed"));
 }
