@@ -68,7 +68,8 @@ KEYS
     4  lanes     per lane: core, idle strategy, work/s, passes/s, idle %, pass p99, reactor
     5  frames    the frame worker: sessions, window, in flight, frames/s, results/s, decode
                  and infer p99, errors by code, closes by cause (RTT is the agent's figure)
-    q, Ctrl-C    quit (also Esc); the terminal is restored, also after an error or a panic
+    q, Ctrl-C    quit (also Esc); the terminal is restored, also after an error, a panic,
+                 SIGTERM or SIGHUP (exit status 128 + the signal's number)
 
 DATA
     The control socket (status: daemon, lanes, which services run; pool status: streams),
@@ -121,7 +122,9 @@ pub fn run(args: &TopArgs, cx: &CliContext) -> ExitCode {
     }
     let view = View::ALL[usize::from(args.view.clamp(1, 5)) - 1];
     match watch(&mut source, &socket, args.refresh_ms, view) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Quit::Key) => ExitCode::SUCCESS,
+        // The shell's convention for a process ended by a signal.
+        Ok(Quit::Signal(n)) => ExitCode::from(128u8.saturating_add(n)),
         Err(e) => {
             eprintln!("corelane top: terminal: {e}");
             ExitCode::from(1)
@@ -220,12 +223,37 @@ impl Drop for Restore {
     }
 }
 
+/// Why the monitor ended.
+enum Quit {
+    /// `q`, Esc or Ctrl-C.
+    Key,
+    /// SIGTERM or SIGHUP (its number).
+    Signal(u8),
+}
+
+/// The signals that end the monitor (the terminal restored) instead of killing it with the
+/// terminal left in raw mode on the alternate screen. SIGINT is not here: raw mode turns
+/// Ctrl-C into a key.
+const QUIT_SIGNALS: [i32; 2] = [signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP];
+
+/// Longest wait for a key between two checks of the signal flag: how late the monitor may
+/// notice a SIGTERM when the refresh interval is long.
+const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+
 fn watch(
     source: &mut dyn Source,
     socket: &str,
     refresh_ms: u64,
     mut view: View,
-) -> std::io::Result<()> {
+) -> std::io::Result<Quit> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // Before the terminal changes: a signal from here on ends the loop below, which restores.
+    let signalled = Arc::new(AtomicUsize::new(0));
+    for signal in QUIT_SIGNALS {
+        let number = usize::try_from(signal).unwrap_or(0);
+        signal_hook::flag::register_usize(signal, Arc::clone(&signalled), number)?;
+    }
     // Armed first: restores whatever `try_init` managed before failing, too.
     let _restore = Restore;
     let mut terminal = ratatui::try_init()?;
@@ -233,25 +261,37 @@ fn watch(
     let mut history = History::default();
     let mut snap = Snapshot::default();
     let mut due = Instant::now();
+    let mut redraw = true;
     loop {
+        // Relaxed: the flag carries nothing but itself.
+        if let n @ 1.. = signalled.load(Ordering::Relaxed) {
+            return Ok(Quit::Signal(u8::try_from(n).unwrap_or(u8::MAX)));
+        }
         if Instant::now() >= due {
             snap = source.gather();
             history.push(&snap);
             due = Instant::now() + refresh;
+            redraw = true;
         }
-        terminal.draw(|f| {
-            let area = f.area();
-            render::screen(&snap, &history, view, socket, refresh_ms, area, f.buffer_mut());
-        })?;
+        if redraw {
+            terminal.draw(|f| {
+                let area = f.area();
+                render::screen(&snap, &history, view, socket, refresh_ms, area, f.buffer_mut());
+            })?;
+            redraw = false;
+        }
         // Wait for a key or the next refresh; a resize redraws at once (draw re-lays out).
-        let wait = due.saturating_duration_since(Instant::now());
+        let wait = due.saturating_duration_since(Instant::now()).min(SIGNAL_CHECK);
         if !event::poll(wait)? {
             continue;
         }
+        redraw = true;
         match event::read()? {
             Event::Key(k) if k.kind != KeyEventKind::Release => match k.code {
-                KeyCode::Char('q' | 'Q') | KeyCode::Esc => return Ok(()),
-                KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => return Ok(()),
+                KeyCode::Char('q' | 'Q') | KeyCode::Esc => return Ok(Quit::Key),
+                KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                    return Ok(Quit::Key)
+                }
                 KeyCode::Char(c) => {
                     if let Some(v) = View::from_key(c) {
                         view = v;
