@@ -1,8 +1,8 @@
 //! `corelane top` against the real binary: `--once` and `--json` with and without a daemon
 //! (the alloc harness's [`support::Rig`]: its own runtime dir, alloc listeners, pool off,
 //! frames off), and the monitor itself on a pseudo-terminal: it draws, switches views, shows
-//! "not running" across a daemon restart and recovers, re-lays out on resize, and `q` leaves
-//! the alternate screen and raw mode.
+//! "not running" across a daemon restart and recovers, re-lays out on resize, and `q`, SIGTERM
+//! and SIGHUP leave the alternate screen and raw mode.
 
 #[path = "frames_support/mod.rs"]
 mod frames_support;

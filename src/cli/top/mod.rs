@@ -79,9 +79,9 @@ DATA
     views come back when it does. A service that is disabled or absent shows one line saying
     so. Rates (per second) of the counters file's figures are over the daemon's last publish
     interval (metrics.publish_interval_ms; the last rate stays until the next publish), the
-    others over the last refresh interval. Control requests go over the
-    socket (--transport shared-memory opens a channel per refresh instead; auto means the
-    socket here).
+    others over the last refresh interval. Control requests go over the socket
+    (--transport shared-memory opens a channel per refresh instead; auto means the socket
+    here).
 
 EXIT STATUS (--once, --json)
     0 when the daemon answered; 1 when it is not running (the output says so); 2 on a usage
