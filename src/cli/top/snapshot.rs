@@ -406,9 +406,9 @@ impl Rates {
         c.rate
     }
 
-    /// Number of keys kept (for tests).
+    /// Number of keys kept (for the tests).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn keys(&self) -> usize {
         self.keys.len()
     }
 }
