@@ -149,7 +149,7 @@ fn once(source: &mut dyn Source, socket: &str, args: &TopArgs) -> ExitCode {
 const FILL_WITHIN: Duration = Duration::from_secs(3);
 
 /// What `--once` (or `--json`) prints, and whether the daemon is running: gathers `refresh`
-/// apart until the rates are filled (two at least; at most [`FILL_WITHIN`]), or one when
+/// apart until the rates are filled (two at least; at most `FILL_WITHIN`), or one when
 /// nothing answers.
 pub fn once_output(
     source: &mut dyn Source,
