@@ -75,6 +75,7 @@ impl DaemonSource {
                 let mut samples = Vec::new();
                 let mut heartbeat_ns = r.heartbeat().0;
                 for _ in 0..3 {
+                    samples.clear();
                     r.snapshot_into(&mut samples);
                     let after = r.heartbeat().0;
                     if after == heartbeat_ns {

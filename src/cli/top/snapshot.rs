@@ -197,11 +197,12 @@ pub struct Lane {
     pub idle: String,
     /// Agents it hosts.
     pub agents: Vec<String>,
-    /// Work items per second since the previous refresh.
+    /// Work items per second over the counters file's last publish interval (over the last
+    /// refresh when the figures come from the control socket).
     pub work_per_s: Option<f64>,
-    /// Passes per second since the previous refresh.
+    /// Passes per second, over the same interval.
     pub passes_per_s: Option<f64>,
-    /// Share of the time spent idle since the previous refresh, 0..=100.
+    /// Share of that interval spent idle, 0..=100.
     pub idle_pct: Option<f64>,
     /// Pass time p99, ns.
     pub p99_pass_ns: u64,
@@ -218,9 +219,9 @@ pub struct Frames {
     pub window: u32,
     /// Frames handed to the detector and not answered yet (all sessions).
     pub in_flight: u64,
-    /// Frames accepted per second since the previous refresh.
+    /// Frames accepted per second over the counters file's last publish interval.
     pub frames_per_s: Option<f64>,
-    /// Results sent per second since the previous refresh.
+    /// Results sent per second over the counters file's last publish interval.
     pub results_per_s: Option<f64>,
     /// Decode time p99 of the last publish interval, ns.
     pub decode_p99_ns: u64,
