@@ -1,8 +1,8 @@
 //! `corelane top` against the real binary: `--once` and `--json` with and without a daemon
 //! (the alloc harness's [`support::Rig`]: its own runtime dir, alloc listeners, pool off,
 //! frames off), and the monitor itself on a pseudo-terminal: it draws, switches views, shows
-//! "not running" across a daemon restart and recovers, re-lays out on resize, and `q` leaves
-//! the alternate screen and raw mode.
+//! "not running" across a daemon restart and recovers, re-lays out on resize, and `q`, SIGTERM
+//! and SIGHUP leave the alternate screen and raw mode.
 
 #[path = "frames_support/mod.rs"]
 mod frames_support;
@@ -364,4 +364,57 @@ fn the_monitor_switches_views_survives_a_restart_relays_out_and_restores_the_ter
     });
     let modes = rustix::termios::tcgetattr(&pty.slave).unwrap().local_modes;
     assert!(modes.contains(LocalModes::ICANON | LocalModes::ECHO), "raw mode left: {modes:?}");
+}
+
+/// SIGTERM and SIGHUP (a `kill`, a closed terminal window) end the monitor like `q`: it
+/// leaves the alternate screen and raw mode, and exits 128 + the signal's number.
+#[test]
+fn sigterm_and_sighup_restore_the_terminal() {
+    if Command::new("setsid").arg("--version").output().is_err() {
+        eprintln!("skipped: no setsid(1) to run the monitor in a session of its own");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cl-top-{}-signal", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    use rustix::process::Signal;
+    use rustix::termios::LocalModes;
+    for (signal, number) in [(Signal::TERM, 15), (Signal::HUP, 1)] {
+        let pty = Pty::open(30, 100);
+        // No daemon: the monitor shows "not running" (nothing to start for this test).
+        let mut cmd = Command::new("setsid");
+        cmd.arg(BIN).args(["top", "-r", "100"]).env("TERM", "xterm");
+        cmd.env("XDG_RUNTIME_DIR", &dir);
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CORELANE_")) {
+            cmd.env_remove(k);
+        }
+        let mut child = cmd
+            .stdin(pty.slave.try_clone().unwrap())
+            .stdout(pty.slave.try_clone().unwrap())
+            .stderr(pty.slave.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        pty.wait_screen("the monitor", |s| s.line(0).contains("daemon not running"));
+        let modes = rustix::termios::tcgetattr(&pty.slave).unwrap().local_modes;
+        assert!(!modes.contains(LocalModes::ICANON), "raw mode: {modes:?}");
+        rustix::process::kill_process(rustix::process::Pid::from_child(&child), signal).unwrap();
+        let deadline = Instant::now() + support::DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{signal:?} did not end the monitor");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.code(), Some(128 + number), "{signal:?}: {status}");
+        wait_for("the restore sequences", || {
+            let out = pty.output();
+            let tail = &out[out.len().saturating_sub(64)..];
+            tail.windows(8).any(|w| w == b"\x1b[?1049l")
+                && tail.windows(6).any(|w| w == b"\x1b[?25h")
+        });
+        let modes = rustix::termios::tcgetattr(&pty.slave).unwrap().local_modes;
+        assert!(modes.contains(LocalModes::ICANON | LocalModes::ECHO), "raw mode left: {modes:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -431,6 +431,8 @@ impl Prepared for FramesPrepared {
             published: None,
             timer_at: None,
             status: status.clone(),
+            sessions: SessionsDetail::default(),
+            sessions_shown: String::new(),
         };
         let bridge = match self.frames.pool_stream {
             0 => None,
@@ -570,6 +572,67 @@ struct WorkerAgent {
     published: Option<Instant>,
     timer_at: Option<Instant>,
     status: StatusCell,
+    /// The `sessions` status detail, rebuilt every publish in this buffer, and the text last
+    /// set (the status cell is set only when it changed).
+    sessions: SessionsDetail,
+    sessions_shown: String,
+}
+
+/// Most sessions the `sessions` status detail lists; the rest are counted as "+N more".
+const LISTED_SESSIONS: usize = 64;
+
+/// The frames service's `sessions` status detail (also `corelane top`'s frames view):
+/// `#N window W inflight I frames F results R errors E` per open session, joined by "; ",
+/// the first [`LISTED_SESSIONS`], then `+N more` for the rest. Bounded whatever the number
+/// of connections; the buffer is reused.
+#[derive(Debug, Default)]
+struct SessionsDetail {
+    text: String,
+    listed: usize,
+    more: usize,
+}
+
+/// One session's figures in the `sessions` detail.
+struct SessionLine {
+    number: u64,
+    window: u32,
+    inflight: u32,
+    frames: u64,
+    results: u64,
+    errors: u64,
+}
+
+impl SessionsDetail {
+    fn clear(&mut self) {
+        self.text.clear();
+        (self.listed, self.more) = (0, 0);
+    }
+
+    fn push(&mut self, s: &SessionLine) {
+        use std::fmt::Write as _;
+        if self.listed == LISTED_SESSIONS {
+            self.more += 1;
+            return;
+        }
+        let sep = if self.text.is_empty() { "" } else { "; " };
+        // Writing to a String does not fail.
+        let _ = write!(
+            self.text,
+            "{sep}#{} window {} inflight {} frames {} results {} errors {}",
+            s.number, s.window, s.inflight, s.frames, s.results, s.errors
+        );
+        self.listed += 1;
+    }
+
+    /// The detail, with its `+N more` tail.
+    fn finish(&mut self) -> &str {
+        use std::fmt::Write as _;
+        if self.more > 0 {
+            let _ = write!(self.text, "; +{} more", self.more);
+            self.more = 0;
+        }
+        &self.text
+    }
 }
 
 impl std::fmt::Debug for WorkerAgent {
@@ -801,24 +864,20 @@ impl WorkerAgent {
         }
         self.published = Some(now);
         let mut t = self.totals;
-        // One line per open session for `status` (and `corelane top`'s frames view):
-        // `#N window W inflight I frames F results R errors E`, joined by "; ".
-        let mut sessions = String::new();
-        for id in self.conns.ids().collect::<Vec<_>>() {
+        // One entry per open session for `status` (and `corelane top`'s frames view).
+        let sessions = &mut self.sessions;
+        sessions.clear();
+        for id in self.conns.ids() {
             if let Some(conn) = self.conns.get(id) {
                 let c = conn.session.counters();
-                use std::fmt::Write as _;
-                let _ = write!(
-                    sessions,
-                    "{}#{} window {} inflight {} frames {} results {} errors {}",
-                    if sessions.is_empty() { "" } else { "; " },
-                    conn.number,
-                    conn.session.window(),
-                    conn.session.inflight(),
-                    c.frames,
-                    c.results,
-                    c.errors.iter().sum::<u64>()
-                );
+                sessions.push(&SessionLine {
+                    number: conn.number,
+                    window: conn.session.window(),
+                    inflight: conn.session.inflight(),
+                    frames: c.frames,
+                    results: c.results,
+                    errors: c.errors.iter().sum::<u64>(),
+                });
                 t.frames += c.frames;
                 t.results += c.results;
                 t.results_bytes += c.results_bytes;
@@ -849,7 +908,12 @@ impl WorkerAgent {
         self.status.set("connections", self.conns.len());
         self.status.set("frames", t.frames);
         self.status.set("results", t.results);
-        self.status.set("sessions", sessions);
+        let sessions = self.sessions.finish();
+        if sessions != self.sessions_shown {
+            self.status.set("sessions", sessions);
+            self.sessions_shown.clear();
+            self.sessions_shown.push_str(sessions);
+        }
     }
 
     fn arm_timer(&mut self, ctx: &mut Ctx<'_>) {
@@ -1129,6 +1193,37 @@ mod tests {
 
     fn frames() -> FramesConfig {
         Config::default().frames
+    }
+
+    #[test]
+    fn the_sessions_detail_lists_64_sessions_and_counts_the_rest() {
+        let mut d = SessionsDetail::default();
+        let line = |number| SessionLine {
+            number,
+            window: 4,
+            inflight: 1,
+            frames: 10,
+            results: 9,
+            errors: 0,
+        };
+        for number in 1..=100 {
+            d.push(&line(number));
+        }
+        let text = d.finish().to_owned();
+        let entries: Vec<&str> = text.split("; ").collect();
+        assert_eq!(entries.len(), 65, "{text}");
+        assert_eq!(entries[0], "#1 window 4 inflight 1 frames 10 results 9 errors 0");
+        assert!(entries[63].starts_with("#64 "), "{text}");
+        assert_eq!(entries[64], "+36 more");
+        let parsed = crate::cli::top::snapshot::Session::parse_list(&text);
+        assert_eq!(parsed.len(), 64, "top reads the listed ones");
+        d.clear();
+        for number in 1..=3 {
+            d.push(&line(number));
+        }
+        assert_eq!(d.finish().split("; ").count(), 3, "no tail when all are listed");
+        d.clear();
+        assert_eq!(d.finish(), "");
     }
 
     #[test]

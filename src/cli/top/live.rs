@@ -51,7 +51,7 @@ impl DaemonSource {
 
     /// The counters file's samples, (re)opening it when it is new, replaced or closed.
     /// Also says how the file looks: live, stale (no heartbeat) or not readable.
-    fn samples(&mut self) -> (u64, Vec<Sample>, String) {
+    fn samples(&mut self) -> FileRead {
         let keep = match &self.counters {
             Some(r) => !r.is_replaced() && r.state() == crate::metrics::FileState::Live,
             None => false,
@@ -61,17 +61,47 @@ impl DaemonSource {
                 Ok(r) => self.counters = Some(r),
                 Err(e) => {
                     self.counters = None;
-                    return (0, Vec::new(), format!("not readable: {e}"));
+                    return FileRead::unreadable(format!("not readable: {e}"));
                 }
             }
         }
         match &self.counters {
             Some(r) => {
                 let liveness = r.liveness(crate::metrics::monotonic_ns()).to_string();
-                (r.info().pid, r.snapshot(), liveness)
+                // The metrics agent stores the heartbeat, then the values of that publish,
+                // with no ordering between them (relaxed words of another process): a publish
+                // between the two heartbeat reads shows as the heartbeat moving, and the
+                // values are read again, a few times at most (a publish takes microseconds).
+                let mut samples = Vec::new();
+                let mut heartbeat_ns = r.heartbeat().0;
+                for _ in 0..3 {
+                    samples.clear();
+                    r.snapshot_into(&mut samples);
+                    let after = r.heartbeat().0;
+                    if after == heartbeat_ns {
+                        break;
+                    }
+                    heartbeat_ns = after;
+                }
+                FileRead { pid: r.info().pid, samples, heartbeat_ns, liveness }
             }
-            None => (0, Vec::new(), "not readable".into()),
+            None => FileRead::unreadable("not readable".into()),
         }
+    }
+}
+
+/// One read of the counters file.
+struct FileRead {
+    pid: u64,
+    samples: Vec<Sample>,
+    /// `CLOCK_MONOTONIC` ns of the publish the samples are from: the clock of their rates.
+    heartbeat_ns: u64,
+    liveness: String,
+}
+
+impl FileRead {
+    fn unreadable(why: String) -> Self {
+        Self { pid: 0, samples: Vec::new(), heartbeat_ns: 0, liveness: why }
     }
 }
 
@@ -91,7 +121,7 @@ impl Source for DaemonSource {
             self.counters = None;
             return Snapshot::default();
         };
-        let (pid, samples, counters_file) = self.samples();
+        let FileRead { pid, samples, heartbeat_ns, liveness: counters_file } = self.samples();
         let mut snap = Snapshot {
             daemon: Daemon::Running {
                 pid,
@@ -122,7 +152,7 @@ impl Source for DaemonSource {
                 Err(e) => Section::Off(format!("no answer to pool status: {e}")),
             },
         };
-        snap.lanes = Section::Ok(self.lanes(&status, &samples));
+        snap.lanes = Section::Ok(self.lanes(&status, &samples, heartbeat_ns));
         snap.frames = match service(&status, "frames") {
             Err(why) => Section::Off(why),
             Ok(()) if samples.is_empty() => Section::Off(
@@ -130,7 +160,7 @@ impl Source for DaemonSource {
                  false?)"
                     .into(),
             ),
-            Ok(()) => Section::Ok(self.frames(&status, &samples)),
+            Ok(()) => Section::Ok(self.frames(&status, &samples, heartbeat_ns)),
         };
         snap
     }
@@ -159,8 +189,9 @@ impl DaemonSource {
     }
 
     /// Lanes: core, idle strategy and agents from status; the figures from the counters file
-    /// when it is readable, else from status.
-    fn lanes(&mut self, status: &Status, samples: &[Sample]) -> Lanes {
+    /// when it is readable (their rates over its publishes, `heartbeat_ns`), else from status
+    /// (their rates over the refreshes).
+    fn lanes(&mut self, status: &Status, samples: &[Sample], heartbeat_ns: u64) -> Lanes {
         let from_file = !samples.is_empty();
         let lanes = status
             .lanes
@@ -180,16 +211,23 @@ impl DaemonSource {
                     ),
                     false => (l.passes, l.work, l.idle_ns, l.p99_pass_ns),
                 };
-                let key = |what: &str| format!("lane/{}/{what}", l.name);
-                let idle_pct =
-                    self.rates.rate(&key("idle_ns"), idle_ns).map(|ns| (ns / 1e7).min(100.0));
+                let key = |what: &str| format!("lane/{}/{}/{what}", l.name, from_file);
+                let rates = &mut self.rates;
+                let mut rate = |what: &str, value: u64| match from_file {
+                    true => rates.rate_at(&key(what), value, heartbeat_ns),
+                    false => rates.rate(&key(what), value),
+                };
+                // ns idle per second, as a share of the second.
+                let idle_pct = rate("idle_ns", idle_ns).map(|ns| (ns / 1e7).clamp(0.0, 100.0));
+                let work_per_s = rate("work", work);
+                let passes_per_s = rate("passes", passes);
                 Lane {
                     name: l.name.clone(),
                     core: (l.core >= 0).then_some(l.core),
                     idle: l.idle.clone(),
                     agents: l.agents.clone(),
-                    work_per_s: self.rates.rate(&key("work"), work),
-                    passes_per_s: self.rates.rate(&key("passes"), passes),
+                    work_per_s,
+                    passes_per_s,
                     idle_pct,
                     p99_pass_ns: p99,
                 }
@@ -203,7 +241,10 @@ impl DaemonSource {
         Lanes { reactor, from: from.into(), lanes }
     }
 
-    fn frames(&mut self, status: &Status, samples: &[Sample]) -> Frames {
+    /// The frame worker: its counters from the file (their rates over its publishes,
+    /// `heartbeat_ns`), its sessions from the `sessions` status detail (read live: their
+    /// rates over the refreshes).
+    fn frames(&mut self, status: &Status, samples: &[Sample], heartbeat_ns: u64) -> Frames {
         let detail = status
             .services
             .iter()
@@ -229,12 +270,21 @@ impl DaemonSource {
             sessions_total: get("corelane_frames_connections_total"),
             window: self.at.frames_window,
             in_flight: get("queue_depth"),
-            frames_per_s: self.rates.rate("frames/accepted", get("corelane_frames_accepted_total")),
-            results_per_s: self.rates.rate("frames/results", get("corelane_frames_results_total")),
+            frames_per_s: self.rates.rate_at(
+                "frames/accepted",
+                get("corelane_frames_accepted_total"),
+                heartbeat_ns,
+            ),
+            results_per_s: self.rates.rate_at(
+                "frames/results",
+                get("corelane_frames_results_total"),
+                heartbeat_ns,
+            ),
             // Summaries exposed in seconds; the counters file keeps their values in ns.
             decode_p99_ns: q99("decode_seconds"),
             infer_p99_ns: q99("infer_seconds"),
             session_list,
+            sessions_unlisted: Session::unlisted(detail),
             errors: by("corelane_frames_errors_total", "code"),
             closes: by("corelane_frames_closes_total", "cause"),
         }

@@ -68,7 +68,8 @@ KEYS
     4  lanes     per lane: core, idle strategy, work/s, passes/s, idle %, pass p99, reactor
     5  frames    the frame worker: sessions, window, in flight, frames/s, results/s, decode
                  and infer p99, errors by code, closes by cause (RTT is the agent's figure)
-    q, Ctrl-C    quit (also Esc); the terminal is restored, also after an error or a panic
+    q, Ctrl-C    quit (also Esc); the terminal is restored, also after an error, a panic,
+                 SIGTERM or SIGHUP (exit status 128 + the signal's number)
 
 DATA
     The control socket (status: daemon, lanes, which services run; pool status: streams),
@@ -76,14 +77,17 @@ DATA
     (lane passes, work, idle time and pass quantiles; the frame worker's counters; the
     heartbeat). Every refresh connects anew: a stopped daemon shows \"not running\" and the
     views come back when it does. A service that is disabled or absent shows one line saying
-    so. Rates (per second) are over the last refresh interval. Control requests go over the
-    socket (--transport shared-memory opens a channel per refresh instead; auto means the
-    socket here).
+    so. Rates (per second) of the counters file's figures are over the daemon's last publish
+    interval (metrics.publish_interval_ms; the last rate stays until the next publish), the
+    others over the last refresh interval. Control requests go over the socket
+    (--transport shared-memory opens a channel per refresh instead; auto means the socket
+    here).
 
 EXIT STATUS (--once, --json)
     0 when the daemon answered; 1 when it is not running (the output says so); 2 on a usage
-    or config error, or when the monitor's stdout is not a terminal. --once and --json sample twice, one refresh interval apart, so rates are
-    filled.
+    or config error, or when the monitor's stdout is not a terminal. --once and --json sample
+    twice, one refresh interval apart, and on until the counters file published twice (3 s at
+    most), so rates are filled.
 
 EXAMPLES
     corelane top                       the monitor, refreshing every 500 ms
@@ -118,7 +122,9 @@ pub fn run(args: &TopArgs, cx: &CliContext) -> ExitCode {
     }
     let view = View::ALL[usize::from(args.view.clamp(1, 5)) - 1];
     match watch(&mut source, &socket, args.refresh_ms, view) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Quit::Key) => ExitCode::SUCCESS,
+        // The shell's convention for a process ended by a signal.
+        Ok(Quit::Signal(n)) => ExitCode::from(128u8.saturating_add(n)),
         Err(e) => {
             eprintln!("corelane top: terminal: {e}");
             ExitCode::from(1)
@@ -138,18 +144,28 @@ fn once(source: &mut dyn Source, socket: &str, args: &TopArgs) -> ExitCode {
     }
 }
 
-/// What `--once` (or `--json`) prints, and whether the daemon is running: two gathers
-/// `refresh` apart (so rates are filled), or one when nothing answers.
+/// How long `--once` samples, at most, for the rates of the counters file to fill: they need
+/// two of its publishes after the first gather (`metrics.publish_interval_ms`, 1 s by default).
+const FILL_WITHIN: Duration = Duration::from_secs(3);
+
+/// What `--once` (or `--json`) prints, and whether the daemon is running: gathers `refresh`
+/// apart until the rates are filled (two at least; at most `FILL_WITHIN`), or one when
+/// nothing answers.
 pub fn once_output(
     source: &mut dyn Source,
     socket: &str,
     json: bool,
     refresh: Duration,
 ) -> (String, bool) {
+    let started = Instant::now();
     let mut snap = source.gather();
     if snap.daemon != Daemon::NotRunning {
         std::thread::sleep(refresh);
         snap = source.gather();
+        while rates_pending(&snap) && started.elapsed() < FILL_WITHIN {
+            std::thread::sleep(refresh.max(Duration::from_millis(10)));
+            snap = source.gather();
+        }
     }
     let mut history = History::default();
     history.push(&snap);
@@ -159,6 +175,16 @@ pub fn once_output(
         once_text(&snap, &history, socket)
     };
     (text, snap.daemon != Daemon::NotRunning)
+}
+
+/// Whether a rate from the counters file is still unknown: the file has not published twice
+/// since the first gather.
+fn rates_pending(snap: &Snapshot) -> bool {
+    let lanes = snap.lanes.ok().is_some_and(|l| {
+        l.from == "counters file" && l.lanes.iter().any(|x| x.passes_per_s.is_none())
+    });
+    let frames = snap.frames.ok().is_some_and(|f| f.frames_per_s.is_none());
+    snap.daemon != Daemon::NotRunning && (lanes || frames)
 }
 
 /// Columns of `--once` output.
@@ -197,12 +223,37 @@ impl Drop for Restore {
     }
 }
 
+/// Why the monitor ended.
+enum Quit {
+    /// `q`, Esc or Ctrl-C.
+    Key,
+    /// SIGTERM or SIGHUP (its number).
+    Signal(u8),
+}
+
+/// The signals that end the monitor (the terminal restored) instead of killing it with the
+/// terminal left in raw mode on the alternate screen. SIGINT is not here: raw mode turns
+/// Ctrl-C into a key.
+const QUIT_SIGNALS: [i32; 2] = [signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP];
+
+/// Longest wait for a key between two checks of the signal flag: how late the monitor may
+/// notice a SIGTERM when the refresh interval is long.
+const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+
 fn watch(
     source: &mut dyn Source,
     socket: &str,
     refresh_ms: u64,
     mut view: View,
-) -> std::io::Result<()> {
+) -> std::io::Result<Quit> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // Before the terminal changes: a signal from here on ends the loop below, which restores.
+    let signalled = Arc::new(AtomicUsize::new(0));
+    for signal in QUIT_SIGNALS {
+        let number = usize::try_from(signal).unwrap_or(0);
+        signal_hook::flag::register_usize(signal, Arc::clone(&signalled), number)?;
+    }
     // Armed first: restores whatever `try_init` managed before failing, too.
     let _restore = Restore;
     let mut terminal = ratatui::try_init()?;
@@ -210,25 +261,37 @@ fn watch(
     let mut history = History::default();
     let mut snap = Snapshot::default();
     let mut due = Instant::now();
+    let mut redraw = true;
     loop {
+        // Relaxed: the flag carries nothing but itself.
+        if let n @ 1.. = signalled.load(Ordering::Relaxed) {
+            return Ok(Quit::Signal(u8::try_from(n).unwrap_or(u8::MAX)));
+        }
         if Instant::now() >= due {
             snap = source.gather();
             history.push(&snap);
             due = Instant::now() + refresh;
+            redraw = true;
         }
-        terminal.draw(|f| {
-            let area = f.area();
-            render::screen(&snap, &history, view, socket, refresh_ms, area, f.buffer_mut());
-        })?;
+        if redraw {
+            terminal.draw(|f| {
+                let area = f.area();
+                render::screen(&snap, &history, view, socket, refresh_ms, area, f.buffer_mut());
+            })?;
+            redraw = false;
+        }
         // Wait for a key or the next refresh; a resize redraws at once (draw re-lays out).
-        let wait = due.saturating_duration_since(Instant::now());
+        let wait = due.saturating_duration_since(Instant::now()).min(SIGNAL_CHECK);
         if !event::poll(wait)? {
             continue;
         }
+        redraw = true;
         match event::read()? {
             Event::Key(k) if k.kind != KeyEventKind::Release => match k.code {
-                KeyCode::Char('q' | 'Q') | KeyCode::Esc => return Ok(()),
-                KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => return Ok(()),
+                KeyCode::Char('q' | 'Q') | KeyCode::Esc => return Ok(Quit::Key),
+                KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                    return Ok(Quit::Key)
+                }
                 KeyCode::Char(c) => {
                     if let Some(v) = View::from_key(c) {
                         view = v;

@@ -341,7 +341,7 @@ fn devices(s: &Snapshot) -> Vec<Part> {
                 device_title(d),
                 vec![
                     usage_line("DRAM", d.dram, Some(d.dram_capacity)),
-                    usage_line("L1", d.l1 + d.cb, Some(d.l1_capacity)),
+                    usage_line("L1", d.l1_used(), Some(d.l1_capacity)),
                     usage_line("L1_SMALL", d.l1_small, Some(d.l1_capacity)),
                     usage_line("TRACE", d.trace, Some(d.dram_capacity)),
                     usage_line("SYSTEM", d.system_memory, None),
@@ -403,7 +403,7 @@ fn charts(s: &Snapshot, history: &History) -> Vec<Part> {
                 "{}  DRAM {:.1}%  L1 {:.1}%  ({} of the last {HISTORY} samples)",
                 device_title(d),
                 pct(d.dram, d.dram_capacity),
-                pct(d.l1 + d.cb, d.l1_capacity),
+                pct(d.l1_used(), d.l1_capacity),
                 history.len(d.device),
             );
             Part::Chart(title, history.samples(d.device).collect())
@@ -568,8 +568,12 @@ fn frames(s: &Snapshot) -> Vec<Part> {
                 ]
             })
             .collect();
+        let title = match f.sessions_unlisted {
+            0 => "Sessions".to_owned(),
+            n => format!("Sessions (the first {}; +{n} more not listed)", f.session_list.len()),
+        };
         Part::Table(
-            "Sessions".into(),
+            title,
             vec![
                 "SESSION",
                 "WINDOW",

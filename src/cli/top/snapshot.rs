@@ -107,6 +107,14 @@ pub struct Device {
     pub kernel: u64,
 }
 
+impl Device {
+    /// L1 in use: L1 buffers plus circular buffers, as tt-smi counts it. Saturating: the
+    /// ledger saturates a hostile client's sizes at `u64::MAX`.
+    pub fn l1_used(&self) -> u64 {
+        self.l1.saturating_add(self.cb)
+    }
+}
+
 /// What one process holds on one device (bytes).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Process {
@@ -189,11 +197,12 @@ pub struct Lane {
     pub idle: String,
     /// Agents it hosts.
     pub agents: Vec<String>,
-    /// Work items per second since the previous refresh.
+    /// Work items per second over the counters file's last publish interval (over the last
+    /// refresh when the figures come from the control socket).
     pub work_per_s: Option<f64>,
-    /// Passes per second since the previous refresh.
+    /// Passes per second, over the same interval.
     pub passes_per_s: Option<f64>,
-    /// Share of the time spent idle since the previous refresh, 0..=100.
+    /// Share of that interval spent idle, 0..=100.
     pub idle_pct: Option<f64>,
     /// Pass time p99, ns.
     pub p99_pass_ns: u64,
@@ -210,9 +219,9 @@ pub struct Frames {
     pub window: u32,
     /// Frames handed to the detector and not answered yet (all sessions).
     pub in_flight: u64,
-    /// Frames accepted per second since the previous refresh.
+    /// Frames accepted per second over the counters file's last publish interval.
     pub frames_per_s: Option<f64>,
-    /// Results sent per second since the previous refresh.
+    /// Results sent per second over the counters file's last publish interval.
     pub results_per_s: Option<f64>,
     /// Decode time p99 of the last publish interval, ns.
     pub decode_p99_ns: u64,
@@ -220,6 +229,8 @@ pub struct Frames {
     pub infer_p99_ns: u64,
     /// The open sessions (from the frames service's `sessions` status detail).
     pub session_list: Vec<Session>,
+    /// Open sessions the detail does not list (its `+N more` tail: it lists 64 at most).
+    pub sessions_unlisted: u64,
     /// Error messages sent, by code (every code, zero or not).
     pub errors: Vec<(String, u64)>,
     /// Connections closed, by cause.
@@ -247,10 +258,20 @@ pub struct Session {
 
 impl Session {
     /// Parses the frames service's `sessions` status detail:
-    /// `#N window W inflight I frames F results R errors E`, entries joined by "; ".
-    /// Entries that do not read so are skipped (the text comes from another process).
+    /// `#N window W inflight I frames F results R errors E`, entries joined by "; ", maybe
+    /// ending in `+N more` (see [`unlisted`](Self::unlisted)). Entries that do not read so
+    /// are skipped (the text comes from another process).
     pub fn parse_list(text: &str) -> Vec<Session> {
         text.split("; ").filter_map(Self::parse).collect()
+    }
+
+    /// The `+N more` tail of the `sessions` detail: the open sessions it does not list (0
+    /// when it has no such tail).
+    pub fn unlisted(text: &str) -> u64 {
+        text.rsplit("; ")
+            .next()
+            .and_then(|last| last.strip_prefix('+')?.strip_suffix(" more")?.parse().ok())
+            .unwrap_or(0)
     }
 
     fn parse(entry: &str) -> Option<Session> {
@@ -282,15 +303,17 @@ pub struct History {
 }
 
 impl History {
-    /// Appends the devices of `snapshot` (nothing when it has none).
+    /// Appends the devices of `snapshot` and forgets the devices it does not list (nothing
+    /// when it has no devices section: the alloc server did not answer this time).
     pub fn push(&mut self, snapshot: &Snapshot) {
         let Some(devices) = snapshot.devices.ok() else { return };
+        self.devices.retain(|id, _| devices.iter().any(|d| d.device == *id));
         for d in devices {
             let samples = self.devices.entry(d.device).or_default();
             if samples.len() == HISTORY {
                 samples.pop_front();
             }
-            samples.push_back((pct(d.dram, d.dram_capacity), pct(d.l1 + d.cb, d.l1_capacity)));
+            samples.push_back((pct(d.dram, d.dram_capacity), pct(d.l1_used(), d.l1_capacity)));
         }
     }
 
@@ -314,33 +337,80 @@ pub fn pct(used: u64, capacity: u64) -> f64 {
     }
 }
 
-/// Per-second rates of counters between two refreshes, keyed by name.
+/// Per-second rates of counters, keyed by name. Each key keeps its last value, the clock it
+/// was read at, and its last rate.
+///
+/// A counter is read at a clock: [`rate`](Self::rate) uses the refresh clock (for values the
+/// daemon reads live when asked: pool status, the frames service's session list), and
+/// [`rate_at`](Self::rate_at) the clock of the counters file's last publish (its heartbeat),
+/// since the file is rewritten every `metrics.publish_interval_ms` whatever top's refresh
+/// interval: a rate over top's own interval would read 0, 2x, 0, 2x when top samples twice
+/// per publish. A key read again at the same clock keeps its last rate.
+///
+/// Keys not read in the previous refresh are dropped at [`begin`](Self::begin), so streams,
+/// sessions and lanes that went away do not accumulate.
 #[derive(Debug, Default)]
 pub struct Rates {
-    at: Option<Instant>,
-    prev: HashMap<String, u64>,
-    prev_at: Option<Instant>,
-    cur: HashMap<String, u64>,
+    base: Option<Instant>,
+    now_ns: u64,
+    refresh: u64,
+    keys: HashMap<String, Counter>,
+}
+
+#[derive(Debug)]
+struct Counter {
+    value: u64,
+    at_ns: u64,
+    rate: Option<f64>,
+    seen: u64,
 }
 
 impl Rates {
-    /// Starts a refresh at `now`: the previous refresh's values become the base.
+    /// Starts a refresh at `now` (the clock of [`rate`](Self::rate)); forgets the keys the
+    /// previous refresh did not read.
     pub fn begin(&mut self, now: Instant) {
-        if self.at.is_some() {
-            self.prev = std::mem::take(&mut self.cur);
-            self.prev_at = self.at;
-        }
-        self.at = Some(now);
+        let base = *self.base.get_or_insert(now);
+        self.now_ns =
+            u64::try_from(now.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX);
+        let last = self.refresh;
+        self.keys.retain(|_, c| c.seen == last);
+        self.refresh = self.refresh.wrapping_add(1);
     }
 
-    /// Records `value` of `key` and returns its rate per second since the previous refresh
-    /// (`None` on the first refresh, or if the counter went backwards: a restart).
+    /// Records `value` of `key`, read now (this refresh's clock), and returns its rate per
+    /// second since the previous refresh; see [`rate_at`](Self::rate_at).
     pub fn rate(&mut self, key: &str, value: u64) -> Option<f64> {
-        self.cur.insert(key.to_owned(), value);
-        let (now, then) = (self.at?, self.prev_at?);
-        let before = *self.prev.get(key)?;
-        let secs = now.duration_since(then).as_secs_f64();
-        (value >= before && secs > 0.0).then(|| (value - before) as f64 / secs)
+        self.rate_at(key, value, self.now_ns)
+    }
+
+    /// Records `value` of `key`, as published at `at_ns` (any monotonic ns clock, e.g. the
+    /// counters file's heartbeat), and returns its rate per second between the previous
+    /// clock it was read at and `at_ns`. `None` the first time, and when the counter or the
+    /// clock went backwards (a restart: the next publish gives a rate again); the last rate
+    /// when `at_ns` did not advance (not republished since).
+    pub fn rate_at(&mut self, key: &str, value: u64, at_ns: u64) -> Option<f64> {
+        let seen = self.refresh;
+        let Some(c) = self.keys.get_mut(key) else {
+            self.keys.insert(key.to_owned(), Counter { value, at_ns, rate: None, seen });
+            return None;
+        };
+        c.seen = seen;
+        if at_ns == c.at_ns {
+            return c.rate;
+        }
+        c.rate = match (value.checked_sub(c.value), at_ns.checked_sub(c.at_ns)) {
+            (Some(delta), Some(ns)) => Some(delta as f64 * 1e9 / ns as f64),
+            _ => None,
+        };
+        c.value = value;
+        c.at_ns = at_ns;
+        c.rate
+    }
+
+    /// Number of keys kept (for the tests).
+    #[cfg(test)]
+    pub fn keys(&self) -> usize {
+        self.keys.len()
     }
 }
 
@@ -361,6 +431,24 @@ mod tests {
         assert_eq!(h.len(0), 0);
         h.push(&Snapshot::default());
         assert_eq!(h.len(3), HISTORY, "a snapshot without devices adds nothing");
+    }
+
+    #[test]
+    fn history_forgets_devices_the_latest_snapshot_does_not_list() {
+        let mut h = History::default();
+        let devices = |ids: &[i32]| Snapshot {
+            devices: Section::Ok(
+                ids.iter().map(|&device| Device { device, ..Default::default() }).collect(),
+            ),
+            ..Default::default()
+        };
+        h.push(&devices(&[0, 1, 7]));
+        h.push(&devices(&[1]));
+        assert_eq!((h.len(0), h.len(1), h.len(7)), (0, 2, 0));
+        h.push(&Snapshot { devices: Section::Off("no answer".into()), ..Default::default() });
+        assert_eq!(h.len(1), 2, "no devices section: the history stays");
+        h.push(&devices(&[]));
+        assert_eq!(h.len(1), 0);
     }
 
     #[test]
@@ -393,6 +481,12 @@ mod tests {
             ]
         );
         assert!(Session::parse_list("").is_empty());
+        let tail = "#1 window 4 inflight 0 frames 1 results 1 errors 0; +36 more";
+        assert_eq!(Session::parse_list(tail).len(), 1);
+        assert_eq!(Session::unlisted(tail), 36);
+        assert_eq!(Session::unlisted("+7 more"), 7);
+        assert_eq!(Session::unlisted("#1 window 4"), 0);
+        assert_eq!(Session::unlisted("+x more; +-1 more"), 0);
     }
 
     #[test]

@@ -84,6 +84,7 @@ fn fake() -> Snapshot {
             results_per_s: Some(59.5),
             decode_p99_ns: 850,
             infer_p99_ns: 4_500_000,
+            sessions_unlisted: 0,
             session_list: vec![Session {
                 id: 3,
                 window: 4,
@@ -389,4 +390,94 @@ fn devices_sit_side_by_side_when_the_terminal_is_wide_enough() {
     assert!(l[9].starts_with("┌ Processes"), "{l:#?}");
     assert_eq!(render::height(View::Charts, &snap, &h, 100), 24);
     assert_eq!(render::height(View::Charts, &snap, &h, 170), 12);
+}
+
+/// Review2: the ledger saturates a hostile client's sizes at u64::MAX (alloc/ledger.rs), and
+/// top adds L1 and CB bytes unchecked (render.rs:344, 406, snapshot.rs History::push): a debug
+/// build panics (attempt to add with overflow), a release build wraps and shows the device's
+/// L1 as nearly empty.
+#[test]
+fn saturated_usage_from_the_ledger_neither_panics_nor_wraps() {
+    let d = Device {
+        device: 0,
+        l1: u64::MAX,
+        cb: 4096,
+        l1_capacity: 1 << 20,
+        dram_capacity: 1 << 30,
+        ..Default::default()
+    };
+    let snap = Snapshot {
+        daemon: Daemon::Running {
+            pid: 1,
+            version: "x".into(),
+            uptime_ms: 1,
+            reactor: "poll".into(),
+        },
+        devices: Section::Ok(vec![d]),
+        ..Default::default()
+    };
+    let mut history = History::default();
+    history.push(&snap);
+    let text = once_text(&snap, &history, "/tmp/x.sock");
+    assert!(text.contains("L1 100.0%") || text.contains("100"), "{text}");
+    let l1 = history.samples(0).next().map(|s| s.1);
+    assert!(l1.is_some_and(|p| p >= 100.0), "L1 reads full, not nearly empty: {l1:?}");
+}
+
+/// Review2: the lane figures come from the counters file, which the metrics agent rewrites
+/// every `metrics.publish_interval_ms` (default 1000), while top refreshes every 500 ms and
+/// divides by its own refresh interval: work/s and passes/s read 0, 2x, 0, 2x and idle % reads
+/// 0 %, 100 % (capped from 200 %), 0 %, ... Seen on a real daemon with `top --json` run six
+/// times: idle_pct 0.0, 100.0, 0.0, 100.0, 0.0, 100.0.
+#[test]
+fn rates_of_counters_published_every_second_sampled_every_half_second_are_steady() {
+    let t0 = std::time::Instant::now();
+    let mut rates = Rates::default();
+    let mut seen = Vec::new();
+    // A counter that goes up 1000/s, published once a second; sampled at 0.25 s, 0.75 s, ...
+    for i in 0..8u64 {
+        let at_ms = 250 + 500 * i;
+        rates.begin(t0 + Duration::from_millis(at_ms));
+        let published = 1000 * (at_ms / 1000);
+        // The file's heartbeat: the clock of its last publish.
+        let heartbeat_ns = 1_000_000_000 * (at_ms / 1000);
+        if let Some(r) = rates.rate_at("lane/main/work", published, heartbeat_ns) {
+            seen.push(r.round());
+        }
+    }
+    assert_eq!(seen.len(), 6, "a rate from the second publish on: {seen:?}");
+    assert!(seen.iter().all(|r| (500.0..=1500.0).contains(r)), "work/s per refresh: {seen:?}");
+}
+
+/// Rates forget the keys a refresh did not read (sessions and streams come and go), and a
+/// heartbeat that goes back (a new daemon's file) is a restart, not a rate.
+#[test]
+fn rates_forget_keys_gone_and_restart_on_a_heartbeat_going_back() {
+    let t0 = std::time::Instant::now();
+    let mut rates = Rates::default();
+    rates.begin(t0);
+    rates.rate_at("a", 0, 1_000);
+    rates.rate_at("b", 0, 1_000);
+    rates.begin(t0 + Duration::from_millis(500));
+    assert_eq!(rates.rate_at("a", 100, 1_000_001_000), Some(100.0));
+    rates.begin(t0 + Duration::from_millis(1000));
+    assert_eq!(rates.keys(), 1, "b was not read in the previous refresh");
+    assert_eq!(rates.rate_at("a", 100, 1_000_001_000), Some(100.0), "not republished: kept");
+    rates.begin(t0 + Duration::from_millis(1500));
+    assert_eq!(rates.rate_at("a", 5, 500), None, "the clock went back: a restart");
+    rates.begin(t0 + Duration::from_millis(2000));
+    assert_eq!(rates.rate_at("a", 15, 1_000_000_500), Some(10.0));
+}
+
+/// The frames service lists 64 sessions at most and counts the rest as "+N more": the view
+/// says how many it does not list.
+#[test]
+fn the_frames_view_says_how_many_sessions_are_not_listed() {
+    let mut snap = fake();
+    if let Section::Ok(f) = &mut snap.frames {
+        f.sessions_unlisted = 36;
+    }
+    let text = once_text(&snap, &History::default(), "/s");
+    assert!(text.contains("+36 more not listed"), "{text}");
+    assert!(!once_text(&fake(), &History::default(), "/s").contains("more not listed"));
 }
