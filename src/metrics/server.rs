@@ -198,14 +198,7 @@ fn serve(
     config: ServerConfig,
     stop: &AtomicBool,
 ) {
-    let mut server = Server {
-        listener,
-        config,
-        conns: Vec::with_capacity(config.max_connections),
-        fds: Vec::with_capacity(config.max_connections + 1),
-        ready: Vec::with_capacity(config.max_connections),
-        scrape: Scrape { source, samples: Vec::new(), header: Vec::new(), body: String::new() },
-    };
+    let mut server = Server::new(listener, config, source);
     while !stop.load(Ordering::Relaxed) {
         let listener_ready = server.wait();
         if stop.load(Ordering::Relaxed) {
@@ -247,7 +240,23 @@ struct Scrape<'a> {
     body: String,
 }
 
-impl Server<'_> {
+impl<'a> Server<'a> {
+    /// A server of `source` on `listener`, with room for the cap's connections.
+    fn new(
+        listener: &'a TcpListener,
+        config: ServerConfig,
+        source: &'a mut dyn MetricsSource,
+    ) -> Self {
+        Server {
+            listener,
+            config,
+            conns: Vec::with_capacity(config.max_connections),
+            fds: Vec::with_capacity(config.max_connections + 1),
+            ready: Vec::with_capacity(config.max_connections),
+            scrape: Scrape { source, samples: Vec::new(), header: Vec::new(), body: String::new() },
+        }
+    }
+
     /// Waits until the listener or a connection is ready (readable, or writable for one with a
     /// response to send), or [`POLL`] passes (the deadlines and the stop flag are looked at
     /// after every wait). Records each connection's readiness; returns whether the listener
@@ -753,19 +762,7 @@ mod review2_tests {
             out.push(Sample::new("x".into(), crate::metrics::CounterKind::Gauge, "", 1));
         };
         let config = ServerConfig { max_connections: 4, ..ServerConfig::default() };
-        let mut server = Server {
-            listener: &listener,
-            config,
-            conns: Vec::new(),
-            fds: Vec::new(),
-            ready: Vec::new(),
-            scrape: Scrape {
-                source: &mut source,
-                samples: Vec::new(),
-                header: Vec::new(),
-                body: String::new(),
-            },
-        };
+        let mut server = Server::new(&listener, config, &mut source);
         let mut scrape = TcpStream::connect(addr).unwrap();
         scrape.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
         let _flood: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
@@ -791,19 +788,7 @@ mod review2_tests {
         let addr = listener.local_addr().unwrap();
         let mut source = |_: &mut Vec<Sample>| {};
         let config = ServerConfig { max_connections: 2, ..ServerConfig::default() };
-        let mut server = Server {
-            listener: &listener,
-            config,
-            conns: Vec::new(),
-            fds: Vec::new(),
-            ready: Vec::new(),
-            scrape: Scrape {
-                source: &mut source,
-                samples: Vec::new(),
-                header: Vec::new(),
-                body: String::new(),
-            },
-        };
+        let mut server = Server::new(&listener, config, &mut source);
         let _flood: Vec<TcpStream> = (0..6).map(|_| TcpStream::connect(addr).unwrap()).collect();
         std::thread::sleep(Duration::from_millis(50));
         server.accept_all();
