@@ -98,6 +98,58 @@ impl Daemon {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap().count()
     }
 
+    /// Waits until the daemon holds at most `limit` descriptors; on a timeout the panic says
+    /// which descriptors it holds, then and at `before`, and what the daemon logged.
+    fn wait_fds(&mut self, what: &str, limit: usize, before: &[String]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.fds() > limit {
+            if Instant::now() > deadline {
+                let (now, threads) = (self.fd_list(), self.threads());
+                let code = self.stop_keeping_files();
+                let mut err = String::new();
+                self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                panic!(
+                    "waited 10 s for {what}: at most {limit} descriptors\nbefore: {before:?}\n\
+                     now: {now:?}\nthreads:\n{threads}daemon ({code}):\n{err}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Where each of the daemon's threads is (name, wait channel, syscall, state), for a
+    /// failure message.
+    fn threads(&self) -> String {
+        let mut out = String::new();
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
+        for task in tasks.flatten() {
+            let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+            let (name, wchan, syscall) = (read("comm"), read("wchan"), read("syscall"));
+            let stat = read("stat");
+            out += &format!(
+                "  {} wchan={wchan} syscall={} stat={}\n",
+                name.trim(),
+                syscall.trim(),
+                stat.trim()
+            );
+        }
+        out
+    }
+
+    /// What the daemon's descriptors are, for a failure message.
+    fn fd_list(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                format!("{}->{}", e.file_name().to_string_lossy(), target.display())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// A counter of the daemon's counters file, by series name.
     fn counter(&self, series: &str) -> u64 {
         let path = self.dir.join("corelane").join("counters");
@@ -586,9 +638,10 @@ fn the_control_socket_survives_running_out_of_descriptors() {
         // Descriptors come back: the daemon accepts again, the waiting client included.
         held.clear();
         last.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        last.read_exact(&mut reply).unwrap_or_else(|e| {
-            panic!("{reactor}: the waiting connection was never answered: {e}")
-        });
+        if let Err(e) = last.read_exact(&mut reply) {
+            let (_, err, _) = daemon.terminate();
+            panic!("{reactor}: the waiting connection was never answered: {e}\n{err}")
+        }
         let mut fresh = daemon.client();
         fresh.ping().unwrap_or_else(|e| panic!("{reactor}: a new client after EMFILE: {e}"));
         let (status, err, _) = daemon.terminate();
@@ -784,8 +837,9 @@ fn a_client_that_floods_and_never_reads_is_dropped_and_its_descriptor_released()
     for reactor in reactors() {
         let env =
             [("CORELANE_RUNTIME_REACTOR", reactor), ("CORELANE_CONTROL_WRITE_TIMEOUT_MS", "500")];
-        let daemon = Daemon::start(&format!("flood-{reactor}"), &env);
+        let mut daemon = Daemon::start(&format!("flood-{reactor}"), &env);
         let baseline = daemon.quiet().fds();
+        let base_list = daemon.fd_list();
         let socket = daemon.socket();
         // The flooder keeps its end open: only the daemon can release its descriptor.
         let flooder = std::thread::spawn(move || {
@@ -807,9 +861,7 @@ fn a_client_that_floods_and_never_reads_is_dropped_and_its_descriptor_released()
             ),
             "{reactor}: the flooder should be cut off, its write ended with {error:?}"
         );
-        wait_for(&format!("{reactor}: the descriptor released"), Duration::from_secs(10), || {
-            daemon.fds() <= baseline
-        });
+        daemon.wait_fds(&format!("{reactor}: the descriptor released"), baseline, &base_list);
         let why = daemon.closed("budget") + daemon.closed("write_timeout");
         assert_eq!(why, 1, "{reactor}: closed for its backlog or the write timeout");
         daemon.client().ping().unwrap();
@@ -821,9 +873,10 @@ fn a_client_that_floods_and_never_reads_is_dropped_and_its_descriptor_released()
 #[test]
 fn garbage_peers_closed_mid_stream_300_times_leave_the_control_socket_answering() {
     for reactor in reactors() {
-        let daemon =
+        let mut daemon =
             Daemon::start(&format!("garbage-{reactor}"), &[("CORELANE_RUNTIME_REACTOR", reactor)]);
         let baseline = daemon.quiet().fds();
+        let base_list = daemon.fd_list();
         for _ in 0..300 {
             let mut garbage = UnixStream::connect(daemon.socket()).unwrap();
             garbage.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -837,9 +890,8 @@ fn garbage_peers_closed_mid_stream_300_times_leave_the_control_socket_answering(
         client.ping().unwrap_or_else(|e| panic!("{reactor}: no answer after the garbage: {e}"));
         assert_eq!(client.status().unwrap().connections, 1, "{reactor}");
         assert_eq!(daemon.counter("corelane_control_errors_total{kind=\"bad_magic\"}"), 300);
-        wait_for(&format!("{reactor}: descriptors back"), Duration::from_secs(10), || {
-            daemon.fds() <= baseline + 1 // the client
-        });
+        // At most one more than before: the client.
+        daemon.wait_fds(&format!("{reactor}: descriptors back"), baseline + 1, &base_list);
         let (status, err, _) = daemon.terminate();
         assert!(status.success(), "{reactor}: {err}");
     }
@@ -936,8 +988,9 @@ fn a_peer_that_stops_reading_is_dropped_at_the_write_timeout() {
             ("CORELANE_CONTROL_WRITE_TIMEOUT_MS", "1000"),
             ("CORELANE_CONTROL_MAX_PENDING_OUTPUT_BYTES", "268435456"),
         ];
-        let daemon = Daemon::start(&format!("write-timeout-{reactor}"), &env);
+        let mut daemon = Daemon::start(&format!("write-timeout-{reactor}"), &env);
         let baseline = daemon.quiet().fds();
+        let base_list = daemon.fd_list();
         let mut peer = UnixStream::connect(daemon.socket()).unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         peer.write_all(&requests(MSG_CONFIG, 8000)).unwrap();
@@ -959,9 +1012,7 @@ fn a_peer_that_stops_reading_is_dropped_at_the_write_timeout() {
         let took = last_read.elapsed();
         eprintln!("{reactor}: dropped {took:?} after the last read (write timeout {TIMEOUT:?})");
         assert!(took >= TIMEOUT, "{reactor}: dropped {took:?} after the last read");
-        wait_for(&format!("{reactor}: the descriptor released"), Duration::from_secs(10), || {
-            daemon.fds() <= baseline
-        });
+        daemon.wait_fds(&format!("{reactor}: the descriptor released"), baseline, &base_list);
         // What had reached the peer's socket is still there to read, then end of stream.
         let mut rest = Vec::new();
         peer.read_to_end(&mut rest).unwrap();

@@ -386,6 +386,97 @@ fn a_failing_agent_stops_the_start_and_says_which() {
     assert_eq!(err.to_string(), "lane 'dev': agent 'broken' failed to start: no device");
 }
 
+/// Defect (a daemon test failed in CI): a lane ran its loop, and its control agent answered
+/// clients, while another lane was still setting up; clients then took the descriptors that
+/// lane's reactor needed and the daemon died after it had looked ready. Now no lane runs a
+/// pass before every lane has started, and none runs one when another fails to start.
+#[test]
+fn no_lane_runs_before_every_lane_has_started() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    /// Counts its passes, and those run before `late` had started.
+    struct Early {
+        passes: Arc<AtomicU64>,
+        before: Arc<AtomicU64>,
+        late_done: Arc<AtomicU64>,
+    }
+    impl Agent for Early {
+        fn name(&self) -> &str {
+            "early"
+        }
+        fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+            self.passes.fetch_add(1, Ordering::Relaxed);
+            if self.late_done.load(Ordering::Relaxed) == 0 {
+                self.before.fetch_add(1, Ordering::Relaxed);
+            }
+            0
+        }
+    }
+    struct Late {
+        fail: bool,
+        done: Arc<AtomicU64>,
+    }
+    impl Agent for Late {
+        fn name(&self) -> &str {
+            "late"
+        }
+        fn on_start(&mut self, _ctx: &mut Ctx<'_>) -> std::io::Result<()> {
+            std::thread::sleep(Duration::from_millis(300));
+            if self.fail {
+                return Err(std::io::Error::other("no device"));
+            }
+            self.done.store(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+            0
+        }
+    }
+    for fail in [false, true] {
+        let [passes, before, done] = [(); 3].map(|()| Arc::new(AtomicU64::new(0)));
+        let lane = |name: &str, agent: Box<dyn Agent>| LaneSpec {
+            name: name.into(),
+            core: None,
+            idle: IdleStrategy::Spin,
+            agents: vec![agent],
+            waker: None,
+        };
+        let specs = vec![
+            lane(
+                "early",
+                Box::new(Early {
+                    passes: passes.clone(),
+                    before: before.clone(),
+                    late_done: done.clone(),
+                }),
+            ),
+            lane("late", Box::new(Late { fail, done: done.clone() })),
+        ];
+        match Runtime::start(specs, ReactorChoice::Poll) {
+            Err(err) => {
+                assert!(fail, "{err}");
+                assert_eq!(err.to_string(), "lane 'late': agent 'late' failed to start: no device");
+                let ran = passes.load(Ordering::Relaxed);
+                assert_eq!(ran, 0, "the early lane ran {ran} passes beside a failed start");
+                assert_eq!(before.load(Ordering::Relaxed), 0);
+            }
+            Ok(runtime) => {
+                assert!(!fail);
+                assert_eq!(done.load(Ordering::Relaxed), 1, "start returned before 'late' started");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while passes.load(Ordering::Relaxed) == 0 {
+                    assert!(Instant::now() < deadline, "the early lane never ran");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                runtime.shutdown();
+                runtime.join();
+                let ran = before.load(Ordering::Relaxed);
+                assert_eq!(ran, 0, "the early lane ran {ran} passes before 'late' had started");
+            }
+        }
+    }
+}
+
 /// The cores this thread may run on, read from /proc (so the test does not depend on the
 /// runtime's own use of core_affinity).
 fn core_affinity_cores() -> Vec<usize> {

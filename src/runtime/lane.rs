@@ -1,5 +1,6 @@
 //! Lanes: pinned threads that loop over their agents.
 
+use std::convert::Infallible;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -277,7 +278,8 @@ pub enum LaneCommand {
 impl Runtime {
     /// Starts every lane, each on its own (pinned) thread with its own reactor, and returns
     /// once all agents have started; if any lane fails to start, the others are stopped and
-    /// the first error is returned.
+    /// the first error is returned. No lane runs a pass before every lane has started, so no
+    /// agent serves clients from a runtime that may still fail to start.
     ///
     /// `reactor` is a [`ReactorChoice`], or a [`ReactorConfig`] with io_uring options.
     pub fn start(
@@ -318,6 +320,7 @@ impl Runtime {
             tracing::warn!("runtime board reused: status shows the first runtime's lanes");
         }
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        let (go_tx, go) = crossbeam_channel::bounded::<Infallible>(0);
         let (done_tx, done) = crossbeam_channel::unbounded();
         let died = Arc::new(Mutex::new(None));
         let mut lanes = Vec::with_capacity(specs.len());
@@ -334,6 +337,7 @@ impl Runtime {
                 board: board.clone(),
                 inbox,
                 failure: died.clone(),
+                go: go.clone(),
                 current: None,
                 #[cfg(debug_assertions)]
                 fault: None,
@@ -372,10 +376,15 @@ impl Runtime {
         }
         let runtime =
             Runtime { lanes, shutdown, board, failure: died, done, last: Mutex::default() };
+        // Every lane has set up (or one failed): open the gate. On a failure the lanes see
+        // the shutdown first and close their agents without a pass (no drain either).
+        if failure.is_some() {
+            runtime.shutdown();
+        }
+        drop(go_tx);
         match failure {
             None => Ok(runtime),
             Some(e) => {
-                runtime.shutdown();
                 runtime.join();
                 Err(e)
             }
@@ -540,6 +549,9 @@ struct Lane {
     board: Arc<Board>,
     inbox: crossbeam_channel::Receiver<LaneCommand>,
     failure: Arc<Mutex<Option<LaneFailure>>>,
+    /// The start gate: nothing is ever sent; it opens when the runtime drops the sender, once
+    /// every lane has reported its start (see [`Runtime::start_with`]).
+    go: crossbeam_channel::Receiver<Infallible>,
     /// The agent being called, to name it if it panics.
     current: Option<usize>,
     /// Debug builds: the agent to fail on purpose, and when (see `fault_injection`).
@@ -607,15 +619,24 @@ impl Lane {
                 return;
             }
         }
+        let _ = ready.send(Ok(()));
+        drop(ready);
+        // No pass before every lane has started: an agent that answers clients (the control
+        // socket) must not look ready while another lane can still fail to set up, and its
+        // clients must not take the descriptors that lane is about to need.
+        let _ = self.go.recv();
+        tracing::info!(lane = %name, core = ?self.spec.core, reactor = reactor.kind().name(), idle = self.spec.idle.name(), "lane started");
         #[cfg(debug_assertions)]
         {
             self.fault = fault_injection(&self.spec.agents);
         }
-        tracing::info!(lane = %name, core = ?self.spec.core, reactor = reactor.kind().name(), idle = self.spec.idle.name(), "lane started");
-        let _ = ready.send(Ok(()));
-        drop(ready);
 
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.run_loop(&mut reactor, &mut timers)));
+        let outcome = if self.shutdown.is_requested() {
+            // Another lane failed to start (or a signal came first): close without a pass.
+            Ok(Ok(()))
+        } else {
+            catch_unwind(AssertUnwindSafe(|| self.run_loop(&mut reactor, &mut timers)))
+        };
         let panicked = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(e)) => {
