@@ -105,9 +105,15 @@ impl Daemon {
         while self.fds() > limit {
             if Instant::now() > deadline {
                 let (now, threads) = (self.fd_list(), self.threads());
+                // Read while it stops: a daemon wedged on a full stderr pipe must not hang this.
+                let mut stderr = self.child.stderr.take().unwrap();
+                let reader = std::thread::spawn(move || {
+                    let mut err = String::new();
+                    let _ = stderr.read_to_string(&mut err);
+                    err
+                });
                 let code = self.stop_keeping_files();
-                let mut err = String::new();
-                self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                let err = reader.join().unwrap();
                 panic!(
                     "waited 10 s for {what}: at most {limit} descriptors\nbefore: {before:?}\n\
                      now: {now:?}\nthreads:\n{threads}daemon ({code}):\n{err}"

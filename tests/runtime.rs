@@ -394,11 +394,12 @@ fn a_failing_agent_stops_the_start_and_says_which() {
 fn no_lane_runs_before_every_lane_has_started() {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
-    /// Counts its passes, and those run before `late` had started.
+    /// Counts its passes, those run before `late` had started, and its closes.
     struct Early {
         passes: Arc<AtomicU64>,
         before: Arc<AtomicU64>,
         late_done: Arc<AtomicU64>,
+        closed: Arc<AtomicU64>,
     }
     impl Agent for Early {
         fn name(&self) -> &str {
@@ -410,6 +411,9 @@ fn no_lane_runs_before_every_lane_has_started() {
                 self.before.fetch_add(1, Ordering::Relaxed);
             }
             0
+        }
+        fn on_close(&mut self, _ctx: &mut Ctx<'_>) {
+            self.closed.fetch_add(1, Ordering::Relaxed);
         }
     }
     struct Late {
@@ -433,7 +437,7 @@ fn no_lane_runs_before_every_lane_has_started() {
         }
     }
     for fail in [false, true] {
-        let [passes, before, done] = [(); 3].map(|()| Arc::new(AtomicU64::new(0)));
+        let [passes, before, done, closed] = [(); 4].map(|()| Arc::new(AtomicU64::new(0)));
         let lane = |name: &str, agent: Box<dyn Agent>| LaneSpec {
             name: name.into(),
             core: None,
@@ -448,6 +452,7 @@ fn no_lane_runs_before_every_lane_has_started() {
                     passes: passes.clone(),
                     before: before.clone(),
                     late_done: done.clone(),
+                    closed: closed.clone(),
                 }),
             ),
             lane("late", Box::new(Late { fail, done: done.clone() })),
@@ -459,6 +464,7 @@ fn no_lane_runs_before_every_lane_has_started() {
                 let ran = passes.load(Ordering::Relaxed);
                 assert_eq!(ran, 0, "the early lane ran {ran} passes beside a failed start");
                 assert_eq!(before.load(Ordering::Relaxed), 0);
+                assert_eq!(closed.load(Ordering::Relaxed), 1, "the started lane's agent closed");
             }
             Ok(runtime) => {
                 assert!(!fail);
@@ -715,4 +721,97 @@ fn join_gives_up_on_a_stuck_lane_at_the_timeout() {
     let joined = runtime.join_timeout(Duration::from_millis(200));
     assert!(started.elapsed() < Duration::from_secs(3), "join waited for the stuck lane");
     assert_eq!(joined, corelane::runtime::Joined { failure: None, stuck: vec!["stuck".into()] });
+}
+
+/// Found in review: a start that succeeded, then a shutdown at once (the daemon's metrics-server
+/// failure path, a SIGTERM right after start): every agent's on_stopping must still run.
+#[test]
+fn on_stopping_runs_after_a_successful_start_and_an_immediate_shutdown() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    struct Notes {
+        stopping: Arc<AtomicU64>,
+        closed: Arc<AtomicU64>,
+    }
+    impl Agent for Notes {
+        fn name(&self) -> &str {
+            "notes"
+        }
+        fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+            0
+        }
+        fn on_stopping(&mut self, _ctx: &mut Ctx<'_>) {
+            self.stopping.fetch_add(1, Ordering::Relaxed);
+        }
+        fn on_close(&mut self, _ctx: &mut Ctx<'_>) {
+            self.closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let mut missed = 0;
+    const ROUNDS: usize = 200;
+    for _ in 0..ROUNDS {
+        let stopping = Arc::new(AtomicU64::new(0));
+        let closed = Arc::new(AtomicU64::new(0));
+        let lane = |name: &str| LaneSpec {
+            name: name.into(),
+            core: None,
+            idle: IdleStrategy::Spin,
+            agents: vec![Box::new(Notes { stopping: stopping.clone(), closed: closed.clone() })],
+            waker: None,
+        };
+        let runtime = Runtime::start(vec![lane("a"), lane("b")], ReactorChoice::Poll).unwrap();
+        runtime.shutdown();
+        assert!(runtime.join().is_none());
+        assert_eq!(closed.load(Ordering::Relaxed), 2);
+        if stopping.load(Ordering::Relaxed) != 2 {
+            missed += 1;
+        }
+    }
+    assert_eq!(missed, 0, "on_stopping skipped in {missed} of {ROUNDS} starts that succeeded");
+}
+
+/// Found in review: an agent whose on_start panicked failed the start in the name of
+/// whichever lane reported last. Now the start fails naming the lane, the agent and the panic.
+#[test]
+fn a_panic_in_on_start_fails_the_start_and_names_the_lane() {
+    struct Boom;
+    impl Agent for Boom {
+        fn name(&self) -> &str {
+            "boom"
+        }
+        fn on_start(&mut self, _ctx: &mut Ctx<'_>) -> std::io::Result<()> {
+            panic!("boom in on_start");
+        }
+        fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+            0
+        }
+    }
+    struct Fine;
+    impl Agent for Fine {
+        fn name(&self) -> &str {
+            "fine"
+        }
+        fn do_work(&mut self, _ctx: &mut Ctx<'_>) -> usize {
+            0
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let lane = |name: &str, agent: Box<dyn Agent>| LaneSpec {
+            name: name.into(),
+            core: None,
+            idle: IdleStrategy::Spin,
+            agents: vec![agent],
+            waker: None,
+        };
+        let specs = vec![lane("panicky", Box::new(Boom)), lane("healthy", Box::new(Fine))];
+        let r = Runtime::start(specs, ReactorChoice::Poll).map(|_| ()).map_err(|e| e.to_string());
+        let _ = tx.send(r);
+    });
+    let r = rx.recv_timeout(Duration::from_secs(10)).expect("start hung");
+    let err = r.expect_err("a start with a panicking on_start succeeded");
+    assert_eq!(
+        err, "lane 'panicky': agent 'boom' failed to start: panicked: boom in on_start",
+        "the error names the wrong lane"
+    );
 }

@@ -19,7 +19,9 @@ pub trait Agent: Send {
     fn name(&self) -> &str;
 
     /// Called once on the lane's thread before the first pass: open sockets, register them,
-    /// arm timers.
+    /// arm timers. No lane runs a pass before every agent of every lane has started, so this
+    /// must not wait on another lane's passes. An error (or a panic) fails the runtime's start;
+    /// the agents that had started then get `on_close` without `on_stopping`.
     fn on_start(&mut self, _ctx: &mut Ctx<'_>) -> io::Result<()> {
         Ok(())
     }
@@ -30,7 +32,7 @@ pub trait Agent: Send {
     /// One pass of work; returns how much was done (0 = nothing, which lets the lane idle).
     fn do_work(&mut self, ctx: &mut Ctx<'_>) -> usize;
 
-    /// Called once when the lane stops, before a short drain (a few passes over every agent
+    /// Called once when the lane stops after a successful start, before a short drain (a few passes over every agent
     /// of every lane, `STOP_DRAIN`) and then `on_close`: queue last messages here (a
     /// driver's shutdown notice), so they cross links and reach the kernel.
     fn on_stopping(&mut self, _ctx: &mut Ctx<'_>) {}

@@ -1,6 +1,5 @@
 //! Lanes: pinned threads that loop over their agents.
 
-use std::convert::Infallible;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -320,7 +319,7 @@ impl Runtime {
             tracing::warn!("runtime board reused: status shows the first runtime's lanes");
         }
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
-        let (go_tx, go) = crossbeam_channel::bounded::<Infallible>(0);
+        let (go_tx, go) = crossbeam_channel::unbounded::<()>();
         let (done_tx, done) = crossbeam_channel::unbounded();
         let died = Arc::new(Mutex::new(None));
         let mut lanes = Vec::with_capacity(specs.len());
@@ -376,10 +375,16 @@ impl Runtime {
         }
         let runtime =
             Runtime { lanes, shutdown, board, failure: died, done, last: Mutex::default() };
-        // Every lane has set up (or one failed): open the gate. On a failure the lanes see
-        // the shutdown first and close their agents without a pass (no drain either).
-        if failure.is_some() {
-            runtime.shutdown();
+        // Every lane has set up (or one failed): open the gate with the verdict. On a failure
+        // the lanes close their agents without a pass (no drain, no on_stopping: no client was
+        // served); a shutdown asked for after a good start still drains.
+        match failure {
+            None => {
+                for _ in &runtime.lanes {
+                    let _ = go_tx.send(());
+                }
+            }
+            Some(_) => runtime.shutdown(),
         }
         drop(go_tx);
         match failure {
@@ -549,9 +554,10 @@ struct Lane {
     board: Arc<Board>,
     inbox: crossbeam_channel::Receiver<LaneCommand>,
     failure: Arc<Mutex<Option<LaneFailure>>>,
-    /// The start gate: nothing is ever sent; it opens when the runtime drops the sender, once
-    /// every lane has reported its start (see [`Runtime::start_with`]).
-    go: crossbeam_channel::Receiver<Infallible>,
+    /// The start gate: once every lane has reported its start, one `()` per lane when all
+    /// started (run), none when one failed (close without a pass); see
+    /// [`Runtime::start_with`].
+    go: crossbeam_channel::Receiver<()>,
     /// The agent being called, to name it if it panics.
     current: Option<usize>,
     /// Debug builds: the agent to fail on purpose, and when (see `fault_injection`).
@@ -602,7 +608,13 @@ impl Lane {
                 agent: index as u8,
                 last_look: false,
             };
-            if let Err(source) = agent.on_start(&mut ctx) {
+            // A panic fails the start like an error, named (the lane's report must be sent:
+            // an unwound thread would be blamed on whichever lane reports last).
+            let started = catch_unwind(AssertUnwindSafe(|| agent.on_start(&mut ctx)))
+                .unwrap_or_else(|payload| {
+                    Err(std::io::Error::other(format!("panicked: {}", panic_message(&*payload))))
+                });
+            if let Err(source) = started {
                 let agent = agent.name().to_owned();
                 let _ = ready.send(Err(RuntimeError::AgentStart { lane: name, agent, source }));
                 return;
@@ -624,15 +636,17 @@ impl Lane {
         // No pass before every lane has started: an agent that answers clients (the control
         // socket) must not look ready while another lane can still fail to set up, and its
         // clients must not take the descriptors that lane is about to need.
-        let _ = self.go.recv();
-        tracing::info!(lane = %name, core = ?self.spec.core, reactor = reactor.kind().name(), idle = self.spec.idle.name(), "lane started");
-        #[cfg(debug_assertions)]
-        {
-            self.fault = fault_injection(&self.spec.agents);
+        let started = self.go.recv().is_ok();
+        if started {
+            tracing::info!(lane = %name, core = ?self.spec.core, reactor = reactor.kind().name(), idle = self.spec.idle.name(), "lane started");
+            #[cfg(debug_assertions)]
+            {
+                self.fault = fault_injection(&self.spec.agents);
+            }
         }
 
-        let outcome = if self.shutdown.is_requested() {
-            // Another lane failed to start (or a signal came first): close without a pass.
+        let outcome = if !started {
+            // Another lane failed to start: close without a pass.
             Ok(Ok(()))
         } else {
             catch_unwind(AssertUnwindSafe(|| self.run_loop(&mut reactor, &mut timers)))
