@@ -104,7 +104,7 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.fds() > limit {
             if Instant::now() > deadline {
-                let (now, threads) = (self.fd_list(), self.threads());
+                let (now, threads, rings) = (self.fd_list(), self.threads(), self.rings());
                 // Read while it stops: a daemon wedged on a full stderr pipe must not hang this.
                 let mut stderr = self.child.stderr.take().unwrap();
                 let reader = std::thread::spawn(move || {
@@ -116,7 +116,7 @@ impl Daemon {
                 let err = reader.join().unwrap();
                 panic!(
                     "waited 10 s for {what}: at most {limit} descriptors\nbefore: {before:?}\n\
-                     now: {now:?}\nthreads:\n{threads}daemon ({code}):\n{err}"
+                     now: {now:?}\nthreads:\n{threads}rings:\n{rings}daemon ({code}):\n{err}"
                 );
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -138,6 +138,23 @@ impl Daemon {
                 syscall.trim(),
                 stat.trim()
             );
+        }
+        out
+    }
+
+    /// The kernel's view of the daemon's io_uring instances (their pending operations), for a
+    /// failure message.
+    fn rings(&self) -> String {
+        let mut out = String::new();
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap();
+        for fd in fds.flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            if target.to_string_lossy().contains("io_uring") {
+                let name = fd.file_name().to_string_lossy().into_owned();
+                let info = format!("/proc/{}/fdinfo/{name}", self.child.id());
+                let info = std::fs::read_to_string(info).unwrap_or_default();
+                out += &format!("  fd {name}:\n{info}\n");
+            }
         }
         out
     }
