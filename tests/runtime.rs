@@ -386,6 +386,17 @@ fn a_failing_agent_stops_the_start_and_says_which() {
     assert_eq!(err.to_string(), "lane 'dev': agent 'broken' failed to start: no device");
 }
 
+/// An unpinned spinning lane of one agent.
+fn spinning_lane(name: &str, agent: Box<dyn Agent>) -> LaneSpec {
+    LaneSpec {
+        name: name.into(),
+        core: None,
+        idle: IdleStrategy::Spin,
+        agents: vec![agent],
+        waker: None,
+    }
+}
+
 /// Defect (a daemon test failed in CI): a lane ran its loop, and its control agent answered
 /// clients, while another lane was still setting up; clients then took the descriptors that
 /// lane's reactor needed and the daemon died after it had looked ready. Now no lane runs a
@@ -438,15 +449,8 @@ fn no_lane_runs_before_every_lane_has_started() {
     }
     for fail in [false, true] {
         let [passes, before, done, closed] = [(); 4].map(|()| Arc::new(AtomicU64::new(0)));
-        let lane = |name: &str, agent: Box<dyn Agent>| LaneSpec {
-            name: name.into(),
-            core: None,
-            idle: IdleStrategy::Spin,
-            agents: vec![agent],
-            waker: None,
-        };
         let specs = vec![
-            lane(
+            spinning_lane(
                 "early",
                 Box::new(Early {
                     passes: passes.clone(),
@@ -455,7 +459,7 @@ fn no_lane_runs_before_every_lane_has_started() {
                     closed: closed.clone(),
                 }),
             ),
-            lane("late", Box::new(Late { fail, done: done.clone() })),
+            spinning_lane("late", Box::new(Late { fail, done: done.clone() })),
         ];
         match Runtime::start(specs, ReactorChoice::Poll) {
             Err(err) => {
@@ -752,12 +756,11 @@ fn on_stopping_runs_after_a_successful_start_and_an_immediate_shutdown() {
     for _ in 0..ROUNDS {
         let stopping = Arc::new(AtomicU64::new(0));
         let closed = Arc::new(AtomicU64::new(0));
-        let lane = |name: &str| LaneSpec {
-            name: name.into(),
-            core: None,
-            idle: IdleStrategy::Spin,
-            agents: vec![Box::new(Notes { stopping: stopping.clone(), closed: closed.clone() })],
-            waker: None,
+        let lane = |name: &str| {
+            spinning_lane(
+                name,
+                Box::new(Notes { stopping: stopping.clone(), closed: closed.clone() }),
+            )
         };
         let runtime = Runtime::start(vec![lane("a"), lane("b")], ReactorChoice::Poll).unwrap();
         runtime.shutdown();
@@ -797,14 +800,10 @@ fn a_panic_in_on_start_fails_the_start_and_names_the_lane() {
     }
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let lane = |name: &str, agent: Box<dyn Agent>| LaneSpec {
-            name: name.into(),
-            core: None,
-            idle: IdleStrategy::Spin,
-            agents: vec![agent],
-            waker: None,
-        };
-        let specs = vec![lane("panicky", Box::new(Boom)), lane("healthy", Box::new(Fine))];
+        let specs = vec![
+            spinning_lane("panicky", Box::new(Boom)),
+            spinning_lane("healthy", Box::new(Fine)),
+        ];
         let r = Runtime::start(specs, ReactorChoice::Poll).map(|_| ()).map_err(|e| e.to_string());
         let _ = tx.send(r);
     });
