@@ -142,6 +142,26 @@ struct Pty {
 }
 
 impl Pty {
+    /// Runs `corelane top ARGS` on this terminal in a session of its own, without a
+    /// controlling terminal: the pty is its only terminal (crossterm would otherwise ask
+    /// /dev/tty, the caller's terminal, for the size). The caller's `CORELANE_*` variables are
+    /// removed; `env` is set.
+    fn spawn_top(&self, args: &[&str], env: &[(&str, &Path)]) -> std::process::Child {
+        let mut cmd = Command::new("setsid");
+        cmd.arg(BIN).arg("top").args(args).env("TERM", "xterm");
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CORELANE_")) {
+            cmd.env_remove(k);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(self.slave.try_clone().unwrap())
+            .stdout(self.slave.try_clone().unwrap())
+            .stderr(self.slave.try_clone().unwrap())
+            .spawn()
+            .unwrap()
+    }
+
     fn open(rows: u16, cols: u16) -> Pty {
         use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
         let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
@@ -285,19 +305,7 @@ fn the_monitor_switches_views_survives_a_restart_relays_out_and_restores_the_ter
     let mut rig = Rig::start("top-tty");
     let pty = Pty::open(40, 120);
     let config = rig.config.display().to_string();
-    // A session of its own, without a controlling terminal: the pty is its only terminal
-    // (crossterm would otherwise ask /dev/tty, the caller's terminal, for the size).
-    let mut cmd = Command::new("setsid");
-    cmd.arg(BIN).args(["top", "-r", "100", "-c", &config]).env("TERM", "xterm");
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CORELANE_")) {
-        cmd.env_remove(k);
-    }
-    let mut child = cmd
-        .stdin(pty.slave.try_clone().unwrap())
-        .stdout(pty.slave.try_clone().unwrap())
-        .stderr(pty.slave.try_clone().unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = pty.spawn_top(&["-r", "100", "-c", &config], &[]);
 
     let first = rig.pid().to_string();
     pty.wait_screen("the devices view", |s| {
@@ -382,18 +390,7 @@ fn sigterm_and_sighup_restore_the_terminal() {
     for (signal, number) in [(Signal::TERM, 15), (Signal::HUP, 1)] {
         let pty = Pty::open(30, 100);
         // No daemon: the monitor shows "not running" (nothing to start for this test).
-        let mut cmd = Command::new("setsid");
-        cmd.arg(BIN).args(["top", "-r", "100"]).env("TERM", "xterm");
-        cmd.env("XDG_RUNTIME_DIR", &dir);
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CORELANE_")) {
-            cmd.env_remove(k);
-        }
-        let mut child = cmd
-            .stdin(pty.slave.try_clone().unwrap())
-            .stdout(pty.slave.try_clone().unwrap())
-            .stderr(pty.slave.try_clone().unwrap())
-            .spawn()
-            .unwrap();
+        let mut child = pty.spawn_top(&["-r", "100"], &[("XDG_RUNTIME_DIR", &dir)]);
         pty.wait_screen("the monitor", |s| s.line(0).contains("daemon not running"));
         let modes = rustix::termios::tcgetattr(&pty.slave).unwrap().local_modes;
         assert!(!modes.contains(LocalModes::ICANON), "raw mode: {modes:?}");
