@@ -383,13 +383,11 @@ impl Runtime {
                 for _ in &runtime.lanes {
                     let _ = go_tx.send(());
                 }
+                Ok(runtime)
             }
-            Some(_) => runtime.shutdown(),
-        }
-        drop(go_tx);
-        match failure {
-            None => Ok(runtime),
             Some(e) => {
+                runtime.shutdown();
+                drop(go_tx); // the gate opens empty: the lanes close
                 runtime.join();
                 Err(e)
             }
