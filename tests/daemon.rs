@@ -146,15 +146,11 @@ impl Daemon {
     /// failure message.
     fn rings(&self) -> String {
         let mut out = String::new();
-        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap();
-        for fd in fds.flatten() {
-            let target = std::fs::read_link(fd.path()).unwrap_or_default();
-            if target.to_string_lossy().contains("io_uring") {
-                let name = fd.file_name().to_string_lossy().into_owned();
-                let info = format!("/proc/{}/fdinfo/{name}", self.child.id());
-                let info = std::fs::read_to_string(info).unwrap_or_default();
-                out += &format!("  fd {name}:\n{info}\n");
-            }
+        for entry in self.fd_list().iter().filter(|e| e.ends_with("anon_inode:[io_uring]")) {
+            let name = entry.split("->").next().unwrap_or_default();
+            let info = format!("/proc/{}/fdinfo/{name}", self.child.id());
+            let info = std::fs::read_to_string(info).unwrap_or_default();
+            out += &format!("  fd {name}:\n{info}\n");
         }
         out
     }
